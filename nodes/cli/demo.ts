@@ -1,0 +1,122 @@
+/**
+ * The main job: a local cluster ingesting a demo workload while a worker is SIGKILLed and a
+ * new one joins, then the exactly-once check.
+ */
+import { existsSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { pipelineOf } from "../../shared/config.js";
+import { connectNats } from "../../shared/nats/connection.js";
+import { measureFailover } from "./failover.js";
+import { runLoad } from "./load.js";
+import { addWorker, down, isOurProcess, readClusterConfig, readClusterFile, up, writeClusterFile } from "./local-cluster.js";
+import { waitSettled } from "./readiness.js";
+import { gatherStatus } from "./status.js";
+import { countCommitted, formatVerify, verify } from "./verify.js";
+import { waitUntil } from "./wait.js";
+
+export interface DemoOptions {
+  dir: string;
+  count: number;
+  rate: number;
+  portBase: number;
+  keep: boolean;
+}
+
+export async function runDemo(o: DemoOptions): Promise<boolean> {
+  const dir = resolve(o.dir);
+  if (existsSync(join(dir, "cluster.json"))) {
+    const old = readClusterFile(dir);
+    if ([...old.nats, ...old.coordinators, ...old.workers].some((p) => isOurProcess(p.pid, dir))) {
+      throw new Error(`a cluster is still running in ${dir}; stop it with 'npx sluice down --dir ${o.dir}'`);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const say = (s: string): void => console.log(`[demo] ${s}`);
+  say(`starting a local cluster in ${dir}: 3 NATS nodes (JetStream R3), 2 coordinators, 3 workers`);
+  const t0 = Date.now();
+  const c = await up({ dir, workers: 3, coordinators: 2, portBase: o.portBase });
+  const cfg = readClusterConfig(c);
+  const pipeline = "demo";
+  pipelineOf(cfg, pipeline);
+  const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-demo" });
+  let ok = false;
+  try {
+    await waitSettled(nc, cfg, c.sink, 60_000);
+    say(`cluster ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; NATS at ${c.nats.map((n) => n.url).join(", ")}`);
+    const ackLog = join(dir, "demo-acks.jsonl");
+    const victim = c.workers[0]!;
+    let killedAt = 0;
+    let killedShards: number[] = [];
+    let joined = false;
+    let killing: Promise<void> | null = null;
+    const tty = process.stdout.isTTY;
+    let lastLine = 0;
+    const loadStart = Date.now();
+    say(`loading ${o.count} records into '${pipeline}' at ${o.rate}/s; ack log ${ackLog}`);
+    const summary = await runLoad(nc, {
+      pipeline,
+      count: o.count,
+      rate: o.rate,
+      ackLog,
+      keys: 1000,
+      onProgress: (p) => {
+        if (!killing && p.sent >= o.count * 0.3) {
+          killing = gatherStatus(nc, cfg, c.sink).then((st) => {
+            killedShards = st.shards.filter((r) => r.owner === victim.id).map((r) => Number(r.shard.split(".")[1]));
+            killedAt = Date.now();
+            try {
+              process.kill(victim.pid, "SIGKILL");
+            } catch {
+              // already gone
+            }
+            const cf = readClusterFile(dir);
+            cf.workers = cf.workers.filter((w) => w.id !== victim.id);
+            writeClusterFile(cf);
+            say(`SIGKILL worker ${victim.id} (pid ${victim.pid}, ${killedShards.length} shards) at ${p.sent} records`);
+          });
+        }
+        if (!joined && p.sent >= o.count * 0.5) {
+          joined = true;
+          const w = addWorker(dir);
+          say(`added worker ${w.id} (pid ${w.pid}) at ${p.sent} records`);
+        }
+        const now = Date.now();
+        if (now - lastLine >= (tty ? 250 : 2000)) {
+          lastLine = now;
+          const committed = countCommitted(c.sink, pipeline);
+          const rate = Math.round(committed / ((now - loadStart) / 1000));
+          const line = `published ${p.sent}/${o.count}  acked ${p.acked}  committed ${committed}  (${rate} rec/s)`;
+          if (tty) process.stdout.write(`\r[demo] ${line}   `);
+          else say(line);
+        }
+      },
+    });
+    if (tty) process.stdout.write("\n");
+    await killing;
+    say(`load done: ${summary.acked} acked, ${summary.failed} failed, ${summary.timeout} timed out in ${(summary.elapsedMs / 1000).toFixed(1)} s`);
+    const drained = await waitUntil("the sink to catch up", 120_000, () => {
+      const n = countCommitted(c.sink, pipeline);
+      return n >= summary.acked ? n : undefined;
+    }, 250).catch(() => countCommitted(c.sink, pipeline));
+    const elapsed = (Date.now() - loadStart) / 1000;
+    say(`sink has ${drained} rows; end-to-end ${(drained / elapsed).toFixed(0)} records/s over ${elapsed.toFixed(1)} s`);
+    const report = verify(c.sink, pipeline, ackLog);
+    console.log(formatVerify(report));
+    const f = measureFailover(c.sink, pipeline, killedShards, victim.id, killedAt);
+    say(
+      `failover: ${killedShards.length} shards of ${victim.id} committing elsewhere ${
+        f.maxMs === null ? "(not all yet)" : `${(f.maxMs / 1000).toFixed(2)} s`
+      } after SIGKILL`,
+    );
+    ok = report.ok;
+  } finally {
+    await nc.close().catch(() => undefined);
+    if (!o.keep) {
+      say("stopping the cluster");
+      await down(dir);
+    } else {
+      say(`cluster left running; stop it with: npx sluice down --dir ${o.dir}`);
+    }
+  }
+  return ok;
+}

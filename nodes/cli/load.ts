@@ -1,0 +1,66 @@
+/** `sluice load`: publishes N records with unique ids and logs every confirmation. */
+import { createWriteStream } from "node:fs";
+import { randomBytes } from "node:crypto";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { encodeRecord } from "../../shared/codec.js";
+import { Producer, type PublishResult } from "../../shared/producer.js";
+
+export interface LoadOptions {
+  pipeline: string;
+  count: number;
+  /** Records per second; 0 for as fast as the window allows. */
+  rate: number;
+  ackLog: string;
+  /** Distinct keys the records are spread over. */
+  keys: number;
+  window?: number;
+  onProgress?(p: LoadProgress): void;
+  /** Set to stop early (the records already sent are still confirmed and logged). */
+  signal?: AbortSignal;
+}
+
+export interface LoadProgress {
+  sent: number;
+  acked: number;
+  failed: number;
+  timeout: number;
+}
+
+export interface LoadSummary extends LoadProgress {
+  runId: string;
+  elapsedMs: number;
+}
+
+export async function runLoad(nc: NatsConnection, o: LoadOptions): Promise<LoadSummary> {
+  const runId = randomBytes(4).toString("hex");
+  const producer = new Producer(nc, o.pipeline, { window: o.window ?? 1024, retries: 5, timeoutMs: 5_000 });
+  const out = createWriteStream(o.ackLog, { flags: "a" });
+  const p: LoadProgress = { sent: 0, acked: 0, failed: 0, timeout: 0 };
+  const body = "x".repeat(64);
+  const start = Date.now();
+  const onResult = (r: PublishResult): void => {
+    p[r.status]++;
+    out.write(`${JSON.stringify({ id: r.id, status: r.status, seq: r.seq ?? null })}\n`);
+  };
+  let lastReport = 0;
+  for (let i = 0; i < o.count; i++) {
+    if (o.signal?.aborted) break;
+    if (o.rate > 0) {
+      const due = start + (i * 1000) / o.rate;
+      const wait = due - Date.now();
+      if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    }
+    const id = `${runId}-${i}`;
+    const key = `k${i % o.keys}`;
+    await producer.send({ id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) }, onResult);
+    p.sent++;
+    if (o.onProgress && Date.now() - lastReport > 200) {
+      lastReport = Date.now();
+      o.onProgress({ ...p });
+    }
+  }
+  await producer.flush();
+  await new Promise<void>((r) => out.end(r));
+  o.onProgress?.({ ...p });
+  return { ...p, runId, elapsedMs: Date.now() - start };
+}

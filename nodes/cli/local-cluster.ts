@@ -1,0 +1,270 @@
+/**
+ * A local cluster on 127.0.0.1: a 3-node NATS JetStream cluster, coordinators and workers,
+ * each a separate OS process, all recorded in `<dir>/cluster.json`.
+ *
+ * Layout of `<dir>`: config.json (the cluster config), cluster.json (processes), sink.db
+ * (SQLite sink), nats/nN/ (server config and store), logs/ (one log per process).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import pRetry from "p-retry";
+import { type SluiceConfig, loadConfig } from "../../shared/config.js";
+import { ErrorCode, SluiceError } from "../../shared/errors.js";
+import { connectNats } from "../../shared/nats/connection.js";
+import { provision } from "../../shared/nats/provision.js";
+import { partitionMapping } from "../../shared/wire.js";
+
+export interface ProcessRecord {
+  id: string;
+  pid: number;
+}
+
+export interface NatsRecord extends ProcessRecord {
+  url: string;
+  monitor: string;
+}
+
+export interface ClusterFile {
+  dir: string;
+  nats: NatsRecord[];
+  coordinators: ProcessRecord[];
+  workers: ProcessRecord[];
+  sink: string;
+  config: string;
+}
+
+export interface UpOptions {
+  dir: string;
+  workers: number;
+  coordinators: number;
+  /** First client port; cluster ports are +2000, monitor ports +4000. */
+  portBase: number;
+  /** Optional config file; copied to `<dir>/config.json`. */
+  configFile?: string;
+  /** Overrides applied on top of the config (tests shorten timings). */
+  config?: SluiceConfig;
+  natsNodes?: number;
+}
+
+const here = fileURLToPath(new URL(".", import.meta.url));
+export const workerScript = resolve(here, "../worker/main.js");
+export const coordinatorScript = resolve(here, "../coordinator/main.js");
+
+export const clusterFilePath = (dir: string): string => join(resolve(dir), "cluster.json");
+
+export function readClusterFile(dir: string): ClusterFile {
+  const p = clusterFilePath(dir);
+  if (!existsSync(p)) {
+    throw new SluiceError(ErrorCode.ClusterFailure, `no cluster at ${resolve(dir)} (missing cluster.json); run 'sluice up' first`);
+  }
+  return JSON.parse(readFileSync(p, "utf8")) as ClusterFile;
+}
+
+export function writeClusterFile(c: ClusterFile): void {
+  const p = clusterFilePath(c.dir);
+  writeFileSync(`${p}.tmp`, `${JSON.stringify(c, null, 2)}\n`);
+  renameSync(`${p}.tmp`, p);
+}
+
+export function readClusterConfig(c: ClusterFile): SluiceConfig {
+  return loadConfig(c.config);
+}
+
+/** True if `pid` is alive and its command line mentions `marker` (guards against PID reuse). */
+export function isOurProcess(pid: number, marker: string): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    return cmd.includes(marker);
+  } catch {
+    return true;
+  }
+}
+
+function natsConfig(dir: string, i: number, n: number, base: number, cfg: SluiceConfig): string {
+  const routes = Array.from({ length: n }, (_, k) => `"nats-route://127.0.0.1:${base + 2000 + k}"`).join(", ");
+  const mappings = cfg.pipelines
+    .map((p) => partitionMapping(p.name, p.shards))
+    .map(([from, to]) => `  "${from}": "${to}"`)
+    .join("\n");
+  return `server_name: n${i + 1}
+listen: 127.0.0.1:${base + i}
+http: 127.0.0.1:${base + 4000 + i}
+max_payload: 1MB
+jetstream {
+  store_dir: "${join(dir, "nats", `n${i + 1}`)}"
+  max_memory_store: 268435456
+  max_file_store: 8589934592
+}
+cluster {
+  name: sluice
+  listen: 127.0.0.1:${base + 2000 + i}
+  routes: [${routes}]
+}
+mappings = {
+${mappings}
+}
+`;
+}
+
+function spawnLogged(cmd: string, args: string[], logFile: string): ChildProcess {
+  const fd = openSync(logFile, "a");
+  const child = spawn(cmd, args, { detached: true, stdio: ["ignore", fd, fd], env: { ...process.env, SLUICE_LOG_JSON: "1" } });
+  child.unref();
+  return child;
+}
+
+async function waitHttpOk(url: string, deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > end) throw new SluiceError(ErrorCode.ClusterFailure, `${url} did not become healthy`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export function startNodeProcess(
+  c: ClusterFile,
+  role: "worker" | "coordinator",
+  id: string,
+  capacity = 1,
+): ProcessRecord {
+  const script = role === "worker" ? workerScript : coordinatorScript;
+  const args = [
+    script,
+    "--id",
+    id,
+    "--servers",
+    c.nats.map((n) => n.url).join(","),
+    "--config",
+    c.config,
+    "--sink",
+    c.sink,
+    "--capacity",
+    String(capacity),
+  ];
+  const child = spawnLogged(process.execPath, args, join(c.dir, "logs", `${id}.log`));
+  if (child.pid === undefined) throw new SluiceError(ErrorCode.ClusterFailure, `could not start ${role} ${id}`);
+  return { id, pid: child.pid };
+}
+
+export async function up(o: UpOptions): Promise<ClusterFile> {
+  const dir = resolve(o.dir);
+  if (existsSync(clusterFilePath(dir))) {
+    const old = readClusterFile(dir);
+    const alive = [...old.nats, ...old.coordinators, ...old.workers].filter((p) => isOurProcess(p.pid, dir));
+    if (alive.length > 0) {
+      throw new SluiceError(ErrorCode.ClusterFailure, `a cluster is already running in ${dir}; run 'sluice down --dir ${o.dir}'`);
+    }
+  }
+  const n = o.natsNodes ?? 3;
+  for (const sub of ["logs", "nats"]) mkdirSync(join(dir, sub), { recursive: true });
+  const cfg = o.config ?? loadConfig(o.configFile);
+  const configPath = join(dir, "config.json");
+  writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);
+  const c: ClusterFile = { dir, nats: [], coordinators: [], workers: [], sink: join(dir, "sink.db"), config: configPath };
+  for (let i = 0; i < n; i++) {
+    const conf = join(dir, "nats", `n${i + 1}.conf`);
+    writeFileSync(conf, natsConfig(dir, i, n, o.portBase, cfg));
+    const child = spawnLogged("nats-server", ["-c", conf], join(dir, "logs", `n${i + 1}.log`));
+    if (child.pid === undefined) {
+      throw new SluiceError(ErrorCode.ClusterFailure, "could not start nats-server: is it installed? (apt-get install nats-server)");
+    }
+    c.nats.push({
+      id: `n${i + 1}`,
+      pid: child.pid,
+      url: `nats://127.0.0.1:${o.portBase + i}`,
+      monitor: `http://127.0.0.1:${o.portBase + 4000 + i}`,
+    });
+  }
+  writeClusterFile(c);
+  await Promise.all(c.nats.map((s) => waitHttpOk(`${s.monitor}/healthz?js-enabled-only=true`, 20_000)));
+  const nc = await connectNats({ servers: c.nats.map((s) => s.url), name: "sluice-up" });
+  try {
+    // The JetStream meta leader is elected a moment after the servers answer health checks.
+    await pRetry(() => provision(nc, cfg, Math.min(3, n)), { retries: 60, minTimeout: 250, maxTimeout: 1000, factor: 1.2 });
+  } finally {
+    await nc.close();
+  }
+  for (let i = 1; i <= o.coordinators; i++) c.coordinators.push(startNodeProcess(c, "coordinator", `c${i}`));
+  for (let i = 1; i <= o.workers; i++) c.workers.push(startNodeProcess(c, "worker", `w${i}`));
+  writeClusterFile(c);
+  return c;
+}
+
+export function nextWorkerId(c: ClusterFile): string {
+  let max = 0;
+  for (const w of c.workers) {
+    const m = /^w(\d+)$/.exec(w.id);
+    if (m) max = Math.max(max, Number(m[1]));
+  }
+  return `w${max + 1}`;
+}
+
+export function addWorker(dir: string, id?: string, capacity = 1): ProcessRecord {
+  const c = readClusterFile(dir);
+  const wid = id ?? nextWorkerId(c);
+  if (c.workers.some((w) => w.id === wid && isOurProcess(w.pid, c.dir))) {
+    throw new SluiceError(ErrorCode.ClusterFailure, `worker ${wid} is already running`);
+  }
+  const rec = startNodeProcess(c, "worker", wid, capacity);
+  c.workers = [...c.workers.filter((w) => w.id !== wid), rec];
+  writeClusterFile(c);
+  return rec;
+}
+
+async function waitExit(pid: number, marker: string, timeoutMs: number): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (!isOurProcess(pid, marker)) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return !isOurProcess(pid, marker);
+}
+
+/** SIGTERM (graceful drain), then SIGKILL after `graceMs`. */
+export async function stopProcess(p: ProcessRecord, marker: string, graceMs: number): Promise<void> {
+  if (!isOurProcess(p.pid, marker)) return;
+  try {
+    process.kill(p.pid, "SIGTERM");
+  } catch {
+    return;
+  }
+  if (await waitExit(p.pid, marker, graceMs)) return;
+  try {
+    process.kill(p.pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+  await waitExit(p.pid, marker, 5_000);
+}
+
+export async function removeWorker(dir: string, id: string, graceMs = 30_000): Promise<void> {
+  const c = readClusterFile(dir);
+  const w = c.workers.find((x) => x.id === id);
+  if (!w) throw new SluiceError(ErrorCode.ClusterFailure, `no worker ${id} in ${c.dir}`);
+  await stopProcess(w, c.dir, graceMs);
+  const now = readClusterFile(dir);
+  now.workers = now.workers.filter((x) => x.id !== id);
+  writeClusterFile(now);
+}
+
+/** Stops everything the cluster file lists: workers (draining), coordinators, then NATS. */
+export async function down(dir: string): Promise<void> {
+  const c = readClusterFile(dir);
+  await Promise.all(c.workers.map((w) => stopProcess(w, c.dir, 15_000)));
+  await Promise.all(c.coordinators.map((p) => stopProcess(p, c.dir, 5_000)));
+  await Promise.all(c.nats.map((p) => stopProcess(p, c.dir, 10_000)));
+  writeClusterFile({ ...c, nats: [], coordinators: [], workers: [] });
+}

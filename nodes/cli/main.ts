@@ -1,0 +1,168 @@
+#!/usr/bin/env node
+/** The `sluice` command line. */
+import { Command, InvalidArgumentError } from "commander";
+import { pipelineOf } from "../../shared/config.js";
+import { isSluiceError } from "../../shared/errors.js";
+import { connectNats } from "../../shared/nats/connection.js";
+import { runDemo } from "./demo.js";
+import { runLoad } from "./load.js";
+import {
+  addWorker,
+  down,
+  readClusterConfig,
+  readClusterFile,
+  removeWorker,
+  up,
+} from "./local-cluster.js";
+import { waitSettled } from "./readiness.js";
+import { formatStatus, gatherStatus } from "./status.js";
+import { formatVerify, verify } from "./verify.js";
+
+const int = (name: string) => (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number >= 0`);
+  return n;
+};
+
+const program = new Command("sluice")
+  .description("Exactly-once ingestion cluster on NATS JetStream")
+  .showHelpAfterError();
+
+program
+  .command("up")
+  .description("start a local cluster: 3 NATS nodes, coordinators and workers, each its own process")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .option("--workers <n>", "workers", int("--workers"), 3)
+  .option("--coordinators <n>", "coordinators", int("--coordinators"), 2)
+  .option("--config <file>", "pipelines and timing (JSON); default: pipeline 'demo' with 16 shards")
+  .option("--port-base <port>", "first NATS client port (cluster +2000, monitor +4000)", int("--port-base"), 14222)
+  .option("--detach", "return once the cluster is ready, leaving it running")
+  .action(async (o: { dir: string; workers: number; coordinators: number; config?: string; portBase: number; detach?: boolean }) => {
+    const c = await up({ dir: o.dir, workers: o.workers, coordinators: o.coordinators, portBase: o.portBase, configFile: o.config });
+    const cfg = readClusterConfig(c);
+    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-up" });
+    try {
+      await waitSettled(nc, cfg, c.sink, 60_000);
+    } finally {
+      await nc.close();
+    }
+    console.log(`sluice cluster ready in ${c.dir}`);
+    for (const n of c.nats) console.log(`  nats ${n.id}  pid ${n.pid}  ${n.url}  monitor ${n.monitor}`);
+    for (const p of c.coordinators) console.log(`  coordinator ${p.id}  pid ${p.pid}`);
+    for (const p of c.workers) console.log(`  worker ${p.id}  pid ${p.pid}`);
+    console.log(`  sink ${c.sink}\n  logs ${c.dir}/logs\n  pipelines ${cfg.pipelines.map((p) => `${p.name} (${p.shards} shards)`).join(", ")}`);
+    console.log(`publish to ingest.<pipeline>.<key>; stop with: npx sluice down --dir ${o.dir}`);
+    if (o.detach) return;
+    console.log("running in the foreground; Ctrl-C stops the cluster");
+    await new Promise<void>((resolve) => {
+      const stop = () => resolve();
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    });
+    await down(o.dir);
+  });
+
+program
+  .command("down")
+  .description("stop everything a local cluster started (workers drain first)")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .action(async (o: { dir: string }) => {
+    await down(o.dir);
+    console.log(`stopped the cluster in ${o.dir}`);
+  });
+
+const worker = program.command("worker").description("add or remove a worker of a running local cluster");
+worker
+  .command("add")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .option("--id <id>", "worker id (default: next free wN)")
+  .option("--capacity <n>", "relative shard capacity", int("--capacity"), 1)
+  .action((o: { dir: string; id?: string; capacity: number }) => {
+    const w = addWorker(o.dir, o.id, o.capacity);
+    console.log(`started worker ${w.id} (pid ${w.pid})`);
+  });
+worker
+  .command("remove")
+  .requiredOption("--id <id>", "worker id")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .action(async (o: { dir: string; id: string }) => {
+    await removeWorker(o.dir, o.id);
+    console.log(`worker ${o.id} drained and stopped`);
+  });
+
+program
+  .command("load")
+  .description("publish N records with unique ids, logging every confirmation")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .option("--pipeline <p>", "pipeline", "demo")
+  .requiredOption("--count <n>", "records", int("--count"))
+  .option("--rate <r>", "records per second (0: unlimited)", int("--rate"), 0)
+  .requiredOption("--ack-log <file>", "one JSON line per publish: {id, status, seq}")
+  .option("--keys <n>", "distinct keys", int("--keys"), 1000)
+  .action(async (o: { dir: string; pipeline: string; count: number; rate: number; ackLog: string; keys: number }) => {
+    const c = readClusterFile(o.dir);
+    pipelineOf(readClusterConfig(c), o.pipeline);
+    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-load" });
+    try {
+      const s = await runLoad(nc, { ...o, keys: Math.max(1, o.keys) });
+      console.log(
+        `published ${s.sent}: ${s.acked} acked, ${s.failed} failed, ${s.timeout} timed out in ${(s.elapsedMs / 1000).toFixed(1)} s (${Math.round((s.sent * 1000) / Math.max(1, s.elapsedMs))} rec/s)`,
+      );
+    } finally {
+      await nc.close();
+    }
+  });
+
+program
+  .command("verify")
+  .description("compare an ack log with the sink: lost, duplicated, unexpected")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .option("--pipeline <p>", "pipeline", "demo")
+  .requiredOption("--ack-log <file>", "ack log written by 'sluice load'")
+  .option("--json", "JSON output")
+  .action((o: { dir: string; pipeline: string; ackLog: string; json?: boolean }) => {
+    const c = readClusterFile(o.dir);
+    const r = verify(c.sink, o.pipeline, o.ackLog);
+    console.log(o.json ? JSON.stringify(r, null, 2) : formatVerify(r));
+    if (!r.ok) process.exitCode = 1;
+  });
+
+program
+  .command("status")
+  .description("members, coordinator leader, and every shard's owner, epoch, committed sequence and lag")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .option("--json", "JSON output")
+  .action(async (o: { dir: string; json?: boolean }) => {
+    const c = readClusterFile(o.dir);
+    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-status" });
+    try {
+      const s = await gatherStatus(nc, readClusterConfig(c), c.sink);
+      console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+    } finally {
+      await nc.close();
+    }
+  });
+
+program
+  .command("demo")
+  .description("local cluster + 100k records + a SIGKILLed worker + a new worker, then the exactly-once check")
+  .option("--dir <dir>", "cluster directory (wiped first)", ".sluice-demo")
+  .option("--count <n>", "records", int("--count"), 100_000)
+  .option("--rate <r>", "records per second", int("--rate"), 5_000)
+  .option("--port-base <port>", "first NATS client port", int("--port-base"), 14222)
+  .option("--keep", "leave the cluster running afterwards")
+  .action(async (o: { dir: string; count: number; rate: number; portBase: number; keep?: boolean }) => {
+    const ok = await runDemo({ dir: o.dir, count: o.count, rate: o.rate, portBase: o.portBase, keep: !!o.keep });
+    process.exitCode = ok ? 0 : 1;
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (isSluiceError(err)) {
+    console.error(`sluice: ${err.message} [${err.code}]`);
+  } else {
+    console.error(`sluice: ${(err as Error).stack ?? String(err)}`);
+  }
+  process.exitCode = 1;
+}

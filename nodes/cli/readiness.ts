@@ -1,0 +1,27 @@
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { SluiceConfig } from "../../shared/config.js";
+import { gatherStatus, type StatusReport } from "./status.js";
+import { waitUntil } from "./wait.js";
+
+/** Every shard owned, active, and fenced in the sink at its current epoch; a leader elected. */
+export function isSettled(s: StatusReport, workers?: readonly string[]): boolean {
+  return (
+    s.leader !== null &&
+    s.shards.every(
+      (r) => r.owner !== null && r.phase === "active" && r.fencedEpoch === r.epoch && (!workers || workers.includes(r.owner)),
+    )
+  );
+}
+
+export async function waitSettled(
+  nc: NatsConnection,
+  cfg: SluiceConfig,
+  sinkPath: string,
+  timeoutMs: number,
+  workers?: readonly string[],
+): Promise<StatusReport> {
+  return waitUntil("every shard to be owned and active", timeoutMs, async () => {
+    const s = await gatherStatus(nc, cfg, sinkPath);
+    return isSettled(s, workers) ? s : undefined;
+  }, 200);
+}

@@ -1,0 +1,114 @@
+/** `sluice status`: members, leader, and every shard's owner, epoch, committed sequence and lag. */
+import { jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import Database from "better-sqlite3";
+import type { SluiceConfig } from "../../shared/config.js";
+import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/coordinator/coordinator-runtime.js";
+import type { LeaderRecord } from "../../shared/core/leader-election.js";
+import type { AssignmentEntry } from "../../shared/core/types.js";
+import { Buckets, consumerName, inputStream } from "../../shared/wire.js";
+
+export interface ShardStatus {
+  shard: string;
+  owner: string | null;
+  epoch: number;
+  phase: string;
+  committed: number;
+  fencedEpoch: number;
+  /** Messages of this shard not yet acked by the owner's consumer; null when unknown. */
+  lag: number | null;
+}
+
+export interface StatusReport {
+  leader: LeaderRecord | null;
+  view: ClusterView | null;
+  shards: ShardStatus[];
+}
+
+const dec = new TextDecoder();
+const json = <T>(b: Uint8Array | undefined): T | null => {
+  if (!b || b.length === 0) return null;
+  try {
+    return JSON.parse(dec.decode(b)) as T;
+  } catch {
+    return null;
+  }
+};
+
+export async function gatherStatus(nc: NatsConnection, cfg: SluiceConfig, sinkPath: string): Promise<StatusReport> {
+  const kvm = new Kvm(nc);
+  const assignments = await kvm.open(Buckets.assignments);
+  const control = await kvm.open(Buckets.coordinator);
+  const leader = json<LeaderRecord>((await control.get(LEADER_KEY))?.value);
+  const view = json<ClusterView>((await control.get(VIEW_KEY))?.value);
+  const jsm = await jetstreamManager(nc, { timeout: 3_000 });
+  const checkpoints = new Map<string, { epoch: number; seq: number }>();
+  try {
+    const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
+    try {
+      for (const r of db.prepare("SELECT pipeline, shard, epoch, seq FROM sluice_checkpoints").all() as Array<{
+        pipeline: string;
+        shard: number;
+        epoch: number;
+        seq: number;
+      }>) {
+        checkpoints.set(`${r.pipeline}.${r.shard}`, { epoch: r.epoch, seq: r.seq });
+      }
+    } finally {
+      db.close();
+    }
+  } catch {
+    // No sink yet.
+  }
+  const shards: ShardStatus[] = [];
+  for (const p of cfg.pipelines) {
+    const entries = await Promise.all(
+      Array.from({ length: p.shards }, async (_, i) => {
+        const key = `${p.name}.${i}`;
+        const e = await assignments.get(key);
+        const entry = e && e.operation === "PUT" ? json<AssignmentEntry>(e.value) : null;
+        let lag: number | null = null;
+        if (entry?.owner) {
+          try {
+            const ci = await jsm.consumers.info(inputStream(p.name), consumerName(p.name, i, entry.epoch));
+            lag = ci.num_pending + ci.num_ack_pending;
+          } catch {
+            lag = null;
+          }
+        }
+        const cp = checkpoints.get(key);
+        return {
+          shard: key,
+          owner: entry?.owner ?? null,
+          epoch: entry?.epoch ?? 0,
+          phase: entry?.phase ?? "unassigned",
+          committed: cp?.seq ?? 0,
+          fencedEpoch: cp?.epoch ?? 0,
+          lag,
+        } satisfies ShardStatus;
+      }),
+    );
+    shards.push(...entries);
+  }
+  return { leader, view, shards };
+}
+
+export function formatStatus(s: StatusReport): string {
+  const lines: string[] = [];
+  lines.push(`leader: ${s.leader ? `${s.leader.holder} (term ${s.leader.term})` : "none"}`);
+  const members = Object.entries(s.view?.members ?? {}).sort(([a], [b]) => a.localeCompare(b));
+  lines.push(`members (${members.length}):`);
+  for (const [id, m] of members) {
+    lines.push(
+      `  ${id.padEnd(8)} shards ${String(m.held).padStart(4)}  last heartbeat ${m.lastSeenMsAgo} ms ago${m.leaving ? "  (leaving)" : ""}`,
+    );
+  }
+  lines.push("shard        owner     epoch  phase      committed      lag");
+  for (const r of s.shards) {
+    lines.push(
+      `${r.shard.padEnd(12)} ${String(r.owner ?? "-").padEnd(9)} ${String(r.epoch).padStart(5)}  ${r.phase.padEnd(9)} ${String(r.committed).padStart(10)} ${String(r.lag ?? "?").padStart(8)}`,
+    );
+  }
+  return lines.join("\n");
+}

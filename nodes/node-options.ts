@@ -1,0 +1,44 @@
+/** Command-line options shared by the worker and coordinator processes. */
+import { Command } from "commander";
+import { loadConfig, type SluiceConfig } from "../shared/config.js";
+
+export interface NodeOptions {
+  id: string;
+  servers: string[];
+  config: SluiceConfig;
+  sink: string;
+  capacity: number;
+}
+
+export function parseNodeOptions(role: "worker" | "coordinator", argv: string[]): NodeOptions {
+  const cmd = new Command(`sluice-${role}`)
+    .requiredOption("--id <id>", "node id, unique in the cluster")
+    .requiredOption("--servers <urls>", "comma-separated NATS URLs")
+    .option("--config <file>", "cluster config (JSON); built-in defaults when absent")
+    .option("--sink <file>", "SQLite sink file", "sink.db")
+    .option("--capacity <n>", "relative shard capacity of a worker", "1")
+    .parse(argv);
+  const o = cmd.opts<{ id: string; servers: string; config?: string; sink: string; capacity: string }>();
+  return {
+    id: o.id,
+    servers: o.servers.split(",").filter(Boolean),
+    config: loadConfig(o.config),
+    sink: o.sink,
+    capacity: Number(o.capacity) > 0 ? Number(o.capacity) : 1,
+  };
+}
+
+/** Runs `stop` once on SIGTERM/SIGINT, then exits; a second signal exits at once. */
+export function onShutdown(stop: () => Promise<void>): void {
+  let stopping = false;
+  const handler = (sig: NodeJS.Signals): void => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    void stop()
+      .then(() => process.exit(0))
+      .catch(() => process.exit(1));
+    void sig;
+  };
+  process.on("SIGTERM", handler);
+  process.on("SIGINT", handler);
+}

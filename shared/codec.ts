@@ -1,0 +1,62 @@
+/**
+ * Record decoding: CBOR map by default, JSON when `Content-Type: application/json`.
+ * Bad input never throws: it returns a typed rejection that the worker dead-letters.
+ */
+import { decode as cborDecode, encode as cborEncode } from "cbor-x";
+import { ErrorCode } from "./errors.js";
+import type { SinkRow, SourceMessage } from "./ports.js";
+import { Headers } from "./wire.js";
+
+export type DecodeResult =
+  | { ok: true; row: SinkRow }
+  | { ok: false; code: ErrorCode; message: string };
+
+const textDecoder = new TextDecoder("utf-8", { fatal: true });
+
+/** JSON text of a decoded value; bytes become base64, bigints strings, Maps objects. */
+export function toJsonText(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) => {
+    if (typeof v === "bigint") return v.toString();
+    if (v instanceof Uint8Array) return { $base64: Buffer.from(v).toString("base64") };
+    if (v instanceof Map) return Object.fromEntries(v);
+    return v;
+  });
+}
+
+function isPlainMap(v: unknown): boolean {
+  return (typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)) || v instanceof Map;
+}
+
+export function decodeRecord(msg: SourceMessage): DecodeResult {
+  const recordId = msg.headers[Headers.msgId]?.trim();
+  if (!recordId) return { ok: false, code: ErrorCode.MissingId, message: "no Nats-Msg-Id header" };
+  const key = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
+  if (!key || key === "*" || key === ">") {
+    return { ok: false, code: ErrorCode.MissingKey, message: `subject '${msg.subject}' has no key token` };
+  }
+  const json = (msg.headers[Headers.contentType] ?? "").toLowerCase().startsWith("application/json");
+  let value: unknown;
+  try {
+    value = json ? JSON.parse(textDecoder.decode(msg.data)) : cborDecode(msg.data);
+  } catch (err) {
+    return {
+      ok: false,
+      code: ErrorCode.UndecodablePayload,
+      message: `${json ? "JSON" : "CBOR"} decode failed: ${(err as Error).message}`,
+    };
+  }
+  if (!isPlainMap(value)) {
+    return { ok: false, code: ErrorCode.NotAMap, message: `payload is ${value === null ? "null" : typeof value}, not a map` };
+  }
+  let payload: string;
+  try {
+    payload = toJsonText(value);
+  } catch (err) {
+    return { ok: false, code: ErrorCode.UndecodablePayload, message: `not representable as JSON: ${(err as Error).message}` };
+  }
+  return { ok: true, row: { recordId, key, sourceSeq: msg.seq, payload } };
+}
+
+export function encodeRecord(value: Record<string, unknown>): Uint8Array {
+  return cborEncode(value);
+}

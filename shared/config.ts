@@ -1,0 +1,94 @@
+/**
+ * Cluster configuration: pipelines and protocol timing. Validated with zod so a bad file
+ * fails with a clear message instead of a crash deep inside a node.
+ */
+import { readFileSync } from "node:fs";
+import { z } from "zod";
+import { ErrorCode, SluiceError } from "./errors.js";
+
+const name = z.string().regex(/^[A-Za-z][A-Za-z0-9_]{0,62}$/, "letters, digits and _ only, starting with a letter");
+
+export const PipelineSchema = z.object({
+  name,
+  /** Number of shards; fixed for the life of the stream. */
+  shards: z.number().int().min(1).max(4096).default(16),
+  /** Stream replicas; 3 on a 3-node cluster. */
+  replicas: z.number().int().min(1).max(5).default(3),
+  /** Dedup window of the input stream, ms (>= 2 minutes). */
+  duplicateWindowMs: z.number().int().min(120_000).default(120_000),
+});
+
+export const TimingSchema = z.object({
+  /** Worker heartbeat interval, ms. */
+  heartbeatMs: z.number().int().min(20).default(200),
+  /** Silence after which the coordinator declares a worker dead, ms. */
+  failureTimeoutMs: z.number().int().min(100).default(1000),
+  /** A worker re-checks a lease not confirmed for this long before committing, ms. */
+  leaseTtlMs: z.number().int().min(100).default(1000),
+  /** Coordinator leader lease, ms: renewed every third of it, taken over after it. */
+  leaderTtlMs: z.number().int().min(300).default(1500),
+  /** A graceful hand-off not released within this long is forced, ms. */
+  handoffTimeoutMs: z.number().int().min(100).default(5000),
+});
+
+export const WorkerSchema = z.object({
+  /** Largest batch committed in one sink transaction. */
+  batchMax: z.number().int().min(1).max(10_000).default(500),
+  /** Max unacknowledged messages per shard consumer: the in-flight bound. */
+  maxAckPending: z.number().int().min(1).default(2000),
+  /** How long a pull waits for the first message of a batch, ms. */
+  pullWaitMs: z.number().int().min(5).default(100),
+  /** Server redelivers an unacked message after this long, ms. */
+  ackWaitMs: z.number().int().min(1000).default(30_000),
+});
+
+export const ConfigSchema = z.object({
+  pipelines: z.array(PipelineSchema).min(1).default([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000 }]),
+  timing: TimingSchema.default(TimingSchema.parse({})),
+  worker: WorkerSchema.default(WorkerSchema.parse({})),
+});
+
+export type PipelineConfig = z.infer<typeof PipelineSchema>;
+export type TimingConfig = z.infer<typeof TimingSchema>;
+export type WorkerConfig = z.infer<typeof WorkerSchema>;
+export type SluiceConfig = z.infer<typeof ConfigSchema>;
+
+export function parseConfig(raw: unknown): SluiceConfig {
+  const r = ConfigSchema.safeParse(raw ?? {});
+  if (!r.success) {
+    throw new SluiceError(ErrorCode.InvalidConfig, `invalid config: ${z.prettifyError(r.error)}`);
+  }
+  const names = new Set<string>();
+  for (const p of r.data.pipelines) {
+    if (names.has(p.name)) throw new SluiceError(ErrorCode.InvalidConfig, `pipeline '${p.name}' is defined twice`);
+    names.add(p.name);
+  }
+  return r.data;
+}
+
+export function loadConfig(path: string | undefined): SluiceConfig {
+  if (!path) return parseConfig({});
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (cause) {
+    throw new SluiceError(ErrorCode.InvalidConfig, `cannot read config ${path}`, { cause });
+  }
+  try {
+    return parseConfig(JSON.parse(text));
+  } catch (cause) {
+    if (cause instanceof SluiceError) throw cause;
+    throw new SluiceError(ErrorCode.InvalidConfig, `config ${path} is not valid JSON`, { cause });
+  }
+}
+
+export function pipelineOf(cfg: SluiceConfig, pipeline: string): PipelineConfig {
+  const p = cfg.pipelines.find((x) => x.name === pipeline);
+  if (!p) throw new SluiceError(ErrorCode.InvalidConfig, `unknown pipeline '${pipeline}'`);
+  return p;
+}
+
+/** Every shard key of every pipeline, `<pipeline>.<shard>`. */
+export function allShardKeys(cfg: SluiceConfig): string[] {
+  return cfg.pipelines.flatMap((p) => Array.from({ length: p.shards }, (_, i) => `${p.name}.${i}`));
+}

@@ -1,0 +1,191 @@
+/**
+ * A coordinator process's logic: follows the assignment entries and the workers'
+ * heartbeats at all times (so a standby is warm), contends for the leader lease, and while
+ * leader executes the commands of the pure coordinator core.
+ */
+import type { TimingConfig } from "../config.js";
+import {
+  type CoordinatorCommand,
+  type CoordinatorEvent,
+  type CoordinatorState,
+  coordinatorStep,
+  grantsFor,
+  initialCoordinatorState,
+} from "../core/coordinator-core.js";
+import { isLeader, type LeaderObservation, type LeaderRecord, leaderAction } from "../core/leader-election.js";
+import type { AssignmentEntry } from "../core/types.js";
+import type { Logger } from "../logger.js";
+import type { AssignmentStore, CoordinatorControlBus, JsonStore, Scheduler } from "../ports.js";
+
+/** What the leader publishes for `sluice status` and dashboards. */
+export interface ClusterView {
+  leader: string;
+  term: number;
+  at: number;
+  members: Record<string, { capacity: number; lastSeenMsAgo: number; leaving: boolean; heartbeatDelayMs: number; held: number }>;
+}
+
+export type CoordinatorRecord = LeaderRecord | ClusterView;
+
+export interface CoordinatorDeps {
+  id: string;
+  shards: readonly string[];
+  assignments: AssignmentStore;
+  /** Key `leader` holds the lease, key `view` the leader's ClusterView. */
+  control: JsonStore<CoordinatorRecord>;
+  bus: CoordinatorControlBus;
+  scheduler: Scheduler;
+  timing: TimingConfig;
+  log: Logger;
+  /** How often the core is ticked, ms. */
+  tickMs?: number;
+  onCommand?(c: CoordinatorCommand, leaderTerm: number): void;
+  onLeadership?(leader: boolean, term: number): void;
+}
+
+export const LEADER_KEY = "leader";
+export const VIEW_KEY = "view";
+
+export class CoordinatorRuntime {
+  readonly state: CoordinatorState;
+  private obs: LeaderObservation = { record: null, revision: 0, observedAt: 0 };
+  private leading = false;
+  private timer: unknown = null;
+  private stops: Array<() => void> = [];
+  private electing = false;
+  private lastViewAt = 0;
+  private started = false;
+  private stopped = false;
+
+  constructor(private readonly d: CoordinatorDeps) {
+    this.state = initialCoordinatorState(d.shards);
+  }
+
+  get isLeader(): boolean {
+    return this.leading;
+  }
+
+  get term(): number {
+    return this.obs.record?.term ?? 0;
+  }
+
+  private get coreTiming() {
+    return {
+      failureTimeoutMs: this.d.timing.failureTimeoutMs,
+      handoffTimeoutMs: this.d.timing.handoffTimeoutMs,
+      writeTimeoutMs: 2_000,
+    };
+  }
+
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    const now = () => this.d.scheduler.now();
+    const w1 = await this.d.assignments.watch((shard, v) =>
+      this.dispatch({ type: "entry", shard, entry: v.value, revision: v.revision, now: now() }),
+    );
+    const w2 = await this.d.control.watch((key, v) => {
+      if (key !== LEADER_KEY) return;
+      if (v.revision !== this.obs.revision) {
+        this.obs = { record: (v.value as LeaderRecord | null) ?? null, revision: v.revision, observedAt: now() };
+      }
+    });
+    this.stops.push(() => w1.stop(), () => w2.stop());
+    this.d.bus.onHeartbeat((hb, reply) => {
+      this.dispatch({ type: "heartbeat", hb, now: now() });
+      if (this.leading) reply({ leader: this.d.id, term: this.term, grants: grantsFor(this.state, hb.worker) });
+    });
+    this.d.bus.onReleased((n) =>
+      this.dispatch({ type: "released", worker: n.worker, shard: n.shard, epoch: n.epoch, now: now() }),
+    );
+    this.tick();
+  }
+
+  private tick(): void {
+    if (this.stopped) return;
+    const now = this.d.scheduler.now();
+    void this.elect(now);
+    const leader = isLeader(this.obs, this.d.id, now, { ttlMs: this.d.timing.leaderTtlMs });
+    if (leader !== this.leading) {
+      this.leading = leader;
+      this.d.log.info({ leader, term: this.term }, leader ? "became leader" : "lost leadership");
+      this.d.onLeadership?.(leader, this.term);
+      this.dispatch({ type: "leadership", leader, now });
+    } else {
+      this.dispatch({ type: "tick", now });
+    }
+    if (this.leading && now - this.lastViewAt >= 500) {
+      this.lastViewAt = now;
+      void this.d.control.put(VIEW_KEY, this.view(now)).catch(() => undefined);
+    }
+    this.timer = this.d.scheduler.setTimeout(() => this.tick(), this.d.tickMs ?? 50);
+  }
+
+  private async elect(now: number): Promise<void> {
+    if (this.electing) return;
+    const action = leaderAction(this.obs, this.d.id, now, { ttlMs: this.d.timing.leaderTtlMs });
+    if (action.type === "wait") return;
+    this.electing = true;
+    try {
+      const rev =
+        action.type === "create"
+          ? await this.d.control.compareAndSet(LEADER_KEY, action.record, 0)
+          : await this.d.control.compareAndSet(LEADER_KEY, action.record, action.expectedRevision);
+      if (rev > this.obs.revision) this.obs = { record: action.record, revision: rev, observedAt: now };
+      if (action.type !== "renew") this.d.log.info({ term: action.record.term }, `leader lease: ${action.type}`);
+    } catch {
+      // Lost the race or the KV is unavailable: the watch brings the winner's record.
+    } finally {
+      this.electing = false;
+    }
+  }
+
+  private dispatch(event: CoordinatorEvent): void {
+    const { commands } = coordinatorStep(this.state, event, this.coreTiming);
+    for (const c of commands) this.execute(c);
+  }
+
+  private execute(c: CoordinatorCommand): void {
+    this.d.onCommand?.(c, this.term);
+    switch (c.type) {
+      case "write":
+        this.d.log.info(
+          { shard: c.shard, owner: c.entry.owner, epoch: c.entry.epoch, phase: c.entry.phase, reason: c.reason },
+          "assign",
+        );
+        void this.d.assignments
+          .compareAndSet(c.shard, c.entry satisfies AssignmentEntry, c.expectedRevision)
+          .catch(() => this.dispatch({ type: "write-failed", shard: c.shard, now: this.d.scheduler.now() }));
+        break;
+      case "member-joined":
+        this.d.log.info({ worker: c.worker }, "member joined");
+        break;
+      case "member-lost":
+        this.d.log.warn({ worker: c.worker, silentMs: c.silentMs }, "member lost");
+        break;
+    }
+  }
+
+  view(now: number): ClusterView {
+    const members: ClusterView["members"] = {};
+    for (const [id, m] of Object.entries(this.state.members)) {
+      members[id] = {
+        capacity: m.capacity,
+        lastSeenMsAgo: now - m.lastSeen,
+        leaving: m.leaving,
+        heartbeatDelayMs: m.delayMs,
+        held: Object.keys(m.held).length,
+      };
+    }
+    return { leader: this.d.id, term: this.term, at: now, members };
+  }
+
+  /** Stop acting; a standby takes over after the leader TTL. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer !== null) this.d.scheduler.clearTimeout(this.timer);
+    for (const s of this.stops) s();
+    await this.d.bus.close();
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * The coordinator's decisions as a deterministic core: it takes events (heartbeats, KV
+ * entries, releases, ticks) and returns commands (compare-and-set writes of assignment
+ * entries). It never performs IO and never reads a clock: `now` comes with every event.
+ *
+ * Hand-off rules:
+ * - failure (owner missed heartbeats for `failureTimeoutMs`, or the shard has no owner):
+ *   assign the target at `epoch + 1` at once; the new owner's sink fence stops the old one.
+ * - graceful (owner alive, but the balanced target differs, or the owner is leaving):
+ *   mark the entry `revoking`; once the owner reports it released (or `handoffTimeoutMs`
+ *   passes, or it dies), assign the target at `epoch + 1`.
+ */
+import { assignShards, type MemberCapacity } from "./assignment.js";
+import type { AssignmentEntry, Heartbeat } from "./types.js";
+
+export interface CoordinatorTiming {
+  /** A member that sent no heartbeat for this long (ms) is declared dead. */
+  failureTimeoutMs: number;
+  /** A graceful hand-off not released within this long (ms) is forced. */
+  handoffTimeoutMs: number;
+  /** A write not echoed back by the KV watch within this long (ms) may be issued again. */
+  writeTimeoutMs: number;
+}
+
+export interface MemberView {
+  capacity: number;
+  lastSeen: number;
+  leaving: boolean;
+  held: Record<string, number>;
+  /** Heartbeat delay of the latest beat, ms (diagnostics). */
+  delayMs: number;
+}
+
+export interface EntryView {
+  entry: AssignmentEntry | null;
+  /** KV revision of `entry`; 0 when the key does not exist. */
+  revision: number;
+}
+
+export interface CoordinatorState {
+  readonly shards: readonly string[];
+  members: Record<string, MemberView>;
+  entries: Record<string, EntryView>;
+  /** shard -> time a write was issued and not yet echoed back. */
+  pending: Record<string, number>;
+  /** shard -> time the coordinator first saw the entry in `revoking`. */
+  revokingSince: Record<string, number>;
+  /** shard -> epoch the owner reported released. */
+  released: Record<string, number>;
+  leader: boolean;
+}
+
+export type CoordinatorEvent =
+  | { type: "heartbeat"; hb: Heartbeat; now: number }
+  | { type: "entry"; shard: string; entry: AssignmentEntry | null; revision: number; now: number }
+  | { type: "released"; worker: string; shard: string; epoch: number; now: number }
+  | { type: "write-failed"; shard: string; now: number }
+  | { type: "leadership"; leader: boolean; now: number }
+  | { type: "tick"; now: number };
+
+export type CoordinatorCommand =
+  | { type: "write"; shard: string; entry: AssignmentEntry; expectedRevision: number; reason: HandoffReason }
+  | { type: "member-joined"; worker: string }
+  | { type: "member-lost"; worker: string; silentMs: number };
+
+export type HandoffReason = "initial" | "failure" | "rebalance" | "released" | "handoff-timeout";
+
+export function initialCoordinatorState(shards: readonly string[]): CoordinatorState {
+  const entries: Record<string, EntryView> = {};
+  for (const s of shards) entries[s] = { entry: null, revision: 0 };
+  return { shards: [...shards], members: {}, entries, pending: {}, revokingSince: {}, released: {}, leader: false };
+}
+
+/** Members alive at `now`. */
+export function liveMembers(state: CoordinatorState, now: number, timing: CoordinatorTiming): string[] {
+  return Object.keys(state.members).filter(
+    (id) => now - state.members[id]!.lastSeen <= timing.failureTimeoutMs,
+  );
+}
+
+/**
+ * Applies one event. Mutates and returns `state` (callers own it exclusively) together with
+ * the commands to run. Only a leader issues writes.
+ */
+export function coordinatorStep(
+  state: CoordinatorState,
+  event: CoordinatorEvent,
+  timing: CoordinatorTiming,
+): { state: CoordinatorState; commands: CoordinatorCommand[] } {
+  const commands: CoordinatorCommand[] = [];
+  switch (event.type) {
+    case "heartbeat": {
+      const { hb } = event;
+      if (!state.members[hb.worker]) commands.push({ type: "member-joined", worker: hb.worker });
+      state.members[hb.worker] = {
+        capacity: hb.capacity > 0 ? hb.capacity : 1,
+        lastSeen: event.now,
+        leaving: hb.leaving,
+        held: hb.held,
+        delayMs: Math.max(0, event.now - hb.sentAt),
+      };
+      break;
+    }
+    case "entry": {
+      if (!(event.shard in state.entries)) break;
+      const prev = state.entries[event.shard]!;
+      if (event.revision < prev.revision) break;
+      state.entries[event.shard] = { entry: event.entry, revision: event.revision };
+      delete state.pending[event.shard];
+      if (event.entry?.phase === "revoking") {
+        if (prev.entry?.phase !== "revoking" || prev.entry.epoch !== event.entry.epoch) {
+          state.revokingSince[event.shard] = event.now;
+        }
+      } else {
+        delete state.revokingSince[event.shard];
+      }
+      break;
+    }
+    case "released": {
+      const cur = state.entries[event.shard]?.entry;
+      if (cur && cur.owner === event.worker && cur.epoch === event.epoch) {
+        state.released[event.shard] = event.epoch;
+      }
+      break;
+    }
+    case "write-failed":
+      delete state.pending[event.shard];
+      break;
+    case "leadership":
+      state.leader = event.leader;
+      state.pending = {};
+      if (event.leader) {
+        // A new leader restarts every hand-off clock: it cannot know when the old leader began.
+        for (const s of state.shards) {
+          if (state.entries[s]?.entry?.phase === "revoking") state.revokingSince[s] = event.now;
+        }
+      }
+      break;
+    case "tick":
+      break;
+  }
+  if (state.leader) commands.push(...plan(state, event.now, timing));
+  return { state, commands };
+}
+
+function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): CoordinatorCommand[] {
+  const commands: CoordinatorCommand[] = [];
+  const alive = new Set(liveMembers(state, now, timing));
+  for (const id of Object.keys(state.members)) {
+    if (!alive.has(id)) {
+      commands.push({ type: "member-lost", worker: id, silentMs: now - state.members[id]!.lastSeen });
+      delete state.members[id];
+    }
+  }
+  const eligible: MemberCapacity[] = [...alive]
+    .filter((id) => !state.members[id]!.leaving)
+    .map((id) => ({ id, capacity: state.members[id]!.capacity }));
+  // Stickiness is judged against where shards are headed: the owner, or the target of a
+  // hand-off already under way, so a revoke is not reversed by the next plan.
+  const current = new Map<string, string | null>();
+  for (const s of state.shards) {
+    const e = state.entries[s]?.entry;
+    current.set(s, e ? (e.phase === "revoking" ? (e.next ?? null) : e.owner) : null);
+  }
+  const target = assignShards(state.shards, eligible, current);
+
+  for (const s of state.shards) {
+    const pendingAt = state.pending[s];
+    if (pendingAt !== undefined && now - pendingAt < timing.writeTimeoutMs) continue;
+    const view = state.entries[s]!;
+    const e = view.entry;
+    const want = target.get(s) ?? null;
+    const write = (entry: AssignmentEntry, reason: HandoffReason): void => {
+      state.pending[s] = now;
+      commands.push({ type: "write", shard: s, entry, expectedRevision: view.revision, reason });
+    };
+    if (!e || e.owner === null) {
+      if (want !== null) {
+        write({ owner: want, epoch: (e?.epoch ?? 0) + 1, phase: "active", at: now }, "initial");
+      }
+      continue;
+    }
+    const ownerAlive = alive.has(e.owner);
+    if (!ownerAlive) {
+      // Failure hand-off: no waiting; the next epoch fences the old owner in the sink.
+      if (want !== null) write({ owner: want, epoch: e.epoch + 1, phase: "active", at: now }, "failure");
+      else write({ owner: null, epoch: e.epoch, phase: "active", at: now }, "failure");
+      continue;
+    }
+    if (e.phase === "active") {
+      if (want !== null && want !== e.owner) {
+        write({ owner: e.owner, epoch: e.epoch, phase: "revoking", next: want, at: now }, "rebalance");
+      }
+      continue;
+    }
+    // revoking: wait for the owner's release, or force after the hand-off timeout.
+    const releasedAt = state.released[s];
+    const since = state.revokingSince[s] ?? now;
+    const released = releasedAt === e.epoch;
+    const timedOut = now - since >= timing.handoffTimeoutMs;
+    if (released || timedOut) {
+      const next = want ?? e.next ?? null;
+      if (next !== null) {
+        delete state.released[s];
+        write({ owner: next, epoch: e.epoch + 1, phase: "active", at: now }, released ? "released" : "handoff-timeout");
+      }
+    }
+  }
+  return commands;
+}
+
+/** The epochs a worker may hold right now according to this coordinator: shard -> epoch. */
+export function grantsFor(state: CoordinatorState, worker: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const s of state.shards) {
+    const e = state.entries[s]?.entry;
+    if (e && e.owner === worker) out[s] = e.epoch;
+  }
+  return out;
+}

@@ -1,0 +1,50 @@
+/**
+ * Shared vocabulary of the ownership protocol. Pure data: no IO, no clocks.
+ */
+
+/** Identifies a shard of a pipeline. `shard` is 0-based, < the pipeline's shard count. */
+export interface ShardRef {
+  pipeline: string;
+  shard: number;
+}
+
+export function shardKey(ref: ShardRef): string {
+  return `${ref.pipeline}.${ref.shard}`;
+}
+
+export function parseShardKey(key: string): ShardRef | undefined {
+  const dot = key.lastIndexOf(".");
+  if (dot <= 0) return undefined;
+  const shard = Number(key.slice(dot + 1));
+  if (!Number.isInteger(shard) || shard < 0) return undefined;
+  return { pipeline: key.slice(0, dot), shard };
+}
+
+/**
+ * The replicated assignment of one shard, stored in KV under `shardKey`.
+ * Invariant: `epoch` strictly increases whenever `owner` changes (written with CAS).
+ * - `active`: `owner` may consume and commit at `epoch`.
+ * - `revoking`: `owner` must stop pulling, commit its in-flight batch, ack and release;
+ *   the coordinator then hands the shard to `next` at `epoch + 1`.
+ */
+export interface AssignmentEntry {
+  owner: string | null;
+  epoch: number;
+  phase: "active" | "revoking";
+  next?: string | null;
+  /** Wall-clock ms when the coordinator wrote the entry (diagnostics only). */
+  at: number;
+}
+
+/** What a worker says about itself in every heartbeat. */
+export interface Heartbeat {
+  worker: string;
+  /** Relative share of shards to give this worker; equal workers get counts within 1. */
+  capacity: number;
+  /** Shards the worker currently holds (acquiring, active or draining), key -> epoch. */
+  held: Record<string, number>;
+  /** True once the worker is draining to leave: it gets no new shards. */
+  leaving: boolean;
+  /** Worker's wall-clock send time in ms, used to measure heartbeat delay. */
+  sentAt: number;
+}

@@ -1,0 +1,51 @@
+/**
+ * Stable error codes. A code never changes meaning once released: operators alert on
+ * them and dead-letter entries carry them.
+ */
+export const ErrorCode = {
+  /** The sink saw a higher epoch for this shard: the writer is a zombie and must stop. */
+  Fenced: "FENCED",
+  /** A compare-and-set on a KV entry lost the race; re-read and decide again. */
+  Conflict: "CONFLICT",
+  /** A dependency (NATS, SQLite lock) did not answer in time. */
+  Unavailable: "UNAVAILABLE",
+  /** Payload bytes could not be decoded as CBOR or JSON. */
+  UndecodablePayload: "UNDECODABLE_PAYLOAD",
+  /** Payload decoded but is not a map/object. */
+  NotAMap: "NOT_A_MAP",
+  /** The record has no `Nats-Msg-Id` header. */
+  MissingId: "MISSING_ID",
+  /** The subject carries no usable key token. */
+  MissingKey: "MISSING_KEY",
+  /** Configuration or command-line input is invalid. */
+  InvalidConfig: "INVALID_CONFIG",
+  /** A local cluster operation failed (process start, readiness). */
+  ClusterFailure: "CLUSTER_FAILURE",
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** The one base error of sluice: a stable `code` and whether retrying can help. */
+export class SluiceError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = "SluiceError";
+    this.code = code;
+    this.retryable = opts.retryable ?? false;
+  }
+}
+
+export function isSluiceError(err: unknown, code?: ErrorCode): err is SluiceError {
+  return err instanceof SluiceError && (code === undefined || err.code === code);
+}
+
+/** Shorthand for the fencing rejection, raised by every sink implementation. */
+export function fencedError(shard: number, epoch: number, current: number): SluiceError {
+  return new SluiceError(
+    ErrorCode.Fenced,
+    `shard ${shard}: epoch ${epoch} is fenced by epoch ${current}`,
+    { retryable: false },
+  );
+}

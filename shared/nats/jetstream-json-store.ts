@@ -1,0 +1,64 @@
+/**
+ * A `JsonStore` on a replicated JetStream KV bucket. Every conditional write is a
+ * compare-and-set on the key's revision, so two coordinators can never both move a shard to
+ * a new epoch, nor both take the leader lease.
+ */
+import type { KV } from "@nats-io/kv";
+import { ErrorCode, SluiceError } from "../errors.js";
+import type { JsonStore, Versioned } from "../ports.js";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function decodeJson<T>(bytes: Uint8Array): T | null {
+  if (bytes.length === 0) return null;
+  try {
+    return JSON.parse(dec.decode(bytes)) as T;
+  } catch {
+    return null;
+  }
+}
+
+export class JetStreamJsonStore<T> implements JsonStore<T> {
+  constructor(
+    private readonly kv: KV,
+    /** Only keys matching this filter are watched (`>` for all). */
+    private readonly watchKey = ">",
+  ) {}
+
+  async get(key: string): Promise<Versioned<T>> {
+    const e = await this.kv.get(key);
+    if (!e || e.operation !== "PUT") return { value: null, revision: e?.revision ?? 0 };
+    return { value: decodeJson<T>(e.value), revision: e.revision };
+  }
+
+  async watch(onValue: (key: string, v: Versioned<T>) => void): Promise<{ stop(): void }> {
+    const it = await this.kv.watch({ key: this.watchKey });
+    void (async () => {
+      for await (const e of it) {
+        onValue(e.key, { value: e.operation === "PUT" ? decodeJson<T>(e.value) : null, revision: e.revision });
+      }
+    })().catch(() => {});
+    return { stop: () => it.stop() };
+  }
+
+  async compareAndSet(key: string, value: T, expectedRevision: number): Promise<number> {
+    const data = enc.encode(JSON.stringify(value));
+    try {
+      return expectedRevision === 0 ? await this.kv.create(key, data) : await this.kv.update(key, data, expectedRevision);
+    } catch (err) {
+      const msg = String((err as Error).message ?? err);
+      if (msg.includes("wrong last sequence") || msg.includes("key exists")) {
+        throw new SluiceError(ErrorCode.Conflict, `${key}: revision ${expectedRevision} is stale`, {
+          retryable: true,
+          cause: err,
+        });
+      }
+      throw new SluiceError(ErrorCode.Unavailable, `${key}: KV write failed: ${msg}`, { retryable: true, cause: err });
+    }
+  }
+
+  async put(key: string, value: T): Promise<number> {
+    return this.kv.put(key, enc.encode(JSON.stringify(value)));
+  }
+}

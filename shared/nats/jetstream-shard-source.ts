@@ -1,0 +1,171 @@
+/**
+ * Shard feeds on JetStream: one durable pull consumer per (shard, epoch), R1, AckPolicy all,
+ * starting at the sink's checkpoint + 1. An R1 consumer is created in milliseconds (an R3 one
+ * in hundreds), and losing it loses nothing: the sink's checkpoint is the truth of progress.
+ */
+import {
+  AckPolicy,
+  type Consumer,
+  type ConsumerMessages,
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+  jetstream,
+  jetstreamManager,
+} from "@nats-io/jetstream";
+import { type NatsConnection, nanos } from "@nats-io/transport-node";
+import type { ShardRef } from "../core/types.js";
+import { ErrorCode, SluiceError } from "../errors.js";
+import type { ShardFeed, ShardSource, SourceMessage } from "../ports.js";
+import { consumerName, consumerPrefix, inputStream, shardFilter } from "../wire.js";
+
+export interface JetStreamShardSourceOptions {
+  /** Max unacknowledged messages of a consumer: the per-shard in-flight bound. */
+  maxAckPending: number;
+  /** Redelivery delay of an unacked message, ms. */
+  ackWaitMs: number;
+  /** Messages the client keeps pulled ahead per shard. */
+  bufferMessages: number;
+}
+
+export class JetStreamShardSource implements ShardSource {
+  private readonly js: JetStreamClient;
+  private jsm: JetStreamManager | undefined;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly opts: JetStreamShardSourceOptions,
+  ) {
+    this.js = jetstream(nc, { timeout: 5_000 });
+  }
+
+  private async manager(): Promise<JetStreamManager> {
+    this.jsm ??= await jetstreamManager(this.nc, { timeout: 5_000 });
+    return this.jsm;
+  }
+
+  async open(ref: ShardRef, epoch: number, fromSeq: number): Promise<ShardFeed> {
+    const jsm = await this.manager();
+    const stream = inputStream(ref.pipeline);
+    const name = consumerName(ref.pipeline, ref.shard, epoch);
+    // A consumer of this epoch may survive a failed run: start it over from the checkpoint.
+    await jsm.consumers.delete(stream, name).catch(() => false);
+    await jsm.consumers.add(stream, {
+      durable_name: name,
+      filter_subject: shardFilter(ref.pipeline, ref.shard),
+      ack_policy: AckPolicy.All,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: Math.max(1, fromSeq),
+      max_ack_pending: this.opts.maxAckPending,
+      ack_wait: nanos(this.opts.ackWaitMs),
+      num_replicas: 1,
+      // A consumer orphaned by a crash is removed by the server after an hour idle.
+      inactive_threshold: nanos(3_600_000),
+    });
+    const consumer = await this.js.consumers.get(stream, name);
+    const feed = new JetStreamShardFeed(consumer, this.opts.bufferMessages);
+    await feed.start();
+    return feed;
+  }
+
+  async removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void> {
+    const jsm = await this.manager();
+    const stream = inputStream(ref.pipeline);
+    const prefix = consumerPrefix(ref.pipeline, ref.shard);
+    const stale: string[] = [];
+    for await (const ci of jsm.consumers.list(stream)) {
+      if (!ci.name.startsWith(prefix)) continue;
+      const e = Number(ci.name.slice(prefix.length));
+      if (Number.isInteger(e) && e < epoch) stale.push(ci.name);
+    }
+    await Promise.all(stale.map((n) => jsm.consumers.delete(stream, n).catch(() => false)));
+  }
+
+  async remove(ref: ShardRef, epoch: number): Promise<void> {
+    const jsm = await this.manager();
+    await jsm.consumers.delete(inputStream(ref.pipeline), consumerName(ref.pipeline, ref.shard, epoch)).catch(() => false);
+  }
+}
+
+class JetStreamShardFeed implements ShardFeed {
+  private readonly buffer: JsMsg[] = [];
+  private messages: ConsumerMessages | undefined;
+  private waiter: (() => void) | undefined;
+  failure: Error | null = null;
+
+  constructor(
+    private readonly consumer: Consumer,
+    private readonly bufferMessages: number,
+  ) {}
+
+  async start(): Promise<void> {
+    this.messages = await this.consumer.consume({
+      max_messages: this.bufferMessages,
+      abort_on_missing_resource: true,
+      callback: (m) => {
+        this.buffer.push(m);
+        this.wake();
+      },
+    });
+    const messages = this.messages;
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (s.type === "consumer_deleted" || s.type === "consumer_not_found" || s.type === "stream_not_found") {
+          this.fail(new SluiceError(ErrorCode.Unavailable, `consumer gone: ${s.type}`, { retryable: true }));
+        }
+      }
+    })().catch(() => {});
+    void messages.closed().then((err) => {
+      if (err) this.fail(err instanceof Error ? err : new Error(String(err)));
+    });
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.();
+  }
+
+  async next(max: number, waitMs: number): Promise<SourceMessage[]> {
+    if (this.failure) throw this.failure;
+    if (this.buffer.length === 0) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          this.waiter = undefined;
+          resolve();
+        }, waitMs);
+        this.waiter = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      if (this.failure) throw this.failure;
+    }
+    const taken = this.buffer.splice(0, max);
+    return taken.map(toSourceMessage);
+  }
+
+  ack(last: SourceMessage): void {
+    (last.token as JsMsg).ack();
+  }
+
+  async close(): Promise<void> {
+    this.fail(new SluiceError(ErrorCode.Unavailable, "feed closed"));
+    await this.messages?.close().catch(() => {});
+    this.buffer.length = 0;
+  }
+}
+
+function toSourceMessage(m: JsMsg): SourceMessage {
+  const headers: Record<string, string> = {};
+  if (m.headers) {
+    for (const [k, v] of m.headers) headers[k] = v[0] ?? "";
+  }
+  return { seq: m.seq, subject: m.subject, data: m.data, headers, token: m };
+}

@@ -1,0 +1,78 @@
+/**
+ * The control plane over core NATS: heartbeats are requests the leader answers with the
+ * worker's grants (standbys listen without answering); releases are plain publishes.
+ * Both are lossy by design: the protocol's timeouts cover a lost message.
+ */
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { Heartbeat } from "../core/types.js";
+import type { CoordinatorControlBus, Grants, ReleasedNotice, WorkerControlBus } from "../ports.js";
+import { ControlSubjects } from "../wire.js";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const toBytes = (v: unknown): Uint8Array => enc.encode(JSON.stringify(v));
+const fromBytes = <T>(b: Uint8Array): T => JSON.parse(dec.decode(b)) as T;
+
+export class NatsWorkerControlBus implements WorkerControlBus {
+  constructor(private readonly nc: NatsConnection) {}
+
+  async heartbeat(hb: Heartbeat, timeoutMs: number): Promise<Grants | null> {
+    try {
+      const m = await this.nc.request(ControlSubjects.heartbeat, toBytes(hb), { timeout: timeoutMs });
+      return fromBytes<Grants>(m.data);
+    } catch {
+      return null;
+    }
+  }
+
+  released(notice: ReleasedNotice): void {
+    try {
+      this.nc.publish(ControlSubjects.released, toBytes(notice));
+    } catch {
+      // Connection closing: the hand-off timeout covers it.
+    }
+  }
+}
+
+export class NatsCoordinatorControlBus implements CoordinatorControlBus {
+  private readonly subs: Subscription[] = [];
+
+  constructor(private readonly nc: NatsConnection) {}
+
+  onHeartbeat(handler: (hb: Heartbeat, reply: (g: Grants) => void) => void): void {
+    this.subs.push(
+      this.nc.subscribe(ControlSubjects.heartbeat, {
+        callback: (err, m) => {
+          if (err) return;
+          let hb: Heartbeat;
+          try {
+            hb = fromBytes<Heartbeat>(m.data);
+          } catch {
+            return;
+          }
+          handler(hb, (g) => m.respond(toBytes(g)));
+        },
+      }),
+    );
+  }
+
+  onReleased(handler: (n: ReleasedNotice) => void): void {
+    this.subs.push(
+      this.nc.subscribe(ControlSubjects.released, {
+        callback: (err, m) => {
+          if (err) return;
+          try {
+            handler(fromBytes<ReleasedNotice>(m.data));
+          } catch {
+            // Malformed notice: ignore; the hand-off timeout covers it.
+          }
+        },
+      }),
+    );
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.subs) s.unsubscribe();
+    this.subs.length = 0;
+  }
+}

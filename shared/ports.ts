@@ -1,0 +1,150 @@
+/**
+ * Narrow ports between the pure core / worker pipeline and the outside world. Each has a
+ * real implementation named after its technology (JetStream*, Sqlite*) and an in-memory one
+ * (Memory*) for simulation and unit tests.
+ */
+import type { AssignmentEntry, Heartbeat, ShardRef } from "./core/types.js";
+
+/** One record as read from the source stream. */
+export interface SourceMessage {
+  /** Stream sequence, strictly increasing within the stream (and so within a shard). */
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+  headers: Record<string, string>;
+  /** Opaque handle the feed needs to ack this message. */
+  readonly token: unknown;
+}
+
+/** A shard's messages from one epoch's consumer. */
+export interface ShardFeed {
+  /** Up to `max` messages; waits at most `waitMs` when none are buffered. */
+  next(max: number, waitMs: number): Promise<SourceMessage[]>;
+  /** Acknowledge every message up to and including `last` (AckPolicy all). Fire and forget. */
+  ack(last: SourceMessage): void;
+  /** Set once the consumer is gone (deleted by a newer epoch) or broken; `next` then throws. */
+  readonly failure: Error | null;
+  close(): Promise<void>;
+}
+
+export interface ShardSource {
+  /** Open this epoch's consumer on the shard, delivering sequences >= `fromSeq`. */
+  open(ref: ShardRef, epoch: number, fromSeq: number): Promise<ShardFeed>;
+  /** Delete consumers of older epochs of this shard, so a zombie's pulls fail. */
+  removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void>;
+  /** Delete this epoch's consumer (after a graceful release). */
+  remove(ref: ShardRef, epoch: number): Promise<void>;
+}
+
+/** One row written to the sink per committed record. */
+export interface SinkRow {
+  recordId: string;
+  key: string;
+  sourceSeq: number;
+  /** The record as JSON text. */
+  payload: string;
+}
+
+export interface Checkpoint {
+  /** Highest epoch fenced for the shard. */
+  epoch: number;
+  /** Last source sequence committed (0 when nothing was). */
+  seq: number;
+}
+
+export interface CommitResult {
+  /** Rows written by this commit. */
+  committed: number;
+  /** Rows skipped because their sequence was already committed (a redelivery). */
+  skipped: number;
+  checkpoint: Checkpoint;
+}
+
+/**
+ * The fenced, atomic sink contract: rows and checkpoint in one transaction; a commit or fence
+ * with an epoch lower than the shard's fenced epoch fails with `ErrorCode.Fenced`.
+ */
+export interface Sink {
+  /** Record `epoch` as the shard's fence; fails if a higher epoch is already fenced. */
+  fence(ref: ShardRef, epoch: number): Promise<Checkpoint>;
+  /** Append `rows` and move the checkpoint to `lastSeq` (>= any row's seq), atomically. */
+  commit(ref: ShardRef, epoch: number, worker: string, rows: SinkRow[], lastSeq: number): Promise<CommitResult>;
+  checkpoint(ref: ShardRef): Promise<Checkpoint>;
+  close(): Promise<void>;
+}
+
+export interface DeadLetter {
+  ref: ShardRef;
+  seq: number;
+  code: string;
+  message: string;
+  subject: string;
+  data: Uint8Array;
+  headers: Record<string, string>;
+}
+
+export interface DeadLetterQueue {
+  /** Durably stores the entries; resolves once every entry is persisted. Idempotent per (shard, seq). */
+  publish(entries: DeadLetter[]): Promise<void>;
+}
+
+export interface Versioned<T> {
+  value: T | null;
+  /** KV revision; 0 when the key does not exist. */
+  revision: number;
+}
+
+/** A replicated key-value map of JSON values with compare-and-set writes. */
+export interface JsonStore<T> {
+  get(key: string): Promise<Versioned<T>>;
+  /** Calls `onValue` for every current key, then for every change, until stopped. */
+  watch(onValue: (key: string, v: Versioned<T>) => void): Promise<{ stop(): void }>;
+  /** Writes only if the key is still at `expectedRevision` (0: must not exist); else `ErrorCode.Conflict`. */
+  compareAndSet(key: string, value: T, expectedRevision: number): Promise<number>;
+  /** Unconditional write. */
+  put(key: string, value: T): Promise<number>;
+}
+
+/** Shard key -> assignment. */
+export type AssignmentStore = JsonStore<AssignmentEntry>;
+
+/** Heartbeat reply of the leader: the epochs the worker holds in its view. */
+export interface Grants {
+  leader: string;
+  term: number;
+  grants: Record<string, number>;
+}
+
+export interface ReleasedNotice {
+  worker: string;
+  shard: string;
+  epoch: number;
+}
+
+/** The worker's side of the control plane. */
+export interface WorkerControlBus {
+  /** Sends a heartbeat; resolves with the leader's grants, or null when no leader answered in time. */
+  heartbeat(hb: Heartbeat, timeoutMs: number): Promise<Grants | null>;
+  released(notice: ReleasedNotice): void;
+}
+
+/** The coordinator's side of the control plane. */
+export interface CoordinatorControlBus {
+  /** `reply` answers the heartbeat; a coordinator that is not leader does not call it. */
+  onHeartbeat(handler: (hb: Heartbeat, reply: (g: Grants) => void) => void): void;
+  onReleased(handler: (n: ReleasedNotice) => void): void;
+  close(): Promise<void>;
+}
+
+/** Timers, compatible with xstate's clock, so simulations can run on virtual time. */
+export interface Scheduler {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemScheduler: Scheduler = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
+};

@@ -1,0 +1,167 @@
+/**
+ * The embedded default sink: one SQLite file shared by every worker process on the host.
+ *
+ * Exactly-once rests here. Each commit is one `BEGIN IMMEDIATE` transaction that
+ *  1. reads the shard's checkpoint `(epoch, seq)`,
+ *  2. rejects the commit if a higher epoch has been fenced (a zombie writer),
+ *  3. drops rows whose source sequence is already committed (a redelivery),
+ *  4. appends the rest and moves the checkpoint to the batch's last sequence.
+ * Rows and checkpoint therefore always agree, and a record is written at most once per
+ * source sequence whatever the crashes, pauses or duplicated deliveries.
+ *
+ * The database lock is taken with a short busy timeout and retried asynchronously, so a
+ * worker waiting for the lock keeps its event loop (and heartbeats) running.
+ */
+import Database from "better-sqlite3";
+import pRetry, { AbortError } from "p-retry";
+import type { ShardRef } from "../core/types.js";
+import { ErrorCode, fencedError, SluiceError } from "../errors.js";
+import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+
+export interface SqliteSinkOptions {
+  /** Pipelines whose tables are created on open. */
+  pipelines: readonly string[];
+  /** How long one attempt waits for the write lock, ms. */
+  busyTimeoutMs?: number;
+  /** How long, in total, a commit keeps retrying a busy database before failing, ms. */
+  lockDeadlineMs?: number;
+  /** Wall clock for `committed_at`, ms. */
+  now?: () => number;
+}
+
+const quote = (ident: string): string => `"${ident.replaceAll('"', '""')}"`;
+
+export class SqliteSink implements Sink {
+  private readonly db: Database.Database;
+  private readonly now: () => number;
+  private readonly lockDeadlineMs: number;
+  private readonly inserts = new Map<string, Database.Statement>();
+  private readonly getCp: Database.Statement<[string, number], { epoch: number; seq: number }>;
+  private readonly putCp: Database.Statement;
+  private closed = false;
+
+  constructor(
+    readonly path: string,
+    opts: SqliteSinkOptions,
+  ) {
+    this.db = new Database(path, { timeout: opts.busyTimeoutMs ?? 25 });
+    this.now = opts.now ?? Date.now;
+    this.lockDeadlineMs = opts.lockDeadlineMs ?? 120_000;
+    this.withBusyRetrySync(() => {
+      this.db.pragma("journal_mode = WAL");
+      this.db.pragma("synchronous = NORMAL");
+      this.db.exec(`CREATE TABLE IF NOT EXISTS sluice_checkpoints (
+        pipeline TEXT NOT NULL, shard INTEGER NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL, PRIMARY KEY (pipeline, shard))`);
+      for (const p of opts.pipelines) SqliteSink.createPipelineTable(this.db, p);
+    });
+    this.getCp = this.db.prepare("SELECT epoch, seq FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?");
+    this.putCp = this.db.prepare(`INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, updated_at)
+      VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
+      seq = excluded.seq, updated_at = excluded.updated_at`);
+  }
+
+  /** Append-only table of a pipeline: no unique key, so a duplicate would be visible. */
+  static createPipelineTable(db: Database.Database, pipeline: string): void {
+    db.exec(`CREATE TABLE IF NOT EXISTS ${quote(pipeline)} (
+      row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL, shard INTEGER NOT NULL,
+      source_seq INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL, payload TEXT NOT NULL,
+      committed_at INTEGER NOT NULL)`);
+  }
+
+  private insertFor(pipeline: string): Database.Statement {
+    let st = this.inserts.get(pipeline);
+    if (!st) {
+      SqliteSink.createPipelineTable(this.db, pipeline);
+      st = this.db.prepare(`INSERT INTO ${quote(pipeline)}
+        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
+      this.inserts.set(pipeline, st);
+    }
+    return st;
+  }
+
+  private readCp(ref: ShardRef): Checkpoint {
+    return this.getCp.get(ref.pipeline, ref.shard) ?? { epoch: 0, seq: 0 };
+  }
+
+  private withBusyRetrySync<T>(fn: () => T): T {
+    const deadline = Date.now() + this.lockDeadlineMs;
+    for (;;) {
+      try {
+        return fn();
+      } catch (err) {
+        if (!isBusy(err) || Date.now() > deadline) throw err;
+      }
+    }
+  }
+
+  /** Runs `fn` in an immediate transaction, retrying (without blocking the loop) while locked. */
+  private async tx<T>(fn: () => T): Promise<T> {
+    if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed", { retryable: false });
+    const run = this.db.transaction(fn);
+    return pRetry(
+      () => {
+        try {
+          return run.immediate();
+        } catch (err) {
+          if (isBusy(err)) throw new SluiceError(ErrorCode.Unavailable, "sink database is locked", { retryable: true, cause: err });
+          // Fenced, conflict or a real database error: retrying cannot help.
+          throw new AbortError(err instanceof Error ? err : String(err));
+        }
+      },
+      {
+        retries: Number.POSITIVE_INFINITY,
+        minTimeout: 2,
+        maxTimeout: 50,
+        factor: 1.5,
+        randomize: true,
+        maxRetryTime: this.lockDeadlineMs,
+      },
+    );
+  }
+
+  async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
+    return this.tx(() => {
+      const cp = this.readCp(ref);
+      if (cp.epoch > epoch) throw fencedError(ref.shard, epoch, cp.epoch);
+      this.putCp.run(ref.pipeline, ref.shard, epoch, cp.seq, this.now());
+      return { epoch, seq: cp.seq };
+    });
+  }
+
+  async commit(ref: ShardRef, epoch: number, worker: string, rows: SinkRow[], lastSeq: number): Promise<CommitResult> {
+    const insert = this.insertFor(ref.pipeline);
+    return this.tx(() => {
+      const cp = this.readCp(ref);
+      if (cp.epoch !== epoch) {
+        if (cp.epoch > epoch) throw fencedError(ref.shard, epoch, cp.epoch);
+        throw new SluiceError(ErrorCode.Conflict, `shard ${ref.shard}: commit at epoch ${epoch} before its fence`);
+      }
+      const at = this.now();
+      let committed = 0;
+      for (const r of rows) {
+        if (r.sourceSeq <= cp.seq) continue;
+        insert.run(r.recordId, r.key, ref.shard, r.sourceSeq, epoch, worker, r.payload, at);
+        committed++;
+      }
+      const seq = Math.max(cp.seq, lastSeq);
+      if (seq !== cp.seq) this.putCp.run(ref.pipeline, ref.shard, epoch, seq, at);
+      return { committed, skipped: rows.length - committed, checkpoint: { epoch, seq } };
+    });
+  }
+
+  async checkpoint(ref: ShardRef): Promise<Checkpoint> {
+    return this.readCp(ref);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+}
+
+function isBusy(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === "SQLITE_BUSY" || code === "SQLITE_LOCKED" || code === "SQLITE_BUSY_SNAPSHOT";
+}

@@ -1,0 +1,64 @@
+/**
+ * The wire contract: subject, stream, consumer and bucket names. Other tools depend on
+ * these exactly; change them only with a migration.
+ */
+
+/** Producers publish here; the server maps the key token to a shard. */
+export const ingestSubject = (pipeline: string, key: string): string => `ingest.${pipeline}.${key}`;
+/** Where records land after partitioning; the stream captures `sluice.in.<P>.>`. */
+export const shardSubject = (pipeline: string, shard: number, key: string): string =>
+  `sluice.in.${pipeline}.${shard}.${key}`;
+export const shardFilter = (pipeline: string, shard: number): string => `sluice.in.${pipeline}.${shard}.>`;
+export const inputSubjects = (pipeline: string): string => `sluice.in.${pipeline}.>`;
+export const deadLetterSubject = (pipeline: string, shard: number): string => `sluice.dlq.${pipeline}.${shard}`;
+export const deadLetterSubjects = (pipeline: string): string => `sluice.dlq.${pipeline}.>`;
+
+export const inputStream = (pipeline: string): string => `SLUICE_IN_${pipeline}`;
+export const deadLetterStream = (pipeline: string): string => `SLUICE_DLQ_${pipeline}`;
+/** The durable consumer of one shard at one epoch. Every epoch has its own. */
+export const consumerName = (pipeline: string, shard: number, epoch: number): string =>
+  `${pipeline}-s${shard}-e${epoch}`;
+export const consumerPrefix = (pipeline: string, shard: number): string => `${pipeline}-s${shard}-e`;
+
+/** The server-side partition mapping of a pipeline, as in the nats-server `mappings` block. */
+export const partitionMapping = (pipeline: string, shards: number): [string, string] => [
+  `ingest.${pipeline}.*`,
+  `sluice.in.${pipeline}.{{partition(${shards},1)}}.{{wildcard(1)}}`,
+];
+
+export const Buckets = {
+  /** shardKey -> AssignmentEntry (JSON). */
+  assignments: "sluice_assignments",
+  /** `leader` -> LeaderRecord; `view` -> the leader's cluster view (status). */
+  coordinator: "sluice_coordinator",
+} as const;
+
+export const ControlSubjects = {
+  /** Worker heartbeats (request; the leader replies with the worker's grants). */
+  heartbeat: "sluice.ctl.heartbeat",
+  /** A worker's report that it released a shard after a graceful hand-off. */
+  released: "sluice.ctl.released",
+} as const;
+
+export const Headers = {
+  msgId: "Nats-Msg-Id",
+  contentType: "Content-Type",
+  errorCode: "Sluice-Error-Code",
+  errorMessage: "Sluice-Error",
+  sourceSeq: "Sluice-Source-Seq",
+  sourceSubject: "Sluice-Source-Subject",
+  shard: "Sluice-Shard",
+} as const;
+
+/** FNV-1a 32-bit hash, as nats-server's `partition()` mapping computes it over the key token. */
+export function fnv1a32(input: string): number {
+  let h = 0x811c9dc5;
+  const bytes = new TextEncoder().encode(input);
+  for (const b of bytes) {
+    h ^= b;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+export const shardOf = (key: string, shards: number): number => fnv1a32(key) % shards;

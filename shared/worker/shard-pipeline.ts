@@ -1,0 +1,168 @@
+/**
+ * The data path of one shard lease at one epoch: pull a batch, decode, dead-letter bad
+ * records, commit the rest with the checkpoint in one fenced sink transaction, then ack the
+ * batch once (AckPolicy all). Talks to ports only, so it runs against NATS and SQLite in
+ * production and against in-memory ports in simulation.
+ */
+import { decodeRecord } from "../codec.js";
+import type { ShardRef } from "../core/types.js";
+import { ErrorCode, isSluiceError } from "../errors.js";
+import type { DeadLetter, DeadLetterQueue, ShardFeed, ShardSource, Sink, SinkRow, SourceMessage } from "../ports.js";
+import type { RunOutcome } from "../core/lease.machine.js";
+
+export interface PipelinePorts {
+  sink: Sink;
+  source: ShardSource;
+  deadLetters: DeadLetterQueue;
+}
+
+export interface PipelineSettings {
+  /** Largest batch per sink transaction. */
+  batchMax: number;
+  /** Longest wait for the first message of a batch, ms; bounds how fast a drain starts. */
+  pullWaitMs: number;
+}
+
+export interface BatchReport {
+  ref: ShardRef;
+  epoch: number;
+  committed: number;
+  skipped: number;
+  deadLettered: number;
+  checkpoint: number;
+  /** Time spent in the sink transaction, ms. */
+  commitMs: number;
+}
+
+export interface PipelineHooks {
+  /** Is the lease confirmed recently enough to commit? Checked before every commit. */
+  leaseFresh(): boolean;
+  onBatch?(r: BatchReport): void;
+  now(): number;
+}
+
+export class ShardPipeline {
+  private feed: ShardFeed | null = null;
+  private pending: SourceMessage[] | null = null;
+  private stopping = false;
+  private loop: Promise<RunOutcome> | null = null;
+
+  constructor(
+    readonly ref: ShardRef,
+    readonly epoch: number,
+    readonly worker: string,
+    private readonly ports: PipelinePorts,
+    private readonly settings: PipelineSettings,
+    private readonly hooks: PipelineHooks,
+  ) {}
+
+  /** Fence the sink at this epoch, remove older epochs' consumers, open this epoch's consumer. */
+  async acquire(): Promise<{ checkpoint: number }> {
+    const cp = await this.ports.sink.fence(this.ref, this.epoch);
+    await this.ports.source.removeOlderEpochs(this.ref, this.epoch);
+    if (this.stopping) return { checkpoint: cp.seq };
+    await this.feed?.close();
+    this.pending = null;
+    this.feed = await this.ports.source.open(this.ref, this.epoch, cp.seq + 1);
+    return { checkpoint: cp.seq };
+  }
+
+  /** Runs batches until stopped, until the lease needs a re-check, or until fenced or broken. */
+  run(): Promise<RunOutcome> {
+    this.loop = this.runLoop();
+    return this.loop;
+  }
+
+  private async runLoop(): Promise<RunOutcome> {
+    const feed = this.feed;
+    if (!feed) return { type: "failed", reason: "no feed: acquire first" };
+    while (!this.stopping) {
+      if (!this.pending) {
+        let msgs: SourceMessage[];
+        try {
+          msgs = await feed.next(this.settings.batchMax, this.settings.pullWaitMs);
+        } catch (err) {
+          return { type: "failed", reason: `pull failed: ${(err as Error).message}` };
+        }
+        if (msgs.length === 0) continue;
+        this.pending = msgs;
+        if (this.stopping) break;
+      }
+      // A pause may have passed between the pull and now: never commit on an unconfirmed lease.
+      if (!this.hooks.leaseFresh()) return { type: "stale" };
+      const outcome = await this.commitPending(feed);
+      if (outcome) return outcome;
+    }
+    return { type: "failed", reason: "stopped" };
+  }
+
+  /** Commits `pending`; returns an outcome only when the run must end. */
+  private async commitPending(feed: ShardFeed): Promise<RunOutcome | null> {
+    const batch = this.pending;
+    if (!batch || batch.length === 0) return null;
+    const rows: SinkRow[] = [];
+    const dead: DeadLetter[] = [];
+    for (const m of batch) {
+      const r = decodeRecord(m);
+      if (r.ok) rows.push(r.row);
+      else
+        dead.push({
+          ref: this.ref,
+          seq: m.seq,
+          code: r.code,
+          message: r.message,
+          subject: m.subject,
+          data: m.data,
+          headers: m.headers,
+        });
+    }
+    const last = batch[batch.length - 1]!;
+    try {
+      // Dead letters are stored before the checkpoint passes them, so none can vanish.
+      if (dead.length > 0) await this.ports.deadLetters.publish(dead);
+      const t0 = this.hooks.now();
+      const res = await this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq);
+      feed.ack(last);
+      this.pending = null;
+      this.hooks.onBatch?.({
+        ref: this.ref,
+        epoch: this.epoch,
+        committed: res.committed,
+        skipped: res.skipped,
+        deadLettered: dead.length,
+        checkpoint: res.checkpoint.seq,
+        commitMs: this.hooks.now() - t0,
+      });
+      return null;
+    } catch (err) {
+      if (isSluiceError(err, ErrorCode.Fenced)) return { type: "fenced", reason: err.message };
+      return { type: "failed", reason: `commit failed: ${(err as Error).message}` };
+    }
+  }
+
+  /** Graceful end: stop pulling, commit and ack the in-flight batch, close and delete the consumer. */
+  async drain(): Promise<void> {
+    this.stopping = true;
+    await this.loop?.catch(() => undefined);
+    const feed = this.feed;
+    if (feed && this.pending && !feed.failure) {
+      const outcome = await this.commitPending(feed);
+      if (outcome?.type === "failed") throw new Error(outcome.reason);
+    }
+    await this.close();
+    await this.ports.source.remove(this.ref, this.epoch).catch(() => undefined);
+  }
+
+  /** Fenced: drop everything without committing. */
+  abandon(): void {
+    this.stopping = true;
+    void this.close();
+  }
+
+  private async close(): Promise<void> {
+    const feed = this.feed;
+    this.feed = null;
+    this.pending = null;
+    await feed?.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * A worker: follows the assignment entries that name it, runs one lease machine per shard,
+ * heartbeats to the coordinator, and drains gracefully when asked to leave.
+ *
+ * Lease confirmation: the leader's heartbeat reply lists the epochs it grants this worker.
+ * A grant counts from the moment the heartbeat was *sent*, so a reply that arrives after a
+ * pause confirms nothing new. A pipeline whose lease is older than `leaseTtlMs` re-reads the
+ * assignment from the store before its next commit (the machine's `verifying` state).
+ */
+import { type ActorRefFrom, createActor, fromPromise } from "xstate";
+import type { TimingConfig, WorkerConfig } from "../config.js";
+import { leaseMachine, type RunOutcome, type ShardLeaseArgs } from "../core/lease.machine.js";
+import { type AssignmentEntry, type Heartbeat, parseShardKey } from "../core/types.js";
+import type { Logger } from "../logger.js";
+import type { AssignmentStore, Scheduler, Versioned, WorkerControlBus } from "../ports.js";
+import { type BatchReport, type PipelinePorts, ShardPipeline } from "./shard-pipeline.js";
+
+export interface WorkerDeps extends PipelinePorts {
+  id: string;
+  capacity: number;
+  assignments: AssignmentStore;
+  bus: WorkerControlBus;
+  scheduler: Scheduler;
+  timing: TimingConfig;
+  settings: WorkerConfig;
+  log: Logger;
+  onBatch?(r: BatchReport): void;
+  onLeaseEvent?(e: LeaseEventReport): void;
+}
+
+export interface LeaseEventReport {
+  shard: string;
+  epoch: number;
+  event: "acquiring" | "active" | "released" | "fenced" | "verifying" | "draining";
+  reason?: string | null;
+}
+
+interface Held {
+  epoch: number;
+  actor: ActorRefFrom<typeof leaseMachine>;
+  pipeline: ShardPipeline;
+}
+
+export class WorkerRuntime {
+  private readonly leases = new Map<string, Held>();
+  /** shard -> latest entry seen from the store. */
+  private readonly latest = new Map<string, AssignmentEntry | null>();
+  /** shard -> { epoch, time from which the lease is confirmed }. */
+  private readonly confirmed = new Map<string, { epoch: number; at: number }>();
+  private watchStop: (() => void) | null = null;
+  private hbTimer: unknown = null;
+  private leaving = false;
+  private started = false;
+  private stopped: Promise<void> | null = null;
+  /** Time of the last heartbeat a leader answered. */
+  private lastLeaderReply = 0;
+
+  constructor(private readonly d: WorkerDeps) {}
+
+  get id(): string {
+    return this.d.id;
+  }
+
+  heldShards(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [k, h] of this.leases) out[k] = h.epoch;
+    return out;
+  }
+
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    this.lastLeaderReply = this.d.scheduler.now();
+    const w = await this.d.assignments.watch((key, v) => this.onEntry(key, v));
+    this.watchStop = () => w.stop();
+    this.beat();
+  }
+
+  private beat(): void {
+    if (this.stopped && !this.leaving) return;
+    const sentAt = this.d.scheduler.now();
+    const hb: Heartbeat = {
+      worker: this.d.id,
+      capacity: this.d.capacity,
+      held: this.heldShards(),
+      leaving: this.leaving,
+      sentAt,
+    };
+    void this.d.bus
+      .heartbeat(hb, Math.max(100, this.d.timing.heartbeatMs * 2))
+      .then((g) => {
+        if (!g) return;
+        this.lastLeaderReply = this.d.scheduler.now();
+        for (const [shard, epoch] of Object.entries(g.grants)) {
+          const h = this.leases.get(shard);
+          if (h && h.epoch === epoch) this.confirm(shard, epoch, sentAt);
+        }
+      })
+      .catch(() => undefined);
+    this.hbTimer = this.d.scheduler.setTimeout(() => this.beat(), this.d.timing.heartbeatMs);
+  }
+
+  private confirm(shard: string, epoch: number, at: number): void {
+    const c = this.confirmed.get(shard);
+    if (!c || c.epoch !== epoch || c.at < at) this.confirmed.set(shard, { epoch, at });
+  }
+
+  private leaseFresh(shard: string, epoch: number): boolean {
+    const c = this.confirmed.get(shard);
+    return !!c && c.epoch === epoch && this.d.scheduler.now() - c.at <= this.d.timing.leaseTtlMs;
+  }
+
+  private onEntry(shard: string, v: Versioned<AssignmentEntry>): void {
+    if (!parseShardKey(shard)) return;
+    const e = v.value;
+    this.latest.set(shard, e);
+    const held = this.leases.get(shard);
+    if (e && e.owner === this.d.id) {
+      if (held && held.epoch < e.epoch) {
+        held.actor.send({ type: "FENCE", reason: `reassigned to self at epoch ${e.epoch}` });
+        return; // the new epoch starts when the old lease has stopped
+      }
+      if (e.phase === "active") {
+        if (!held && !this.leaving) this.startLease(shard, e.epoch);
+        else if (held) this.confirm(shard, e.epoch, this.d.scheduler.now());
+      } else if (held) {
+        held.actor.send({ type: "REVOKE" });
+      } else {
+        // Asked to release what this worker never started: release at once.
+        this.d.bus.released({ worker: this.d.id, shard, epoch: e.epoch });
+      }
+      return;
+    }
+    if (held && (!e || e.epoch > held.epoch)) {
+      held.actor.send({ type: "FENCE", reason: `shard now owned by ${e?.owner ?? "nobody"} at epoch ${e?.epoch}` });
+    } else if (held && e && e.owner !== this.d.id) {
+      held.actor.send({ type: "REVOKE" });
+    }
+  }
+
+  private startLease(shard: string, epoch: number): void {
+    const ref = parseShardKey(shard)!;
+    const log = this.d.log.child({ shard, epoch });
+    const pipeline = new ShardPipeline(ref, epoch, this.d.id, this.d, this.d.settings, {
+      leaseFresh: () => this.leaseFresh(shard, epoch),
+      now: () => this.d.scheduler.now(),
+      onBatch: (r) => this.d.onBatch?.(r),
+    });
+    this.confirm(shard, epoch, this.d.scheduler.now());
+    const machine = leaseMachine.provide({
+      actors: {
+        acquire: fromPromiseOf(() => pipeline.acquire()),
+        run: fromPromiseOf<RunOutcome>(() => pipeline.run()),
+        verify: fromPromiseOf(async () => {
+          const startedAt = this.d.scheduler.now();
+          const v = await this.d.assignments.get(shard);
+          const mine = v.value?.owner === this.d.id && v.value.epoch === epoch;
+          if (mine) this.confirm(shard, epoch, startedAt);
+          return mine ? ("owner" as const) : ("lost" as const);
+        }),
+        drain: fromPromiseOf(() => pipeline.drain()),
+      },
+      actions: { abandon: () => pipeline.abandon() },
+    });
+    const actor = createActor(machine, {
+      input: {
+        shard,
+        epoch,
+        worker: this.d.id,
+        retryBaseMs: 50,
+        retryMaxMs: 2000,
+      },
+      clock: this.d.scheduler,
+    });
+    const held: Held = { epoch, actor, pipeline };
+    this.leases.set(shard, held);
+    let last = "";
+    actor.subscribe({
+      next: (snap) => {
+        const state = String(snap.value);
+        if (state === last) return;
+        last = state;
+        if (state === "acquiring" || state === "active" || state === "verifying" || state === "draining") {
+          this.d.onLeaseEvent?.({ shard, epoch, event: state });
+          log.debug({ state }, "lease state");
+        }
+      },
+      complete: () => {
+        const out = actor.getSnapshot().output;
+        if (this.leases.get(shard) === held) this.leases.delete(shard);
+        this.confirmed.delete(shard);
+        const result = out?.result ?? "released";
+        this.d.onLeaseEvent?.({ shard, epoch, event: result, reason: out?.reason ?? null });
+        log.info({ result, reason: out?.reason ?? null }, `lease ${result}`);
+        if (result === "released") this.d.bus.released({ worker: this.d.id, shard, epoch });
+        // A newer epoch for this worker may have arrived meanwhile.
+        const e = this.latest.get(shard);
+        if (e && e.owner === this.d.id && e.phase === "active" && e.epoch > epoch && !this.leaving) {
+          this.startLease(shard, e.epoch);
+        }
+      },
+      error: (err) => log.error({ err }, "lease actor failed"),
+    });
+    actor.start();
+  }
+
+  /**
+   * Leave the cluster: stop taking shards, let the coordinator revoke them one by one (each
+   * drained and committed), and fall back to draining locally if no leader answers.
+   * Idempotent; resolves when every lease has ended.
+   */
+  drain(deadlineMs = 30_000): Promise<void> {
+    this.stopped ??= this.drainAll(deadlineMs);
+    return this.stopped;
+  }
+
+  private async drainAll(deadlineMs: number): Promise<void> {
+    this.leaving = true;
+    const start = this.d.scheduler.now();
+    const leaderless = Math.max(this.d.timing.leaderTtlMs, this.d.timing.heartbeatMs * 5);
+    await new Promise<void>((resolve) => {
+      const check = (): void => {
+        const now = this.d.scheduler.now();
+        if (this.leases.size === 0) return resolve();
+        const noLeader = now - this.lastLeaderReply > leaderless;
+        if (noLeader || now - start > deadlineMs) {
+          for (const h of this.leases.values()) h.actor.send({ type: "REVOKE" });
+        }
+        this.d.scheduler.setTimeout(check, 20);
+      };
+      check();
+    });
+    this.stopNow();
+  }
+
+  /** Stop timers and the watch without draining (used after drain, and on crash-like stops). */
+  stopNow(): void {
+    this.leaving = true;
+    this.stopped ??= Promise.resolve();
+    if (this.hbTimer !== null) this.d.scheduler.clearTimeout(this.hbTimer);
+    this.hbTimer = null;
+    this.watchStop?.();
+    this.watchStop = null;
+    for (const h of this.leases.values()) h.actor.stop();
+  }
+}
+
+function fromPromiseOf<T>(fn: () => Promise<T>) {
+  return fromPromise<T, ShardLeaseArgs>(() => fn());
+}
