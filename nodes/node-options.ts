@@ -10,7 +10,7 @@ export interface NodeOptions {
   capacity: number;
 }
 
-export function parseNodeOptions(role: "worker" | "coordinator", argv: string[]): NodeOptions {
+export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: string[]): NodeOptions {
   const cmd = new Command(`sluice-${role}`)
     .requiredOption("--id <id>", "node id, unique in the cluster")
     .requiredOption("--servers <urls>", "comma-separated NATS URLs")

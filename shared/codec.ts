@@ -7,9 +7,7 @@ import { ErrorCode } from "./errors.js";
 import type { SinkRow, SourceMessage } from "./ports.js";
 import { Headers } from "./wire.js";
 
-export type DecodeResult =
-  | { ok: true; row: SinkRow }
-  | { ok: false; code: ErrorCode; message: string };
+export type DecodeResult = { ok: true; row: SinkRow } | { ok: false; code: ErrorCode; message: string };
 
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -24,7 +22,10 @@ export function toJsonText(value: unknown): string {
 }
 
 function isPlainMap(v: unknown): boolean {
-  return (typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)) || v instanceof Map;
+  return (
+    (typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)) ||
+    v instanceof Map
+  );
 }
 
 export function decodeRecord(msg: SourceMessage): DecodeResult {
@@ -46,13 +47,21 @@ export function decodeRecord(msg: SourceMessage): DecodeResult {
     };
   }
   if (!isPlainMap(value)) {
-    return { ok: false, code: ErrorCode.NotAMap, message: `payload is ${value === null ? "null" : typeof value}, not a map` };
+    return {
+      ok: false,
+      code: ErrorCode.NotAMap,
+      message: `payload is ${value === null ? "null" : typeof value}, not a map`,
+    };
   }
   let payload: string;
   try {
     payload = toJsonText(value);
   } catch (err) {
-    return { ok: false, code: ErrorCode.UndecodablePayload, message: `not representable as JSON: ${(err as Error).message}` };
+    return {
+      ok: false,
+      code: ErrorCode.UndecodablePayload,
+      message: `not representable as JSON: ${(err as Error).message}`,
+    };
   }
   return { ok: true, row: { recordId, key, sourceSeq: msg.seq, payload } };
 }

@@ -6,7 +6,9 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { ErrorCode, SluiceError } from "./errors.js";
 
-const name = z.string().regex(/^[A-Za-z][A-Za-z0-9_]{0,62}$/, "letters, digits and _ only, starting with a letter");
+const name = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z0-9_]{0,62}$/, "letters, digits and _ only, starting with a letter");
 
 export const PipelineSchema = z.object({
   name,
@@ -43,7 +45,10 @@ export const WorkerSchema = z.object({
 });
 
 export const ConfigSchema = z.object({
-  pipelines: z.array(PipelineSchema).min(1).default([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000 }]),
+  pipelines: z
+    .array(PipelineSchema)
+    .min(1)
+    .default([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000 }]),
   timing: TimingSchema.default(TimingSchema.parse({})),
   worker: WorkerSchema.default(WorkerSchema.parse({})),
 });
@@ -60,7 +65,8 @@ export function parseConfig(raw: unknown): SluiceConfig {
   }
   const names = new Set<string>();
   for (const p of r.data.pipelines) {
-    if (names.has(p.name)) throw new SluiceError(ErrorCode.InvalidConfig, `pipeline '${p.name}' is defined twice`);
+    if (names.has(p.name))
+      throw new SluiceError(ErrorCode.InvalidConfig, `pipeline '${p.name}' is defined twice`);
     names.add(p.name);
   }
   return r.data;

@@ -43,9 +43,7 @@ export function isSluiceError(err: unknown, code?: ErrorCode): err is SluiceErro
 
 /** Shorthand for the fencing rejection, raised by every sink implementation. */
 export function fencedError(shard: number, epoch: number, current: number): SluiceError {
-  return new SluiceError(
-    ErrorCode.Fenced,
-    `shard ${shard}: epoch ${epoch} is fenced by epoch ${current}`,
-    { retryable: false },
-  );
+  return new SluiceError(ErrorCode.Fenced, `shard ${shard}: epoch ${epoch} is fenced by epoch ${current}`, {
+    retryable: false,
+  });
 }

@@ -68,7 +68,13 @@ export interface Sink {
   /** Record `epoch` as the shard's fence; fails if a higher epoch is already fenced. */
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint>;
   /** Append `rows` and move the checkpoint to `lastSeq` (>= any row's seq), atomically. */
-  commit(ref: ShardRef, epoch: number, worker: string, rows: SinkRow[], lastSeq: number): Promise<CommitResult>;
+  commit(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+  ): Promise<CommitResult>;
   checkpoint(ref: ShardRef): Promise<Checkpoint>;
   close(): Promise<void>;
 }

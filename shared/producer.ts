@@ -4,7 +4,7 @@
  * retry of a publish that did land into a no-op. A full window blocks `send` (backpressure).
  */
 import { type JetStreamClient, jetstream, type PubAck } from "@nats-io/jetstream";
-import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
+import { type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
 import pRetry from "p-retry";
 import { Headers, ingestSubject } from "./wire.js";
 
@@ -71,7 +71,12 @@ export class Producer {
     let timedOut = false;
     try {
       const ack: PubAck = await pRetry(
-        () => this.js.publish(ingestSubject(this.pipeline, r.key), r.data, { msgID: r.id, headers: h, timeout: this.opts.timeoutMs }),
+        () =>
+          this.js.publish(ingestSubject(this.pipeline, r.key), r.data, {
+            msgID: r.id,
+            headers: h,
+            timeout: this.opts.timeoutMs,
+          }),
         {
           retries: this.opts.retries,
           minTimeout: 100,

@@ -10,7 +10,8 @@ export const shardSubject = (pipeline: string, shard: number, key: string): stri
   `sluice.in.${pipeline}.${shard}.${key}`;
 export const shardFilter = (pipeline: string, shard: number): string => `sluice.in.${pipeline}.${shard}.>`;
 export const inputSubjects = (pipeline: string): string => `sluice.in.${pipeline}.>`;
-export const deadLetterSubject = (pipeline: string, shard: number): string => `sluice.dlq.${pipeline}.${shard}`;
+export const deadLetterSubject = (pipeline: string, shard: number): string =>
+  `sluice.dlq.${pipeline}.${shard}`;
 export const deadLetterSubjects = (pipeline: string): string => `sluice.dlq.${pipeline}.>`;
 
 export const inputStream = (pipeline: string): string => `SLUICE_IN_${pipeline}`;

@@ -8,7 +8,15 @@ import { pipelineOf } from "../../shared/config.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { measureFailover } from "./failover.js";
 import { runLoad } from "./load.js";
-import { addWorker, down, isOurProcess, readClusterConfig, readClusterFile, up, writeClusterFile } from "./local-cluster.js";
+import {
+  addWorker,
+  down,
+  isOurProcess,
+  readClusterConfig,
+  readClusterFile,
+  up,
+  writeClusterFile,
+} from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { gatherStatus } from "./status.js";
 import { countCommitted, formatVerify, verify } from "./verify.js";
@@ -26,7 +34,11 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   const dir = resolve(o.dir);
   if (existsSync(join(dir, "cluster.json"))) {
     const old = readClusterFile(dir);
-    if ([...old.nats, ...old.coordinators, ...old.workers].some((p) => isOurProcess(p.pid, dir))) {
+    if (
+      [...old.nats, ...(old.sinks ?? []), ...old.coordinators, ...old.workers].some((p) =>
+        isOurProcess(p.pid, dir),
+      )
+    ) {
       throw new Error(`a cluster is still running in ${dir}; stop it with 'npx sluice down --dir ${o.dir}'`);
     }
     rmSync(dir, { recursive: true, force: true });
@@ -42,7 +54,9 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   let ok = false;
   try {
     await waitSettled(nc, cfg, c.sink, 60_000);
-    say(`cluster ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; NATS at ${c.nats.map((n) => n.url).join(", ")}`);
+    say(
+      `cluster ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; NATS at ${c.nats.map((n) => n.url).join(", ")}`,
+    );
     const ackLog = join(dir, "demo-acks.jsonl");
     const victim = c.workers[0]!;
     let killedAt = 0;
@@ -62,7 +76,9 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       onProgress: (p) => {
         if (!killing && p.sent >= o.count * 0.3) {
           killing = gatherStatus(nc, cfg, c.sink).then((st) => {
-            killedShards = st.shards.filter((r) => r.owner === victim.id).map((r) => Number(r.shard.split(".")[1]));
+            killedShards = st.shards
+              .filter((r) => r.owner === victim.id)
+              .map((r) => Number(r.shard.split(".")[1]));
             killedAt = Date.now();
             try {
               process.kill(victim.pid, "SIGKILL");
@@ -72,7 +88,9 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
             const cf = readClusterFile(dir);
             cf.workers = cf.workers.filter((w) => w.id !== victim.id);
             writeClusterFile(cf);
-            say(`SIGKILL worker ${victim.id} (pid ${victim.pid}, ${killedShards.length} shards) at ${p.sent} records`);
+            say(
+              `SIGKILL worker ${victim.id} (pid ${victim.pid}, ${killedShards.length} shards) at ${p.sent} records`,
+            );
           });
         }
         if (!joined && p.sent >= o.count * 0.5) {
@@ -93,13 +111,22 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     });
     if (tty) process.stdout.write("\n");
     await killing;
-    say(`load done: ${summary.acked} acked, ${summary.failed} failed, ${summary.timeout} timed out in ${(summary.elapsedMs / 1000).toFixed(1)} s`);
-    const drained = await waitUntil("the sink to catch up", 120_000, () => {
-      const n = countCommitted(c.sink, pipeline);
-      return n >= summary.acked ? n : undefined;
-    }, 250).catch(() => countCommitted(c.sink, pipeline));
+    say(
+      `load done: ${summary.acked} acked, ${summary.failed} failed, ${summary.timeout} timed out in ${(summary.elapsedMs / 1000).toFixed(1)} s`,
+    );
+    const drained = await waitUntil(
+      "the sink to catch up",
+      120_000,
+      () => {
+        const n = countCommitted(c.sink, pipeline);
+        return n >= summary.acked ? n : undefined;
+      },
+      250,
+    ).catch(() => countCommitted(c.sink, pipeline));
     const elapsed = (Date.now() - loadStart) / 1000;
-    say(`sink has ${drained} rows; end-to-end ${(drained / elapsed).toFixed(0)} records/s over ${elapsed.toFixed(1)} s`);
+    say(
+      `sink has ${drained} rows; end-to-end ${(drained / elapsed).toFixed(0)} records/s over ${elapsed.toFixed(1)} s`,
+    );
     const report = verify(c.sink, pipeline, ackLog);
     console.log(formatVerify(report));
     const f = measureFailover(c.sink, pipeline, killedShards, victim.id, killedAt);

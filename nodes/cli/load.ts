@@ -1,6 +1,7 @@
 /** `sluice load`: publishes N records with unique ids and logs every confirmation. */
-import { createWriteStream } from "node:fs";
+
 import { randomBytes } from "node:crypto";
+import { createWriteStream } from "node:fs";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { encodeRecord } from "../../shared/codec.js";
 import { Producer, type PublishResult } from "../../shared/producer.js";
@@ -45,11 +46,11 @@ export async function runLoad(nc: NatsConnection, o: LoadOptions): Promise<LoadS
   let lastReport = 0;
   for (let i = 0; i < o.count; i++) {
     if (o.signal?.aborted) break;
-    if (o.rate > 0) {
-      const due = start + (i * 1000) / o.rate;
-      const wait = due - Date.now();
-      if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    }
+    const due = o.rate > 0 ? start + (i * 1000) / o.rate : 0;
+    const wait = due - Date.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    // A loader behind schedule would otherwise chain microtasks and starve timers and I/O.
+    else if (i % 128 === 0) await new Promise((r) => setImmediate(r));
     const id = `${runId}-${i}`;
     const key = `k${i % o.keys}`;
     await producer.send({ id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) }, onResult);

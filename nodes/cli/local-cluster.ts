@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSyn
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import pRetry from "p-retry";
-import { type SluiceConfig, loadConfig } from "../../shared/config.js";
+import { loadConfig, type SluiceConfig } from "../../shared/config.js";
 import { ErrorCode, SluiceError } from "../../shared/errors.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { provision } from "../../shared/nats/provision.js";
@@ -29,6 +29,8 @@ export interface NatsRecord extends ProcessRecord {
 export interface ClusterFile {
   dir: string;
   nats: NatsRecord[];
+  /** The process that owns the SQLite sink file. */
+  sinks: ProcessRecord[];
   coordinators: ProcessRecord[];
   workers: ProcessRecord[];
   sink: string;
@@ -48,16 +50,24 @@ export interface UpOptions {
   natsNodes?: number;
 }
 
+// Node processes always run the compiled code, also when this module is loaded from source (tests).
 const here = fileURLToPath(new URL(".", import.meta.url));
-export const workerScript = resolve(here, "../worker/main.js");
-export const coordinatorScript = resolve(here, "../coordinator/main.js");
+const root = /[\\/]dist[\\/]nodes[\\/]cli[\\/]?$/.test(here)
+  ? resolve(here, "../../..")
+  : resolve(here, "../..");
+export const workerScript = join(root, "dist", "nodes", "worker", "main.js");
+export const coordinatorScript = join(root, "dist", "nodes", "coordinator", "main.js");
+export const sinkScript = join(root, "dist", "nodes", "sink", "main.js");
 
 export const clusterFilePath = (dir: string): string => join(resolve(dir), "cluster.json");
 
 export function readClusterFile(dir: string): ClusterFile {
   const p = clusterFilePath(dir);
   if (!existsSync(p)) {
-    throw new SluiceError(ErrorCode.ClusterFailure, `no cluster at ${resolve(dir)} (missing cluster.json); run 'sluice up' first`);
+    throw new SluiceError(
+      ErrorCode.ClusterFailure,
+      `no cluster at ${resolve(dir)} (missing cluster.json); run 'sluice up' first`,
+    );
   }
   return JSON.parse(readFileSync(p, "utf8")) as ClusterFile;
 }
@@ -88,7 +98,9 @@ export function isOurProcess(pid: number, marker: string): boolean {
 }
 
 function natsConfig(dir: string, i: number, n: number, base: number, cfg: SluiceConfig): string {
-  const routes = Array.from({ length: n }, (_, k) => `"nats-route://127.0.0.1:${base + 2000 + k}"`).join(", ");
+  const routes = Array.from({ length: n }, (_, k) => `"nats-route://127.0.0.1:${base + 2000 + k}"`).join(
+    ", ",
+  );
   const mappings = cfg.pipelines
     .map((p) => partitionMapping(p.name, p.shards))
     .map(([from, to]) => `  "${from}": "${to}"`)
@@ -115,7 +127,11 @@ ${mappings}
 
 function spawnLogged(cmd: string, args: string[], logFile: string): ChildProcess {
   const fd = openSync(logFile, "a");
-  const child = spawn(cmd, args, { detached: true, stdio: ["ignore", fd, fd], env: { ...process.env, SLUICE_LOG_JSON: "1" } });
+  const child = spawn(cmd, args, {
+    detached: true,
+    stdio: ["ignore", fd, fd],
+    env: { ...process.env, SLUICE_LOG_JSON: "1" },
+  });
   child.unref();
   return child;
 }
@@ -136,11 +152,11 @@ async function waitHttpOk(url: string, deadlineMs: number): Promise<void> {
 
 export function startNodeProcess(
   c: ClusterFile,
-  role: "worker" | "coordinator",
+  role: "worker" | "coordinator" | "sink",
   id: string,
   capacity = 1,
 ): ProcessRecord {
-  const script = role === "worker" ? workerScript : coordinatorScript;
+  const script = role === "worker" ? workerScript : role === "sink" ? sinkScript : coordinatorScript;
   const args = [
     script,
     "--id",
@@ -155,7 +171,8 @@ export function startNodeProcess(
     String(capacity),
   ];
   const child = spawnLogged(process.execPath, args, join(c.dir, "logs", `${id}.log`));
-  if (child.pid === undefined) throw new SluiceError(ErrorCode.ClusterFailure, `could not start ${role} ${id}`);
+  if (child.pid === undefined)
+    throw new SluiceError(ErrorCode.ClusterFailure, `could not start ${role} ${id}`);
   return { id, pid: child.pid };
 }
 
@@ -163,9 +180,14 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   const dir = resolve(o.dir);
   if (existsSync(clusterFilePath(dir))) {
     const old = readClusterFile(dir);
-    const alive = [...old.nats, ...old.coordinators, ...old.workers].filter((p) => isOurProcess(p.pid, dir));
+    const alive = [...old.nats, ...(old.sinks ?? []), ...old.coordinators, ...old.workers].filter((p) =>
+      isOurProcess(p.pid, dir),
+    );
     if (alive.length > 0) {
-      throw new SluiceError(ErrorCode.ClusterFailure, `a cluster is already running in ${dir}; run 'sluice down --dir ${o.dir}'`);
+      throw new SluiceError(
+        ErrorCode.ClusterFailure,
+        `a cluster is already running in ${dir}; run 'sluice down --dir ${o.dir}'`,
+      );
     }
   }
   const n = o.natsNodes ?? 3;
@@ -173,13 +195,24 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   const cfg = o.config ?? loadConfig(o.configFile);
   const configPath = join(dir, "config.json");
   writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);
-  const c: ClusterFile = { dir, nats: [], coordinators: [], workers: [], sink: join(dir, "sink.db"), config: configPath };
+  const c: ClusterFile = {
+    dir,
+    nats: [],
+    sinks: [],
+    coordinators: [],
+    workers: [],
+    sink: join(dir, "sink.db"),
+    config: configPath,
+  };
   for (let i = 0; i < n; i++) {
     const conf = join(dir, "nats", `n${i + 1}.conf`);
     writeFileSync(conf, natsConfig(dir, i, n, o.portBase, cfg));
     const child = spawnLogged("nats-server", ["-c", conf], join(dir, "logs", `n${i + 1}.log`));
     if (child.pid === undefined) {
-      throw new SluiceError(ErrorCode.ClusterFailure, "could not start nats-server: is it installed? (apt-get install nats-server)");
+      throw new SluiceError(
+        ErrorCode.ClusterFailure,
+        "could not start nats-server: is it installed? (apt-get install nats-server)",
+      );
     }
     c.nats.push({
       id: `n${i + 1}`,
@@ -193,10 +226,16 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   const nc = await connectNats({ servers: c.nats.map((s) => s.url), name: "sluice-up" });
   try {
     // The JetStream meta leader is elected a moment after the servers answer health checks.
-    await pRetry(() => provision(nc, cfg, Math.min(3, n)), { retries: 60, minTimeout: 250, maxTimeout: 1000, factor: 1.2 });
+    await pRetry(() => provision(nc, cfg, Math.min(3, n)), {
+      retries: 60,
+      minTimeout: 250,
+      maxTimeout: 1000,
+      factor: 1.2,
+    });
   } finally {
     await nc.close();
   }
+  c.sinks.push(startNodeProcess(c, "sink", "s1"));
   for (let i = 1; i <= o.coordinators; i++) c.coordinators.push(startNodeProcess(c, "coordinator", `c${i}`));
   for (let i = 1; i <= o.workers; i++) c.workers.push(startNodeProcess(c, "worker", `w${i}`));
   writeClusterFile(c);
@@ -265,6 +304,7 @@ export async function down(dir: string): Promise<void> {
   const c = readClusterFile(dir);
   await Promise.all(c.workers.map((w) => stopProcess(w, c.dir, 15_000)));
   await Promise.all(c.coordinators.map((p) => stopProcess(p, c.dir, 5_000)));
+  await Promise.all((c.sinks ?? []).map((p) => stopProcess(p, c.dir, 10_000)));
   await Promise.all(c.nats.map((p) => stopProcess(p, c.dir, 10_000)));
-  writeClusterFile({ ...c, nats: [], coordinators: [], workers: [] });
+  writeClusterFile({ ...c, nats: [], sinks: [], coordinators: [], workers: [] });
 }

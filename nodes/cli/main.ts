@@ -6,23 +6,18 @@ import { isSluiceError } from "../../shared/errors.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { runDemo } from "./demo.js";
 import { runLoad } from "./load.js";
-import {
-  addWorker,
-  down,
-  readClusterConfig,
-  readClusterFile,
-  removeWorker,
-  up,
-} from "./local-cluster.js";
+import { addWorker, down, readClusterConfig, readClusterFile, removeWorker, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { formatStatus, gatherStatus } from "./status.js";
 import { formatVerify, verify } from "./verify.js";
 
-const int = (name: string) => (v: string): number => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number >= 0`);
-  return n;
-};
+const int =
+  (name: string) =>
+  (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number >= 0`);
+    return n;
+  };
 
 const program = new Command("sluice")
   .description("Exactly-once ingestion cluster on NATS JetStream")
@@ -35,32 +30,55 @@ program
   .option("--workers <n>", "workers", int("--workers"), 3)
   .option("--coordinators <n>", "coordinators", int("--coordinators"), 2)
   .option("--config <file>", "pipelines and timing (JSON); default: pipeline 'demo' with 16 shards")
-  .option("--port-base <port>", "first NATS client port (cluster +2000, monitor +4000)", int("--port-base"), 14222)
+  .option(
+    "--port-base <port>",
+    "first NATS client port (cluster +2000, monitor +4000)",
+    int("--port-base"),
+    14222,
+  )
   .option("--detach", "return once the cluster is ready, leaving it running")
-  .action(async (o: { dir: string; workers: number; coordinators: number; config?: string; portBase: number; detach?: boolean }) => {
-    const c = await up({ dir: o.dir, workers: o.workers, coordinators: o.coordinators, portBase: o.portBase, configFile: o.config });
-    const cfg = readClusterConfig(c);
-    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-up" });
-    try {
-      await waitSettled(nc, cfg, c.sink, 60_000);
-    } finally {
-      await nc.close();
-    }
-    console.log(`sluice cluster ready in ${c.dir}`);
-    for (const n of c.nats) console.log(`  nats ${n.id}  pid ${n.pid}  ${n.url}  monitor ${n.monitor}`);
-    for (const p of c.coordinators) console.log(`  coordinator ${p.id}  pid ${p.pid}`);
-    for (const p of c.workers) console.log(`  worker ${p.id}  pid ${p.pid}`);
-    console.log(`  sink ${c.sink}\n  logs ${c.dir}/logs\n  pipelines ${cfg.pipelines.map((p) => `${p.name} (${p.shards} shards)`).join(", ")}`);
-    console.log(`publish to ingest.<pipeline>.<key>; stop with: npx sluice down --dir ${o.dir}`);
-    if (o.detach) return;
-    console.log("running in the foreground; Ctrl-C stops the cluster");
-    await new Promise<void>((resolve) => {
-      const stop = () => resolve();
-      process.once("SIGINT", stop);
-      process.once("SIGTERM", stop);
-    });
-    await down(o.dir);
-  });
+  .action(
+    async (o: {
+      dir: string;
+      workers: number;
+      coordinators: number;
+      config?: string;
+      portBase: number;
+      detach?: boolean;
+    }) => {
+      const c = await up({
+        dir: o.dir,
+        workers: o.workers,
+        coordinators: o.coordinators,
+        portBase: o.portBase,
+        configFile: o.config,
+      });
+      const cfg = readClusterConfig(c);
+      const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-up" });
+      try {
+        await waitSettled(nc, cfg, c.sink, 60_000);
+      } finally {
+        await nc.close();
+      }
+      console.log(`sluice cluster ready in ${c.dir}`);
+      for (const n of c.nats) console.log(`  nats ${n.id}  pid ${n.pid}  ${n.url}  monitor ${n.monitor}`);
+      for (const p of c.sinks) console.log(`  sink ${p.id}  pid ${p.pid}  owns ${c.sink}`);
+      for (const p of c.coordinators) console.log(`  coordinator ${p.id}  pid ${p.pid}`);
+      for (const p of c.workers) console.log(`  worker ${p.id}  pid ${p.pid}`);
+      console.log(
+        `  logs ${c.dir}/logs\n  pipelines ${cfg.pipelines.map((p) => `${p.name} (${p.shards} shards)`).join(", ")}`,
+      );
+      console.log(`publish to ingest.<pipeline>.<key>; stop with: npx sluice down --dir ${o.dir}`);
+      if (o.detach) return;
+      console.log("running in the foreground; Ctrl-C stops the cluster");
+      await new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+      });
+      await down(o.dir);
+    },
+  );
 
 program
   .command("down")
@@ -99,19 +117,28 @@ program
   .option("--rate <r>", "records per second (0: unlimited)", int("--rate"), 0)
   .requiredOption("--ack-log <file>", "one JSON line per publish: {id, status, seq}")
   .option("--keys <n>", "distinct keys", int("--keys"), 1000)
-  .action(async (o: { dir: string; pipeline: string; count: number; rate: number; ackLog: string; keys: number }) => {
-    const c = readClusterFile(o.dir);
-    pipelineOf(readClusterConfig(c), o.pipeline);
-    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-load" });
-    try {
-      const s = await runLoad(nc, { ...o, keys: Math.max(1, o.keys) });
-      console.log(
-        `published ${s.sent}: ${s.acked} acked, ${s.failed} failed, ${s.timeout} timed out in ${(s.elapsedMs / 1000).toFixed(1)} s (${Math.round((s.sent * 1000) / Math.max(1, s.elapsedMs))} rec/s)`,
-      );
-    } finally {
-      await nc.close();
-    }
-  });
+  .action(
+    async (o: {
+      dir: string;
+      pipeline: string;
+      count: number;
+      rate: number;
+      ackLog: string;
+      keys: number;
+    }) => {
+      const c = readClusterFile(o.dir);
+      pipelineOf(readClusterConfig(c), o.pipeline);
+      const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-load" });
+      try {
+        const s = await runLoad(nc, { ...o, keys: Math.max(1, o.keys) });
+        console.log(
+          `published ${s.sent}: ${s.acked} acked, ${s.failed} failed, ${s.timeout} timed out in ${(s.elapsedMs / 1000).toFixed(1)} s (${Math.round((s.sent * 1000) / Math.max(1, s.elapsedMs))} rec/s)`,
+        );
+      } finally {
+        await nc.close();
+      }
+    },
+  );
 
 program
   .command("verify")
@@ -145,14 +172,22 @@ program
 
 program
   .command("demo")
-  .description("local cluster + 100k records + a SIGKILLed worker + a new worker, then the exactly-once check")
+  .description(
+    "local cluster + 100k records + a SIGKILLed worker + a new worker, then the exactly-once check",
+  )
   .option("--dir <dir>", "cluster directory (wiped first)", ".sluice-demo")
   .option("--count <n>", "records", int("--count"), 100_000)
   .option("--rate <r>", "records per second", int("--rate"), 5_000)
   .option("--port-base <port>", "first NATS client port", int("--port-base"), 14222)
   .option("--keep", "leave the cluster running afterwards")
   .action(async (o: { dir: string; count: number; rate: number; portBase: number; keep?: boolean }) => {
-    const ok = await runDemo({ dir: o.dir, count: o.count, rate: o.rate, portBase: o.portBase, keep: !!o.keep });
+    const ok = await runDemo({
+      dir: o.dir,
+      count: o.count,
+      rate: o.rate,
+      portBase: o.portBase,
+      keep: !!o.keep,
+    });
     process.exitCode = ok ? 0 : 1;
   });
 

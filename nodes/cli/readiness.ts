@@ -8,7 +8,11 @@ export function isSettled(s: StatusReport, workers?: readonly string[]): boolean
   return (
     s.leader !== null &&
     s.shards.every(
-      (r) => r.owner !== null && r.phase === "active" && r.fencedEpoch === r.epoch && (!workers || workers.includes(r.owner)),
+      (r) =>
+        r.owner !== null &&
+        r.phase === "active" &&
+        r.fencedEpoch === r.epoch &&
+        (!workers || workers.includes(r.owner)),
     )
   );
 }
@@ -20,8 +24,13 @@ export async function waitSettled(
   timeoutMs: number,
   workers?: readonly string[],
 ): Promise<StatusReport> {
-  return waitUntil("every shard to be owned and active", timeoutMs, async () => {
-    const s = await gatherStatus(nc, cfg, sinkPath);
-    return isSettled(s, workers) ? s : undefined;
-  }, 200);
+  return waitUntil(
+    "every shard to be owned and active",
+    timeoutMs,
+    async () => {
+      const s = await gatherStatus(nc, cfg, sinkPath);
+      return isSettled(s, workers) ? s : undefined;
+    },
+    200,
+  );
 }

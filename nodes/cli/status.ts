@@ -36,7 +36,11 @@ const json = <T>(b: Uint8Array | undefined): T | null => {
   }
 };
 
-export async function gatherStatus(nc: NatsConnection, cfg: SluiceConfig, sinkPath: string): Promise<StatusReport> {
+export async function gatherStatus(
+  nc: NatsConnection,
+  cfg: SluiceConfig,
+  sinkPath: string,
+): Promise<StatusReport> {
   const kvm = new Kvm(nc);
   const assignments = await kvm.open(Buckets.assignments);
   const control = await kvm.open(Buckets.coordinator);
@@ -47,7 +51,9 @@ export async function gatherStatus(nc: NatsConnection, cfg: SluiceConfig, sinkPa
   try {
     const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
     try {
-      for (const r of db.prepare("SELECT pipeline, shard, epoch, seq FROM sluice_checkpoints").all() as Array<{
+      for (const r of db
+        .prepare("SELECT pipeline, shard, epoch, seq FROM sluice_checkpoints")
+        .all() as Array<{
         pipeline: string;
         shard: number;
         epoch: number;

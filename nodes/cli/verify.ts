@@ -98,7 +98,9 @@ export function formatVerify(r: VerifyReport): string {
 export function countCommitted(sinkPath: string, pipeline: string): number {
   const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
   try {
-    const row = db.prepare(`SELECT COUNT(*) AS n FROM "${pipeline.replaceAll('"', '""')}"`).get() as { n: number };
+    const row = db.prepare(`SELECT COUNT(*) AS n FROM "${pipeline.replaceAll('"', '""')}"`).get() as {
+      n: number;
+    };
     return row.n;
   } catch {
     return 0;

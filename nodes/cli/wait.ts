@@ -17,7 +17,9 @@ export async function waitUntil<T>(
       lastErr = err;
     }
     if (Date.now() > end) {
-      throw new SluiceError(ErrorCode.Unavailable, `timed out after ${timeoutMs} ms waiting for ${what}`, { cause: lastErr });
+      throw new SluiceError(ErrorCode.Unavailable, `timed out after ${timeoutMs} ms waiting for ${what}`, {
+        cause: lastErr,
+      });
     }
     await new Promise((r) => setTimeout(r, everyMs));
   }

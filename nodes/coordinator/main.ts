@@ -1,10 +1,7 @@
 /** The coordinator process: NATS adapters around the CoordinatorRuntime. */
 import { Kvm } from "@nats-io/kv";
 import { allShardKeys } from "../../shared/config.js";
-import {
-  type CoordinatorRecord,
-  CoordinatorRuntime,
-} from "../../shared/coordinator/coordinator-runtime.js";
+import { type CoordinatorRecord, CoordinatorRuntime } from "../../shared/coordinator/coordinator-runtime.js";
 import type { AssignmentEntry } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";

@@ -1,23 +1,23 @@
 /** The worker process: NATS and SQLite adapters around the WorkerRuntime. */
 import { Kvm } from "@nats-io/kv";
+import type { AssignmentEntry } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { JetStreamDeadLetterQueue } from "../../shared/nats/jetstream-dead-letter-queue.js";
 import { JetStreamJsonStore } from "../../shared/nats/jetstream-json-store.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
 import { NatsWorkerControlBus } from "../../shared/nats/nats-control-bus.js";
+import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
 import { systemScheduler } from "../../shared/ports.js";
-import { SqliteSink } from "../../shared/sink/sqlite-sink.js";
 import { Buckets } from "../../shared/wire.js";
 import { WorkerRuntime } from "../../shared/worker/worker-runtime.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
-import type { AssignmentEntry } from "../../shared/core/types.js";
 
 const opts = parseNodeOptions("worker", process.argv);
 const log = createLogger(opts.id, "worker");
 const nc = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}` });
 const kv = await new Kvm(nc).open(Buckets.assignments);
-const sink = new SqliteSink(opts.sink, { pipelines: opts.config.pipelines.map((p) => p.name) });
+const sink = new NatsSinkClient(nc);
 const runtime = new WorkerRuntime({
   id: opts.id,
   capacity: opts.capacity,
@@ -35,11 +35,12 @@ const runtime = new WorkerRuntime({
   settings: opts.config.worker,
   log,
   onBatch: (r) => {
-    if (r.deadLettered > 0) log.warn({ shard: `${r.ref.pipeline}.${r.ref.shard}`, count: r.deadLettered }, "dead-lettered");
+    if (r.deadLettered > 0)
+      log.warn({ shard: `${r.ref.pipeline}.${r.ref.shard}`, count: r.deadLettered }, "dead-lettered");
   },
 });
 await runtime.start();
-log.info({ servers: opts.servers, sink: opts.sink }, "worker started");
+log.info({ servers: opts.servers }, "worker started");
 
 onShutdown(async () => {
   log.info({}, "draining");

@@ -12,7 +12,12 @@ import {
   grantsFor,
   initialCoordinatorState,
 } from "../core/coordinator-core.js";
-import { isLeader, type LeaderObservation, type LeaderRecord, leaderAction } from "../core/leader-election.js";
+import {
+  isLeader,
+  type LeaderObservation,
+  type LeaderRecord,
+  leaderAction,
+} from "../core/leader-election.js";
 import type { AssignmentEntry } from "../core/types.js";
 import type { Logger } from "../logger.js";
 import type { AssignmentStore, CoordinatorControlBus, JsonStore, Scheduler } from "../ports.js";
@@ -22,7 +27,10 @@ export interface ClusterView {
   leader: string;
   term: number;
   at: number;
-  members: Record<string, { capacity: number; lastSeenMsAgo: number; leaving: boolean; heartbeatDelayMs: number; held: number }>;
+  members: Record<
+    string,
+    { capacity: number; lastSeenMsAgo: number; leaving: boolean; heartbeatDelayMs: number; held: number }
+  >;
 }
 
 export type CoordinatorRecord = LeaderRecord | ClusterView;
@@ -87,13 +95,21 @@ export class CoordinatorRuntime {
     const w2 = await this.d.control.watch((key, v) => {
       if (key !== LEADER_KEY) return;
       if (v.revision !== this.obs.revision) {
-        this.obs = { record: (v.value as LeaderRecord | null) ?? null, revision: v.revision, observedAt: now() };
+        this.obs = {
+          record: (v.value as LeaderRecord | null) ?? null,
+          revision: v.revision,
+          observedAt: now(),
+        };
       }
     });
-    this.stops.push(() => w1.stop(), () => w2.stop());
+    this.stops.push(
+      () => w1.stop(),
+      () => w2.stop(),
+    );
     this.d.bus.onHeartbeat((hb, reply) => {
       this.dispatch({ type: "heartbeat", hb, now: now() });
-      if (this.leading) reply({ leader: this.d.id, term: this.term, grants: grantsFor(this.state, hb.worker) });
+      if (this.leading)
+        reply({ leader: this.d.id, term: this.term, grants: grantsFor(this.state, hb.worker) });
     });
     this.d.bus.onReleased((n) =>
       this.dispatch({ type: "released", worker: n.worker, shard: n.shard, epoch: n.epoch, now: now() }),
@@ -132,7 +148,8 @@ export class CoordinatorRuntime {
           ? await this.d.control.compareAndSet(LEADER_KEY, action.record, 0)
           : await this.d.control.compareAndSet(LEADER_KEY, action.record, action.expectedRevision);
       if (rev > this.obs.revision) this.obs = { record: action.record, revision: rev, observedAt: now };
-      if (action.type !== "renew") this.d.log.info({ term: action.record.term }, `leader lease: ${action.type}`);
+      if (action.type !== "renew")
+        this.d.log.info({ term: action.record.term }, `leader lease: ${action.type}`);
     } catch {
       // Lost the race or the KV is unavailable: the watch brings the winner's record.
     } finally {
@@ -150,7 +167,13 @@ export class CoordinatorRuntime {
     switch (c.type) {
       case "write":
         this.d.log.info(
-          { shard: c.shard, owner: c.entry.owner, epoch: c.entry.epoch, phase: c.entry.phase, reason: c.reason },
+          {
+            shard: c.shard,
+            owner: c.entry.owner,
+            epoch: c.entry.epoch,
+            phase: c.entry.phase,
+            reason: c.reason,
+          },
           "assign",
         );
         void this.d.assignments

@@ -68,7 +68,15 @@ export type HandoffReason = "initial" | "failure" | "rebalance" | "released" | "
 export function initialCoordinatorState(shards: readonly string[]): CoordinatorState {
   const entries: Record<string, EntryView> = {};
   for (const s of shards) entries[s] = { entry: null, revision: 0 };
-  return { shards: [...shards], members: {}, entries, pending: {}, revokingSince: {}, released: {}, leader: false };
+  return {
+    shards: [...shards],
+    members: {},
+    entries,
+    pending: {},
+    revokingSince: {},
+    released: {},
+    leader: false,
+  };
 }
 
 /** Members alive at `now`. */
@@ -188,7 +196,9 @@ function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): 
       continue;
     }
     if (e.phase === "active") {
-      if (want !== null && want !== e.owner) {
+      // A leaving owner is revoked even when no one can take over, so it can drain and exit.
+      const leaving = state.members[e.owner]?.leaving === true;
+      if (want !== e.owner && (want !== null || leaving)) {
         write({ owner: e.owner, epoch: e.epoch, phase: "revoking", next: want, at: now }, "rebalance");
       }
       continue;
@@ -199,11 +209,10 @@ function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): 
     const released = releasedAt === e.epoch;
     const timedOut = now - since >= timing.handoffTimeoutMs;
     if (released || timedOut) {
-      const next = want ?? e.next ?? null;
-      if (next !== null) {
-        delete state.released[s];
-        write({ owner: next, epoch: e.epoch + 1, phase: "active", at: now }, released ? "released" : "handoff-timeout");
-      }
+      delete state.released[s];
+      const reason = released ? "released" : "handoff-timeout";
+      if (want !== null) write({ owner: want, epoch: e.epoch + 1, phase: "active", at: now }, reason);
+      else write({ owner: null, epoch: e.epoch, phase: "active", at: now }, reason);
     }
   }
   return commands;

@@ -13,6 +13,7 @@
  * Delays run on the actor system's clock, so tests inject `SimulatedClock`.
  */
 import { assign, fromPromise, setup } from "xstate";
+import { ErrorCode, isSluiceError } from "../errors.js";
 
 export interface LeaseInput {
   shard: string;
@@ -82,7 +83,10 @@ export const leaseMachine = setup({
     abandon: () => {},
   },
   guards: {
-    isFencedError: ({ event }) => String((event as { error?: unknown }).error ?? "").includes(fencedMarker),
+    isFencedError: ({ event }) => {
+      const err = (event as { error?: unknown }).error;
+      return isSluiceError(err, ErrorCode.Fenced) || String(err ?? "").includes(fencedMarker);
+    },
   },
   delays: {
     retryDelay: ({ context }) =>
@@ -164,7 +168,10 @@ export const leaseMachine = setup({
           { guard: ({ event }) => event.output === "owner", target: "active" },
           { target: "fenced", actions: assign({ lastError: "lease lost while paused" }) },
         ],
-        onError: { target: "verifyBackoff", actions: assign({ lastError: ({ event }) => String(event.error) }) },
+        onError: {
+          target: "verifyBackoff",
+          actions: assign({ lastError: ({ event }) => String(event.error) }),
+        },
       },
       on: { REVOKE: "draining" },
     },

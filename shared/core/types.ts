@@ -22,7 +22,9 @@ export function parseShardKey(key: string): ShardRef | undefined {
 
 /**
  * The replicated assignment of one shard, stored in KV under `shardKey`.
- * Invariant: `epoch` strictly increases whenever `owner` changes (written with CAS).
+ * Invariant: `epoch` strictly increases whenever the shard gets a new owner (written with CAS);
+ * an entry may drop to `owner: null` at the same epoch when no member is left, and the next
+ * owner then gets `epoch + 1`, so no two owners ever share an epoch.
  * - `active`: `owner` may consume and commit at `epoch`.
  * - `revoking`: `owner` must stop pulling, commit its in-flight batch, ack and release;
  *   the coordinator then hands the shard to `next` at `epoch + 1`.

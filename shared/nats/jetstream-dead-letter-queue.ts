@@ -4,7 +4,7 @@
  * The message id `dlq-<shard>-<seq>` makes a re-publish after a crash a no-op.
  */
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
-import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
+import { type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
 import type { DeadLetter, DeadLetterQueue } from "../ports.js";
 import { deadLetterSubject, Headers } from "../wire.js";
 

@@ -28,7 +28,7 @@ export class JetStreamJsonStore<T> implements JsonStore<T> {
 
   async get(key: string): Promise<Versioned<T>> {
     const e = await this.kv.get(key);
-    if (!e || e.operation !== "PUT") return { value: null, revision: e?.revision ?? 0 };
+    if (e?.operation !== "PUT") return { value: null, revision: e?.revision ?? 0 };
     return { value: decodeJson<T>(e.value), revision: e.revision };
   }
 
@@ -36,7 +36,10 @@ export class JetStreamJsonStore<T> implements JsonStore<T> {
     const it = await this.kv.watch({ key: this.watchKey });
     void (async () => {
       for await (const e of it) {
-        onValue(e.key, { value: e.operation === "PUT" ? decodeJson<T>(e.value) : null, revision: e.revision });
+        onValue(e.key, {
+          value: e.operation === "PUT" ? decodeJson<T>(e.value) : null,
+          revision: e.revision,
+        });
       }
     })().catch(() => {});
     return { stop: () => it.stop() };
@@ -45,7 +48,9 @@ export class JetStreamJsonStore<T> implements JsonStore<T> {
   async compareAndSet(key: string, value: T, expectedRevision: number): Promise<number> {
     const data = enc.encode(JSON.stringify(value));
     try {
-      return expectedRevision === 0 ? await this.kv.create(key, data) : await this.kv.update(key, data, expectedRevision);
+      return expectedRevision === 0
+        ? await this.kv.create(key, data)
+        : await this.kv.update(key, data, expectedRevision);
     } catch (err) {
       const msg = String((err as Error).message ?? err);
       if (msg.includes("wrong last sequence") || msg.includes("key exists")) {
@@ -54,7 +59,10 @@ export class JetStreamJsonStore<T> implements JsonStore<T> {
           cause: err,
         });
       }
-      throw new SluiceError(ErrorCode.Unavailable, `${key}: KV write failed: ${msg}`, { retryable: true, cause: err });
+      throw new SluiceError(ErrorCode.Unavailable, `${key}: KV write failed: ${msg}`, {
+        retryable: true,
+        cause: err,
+      });
     }
   }
 

@@ -84,7 +84,9 @@ export class JetStreamShardSource implements ShardSource {
 
   async remove(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
-    await jsm.consumers.delete(inputStream(ref.pipeline), consumerName(ref.pipeline, ref.shard, epoch)).catch(() => false);
+    await jsm.consumers
+      .delete(inputStream(ref.pipeline), consumerName(ref.pipeline, ref.shard, epoch))
+      .catch(() => false);
   }
 }
 
@@ -111,7 +113,11 @@ class JetStreamShardFeed implements ShardFeed {
     const messages = this.messages;
     void (async () => {
       for await (const s of messages.status()) {
-        if (s.type === "consumer_deleted" || s.type === "consumer_not_found" || s.type === "stream_not_found") {
+        if (
+          s.type === "consumer_deleted" ||
+          s.type === "consumer_not_found" ||
+          s.type === "stream_not_found"
+        ) {
           this.fail(new SluiceError(ErrorCode.Unavailable, `consumer gone: ${s.type}`, { retryable: true }));
         }
       }

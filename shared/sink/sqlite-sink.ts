@@ -55,7 +55,9 @@ export class SqliteSink implements Sink {
         updated_at INTEGER NOT NULL, PRIMARY KEY (pipeline, shard))`);
       for (const p of opts.pipelines) SqliteSink.createPipelineTable(this.db, p);
     });
-    this.getCp = this.db.prepare("SELECT epoch, seq FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?");
+    this.getCp = this.db.prepare(
+      "SELECT epoch, seq FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?",
+    );
     this.putCp = this.db.prepare(`INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, updated_at)
       VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
       seq = excluded.seq, updated_at = excluded.updated_at`);
@@ -97,14 +99,18 @@ export class SqliteSink implements Sink {
 
   /** Runs `fn` in an immediate transaction, retrying (without blocking the loop) while locked. */
   private async tx<T>(fn: () => T): Promise<T> {
-    if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed", { retryable: false });
+    this.assertOpen();
     const run = this.db.transaction(fn);
     return pRetry(
       () => {
         try {
           return run.immediate();
         } catch (err) {
-          if (isBusy(err)) throw new SluiceError(ErrorCode.Unavailable, "sink database is locked", { retryable: true, cause: err });
+          if (isBusy(err))
+            throw new SluiceError(ErrorCode.Unavailable, "sink database is locked", {
+              retryable: true,
+              cause: err,
+            });
           // Fenced, conflict or a real database error: retrying cannot help.
           throw new AbortError(err instanceof Error ? err : String(err));
         }
@@ -129,13 +135,27 @@ export class SqliteSink implements Sink {
     });
   }
 
-  async commit(ref: ShardRef, epoch: number, worker: string, rows: SinkRow[], lastSeq: number): Promise<CommitResult> {
+  private assertOpen(): void {
+    if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed", { retryable: false });
+  }
+
+  async commit(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+  ): Promise<CommitResult> {
+    this.assertOpen();
     const insert = this.insertFor(ref.pipeline);
     return this.tx(() => {
       const cp = this.readCp(ref);
       if (cp.epoch !== epoch) {
         if (cp.epoch > epoch) throw fencedError(ref.shard, epoch, cp.epoch);
-        throw new SluiceError(ErrorCode.Conflict, `shard ${ref.shard}: commit at epoch ${epoch} before its fence`);
+        throw new SluiceError(
+          ErrorCode.Conflict,
+          `shard ${ref.shard}: commit at epoch ${epoch} before its fence`,
+        );
       }
       const at = this.now();
       let committed = 0;
@@ -151,6 +171,7 @@ export class SqliteSink implements Sink {
   }
 
   async checkpoint(ref: ShardRef): Promise<Checkpoint> {
+    this.assertOpen();
     return this.readCp(ref);
   }
 

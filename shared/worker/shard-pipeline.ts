@@ -4,11 +4,21 @@
  * batch once (AckPolicy all). Talks to ports only, so it runs against NATS and SQLite in
  * production and against in-memory ports in simulation.
  */
+
+import pRetry, { AbortError } from "p-retry";
 import { decodeRecord } from "../codec.js";
+import type { RunOutcome } from "../core/lease.machine.js";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, isSluiceError } from "../errors.js";
-import type { DeadLetter, DeadLetterQueue, ShardFeed, ShardSource, Sink, SinkRow, SourceMessage } from "../ports.js";
-import type { RunOutcome } from "../core/lease.machine.js";
+import type {
+  DeadLetter,
+  DeadLetterQueue,
+  ShardFeed,
+  ShardSource,
+  Sink,
+  SinkRow,
+  SourceMessage,
+} from "../ports.js";
 
 export interface PipelinePorts {
   sink: Sink;
@@ -119,9 +129,11 @@ export class ShardPipeline {
     const last = batch[batch.length - 1]!;
     try {
       // Dead letters are stored before the checkpoint passes them, so none can vanish.
-      if (dead.length > 0) await this.ports.deadLetters.publish(dead);
+      if (dead.length > 0) await retryTransient(() => this.ports.deadLetters.publish(dead));
       const t0 = this.hooks.now();
-      const res = await this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq);
+      const res = await retryTransient(() =>
+        this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq),
+      );
       feed.ack(last);
       this.pending = null;
       this.hooks.onBatch?.({
@@ -165,4 +177,23 @@ export class ShardPipeline {
     this.pending = null;
     await feed?.close().catch(() => undefined);
   }
+}
+
+/**
+ * Retries a step that failed for a passing reason (no reply, lock busy). Safe for commits:
+ * the sink skips sequences already committed, so a commit whose reply was lost is a no-op
+ * the second time. A non-retryable error (fenced, conflict) ends at once.
+ */
+function retryTransient<T>(fn: () => Promise<T>): Promise<T> {
+  return pRetry(
+    async () => {
+      try {
+        return await fn();
+      } catch (err) {
+        if (isSluiceError(err) && !err.retryable) throw new AbortError(err);
+        throw err;
+      }
+    },
+    { retries: 4, minTimeout: 50, maxTimeout: 1_000 },
+  );
 }

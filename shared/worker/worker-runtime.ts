@@ -132,7 +132,10 @@ export class WorkerRuntime {
       return;
     }
     if (held && (!e || e.epoch > held.epoch)) {
-      held.actor.send({ type: "FENCE", reason: `shard now owned by ${e?.owner ?? "nobody"} at epoch ${e?.epoch}` });
+      held.actor.send({
+        type: "FENCE",
+        reason: `shard now owned by ${e?.owner ?? "nobody"} at epoch ${e?.epoch}`,
+      });
     } else if (held && e && e.owner !== this.d.id) {
       held.actor.send({ type: "REVOKE" });
     }
@@ -221,7 +224,10 @@ export class WorkerRuntime {
     await new Promise<void>((resolve) => {
       const check = (): void => {
         const now = this.d.scheduler.now();
-        if (this.leases.size === 0) return resolve();
+        if (this.leases.size === 0) {
+          resolve();
+          return;
+        }
         const noLeader = now - this.lastLeaderReply > leaderless;
         if (noLeader || now - start > deadlineMs) {
           for (const h of this.leases.values()) h.actor.send({ type: "REVOKE" });

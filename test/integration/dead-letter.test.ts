@@ -1,0 +1,98 @@
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { headers } from "@nats-io/transport-node";
+import Database from "better-sqlite3";
+import { encode } from "cbor-x";
+import { afterEach, describe, expect, it } from "vitest";
+import { isOurProcess } from "../../nodes/cli/local-cluster.js";
+import { waitUntil } from "../../nodes/cli/wait.js";
+import { encodeRecord } from "../../shared/codec.js";
+import { deadLetterStream, shardOf } from "../../shared/wire.js";
+import { startTestCluster, type TestCluster, waitSettled } from "./harness.js";
+
+describe("bad input (real 3-node NATS cluster)", () => {
+  let tc: TestCluster | undefined;
+  afterEach(async () => {
+    await tc?.stop();
+    tc = undefined;
+  });
+
+  it("dead-letters malformed records with code, bytes and headers; the shard keeps flowing", async () => {
+    tc = await startTestCluster({ workers: 2, coordinators: 1 });
+    await waitSettled(tc);
+    const js = jetstream(tc.nc);
+    const key = "alice"; // every record below goes to one shard, so bad ones sit between good ones
+    const h = (json = false) => {
+      const x = headers();
+      if (json) x.set("Content-Type", "application/json");
+      return x;
+    };
+    const good = (i: number) =>
+      js.publish(`ingest.demo.${key}`, encodeRecord({ n: i }), { msgID: `good-${i}`, headers: h() });
+    const bad: Array<{ code: string; data: Uint8Array; id?: string; json?: boolean }> = [
+      { code: "UNDECODABLE_PAYLOAD", data: new Uint8Array([0xff, 0xfe, 0x00, 0x13]), id: "bad-garbage" },
+      {
+        code: "UNDECODABLE_PAYLOAD",
+        data: new TextEncoder().encode("{not json"),
+        id: "bad-json",
+        json: true,
+      },
+      { code: "NOT_A_MAP", data: encode([1, 2, 3]), id: "bad-array" },
+      { code: "MISSING_ID", data: encodeRecord({ n: -1 }) },
+    ];
+    for (let i = 0; i < 50; i++) await good(i);
+    for (const b of bad) {
+      await js.publish(`ingest.demo.${key}`, b.data, {
+        headers: h(b.json),
+        ...(b.id ? { msgID: b.id } : {}),
+      });
+    }
+    // JSON records are accepted too.
+    await js.publish(`ingest.demo.${key}`, new TextEncoder().encode('{"n":"json"}'), {
+      msgID: "good-json",
+      headers: h(true),
+    });
+    for (let i = 50; i < 100; i++) await good(i);
+
+    const jsm = await jetstreamManager(tc.nc);
+    const dlq = await waitUntil("4 dead letters", 30_000, async () => {
+      const si = await jsm.streams.info(deadLetterStream("demo"));
+      return si.state.messages >= 4 ? si : undefined;
+    });
+    expect(dlq.state.messages).toBe(4);
+    const stored = await Promise.all(
+      [1, 2, 3, 4].map((seq) => jsm.streams.getMessage(deadLetterStream("demo"), { seq })),
+    );
+    const shard = shardOf(key, 16);
+    for (const [i, b] of bad.entries()) {
+      const m = stored[i]!;
+      expect(m.subject).toBe(`sluice.dlq.demo.${shard}`);
+      expect(m.header.get("Sluice-Error-Code")).toBe(b.code);
+      expect(m.header.get("Sluice-Error")).not.toBe("");
+      expect(m.header.get("Sluice-Source-Subject")).toBe(`sluice.in.demo.${shard}.${key}`);
+      expect(Number(m.header.get("Sluice-Source-Seq"))).toBeGreaterThan(0);
+      expect(Buffer.from(m.data).equals(Buffer.from(b.data))).toBe(true);
+      if (b.id) expect(m.header.get("Sluice-Original-Msg-Id")).toBe(b.id);
+      if (b.json) expect(m.header.get("Content-Type")).toBe("application/json");
+    }
+
+    // Every good record after the bad ones was committed exactly once; the workers live on.
+    await tc.waitCommitted(101);
+    const db = new Database(tc.file().sink, { readonly: true });
+    try {
+      const rows = db.prepare("SELECT record_id, COUNT(*) AS n FROM demo GROUP BY record_id").all() as Array<{
+        record_id: string;
+        n: number;
+      }>;
+      expect(rows).toHaveLength(101);
+      expect(rows.every((r) => r.n === 1)).toBe(true);
+      expect(rows.some((r) => r.record_id.startsWith("bad"))).toBe(false);
+      const j = db.prepare("SELECT payload FROM demo WHERE record_id = 'good-json'").get() as {
+        payload: string;
+      };
+      expect(JSON.parse(j.payload)).toEqual({ n: "json" });
+    } finally {
+      db.close();
+    }
+    for (const w of tc.file().workers) expect(isOurProcess(w.pid, tc.dir)).toBe(true);
+  });
+});

@@ -1,0 +1,234 @@
+import { encode as cborEncode } from "cbor-x";
+import { describe, expect, it } from "vitest";
+import { decodeRecord, encodeRecord, toJsonText } from "../../shared/codec.js";
+import { allShardKeys, parseConfig, pipelineOf } from "../../shared/config.js";
+import { parseShardKey, shardKey } from "../../shared/core/types.js";
+import { ErrorCode, isSluiceError, SluiceError } from "../../shared/errors.js";
+import type { SourceMessage } from "../../shared/ports.js";
+import {
+  consumerName,
+  consumerPrefix,
+  fnv1a32,
+  Headers,
+  partitionMapping,
+  shardFilter,
+  shardOf,
+  shardSubject,
+} from "../../shared/wire.js";
+
+const enc = new TextEncoder();
+
+function msg(over: Partial<SourceMessage> & { data: Uint8Array }): SourceMessage {
+  return {
+    seq: 42,
+    subject: "sluice.in.demo.7.alice",
+    headers: { [Headers.msgId]: "id-1" },
+    token: null,
+    ...over,
+  };
+}
+
+function expectRejected(r: ReturnType<typeof decodeRecord>, code: ErrorCode): void {
+  expect(r.ok).toBe(false);
+  if (!r.ok) {
+    expect(r.code).toBe(code);
+    expect(r.message.length).toBeGreaterThan(0);
+  }
+}
+
+function expectSluiceError(fn: () => unknown, code: ErrorCode): SluiceError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (err) {
+    caught = err;
+  }
+  expect(caught).toBeInstanceOf(SluiceError);
+  expect(isSluiceError(caught, code)).toBe(true);
+  return caught as SluiceError;
+}
+
+describe("fnv1a32 / shardOf", () => {
+  it("matches the reference FNV-1a 32-bit vectors", () => {
+    expect(fnv1a32("")).toBe(0x811c9dc5);
+    expect(fnv1a32("a")).toBe(0xe40c292c);
+    expect(fnv1a32("foobar")).toBe(0xbf9cf968);
+  });
+
+  it("maps keys to the same shards as nats-server's partition(16)", () => {
+    expect(shardOf("alice", 16)).toBe(7);
+    expect(shardOf("bob", 16)).toBe(4);
+    expect(shardOf("carol", 16)).toBe(2);
+    expect(shardOf("k-123", 16)).toBe(11);
+  });
+
+  it("hashes the UTF-8 bytes and always yields an unsigned 32-bit value", () => {
+    for (const k of ["é", "日本語", "🙂", "x".repeat(1000)]) {
+      const h = fnv1a32(k);
+      expect(Number.isInteger(h)).toBe(true);
+      expect(h).toBeGreaterThanOrEqual(0);
+      expect(h).toBeLessThan(2 ** 32);
+    }
+    // "é" is hashed as its two UTF-8 bytes (0xc3 0xa9), not as the single code unit 0xe9.
+    expect(fnv1a32("é")).toBe(0x1e9de8c1);
+    expect(fnv1a32("é")).not.toBe(0x6c0b6c44);
+  });
+
+  it("shardOf stays within range", () => {
+    for (let i = 0; i < 500; i++) {
+      const s = shardOf(`k-${i}`, 7);
+      expect(s).toBeGreaterThanOrEqual(0);
+      expect(s).toBeLessThan(7);
+    }
+  });
+});
+
+describe("wire names", () => {
+  it("builds subjects, consumers and the partition mapping", () => {
+    expect(shardSubject("demo", 3, "alice")).toBe("sluice.in.demo.3.alice");
+    expect(shardFilter("demo", 3)).toBe("sluice.in.demo.3.>");
+    expect(consumerName("demo", 3, 9)).toBe("demo-s3-e9");
+    expect(consumerName("demo", 3, 9).startsWith(consumerPrefix("demo", 3))).toBe(true);
+    expect(partitionMapping("demo", 16)).toEqual([
+      "ingest.demo.*",
+      "sluice.in.demo.{{partition(16,1)}}.{{wildcard(1)}}",
+    ]);
+  });
+
+  it("shardKey and parseShardKey round-trip, including dotted pipelines", () => {
+    expect(shardKey({ pipeline: "demo", shard: 5 })).toBe("demo.5");
+    expect(parseShardKey("demo.5")).toEqual({ pipeline: "demo", shard: 5 });
+    expect(parseShardKey("a.b.12")).toEqual({ pipeline: "a.b", shard: 12 });
+    expect(parseShardKey("demo")).toBeUndefined();
+    expect(parseShardKey(".3")).toBeUndefined();
+    expect(parseShardKey("demo.-1")).toBeUndefined();
+    expect(parseShardKey("demo.1.5x")).toBeUndefined();
+  });
+});
+
+describe("decodeRecord", () => {
+  it("decodes a CBOR map made by encodeRecord", () => {
+    const r = decodeRecord(msg({ data: encodeRecord({ name: "alice", n: 3, nested: { ok: true } }) }));
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.row.recordId).toBe("id-1");
+    expect(r.row.key).toBe("alice");
+    expect(r.row.sourceSeq).toBe(42);
+    expect(JSON.parse(r.row.payload)).toEqual({ name: "alice", n: 3, nested: { ok: true } });
+  });
+
+  it("decodes JSON when Content-Type is application/json (case-insensitive, with params)", () => {
+    const r = decodeRecord(
+      msg({
+        data: enc.encode('{"a":1,"b":[1,2]}'),
+        headers: { [Headers.msgId]: "  id-2  ", [Headers.contentType]: "Application/JSON; charset=utf-8" },
+      }),
+    );
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.row.recordId).toBe("id-2");
+    expect(JSON.parse(r.row.payload)).toEqual({ a: 1, b: [1, 2] });
+  });
+
+  it("rejects a record without Nats-Msg-Id (or a blank one) with MISSING_ID", () => {
+    expectRejected(decodeRecord(msg({ data: encodeRecord({ a: 1 }), headers: {} })), ErrorCode.MissingId);
+    expectRejected(
+      decodeRecord(msg({ data: encodeRecord({ a: 1 }), headers: { [Headers.msgId]: "   " } })),
+      ErrorCode.MissingId,
+    );
+  });
+
+  it("rejects a subject without a key token with MISSING_KEY", () => {
+    expectRejected(
+      decodeRecord(msg({ data: encodeRecord({ a: 1 }), subject: "sluice.in.demo.7." })),
+      ErrorCode.MissingKey,
+    );
+  });
+
+  it("rejects garbage bytes with UNDECODABLE_PAYLOAD", () => {
+    expectRejected(
+      decodeRecord(msg({ data: new Uint8Array([0xff, 0xff, 0xff]) })),
+      ErrorCode.UndecodablePayload,
+    );
+    expectRejected(decodeRecord(msg({ data: new Uint8Array([0x1c]) })), ErrorCode.UndecodablePayload);
+  });
+
+  it("rejects CBOR that is not a map with NOT_A_MAP", () => {
+    expectRejected(decodeRecord(msg({ data: cborEncode(12) })), ErrorCode.NotAMap);
+    expectRejected(decodeRecord(msg({ data: cborEncode([1, 2, 3]) })), ErrorCode.NotAMap);
+    expectRejected(decodeRecord(msg({ data: cborEncode("text") })), ErrorCode.NotAMap);
+    expectRejected(decodeRecord(msg({ data: cborEncode(null) })), ErrorCode.NotAMap);
+  });
+
+  it("rejects JSON that is not an object with NOT_A_MAP", () => {
+    const headers = { [Headers.msgId]: "id", [Headers.contentType]: "application/json" };
+    expectRejected(decodeRecord(msg({ data: enc.encode("[1,2]"), headers })), ErrorCode.NotAMap);
+    expectRejected(decodeRecord(msg({ data: enc.encode("null"), headers })), ErrorCode.NotAMap);
+  });
+
+  it("rejects invalid JSON or invalid UTF-8 with a JSON content type as UNDECODABLE_PAYLOAD", () => {
+    const headers = { [Headers.msgId]: "id", [Headers.contentType]: "application/json" };
+    expectRejected(
+      decodeRecord(msg({ data: enc.encode("{not json"), headers })),
+      ErrorCode.UndecodablePayload,
+    );
+    expectRejected(
+      decodeRecord(msg({ data: new Uint8Array([0x7b, 0xff, 0x7d]), headers })),
+      ErrorCode.UndecodablePayload,
+    );
+  });
+
+  it("turns byte-string values into {$base64}", () => {
+    const r = decodeRecord(msg({ data: encodeRecord({ blob: new Uint8Array([1, 2, 3, 250]) }) }));
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(JSON.parse(r.row.payload)).toEqual({
+      blob: { $base64: Buffer.from([1, 2, 3, 250]).toString("base64") },
+    });
+  });
+
+  it("toJsonText renders bigints as strings and Maps as objects", () => {
+    expect(toJsonText({ big: 2n ** 70n })).toBe(`{"big":"${(2n ** 70n).toString()}"}`);
+    expect(JSON.parse(toJsonText(new Map<string, unknown>([["a", 1]])))).toEqual({ a: 1 });
+  });
+});
+
+describe("parseConfig", () => {
+  it("defaults to the demo pipeline with 16 shards and default timing", () => {
+    const cfg = parseConfig(undefined);
+    expect(cfg.pipelines).toEqual([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000 }]);
+    expect(cfg.timing.failureTimeoutMs).toBe(1000);
+    expect(cfg.timing.leaderTtlMs).toBe(1500);
+    expect(cfg.worker.batchMax).toBe(500);
+    expect(parseConfig({})).toEqual(cfg);
+    expect(allShardKeys(cfg)).toHaveLength(16);
+    expect(allShardKeys(cfg)[15]).toBe("demo.15");
+    expect(pipelineOf(cfg, "demo").shards).toBe(16);
+  });
+
+  it("fills pipeline defaults for partial entries", () => {
+    const cfg = parseConfig({ pipelines: [{ name: "orders", shards: 4 }] });
+    expect(cfg.pipelines[0]).toEqual({ name: "orders", shards: 4, replicas: 3, duplicateWindowMs: 120_000 });
+  });
+
+  it("rejects duplicate pipeline names with INVALID_CONFIG", () => {
+    const err = expectSluiceError(
+      () => parseConfig({ pipelines: [{ name: "a" }, { name: "a", shards: 2 }] }),
+      ErrorCode.InvalidConfig,
+    );
+    expect(err.message).toContain("'a'");
+  });
+
+  it("rejects invalid names and values with INVALID_CONFIG", () => {
+    for (const bad of ["1abc", "has-dash", "has.dot", "", "x".repeat(64), "sp ace"]) {
+      expectSluiceError(() => parseConfig({ pipelines: [{ name: bad }] }), ErrorCode.InvalidConfig);
+    }
+    expectSluiceError(() => parseConfig({ pipelines: [] }), ErrorCode.InvalidConfig);
+    expectSluiceError(() => parseConfig({ pipelines: [{ name: "a", shards: 0 }] }), ErrorCode.InvalidConfig);
+    expectSluiceError(() => parseConfig({ timing: { failureTimeoutMs: 10 } }), ErrorCode.InvalidConfig);
+  });
+
+  it("pipelineOf an unknown pipeline throws INVALID_CONFIG", () => {
+    expectSluiceError(() => pipelineOf(parseConfig({}), "nope"), ErrorCode.InvalidConfig);
+  });
+});
