@@ -25,8 +25,8 @@ export const TimingSchema = z.object({
   heartbeatMs: z.number().int().min(20).default(200),
   /** Silence after which the coordinator declares a worker dead, ms. */
   failureTimeoutMs: z.number().int().min(100).default(1000),
-  /** A worker re-checks a lease not confirmed for this long before committing, ms. */
-  leaseTtlMs: z.number().int().min(100).default(1000),
+  /** A worker re-checks a lease not confirmed for this long before committing, ms; keep it below `failureTimeoutMs` so a lease expires before the coordinator can move the shard. */
+  leaseTtlMs: z.number().int().min(100).default(800),
   /** Coordinator leader lease, ms: renewed every third of it, taken over after it. */
   leaderTtlMs: z.number().int().min(300).default(1500),
   /** A graceful hand-off not released within this long is forced, ms. */

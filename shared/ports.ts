@@ -9,6 +9,11 @@ import type { AssignmentEntry, Heartbeat, ShardRef } from "./core/types.js";
 export interface SourceMessage {
   /** Stream sequence, strictly increasing within the stream (and so within a shard). */
   seq: number;
+  /**
+   * The consumer's delivery sequence: +1 for every delivery (redeliveries included). A jump
+   * means deliveries were lost in flight, so the batch must not move the checkpoint past them.
+   */
+  deliverySeq: number;
   subject: string;
   data: Uint8Array;
   headers: Record<string, string>;

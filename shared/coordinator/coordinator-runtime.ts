@@ -108,8 +108,10 @@ export class CoordinatorRuntime {
     );
     this.d.bus.onHeartbeat((hb, reply) => {
       this.dispatch({ type: "heartbeat", hb, now: now() });
-      if (this.leading)
+      // Leadership is judged now, not at the last tick: after a pause the cached flag is stale.
+      if (this.leading && isLeader(this.obs, this.d.id, now(), { ttlMs: this.d.timing.leaderTtlMs })) {
         reply({ leader: this.d.id, term: this.term, grants: grantsFor(this.state, hb.worker) });
+      }
     });
     this.d.bus.onReleased((n) =>
       this.dispatch({ type: "released", worker: n.worker, shard: n.shard, epoch: n.epoch, now: now() }),

@@ -218,12 +218,16 @@ function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): 
   return commands;
 }
 
-/** The epochs a worker may hold right now according to this coordinator: shard -> epoch. */
+/**
+ * The epochs a worker may hold right now according to this coordinator: shard -> epoch.
+ * A shard with a write in flight is left out: the write may already have moved it, and a
+ * grant promises that it has not.
+ */
 export function grantsFor(state: CoordinatorState, worker: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const s of state.shards) {
     const e = state.entries[s]?.entry;
-    if (e && e.owner === worker) out[s] = e.epoch;
+    if (e && e.owner === worker && state.pending[s] === undefined) out[s] = e.epoch;
   }
   return out;
 }

@@ -184,7 +184,9 @@ export const leaseMachine = setup({
         src: "drain",
         input: ({ context }) => ({ shard: context.shard, epoch: context.epoch }),
         onDone: "released",
-        onError: { target: "released", actions: assign({ lastError: ({ event }) => String(event.error) }) },
+        // A drain that could not commit its last batch does not release: "released" promises
+        // that nothing more will land, so the coordinator must force the hand-off instead.
+        onError: { target: "fenced", actions: assign({ lastError: ({ event }) => String(event.error) }) },
       },
     },
     released: {

@@ -173,5 +173,12 @@ function toSourceMessage(m: JsMsg): SourceMessage {
   if (m.headers) {
     for (const [k, v] of m.headers) headers[k] = v[0] ?? "";
   }
-  return { seq: m.seq, subject: m.subject, data: m.data, headers, token: m };
+  return {
+    seq: m.seq,
+    deliverySeq: m.info.deliverySequence,
+    subject: m.subject,
+    data: m.data,
+    headers,
+    token: m,
+  };
 }

@@ -5,7 +5,6 @@
  * production and against in-memory ports in simulation.
  */
 
-import pRetry, { AbortError } from "p-retry";
 import { decodeRecord } from "../codec.js";
 import type { RunOutcome } from "../core/lease.machine.js";
 import type { ShardRef } from "../core/types.js";
@@ -56,6 +55,8 @@ export class ShardPipeline {
   private pending: SourceMessage[] | null = null;
   private stopping = false;
   private loop: Promise<RunOutcome> | null = null;
+  /** Delivery sequence the next message must have; anything else means lost deliveries. */
+  private nextDelivery = 1;
 
   constructor(
     readonly ref: ShardRef,
@@ -74,6 +75,7 @@ export class ShardPipeline {
     await this.feed?.close();
     this.pending = null;
     this.feed = await this.ports.source.open(this.ref, this.epoch, cp.seq + 1);
+    this.nextDelivery = 1;
     return { checkpoint: cp.seq };
   }
 
@@ -95,11 +97,20 @@ export class ShardPipeline {
           return { type: "failed", reason: `pull failed: ${(err as Error).message}` };
         }
         if (msgs.length === 0) continue;
+        for (const m of msgs) {
+          if (m.deliverySeq !== this.nextDelivery) {
+            // Deliveries were lost in flight (a reconnect, a dropped reply). Committing this
+            // batch would move the checkpoint past records never seen: start over from it.
+            return {
+              type: "failed",
+              reason: `delivery gap: expected ${this.nextDelivery}, got ${m.deliverySeq}`,
+            };
+          }
+          this.nextDelivery++;
+        }
         this.pending = msgs;
         if (this.stopping) break;
       }
-      // A pause may have passed between the pull and now: never commit on an unconfirmed lease.
-      if (!this.hooks.leaseFresh()) return { type: "stale" };
       const outcome = await this.commitPending(feed);
       if (outcome) return outcome;
     }
@@ -129,11 +140,13 @@ export class ShardPipeline {
     const last = batch[batch.length - 1]!;
     try {
       // Dead letters are stored before the checkpoint passes them, so none can vanish.
-      if (dead.length > 0) await retryTransient(() => this.ports.deadLetters.publish(dead));
+      if (dead.length > 0) await this.ports.deadLetters.publish(dead);
+      // The last moment before the commit leaves this process: a pause may have passed while
+      // pulling or dead-lettering, so the lease is checked here. A transient failure ends the
+      // run; the lease machine backs off and re-acquires from the sink's checkpoint.
+      if (!this.hooks.leaseFresh()) return { type: "stale" };
       const t0 = this.hooks.now();
-      const res = await retryTransient(() =>
-        this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq),
-      );
+      const res = await this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq);
       feed.ack(last);
       this.pending = null;
       this.hooks.onBatch?.({
@@ -159,7 +172,8 @@ export class ShardPipeline {
     const feed = this.feed;
     if (feed && this.pending && !feed.failure) {
       const outcome = await this.commitPending(feed);
-      if (outcome?.type === "failed") throw new Error(outcome.reason);
+      // Anything but a clean commit means this owner cannot promise it is done: no release.
+      if (outcome) throw new Error(`drain did not commit its last batch: ${outcome.type}`);
     }
     await this.close();
     await this.ports.source.remove(this.ref, this.epoch).catch(() => undefined);
@@ -177,23 +191,4 @@ export class ShardPipeline {
     this.pending = null;
     await feed?.close().catch(() => undefined);
   }
-}
-
-/**
- * Retries a step that failed for a passing reason (no reply, lock busy). Safe for commits:
- * the sink skips sequences already committed, so a commit whose reply was lost is a no-op
- * the second time. A non-retryable error (fenced, conflict) ends at once.
- */
-function retryTransient<T>(fn: () => Promise<T>): Promise<T> {
-  return pRetry(
-    async () => {
-      try {
-        return await fn();
-      } catch (err) {
-        if (isSluiceError(err) && !err.retryable) throw new AbortError(err);
-        throw err;
-      }
-    },
-    { retries: 4, minTimeout: 50, maxTimeout: 1_000 },
-  );
 }

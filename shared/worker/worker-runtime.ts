@@ -45,6 +45,8 @@ export class WorkerRuntime {
   private readonly leases = new Map<string, Held>();
   /** shard -> latest entry seen from the store. */
   private readonly latest = new Map<string, AssignmentEntry | null>();
+  /** shard -> KV revision of `latest`; older entries arriving late are ignored. */
+  private readonly revisions = new Map<string, number>();
   /** shard -> { epoch, time from which the lease is confirmed }. */
   private readonly confirmed = new Map<string, { epoch: number; at: number }>();
   private watchStop: (() => void) | null = null;
@@ -94,6 +96,11 @@ export class WorkerRuntime {
         for (const [shard, epoch] of Object.entries(g.grants)) {
           const h = this.leases.get(shard);
           if (h && h.epoch === epoch) this.confirm(shard, epoch, sentAt);
+          // Granted but not running (a lease ended by a stale message): take it up again.
+          const e = this.latest.get(shard);
+          if (!h && !this.leaving && e?.owner === this.d.id && e.phase === "active" && e.epoch === epoch) {
+            this.startLease(shard, epoch);
+          }
         }
       })
       .catch(() => undefined);
@@ -112,6 +119,8 @@ export class WorkerRuntime {
 
   private onEntry(shard: string, v: Versioned<AssignmentEntry>): void {
     if (!parseShardKey(shard)) return;
+    if (v.revision <= (this.revisions.get(shard) ?? 0)) return;
+    this.revisions.set(shard, v.revision);
     const e = v.value;
     this.latest.set(shard, e);
     const held = this.leases.get(shard);

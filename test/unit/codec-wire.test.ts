@@ -21,6 +21,7 @@ const enc = new TextEncoder();
 function msg(over: Partial<SourceMessage> & { data: Uint8Array }): SourceMessage {
   return {
     seq: 42,
+    deliverySeq: 1,
     subject: "sluice.in.demo.7.alice",
     headers: { [Headers.msgId]: "id-1" },
     token: null,

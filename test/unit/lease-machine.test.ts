@@ -306,13 +306,15 @@ describe("leaseMachine: release and fencing", () => {
     expect(h.abandoned()).toBe(0);
   });
 
-  it("a failed drain still ends released, with the error as reason", async () => {
+  it("a failed drain does not release (it ends fenced, with the error as reason)", async () => {
     const h = harness();
     await h.activate();
     h.actor.send({ type: "REVOKE" });
     h.calls.drain[0]!.reject(new Error("ack failed"));
     await flush();
-    expect(h.actor.getSnapshot().output).toEqual({ result: "released", reason: "Error: ack failed" });
+    // "released" would promise the coordinator that nothing more can land from this owner.
+    expect(h.actor.getSnapshot().output).toEqual({ result: "fenced", reason: "Error: ack failed" });
+    expect(h.abandoned()).toBe(1);
   });
 
   /** Brings a fresh machine to the named state. */

@@ -1,0 +1,105 @@
+/**
+ * `npm run sim -- --seeds N [--start S]` runs N seeded simulations of the whole ownership
+ * protocol across worker threads; `npm run sim -- --seed X` replays one with its trace.
+ * Exit 1 if any seed breaks an invariant; each failure prints the command that replays it.
+ */
+import { availableParallelism } from "node:os";
+import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+import { Command, InvalidArgumentError } from "commander";
+import { runSeed, type SeedResult } from "../../shared/sim/sim-world.js";
+
+interface Job {
+  start: number;
+  count: number;
+  stride: number;
+  offset: number;
+}
+
+type Report = Pick<
+  SeedResult,
+  "seed" | "ok" | "violations" | "faults" | "records" | "steps" | "fencedRejects"
+>;
+
+async function runJob(job: Job, onResult: (r: Report) => void): Promise<void> {
+  for (let i = job.offset; i < job.count; i += job.stride) {
+    const r = await runSeed(job.start + i);
+    onResult({
+      seed: r.seed,
+      ok: r.ok,
+      violations: r.violations.slice(0, 5),
+      faults: r.faults,
+      records: r.records,
+      steps: r.steps,
+      fencedRejects: r.fencedRejects,
+    });
+  }
+}
+
+if (!isMainThread) {
+  await runJob(workerData as Job, (r) => parentPort!.postMessage(r));
+} else {
+  const int = (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n)) throw new InvalidArgumentError("must be an integer");
+    return n;
+  };
+  const o = new Command("sluice-sim")
+    .description("deterministic simulation of the sluice ownership protocol")
+    .option("--seeds <n>", "how many seeds to run", int, 1000)
+    .option("--start <s>", "first seed", int, 1)
+    .option("--seed <x>", "replay one seed and print its trace", int)
+    .option("--threads <t>", "worker threads", int, Math.min(2, availableParallelism()))
+    .parse(process.argv)
+    .opts<{ seeds: number; start: number; seed?: number; threads: number }>();
+
+  if (o.seed !== undefined) {
+    const r = await runSeed(o.seed, { trace: true });
+    console.log(r.trace.join("\n"));
+    console.log(`\nseed ${r.seed}: ${r.ok ? "OK" : "VIOLATED"}; faults: ${r.faults.join("; ") || "none"}`);
+    console.log(
+      `${r.records} records, ${r.steps} steps, ${r.virtualMs} virtual ms, ${r.fencedRejects} commits fenced`,
+    );
+    for (const v of r.violations) console.log(`  ${v.at} ms [${v.invariant}] ${v.detail}`);
+    process.exitCode = r.ok ? 0 : 1;
+  } else {
+    const t0 = Date.now();
+    const failures: Report[] = [];
+    let done = 0;
+    let records = 0;
+    let steps = 0;
+    let fenced = 0;
+    let faults = 0;
+    const onResult = (r: Report): void => {
+      done++;
+      records += r.records;
+      steps += r.steps;
+      fenced += r.fencedRejects;
+      faults += r.faults.length;
+      if (!r.ok) {
+        failures.push(r);
+        console.log(`seed ${r.seed} FAILED: [${r.violations[0]?.invariant}] ${r.violations[0]?.detail}`);
+        console.log(`  faults: ${r.faults.join("; ")}`);
+        console.log(`  replay: npm run sim -- --seed ${r.seed}`);
+      }
+      if (done % 1000 === 0) console.log(`${done}/${o.seeds} seeds, ${failures.length} failed`);
+    };
+    const threads = Math.max(1, Math.min(o.threads, o.seeds));
+    await Promise.all(
+      Array.from({ length: threads }, (_, offset) => {
+        const job: Job = { start: o.start, count: o.seeds, stride: threads, offset };
+        return new Promise<void>((resolve, reject) => {
+          const w = new Worker(new URL(import.meta.url), { workerData: job });
+          w.on("message", onResult);
+          w.on("error", reject);
+          w.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`sim thread exited ${code}`))));
+        });
+      }),
+    );
+    const secs = (Date.now() - t0) / 1000;
+    console.log(
+      `simulated ${done} seeds (${o.start}..${o.start + o.seeds - 1}) in ${secs.toFixed(1)} s: ${(done / secs).toFixed(0)} seeds/s on ${threads} threads; ${faults} faults, ${records} records, ${steps} steps, ${fenced} zombie commits fenced`,
+    );
+    console.log(`sim: ${done - failures.length} passed, ${failures.length} failed`);
+    process.exitCode = failures.length === 0 ? 0 : 1;
+  }
+}
