@@ -69,8 +69,8 @@ export class Checker {
     if (this.published.has(r.id)) return;
     this.published.set(r.id, r);
     this.bySeq.set(r.seq, r);
-    let seqs = this.shardSeqs.get(r.shard);
-    if (!seqs) this.shardSeqs.set(r.shard, (seqs = []));
+    const seqs = this.shardSeqs.get(r.shard) ?? [];
+    this.shardSeqs.set(r.shard, seqs);
     seqs.push(r.seq);
   }
 

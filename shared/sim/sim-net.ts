@@ -104,8 +104,8 @@ export class SimNet {
     // Like an ordered consumer: in order, and after a cut everything queued arrives once the
     // link is back (the consumer resumes from its last sequence).
     const link = `${from.id}~${to.id}`;
-    let q = this.reliableQueues.get(link);
-    if (!q) this.reliableQueues.set(link, (q = []));
+    const q = this.reliableQueues.get(link) ?? [];
+    this.reliableQueues.set(link, q);
     q.push(() => {
       if (from.incarnation !== fromInc || to.incarnation !== toInc) return;
       const at = this.arrival(link, to.id);
