@@ -28,12 +28,19 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 export class SluiceError extends Error {
   readonly code: ErrorCode;
   readonly retryable: boolean;
+  /** With `Fenced`: the shard's fenced epoch that rejected the request. */
+  readonly fencedBy: number | undefined;
 
-  constructor(code: ErrorCode, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    opts: { retryable?: boolean; cause?: unknown; fencedBy?: number } = {},
+  ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = "SluiceError";
     this.code = code;
     this.retryable = opts.retryable ?? false;
+    this.fencedBy = opts.fencedBy;
   }
 }
 
@@ -45,5 +52,6 @@ export function isSluiceError(err: unknown, code?: ErrorCode): err is SluiceErro
 export function fencedError(shard: number, epoch: number, current: number): SluiceError {
   return new SluiceError(ErrorCode.Fenced, `shard ${shard}: epoch ${epoch} is fenced by epoch ${current}`, {
     retryable: false,
+    fencedBy: current,
   });
 }

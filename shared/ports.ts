@@ -130,6 +130,11 @@ export interface ReleasedNotice {
   worker: string;
   shard: string;
   epoch: number;
+  /**
+   * Set when the worker gave the shard up because the sink is fenced at this higher epoch
+   * while the assignment still names it: the coordinator must move past it.
+   */
+  fencedBy?: number;
 }
 
 /** The worker's side of the control plane. */

@@ -6,8 +6,19 @@
  * (SQLite sink), nats/nN/ (server config and store), logs/ (one log per process).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { createHash } from "node:crypto";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  writeFileSync,
+} from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import pRetry from "p-retry";
 import { loadConfig, type SluiceConfig } from "../../shared/config.js";
@@ -15,6 +26,13 @@ import { ErrorCode, SluiceError } from "../../shared/errors.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { provision } from "../../shared/nats/provision.js";
 import { partitionMapping } from "../../shared/wire.js";
+import {
+  containerPid,
+  ensureNatsImage,
+  removeContainer,
+  restartContainer,
+  startNatsContainer,
+} from "./nats-containers.js";
 
 export interface ProcessRecord {
   id: string;
@@ -24,7 +42,12 @@ export interface ProcessRecord {
 export interface NatsRecord extends ProcessRecord {
   url: string;
   monitor: string;
+  /** Docker container id when the node runs in a container; `pid` is then its host PID. */
+  container?: string;
 }
+
+/** How NATS nodes run: plain processes, or Docker containers on the host network. */
+export type NatsRuntime = "process" | "container";
 
 export interface ClusterFile {
   dir: string;
@@ -48,6 +71,7 @@ export interface UpOptions {
   /** Overrides applied on top of the config (tests shorten timings). */
   config?: SluiceConfig;
   natsNodes?: number;
+  natsRuntime?: NatsRuntime;
 }
 
 // Node processes always run the compiled code, also when this module is loaded from source (tests).
@@ -125,13 +149,31 @@ ${mappings}
 `;
 }
 
-function spawnLogged(cmd: string, args: string[], logFile: string): ChildProcess {
+/** Extra environment of a started process; `faketime` runs it with a skewed wall clock. */
+export interface StartEnv {
+  /** A libfaketime offset such as "+30s" or "-2m" (monotonic clocks stay real). */
+  faketime?: string;
+}
+
+const LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+function spawnLogged(cmd: string, args: string[], logFile: string, extra: StartEnv = {}): ChildProcess {
   const fd = openSync(logFile, "a");
-  const child = spawn(cmd, args, {
-    detached: true,
-    stdio: ["ignore", fd, fd],
-    env: { ...process.env, SLUICE_LOG_JSON: "1" },
-  });
+  const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_LOG_JSON: "1" };
+  if (extra.faketime) {
+    if (!existsSync(LIBFAKETIME)) {
+      throw new SluiceError(
+        ErrorCode.ClusterFailure,
+        "libfaketime is not installed (apt-get install faketime)",
+      );
+    }
+    Object.assign(env, {
+      LD_PRELOAD: LIBFAKETIME,
+      FAKETIME: extra.faketime,
+      FAKETIME_DONT_FAKE_MONOTONIC: "1",
+    });
+  }
+  const child = spawn(cmd, args, { detached: true, stdio: ["ignore", fd, fd], env });
   child.unref();
   return child;
 }
@@ -155,6 +197,7 @@ export function startNodeProcess(
   role: "worker" | "coordinator" | "sink",
   id: string,
   capacity = 1,
+  extra: StartEnv = {},
 ): ProcessRecord {
   const script = role === "worker" ? workerScript : role === "sink" ? sinkScript : coordinatorScript;
   const args = [
@@ -170,7 +213,7 @@ export function startNodeProcess(
     "--capacity",
     String(capacity),
   ];
-  const child = spawnLogged(process.execPath, args, join(c.dir, "logs", `${id}.log`));
+  const child = spawnLogged(process.execPath, args, join(c.dir, "logs", `${id}.log`), extra);
   if (child.pid === undefined)
     throw new SluiceError(ErrorCode.ClusterFailure, `could not start ${role} ${id}`);
   return { id, pid: child.pid };
@@ -192,6 +235,8 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   }
   const n = o.natsNodes ?? 3;
   for (const sub of ["logs", "nats"]) mkdirSync(join(dir, sub), { recursive: true });
+  // NATS nodes may run under their own uid: they must be able to reach their config and store.
+  for (const d of [dir, join(dir, "nats")]) chmodSync(d, 0o755);
   const cfg = o.config ?? loadConfig(o.configFile);
   const configPath = join(dir, "config.json");
   writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);
@@ -204,23 +249,22 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
     sink: join(dir, "sink.db"),
     config: configPath,
   };
-  for (let i = 0; i < n; i++) {
-    const conf = join(dir, "nats", `n${i + 1}.conf`);
-    writeFileSync(conf, natsConfig(dir, i, n, o.portBase, cfg));
-    const child = spawnLogged("nats-server", ["-c", conf], join(dir, "logs", `n${i + 1}.log`));
-    if (child.pid === undefined) {
-      throw new SluiceError(
-        ErrorCode.ClusterFailure,
-        "could not start nats-server: is it installed? (apt-get install nats-server)",
-      );
-    }
-    c.nats.push({
-      id: `n${i + 1}`,
-      pid: child.pid,
-      url: `nats://127.0.0.1:${o.portBase + i}`,
-      monitor: `http://127.0.0.1:${o.portBase + 4000 + i}`,
-    });
-  }
+  if (o.natsRuntime === "container") await ensureNatsImage();
+  const started = await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      const id = `n${i + 1}`;
+      const conf = join(dir, "nats", `${id}.conf`);
+      writeFileSync(conf, natsConfig(dir, i, n, o.portBase, cfg));
+      const node = await startNatsNode(dir, conf, id, o.natsRuntime ?? "process");
+      return {
+        id,
+        ...node,
+        url: `nats://127.0.0.1:${o.portBase + i}`,
+        monitor: `http://127.0.0.1:${o.portBase + 4000 + i}`,
+      } satisfies NatsRecord;
+    }),
+  );
+  c.nats.push(...started);
   writeClusterFile(c);
   await Promise.all(c.nats.map((s) => waitHttpOk(`${s.monitor}/healthz?js-enabled-only=true`, 20_000)));
   const nc = await connectNats({ servers: c.nats.map((s) => s.url), name: "sluice-up" });
@@ -306,5 +350,135 @@ export async function down(dir: string): Promise<void> {
   await Promise.all(c.coordinators.map((p) => stopProcess(p, c.dir, 5_000)));
   await Promise.all((c.sinks ?? []).map((p) => stopProcess(p, c.dir, 10_000)));
   await Promise.all(c.nats.map((p) => stopProcess(p, c.dir, 10_000)));
+  await Promise.all(
+    c.nats.filter((p) => p.container).map((p) => removeContainer(p.container!).catch(() => undefined)),
+  );
   writeClusterFile({ ...c, nats: [], sinks: [], coordinators: [], workers: [] });
+}
+
+/**
+ * When run as root, NATS node `nN` runs as uid/gid `61000 + N` (through setpriv), so a chaos
+ * script can cut exactly one node's cluster traffic with iptables' owner match.
+ */
+export const natsUid = (id: string): number | null => {
+  const n = Number(id.replace(/^n/, ""));
+  return process.getuid?.() === 0 && existsSync("/usr/bin/setpriv") && Number.isInteger(n)
+    ? 61_000 + n
+    : null;
+};
+
+async function startNatsNode(
+  dir: string,
+  conf: string,
+  id: string,
+  runtime: NatsRuntime,
+): Promise<{ pid: number; container?: string }> {
+  const log = join(dir, "logs", `${id}.log`);
+  if (runtime === "container") {
+    const uid = natsUid(id);
+    const store = join(dir, "nats", id);
+    mkdirSync(store, { recursive: true });
+    if (uid !== null) chownTree(store, uid);
+    const { containerId } = await startNatsContainer({
+      name: `sluice-${createHash("sha1").update(dir).digest("hex").slice(0, 8)}-${id}`,
+      configFile: conf,
+      storeDir: store,
+      logFile: log,
+      ...(uid === null ? {} : { user: `${uid}:${uid}` }),
+    });
+    return { pid: await containerPid(containerId), container: containerId };
+  }
+  const child = startNats(conf, log, id);
+  if (child.pid === undefined) {
+    throw new SluiceError(
+      ErrorCode.ClusterFailure,
+      "could not start nats-server: is it installed? (apt-get install nats-server)",
+    );
+  }
+  return { pid: child.pid };
+}
+
+function startNats(conf: string, log: string, id: string): ChildProcess {
+  const uid = natsUid(id);
+  if (uid === null) return spawnLogged("nats-server", ["-c", conf], log);
+  const store = join(dirname(conf), id);
+  mkdirSync(store, { recursive: true });
+  chownTree(store, uid);
+  return spawnLogged(
+    "setpriv",
+    [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "nats-server", "-c", conf],
+    log,
+  );
+}
+
+function chownTree(path: string, uid: number): void {
+  chownSync(path, uid, uid);
+  for (const e of readdirSync(path, { withFileTypes: true })) {
+    const p = join(path, e.name);
+    if (e.isDirectory()) chownTree(p, uid);
+    else chownSync(p, uid, uid);
+  }
+}
+
+type Role = "nats" | "sink" | "coordinator" | "worker";
+
+function findProcess(c: ClusterFile, id: string): { role: Role; rec: ProcessRecord } | undefined {
+  const lists: Array<[Role, ProcessRecord[]]> = [
+    ["nats", c.nats],
+    ["sink", c.sinks ?? []],
+    ["coordinator", c.coordinators],
+    ["worker", c.workers],
+  ];
+  for (const [role, list] of lists) {
+    const rec = list.find((p) => p.id === id);
+    if (rec) return { role, rec };
+  }
+  return undefined;
+}
+
+/**
+ * Starts a listed process again with its original arguments: stopped first if it still runs
+ * (SIGTERM, or SIGKILL with `kill`). The cluster file records the new PID.
+ */
+export async function restartProcess(
+  dir: string,
+  id: string,
+  opts: { kill?: boolean } & StartEnv = {},
+): Promise<ProcessRecord> {
+  const c = readClusterFile(dir);
+  const found = findProcess(c, id);
+  if (!found) throw new SluiceError(ErrorCode.ClusterFailure, `no process ${id} in ${c.dir}`);
+  if (isOurProcess(found.rec.pid, c.dir)) {
+    if (opts.kill) {
+      process.kill(found.rec.pid, "SIGKILL");
+      await waitExit(found.rec.pid, c.dir, 5_000);
+    } else {
+      await stopProcess(found.rec, c.dir, 30_000);
+    }
+  }
+  let pid: number | undefined;
+  const natsRec = c.nats.find((x) => x.id === id);
+  if (natsRec?.container) {
+    await restartContainer(natsRec.container);
+    pid = await containerPid(natsRec.container);
+  } else if (found.role === "nats") {
+    pid = startNats(join(c.dir, "nats", `${id}.conf`), join(c.dir, "logs", `${id}.log`), id).pid;
+  } else {
+    pid = startNodeProcess(c, found.role, id, 1, opts).pid;
+  }
+  if (pid === undefined) throw new SluiceError(ErrorCode.ClusterFailure, `could not restart ${id}`);
+  const now = readClusterFile(dir);
+  const list =
+    found.role === "nats"
+      ? now.nats
+      : found.role === "sink"
+        ? now.sinks
+        : found.role === "coordinator"
+          ? now.coordinators
+          : now.workers;
+  const rec = list.find((p) => p.id === id);
+  if (rec) rec.pid = pid;
+  else list.push({ id, pid } as NatsRecord);
+  writeClusterFile(now);
+  return { id, pid };
 }

@@ -4,9 +4,19 @@ import { Command, InvalidArgumentError } from "commander";
 import { pipelineOf } from "../../shared/config.js";
 import { isSluiceError } from "../../shared/errors.js";
 import { connectNats } from "../../shared/nats/connection.js";
+import { FAULTS, formatChaos, parseScenario, runChaos } from "./chaos.js";
 import { runDemo } from "./demo.js";
 import { runLoad } from "./load.js";
-import { addWorker, down, readClusterConfig, readClusterFile, removeWorker, up } from "./local-cluster.js";
+import {
+  addWorker,
+  down,
+  isOurProcess,
+  readClusterConfig,
+  readClusterFile,
+  removeWorker,
+  restartProcess,
+  up,
+} from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { formatStatus, gatherStatus } from "./status.js";
 import { formatVerify, verify } from "./verify.js";
@@ -36,6 +46,11 @@ program
     int("--port-base"),
     14222,
   )
+  .option(
+    "--nats-runtime <r>",
+    "NATS nodes as plain processes or Docker containers: process|container",
+    "process",
+  )
   .option("--detach", "return once the cluster is ready, leaving it running")
   .action(
     async (o: {
@@ -44,9 +59,14 @@ program
       coordinators: number;
       config?: string;
       portBase: number;
+      natsRuntime: string;
       detach?: boolean;
     }) => {
+      if (o.natsRuntime !== "process" && o.natsRuntime !== "container") {
+        throw new InvalidArgumentError("--nats-runtime must be process or container");
+      }
       const c = await up({
+        natsRuntime: o.natsRuntime,
         dir: o.dir,
         workers: o.workers,
         coordinators: o.coordinators,
@@ -106,6 +126,44 @@ worker
   .action(async (o: { dir: string; id: string }) => {
     await removeWorker(o.dir, o.id);
     console.log(`worker ${o.id} drained and stopped`);
+  });
+
+program
+  .command("restart")
+  .description(
+    "start a listed process again (stopping it first if it runs): nats node, sink, coordinator or worker",
+  )
+  .requiredOption("--id <id>", "process id from cluster.json (n1, s1, c1, w1, ...)")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .option("--kill", "stop it with SIGKILL instead of a graceful SIGTERM")
+  .option("--faketime <offset>", "run it with a skewed wall clock (libfaketime offset, e.g. +30s)")
+  .action(async (o: { dir: string; id: string; kill?: boolean; faketime?: string }) => {
+    const p = await restartProcess(o.dir, o.id, {
+      kill: !!o.kill,
+      ...(o.faketime ? { faketime: o.faketime } : {}),
+    });
+    console.log(`started ${p.id} (pid ${p.pid})${o.faketime ? ` with clock offset ${o.faketime}` : ""}`);
+  });
+
+program
+  .command("ps")
+  .description("the processes of a local cluster and whether each runs")
+  .option("--dir <dir>", "cluster directory", ".sluice")
+  .option("--json", "JSON output")
+  .action((o: { dir: string; json?: boolean }) => {
+    const c = readClusterFile(o.dir);
+    const rows = [
+      ...c.nats.map((p) => ({ role: "nats", ...p })),
+      ...(c.sinks ?? []).map((p) => ({ role: "sink", ...p })),
+      ...c.coordinators.map((p) => ({ role: "coordinator", ...p })),
+      ...c.workers.map((p) => ({ role: "worker", ...p })),
+    ].map((p) => ({ ...p, running: isOurProcess(p.pid, c.dir) }));
+    if (o.json) console.log(JSON.stringify(rows, null, 2));
+    else
+      for (const p of rows)
+        console.log(
+          `${p.role.padEnd(12)} ${p.id.padEnd(6)} pid ${String(p.pid).padEnd(8)} ${p.running ? "running" : "stopped"}`,
+        );
   });
 
 program
@@ -169,6 +227,51 @@ program
       await nc.close();
     }
   });
+
+program
+  .command("chaos")
+  .description("run a load while injecting faults, heal, drain, then check lost/duplicated/unexpected/order")
+  .option("--dir <dir>", "cluster directory (a cluster is started there if none runs)", ".sluice")
+  .option("--scenario <s>", `a fault (${FAULTS.join(", ")}), a comma-separated list, or mixed`, "mixed")
+  .option("--duration <seconds>", "length of the fault phase", int("--duration"), 180)
+  .option("--seed <x>", "seed of the fault schedule", int("--seed"), 1)
+  .option("--rate <r>", "records per second", int("--rate"), 1500)
+  .option("--port-base <port>", "first NATS client port when a cluster is started", int("--port-base"), 14222)
+  .option("--nats-runtime <r>", "when a cluster is started: NATS nodes as process or container", "process")
+  .option("--keep", "leave a cluster chaos started running")
+  .option("--json", "print the JSON report")
+  .action(
+    async (o: {
+      dir: string;
+      scenario: string;
+      duration: number;
+      seed: number;
+      rate: number;
+      portBase: number;
+      natsRuntime: string;
+      keep?: boolean;
+      json?: boolean;
+    }) => {
+      try {
+        parseScenario(o.scenario);
+      } catch (err) {
+        throw new InvalidArgumentError((err as Error).message);
+      }
+      const report = await runChaos({
+        dir: o.dir,
+        scenario: o.scenario,
+        durationS: o.duration,
+        seed: o.seed,
+        rate: o.rate,
+        portBase: o.portBase,
+        natsRuntime: o.natsRuntime === "container" ? "container" : "process",
+        keep: !!o.keep,
+        log: o.json ? (l) => console.error(l) : (l) => console.log(l),
+      });
+      console.log(o.json ? JSON.stringify(report, null, 2) : formatChaos(report));
+      process.exitCode = report.ok ? 0 : 1;
+    },
+  );
 
 program
   .command("demo")

@@ -21,6 +21,8 @@ export interface VerifyReport {
   duplicated: number;
   unexpected: number;
   indeterminate_committed: number;
+  /** Records committed before an earlier record of the same key (by source sequence). */
+  order_violations: number;
   examples: { lost: string[]; duplicated: string[]; unexpected: string[] };
   ok: boolean;
 }
@@ -39,11 +41,23 @@ export function readAckLog(path: string): Map<string, "acked" | "failed" | "time
 export function verify(sinkPath: string, pipeline: string, ackLogPath: string): VerifyReport {
   const log = readAckLog(ackLogPath);
   const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
+  const table = `"${pipeline.replaceAll('"', '""')}"`;
   let counts: Array<{ record_id: string; n: number }>;
+  let orderViolations: number;
   try {
-    counts = db
-      .prepare(`SELECT record_id, COUNT(*) AS n FROM "${pipeline.replaceAll('"', '""')}" GROUP BY record_id`)
-      .all() as Array<{ record_id: string; n: number }>;
+    counts = db.prepare(`SELECT record_id, COUNT(*) AS n FROM ${table} GROUP BY record_id`).all() as Array<{
+      record_id: string;
+      n: number;
+    }>;
+    // Per key, rows in commit order must have increasing source sequences.
+    orderViolations = (
+      db
+        .prepare(
+          `SELECT COUNT(*) AS n FROM (SELECT source_seq, LAG(source_seq) OVER (PARTITION BY key ORDER BY row_id) AS prev
+           FROM ${table}) WHERE prev IS NOT NULL AND source_seq <= prev`,
+        )
+        .get() as { n: number }
+    ).n;
   } finally {
     db.close();
   }
@@ -59,6 +73,7 @@ export function verify(sinkPath: string, pipeline: string, ackLogPath: string): 
     duplicated: 0,
     unexpected: 0,
     indeterminate_committed: 0,
+    order_violations: orderViolations,
     examples: { lost: [], duplicated: [], unexpected: [] },
     ok: false,
   };
@@ -78,7 +93,7 @@ export function verify(sinkPath: string, pipeline: string, ackLogPath: string): 
     if (n > 1) note("duplicated", id);
   }
   for (const id of inSink.keys()) if (!log.has(id)) note("unexpected", id);
-  r.ok = r.lost === 0 && r.duplicated === 0 && r.unexpected === 0;
+  r.ok = r.lost === 0 && r.duplicated === 0 && r.unexpected === 0 && r.order_violations === 0;
   return r;
 }
 
@@ -86,7 +101,7 @@ export function formatVerify(r: VerifyReport): string {
   return [
     `pipeline ${r.pipeline}: attempted ${r.attempted}, acknowledged ${r.acknowledged}, indeterminate ${r.indeterminate} (${r.indeterminate_committed} committed)`,
     `sink: ${r.rows} rows, ${r.committed} distinct records`,
-    `lost ${r.lost}, duplicated ${r.duplicated}, unexpected ${r.unexpected}`,
+    `lost ${r.lost}, duplicated ${r.duplicated}, unexpected ${r.unexpected}, per-key order violations ${r.order_violations}`,
     ...(r.examples.lost.length ? [`  lost e.g. ${r.examples.lost.join(", ")}`] : []),
     ...(r.examples.duplicated.length ? [`  duplicated e.g. ${r.examples.duplicated.join(", ")}`] : []),
     ...(r.examples.unexpected.length ? [`  unexpected e.g. ${r.examples.unexpected.join(", ")}`] : []),

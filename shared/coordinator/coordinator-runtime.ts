@@ -19,6 +19,7 @@ import {
   leaderAction,
 } from "../core/leader-election.js";
 import type { AssignmentEntry } from "../core/types.js";
+import { ErrorCode, isSluiceError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { AssignmentStore, CoordinatorControlBus, JsonStore, Scheduler } from "../ports.js";
 
@@ -114,7 +115,14 @@ export class CoordinatorRuntime {
       }
     });
     this.d.bus.onReleased((n) =>
-      this.dispatch({ type: "released", worker: n.worker, shard: n.shard, epoch: n.epoch, now: now() }),
+      this.dispatch({
+        type: "released",
+        worker: n.worker,
+        shard: n.shard,
+        epoch: n.epoch,
+        ...(n.fencedBy === undefined ? {} : { fencedBy: n.fencedBy }),
+        now: now(),
+      }),
     );
     this.tick();
   }
@@ -180,7 +188,18 @@ export class CoordinatorRuntime {
         );
         void this.d.assignments
           .compareAndSet(c.shard, c.entry satisfies AssignmentEntry, c.expectedRevision)
-          .catch(() => this.dispatch({ type: "write-failed", shard: c.shard, now: this.d.scheduler.now() }));
+          .catch(async (err: unknown) => {
+            // A lost race means this view is stale: re-read the key rather than retry blindly.
+            if (isSluiceError(err, ErrorCode.Conflict)) {
+              const v = await this.d.assignments.get(c.shard).catch(() => null);
+              if (v) {
+                const now = this.d.scheduler.now();
+                this.dispatch({ type: "entry", shard: c.shard, entry: v.value, revision: v.revision, now });
+                return;
+              }
+            }
+            this.dispatch({ type: "write-failed", shard: c.shard, now: this.d.scheduler.now() });
+          });
         break;
       case "member-joined":
         this.d.log.info({ worker: c.worker }, "member joined");

@@ -47,13 +47,15 @@ export interface CoordinatorState {
   revokingSince: Record<string, number>;
   /** shard -> epoch the owner reported released. */
   released: Record<string, number>;
+  /** shard -> highest epoch the sink is known to be fenced at; new epochs go above it. */
+  floor: Record<string, number>;
   leader: boolean;
 }
 
 export type CoordinatorEvent =
   | { type: "heartbeat"; hb: Heartbeat; now: number }
   | { type: "entry"; shard: string; entry: AssignmentEntry | null; revision: number; now: number }
-  | { type: "released"; worker: string; shard: string; epoch: number; now: number }
+  | { type: "released"; worker: string; shard: string; epoch: number; fencedBy?: number; now: number }
   | { type: "write-failed"; shard: string; now: number }
   | { type: "leadership"; leader: boolean; now: number }
   | { type: "tick"; now: number };
@@ -63,7 +65,7 @@ export type CoordinatorCommand =
   | { type: "member-joined"; worker: string }
   | { type: "member-lost"; worker: string; silentMs: number };
 
-export type HandoffReason = "initial" | "failure" | "rebalance" | "released" | "handoff-timeout";
+export type HandoffReason = "initial" | "failure" | "rebalance" | "released" | "handoff-timeout" | "refence";
 
 export function initialCoordinatorState(shards: readonly string[]): CoordinatorState {
   const entries: Record<string, EntryView> = {};
@@ -75,6 +77,7 @@ export function initialCoordinatorState(shards: readonly string[]): CoordinatorS
     pending: {},
     revokingSince: {},
     released: {},
+    floor: {},
     leader: false,
   };
 }
@@ -126,6 +129,9 @@ export function coordinatorStep(
     }
     case "released": {
       const cur = state.entries[event.shard]?.entry;
+      if (event.fencedBy !== undefined && event.shard in state.entries) {
+        state.floor[event.shard] = Math.max(state.floor[event.shard] ?? 0, event.fencedBy);
+      }
       if (cur && cur.owner === event.worker && cur.epoch === event.epoch) {
         state.released[event.shard] = event.epoch;
       }
@@ -178,21 +184,29 @@ function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): 
     const view = state.entries[s]!;
     const e = view.entry;
     const want = target.get(s) ?? null;
+    // The next epoch is above both the entry's and any fence the sink reported.
+    const next = Math.max(e?.epoch ?? 0, state.floor[s] ?? 0) + 1;
     const write = (entry: AssignmentEntry, reason: HandoffReason): void => {
       state.pending[s] = now;
       commands.push({ type: "write", shard: s, entry, expectedRevision: view.revision, reason });
     };
     if (!e || e.owner === null) {
       if (want !== null) {
-        write({ owner: want, epoch: (e?.epoch ?? 0) + 1, phase: "active", at: now }, "initial");
+        write({ owner: want, epoch: next, phase: "active", at: now }, "initial");
       }
       continue;
     }
     const ownerAlive = alive.has(e.owner);
     if (!ownerAlive) {
       // Failure hand-off: no waiting; the next epoch fences the old owner in the sink.
-      if (want !== null) write({ owner: want, epoch: e.epoch + 1, phase: "active", at: now }, "failure");
+      if (want !== null) write({ owner: want, epoch: next, phase: "active", at: now }, "failure");
       else write({ owner: null, epoch: e.epoch, phase: "active", at: now }, "failure");
+      continue;
+    }
+    if ((state.floor[s] ?? 0) >= e.epoch) {
+      // The sink is fenced at or above this epoch: its owner cannot commit; move past it.
+      delete state.released[s];
+      if (want !== null) write({ owner: want, epoch: next, phase: "active", at: now }, "refence");
       continue;
     }
     if (e.phase === "active") {
@@ -211,7 +225,7 @@ function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): 
     if (released || timedOut) {
       delete state.released[s];
       const reason = released ? "released" : "handoff-timeout";
-      if (want !== null) write({ owner: want, epoch: e.epoch + 1, phase: "active", at: now }, reason);
+      if (want !== null) write({ owner: want, epoch: next, phase: "active", at: now }, reason);
       else write({ owner: null, epoch: e.epoch, phase: "active", at: now }, reason);
     }
   }

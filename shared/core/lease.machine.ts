@@ -30,6 +30,8 @@ export interface LeaseContext extends LeaseInput {
   checkpoint: number;
   lastError: string | null;
   result: "released" | "fenced" | null;
+  /** The sink's fenced epoch when it rejected this lease (higher than `epoch`). */
+  fencedBy: number | null;
 }
 
 export interface ShardLeaseArgs {
@@ -40,7 +42,7 @@ export interface ShardLeaseArgs {
 /** Why the pipeline's run ended on its own. */
 export type RunOutcome =
   | { type: "stale" }
-  | { type: "fenced"; reason: string }
+  | { type: "fenced"; reason: string; fencedBy?: number }
   | { type: "failed"; reason: string };
 
 export type VerifyOutcome = "owner" | "lost";
@@ -58,7 +60,7 @@ export const leaseMachine = setup({
     input: {} as LeaseInput,
     context: {} as LeaseContext,
     events: {} as LeaseEvent,
-    output: {} as { result: "released" | "fenced"; reason: string | null },
+    output: {} as { result: "released" | "fenced"; reason: string | null; fencedBy: number | null },
   },
   actors: {
     /** Fence the sink at the epoch, read the checkpoint, open this epoch's consumer. */
@@ -94,7 +96,14 @@ export const leaseMachine = setup({
   },
 }).createMachine({
   id: "lease",
-  context: ({ input }) => ({ ...input, attempts: 0, checkpoint: 0, lastError: null, result: null }),
+  context: ({ input }) => ({
+    ...input,
+    attempts: 0,
+    checkpoint: 0,
+    lastError: null,
+    result: null,
+    fencedBy: null,
+  }),
   initial: "acquiring",
   on: {
     FENCE: { target: ".fenced", actions: assign({ lastError: ({ event }) => event.reason }) },
@@ -112,7 +121,10 @@ export const leaseMachine = setup({
           {
             guard: "isFencedError",
             target: "fenced",
-            actions: assign({ lastError: ({ event }) => String(event.error) }),
+            actions: assign({
+              lastError: ({ event }) => String(event.error),
+              fencedBy: ({ event }) => (isSluiceError(event.error) ? (event.error.fencedBy ?? null) : null),
+            }),
           },
           {
             target: "backoff",
@@ -139,6 +151,8 @@ export const leaseMachine = setup({
             guard: ({ event }) => event.output.type === "fenced",
             target: "fenced",
             actions: assign({
+              fencedBy: ({ event }) =>
+                event.output.type === "fenced" ? (event.output.fencedBy ?? null) : null,
               lastError: ({ event }) => ("reason" in event.output ? event.output.reason : null),
             }),
           },
@@ -198,7 +212,11 @@ export const leaseMachine = setup({
       entry: [assign({ result: "fenced" as const }), "abandon"],
     },
   },
-  output: ({ context }) => ({ result: context.result ?? "released", reason: context.lastError }),
+  output: ({ context }) => ({
+    result: context.result ?? "released",
+    reason: context.lastError,
+    fencedBy: context.fencedBy,
+  }),
 });
 
 export type LeaseMachine = typeof leaseMachine;

@@ -32,17 +32,47 @@ export class JetStreamJsonStore<T> implements JsonStore<T> {
     return { value: decodeJson<T>(e.value), revision: e.revision };
   }
 
+  /**
+   * Watches every key. If the underlying watcher ends (a cluster fault can end it), a new one
+   * is opened after a short pause; it replays current values, and consumers ignore revisions
+   * they have already seen, so nothing is missed.
+   */
   async watch(onValue: (key: string, v: Versioned<T>) => void): Promise<{ stop(): void }> {
-    const it = await this.kv.watch({ key: this.watchKey });
-    void (async () => {
-      for await (const e of it) {
-        onValue(e.key, {
-          value: e.operation === "PUT" ? decodeJson<T>(e.value) : null,
-          revision: e.revision,
-        });
-      }
-    })().catch(() => {});
-    return { stop: () => it.stop() };
+    let stopped = false;
+    let current: { stop(): void } | null = null;
+    const open = async (): Promise<void> => {
+      const it = await this.kv.watch({ key: this.watchKey });
+      current = it;
+      if (stopped) it.stop();
+      void (async () => {
+        try {
+          for await (const e of it) {
+            onValue(e.key, {
+              value: e.operation === "PUT" ? decodeJson<T>(e.value) : null,
+              revision: e.revision,
+            });
+          }
+        } catch {
+          // ended by a fault: reopened below
+        }
+        while (!stopped) {
+          await new Promise((r) => setTimeout(r, 250));
+          try {
+            await open();
+            return;
+          } catch {
+            // KV not reachable yet
+          }
+        }
+      })();
+    };
+    await open();
+    return {
+      stop: () => {
+        stopped = true;
+        current?.stop();
+      },
+    };
   }
 
   async compareAndSet(key: string, value: T, expectedRevision: number): Promise<number> {

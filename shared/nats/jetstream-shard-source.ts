@@ -105,6 +105,10 @@ class JetStreamShardFeed implements ShardFeed {
     this.messages = await this.consumer.consume({
       max_messages: this.bufferMessages,
       abort_on_missing_resource: true,
+      // Short pulls with 1 s idle heartbeats: when the server holding this R1 consumer dies,
+      // missed heartbeats surface in ~2 s (not 2 x 15 s) and the lease re-acquires elsewhere.
+      expires: 4_000,
+      idle_heartbeat: 1_000,
       callback: (m) => {
         this.buffer.push(m);
         this.wake();
@@ -116,7 +120,8 @@ class JetStreamShardFeed implements ShardFeed {
         if (
           s.type === "consumer_deleted" ||
           s.type === "consumer_not_found" ||
-          s.type === "stream_not_found"
+          s.type === "stream_not_found" ||
+          s.type === "heartbeats_missed"
         ) {
           this.fail(new SluiceError(ErrorCode.Unavailable, `consumer gone: ${s.type}`, { retryable: true }));
         }

@@ -18,7 +18,9 @@ export const SinkSubjects = {
   checkpoint: "sluice.sink.checkpoint",
 } as const;
 
-type Reply<T> = { ok: true; value: T } | { ok: false; code: ErrorCode; message: string; retryable: boolean };
+type Reply<T> =
+  | { ok: true; value: T }
+  | { ok: false; code: ErrorCode; message: string; retryable: boolean; fencedBy?: number };
 
 interface FenceRequest {
   ref: ShardRef;
@@ -56,7 +58,10 @@ export class NatsSinkClient implements Sink {
     }
     const r = decode(data) as Reply<T>;
     if (r.ok) return r.value;
-    throw new SluiceError(r.code, r.message, { retryable: r.retryable });
+    throw new SluiceError(r.code, r.message, {
+      retryable: r.retryable,
+      ...(r.fencedBy === undefined ? {} : { fencedBy: r.fencedBy }),
+    });
   }
 
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
@@ -116,6 +121,7 @@ export class NatsSinkServer {
                 code: se?.code ?? ErrorCode.Unavailable,
                 message: (e as Error).message,
                 retryable: se?.retryable ?? true,
+                ...(se?.fencedBy === undefined ? {} : { fencedBy: se.fencedBy }),
               };
             }
             m.respond(encode(reply));

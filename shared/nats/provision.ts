@@ -31,8 +31,10 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
     });
   }
   const kvm = new Kvm(nc);
-  await kvm.create(Buckets.assignments, { replicas, history: 1 });
-  await kvm.create(Buckets.coordinator, { replicas, history: 1 });
+  // No direct gets: those may be served by a lagging replica, and a lease check or a CAS
+  // retry must read what the stream leader has.
+  await kvm.create(Buckets.assignments, { replicas, history: 1, allow_direct: false });
+  await kvm.create(Buckets.coordinator, { replicas, history: 1, allow_direct: false });
 }
 
 type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;

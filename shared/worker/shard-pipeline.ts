@@ -160,7 +160,13 @@ export class ShardPipeline {
       });
       return null;
     } catch (err) {
-      if (isSluiceError(err, ErrorCode.Fenced)) return { type: "fenced", reason: err.message };
+      if (isSluiceError(err, ErrorCode.Fenced)) {
+        return {
+          type: "fenced",
+          reason: err.message,
+          ...(err.fencedBy === undefined ? {} : { fencedBy: err.fencedBy }),
+        };
+      }
       return { type: "failed", reason: `commit failed: ${(err as Error).message}` };
     }
   }

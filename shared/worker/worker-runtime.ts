@@ -205,6 +205,18 @@ export class WorkerRuntime {
         this.d.onLeaseEvent?.({ shard, epoch, event: result, reason: out?.reason ?? null });
         log.info({ result, reason: out?.reason ?? null }, `lease ${result}`);
         if (result === "released") this.d.bus.released({ worker: this.d.id, shard, epoch });
+        const cur = this.latest.get(shard);
+        if (
+          result === "fenced" &&
+          out?.fencedBy != null &&
+          out.fencedBy > epoch &&
+          cur?.owner === this.d.id &&
+          cur.epoch === epoch
+        ) {
+          // The sink is ahead of the assignment (say, the KV was recreated over an old sink):
+          // tell the coordinator, or nobody would ever move the shard past the fence.
+          this.d.bus.released({ worker: this.d.id, shard, epoch, fencedBy: out.fencedBy });
+        }
         // A newer epoch for this worker may have arrived meanwhile.
         const e = this.latest.get(shard);
         if (e && e.owner === this.d.id && e.phase === "active" && e.epoch > epoch && !this.leaving) {

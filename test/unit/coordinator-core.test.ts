@@ -675,3 +675,70 @@ describe("coordinatorStep (randomised): fencing invariants", () => {
     );
   });
 });
+
+describe("coordinator core: a sink fenced above the assignment", () => {
+  it("moves the shard past the sink's epoch when its owner reports being fenced by it", () => {
+    const shards = ["demo.0"];
+    let state = initialCoordinatorState(shards);
+    const step = (ev: Parameters<typeof coordinatorStep>[1]) => {
+      const r = coordinatorStep(state, ev, T);
+      state = r.state;
+      return writesOf(r.commands);
+    };
+    step({ type: "leadership", leader: true, now: 0 });
+    step({
+      type: "heartbeat",
+      hb: { worker: "w1", capacity: 1, held: {}, leaving: false, sentAt: 0 },
+      now: 0,
+    });
+    // The KV says w1 owns the shard at epoch 2, but the sink has fenced epoch 7 (say the
+    // assignment bucket was recreated over an old sink): w1 can never commit at 2.
+    step({
+      type: "entry",
+      shard: "demo.0",
+      entry: { owner: "w1", epoch: 2, phase: "active", at: 0 },
+      revision: 5,
+      now: 1,
+    });
+    const writes = step({ type: "released", worker: "w1", shard: "demo.0", epoch: 2, fencedBy: 7, now: 2 });
+    expect(writes).toHaveLength(1);
+    expect(writes[0]!.entry).toMatchObject({ owner: "w1", epoch: 8, phase: "active" });
+    expect(writes[0]!.reason).toBe("refence");
+    expect(writes[0]!.expectedRevision).toBe(5);
+    // Later epochs stay above the floor too.
+    step({
+      type: "entry",
+      shard: "demo.0",
+      entry: { owner: "w1", epoch: 8, phase: "active", at: 2 },
+      revision: 6,
+      now: 3,
+    });
+    expect(step({ type: "tick", now: 4 })).toHaveLength(0);
+  });
+
+  it("ignores a fenced report from a worker that no longer owns the epoch, but keeps the floor", () => {
+    let state = initialCoordinatorState(["demo.0"]);
+    const step = (ev: Parameters<typeof coordinatorStep>[1]) => {
+      const r = coordinatorStep(state, ev, T);
+      state = r.state;
+      return writesOf(r.commands);
+    };
+    step({ type: "leadership", leader: true, now: 0 });
+    step({
+      type: "heartbeat",
+      hb: { worker: "w2", capacity: 1, held: {}, leaving: false, sentAt: 0 },
+      now: 0,
+    });
+    step({
+      type: "entry",
+      shard: "demo.0",
+      entry: { owner: "w2", epoch: 9, phase: "active", at: 0 },
+      revision: 3,
+      now: 1,
+    });
+    expect(
+      step({ type: "released", worker: "w1", shard: "demo.0", epoch: 4, fencedBy: 5, now: 2 }),
+    ).toHaveLength(0);
+    expect(state.floor["demo.0"]).toBe(5);
+  });
+});

@@ -108,7 +108,11 @@ describe("leaseMachine: acquiring", () => {
     const snap = h.actor.getSnapshot();
     expect(snap.value).toBe("fenced");
     expect(snap.status).toBe("done");
-    expect(snap.output).toEqual({ result: "fenced", reason: "Error: FENCED: shard 1 epoch 3 < 4" });
+    expect(snap.output).toEqual({
+      result: "fenced",
+      reason: "Error: FENCED: shard 1 epoch 3 < 4",
+      fencedBy: null,
+    });
     expect(h.abandoned()).toBe(1);
     expect(h.calls.run).toHaveLength(0);
     // No retry is ever scheduled.
@@ -124,6 +128,7 @@ describe("leaseMachine: acquiring", () => {
     await flush();
     expect(h.value()).toBe("fenced");
     expect(h.actor.getSnapshot().output?.result).toBe("fenced");
+    expect(h.actor.getSnapshot().output?.fencedBy).toBe(4);
     expect(h.abandoned()).toBe(1);
   });
 
@@ -224,7 +229,7 @@ describe("leaseMachine: active, verifying", () => {
     await flush();
     const snap = h.actor.getSnapshot();
     expect(snap.value).toBe("fenced");
-    expect(snap.output).toEqual({ result: "fenced", reason: "lease lost while paused" });
+    expect(snap.output).toEqual({ result: "fenced", reason: "lease lost while paused", fencedBy: null });
     expect(h.abandoned()).toBe(1);
   });
 
@@ -251,11 +256,13 @@ describe("leaseMachine: active, verifying", () => {
   it("run {type:'fenced'} -> fenced with the run's reason", async () => {
     const h = harness();
     await h.activate();
-    h.calls.run[0]!.resolve({ type: "fenced", reason: "epoch 3 is fenced by epoch 4" });
+    h.calls.run[0]!.resolve({ type: "fenced", reason: "epoch 3 is fenced by epoch 4", fencedBy: 4 });
     await flush();
+    // The sink's epoch travels with the result, so the worker can report it to the coordinator.
     expect(h.actor.getSnapshot().output).toEqual({
       result: "fenced",
       reason: "epoch 3 is fenced by epoch 4",
+      fencedBy: 4,
     });
     expect(h.abandoned()).toBe(1);
   });
@@ -302,7 +309,7 @@ describe("leaseMachine: release and fencing", () => {
     const snap = h.actor.getSnapshot();
     expect(snap.value).toBe("released");
     expect(snap.status).toBe("done");
-    expect(snap.output).toEqual({ result: "released", reason: null });
+    expect(snap.output).toEqual({ result: "released", reason: null, fencedBy: null });
     expect(h.abandoned()).toBe(0);
   });
 
@@ -313,7 +320,11 @@ describe("leaseMachine: release and fencing", () => {
     h.calls.drain[0]!.reject(new Error("ack failed"));
     await flush();
     // "released" would promise the coordinator that nothing more can land from this owner.
-    expect(h.actor.getSnapshot().output).toEqual({ result: "fenced", reason: "Error: ack failed" });
+    expect(h.actor.getSnapshot().output).toEqual({
+      result: "fenced",
+      reason: "Error: ack failed",
+      fencedBy: null,
+    });
     expect(h.abandoned()).toBe(1);
   });
 
@@ -352,7 +363,11 @@ describe("leaseMachine: release and fencing", () => {
       const snap = h.actor.getSnapshot();
       expect(snap.value).toBe("fenced");
       expect(snap.status).toBe("done");
-      expect(snap.output).toEqual({ result: "fenced", reason: "shard now owned by w2 at epoch 4" });
+      expect(snap.output).toEqual({
+        result: "fenced",
+        reason: "shard now owned by w2 at epoch 4",
+        fencedBy: null,
+      });
       expect(h.abandoned()).toBe(1);
       // Nothing runs after the fence, whatever settles or fires later.
       const counts = Object.values(h.calls).map((l) => l.length);
@@ -376,7 +391,7 @@ describe("leaseMachine: release and fencing", () => {
     } finally {
       warn.mockRestore();
     }
-    expect(h.actor.getSnapshot().output).toEqual({ result: "released", reason: null });
+    expect(h.actor.getSnapshot().output).toEqual({ result: "released", reason: null, fencedBy: null });
     expect(h.abandoned()).toBe(0);
   });
 });
@@ -386,7 +401,14 @@ describe("leaseMachine as a pure function (initialTransition / transition)", () 
     const [snap, actions] = initialTransition(leaseMachine, INPUT);
     expect(snap.value).toBe("acquiring");
     expect(snap.status).toBe("active");
-    expect(snap.context).toEqual({ ...INPUT, attempts: 0, checkpoint: 0, lastError: null, result: null });
+    expect(snap.context).toEqual({
+      ...INPUT,
+      attempts: 0,
+      checkpoint: 0,
+      lastError: null,
+      result: null,
+      fencedBy: null,
+    });
     expect(actions).toHaveLength(1);
     const spawn = actions[0] as unknown as { type: string; params: { src: string; input: unknown } };
     expect(spawn.type).toBe("xstate.spawnChild");
@@ -401,7 +423,7 @@ describe("leaseMachine as a pure function (initialTransition / transition)", () 
     const [fenced, actions] = transition(machine, s0, { type: "FENCE", reason: "r" });
     expect(fenced.value).toBe("fenced");
     expect(fenced.status).toBe("done");
-    expect(fenced.output).toEqual({ result: "fenced", reason: "r" });
+    expect(fenced.output).toEqual({ result: "fenced", reason: "r", fencedBy: null });
     expect(actions.map((a) => a.type)).toContain("abandon");
     expect(abandoned).toBe(0);
     // Same input, same output; the source snapshot is untouched.

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Starve the machine's CPUs with stress-ng for --duration seconds (one hog per core).
+source "$(dirname "$0")/lib.sh"
+parse_args "$@"
+TARGET="${TARGET:-$(nproc)}"
+STRESS_PID=""
+heal() { if [ -n "$STRESS_PID" ]; then kill "$STRESS_PID" 2>/dev/null || true; wait "$STRESS_PID" 2>/dev/null || true; fi; emit heal "cpu"; }
+on_heal heal
+stress-ng --cpu "$TARGET" --timeout "$((DURATION + 5))s" --quiet &
+STRESS_PID=$!; INJECTED=1; emit inject "cpu" "\"hogs\":$TARGET"
+hold

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# SIGSTOP a worker for --duration seconds (longer than its lease), then SIGCONT it.
+source "$(dirname "$0")/lib.sh"
+parse_args "$@"
+TARGET="${TARGET:-$(first_running workers)}"
+PID="$(pid_of "$TARGET")"
+heal() { kill -CONT "$PID" 2>/dev/null || true; emit heal "$TARGET"; }
+on_heal heal
+kill -STOP "$PID"; INJECTED=1; emit inject "$TARGET"
+hold

@@ -1,0 +1,344 @@
+/**
+ * `sluice chaos`: a load runs while the scenario's faults are injected one after another
+ * through the scripts in chaos/ (so the scripts people run by hand are the ones tested), then
+ * every fault is healed, the cluster drains, and a Jepsen-style check runs over what was
+ * attempted, acknowledged and read.
+ */
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { NatsConnection } from "@nats-io/transport-node";
+import Database from "better-sqlite3";
+import { connectNats } from "../../shared/nats/connection.js";
+import { Rng } from "../../shared/sim/rng.js";
+import { runLoad } from "./load.js";
+import {
+  type ClusterFile,
+  down,
+  isOurProcess,
+  type NatsRuntime,
+  readClusterConfig,
+  readClusterFile,
+  up,
+} from "./local-cluster.js";
+import { isSettled } from "./readiness.js";
+import { gatherStatus } from "./status.js";
+import { countCommitted, type VerifyReport, verify } from "./verify.js";
+import { waitUntil } from "./wait.js";
+
+export const FAULTS = [
+  "worker-kill",
+  "worker-pause",
+  "leader-kill",
+  "nats-kill",
+  "nats-pause",
+  "nats-partition",
+  "cpu-starve",
+  "clock-skew",
+  "rolling-restart",
+  "scale",
+] as const;
+export type Fault = (typeof FAULTS)[number];
+
+export interface ChaosOptions {
+  dir: string;
+  /**
+   * One fault type, a comma-separated list (cycled), or `mixed`: every type once in a seeded
+   * order, then seeded draws.
+   */
+  scenario: string;
+  /** Length of the fault phase, s. */
+  durationS: number;
+  seed: number;
+  /** Records per second during the fault phase. */
+  rate: number;
+  portBase: number;
+  /** How NATS nodes run when chaos starts the cluster. */
+  natsRuntime: NatsRuntime;
+  /** Leave the cluster running at the end (when chaos started it). */
+  keep: boolean;
+  log: (line: string) => void;
+}
+
+export interface FaultRecord {
+  type: Fault;
+  target: string;
+  injected_at: number;
+  healed_at: number | null;
+  /** Shards whose commits the fault could interrupt. */
+  shards: string[];
+  /** s from injection until every affected shard committed again (null: not observed). */
+  recovery_s: number | null;
+  /** s from the heal until the whole cluster was settled again. */
+  settled_after_heal_s: number | null;
+  script_exit: number;
+}
+
+export interface ChaosReport
+  extends Pick<VerifyReport, "lost" | "duplicated" | "unexpected" | "order_violations"> {
+  scenario: string;
+  seed: number;
+  duration_s: number;
+  faults: FaultRecord[];
+  attempted: number;
+  acknowledged: number;
+  indeterminate: number;
+  read: number;
+  recovery_by_type: Record<string, { count: number; median_s: number | null; max_s: number | null }>;
+  timeline: string[];
+  ok: boolean;
+}
+
+const chaosDir = resolve(
+  fileURLToPath(new URL(".", import.meta.url)),
+  /[\\/]dist[\\/]/.test(import.meta.url) ? "../../.." : "../..",
+  "chaos",
+);
+
+/** Runs one chaos script to completion; returns its events and exit code. */
+function runScript(
+  fault: Fault,
+  dir: string,
+  durationS: number,
+  target: string | undefined,
+): Promise<{ events: Array<{ event: string; target: string; at: number }>; code: number; stderr: string }> {
+  return new Promise((resolvePromise) => {
+    const args = [join(chaosDir, `${fault}.sh`), "--dir", dir, "--duration", String(durationS)];
+    if (target) args.push("--target", target);
+    const child = spawn("bash", args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    child.stderr.on("data", (d) => {
+      err += d;
+    });
+    child.on("close", (code) => {
+      const events = out
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as { event: string; target: string; at: number });
+      resolvePromise({ events, code: code ?? 1, stderr: err.trim() });
+    });
+  });
+}
+
+/** Checks a scenario name: `mixed`, a fault, or a comma-separated list of faults. */
+export function parseScenario(s: string): Fault[] | "mixed" {
+  if (s === "mixed") return "mixed";
+  const list = s.split(",").map((x) => x.trim());
+  for (const f of list) {
+    if (!(FAULTS as readonly string[]).includes(f))
+      throw new Error(`unknown fault '${f}': ${FAULTS.join(", ")} or mixed`);
+  }
+  return list as Fault[];
+}
+
+function plan(o: ChaosOptions, rng: Rng): Fault[] {
+  const sc = parseScenario(o.scenario);
+  if (sc !== "mixed") return Array.from({ length: 1000 }, (_, i) => sc[i % sc.length]!);
+  const all = [...FAULTS];
+  for (let i = all.length - 1; i > 0; i--) {
+    const j = rng.int(0, i);
+    [all[i], all[j]] = [all[j]!, all[i]!];
+  }
+  return [...all, ...Array.from({ length: 1000 }, () => rng.pick(FAULTS))];
+}
+
+function targetFor(fault: Fault, c: ClusterFile, rng: Rng): string | undefined {
+  const workers = c.workers.filter((w) => isOurProcess(w.pid, c.dir)).map((w) => w.id);
+  switch (fault) {
+    case "worker-kill":
+    case "worker-pause":
+    case "clock-skew":
+      return workers.length > 0 ? rng.pick(workers) : undefined;
+    case "nats-kill":
+    case "nats-pause":
+    case "nats-partition":
+      return rng.pick(c.nats.map((n) => n.id));
+    default:
+      return undefined;
+  }
+}
+
+/** Recovery: for each affected shard, the first commit at or after injection (by another worker if one was hit). */
+function recoveryOf(sink: string, pipeline: string, f: FaultRecord): number | null {
+  if (f.shards.length === 0) return null;
+  const db = new Database(sink, { readonly: true });
+  try {
+    const q = db.prepare(
+      `SELECT MIN(committed_at) AS t FROM "${pipeline}" WHERE shard = ? AND committed_at >= ? AND worker != ?`,
+    );
+    let worst = 0;
+    for (const key of f.shards) {
+      const shard = Number(key.split(".")[1]);
+      const exclude = f.type === "worker-kill" || f.type === "worker-pause" ? f.target : "";
+      const row = q.get(shard, f.injected_at, exclude) as { t: number | null };
+      if (row.t === null) return null;
+      worst = Math.max(worst, row.t - f.injected_at);
+    }
+    return worst / 1000;
+  } finally {
+    db.close();
+  }
+}
+
+const median = (xs: number[]): number | null => {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
+  const rng = new Rng(o.seed);
+  const dir = resolve(o.dir);
+  let started = false;
+  if (
+    !existsSync(join(dir, "cluster.json")) ||
+    readClusterFile(dir).nats.every((n) => !isOurProcess(n.pid, dir))
+  ) {
+    o.log(`starting a local cluster in ${dir}`);
+    await up({ dir, workers: 3, coordinators: 2, portBase: o.portBase, natsRuntime: o.natsRuntime });
+    started = true;
+  }
+  const c0 = readClusterFile(dir);
+  const cfg = readClusterConfig(c0);
+  const pipeline = cfg.pipelines[0]!.name;
+  const nc: NatsConnection = await connectNats({ servers: c0.nats.map((n) => n.url), name: "sluice-chaos" });
+  const timeline: string[] = [];
+  const t0 = Date.now();
+  const mark = (line: string): void => {
+    const l = `${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s  ${line}`;
+    timeline.push(l);
+    o.log(l);
+  };
+  const faults: FaultRecord[] = [];
+  try {
+    await waitUntil(
+      "a settled cluster",
+      60_000,
+      async () => (isSettled(await gatherStatus(nc, cfg, c0.sink)) ? true : undefined),
+      200,
+    );
+    const ackLog = join(dir, `chaos-${o.seed}-${Date.now()}.jsonl`);
+    const ac = new AbortController();
+    mark(`load: ${o.rate} records/s into '${pipeline}' (ack log ${ackLog})`);
+    const load = runLoad(nc, {
+      pipeline,
+      count: Number.MAX_SAFE_INTEGER,
+      rate: o.rate,
+      ackLog,
+      keys: 1000,
+      signal: ac.signal,
+    });
+    const end = Date.now() + o.durationS * 1000;
+    const queue = plan(o, rng);
+    await new Promise((r) => setTimeout(r, 2_000));
+    for (const fault of queue) {
+      if (Date.now() >= end) break;
+      const c = readClusterFile(dir);
+      const target = targetFor(fault, c, rng);
+      const hold = fault === "rolling-restart" ? 2 : rng.int(3, 6);
+      const before = await gatherStatus(nc, cfg, c.sink).catch(() => null);
+      const touchesWorker = fault === "worker-kill" || fault === "worker-pause" || fault === "clock-skew";
+      const shards = (before?.shards ?? [])
+        .filter((r) => !touchesWorker || r.owner === target)
+        .map((r) => r.shard);
+      mark(`inject ${fault}${target ? ` on ${target}` : ""} for ${hold} s`);
+      const res = await runScript(fault, dir, hold, target);
+      const inj = res.events.find((e) => e.event === "inject");
+      const heal = res.events.find((e) => e.event === "heal");
+      if (res.code !== 0)
+        mark(`  ${fault} script exited ${res.code}: ${res.stderr.split("\n").slice(-2).join(" / ")}`);
+      const rec: FaultRecord = {
+        type: fault,
+        target: inj?.target ?? target ?? "",
+        injected_at: inj?.at ?? Date.now(),
+        healed_at: heal?.at ?? null,
+        shards,
+        recovery_s: null,
+        settled_after_heal_s: null,
+        script_exit: res.code,
+      };
+      faults.push(rec);
+      mark(`  healed ${fault}`);
+      const settled = await waitUntil(
+        "the cluster to settle",
+        60_000,
+        async () => (isSettled(await gatherStatus(nc, cfg, c.sink)) ? Date.now() : undefined),
+        200,
+      ).catch(() => null);
+      rec.settled_after_heal_s =
+        settled && rec.healed_at ? Math.max(0, settled - rec.healed_at) / 1000 : null;
+      mark(
+        `  settled${rec.settled_after_heal_s === null ? " (not within 60 s)" : ` ${rec.settled_after_heal_s.toFixed(1)} s after heal`}`,
+      );
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+    ac.abort();
+    const summary = await load;
+    mark(
+      `load stopped: ${summary.sent} sent, ${summary.acked} acked, ${summary.timeout + summary.failed} indeterminate`,
+    );
+    const cEnd = readClusterFile(dir);
+    await waitUntil(
+      "every acknowledged record to be read",
+      120_000,
+      () => (countCommitted(cEnd.sink, pipeline) >= summary.acked ? true : undefined),
+      500,
+    ).catch(() => mark("  drain deadline passed with records still missing"));
+    for (const f of faults) f.recovery_s = recoveryOf(cEnd.sink, pipeline, f);
+    const v = verify(cEnd.sink, pipeline, ackLog);
+    const byType: ChaosReport["recovery_by_type"] = {};
+    for (const t of new Set(faults.map((f) => f.type))) {
+      const xs = faults.filter((f) => f.type === t && f.recovery_s !== null).map((f) => f.recovery_s!);
+      byType[t] = {
+        count: faults.filter((f) => f.type === t).length,
+        median_s: median(xs),
+        max_s: xs.length ? Math.max(...xs) : null,
+      };
+    }
+    const report: ChaosReport = {
+      scenario: o.scenario,
+      seed: o.seed,
+      duration_s: (Date.now() - t0) / 1000,
+      faults,
+      attempted: v.attempted,
+      acknowledged: v.acknowledged,
+      indeterminate: v.indeterminate,
+      read: v.committed,
+      lost: v.lost,
+      duplicated: v.duplicated,
+      unexpected: v.unexpected,
+      order_violations: v.order_violations,
+      recovery_by_type: byType,
+      timeline,
+      ok: v.ok && faults.every((f) => f.script_exit === 0),
+    };
+    return report;
+  } finally {
+    await nc.close().catch(() => undefined);
+    if (started && !o.keep) await down(dir);
+  }
+}
+
+export function formatChaos(r: ChaosReport): string {
+  const lines = [
+    `chaos ${r.scenario} (seed ${r.seed}): ${r.faults.length} faults in ${r.duration_s.toFixed(0)} s`,
+    `attempted ${r.attempted}, acknowledged ${r.acknowledged}, indeterminate ${r.indeterminate}, read ${r.read}`,
+    `lost ${r.lost}, duplicated ${r.duplicated}, unexpected ${r.unexpected}, per-key order violations ${r.order_violations}`,
+    "recovery (injection until every affected shard committed again):",
+    ...Object.entries(r.recovery_by_type).map(
+      ([t, x]) =>
+        `  ${t.padEnd(16)} x${x.count}  median ${x.median_s === null ? "-" : `${x.median_s.toFixed(2)} s`}  max ${x.max_s === null ? "-" : `${x.max_s.toFixed(2)} s`}`,
+    ),
+    ...r.faults
+      .filter((f) => f.script_exit !== 0)
+      .map((f) => `  script for ${f.type} failed (exit ${f.script_exit})`),
+    r.ok ? "CHAOS: OK" : "CHAOS: VIOLATED",
+  ];
+  return lines.join("\n");
+}
