@@ -676,16 +676,21 @@ describe("coordinatorStep (randomised): fencing invariants", () => {
   });
 });
 
+/** A leader core over `shards`, stepped event by event; returns each step's writes. */
+function leaderCore(shards: string[]) {
+  let state = initialCoordinatorState(shards);
+  const step = (ev: Parameters<typeof coordinatorStep>[1]): Write[] => {
+    const r = coordinatorStep(state, ev, T);
+    state = r.state;
+    return writesOf(r.commands);
+  };
+  step({ type: "leadership", leader: true, now: 0 });
+  return { step, state: () => state };
+}
+
 describe("coordinator core: a sink fenced above the assignment", () => {
   it("moves the shard past the sink's epoch when its owner reports being fenced by it", () => {
-    const shards = ["demo.0"];
-    let state = initialCoordinatorState(shards);
-    const step = (ev: Parameters<typeof coordinatorStep>[1]) => {
-      const r = coordinatorStep(state, ev, T);
-      state = r.state;
-      return writesOf(r.commands);
-    };
-    step({ type: "leadership", leader: true, now: 0 });
+    const { step } = leaderCore(["demo.0"]);
     step({
       type: "heartbeat",
       hb: { worker: "w1", capacity: 1, held: {}, leaving: false, sentAt: 0 },
@@ -717,13 +722,7 @@ describe("coordinator core: a sink fenced above the assignment", () => {
   });
 
   it("ignores a fenced report from a worker that no longer owns the epoch, but keeps the floor", () => {
-    let state = initialCoordinatorState(["demo.0"]);
-    const step = (ev: Parameters<typeof coordinatorStep>[1]) => {
-      const r = coordinatorStep(state, ev, T);
-      state = r.state;
-      return writesOf(r.commands);
-    };
-    step({ type: "leadership", leader: true, now: 0 });
+    const { step, state } = leaderCore(["demo.0"]);
     step({
       type: "heartbeat",
       hb: { worker: "w2", capacity: 1, held: {}, leaving: false, sentAt: 0 },
@@ -739,6 +738,6 @@ describe("coordinator core: a sink fenced above the assignment", () => {
     expect(
       step({ type: "released", worker: "w1", shard: "demo.0", epoch: 4, fencedBy: 5, now: 2 }),
     ).toHaveLength(0);
-    expect(state.floor["demo.0"]).toBe(5);
+    expect(state().floor["demo.0"]).toBe(5);
   });
 });
