@@ -178,6 +178,19 @@ function spawnLogged(cmd: string, args: string[], logFile: string, extra: StartE
   return child;
 }
 
+async function waitMetaLeader(monitor: string, deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (Date.now() < end) {
+    try {
+      const jsz = (await (await fetch(`${monitor}/jsz`)).json()) as { meta_cluster?: { leader?: string } };
+      if (jsz.meta_cluster?.leader) return;
+    } catch {
+      // not answering yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 async function waitHttpOk(url: string, deadlineMs: number): Promise<void> {
   const end = Date.now() + deadlineMs;
   for (;;) {
@@ -267,6 +280,8 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   c.nats.push(...started);
   writeClusterFile(c);
   await Promise.all(c.nats.map((s) => waitHttpOk(`${s.monitor}/healthz?js-enabled-only=true`, 20_000)));
+  // Health comes before the JetStream meta leader; an API call before it waits out its timeout.
+  await waitMetaLeader(c.nats[0]!.monitor, 20_000);
   const nc = await connectNats({ servers: c.nats.map((s) => s.url), name: "sluice-up" });
   try {
     // The JetStream meta leader is elected a moment after the servers answer health checks.

@@ -288,6 +288,7 @@ export class SimWorld {
         "partition-worker-coordinators",
         "crash-leader",
         "pause-leader",
+        "partition-leader-broker",
         "join-worker",
         "leave-worker",
         "slow-sink",
@@ -378,6 +379,14 @@ export class SimWorld {
         this.note(`crash leader ${c.node.id} for ${len} ms`);
         c.node.crash();
         this.loop.at(until, () => this.restartCoordinator(c));
+        return;
+      }
+      case "partition-leader-broker": {
+        const c = this.leader();
+        if (!c) return;
+        this.note(`cut leader ${c.node.id} from broker for ${len} ms`);
+        this.net.cut(c.node.id, BROKER);
+        this.loop.at(until, () => this.net.heal(c.node.id, BROKER));
         return;
       }
       case "pause-leader": {
