@@ -1,19 +1,27 @@
 /**
- * The producer library: pipelined JetStream publishing with a bounded window of outstanding
- * PubAcks. Retries keep the record's `Nats-Msg-Id`, so the stream's duplicate window turns a
- * retry of a publish that did land into a no-op. A full window blocks `send` (backpressure).
+ * The producer library: pipelined JetStream publishing. Records go out as core publishes with a
+ * reply subject under one inbox subscription, and PubAcks are matched to records by that
+ * subject: no per-record request, promise or timer, which is where `js.publish()` spends its
+ * time. At most `window` records await their PubAck (a full window blocks `send`:
+ * backpressure). One sweeper re-sends a record whose PubAck is overdue, with the same
+ * `Nats-Msg-Id`, so the stream's duplicate window turns a re-send of a publish that did land
+ * into a no-op; after `retries` re-sends the record is reported `timeout` (indeterminate).
  */
-import { type JetStreamClient, jetstream, type PubAck } from "@nats-io/jetstream";
-import { type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
-import pRetry from "p-retry";
+import {
+  createInbox,
+  type Msg,
+  type NatsConnection,
+  headers as natsHeaders,
+  type Subscription,
+} from "@nats-io/transport-node";
 import { Headers, ingestSubject } from "./wire.js";
 
 export interface ProducerOptions {
-  /** Max publishes awaiting their PubAck. */
+  /** Max records awaiting their PubAck. */
   window: number;
-  /** Attempts per record after the first. */
+  /** Re-sends of a record whose PubAck is overdue, after the first send. */
   retries: number;
-  /** PubAck timeout per attempt, ms. */
+  /** How long a PubAck may take before the record is sent again, ms. */
   timeoutMs: number;
 }
 
@@ -35,66 +43,129 @@ export interface OutgoingRecord {
   contentType?: string;
 }
 
+interface Pending {
+  record: OutgoingRecord;
+  onResult: (r: PublishResult) => void;
+  sentAt: number;
+  sends: number;
+}
+
+const dec = new TextDecoder();
+
+export const defaultProducerOptions: ProducerOptions = { window: 2048, retries: 5, timeoutMs: 3_000 };
+
 export class Producer {
-  private readonly js: JetStreamClient;
-  private inFlight = 0;
+  private readonly inbox = createInbox();
+  private readonly sub: Subscription;
+  private readonly pending = new Map<string, Pending>();
   private readonly waiters: Array<() => void> = [];
-  private readonly all = new Set<Promise<void>>();
+  private readonly drained: Array<() => void> = [];
+  private readonly sweeper: ReturnType<typeof setInterval>;
+  private next = 0;
+  private closed = false;
 
   constructor(
-    nc: NatsConnection,
+    private readonly nc: NatsConnection,
     private readonly pipeline: string,
-    private readonly opts: ProducerOptions = { window: 1024, retries: 5, timeoutMs: 5_000 },
+    private readonly opts: ProducerOptions = defaultProducerOptions,
   ) {
-    this.js = jetstream(nc, { timeout: opts.timeoutMs });
+    this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, m) => (err ? undefined : this.onAck(m)) });
+    this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.min(500, opts.timeoutMs / 4)));
+    this.sweeper.unref?.();
   }
 
-  /** Resolves once the record is in the window; `onResult` is called when it is confirmed. */
+  /** Resolves once the record is sent (the window had room); `onResult` reports its PubAck. */
   async send(r: OutgoingRecord, onResult: (res: PublishResult) => void): Promise<void> {
-    while (this.inFlight >= this.opts.window) {
+    while (this.pending.size >= this.opts.window) {
       await new Promise<void>((res) => this.waiters.push(res));
     }
-    this.inFlight++;
-    const p = this.publish(r)
-      .then(onResult)
-      .finally(() => {
-        this.inFlight--;
-        this.all.delete(p);
-        this.waiters.shift()?.();
-      });
-    this.all.add(p);
+    const token = (this.next++).toString(36);
+    this.pending.set(token, { record: r, onResult, sentAt: 0, sends: 0 });
+    this.transmit(token);
   }
 
-  private async publish(r: OutgoingRecord): Promise<PublishResult> {
+  private transmit(token: string): void {
+    const p = this.pending.get(token);
+    if (!p || this.closed) return;
     const h = natsHeaders();
-    if (r.contentType) h.set(Headers.contentType, r.contentType);
-    let timedOut = false;
+    h.set(Headers.msgId, p.record.id);
+    if (p.record.contentType) h.set(Headers.contentType, p.record.contentType);
+    p.sentAt = Date.now();
+    p.sends++;
     try {
-      const ack: PubAck = await pRetry(
-        () =>
-          this.js.publish(ingestSubject(this.pipeline, r.key), r.data, {
-            msgID: r.id,
-            headers: h,
-            timeout: this.opts.timeoutMs,
-          }),
-        {
-          retries: this.opts.retries,
-          minTimeout: 100,
-          maxTimeout: 2_000,
-          onFailedAttempt: ({ error }) => {
-            if (/timeout|TIMEOUT/i.test(String(error.message))) timedOut = true;
-          },
-        },
-      );
-      return { id: r.id, status: "acked", seq: ack.seq, duplicate: ack.duplicate };
-    } catch (err) {
-      // A publish that ever timed out may have landed: it is indeterminate, not failed.
-      return { id: r.id, status: timedOut ? "timeout" : "failed", error: String((err as Error).message) };
+      this.nc.publish(ingestSubject(this.pipeline, p.record.key), p.record.data, {
+        headers: h,
+        reply: `${this.inbox}.${token}`,
+      });
+    } catch {
+      // Connection closing or reconnecting: the sweeper sends it again.
     }
   }
 
-  /** Waits for every outstanding publish. */
+  private onAck(m: Msg): void {
+    const token = m.subject.slice(this.inbox.length + 1);
+    const p = this.pending.get(token);
+    if (!p) return; // the ack of an earlier send of a record already settled
+    if (m.headers?.hasError) {
+      // 503: no stream took the subject (yet); the sweeper re-sends until retries run out.
+      return;
+    }
+    let ack: { seq?: number; duplicate?: boolean; error?: { code?: number; description?: string } };
+    try {
+      ack = JSON.parse(dec.decode(m.data));
+    } catch {
+      return;
+    }
+    if (ack.error) {
+      // Only a stream that is unavailable (503) may succeed later; anything else is final.
+      if (ack.error.code === 503) return;
+      this.settle(token, p, {
+        id: p.record.id,
+        status: "failed",
+        error: ack.error.description ?? "rejected",
+      });
+      return;
+    }
+    this.settle(token, p, {
+      id: p.record.id,
+      status: "acked",
+      ...(ack.seq === undefined ? {} : { seq: ack.seq }),
+      ...(ack.duplicate ? { duplicate: true } : {}),
+    });
+  }
+
+  private settle(token: string, p: Pending, r: PublishResult): void {
+    this.pending.delete(token);
+    p.onResult(r);
+    this.waiters.shift()?.();
+    if (this.pending.size === 0) for (const d of this.drained.splice(0)) d();
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [token, p] of this.pending) {
+      if (now - p.sentAt < this.opts.timeoutMs) continue;
+      if (p.sends > this.opts.retries) {
+        // Every send went unanswered: it may or may not have landed.
+        this.settle(token, p, { id: p.record.id, status: "timeout", error: "no PubAck" });
+      } else {
+        this.transmit(token);
+      }
+    }
+  }
+
+  /** Waits for every outstanding record's PubAck (or its timeout). */
   async flush(): Promise<void> {
-    while (this.all.size > 0) await Promise.allSettled([...this.all]);
+    if (this.pending.size === 0) return;
+    await new Promise<void>((res) => this.drained.push(res));
+  }
+
+  /** Flushes, then stops listening. Idempotent. */
+  async close(): Promise<void> {
+    await this.flush();
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.sweeper);
+    this.sub.unsubscribe();
   }
 }

@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { encodeRecord } from "../../shared/codec.js";
-import { Producer, type PublishResult } from "../../shared/producer.js";
+import { defaultProducerOptions, Producer, type PublishResult } from "../../shared/producer.js";
 
 export interface LoadOptions {
   pipeline: string;
@@ -34,7 +34,10 @@ export interface LoadSummary extends LoadProgress {
 
 export async function runLoad(nc: NatsConnection, o: LoadOptions): Promise<LoadSummary> {
   const runId = randomBytes(4).toString("hex");
-  const producer = new Producer(nc, o.pipeline, { window: o.window ?? 1024, retries: 5, timeoutMs: 5_000 });
+  const producer = new Producer(nc, o.pipeline, {
+    ...defaultProducerOptions,
+    window: o.window ?? defaultProducerOptions.window,
+  });
   const out = createWriteStream(o.ackLog, { flags: "a" });
   const p: LoadProgress = { sent: 0, acked: 0, failed: 0, timeout: 0 };
   const body = "x".repeat(64);
@@ -60,7 +63,7 @@ export async function runLoad(nc: NatsConnection, o: LoadOptions): Promise<LoadS
       o.onProgress({ ...p });
     }
   }
-  await producer.flush();
+  await producer.close();
   await new Promise<void>((r) => out.end(r));
   o.onProgress?.({ ...p });
   return { ...p, runId, elapsedMs: Date.now() - start };

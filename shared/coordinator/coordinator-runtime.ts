@@ -83,6 +83,7 @@ export class CoordinatorRuntime {
       failureTimeoutMs: this.d.timing.failureTimeoutMs,
       handoffTimeoutMs: this.d.timing.handoffTimeoutMs,
       writeTimeoutMs: 2_000,
+      stuckMs: Math.max(2_000, 10 * this.d.timing.heartbeatMs),
     };
   }
 

@@ -20,6 +20,12 @@ export interface CoordinatorTiming {
   handoffTimeoutMs: number;
   /** A write not echoed back by the KV watch within this long (ms) may be issued again. */
   writeTimeoutMs: number;
+  /**
+   * A live owner whose heartbeats have not listed an active shard for this long (ms) is not
+   * running it (it saw a write the KV then lost, say): the shard is re-asserted at a new
+   * epoch. Default 3000.
+   */
+  stuckMs?: number;
 }
 
 export interface MemberView {
@@ -49,6 +55,8 @@ export interface CoordinatorState {
   released: Record<string, number>;
   /** shard -> highest epoch the sink is known to be fenced at; new epochs go above it. */
   floor: Record<string, number>;
+  /** shard -> time since which its live owner's heartbeats have not listed it. */
+  missingSince: Record<string, number>;
   leader: boolean;
 }
 
@@ -65,7 +73,14 @@ export type CoordinatorCommand =
   | { type: "member-joined"; worker: string }
   | { type: "member-lost"; worker: string; silentMs: number };
 
-export type HandoffReason = "initial" | "failure" | "rebalance" | "released" | "handoff-timeout" | "refence";
+export type HandoffReason =
+  | "initial"
+  | "failure"
+  | "rebalance"
+  | "released"
+  | "handoff-timeout"
+  | "refence"
+  | "reassert";
 
 export function initialCoordinatorState(shards: readonly string[]): CoordinatorState {
   const entries: Record<string, EntryView> = {};
@@ -78,6 +93,7 @@ export function initialCoordinatorState(shards: readonly string[]): CoordinatorS
     revokingSince: {},
     released: {},
     floor: {},
+    missingSince: {},
     leader: false,
   };
 }
@@ -110,6 +126,12 @@ export function coordinatorStep(
         held: hb.held,
         delayMs: Math.max(0, event.now - hb.sentAt),
       };
+      for (const s of state.shards) {
+        const e = state.entries[s]?.entry;
+        if (!e || e.owner !== hb.worker || e.phase !== "active" || state.pending[s] !== undefined) continue;
+        if (hb.held[s] === e.epoch) delete state.missingSince[s];
+        else state.missingSince[s] ??= event.now;
+      }
       break;
     }
     case "entry": {
@@ -118,6 +140,7 @@ export function coordinatorStep(
       if (event.revision < prev.revision) break;
       state.entries[event.shard] = { entry: event.entry, revision: event.revision };
       delete state.pending[event.shard];
+      delete state.missingSince[event.shard];
       if (event.entry?.phase === "revoking") {
         if (prev.entry?.phase !== "revoking" || prev.entry.epoch !== event.entry.epoch) {
           state.revokingSince[event.shard] = event.now;
@@ -207,6 +230,13 @@ function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): 
       // The sink is fenced at or above this epoch: its owner cannot commit; move past it.
       delete state.released[s];
       if (want !== null) write({ owner: want, epoch: next, phase: "active", at: now }, "refence");
+      continue;
+    }
+    const missing = state.missingSince[s];
+    if (e.phase === "active" && missing !== undefined && now - missing >= (timing.stuckMs ?? 3_000)) {
+      // Alive, but not running the shard it owns: hand it out again at a new epoch.
+      delete state.missingSince[s];
+      write({ owner: want ?? e.owner, epoch: next, phase: "active", at: now }, "reassert");
       continue;
     }
     if (e.phase === "active") {

@@ -127,6 +127,14 @@ export class MemoryKv {
   private readonly entries = new Map<string, KvEntry>();
   private revision = 0;
   private readonly watchers = new Set<(key: string, e: KvEntry) => void>();
+  /** Watchers that also see phantom writes (delivered, then lost by the store). */
+  private readonly phantomSeers = new Set<(key: string, e: KvEntry) => void>();
+  /**
+   * Fault: the next compare-and-set is shown to the phantom-seeing watchers with the revision
+   * it would get, then lost: the store keeps the old value and the writer gets an error. Seen on
+   * a real cluster when a NATS node died under a write.
+   */
+  phantomNext = false;
 
   get(key: string): KvEntry {
     return this.entries.get(key) ?? { value: null, revision: 0 };
@@ -138,6 +146,12 @@ export class MemoryKv {
       throw new SluiceError(ErrorCode.Conflict, `${key}: revision ${expectedRevision} is stale`, {
         retryable: true,
       });
+    }
+    if (this.phantomNext) {
+      this.phantomNext = false;
+      const ghost = { value, revision: this.revision + 1 };
+      for (const w of this.phantomSeers) w(key, ghost);
+      throw new SluiceError(ErrorCode.Unavailable, `${key}: write lost`, { retryable: true });
     }
     return this.set(key, value);
   }
@@ -154,10 +168,14 @@ export class MemoryKv {
   }
 
   /** Current entries in revision order, then every change. */
-  watch(onEntry: (key: string, e: KvEntry) => void): () => void {
+  watch(onEntry: (key: string, e: KvEntry) => void, seesPhantoms = false): () => void {
     const current = [...this.entries].sort(([, a], [, b]) => a.revision - b.revision);
     for (const [k, e] of current) onEntry(k, e);
     this.watchers.add(onEntry);
-    return () => this.watchers.delete(onEntry);
+    if (seesPhantoms) this.phantomSeers.add(onEntry);
+    return () => {
+      this.watchers.delete(onEntry);
+      this.phantomSeers.delete(onEntry);
+    };
   }
 }

@@ -36,6 +36,8 @@ export class SimJsonStore<T> implements JsonStore<T> {
     private readonly self: SimNode,
     private readonly broker: SimNode,
     private readonly kv: MemoryKv,
+    /** Whether this node's watch can see phantom writes (like one on the failing server). */
+    private readonly seesPhantoms = false,
   ) {}
 
   get(key: string): Promise<Versioned<T>> {
@@ -66,7 +68,7 @@ export class SimJsonStore<T> implements JsonStore<T> {
         return;
       }
       this.net.send(this.broker, this.self, () => onValue(key, parse<T>(e)), false);
-    });
+    }, this.seesPhantoms);
     const unwatchLater = (): void => {
       stopped = true;
       queueMicrotask(unwatch);

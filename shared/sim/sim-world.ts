@@ -218,7 +218,7 @@ export class SimWorld {
     const runtime = new WorkerRuntime({
       id,
       capacity: 1,
-      assignments: new SimJsonStore<AssignmentEntry>(this.net, node, this.broker, this.kvAssign),
+      assignments: new SimJsonStore<AssignmentEntry>(this.net, node, this.broker, this.kvAssign, true),
       bus: new SimWorkerBus(this.net, node, this.plane),
       sink: new SimSinkClient(
         this.net,
@@ -293,6 +293,7 @@ export class SimWorld {
         "leave-worker",
         "slow-sink",
         "lossy-network",
+        "phantom-write",
       ] as const);
       this.loop.at(at, () => this.inject(kind, Math.min(len, this.o.healAt - at)));
     }
@@ -416,6 +417,11 @@ export class SimWorld {
           this.checker.onCrash(w.node.id);
           this.log(`${w.node.id}: left`);
         });
+        return;
+      }
+      case "phantom-write": {
+        this.note("the next assignment write reaches the workers' watches, then is lost");
+        this.kvAssign.phantomNext = true;
         return;
       }
       case "slow-sink": {

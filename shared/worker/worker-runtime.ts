@@ -119,11 +119,17 @@ export class WorkerRuntime {
 
   private onEntry(shard: string, v: Versioned<AssignmentEntry>): void {
     if (!parseShardKey(shard)) return;
-    if (v.revision <= (this.revisions.get(shard) ?? 0)) return;
-    this.revisions.set(shard, v.revision);
     const e = v.value;
-    this.latest.set(shard, e);
     const held = this.leases.get(shard);
+    // Entries are judged by epoch, not only by KV revision: a write that watchers saw but the
+    // KV then lost (a phantom, seen on NATS node failures) leaves its revision to be reused by
+    // the next real write, which must not be ignored.
+    const prev = this.latest.get(shard);
+    const prevRev = this.revisions.get(shard) ?? 0;
+    if (e && prev && e.epoch < prev.epoch && v.revision <= prevRev) return; // a late, older entry
+    if (held && e && e.epoch < held.epoch) return; // older than the lease running here
+    this.revisions.set(shard, v.revision);
+    this.latest.set(shard, e);
     if (e && e.owner === this.d.id) {
       if (held && held.epoch < e.epoch) {
         held.actor.send({ type: "FENCE", reason: `reassigned to self at epoch ${e.epoch}` });

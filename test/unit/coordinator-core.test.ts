@@ -56,13 +56,19 @@ class Sim {
     return commands;
   }
 
-  beat(worker: string, opts: { leaving?: boolean; capacity?: number } = {}): CoordinatorCommand[] {
+  /** A healthy worker's heartbeat: it holds every shard the KV gives it (`held` overrides). */
+  beat(
+    worker: string,
+    opts: { leaving?: boolean; capacity?: number; held?: Record<string, number> } = {},
+  ): CoordinatorCommand[] {
+    const held: Record<string, number> = {};
+    for (const [shard, v] of this.kv) if (v.entry.owner === worker) held[shard] = v.entry.epoch;
     return this.run({
       type: "heartbeat",
       hb: {
         worker,
         capacity: opts.capacity ?? 1,
-        held: {},
+        held: opts.held ?? held,
         leaving: opts.leaving ?? false,
         sentAt: this.now,
       },
@@ -739,5 +745,30 @@ describe("coordinator core: a sink fenced above the assignment", () => {
       step({ type: "released", worker: "w1", shard: "demo.0", epoch: 4, fencedBy: 5, now: 2 }),
     ).toHaveLength(0);
     expect(state().floor["demo.0"]).toBe(5);
+  });
+});
+
+describe("coordinator core: an owner that is alive but not running its shard", () => {
+  it("re-asserts the shard at a new epoch after stuckMs of heartbeats without it", () => {
+    const sim = new Sim(["demo.0"], { ...T, stuckMs: 2000 });
+    sim.lead(true);
+    sim.beat("w1");
+    sim.deliverAll();
+    expect(sim.kv.get("demo.0")?.entry).toMatchObject({ owner: "w1", epoch: 1 });
+    // w1 keeps beating but lists nothing (it saw a write the KV then lost, say).
+    sim.at(100).beat("w1", { held: {} });
+    expect(writesOf(sim.at(2000).beat("w1", { held: {} }))).toHaveLength(0);
+    const w = writesOf(sim.at(2100).beat("w1", { held: {} }));
+    expect(w).toHaveLength(1);
+    expect(w[0]!.entry).toMatchObject({ owner: "w1", epoch: 2, phase: "active" });
+    expect(w[0]!.reason).toBe("reassert");
+  });
+
+  it("leaves a shard alone while its owner lists it", () => {
+    const sim = new Sim(["demo.0"], { ...T, stuckMs: 2000 });
+    sim.lead(true);
+    sim.beat("w1");
+    sim.deliverAll();
+    for (let t = 500; t <= 10_000; t += 500) expect(writesOf(sim.at(t).beat("w1"))).toHaveLength(0);
   });
 });
