@@ -92,3 +92,16 @@ do_heal() {
 }
 
 hold() { sleep "$DURATION"; }
+
+# kill_then_restart: crash $TARGET now (SIGKILL, or `docker kill` for a containerised NATS
+# node), hold --duration, then start it again with `sluice restart`; also when interrupted.
+kill_then_restart() {
+  local container
+  container="$(cluster nats container "$TARGET")"
+  restart_target() { sluice restart --dir "$DIR" --id "$TARGET" >/dev/null; emit heal "$TARGET"; }
+  on_heal restart_target
+  if [ -n "$container" ] && [ "$container" != undefined ]; then docker kill "$container" >/dev/null
+  else kill -KILL "$(pid_of "$TARGET")"; fi
+  INJECTED=1; emit inject "$TARGET"
+  hold
+}

@@ -4,10 +4,4 @@
 source "$(dirname "$0")/lib.sh"
 parse_args "$@"
 TARGET="${TARGET:-n3}"
-CONTAINER="$(cluster nats container "$TARGET")"
-heal() { sluice restart --dir "$DIR" --id "$TARGET" >/dev/null; emit heal "$TARGET"; }
-on_heal heal
-if [ -n "$CONTAINER" ] && [ "$CONTAINER" != undefined ]; then docker kill "$CONTAINER" >/dev/null
-else kill -KILL "$(pid_of "$TARGET")"; fi
-INJECTED=1; emit inject "$TARGET"
-hold
+kill_then_restart

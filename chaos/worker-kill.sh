@@ -3,7 +3,4 @@
 source "$(dirname "$0")/lib.sh"
 parse_args "$@"
 TARGET="${TARGET:-$(first_running workers)}"
-heal() { sluice restart --dir "$DIR" --id "$TARGET" >/dev/null; emit heal "$TARGET"; }
-on_heal heal
-kill -KILL "$(pid_of "$TARGET")"; INJECTED=1; emit inject "$TARGET"
-hold
+kill_then_restart

@@ -266,9 +266,12 @@ export class SimSinkClient implements Sink {
   }
 
   checkpoint(ref: ShardRef): Promise<Checkpoint> {
-    return this.net
-      .request(this.self, this.sinkNode, () => this.sink.checkpoint(ref), REQUEST_TIMEOUT_MS)
-      .then((p) => p);
+    return this.net.request(
+      this.self,
+      this.sinkNode,
+      () => this.sink.checkpointSync(ref),
+      REQUEST_TIMEOUT_MS,
+    );
   }
 
   async close(): Promise<void> {}
