@@ -5,13 +5,15 @@
  * attempted, acknowledged and read.
  */
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { connectNats } from "../../shared/nats/connection.js";
 import { Rng } from "../../shared/sim/rng.js";
+import { inputStream } from "../../shared/wire.js";
 import { runLoad } from "./load.js";
 import {
   type ClusterFile,
@@ -77,6 +79,12 @@ export interface FaultRecord {
 
 export interface ChaosReport
   extends Pick<VerifyReport, "lost" | "duplicated" | "unexpected" | "order_violations"> {
+  /**
+   * Of `lost`: records the stream acknowledged and no longer holds at their sequence (a
+   * broker loss). The rest are still in the stream and were never committed (sluice's).
+   */
+  lost_in_stream: number;
+  lost_ids: string[];
   scenario: string;
   seed: number;
   duration_s: number;
@@ -292,6 +300,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     ).catch(() => mark("  drain deadline passed with records still missing"));
     for (const f of faults) f.recovery_s = recoveryOf(cEnd.sink, pipeline, f);
     const v = verify(cEnd.sink, pipeline, ackLog);
+    const lostIds = v.lost > 0 ? missingIds(cEnd.sink, pipeline, ackLog) : [];
+    const lostInStream = await countGoneFromStream(nc, pipeline, lostIds);
+    if (v.lost > 0)
+      mark(
+        `lost ${v.lost}: ${lostInStream} no longer in the stream, ${v.lost - lostInStream} in it but never committed`,
+      );
     const byType: ChaosReport["recovery_by_type"] = {};
     for (const t of new Set(faults.map((f) => f.type))) {
       const xs = faults.filter((f) => f.type === t && f.recovery_s !== null).map((f) => f.recovery_s!);
@@ -311,6 +325,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       indeterminate: v.indeterminate,
       read: v.committed,
       lost: v.lost,
+      lost_in_stream: lostInStream,
+      lost_ids: lostIds.slice(0, 50).map((x) => x.id),
       duplicated: v.duplicated,
       unexpected: v.unexpected,
       order_violations: v.order_violations,
@@ -329,7 +345,7 @@ export function formatChaos(r: ChaosReport): string {
   const lines = [
     `chaos ${r.scenario} (seed ${r.seed}): ${r.faults.length} faults in ${r.duration_s.toFixed(0)} s`,
     `attempted ${r.attempted}, acknowledged ${r.acknowledged}, indeterminate ${r.indeterminate}, read ${r.read}`,
-    `lost ${r.lost}, duplicated ${r.duplicated}, unexpected ${r.unexpected}, per-key order violations ${r.order_violations}`,
+    `lost ${r.lost} (${r.lost_in_stream} gone from the stream itself), duplicated ${r.duplicated}, unexpected ${r.unexpected}, per-key order violations ${r.order_violations}`,
     "recovery (injection until every affected shard committed again):",
     ...Object.entries(r.recovery_by_type).map(
       ([t, x]) =>
@@ -341,4 +357,45 @@ export function formatChaos(r: ChaosReport): string {
     r.ok ? "CHAOS: OK" : "CHAOS: VIOLATED",
   ];
   return lines.join("\n");
+}
+
+/** Acknowledged records (id, stream sequence) that are not in the sink. */
+export function missingIds(
+  sink: string,
+  pipeline: string,
+  ackLog: string,
+): Array<{ id: string; seq: number }> {
+  const acked = new Map<string, number>();
+  for (const line of readFileSync(ackLog, "utf8").split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const r = JSON.parse(line) as { id: string; status: string; seq: number | null };
+    if (r.status === "acked" && r.seq !== null) acked.set(r.id, r.seq);
+  }
+  const db = new Database(sink, { readonly: true });
+  try {
+    const have = new Set(
+      (db.prepare(`SELECT DISTINCT record_id FROM "${pipeline}"`).all() as Array<{ record_id: string }>).map(
+        (r) => r.record_id,
+      ),
+    );
+    return [...acked].filter(([id]) => !have.has(id)).map(([id, seq]) => ({ id, seq }));
+  } finally {
+    db.close();
+  }
+}
+
+/** How many of `lost` the stream no longer holds at the sequence it acknowledged. */
+export async function countGoneFromStream(
+  nc: NatsConnection,
+  pipeline: string,
+  lost: Array<{ id: string; seq: number }>,
+): Promise<number> {
+  if (lost.length === 0) return 0;
+  const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+  let gone = 0;
+  for (const { id, seq } of lost.slice(0, 1_000)) {
+    const m = await jsm.streams.getMessage(inputStream(pipeline), { seq }).catch(() => null);
+    if (!m || m.header?.get("Nats-Msg-Id") !== id) gone++;
+  }
+  return gone;
 }
