@@ -8,6 +8,8 @@ export interface NodeOptions {
   config: SluiceConfig;
   sink: string;
   capacity: number;
+  /** Port of the node's HTTP endpoint on 127.0.0.1 (metrics, dashboard); 0 = none. */
+  httpPort: number;
 }
 
 export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: string[]): NodeOptions {
@@ -17,14 +19,23 @@ export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: 
     .option("--config <file>", "cluster config (JSON); built-in defaults when absent")
     .option("--sink <file>", "SQLite sink file", "sink.db")
     .option("--capacity <n>", "relative shard capacity of a worker", "1")
+    .option("--http-port <port>", "HTTP endpoint on 127.0.0.1 (/metrics; the dashboard on coordinators)", "0")
     .parse(argv);
-  const o = cmd.opts<{ id: string; servers: string; config?: string; sink: string; capacity: string }>();
+  const o = cmd.opts<{
+    id: string;
+    servers: string;
+    config?: string;
+    sink: string;
+    capacity: string;
+    httpPort: string;
+  }>();
   return {
     id: o.id,
     servers: o.servers.split(",").filter(Boolean),
     config: loadConfig(o.config),
     sink: o.sink,
     capacity: Number(o.capacity) > 0 ? Number(o.capacity) : 1,
+    httpPort: Number.isInteger(Number(o.httpPort)) && Number(o.httpPort) > 0 ? Number(o.httpPort) : 0,
   };
 }
 

@@ -37,6 +37,8 @@ import {
 export interface ProcessRecord {
   id: string;
   pid: number;
+  /** The node's HTTP endpoint (`/metrics`; the dashboard on coordinators). */
+  http?: string;
 }
 
 export interface NatsRecord extends ProcessRecord {
@@ -58,13 +60,15 @@ export interface ClusterFile {
   workers: ProcessRecord[];
   sink: string;
   config: string;
+  /** First port of the nodes' HTTP endpoints; each node keeps its port across restarts. */
+  httpPortBase?: number;
 }
 
 export interface UpOptions {
   dir: string;
   workers: number;
   coordinators: number;
-  /** First client port; cluster ports are +2000, monitor ports +4000. */
+  /** First client port; cluster ports are +2000, monitor ports +4000, node HTTP ports +6000. */
   portBase: number;
   /** Optional config file; copied to `<dir>/config.json`. */
   configFile?: string;
@@ -213,6 +217,7 @@ export function startNodeProcess(
   extra: StartEnv = {},
 ): ProcessRecord {
   const script = role === "worker" ? workerScript : role === "sink" ? sinkScript : coordinatorScript;
+  const http = httpEndpointFor(c, id);
   const args = [
     script,
     "--id",
@@ -225,11 +230,22 @@ export function startNodeProcess(
     c.sink,
     "--capacity",
     String(capacity),
+    ...(http ? ["--http-port", new URL(http).port] : []),
   ];
   const child = spawnLogged(process.execPath, args, join(c.dir, "logs", `${id}.log`), extra);
   if (child.pid === undefined)
     throw new SluiceError(ErrorCode.ClusterFailure, `could not start ${role} ${id}`);
-  return { id, pid: child.pid };
+  return http ? { id, pid: child.pid, http } : { id, pid: child.pid };
+}
+
+/** The node's HTTP endpoint: the one it had before (restarts keep it), else the next free port. */
+function httpEndpointFor(c: ClusterFile, id: string): string | undefined {
+  if (c.httpPortBase === undefined) return undefined;
+  const nodes = [...c.sinks, ...c.coordinators, ...c.workers];
+  const known = nodes.find((p) => p.id === id)?.http;
+  if (known) return known;
+  const used = nodes.map((p) => (p.http ? Number(new URL(p.http).port) : 0));
+  return `http://127.0.0.1:${Math.max(c.httpPortBase - 1, ...used) + 1}`;
 }
 
 export async function up(o: UpOptions): Promise<ClusterFile> {
@@ -261,6 +277,7 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
     workers: [],
     sink: join(dir, "sink.db"),
     config: configPath,
+    httpPortBase: o.portBase + 6000,
   };
   if (o.natsRuntime === "container") await ensureNatsImage();
   const started = await Promise.all(

@@ -9,10 +9,12 @@ import { JetStreamJsonStore } from "../../shared/nats/jetstream-json-store.js";
 import { NatsCoordinatorControlBus } from "../../shared/nats/nats-control-bus.js";
 import { systemScheduler } from "../../shared/ports.js";
 import { Buckets } from "../../shared/wire.js";
+import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
 
 const opts = parseNodeOptions("coordinator", process.argv);
 const log = createLogger(opts.id, "coordinator");
+const http = new NodeHttpServer();
 const nc = await connectNats({ servers: opts.servers, name: `sluice-coordinator-${opts.id}` });
 const kvm = new Kvm(nc);
 const runtime = new CoordinatorRuntime({
@@ -26,9 +28,11 @@ const runtime = new CoordinatorRuntime({
   log,
 });
 await runtime.start();
+if (opts.httpPort > 0) await http.start(opts.httpPort);
 log.info({ servers: opts.servers }, "coordinator started");
 
 onShutdown(async () => {
+  await http.stop();
   await runtime.stop();
   await nc.drain().catch(() => undefined);
   log.info({}, "stopped");

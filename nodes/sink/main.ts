@@ -3,17 +3,21 @@ import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { NatsSinkServer } from "../../shared/nats/nats-sink.js";
 import { SqliteSink } from "../../shared/sink/sqlite-sink.js";
+import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
 
 const opts = parseNodeOptions("sink", process.argv);
 const log = createLogger(opts.id, "sink");
+const http = new NodeHttpServer();
 const sink = new SqliteSink(opts.sink, { pipelines: opts.config.pipelines.map((p) => p.name) });
 const nc = await connectNats({ servers: opts.servers, name: `sluice-sink-${opts.id}` });
 const server = new NatsSinkServer(nc, sink, (err) => log.error({ err }, "sink request failed"));
 server.start();
+if (opts.httpPort > 0) await http.start(opts.httpPort);
 log.info({ sink: opts.sink }, "sink started");
 
 onShutdown(async () => {
+  await http.stop();
   await server.stop();
   await nc.drain().catch(() => undefined);
   await sink.close();

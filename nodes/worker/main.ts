@@ -11,10 +11,12 @@ import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
 import { systemScheduler } from "../../shared/ports.js";
 import { Buckets } from "../../shared/wire.js";
 import { WorkerRuntime } from "../../shared/worker/worker-runtime.js";
+import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
 
 const opts = parseNodeOptions("worker", process.argv);
 const log = createLogger(opts.id, "worker");
+const http = new NodeHttpServer();
 const nc = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}` });
 const kv = await new Kvm(nc).open(Buckets.assignments);
 const sink = new NatsSinkClient(nc);
@@ -40,9 +42,11 @@ const runtime = new WorkerRuntime({
   },
 });
 await runtime.start();
+if (opts.httpPort > 0) await http.start(opts.httpPort);
 log.info({ servers: opts.servers }, "worker started");
 
 onShutdown(async () => {
+  await http.stop();
   log.info({}, "draining");
   await runtime.drain();
   await nc.drain().catch(() => undefined);

@@ -39,11 +39,12 @@ async function portFree(port: number): Promise<boolean> {
   });
 }
 
-/** A base port whose client, cluster and monitor ranges are all free on 127.0.0.1. */
+/** A base port whose client, cluster, monitor and node HTTP ranges are all free on 127.0.0.1. */
 export async function freePortBase(): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const base = 20_000 + Math.floor(Math.random() * 590) * 10;
-    const ports = [0, 1, 2].flatMap((i) => [base + i, base + 2000 + i, base + 4000 + i]);
+    const nodeHttp = Array.from({ length: 10 }, (_, i) => base + 6000 + i);
+    const ports = [...[0, 1, 2].flatMap((i) => [base + i, base + 2000 + i, base + 4000 + i]), ...nodeHttp];
     const free = await Promise.all(ports.map(portFree));
     if (free.every(Boolean)) return base;
   }
@@ -145,10 +146,14 @@ export async function startTestCluster(opts: {
 }
 
 /**
- * Waits until every shard is owned, active and fenced at its epoch; with `workers`, owned by
- * exactly those workers, each holding at least one shard.
+ * Waits until every shard is owned, active and fenced at its epoch, by exactly `workers`
+ * (default: every worker in cluster.json), each holding at least one shard.
  */
-export function waitSettled(tc: TestCluster, timeoutMs = 30_000, workers?: string[]): Promise<StatusReport> {
+export function waitSettled(
+  tc: TestCluster,
+  timeoutMs = 30_000,
+  workers: string[] = tc.file().workers.map((w) => w.id),
+): Promise<StatusReport> {
   return waitUntil(
     "a settled assignment",
     timeoutMs,
@@ -156,7 +161,7 @@ export function waitSettled(tc: TestCluster, timeoutMs = 30_000, workers?: strin
       const s = await tc.status();
       if (!isSettled(s, workers)) return undefined;
       const owners = shardCounts(s);
-      return !workers || workers.every((w) => (owners.get(w) ?? 0) > 0) ? s : undefined;
+      return workers.every((w) => (owners.get(w) ?? 0) > 0) ? s : undefined;
     },
     150,
   );
