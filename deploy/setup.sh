@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sluice needs on a Debian machine with Node.js >= 20.19: nats-server (and a C++
-# toolchain for better-sqlite3), the npm dependencies, and the compiled sources. Idempotent.
+# toolchain for better-sqlite3), Chromium for the dashboard test, the npm dependencies, and the
+# compiled sources. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Headless browser of the dashboard's integration test (driven by playwright-core).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] installing ${missing[*]} with apt-get"
   as_root apt-get update -qq

@@ -11,8 +11,26 @@ export type DecodeResult = { ok: true; row: SinkRow } | { ok: false; code: Error
 
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
+/**
+ * True when plain `JSON.stringify` renders the value faithfully: only plain objects, arrays,
+ * strings, numbers, booleans and null. Checking first is several times cheaper than a
+ * replacer, which costs a call per key on every record.
+ */
+function isPlainJson(v: unknown, depth = 0): boolean {
+  if (v === null || typeof v !== "object") return typeof v !== "bigint" && typeof v !== "undefined";
+  if (depth > 32) return false;
+  if (Array.isArray(v)) {
+    for (const x of v) if (!isPlainJson(x, depth + 1)) return false;
+    return true;
+  }
+  if (Object.getPrototypeOf(v) !== Object.prototype) return false;
+  for (const k in v) if (!isPlainJson((v as Record<string, unknown>)[k], depth + 1)) return false;
+  return true;
+}
+
 /** JSON text of a decoded value; bytes become base64, bigints strings, Maps objects. */
 export function toJsonText(value: unknown): string {
+  if (isPlainJson(value)) return JSON.stringify(value);
   return JSON.stringify(value, (_k, v: unknown) => {
     if (typeof v === "bigint") return v.toString();
     if (v instanceof Uint8Array) return { $base64: Buffer.from(v).toString("base64") };

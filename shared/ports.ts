@@ -17,6 +17,11 @@ export interface SourceMessage {
   subject: string;
   data: Uint8Array;
   headers: Record<string, string>;
+  /**
+   * Messages matching the consumer still undelivered after this one, as the source reported
+   * at delivery (JetStream's `num_pending`); absent when the source does not know.
+   */
+  pending?: number;
   /** Opaque handle the feed needs to ack this message. */
   readonly token: unknown;
 }

@@ -6,6 +6,11 @@
  * backpressure). One sweeper re-sends a record whose PubAck is overdue, with the same
  * `Nats-Msg-Id`, so the stream's duplicate window turns a re-send of a publish that did land
  * into a no-op; after `retries` re-sends the record is reported `timeout` (indeterminate).
+ *
+ * Tracing: every record gets a PRODUCER span (`send ingest.P.*`) from its send to its PubAck,
+ * child of the caller's active span; when that span is recording, its W3C `traceparent` (and
+ * `tracestate`) go into the record's NATS headers, so the worker's batch span can link to it.
+ * Unsampled and untraced records carry no extra header.
  */
 import {
   createInbox,
@@ -14,6 +19,16 @@ import {
   headers as natsHeaders,
   type Subscription,
 } from "@nats-io/transport-node";
+import { type Span, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import {
+  TelemetryAttributes as A,
+  MESSAGING_SYSTEM,
+  MessagingOperation,
+  messagingSpanName,
+  SpanNames,
+} from "./telemetry/attributes.js";
+import { traceHeadersOf } from "./telemetry/propagation.js";
+import { getTracer } from "./telemetry/tracing.js";
 import { Headers, ingestSubject } from "./wire.js";
 
 export interface ProducerOptions {
@@ -48,6 +63,10 @@ interface Pending {
   onResult: (r: PublishResult) => void;
   sentAt: number;
   sends: number;
+  /** The record's publish span (a no-op one when tracing is off). */
+  span: Span;
+  /** traceparent/tracestate to send with the record; null when the span is not recording. */
+  trace: Record<string, string> | null;
 }
 
 const dec = new TextDecoder();
@@ -63,12 +82,16 @@ export class Producer {
   private readonly sweeper: ReturnType<typeof setInterval>;
   private next = 0;
   private closed = false;
+  private readonly spanName: string;
+  private readonly destinationTemplate: string;
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly pipeline: string,
     private readonly opts: ProducerOptions = defaultProducerOptions,
   ) {
+    this.destinationTemplate = `ingest.${pipeline}.*`;
+    this.spanName = messagingSpanName(SpanNames.publishPrefix, this.destinationTemplate);
     this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, m) => (err ? undefined : this.onAck(m)) });
     this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.min(500, opts.timeoutMs / 4)));
     this.sweeper.unref?.();
@@ -80,7 +103,23 @@ export class Producer {
       await new Promise<void>((res) => this.waiters.push(res));
     }
     const token = (this.next++).toString(36);
-    this.pending.set(token, { record: r, onResult, sentAt: 0, sends: 0 });
+    const span = getTracer().startSpan(this.spanName, { kind: SpanKind.PRODUCER });
+    let trace: Record<string, string> | null = null;
+    if (span.isRecording()) {
+      // Attributes only for a recorded span: an untraced publish allocates nothing for them.
+      span.setAttributes({
+        [A.messagingSystem]: MESSAGING_SYSTEM,
+        [A.messagingOperationType]: MessagingOperation.send,
+        [A.messagingOperationName]: "publish",
+        [A.messagingDestinationName]: ingestSubject(this.pipeline, r.key),
+        [A.messagingDestinationTemplate]: this.destinationTemplate,
+        [A.messagingMessageId]: r.id,
+        [A.messagingMessageBodySize]: r.data.length,
+        [A.pipeline]: this.pipeline,
+      });
+      trace = traceHeadersOf(span);
+    }
+    this.pending.set(token, { record: r, onResult, sentAt: 0, sends: 0, span, trace });
     this.transmit(token);
   }
 
@@ -90,7 +129,9 @@ export class Producer {
     const h = natsHeaders();
     h.set(Headers.msgId, p.record.id);
     if (p.record.contentType) h.set(Headers.contentType, p.record.contentType);
+    if (p.trace) for (const k in p.trace) h.set(k, p.trace[k]!);
     p.sentAt = Date.now();
+    if (p.sends > 0) p.span.addEvent("resend", { [A.resends]: p.sends });
     p.sends++;
     try {
       this.nc.publish(ingestSubject(this.pipeline, p.record.key), p.record.data, {
@@ -136,6 +177,17 @@ export class Producer {
 
   private settle(token: string, p: Pending, r: PublishResult): void {
     this.pending.delete(token);
+    if (p.span.isRecording()) {
+      p.span.setAttributes({
+        [A.publishStatus]: r.status,
+        [A.resends]: p.sends - 1,
+        ...(r.seq === undefined ? {} : { [A.sourceSeq]: r.seq }),
+        ...(r.duplicate ? { [A.publishDuplicate]: true } : {}),
+      });
+      if (r.status !== "acked")
+        p.span.setStatus({ code: SpanStatusCode.ERROR, message: r.error ?? r.status });
+    }
+    p.span.end();
     p.onResult(r);
     this.waiters.shift()?.();
     if (this.pending.size === 0) for (const d of this.drained.splice(0)) d();

@@ -19,6 +19,7 @@ import {
 } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { formatStatus, gatherStatus } from "./status.js";
+import { watchStatus } from "./status-watch.js";
 import { formatVerify, verify } from "./verify.js";
 
 const int =
@@ -187,6 +188,10 @@ program
       const c = readClusterFile(o.dir);
       pipelineOf(readClusterConfig(c), o.pipeline);
       const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-load" });
+      // A publish span per record, exported only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set
+      // (imported here: the OpenTelemetry SDK is not worth loading for the other commands).
+      const { startTelemetry } = await import("../../shared/telemetry/telemetry.js");
+      const telemetry = startTelemetry({ serviceName: "sluice-load", nodeId: `load-${process.pid}` });
       try {
         const s = await runLoad(nc, { ...o, keys: Math.max(1, o.keys) });
         console.log(
@@ -194,6 +199,7 @@ program
         );
       } finally {
         await nc.close();
+        await telemetry.shutdown();
       }
     },
   );
@@ -217,10 +223,21 @@ program
   .description("members, coordinator leader, and every shard's owner, epoch, committed sequence and lag")
   .option("--dir <dir>", "cluster directory", ".sluice")
   .option("--json", "JSON output")
-  .action(async (o: { dir: string; json?: boolean }) => {
+  .option("--watch", "live view, redrawn in place, with records/s per shard (Ctrl-C to quit)")
+  .option("--interval <ms>", "refresh interval of --watch", int("--interval"), 1000)
+  .action(async (o: { dir: string; json?: boolean; watch?: boolean; interval: number }) => {
+    if (o.watch && o.json) {
+      console.error("sluice: --watch and --json cannot be combined");
+      process.exitCode = 1;
+      return;
+    }
     const c = readClusterFile(o.dir);
     const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-status" });
     try {
+      if (o.watch) {
+        await watchStatus(nc, readClusterConfig(c), c.sink, { intervalMs: Math.max(100, o.interval) });
+        return;
+      }
       const s = await gatherStatus(nc, readClusterConfig(c), c.sink);
       console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
     } finally {

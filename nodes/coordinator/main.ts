@@ -1,39 +1,92 @@
 /** The coordinator process: NATS adapters around the CoordinatorRuntime. */
+import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { allShardKeys } from "../../shared/config.js";
-import { type CoordinatorRecord, CoordinatorRuntime } from "../../shared/coordinator/coordinator-runtime.js";
+import {
+  type CoordinatorRecord,
+  CoordinatorRuntime,
+  LEADER_KEY,
+} from "../../shared/coordinator/coordinator-runtime.js";
+import { liveMembers } from "../../shared/core/coordinator-core.js";
+import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import type { AssignmentEntry } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { JetStreamJsonStore } from "../../shared/nats/jetstream-json-store.js";
 import { NatsCoordinatorControlBus } from "../../shared/nats/nats-control-bus.js";
+import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
+import { listShardConsumers } from "../../shared/nats/shard-consumers.js";
 import { systemScheduler } from "../../shared/ports.js";
+import { CoordinatorMetrics } from "../../shared/telemetry/metrics.js";
+import { startTelemetry } from "../../shared/telemetry/telemetry.js";
 import { Buckets } from "../../shared/wire.js";
 import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
+import { DashboardServer } from "./dashboard/dashboard-server.js";
 
 const opts = parseNodeOptions("coordinator", process.argv);
 const log = createLogger(opts.id, "coordinator");
 const http = new NodeHttpServer();
+// /metrics on the node's endpoint; traces only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set.
+const telemetry = startTelemetry({ serviceName: "sluice-coordinator", nodeId: opts.id, http });
+const metrics = new CoordinatorMetrics(telemetry.meter, {
+  members: () =>
+    liveMembers(runtime.state, Date.now(), {
+      failureTimeoutMs: opts.config.timing.failureTimeoutMs,
+      handoffTimeoutMs: opts.config.timing.handoffTimeoutMs,
+      writeTimeoutMs: 2_000,
+    }).length,
+  isLeader: () => runtime.isLeader,
+});
 const nc = await connectNats({ servers: opts.servers, name: `sluice-coordinator-${opts.id}` });
 const kvm = new Kvm(nc);
+const control = new JetStreamJsonStore<CoordinatorRecord>(await kvm.open(Buckets.coordinator));
+const jsm = await jetstreamManager(nc, { timeout: 3_000 });
+// Short timeouts: a slow sink or JetStream only leaves a value unknown for one refresh.
+const sinkClient = new NatsSinkClient(nc, 800);
+const dashboard = new DashboardServer({
+  self: opts.id,
+  shards: allShardKeys(opts.config),
+  pipelines: opts.config.pipelines.map((p) => p.name),
+  failureTimeoutMs: opts.config.timing.failureTimeoutMs,
+  state: () => runtime.state,
+  readLeader: async () => ((await control.get(LEADER_KEY)).value as LeaderRecord | null) ?? null,
+  listConsumers: (pipeline) => listShardConsumers(jsm, pipeline),
+  checkpoint: (ref) => sinkClient.checkpoint(ref),
+  log,
+});
 const runtime = new CoordinatorRuntime({
   id: opts.id,
   shards: allShardKeys(opts.config),
   assignments: new JetStreamJsonStore<AssignmentEntry>(await kvm.open(Buckets.assignments)),
-  control: new JetStreamJsonStore<CoordinatorRecord>(await kvm.open(Buckets.coordinator)),
+  control,
   bus: new NatsCoordinatorControlBus(nc),
   scheduler: systemScheduler,
   timing: opts.config.timing,
   log,
+  onCommand: (c) => dashboard.command(c),
+  onLeadership: (leader, term) => {
+    dashboard.leadership(leader, term);
+    metrics.leadership(leader);
+  },
+  onWrite: (c, result) => {
+    if (result === "ok") metrics.written(c.shard, c.entry, c.reason);
+  },
+  onHeartbeat: (_worker, delayMs) => metrics.heartbeat(delayMs),
 });
 await runtime.start();
-if (opts.httpPort > 0) await http.start(opts.httpPort);
+if (opts.httpPort > 0) {
+  // The dashboard polls only where a page can be served.
+  dashboard.mount(http).start();
+  await http.start(opts.httpPort);
+}
 log.info({ servers: opts.servers }, "coordinator started");
 
 onShutdown(async () => {
+  await dashboard.stop();
   await http.stop();
   await runtime.stop();
   await nc.drain().catch(() => undefined);
+  await telemetry.shutdown();
   log.info({}, "stopped");
 });

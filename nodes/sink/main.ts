@@ -3,15 +3,21 @@ import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { NatsSinkServer } from "../../shared/nats/nats-sink.js";
 import { SqliteSink } from "../../shared/sink/sqlite-sink.js";
+import { instrumentSink } from "../../shared/telemetry/metrics.js";
+import { startTelemetry } from "../../shared/telemetry/telemetry.js";
 import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
 
 const opts = parseNodeOptions("sink", process.argv);
 const log = createLogger(opts.id, "sink");
 const http = new NodeHttpServer();
+// /metrics on the node's endpoint; traces only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set.
+const telemetry = startTelemetry({ serviceName: "sluice-sink", nodeId: opts.id, http });
 const sink = new SqliteSink(opts.sink, { pipelines: opts.config.pipelines.map((p) => p.name) });
 const nc = await connectNats({ servers: opts.servers, name: `sluice-sink-${opts.id}` });
-const server = new NatsSinkServer(nc, sink, (err) => log.error({ err }, "sink request failed"));
+const server = new NatsSinkServer(nc, instrumentSink(sink, telemetry.meter), (err) =>
+  log.error({ err }, "sink request failed"),
+);
 server.start();
 if (opts.httpPort > 0) await http.start(opts.httpPort);
 log.info({ sink: opts.sink }, "sink started");
@@ -21,5 +27,6 @@ onShutdown(async () => {
   await server.stop();
   await nc.drain().catch(() => undefined);
   await sink.close();
+  await telemetry.shutdown();
   log.info({}, "stopped");
 });

@@ -1,6 +1,6 @@
 /** The worker process: NATS and SQLite adapters around the WorkerRuntime. */
 import { Kvm } from "@nats-io/kv";
-import type { AssignmentEntry } from "../../shared/core/types.js";
+import { type AssignmentEntry, parseShardKey } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { JetStreamDeadLetterQueue } from "../../shared/nats/jetstream-dead-letter-queue.js";
@@ -9,6 +9,8 @@ import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.j
 import { NatsWorkerControlBus } from "../../shared/nats/nats-control-bus.js";
 import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
 import { systemScheduler } from "../../shared/ports.js";
+import { WorkerMetrics } from "../../shared/telemetry/metrics.js";
+import { startTelemetry } from "../../shared/telemetry/telemetry.js";
 import { Buckets } from "../../shared/wire.js";
 import { WorkerRuntime } from "../../shared/worker/worker-runtime.js";
 import { NodeHttpServer } from "../node-http.js";
@@ -17,6 +19,9 @@ import { onShutdown, parseNodeOptions } from "../node-options.js";
 const opts = parseNodeOptions("worker", process.argv);
 const log = createLogger(opts.id, "worker");
 const http = new NodeHttpServer();
+// /metrics on the node's endpoint; traces only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set.
+const telemetry = startTelemetry({ serviceName: "sluice-worker", nodeId: opts.id, http });
+const metrics = new WorkerMetrics(telemetry.meter);
 const nc = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}` });
 const kv = await new Kvm(nc).open(Buckets.assignments);
 const sink = new NatsSinkClient(nc);
@@ -36,9 +41,15 @@ const runtime = new WorkerRuntime({
   timing: opts.config.timing,
   settings: opts.config.worker,
   log,
+  onBatchStart: (r) => metrics.batchStarted(r),
+  onLeaseEvent: (e) => metrics.lease(e, parseShardKey(e.shard)),
   onBatch: (r) => {
+    metrics.batchCommitted(r);
     if (r.deadLettered > 0)
-      log.warn({ shard: `${r.ref.pipeline}.${r.ref.shard}`, count: r.deadLettered }, "dead-lettered");
+      log.warn(
+        { shard: `${r.ref.pipeline}.${r.ref.shard}`, epoch: r.epoch, count: r.deadLettered },
+        "dead-lettered",
+      );
   },
 });
 await runtime.start();
@@ -51,5 +62,6 @@ onShutdown(async () => {
   await runtime.drain();
   await nc.drain().catch(() => undefined);
   await sink.close();
+  await telemetry.shutdown();
   log.info({}, "stopped");
 });

@@ -3,6 +3,7 @@
  * heartbeats at all times (so a standby is warm), contends for the leader lease, and while
  * leader executes the commands of the pure coordinator core.
  */
+import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
 import type { TimingConfig } from "../config.js";
 import {
   type CoordinatorCommand,
@@ -18,10 +19,15 @@ import {
   type LeaderRecord,
   leaderAction,
 } from "../core/leader-election.js";
-import type { AssignmentEntry } from "../core/types.js";
+import { type AssignmentEntry, parseShardKey } from "../core/types.js";
 import { ErrorCode, isSluiceError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { AssignmentStore, CoordinatorControlBus, JsonStore, Scheduler } from "../ports.js";
+import { TelemetryAttributes as A, SpanNames } from "../telemetry/attributes.js";
+import { getTracer, inSpan, recordFailure } from "../telemetry/tracing.js";
+
+/** How an assignment write ended: accepted, lost a compare-and-set race, or failed. */
+export type WriteResult = "ok" | "conflict" | "failed";
 
 /** What the leader publishes for `sluice status` and dashboards. */
 export interface ClusterView {
@@ -50,6 +56,10 @@ export interface CoordinatorDeps {
   tickMs?: number;
   onCommand?(c: CoordinatorCommand, leaderTerm: number): void;
   onLeadership?(leader: boolean, term: number): void;
+  /** An assignment write finished (metrics). */
+  onWrite?(c: Extract<CoordinatorCommand, { type: "write" }>, result: WriteResult): void;
+  /** A worker's heartbeat arrived; `delayMs` is the core's receive time minus its send time. */
+  onHeartbeat?(worker: string, delayMs: number): void;
 }
 
 export const LEADER_KEY = "leader";
@@ -110,6 +120,8 @@ export class CoordinatorRuntime {
     );
     this.d.bus.onHeartbeat((hb, reply) => {
       this.dispatch({ type: "heartbeat", hb, now: now() });
+      const member = this.state.members[hb.worker];
+      if (member) this.d.onHeartbeat?.(hb.worker, member.delayMs);
       // Leadership is judged now, not at the last tick: after a pause the cached flag is stale.
       if (this.leading && isLeader(this.obs, this.d.id, now(), { ttlMs: this.d.timing.leaderTtlMs })) {
         reply({ leader: this.d.id, term: this.term, grants: grantsFor(this.state, hb.worker) });
@@ -176,32 +188,69 @@ export class CoordinatorRuntime {
   private execute(c: CoordinatorCommand): void {
     this.d.onCommand?.(c, this.term);
     switch (c.type) {
-      case "write":
-        this.d.log.info(
+      case "write": {
+        const ref = parseShardKey(c.shard);
+        // One trace per write: a rebalance's revoke, a hand-off's next owner, a failure move.
+        const span = getTracer().startSpan(
+          SpanNames.assignmentWrite,
           {
-            shard: c.shard,
-            owner: c.entry.owner,
-            epoch: c.entry.epoch,
-            phase: c.entry.phase,
-            reason: c.reason,
+            kind: SpanKind.CLIENT,
+            attributes: {
+              [A.handoffReason]: c.reason,
+              ...(ref ? { [A.pipeline]: ref.pipeline, [A.shard]: ref.shard } : {}),
+              [A.epoch]: c.entry.epoch,
+              [A.owner]: c.entry.owner ?? "",
+              [A.phase]: c.entry.phase,
+              ...(c.entry.next ? { [A.next]: c.entry.next } : {}),
+              [A.nodeId]: this.d.id,
+            },
           },
-          "assign",
+          ROOT_CONTEXT,
+        );
+        const done = (result: WriteResult, err?: unknown): void => {
+          span.setAttribute(A.writeResult, result);
+          if (err !== undefined) recordFailure(span, err);
+          span.end();
+          try {
+            this.d.onWrite?.(c, result);
+          } catch {
+            // A metrics hook must never break the write path.
+          }
+        };
+        inSpan(span, () =>
+          this.d.log.info(
+            {
+              shard: c.shard,
+              owner: c.entry.owner,
+              epoch: c.entry.epoch,
+              phase: c.entry.phase,
+              reason: c.reason,
+            },
+            "assign",
+          ),
         );
         void this.d.assignments
           .compareAndSet(c.shard, c.entry satisfies AssignmentEntry, c.expectedRevision)
-          .catch(async (err: unknown) => {
-            // A lost race means this view is stale: re-read the key rather than retry blindly.
-            if (isSluiceError(err, ErrorCode.Conflict)) {
-              const v = await this.d.assignments.get(c.shard).catch(() => null);
-              if (v) {
-                const now = this.d.scheduler.now();
-                this.dispatch({ type: "entry", shard: c.shard, entry: v.value, revision: v.revision, now });
-                return;
+          .then(
+            () => done("ok"),
+            async (err: unknown) => {
+              // A lost race means this view is stale: re-read the key rather than retry blindly.
+              if (isSluiceError(err, ErrorCode.Conflict)) {
+                done("conflict", err);
+                const v = await this.d.assignments.get(c.shard).catch(() => null);
+                if (v) {
+                  const now = this.d.scheduler.now();
+                  this.dispatch({ type: "entry", shard: c.shard, entry: v.value, revision: v.revision, now });
+                  return;
+                }
+              } else {
+                done("failed", err);
               }
-            }
-            this.dispatch({ type: "write-failed", shard: c.shard, now: this.d.scheduler.now() });
-          });
+              this.dispatch({ type: "write-failed", shard: c.shard, now: this.d.scheduler.now() });
+            },
+          );
         break;
+      }
       case "member-joined":
         this.d.log.info({ worker: c.worker }, "member joined");
         break;

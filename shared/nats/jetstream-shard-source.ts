@@ -184,6 +184,7 @@ function toSourceMessage(m: JsMsg): SourceMessage {
     subject: m.subject,
     data: m.data,
     headers,
+    pending: m.info.pending,
     token: m,
   };
 }

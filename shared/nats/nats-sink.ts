@@ -6,11 +6,20 @@
  * A commit whose reply is lost is simply retried: the sink skips sequences already
  * committed, so a retry never writes a row twice.
  */
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import {
+  type MsgHdrs,
+  type NatsConnection,
+  headers as natsHeaders,
+  type Subscription,
+} from "@nats-io/transport-node";
+import { SpanKind, trace } from "@opentelemetry/api";
 import { decode, encode } from "cbor-x";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
 import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+import { TelemetryAttributes as A, SpanNames } from "../telemetry/attributes.js";
+import { extractFromNatsHeaders, injectActiveIntoNatsHeaders } from "../telemetry/propagation.js";
+import { withSpan } from "../telemetry/tracing.js";
 
 export const SinkSubjects = {
   fence: "sluice.sink.fence",
@@ -44,7 +53,13 @@ export class NatsSinkClient implements Sink {
   private async call<T>(subject: string, body: unknown): Promise<T> {
     let data: Uint8Array;
     try {
-      const m = await this.nc.request(subject, encode(body), { timeout: this.timeoutMs });
+      // A traced caller (a batch's commit span, a lease acquisition) carries its context to the
+      // sink process; an untraced one sends no headers at all.
+      const h = traceHeaders();
+      const m = await this.nc.request(subject, encode(body), {
+        timeout: this.timeoutMs,
+        ...(h ? { headers: h } : {}),
+      });
       data = m.data;
     } catch (err) {
       throw new SluiceError(
@@ -85,6 +100,13 @@ export class NatsSinkClient implements Sink {
   async close(): Promise<void> {}
 }
 
+/** NATS headers carrying the active span's context, or undefined when it is not recording. */
+function traceHeaders(): MsgHdrs | undefined {
+  if (!trace.getActiveSpan()?.isRecording()) return undefined;
+  const h = natsHeaders();
+  return injectActiveIntoNatsHeaders(h) ? h : undefined;
+}
+
 /** Serves a `Sink` (the SQLite one) to the cluster. */
 export class NatsSinkServer {
   private readonly subs: Subscription[] = [];
@@ -112,7 +134,8 @@ export class NatsSinkServer {
           void (async () => {
             let reply: Reply<Res>;
             try {
-              reply = { ok: true, value: await handle(decode(m.data) as Req) };
+              const req = decode(m.data) as Req;
+              reply = { ok: true, value: await this.traced(subject, m.headers, req, handle) };
             } catch (e) {
               const se = e instanceof SluiceError ? e : null;
               if (!se) this.onError(e);
@@ -128,6 +151,34 @@ export class NatsSinkServer {
           })();
         },
       }),
+    );
+  }
+
+  /** Serves the request in a SERVER span, the child of the caller's span when it sent one. */
+  private traced<Req, Res>(
+    subject: string,
+    headers: MsgHdrs | undefined,
+    req: Req,
+    handle: (req: Req) => Promise<Res>,
+  ): Promise<Res> {
+    const parent = extractFromNatsHeaders(headers);
+    // Only continue a caller's trace: an untraced request (a status probe, an unsampled
+    // commit) would otherwise start a root trace per request.
+    if (!trace.getSpanContext(parent)) return handle(req);
+    const op = subject.slice(subject.lastIndexOf(".") + 1);
+    const r = (req as { ref?: ShardRef; epoch?: number }) ?? {};
+    return withSpan(
+      `${SpanNames.sinkServePrefix} ${op}`,
+      {
+        kind: SpanKind.SERVER,
+        parent,
+        attributes: {
+          [A.sinkOperation]: op,
+          ...(r.ref ? { [A.pipeline]: r.ref.pipeline, [A.shard]: r.ref.shard } : {}),
+          ...(typeof r.epoch === "number" ? { [A.epoch]: r.epoch } : {}),
+        },
+      },
+      () => handle(req),
     );
   }
 

@@ -18,6 +18,7 @@ import type {
   SinkRow,
   SourceMessage,
 } from "../ports.js";
+import { BatchTrace } from "./batch-trace.js";
 
 export interface PipelinePorts {
   sink: Sink;
@@ -41,12 +42,24 @@ export interface BatchReport {
   checkpoint: number;
   /** Time spent in the sink transaction, ms. */
   commitMs: number;
+  /** Messages still undelivered to the consumer after the batch's last one, when the source says. */
+  pending?: number;
+}
+
+/** A batch about to be committed (reported once per pulled batch, before its commit). */
+export interface BatchStartReport {
+  ref: ShardRef;
+  epoch: number;
+  records: number;
+  /** Messages still undelivered to the consumer after the batch's last one, when the source says. */
+  pending?: number;
 }
 
 export interface PipelineHooks {
   /** Is the lease confirmed recently enough to commit? Checked before every commit. */
   leaseFresh(): boolean;
   onBatch?(r: BatchReport): void;
+  onBatchStart?(r: BatchStartReport): void;
   now(): number;
 }
 
@@ -138,16 +151,26 @@ export class ShardPipeline {
         });
     }
     const last = batch[batch.length - 1]!;
+    const pending = last.pending === undefined ? {} : { pending: last.pending };
+    this.hooks.onBatchStart?.({ ref: this.ref, epoch: this.epoch, records: batch.length, ...pending });
+    // The batch's spans (no-ops unless a tracer provider is registered).
+    const bt = new BatchTrace(this.ref, this.epoch, this.worker, batch);
+    let outcome: RunOutcome | null = null;
     try {
       // Dead letters are stored before the checkpoint passes them, so none can vanish.
-      if (dead.length > 0) await this.ports.deadLetters.publish(dead);
+      if (dead.length > 0) await bt.deadLetter(dead.length, () => this.ports.deadLetters.publish(dead));
       // The last moment before the commit leaves this process: a pause may have passed while
       // pulling or dead-lettering, so the lease is checked here. A transient failure ends the
       // run; the lease machine backs off and re-acquires from the sink's checkpoint.
-      if (!this.hooks.leaseFresh()) return { type: "stale" };
+      if (!this.hooks.leaseFresh()) {
+        outcome = { type: "stale" };
+        return outcome;
+      }
       const t0 = this.hooks.now();
-      const res = await this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq);
-      feed.ack(last);
+      const res = await bt.commit(() =>
+        this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq),
+      );
+      bt.settle(this.ref.pipeline, () => feed.ack(last));
       this.pending = null;
       this.hooks.onBatch?.({
         ref: this.ref,
@@ -157,17 +180,22 @@ export class ShardPipeline {
         deadLettered: dead.length,
         checkpoint: res.checkpoint.seq,
         commitMs: this.hooks.now() - t0,
+        ...pending,
       });
       return null;
     } catch (err) {
       if (isSluiceError(err, ErrorCode.Fenced)) {
-        return {
+        outcome = {
           type: "fenced",
           reason: err.message,
           ...(err.fencedBy === undefined ? {} : { fencedBy: err.fencedBy }),
         };
+      } else {
+        outcome = { type: "failed", reason: `commit failed: ${(err as Error).message}` };
       }
-      return { type: "failed", reason: `commit failed: ${(err as Error).message}` };
+      return outcome;
+    } finally {
+      bt.end(outcome);
     }
   }
 

@@ -7,13 +7,21 @@
  * pause confirms nothing new. A pipeline whose lease is older than `leaseTtlMs` re-reads the
  * assignment from the store before its next commit (the machine's `verifying` state).
  */
+import { ROOT_CONTEXT, type Span, SpanKind } from "@opentelemetry/api";
 import { type ActorRefFrom, createActor, fromPromise } from "xstate";
 import type { TimingConfig, WorkerConfig } from "../config.js";
 import { leaseMachine, type RunOutcome, type ShardLeaseArgs } from "../core/lease.machine.js";
 import { type AssignmentEntry, type Heartbeat, parseShardKey } from "../core/types.js";
 import type { Logger } from "../logger.js";
 import type { AssignmentStore, Scheduler, Versioned, WorkerControlBus } from "../ports.js";
-import { type BatchReport, type PipelinePorts, ShardPipeline } from "./shard-pipeline.js";
+import { TelemetryAttributes as A, SpanNames } from "../telemetry/attributes.js";
+import { getTracer, inSpan, recordFailure, withSpan } from "../telemetry/tracing.js";
+import {
+  type BatchReport,
+  type BatchStartReport,
+  type PipelinePorts,
+  ShardPipeline,
+} from "./shard-pipeline.js";
 
 export interface WorkerDeps extends PipelinePorts {
   id: string;
@@ -25,6 +33,7 @@ export interface WorkerDeps extends PipelinePorts {
   settings: WorkerConfig;
   log: Logger;
   onBatch?(r: BatchReport): void;
+  onBatchStart?(r: BatchStartReport): void;
   onLeaseEvent?(e: LeaseEventReport): void;
 }
 
@@ -163,11 +172,33 @@ export class WorkerRuntime {
       leaseFresh: () => this.leaseFresh(shard, epoch),
       now: () => this.d.scheduler.now(),
       onBatch: (r) => this.d.onBatch?.(r),
+      onBatchStart: (r) => this.d.onBatchStart?.(r),
     });
+    const spanAttrs = {
+      [A.pipeline]: ref.pipeline,
+      [A.shard]: ref.shard,
+      [A.epoch]: epoch,
+      [A.worker]: this.d.id,
+      [A.nodeId]: this.d.id,
+    };
+    // Open from the start of a drain until the release notice is sent (or the lease ends otherwise).
+    let handoff: Span | null = null;
     this.confirm(shard, epoch, this.d.scheduler.now());
     const machine = leaseMachine.provide({
       actors: {
-        acquire: fromPromiseOf(() => pipeline.acquire()),
+        // Fence the sink, remove older epochs' consumers, open this epoch's consumer.
+        acquire: fromPromiseOf(() =>
+          withSpan(
+            SpanNames.leaseAcquire,
+            // Each acquisition is a trace of its own: fence, consumer clean-up, consumer open.
+            { kind: SpanKind.INTERNAL, attributes: spanAttrs, parent: ROOT_CONTEXT },
+            async (span) => {
+              const r = await pipeline.acquire();
+              span.setAttribute(A.checkpoint, r.checkpoint);
+              return r;
+            },
+          ),
+        ),
         run: fromPromiseOf<RunOutcome>(() => pipeline.run()),
         verify: fromPromiseOf(async () => {
           const startedAt = this.d.scheduler.now();
@@ -176,7 +207,29 @@ export class WorkerRuntime {
           if (mine) this.confirm(shard, epoch, startedAt);
           return mine ? ("owner" as const) : ("lost" as const);
         }),
-        drain: fromPromiseOf(() => pipeline.drain()),
+        drain: fromPromiseOf(async () => {
+          const next = this.latest.get(shard)?.next;
+          handoff = getTracer().startSpan(
+            SpanNames.leaseHandoff,
+            {
+              kind: SpanKind.INTERNAL,
+              attributes: {
+                ...spanAttrs,
+                // Asked by the coordinator (revoking entry or new owner), or leaving on its own.
+                [A.handoffReason]: this.leaving ? "leaving" : "revoked",
+                ...(next ? { [A.next]: next } : {}),
+              },
+            },
+            ROOT_CONTEXT,
+          );
+          const span = handoff;
+          try {
+            await inSpan(span, () => pipeline.drain());
+          } catch (err) {
+            recordFailure(span, err);
+            throw err;
+          }
+        }),
       },
       actions: { abandon: () => pipeline.abandon() },
     });
@@ -209,8 +262,17 @@ export class WorkerRuntime {
         this.confirmed.delete(shard);
         const result = out?.result ?? "released";
         this.d.onLeaseEvent?.({ shard, epoch, event: result, reason: out?.reason ?? null });
-        log.info({ result, reason: out?.reason ?? null }, `lease ${result}`);
-        if (result === "released") this.d.bus.released({ worker: this.d.id, shard, epoch });
+        const span = handoff;
+        handoff = null;
+        const report = (): void => {
+          log.info({ result, reason: out?.reason ?? null }, `lease ${result}`);
+          if (result === "released") this.d.bus.released({ worker: this.d.id, shard, epoch });
+        };
+        if (span) {
+          span.setAttribute(A.leaseResult, result);
+          inSpan(span, report);
+          span.end();
+        } else report();
         const cur = this.latest.get(shard);
         if (
           result === "fenced" &&

@@ -1,0 +1,142 @@
+/**
+ * End to end into SQLite, in the same run: sluice (pipelined producer, workers committing
+ * batches through the sink process) against a naive pipeline in one process (`js.publish()`
+ * per record, `consume()` with one ack per message, one INSERT per row).
+ */
+import {
+  AckPolicy,
+  DeliverPolicy,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+} from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import Database from "better-sqlite3";
+import { decodeRecord, encodeRecord } from "../../shared/codec.js";
+import { Producer, type PublishResult } from "../../shared/producer.js";
+import { countCommitted } from "../cli/verify.js";
+import { waitUntil } from "../cli/wait.js";
+import type { Rate } from "./publish-rates.js";
+
+const rate = (records: number, ms: number): Rate => ({
+  records,
+  seconds: ms / 1000,
+  perSecond: records / (ms / 1000),
+});
+
+const body = "x".repeat(192);
+
+/**
+ * Publishes `count` records to `pipeline` with the producer as fast as its window allows and
+ * times until the sink holds `before + count` rows.
+ */
+export async function sluiceEndToEndRate(
+  nc: NatsConnection,
+  pipeline: string,
+  sinkPath: string,
+  count: number,
+  prefix: string,
+): Promise<Rate> {
+  const before = countCommitted(sinkPath, pipeline);
+  const producer = new Producer(nc, pipeline);
+  let acked = 0;
+  const onResult = (r: PublishResult): void => {
+    if (r.status === "acked") acked++;
+  };
+  const t0 = performance.now();
+  for (let i = 0; i < count; i++) {
+    const id = `${prefix}-${i}`;
+    const key = `k${i % 1024}`;
+    await producer.send({ id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) }, onResult);
+    // Leave the event loop room for PubAcks and the sink poll below.
+    if (i % 256 === 0) await new Promise((r) => setImmediate(r));
+  }
+  await producer.close();
+  if (acked !== count) throw new Error(`sluice e2e: ${acked} of ${count} acknowledged`);
+  await waitUntil(
+    "the sink to hold every record",
+    300_000,
+    () => (countCommitted(sinkPath, pipeline) >= before + count ? true : undefined),
+    20,
+  );
+  return rate(count, performance.now() - t0);
+}
+
+/** The naive pipeline, publisher and consumer running at once in this process. */
+export async function naiveEndToEndRate(
+  nc: NatsConnection,
+  dbPath: string,
+  count: number,
+  prefix: string,
+  replicas: number,
+): Promise<Rate> {
+  const name = `NAIVE_${prefix}`;
+  const subjectRoot = `naive.${prefix}`;
+  const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+  await jsm.streams.add({
+    name,
+    subjects: [`${subjectRoot}.>`],
+    num_replicas: replicas,
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+  });
+  await jsm.consumers.add(name, {
+    durable_name: "naive",
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    max_ack_pending: 1_000,
+  });
+  const db = new Database(dbPath);
+  db.pragma("journal_mode = WAL");
+  db.pragma("synchronous = NORMAL");
+  db.exec(`CREATE TABLE IF NOT EXISTS naive (
+    row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL,
+    source_seq INTEGER NOT NULL, payload TEXT NOT NULL, committed_at INTEGER NOT NULL)`);
+  const insert = db.prepare(
+    "INSERT INTO naive (record_id, key, source_seq, payload, committed_at) VALUES (?, ?, ?, ?, ?)",
+  );
+  const js = jetstream(nc, { timeout: 10_000 });
+  const consumer = await js.consumers.get(name, "naive");
+  const t0 = performance.now();
+  let inserted = 0;
+  let finish: () => void = () => undefined;
+  const finished = new Promise<void>((r) => {
+    finish = r;
+  });
+  const messages = await consumer.consume({
+    callback: (m) => {
+      const r = decodeRecord({
+        seq: m.seq,
+        deliverySeq: m.info.deliverySequence,
+        subject: m.subject,
+        data: m.data,
+        headers: { "Nats-Msg-Id": m.headers?.get("Nats-Msg-Id") ?? "" },
+        token: m,
+      });
+      if (r.ok) insert.run(r.row.recordId, r.row.key, r.row.sourceSeq, r.row.payload, Date.now());
+      m.ack();
+      if (++inserted >= count) finish();
+    },
+  });
+  const inflight = new Set<Promise<unknown>>();
+  for (let i = 0; i < count; i++) {
+    if (inflight.size >= 1_000) await Promise.race(inflight);
+    const id = `${prefix}-${i}`;
+    const key = `k${i % 1024}`;
+    const p: Promise<unknown> = js
+      .publish(`${subjectRoot}.${key}`, encodeRecord({ id, key, n: i, at: Date.now(), body }), { msgID: id })
+      .finally(() => inflight.delete(p));
+    inflight.add(p);
+  }
+  await Promise.all(inflight);
+  await Promise.race([
+    finished,
+    new Promise((_, reject) => setTimeout(() => reject(new Error("naive pipeline timed out")), 300_000)),
+  ]);
+  const ms = performance.now() - t0;
+  await messages.close().catch(() => undefined);
+  db.close();
+  await jsm.streams.delete(name).catch(() => false);
+  return rate(inserted, ms);
+}

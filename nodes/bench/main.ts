@@ -1,0 +1,359 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench`: throughput, latency, failover, rebalance and memory on local clusters,
+ * each figure next to a baseline measured in the same run. Prints one table and writes the
+ * same as JSON. `--quick` is the short version CI runs.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { join, resolve } from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { Command, InvalidArgumentError } from "commander";
+import { parseConfig, type SluiceConfig } from "../../shared/config.js";
+import { connectNats } from "../../shared/nats/connection.js";
+import { inputStream } from "../../shared/wire.js";
+import { runLoad } from "../cli/load.js";
+import { type ClusterFile, down, readClusterFile, up } from "../cli/local-cluster.js";
+import { waitSettled } from "../cli/readiness.js";
+import { type ClusterHandle, leaderKillTrials, scaleOutTrials, workerKillTrials } from "./cluster-trials.js";
+import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
+import { memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
+import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
+import { orderedReadRate, pipelineReadRate } from "./read-rates.js";
+
+const int =
+  (name: string) =>
+  (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a whole number >= 1`);
+    return n;
+  };
+
+const o = new Command("sluice-bench")
+  .description("benchmarks of sluice against same-run baselines")
+  .option("--quick", "short version for CI: fewer records, 3 trials, 30 s memory run")
+  .option("--dir <dir>", "working directory (clusters are started and removed under it)", ".sluice-bench")
+  .option("--json <file>", "where to write the JSON report", "bench-results.json")
+  .option("--port-base <port>", "first NATS client port", int("--port-base"), 15222)
+  .option("--records <n>", "records per throughput measurement", int("--records"))
+  .option("--trials <n>", "trials per failover and rebalance figure", int("--trials"))
+  .option("--memory-seconds <s>", "length of the memory run", int("--memory-seconds"))
+  .parse(process.argv)
+  .opts<{
+    quick?: boolean;
+    dir: string;
+    json: string;
+    portBase: number;
+    records?: number;
+    trials?: number;
+    memorySeconds?: number;
+  }>();
+
+const quick = o.quick === true;
+const records = o.records ?? (quick ? 30_000 : 200_000);
+const trials = o.trials ?? (quick ? 3 : 10);
+const memorySeconds = o.memorySeconds ?? (quick ? 30 : 600);
+const dir = resolve(o.dir);
+const log = (s: string): void => console.log(`[bench] ${s}`);
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const round = (x: number, d = 3): number => Number(x.toFixed(d));
+const best = (rs: Rate[]): Rate => rs.reduce((a, b) => (b.perSecond > a.perSecond ? b : a));
+
+async function withCluster<T>(
+  name: string,
+  opts: { workers: number; coordinators: number; config: SluiceConfig; portBase: number },
+  fn: (c: ClusterFile) => Promise<T>,
+): Promise<T> {
+  const d = join(dir, name);
+  rmSync(d, { recursive: true, force: true });
+  mkdirSync(d, { recursive: true });
+  const c = await up({ dir: d, ...opts });
+  try {
+    return await fn(c);
+  } finally {
+    await down(d).catch(() => undefined);
+    rmSync(d, { recursive: true, force: true });
+  }
+}
+
+function natsVersion(): string {
+  try {
+    return execFileSync("nats-server", ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+const report: Record<string, unknown> = {
+  started_at: new Date().toISOString(),
+  quick,
+  machine: {
+    cpus: cpus().length,
+    cpu_model: cpus()[0]?.model ?? "unknown",
+    memory_gib: round(totalmem() / 2 ** 30, 1),
+    node: process.version,
+    nats_server: natsVersion(),
+  },
+  settings: { records, trials, memory_seconds: memorySeconds },
+};
+
+// 1. Producer against js.publish(), and the worker path against an ordered consumer, on an
+// otherwise idle cluster (no workers), over the same streams.
+const throughputCfg = parseConfig({
+  pipelines: [
+    { name: "bench_r3", shards: 16, replicas: 3 },
+    { name: "bench_r1", shards: 16, replicas: 1 },
+  ],
+});
+const throughput = await withCluster(
+  "throughput",
+  { workers: 0, coordinators: 0, config: throughputCfg, portBase: o.portBase },
+  async (c) => {
+    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
+    try {
+      const publish: Record<string, { js: Rate; producer: Rate }> = {};
+      for (const p of ["bench_r3", "bench_r1"]) {
+        const js: Rate[] = [];
+        const pr: Rate[] = [];
+        // Alternating rounds, best of two each, so neither side gets the warm cache alone.
+        for (let r = 0; r < 2; r++) {
+          js.push(await jsPublishRate(nc, p, makeRecords(`${p}-js${r}`, records)));
+          pr.push(await producerRate(nc, p, makeRecords(`${p}-pr${r}`, records)));
+        }
+        publish[p] = { js: best(js), producer: best(pr) };
+        log(
+          `${p}: js.publish ${Math.round(best(js).perSecond)}/s, producer ${Math.round(best(pr).perSecond)}/s`,
+        );
+      }
+      const jsm = await jetstreamManager(nc);
+      const inStream = (await jsm.streams.info(inputStream("bench_r3"))).state.messages;
+      const ordered: Rate[] = [];
+      const worker: Rate[] = [];
+      for (let r = 0; r < 2; r++) {
+        ordered.push(await orderedReadRate(nc, "bench_r3", inStream));
+        worker.push(await pipelineReadRate(nc, "bench_r3", 16, inStream, throughputCfg.worker));
+      }
+      log(
+        `read ${inStream} records: ordered consumer ${Math.round(best(ordered).perSecond)}/s, worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s`,
+      );
+      return { publish, ordered: best(ordered), worker: best(worker) };
+    } finally {
+      await nc.close();
+    }
+  },
+);
+
+// 2. End to end, latency, failover and rebalance on a full cluster with production timings.
+const clusterCfg = parseConfig({});
+const e2eRecords = Math.max(10_000, Math.round(records / 2));
+const cluster = await withCluster(
+  "cluster",
+  { workers: 3, coordinators: 2, config: clusterCfg, portBase: o.portBase + 10 },
+  async (c) => {
+    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
+    const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink: c.sink, pipeline: "demo" };
+    try {
+      await waitSettled(nc, clusterCfg, c.sink, 60_000);
+      const naive = await naiveEndToEndRate(nc, join(c.dir, "naive.db"), e2eRecords, "n1", 3);
+      log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
+      const sluice = await sluiceEndToEndRate(nc, "demo", c.sink, e2eRecords, "e2e");
+      log(`sluice: ${Math.round(sluice.perSecond)}/s end to end`);
+      const latencyRate = quick ? 2_000 : 5_000;
+      const latency = await publishToCommitLatency(
+        nc,
+        "demo",
+        c.sink,
+        latencyRate * (quick ? 10 : 30),
+        latencyRate,
+        join(c.dir, "latency-acks.jsonl"),
+      );
+      log(`latency at ${latencyRate}/s: p50 ${latency.p50Ms} ms, p99 ${latency.p99Ms} ms`);
+      // Trials run under a steady background load.
+      const abort = new AbortController();
+      const load = runLoad(nc, {
+        pipeline: "demo",
+        count: Number.MAX_SAFE_INTEGER,
+        rate: 2_000,
+        ackLog: "/dev/null",
+        keys: 1024,
+        signal: abort.signal,
+      });
+      try {
+        const kills = await workerKillTrials(h, trials, log);
+        const scale = await scaleOutTrials(h, trials, log);
+        const leader = await leaderKillTrials(h, trials, log);
+        return { naive, sluice, latency, kills, scale, leader };
+      } finally {
+        abort.abort();
+        await load;
+      }
+    } finally {
+      await nc.close();
+    }
+  },
+);
+
+// 3. Memory of one worker owning 64 shards under full load.
+const memCfg = parseConfig({ pipelines: [{ name: "demo", shards: 64 }] });
+const memory = await withCluster(
+  "memory",
+  { workers: 1, coordinators: 1, config: memCfg, portBase: o.portBase + 20 },
+  async (c) => {
+    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
+    try {
+      await waitSettled(nc, memCfg, c.sink, 60_000);
+      const pid = readClusterFile(c.dir).workers[0]!.pid;
+      const m = await memoryUnderLoad(nc, "demo", pid, memorySeconds, quick ? 2 : 10, "/dev/null");
+      log(
+        `worker RSS over ${Math.round(m.seconds)} s with 64 shards: start ${m.startMiB.toFixed(0)} MiB, end ${m.endMiB.toFixed(0)} MiB, max ${m.maxMiB.toFixed(0)} MiB, slope ${m.slopeMiBPerMin.toFixed(2)} MiB/min`,
+      );
+      return m;
+    } finally {
+      await nc.close();
+    }
+  },
+);
+
+const r3 = throughput.publish.bench_r3!;
+const r1 = throughput.publish.bench_r1!;
+const killS = cluster.kills;
+const gaps = cluster.scale.map((t) => t.movedMaxGapS);
+const ratios = {
+  producer_vs_js_publish: round(r1.producer.perSecond / r1.js.perSecond, 2),
+  producer_vs_js_publish_r3: round(r3.producer.perSecond / r3.js.perSecond, 2),
+  null_sink_vs_ordered_read: round(throughput.worker.perSecond / throughput.ordered.perSecond, 2),
+  e2e_vs_naive: round(cluster.sluice.perSecond / cluster.naive.perSecond, 2),
+};
+Object.assign(report, {
+  ratios,
+  throughput: {
+    js_publish_r1_per_s: Math.round(r1.js.perSecond),
+    producer_r1_per_s: Math.round(r1.producer.perSecond),
+    js_publish_r3_per_s: Math.round(r3.js.perSecond),
+    producer_r3_per_s: Math.round(r3.producer.perSecond),
+    ordered_read_per_s: Math.round(throughput.ordered.perSecond),
+    null_sink_per_s: Math.round(throughput.worker.perSecond),
+    naive_e2e_per_s: Math.round(cluster.naive.perSecond),
+    sluice_e2e_per_s: Math.round(cluster.sluice.perSecond),
+  },
+  latency: {
+    rate_per_s: cluster.latency.rate,
+    records: cluster.latency.records,
+    publish_to_commit_p50_ms: cluster.latency.p50Ms,
+    publish_to_commit_p99_ms: cluster.latency.p99Ms,
+    publish_to_commit_max_ms: cluster.latency.maxMs,
+  },
+  failover: {
+    worker_kill_trials_s: killS.map((x) => round(x)),
+    worker_kill_median_s: round(median(killS)),
+    worker_kill_max_s: round(Math.max(...killS)),
+    leader_takeover_trials_s: cluster.leader.map((x) => round(x)),
+    leader_takeover_s: round(median(cluster.leader)),
+    leader_takeover_max_s: round(Math.max(...cluster.leader)),
+  },
+  rebalance: {
+    scale_out_trials: cluster.scale.map((t) => ({
+      moved: t.moved,
+      moved_max_gap_s: round(t.movedMaxGapS),
+      unmoved: t.unmoved,
+      unmoved_max_gap_s: round(t.unmovedMaxGapS),
+      unmoved_epoch_changes: t.unmovedEpochChanges,
+    })),
+    scale_out_max_gap_s: round(Math.max(...gaps)),
+    scale_out_median_gap_s: round(median(gaps)),
+    unmoved_max_gap_s: round(Math.max(...cluster.scale.map((t) => t.unmovedMaxGapS))),
+    unmoved_epoch_changes: cluster.scale.reduce((a, t) => a + t.unmovedEpochChanges, 0),
+  },
+  memory: {
+    shards: 64,
+    seconds: Math.round(memory.seconds),
+    records: memory.records,
+    rss_start_mib: round(memory.startMiB, 1),
+    rss_end_mib: round(memory.endMiB, 1),
+    rss_max_mib: round(memory.maxMiB, 1),
+    rss_slope_second_half_mib_per_min: round(memory.slopeMiBPerMin, 2),
+    samples: memory.samples.map((s) => [round(s.s, 1), round(s.rssMiB, 1)]),
+  },
+  finished_at: new Date().toISOString(),
+});
+
+const f = report as {
+  failover: Record<string, number>;
+  rebalance: Record<string, number>;
+  latency: Record<string, number>;
+  throughput: Record<string, number>;
+};
+const rows: Array<[string, string, string, string]> = [
+  [
+    "producer vs js.publish (R1 stream)",
+    `${r1.producer.perSecond.toFixed(0)}/s vs ${r1.js.perSecond.toFixed(0)}/s`,
+    `${ratios.producer_vs_js_publish}x`,
+    ">= 4x",
+  ],
+  [
+    "producer vs js.publish (R3 stream)",
+    `${r3.producer.perSecond.toFixed(0)}/s vs ${r3.js.perSecond.toFixed(0)}/s`,
+    `${ratios.producer_vs_js_publish_r3}x`,
+    "",
+  ],
+  [
+    "worker path, discarding sink vs ordered read",
+    `${throughput.worker.perSecond.toFixed(0)}/s vs ${throughput.ordered.perSecond.toFixed(0)}/s`,
+    `${ratios.null_sink_vs_ordered_read}x`,
+    ">= 0.7x",
+  ],
+  [
+    "end to end into SQLite vs naive",
+    `${cluster.sluice.perSecond.toFixed(0)}/s vs ${cluster.naive.perSecond.toFixed(0)}/s`,
+    `${ratios.e2e_vs_naive}x`,
+    ">= 5x",
+  ],
+  [
+    "publish to commit latency",
+    `at ${f.latency.rate_per_s}/s`,
+    `p50 ${f.latency.publish_to_commit_p50_ms} ms, p99 ${f.latency.publish_to_commit_p99_ms} ms`,
+    "",
+  ],
+  [
+    "worker SIGKILL to commits elsewhere",
+    `${killS.length} trials`,
+    `median ${f.failover.worker_kill_median_s} s, max ${f.failover.worker_kill_max_s} s`,
+    "<= 1.5 s, <= 3 s",
+  ],
+  [
+    "scale-out 3 -> 4, moved shards' commit gap",
+    `${gaps.length} trials`,
+    `max ${f.rebalance.scale_out_max_gap_s} s (median ${f.rebalance.scale_out_median_gap_s} s)`,
+    "<= 0.3 s",
+  ],
+  [
+    "scale-out, shards not moved",
+    "longest commit gap, epoch changes",
+    `${f.rebalance.unmoved_max_gap_s} s, ${f.rebalance.unmoved_epoch_changes}`,
+    "never paused",
+  ],
+  [
+    "leader coordinator SIGKILL to new leader acting",
+    `${cluster.leader.length} trials`,
+    `median ${f.failover.leader_takeover_s} s, max ${f.failover.leader_takeover_max_s} s`,
+    "<= 2 s",
+  ],
+  [
+    "worker RSS, 64 shards, full load",
+    `${Math.round(memory.seconds)} s, ${memory.records} records`,
+    `${memory.startMiB.toFixed(0)} -> ${memory.endMiB.toFixed(0)} MiB (max ${memory.maxMiB.toFixed(0)}), ${memory.slopeMiBPerMin.toFixed(2)} MiB/min`,
+    "flat",
+  ],
+];
+const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
+console.log("");
+for (const r of rows)
+  console.log(`${r[0].padEnd(w[0]!)}  ${r[1].padEnd(w[1]!)}  ${r[2].padEnd(w[2]!)}  ${r[3]}`);
+writeFileSync(o.json, `${JSON.stringify(report, null, 2)}\n`);
+console.log(`\nJSON report: ${resolve(o.json)}`);
