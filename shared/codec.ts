@@ -47,13 +47,14 @@ function isPlainMap(v: unknown): boolean {
 }
 
 export function decodeRecord(msg: SourceMessage): DecodeResult {
-  const recordId = msg.headers[Headers.msgId]?.trim();
+  const header = (name: string): string | undefined => (msg.header ? msg.header(name) : msg.headers[name]);
+  const recordId = header(Headers.msgId)?.trim();
   if (!recordId) return { ok: false, code: ErrorCode.MissingId, message: "no Nats-Msg-Id header" };
   const key = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
   if (!key || key === "*" || key === ">") {
     return { ok: false, code: ErrorCode.MissingKey, message: `subject '${msg.subject}' has no key token` };
   }
-  const json = (msg.headers[Headers.contentType] ?? "").toLowerCase().startsWith("application/json");
+  const json = (header(Headers.contentType) ?? "").toLowerCase().startsWith("application/json");
   let value: unknown;
   try {
     value = json ? JSON.parse(textDecoder.decode(msg.data)) : cborDecode(msg.data);

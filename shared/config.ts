@@ -34,8 +34,14 @@ export const TimingSchema = z.object({
 });
 
 export const WorkerSchema = z.object({
-  /** Largest batch committed in one sink transaction. */
-  batchMax: z.number().int().min(1).max(10_000).default(500),
+  /** Largest batch committed in one sink transaction, records. */
+  batchMax: z.number().int().min(1).max(10_000).default(1000),
+  /** Smallest batch limit the adaptive sizing goes down to, records. */
+  batchMin: z.number().int().min(1).default(16),
+  /** A sink commit slower than this halves the shard's batch limit, ms. */
+  targetCommitMs: z.number().int().min(1).default(100),
+  /** A shard that is behind waits up to this long to fill its batch, ms (0: commit what came). */
+  lingerMs: z.number().int().min(0).max(1000).default(5),
   /** Max unacknowledged messages per shard consumer: the in-flight bound. */
   maxAckPending: z.number().int().min(1).default(2000),
   /** How long a pull waits for the first message of a batch, ms. */

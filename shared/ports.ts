@@ -16,7 +16,13 @@ export interface SourceMessage {
   deliverySeq: number;
   subject: string;
   data: Uint8Array;
-  headers: Record<string, string>;
+  /** Every header, first value each (read for dead letters). */
+  readonly headers: Record<string, string>;
+  /**
+   * One header's first value, when the source can look it up without building `headers`
+   * (the hot path reads two headers of every record).
+   */
+  header?(name: string): string | undefined;
   /**
    * Messages matching the consumer still undelivered after this one, as the source reported
    * at delivery (JetStream's `num_pending`); absent when the source does not know.

@@ -2,10 +2,16 @@
  * The producer library: pipelined JetStream publishing. Records go out as core publishes with a
  * reply subject under one inbox subscription, and PubAcks are matched to records by that
  * subject: no per-record request, promise or timer, which is where `js.publish()` spends its
- * time. At most `window` records await their PubAck (a full window blocks `send`:
- * backpressure). One sweeper re-sends a record whose PubAck is overdue, with the same
- * `Nats-Msg-Id`, so the stream's duplicate window turns a re-send of a publish that did land
- * into a no-op; after `retries` re-sends the record is reported `timeout` (indeterminate).
+ * time. Publishes made in one synchronous run share one socket write: `offer` never yields,
+ * so a loop that only awaits `ready()` when the window is full writes in large chunks.
+ *
+ * Backpressure: at most `window` records await their PubAck. When the stream answers 503
+ * (no leader, not yet elected), the window halves and the record is sent again after a short
+ * backoff; every PubAck grows the window back by one (AIMD). One sweeper re-sends a record
+ * whose PubAck is overdue, with the same `Nats-Msg-Id`, so the stream's duplicate window turns
+ * a re-send of a publish that did land into a no-op; after `retries` re-sends the record is
+ * reported `timeout` (indeterminate). Confirmation is per record (`onResult`) or per batch
+ * (`publishBatch`).
  *
  * Tracing: every record gets a PRODUCER span (`send ingest.P.*`) from its send to its PubAck,
  * child of the caller's active span; when that span is recording, its W3C `traceparent` (and
@@ -63,6 +69,8 @@ interface Pending {
   onResult: (r: PublishResult) => void;
   sentAt: number;
   sends: number;
+  /** Set after a 503: the sweeper re-sends at this time (ms) instead of after `timeoutMs`. */
+  retryAt: number;
   /** The record's publish span (a no-op one when tracing is off). */
   span: Span;
   /** traceparent/tracestate to send with the record; null when the span is not recording. */
@@ -82,6 +90,8 @@ export class Producer {
   private readonly sweeper: ReturnType<typeof setInterval>;
   private next = 0;
   private closed = false;
+  /** Records allowed in flight now: `window`, halved on each 503, +1 per PubAck. */
+  private limit: number;
   private readonly spanName: string;
   private readonly destinationTemplate: string;
 
@@ -93,15 +103,62 @@ export class Producer {
     this.destinationTemplate = `ingest.${pipeline}.*`;
     this.spanName = messagingSpanName(SpanNames.publishPrefix, this.destinationTemplate);
     this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, m) => (err ? undefined : this.onAck(m)) });
-    this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.min(500, opts.timeoutMs / 4)));
+    this.limit = opts.window;
+    this.sweeper = setInterval(() => this.sweep(), Math.max(20, Math.min(100, opts.timeoutMs / 4)));
     this.sweeper.unref?.();
+  }
+
+  /** Records sent and awaiting their PubAck. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Sends the record now if the window has room and returns true; false means the window is
+   * full: wait for `ready()` and offer it again. Never yields, so a synchronous run of offers
+   * goes out in one socket write.
+   */
+  offer(r: OutgoingRecord, onResult: (res: PublishResult) => void): boolean {
+    if (this.pending.size >= this.limit) return false;
+    this.start(r, onResult);
+    return true;
+  }
+
+  /** Resolves once the window has room for another record. */
+  ready(): Promise<void> {
+    if (this.pending.size < this.limit) return Promise.resolve();
+    return new Promise<void>((res) => this.waiters.push(res));
   }
 
   /** Resolves once the record is sent (the window had room); `onResult` reports its PubAck. */
   async send(r: OutgoingRecord, onResult: (res: PublishResult) => void): Promise<void> {
-    while (this.pending.size >= this.opts.window) {
-      await new Promise<void>((res) => this.waiters.push(res));
+    while (!this.offer(r, onResult)) await this.ready();
+  }
+
+  /**
+   * Sends every record (waiting for room as needed) and resolves with their results, in
+   * order, once each has its PubAck, failure or timeout: confirmation per batch.
+   */
+  async publishBatch(records: readonly OutgoingRecord[]): Promise<PublishResult[]> {
+    const results: PublishResult[] = new Array(records.length);
+    let left = records.length;
+    let done: () => void = () => undefined;
+    const all = new Promise<void>((res) => {
+      done = res;
+    });
+    if (left === 0) return results;
+    for (let i = 0; i < records.length; i++) {
+      const onResult = (res: PublishResult): void => {
+        results[i] = res;
+        if (--left === 0) done();
+      };
+      while (!this.offer(records[i]!, onResult)) await this.ready();
     }
+    await all;
+    return results;
+  }
+
+  private start(r: OutgoingRecord, onResult: (res: PublishResult) => void): void {
     const token = (this.next++).toString(36);
     const span = getTracer().startSpan(this.spanName, { kind: SpanKind.PRODUCER });
     let trace: Record<string, string> | null = null;
@@ -119,7 +176,7 @@ export class Producer {
       });
       trace = traceHeadersOf(span);
     }
-    this.pending.set(token, { record: r, onResult, sentAt: 0, sends: 0, span, trace });
+    this.pending.set(token, { record: r, onResult, sentAt: 0, sends: 0, retryAt: 0, span, trace });
     this.transmit(token);
   }
 
@@ -131,6 +188,7 @@ export class Producer {
     if (p.record.contentType) h.set(Headers.contentType, p.record.contentType);
     if (p.trace) for (const k in p.trace) h.set(k, p.trace[k]!);
     p.sentAt = Date.now();
+    p.retryAt = 0;
     if (p.sends > 0) p.span.addEvent("resend", { [A.resends]: p.sends });
     p.sends++;
     try {
@@ -148,7 +206,8 @@ export class Producer {
     const p = this.pending.get(token);
     if (!p) return; // the ack of an earlier send of a record already settled
     if (m.headers?.hasError) {
-      // 503: no stream took the subject (yet); the sweeper re-sends until retries run out.
+      // 503 no responders: no stream took the subject (yet). Back off and send again.
+      this.backOff(p);
       return;
     }
     let ack: { seq?: number; duplicate?: boolean; error?: { code?: number; description?: string } };
@@ -159,7 +218,10 @@ export class Producer {
     }
     if (ack.error) {
       // Only a stream that is unavailable (503) may succeed later; anything else is final.
-      if (ack.error.code === 503) return;
+      if (ack.error.code === 503) {
+        this.backOff(p);
+        return;
+      }
       this.settle(token, p, {
         id: p.record.id,
         status: "failed",
@@ -175,8 +237,16 @@ export class Producer {
     });
   }
 
+  /** The stream is unavailable: halve the window, re-send this record after a backoff. */
+  private backOff(p: Pending): void {
+    this.limit = Math.max(1, Math.floor(this.limit / 2));
+    if (p.sends > this.opts.retries) return; // the sweeper reports it as timed out
+    p.retryAt = Date.now() + Math.min(this.opts.timeoutMs, 25 * 2 ** p.sends);
+  }
+
   private settle(token: string, p: Pending, r: PublishResult): void {
     this.pending.delete(token);
+    if (r.status === "acked" && this.limit < this.opts.window) this.limit++;
     if (p.span.isRecording()) {
       p.span.setAttributes({
         [A.publishStatus]: r.status,
@@ -189,13 +259,17 @@ export class Producer {
     }
     p.span.end();
     p.onResult(r);
-    this.waiters.shift()?.();
+    while (this.waiters.length > 0 && this.pending.size < this.limit) this.waiters.shift()!();
     if (this.pending.size === 0) for (const d of this.drained.splice(0)) d();
   }
 
   private sweep(): void {
     const now = Date.now();
     for (const [token, p] of this.pending) {
+      if (p.retryAt > 0 && now >= p.retryAt) {
+        this.transmit(token);
+        continue;
+      }
       if (now - p.sentAt < this.opts.timeoutMs) continue;
       if (p.sends > this.opts.retries) {
         // Every send went unanswered: it may or may not have landed.

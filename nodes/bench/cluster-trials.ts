@@ -14,7 +14,8 @@ import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import { Buckets } from "../../shared/wire.js";
 import { measureFailover } from "../cli/failover.js";
 import { addWorker, readClusterFile, removeWorker, restartProcess } from "../cli/local-cluster.js";
-import { waitSettled } from "../cli/readiness.js";
+import { isSettled } from "../cli/readiness.js";
+import { gatherStatus, type StatusReport } from "../cli/status.js";
 import { waitUntil } from "../cli/wait.js";
 
 export interface ClusterHandle {
@@ -47,6 +48,21 @@ function commitTimes(
   }
 }
 
+/** Waits until the assignment is settled over exactly `workers`, each owning a shard. */
+function settledOver(h: ClusterHandle, workers: readonly string[]): Promise<StatusReport> {
+  return waitUntil(
+    `every shard active on ${workers.join(", ")}`,
+    60_000,
+    async () => {
+      const s = await gatherStatus(h.nc, h.cfg, h.sink);
+      if (!isSettled(s, workers)) return undefined;
+      const owners = new Set(s.shards.map((r) => r.owner));
+      return workers.every((w) => owners.has(w)) ? s : undefined;
+    },
+    50,
+  );
+}
+
 /** Longest time between consecutive commits in `times` (ms). */
 export function longestGap(times: readonly number[]): number {
   let gap = 0;
@@ -65,7 +81,10 @@ export async function workerKillTrials(
 ): Promise<number[]> {
   const out: number[] = [];
   for (let t = 0; t < trials; t++) {
-    const before = await waitSettled(h.nc, h.cfg, h.sink, 60_000);
+    const before = await settledOver(
+      h,
+      readClusterFile(h.dir).workers.map((w) => w.id),
+    );
     const counts = new Map<string, number[]>();
     for (const r of before.shards) {
       if (r.owner) counts.set(r.owner, [...(counts.get(r.owner) ?? []), shardNo(r.shard)]);
@@ -90,7 +109,10 @@ export async function workerKillTrials(
     );
     await restartProcess(h.dir, victim, { kill: true });
   }
-  await waitSettled(h.nc, h.cfg, h.sink, 60_000);
+  await settledOver(
+    h,
+    readClusterFile(h.dir).workers.map((w) => w.id),
+  );
   return out;
 }
 
@@ -104,6 +126,8 @@ export interface ScaleOutTrial {
   unmoved: number;
   /** Unmoved shards whose epoch changed anyway (must be 0). */
   unmovedEpochChanges: number;
+  /** Longest gap between commits of any shard in a window just before the join, s. */
+  baselineMaxGapS: number;
 }
 
 /** A fourth worker joins a settled 3-worker cluster; then it leaves again (graceful). */
@@ -115,10 +139,18 @@ export async function scaleOutTrials(
   const out: ScaleOutTrial[] = [];
   for (let t = 0; t < trials; t++) {
     const workers = readClusterFile(h.dir).workers.map((w) => w.id);
-    const before = await waitSettled(h.nc, h.cfg, h.sink, 60_000, workers);
+    const before = await settledOver(h, workers);
+    // A window without any rebalance, for comparison with the one measured below.
+    const quietFrom = Date.now();
+    await new Promise((r) => setTimeout(r, 3_000));
     const joinAt = Date.now();
+    let baseline = 0;
+    for (const r of before.shards) {
+      const times = commitTimes(h.sink, h.pipeline, shardNo(r.shard), quietFrom).filter((x) => x.at < joinAt);
+      baseline = Math.max(baseline, longestGap(times.map((x) => x.at)));
+    }
     const added = addWorker(h.dir);
-    const after = await waitSettled(h.nc, h.cfg, h.sink, 60_000, [...workers, added.id]);
+    const after = await settledOver(h, [...workers, added.id]);
     // Let every shard commit a few more batches under its new owner before reading gaps.
     const settledAt = Date.now();
     await waitUntil("a commit after the rebalance on every shard", 10_000, () =>
@@ -152,6 +184,7 @@ export async function scaleOutTrials(
       }
     }
     const trial = {
+      baselineMaxGapS: baseline / 1000,
       movedMaxGapS: movedMax / 1000,
       unmovedMaxGapS: unmovedMax / 1000,
       moved,
@@ -161,7 +194,8 @@ export async function scaleOutTrials(
     out.push(trial);
     log(
       `scale-out ${t + 1}/${trials}: ${moved} shards moved, longest gap ${trial.movedMaxGapS.toFixed(3)} s; ` +
-        `${unmoved} unmoved, longest gap ${trial.unmovedMaxGapS.toFixed(3)} s, epoch changes ${epochChanges}`,
+        `${unmoved} unmoved, longest gap ${trial.unmovedMaxGapS.toFixed(3)} s ` +
+        `(${trial.baselineMaxGapS.toFixed(3)} s without a join), epoch changes ${epochChanges}`,
     );
     await removeWorker(h.dir, added.id);
   }

@@ -1,7 +1,7 @@
 /**
  * End to end into SQLite, in the same run: sluice (pipelined producer, workers committing
  * batches through the sink process) against a naive pipeline in one process (`js.publish()`
- * per record, `consume()` with one ack per message, one INSERT per row).
+ * per record, each awaited; `consume()` with one ack per message; one INSERT per row).
  */
 import {
   AckPolicy,
@@ -48,7 +48,8 @@ export async function sluiceEndToEndRate(
   for (let i = 0; i < count; i++) {
     const id = `${prefix}-${i}`;
     const key = `k${i % 1024}`;
-    await producer.send({ id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) }, onResult);
+    const record = { id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) };
+    while (!producer.offer(record, onResult)) await producer.ready();
     // Leave the event loop room for PubAcks and the sink poll below.
     if (i % 256 === 0) await new Promise((r) => setImmediate(r));
   }
@@ -119,17 +120,14 @@ export async function naiveEndToEndRate(
       if (++inserted >= count) finish();
     },
   });
-  const inflight = new Set<Promise<unknown>>();
+  // The naive producer awaits each record's PubAck before sending the next.
   for (let i = 0; i < count; i++) {
-    if (inflight.size >= 1_000) await Promise.race(inflight);
     const id = `${prefix}-${i}`;
     const key = `k${i % 1024}`;
-    const p: Promise<unknown> = js
-      .publish(`${subjectRoot}.${key}`, encodeRecord({ id, key, n: i, at: Date.now(), body }), { msgID: id })
-      .finally(() => inflight.delete(p));
-    inflight.add(p);
+    await js.publish(`${subjectRoot}.${key}`, encodeRecord({ id, key, n: i, at: Date.now(), body }), {
+      msgID: id,
+    });
   }
-  await Promise.all(inflight);
   await Promise.race([
     finished,
     new Promise((_, reject) => setTimeout(() => reject(new Error("naive pipeline timed out")), 300_000)),

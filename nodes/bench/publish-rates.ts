@@ -33,6 +33,8 @@ export interface Rate {
   records: number;
   seconds: number;
   perSecond: number;
+  /** Sink transactions, where the measurement commits. */
+  batches?: number;
 }
 
 const rate = (records: number, ms: number): Rate => ({
@@ -81,7 +83,8 @@ export async function producerRate(
   };
   const t0 = performance.now();
   for (let i = 0; i < r.ids.length; i++) {
-    await producer.send({ id: r.ids[i]!, key: r.keys[i]!, data: r.data[i]! }, onResult);
+    const record = { id: r.ids[i]!, key: r.keys[i]!, data: r.data[i]! };
+    while (!producer.offer(record, onResult)) await producer.ready();
   }
   await producer.close();
   if (acked !== r.ids.length) throw new Error(`producer: ${acked} of ${r.ids.length} acknowledged`);

@@ -61,6 +61,7 @@ export async function pipelineReadRate(
     bufferMessages: Math.min(settings.maxAckPending, settings.batchMax * 2),
   });
   const epoch = Math.floor(Date.now() / 1000);
+  let batches = 0;
   let done: () => void = () => undefined;
   const finished = new Promise<void>((r) => {
     done = r;
@@ -78,6 +79,7 @@ export async function pipelineReadRate(
           leaseFresh: () => true,
           now: () => performance.now(),
           onBatch: () => {
+            batches++;
             if (sink.discarded >= expected) done();
           },
         },
@@ -101,5 +103,5 @@ export async function pipelineReadRate(
   await Promise.all(pipelines.map((p) => p.drain().catch(() => undefined)));
   if (sink.discarded < expected)
     throw new Error(`worker path: ${sink.discarded} of ${expected} in ${deadlineMs} ms`);
-  return rate(sink.discarded, ms);
+  return { ...rate(sink.discarded, ms), batches };
 }

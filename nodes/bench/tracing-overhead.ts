@@ -100,7 +100,8 @@ async function publish(
   const data = Array.from({ length: n }, (_, i) => encodeRecord({ id: `${tag}-${i}`, n: i, body }));
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
-    await producer.send({ id: `${tag}-${i}`, key: `k${i % 1024}`, data: data[i]! }, onResult);
+    const record = { id: `${tag}-${i}`, key: `k${i % 1024}`, data: data[i]! };
+    while (!producer.offer(record, onResult)) await producer.ready();
     if (i % 256 === 255) await new Promise((r) => setImmediate(r));
   }
   await producer.close();

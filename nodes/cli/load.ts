@@ -56,7 +56,9 @@ export async function runLoad(nc: NatsConnection, o: LoadOptions): Promise<LoadS
     else if (i % 128 === 0) await new Promise((r) => setImmediate(r));
     const id = `${runId}-${i}`;
     const key = `k${i % o.keys}`;
-    await producer.send({ id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) }, onResult);
+    const record = { id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) };
+    // `offer` does not yield while the window has room, so consecutive publishes share a write.
+    while (!producer.offer(record, onResult)) await producer.ready();
     p.sent++;
     if (o.onProgress && Date.now() - lastReport > 200) {
       lastReport = Date.now();

@@ -83,9 +83,12 @@ program
       }
       console.log(`sluice cluster ready in ${c.dir}`);
       for (const n of c.nats) console.log(`  nats ${n.id}  pid ${n.pid}  ${n.url}  monitor ${n.monitor}`);
-      for (const p of c.sinks) console.log(`  sink ${p.id}  pid ${p.pid}  owns ${c.sink}`);
-      for (const p of c.coordinators) console.log(`  coordinator ${p.id}  pid ${p.pid}`);
-      for (const p of c.workers) console.log(`  worker ${p.id}  pid ${p.pid}`);
+      const http = (p: { http?: string }, what: string): string => (p.http ? `  ${what} ${p.http}` : "");
+      for (const p of c.sinks)
+        console.log(`  sink ${p.id}  pid ${p.pid}  owns ${c.sink}${http(p, "metrics")}`);
+      for (const p of c.coordinators)
+        console.log(`  coordinator ${p.id}  pid ${p.pid}${http(p, "dashboard")}`);
+      for (const p of c.workers) console.log(`  worker ${p.id}  pid ${p.pid}${http(p, "metrics")}`);
       console.log(
         `  logs ${c.dir}/logs\n  pipelines ${cfg.pipelines.map((p) => `${p.name} (${p.shards} shards)`).join(", ")}`,
       );

@@ -72,7 +72,15 @@ export const defaultSimOptions: SimOptions = {
   maxFaults: 4,
   safety: allSafety,
   trace: false,
-  worker: { batchMax: 40, maxAckPending: 200, pullWaitMs: 100, ackWaitMs: 3_000 },
+  worker: {
+    batchMax: 40,
+    batchMin: 4,
+    targetCommitMs: 100,
+    lingerMs: 0,
+    maxAckPending: 200,
+    pullWaitMs: 100,
+    ackWaitMs: 3_000,
+  },
 };
 
 export const simTiming: TimingConfig = {
@@ -611,7 +619,15 @@ export async function runScale(shards: number, workers: number, seed = 1): Promi
     coordinators: 1,
     records: 0,
     maxFaults: 0,
-    worker: { batchMax: 40, maxAckPending: 200, pullWaitMs: 2_000, ackWaitMs: 30_000 },
+    worker: {
+      batchMax: 40,
+      batchMin: 4,
+      targetCommitMs: 100,
+      lingerMs: 0,
+      maxAckPending: 200,
+      pullWaitMs: 2_000,
+      ackWaitMs: 30_000,
+    },
   };
   const w = new SimWorld(seed, o);
   w.startCoordinator("c1");

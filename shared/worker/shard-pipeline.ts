@@ -6,6 +6,7 @@
  */
 
 import { decodeRecord } from "../codec.js";
+import { type BatchSizing, nextBatchLimit } from "../core/batch-size.js";
 import type { RunOutcome } from "../core/lease.machine.js";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, isSluiceError } from "../errors.js";
@@ -27,8 +28,14 @@ export interface PipelinePorts {
 }
 
 export interface PipelineSettings {
-  /** Largest batch per sink transaction. */
+  /** Largest batch per sink transaction, records. */
   batchMax: number;
+  /** Smallest batch limit the adaptive sizing shrinks to, records (default 16). */
+  batchMin?: number;
+  /** A commit slower than this halves the batch limit, ms (default 100). */
+  targetCommitMs?: number;
+  /** How long a shard that is behind waits to fill a batch up to its limit, ms (0: never). */
+  lingerMs?: number;
   /** Longest wait for the first message of a batch, ms; bounds how fast a drain starts. */
   pullWaitMs: number;
 }
@@ -70,6 +77,9 @@ export class ShardPipeline {
   private loop: Promise<RunOutcome> | null = null;
   /** Delivery sequence the next message must have; anything else means lost deliveries. */
   private nextDelivery = 1;
+  /** Records the next batch may take; adapted after every commit (`nextBatchLimit`). */
+  private batchLimit: number;
+  private readonly sizing: BatchSizing;
 
   constructor(
     readonly ref: ShardRef,
@@ -78,7 +88,16 @@ export class ShardPipeline {
     private readonly ports: PipelinePorts,
     private readonly settings: PipelineSettings,
     private readonly hooks: PipelineHooks,
-  ) {}
+  ) {
+    this.sizing = {
+      min: settings.batchMin ?? 16,
+      max: settings.batchMax,
+      targetCommitMs: settings.targetCommitMs ?? 100,
+    };
+    // Start large: a shard that is behind commits full batches at once; one that keeps up
+    // takes what has arrived, so a high limit costs it nothing.
+    this.batchLimit = settings.batchMax;
+  }
 
   /** Fence the sink at this epoch, remove older epochs' consumers, open this epoch's consumer. */
   async acquire(): Promise<{ checkpoint: number }> {
@@ -105,7 +124,20 @@ export class ShardPipeline {
       if (!this.pending) {
         let msgs: SourceMessage[];
         try {
-          msgs = await feed.next(this.settings.batchMax, this.settings.pullWaitMs);
+          msgs = await feed.next(this.batchLimit, this.settings.pullWaitMs);
+          // Behind (the source says more is waiting): gather up to the limit for a moment, so
+          // one commit and one ack cover many deliveries instead of one socket read's worth.
+          const linger = this.settings.lingerMs ?? 0;
+          if (linger > 0 && msgs.length > 0 && msgs.length < this.batchLimit) {
+            const until = this.hooks.now() + linger;
+            while (msgs.length < this.batchLimit && (msgs[msgs.length - 1]!.pending ?? 0) > 0) {
+              const left = until - this.hooks.now();
+              if (left <= 0 || this.stopping) break;
+              const more = await feed.next(this.batchLimit - msgs.length, left);
+              if (more.length === 0) break;
+              msgs = msgs.concat(more);
+            }
+          }
         } catch (err) {
           return { type: "failed", reason: `pull failed: ${(err as Error).message}` };
         }
@@ -172,6 +204,11 @@ export class ShardPipeline {
       );
       bt.settle(this.ref.pipeline, () => feed.ack(last));
       this.pending = null;
+      this.batchLimit = nextBatchLimit(
+        this.batchLimit,
+        { size: batch.length, commitMs: this.hooks.now() - t0, lag: last.pending },
+        this.sizing,
+      );
       this.hooks.onBatch?.({
         ref: this.ref,
         epoch: this.epoch,

@@ -1,0 +1,56 @@
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { type BatchSizing, nextBatchLimit } from "../../shared/core/batch-size.js";
+
+const s: BatchSizing = { min: 16, max: 1000, targetCommitMs: 100 };
+
+describe("adaptive batch size", () => {
+  it("halves the limit when a commit is slower than the target", () => {
+    expect(nextBatchLimit(1000, { size: 1000, commitMs: 250, lag: 5000 }, s)).toBe(500);
+    expect(nextBatchLimit(20, { size: 20, commitMs: 250, lag: 5000 }, s)).toBe(16);
+  });
+
+  it("doubles it while full batches commit fast and the shard is behind", () => {
+    expect(nextBatchLimit(100, { size: 100, commitMs: 10, lag: 5000 }, s)).toBe(200);
+    expect(nextBatchLimit(800, { size: 800, commitMs: 10, lag: 5000 }, s)).toBe(1000);
+  });
+
+  it("keeps it when the shard keeps up or the commit is neither fast nor slow", () => {
+    expect(nextBatchLimit(100, { size: 40, commitMs: 10, lag: 0 }, s)).toBe(100);
+    expect(nextBatchLimit(100, { size: 100, commitMs: 10, lag: 0 }, s)).toBe(100);
+    expect(nextBatchLimit(100, { size: 100, commitMs: 80, lag: 5000 }, s)).toBe(100);
+  });
+
+  it("grows on a full batch when the source does not report lag", () => {
+    expect(nextBatchLimit(100, { size: 100, commitMs: 10, lag: undefined }, s)).toBe(200);
+  });
+
+  it("converges: a sink whose commit time grows with the batch settles below the target", () => {
+    // 0.3 ms per record: batches above ~333 records miss the 100 ms target.
+    let limit = 1000;
+    const seen: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      limit = nextBatchLimit(limit, { size: limit, commitMs: limit * 0.3, lag: 1e6 }, s);
+      seen.push(limit);
+    }
+    expect(Math.max(...seen.slice(10)) * 0.3).toBeLessThanOrEqual(s.targetCommitMs);
+    expect(Math.min(...seen.slice(10))).toBeGreaterThanOrEqual(125);
+  });
+
+  it("always stays within [min, max]", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: -10, max: 5000 }),
+        fc.integer({ min: 0, max: 5000 }),
+        fc.double({ min: 0, max: 1000, noNaN: true }),
+        fc.option(fc.integer({ min: 0, max: 1e6 }), { nil: undefined }),
+        (limit, size, commitMs, lag) => {
+          const n = nextBatchLimit(limit, { size, commitMs, lag }, s);
+          expect(n).toBeGreaterThanOrEqual(s.min);
+          expect(n).toBeLessThanOrEqual(s.max);
+          expect(Number.isInteger(n)).toBe(true);
+        },
+      ),
+    );
+  });
+});
