@@ -11,12 +11,11 @@ import { isSpanContextValid, trace } from "@opentelemetry/api";
 import { pino } from "pino";
 import type { Logger } from "./logger.js";
 
-const none = {};
-
 /** `trace_id` / `span_id` of the active span, when there is a valid one. */
 export function traceFields(): { trace_id?: string; span_id?: string; trace_flags?: string } {
   const sc = trace.getActiveSpan()?.spanContext();
-  if (!sc || !isSpanContextValid(sc)) return none;
+  // A fresh object every time: pino merges the line's fields into what the mixin returns.
+  if (!sc || !isSpanContextValid(sc)) return {};
   return { trace_id: sc.traceId, span_id: sc.spanId, trace_flags: `0${sc.traceFlags.toString(16)}` };
 }
 

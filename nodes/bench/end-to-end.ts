@@ -128,10 +128,13 @@ export async function naiveEndToEndRate(
       msgID: id,
     });
   }
+  let timer: ReturnType<typeof setTimeout> | undefined;
   await Promise.race([
     finished,
-    new Promise((_, reject) => setTimeout(() => reject(new Error("naive pipeline timed out")), 300_000)),
-  ]);
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error("naive pipeline timed out")), 300_000);
+    }),
+  ]).finally(() => clearTimeout(timer));
   const ms = performance.now() - t0;
   await messages.close().catch(() => undefined);
   db.close();

@@ -9,10 +9,11 @@ import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
 import { parseConfig, type SluiceConfig } from "../../shared/config.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { inputStream } from "../../shared/wire.js";
+import { intOption } from "../cli/int-option.js";
 import { runLoad } from "../cli/load.js";
 import { type ClusterFile, down, readClusterFile, up } from "../cli/local-cluster.js";
 import { waitSettled } from "../cli/readiness.js";
@@ -21,14 +22,9 @@ import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
 import { memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
 import { orderedReadRate, pipelineReadRate } from "./read-rates.js";
+import { measureTracingOverhead } from "./tracing-overhead.js";
 
-const int =
-  (name: string) =>
-  (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a whole number >= 1`);
-    return n;
-  };
+const int = (name: string) => intOption(name, 1);
 
 const o = new Command("sluice-bench")
   .description("benchmarks of sluice against same-run baselines")
@@ -139,6 +135,16 @@ const throughput = await withCluster(
           `${p}: js.publish ${Math.round(best(js).perSecond)}/s, producer ${Math.round(best(pr).perSecond)}/s`,
         );
       }
+      // What tracing costs the producer: no provider, 1 % sampled, always on (one run).
+      const tracing = await measureTracingOverhead(nc, {
+        pipeline: "bench_r1",
+        count: records,
+        prefix: "trace",
+      });
+      log(
+        `tracing: off ${Math.round(tracing.off.perSecond)}/s, 1 % sampled ${Math.round(tracing.sampled.perSecond)}/s, ` +
+          `always on ${Math.round(tracing.alwaysOn.perSecond)}/s`,
+      );
       const jsm = await jetstreamManager(nc);
       // The same reads over a one-shard stream: one filtered consumer instead of sixteen, which
       // separates the worker's own cost from the server's cost of serving per-shard consumers.
@@ -158,11 +164,12 @@ const throughput = await withCluster(
         reads[p] = { ordered: best(ordered), worker: best(worker) };
         log(
           `read ${inStream} records, ${shards} shard(s): ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
-            `worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s`,
+            `worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s ` +
+            `(restarts after missed consumer heartbeats: ${worker.map((w) => w.restarts ?? 0).join(", ")})`,
         );
       }
       const main = reads.bench_r3!;
-      return { publish, ordered: main.ordered, worker: main.worker, one: reads.bench_one! };
+      return { publish, tracing, ordered: main.ordered, worker: main.worker, one: reads.bench_one! };
     } finally {
       await nc.close();
     }
@@ -269,6 +276,13 @@ Object.assign(report, {
     naive_e2e_per_s: Math.round(cluster.naive.perSecond),
     sluice_e2e_per_s: Math.round(cluster.sluice.perSecond),
   },
+  tracing: {
+    off_per_s: Math.round(throughput.tracing.off.perSecond),
+    sampled_1pct_per_s: Math.round(throughput.tracing.sampled.perSecond),
+    always_on_per_s: Math.round(throughput.tracing.alwaysOn.perSecond),
+    sampled_vs_off: round(throughput.tracing.ratios.sampled, 2),
+    always_on_vs_off: round(throughput.tracing.ratios.alwaysOn, 2),
+  },
   latency: {
     rate_per_s: cluster.latency.rate,
     records: cluster.latency.records,
@@ -350,6 +364,12 @@ const rows: Array<[string, string, string, string]> = [
     ">= 5x",
   ],
   [
+    "producer with tracing: 1 % sampled / always on vs off",
+    `${throughput.tracing.sampled.perSecond.toFixed(0)}/s, ${throughput.tracing.alwaysOn.perSecond.toFixed(0)}/s vs ${throughput.tracing.off.perSecond.toFixed(0)}/s`,
+    `${round(throughput.tracing.ratios.sampled, 2)}x, ${round(throughput.tracing.ratios.alwaysOn, 2)}x`,
+    "",
+  ],
+  [
     "publish to commit latency",
     `at ${f.latency.rate_per_s}/s`,
     `p50 ${f.latency.publish_to_commit_p50_ms} ms, p99 ${f.latency.publish_to_commit_p99_ms} ms`,
@@ -392,3 +412,5 @@ for (const r of rows)
   console.log(`${r[0].padEnd(w[0]!)}  ${r[1].padEnd(w[1]!)}  ${r[2].padEnd(w[2]!)}  ${r[3]}`);
 writeFileSync(o.json, `${JSON.stringify(report, null, 2)}\n`);
 console.log(`\nJSON report: ${resolve(o.json)}`);
+// Everything is stopped; should a handle still be open, it must not keep CI waiting.
+setTimeout(() => process.exit(0), 5_000).unref();

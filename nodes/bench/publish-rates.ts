@@ -35,6 +35,8 @@ export interface Rate {
   perSecond: number;
   /** Sink transactions, where the measurement commits. */
   batches?: number;
+  /** Shard runs started over after a failure, where the measurement reads shards. */
+  restarts?: number;
 }
 
 const rate = (records: number, ms: number): Rate => ({

@@ -6,6 +6,7 @@ import { isSluiceError } from "../../shared/errors.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { FAULTS, formatChaos, parseScenario, runChaos } from "./chaos.js";
 import { runDemo } from "./demo.js";
+import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
 import {
   addWorker,
@@ -22,13 +23,7 @@ import { formatStatus, gatherStatus } from "./status.js";
 import { watchStatus } from "./status-watch.js";
 import { formatVerify, verify } from "./verify.js";
 
-const int =
-  (name: string) =>
-  (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number >= 0`);
-    return n;
-  };
+const int = (name: string) => intOption(name, 0);
 
 const program = new Command("sluice")
   .description("Exactly-once ingestion cluster on NATS JetStream")

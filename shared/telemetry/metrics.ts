@@ -3,11 +3,13 @@
  * themselves know nothing of meters). Names and labels come from `attributes.ts`; every
  * duration is in seconds, as Prometheus expects.
  */
+
 import type { Attributes, Counter, Histogram, Meter, ObservableResult } from "@opentelemetry/api";
 import type { HandoffReason } from "../core/coordinator-core.js";
 import type { AssignmentEntry, ShardRef } from "../core/types.js";
 import { ErrorCode, isSluiceError } from "../errors.js";
 import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+import type { BatchReport } from "../worker/shard-pipeline.js";
 import { MetricLabels, MetricNames } from "./attributes.js";
 
 /** Sink and worker commit round trips: 0.5 ms to 10 s. */
@@ -127,16 +129,7 @@ export class WorkerMetrics {
   }
 
   /** A batch committed and acked. */
-  batchCommitted(r: {
-    ref: ShardRef;
-    epoch: number;
-    committed: number;
-    skipped: number;
-    deadLettered: number;
-    checkpoint: number;
-    commitMs: number;
-    pending?: number;
-  }): void {
+  batchCommitted(r: BatchReport): void {
     const labels = shardLabels(r.ref);
     const perPipeline = { [MetricLabels.pipeline]: r.ref.pipeline };
     if (r.committed > 0) this.committed.add(r.committed, labels);

@@ -195,7 +195,11 @@ export class WorkerRuntime {
             async (span) => {
               const r = await pipeline.acquire();
               span.setAttribute(A.checkpoint, r.checkpoint);
-              return r;
+              const { fenceMs, cleanupMs, openMs } = r;
+              if (fenceMs + cleanupMs + openMs > 1_000) {
+                log.warn({ fenceMs, cleanupMs, openMs }, "slow lease acquisition");
+              }
+              return { checkpoint: r.checkpoint };
             },
           ),
         ),

@@ -200,7 +200,7 @@ describe("parseConfig", () => {
     expect(cfg.pipelines).toEqual([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000 }]);
     expect(cfg.timing.failureTimeoutMs).toBe(1000);
     expect(cfg.timing.leaderTtlMs).toBe(1500);
-    expect(cfg.worker.batchMax).toBe(500);
+    expect(cfg.worker).toMatchObject({ batchMax: 1000, batchMin: 16, targetCommitMs: 100, lingerMs: 5 });
     expect(parseConfig({})).toEqual(cfg);
     expect(allShardKeys(cfg)).toHaveLength(16);
     expect(allShardKeys(cfg)[15]).toBe("demo.15");

@@ -13,6 +13,7 @@ import {
   SimpleSpanProcessor,
   TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace-base";
+import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { traceFields } from "../../shared/log.js";
 import type { SourceMessage } from "../../shared/ports.js";
@@ -95,6 +96,17 @@ describe("without a tracer provider", () => {
     expect(injectActiveIntoNatsHeaders(h, trace.setSpan(ROOT_CONTEXT, span))).toBe(false);
     expect(h.keys()).toEqual([]);
     expect(traceFields()).toEqual({});
+  });
+
+  it("gives pino a fresh mixin object per line, so no line's fields leak into the next", () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino(
+      { mixin: traceFields, base: null, timestamp: false },
+      { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) },
+    );
+    log.info({ shard: "demo.1", reason: "x" }, "first");
+    log.info("second");
+    expect(lines[1]).toEqual({ level: 30, msg: "second" });
   });
 });
 
