@@ -78,7 +78,15 @@ export interface MemoryRun {
   maxMiB: number;
   /** Least-squares slope of RSS over the second half of the run, MiB per minute. */
   slopeMiBPerMin: number;
+  /** Median RSS of the first and of the last third of the samples, MiB (GC makes single samples noisy). */
+  firstThirdMedianMiB: number;
+  lastThirdMedianMiB: number;
 }
+
+const medianOf = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? Number.NaN : s[Math.floor(s.length / 2)]!;
+};
 
 /** Least-squares slope of y over x. */
 export function slope(points: ReadonlyArray<[number, number]>): number {
@@ -137,5 +145,7 @@ export async function memoryUnderLoad(
     endMiB: rss.at(-1) ?? Number.NaN,
     maxMiB: Math.max(...rss),
     slopeMiBPerMin: slope(secondHalf),
+    firstThirdMedianMiB: medianOf(rss.slice(0, Math.ceil(rss.length / 3))),
+    lastThirdMedianMiB: medianOf(rss.slice(Math.floor((rss.length * 2) / 3))),
   };
 }

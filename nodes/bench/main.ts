@@ -4,7 +4,7 @@
  * each figure next to a baseline measured in the same run. Prints one table and writes the
  * same as JSON. `--quick` is the short version CI runs.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
@@ -14,8 +14,7 @@ import { parseConfig, type SluiceConfig } from "../../shared/config.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { inputStream } from "../../shared/wire.js";
 import { intOption } from "../cli/int-option.js";
-import { runLoad } from "../cli/load.js";
-import { type ClusterFile, down, readClusterFile, up } from "../cli/local-cluster.js";
+import { type ClusterFile, cliScript, down, readClusterFile, up } from "../cli/local-cluster.js";
 import { waitSettled } from "../cli/readiness.js";
 import { type ClusterHandle, leaderKillTrials, scaleOutTrials, workerKillTrials } from "./cluster-trials.js";
 import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
@@ -202,24 +201,31 @@ const cluster = await withCluster(
         join(c.dir, "latency-acks.jsonl"),
       );
       log(`latency at ${latencyRate}/s: p50 ${latency.p50Ms} ms, p99 ${latency.p99Ms} ms`);
-      // Trials run under a steady background load.
-      const abort = new AbortController();
-      const load = runLoad(nc, {
-        pipeline: "demo",
-        count: Number.MAX_SAFE_INTEGER,
-        rate: 2_000,
-        ackLog: "/dev/null",
-        keys: 1024,
-        signal: abort.signal,
-      });
+      // Trials run under a steady background load from its own process: the trials read the
+      // sink with synchronous queries, which would otherwise stall the publishing.
+      const load = spawn(
+        process.execPath,
+        [
+          cliScript,
+          "load",
+          "--dir",
+          c.dir,
+          "--pipeline",
+          "demo",
+          "--count",
+          "1000000000",
+          "--rate",
+          "2000",
+        ].concat(["--ack-log", "/dev/null", "--keys", "1024"]),
+        { stdio: "ignore" },
+      );
       try {
         const kills = await workerKillTrials(h, trials, log);
         const scale = await scaleOutTrials(h, trials, log);
         const leader = await leaderKillTrials(h, trials, log);
         return { naive, sluice, latency, kills, scale, leader };
       } finally {
-        abort.abort();
-        await load;
+        load.kill("SIGKILL");
       }
     } finally {
       await nc.close();
@@ -321,6 +327,8 @@ Object.assign(report, {
     rss_end_mib: round(memory.endMiB, 1),
     rss_max_mib: round(memory.maxMiB, 1),
     rss_slope_second_half_mib_per_min: round(memory.slopeMiBPerMin, 2),
+    rss_first_third_median_mib: round(memory.firstThirdMedianMiB, 1),
+    rss_last_third_median_mib: round(memory.lastThirdMedianMiB, 1),
     samples: memory.samples.map((s) => [round(s.s, 1), round(s.rssMiB, 1)]),
   },
   finished_at: new Date().toISOString(),
@@ -402,7 +410,7 @@ const rows: Array<[string, string, string, string]> = [
   [
     "worker RSS, 64 shards, full load",
     `${Math.round(memory.seconds)} s, ${memory.records} records`,
-    `${memory.startMiB.toFixed(0)} -> ${memory.endMiB.toFixed(0)} MiB (max ${memory.maxMiB.toFixed(0)}), ${memory.slopeMiBPerMin.toFixed(2)} MiB/min`,
+    `median ${memory.firstThirdMedianMiB.toFixed(0)} MiB first third, ${memory.lastThirdMedianMiB.toFixed(0)} MiB last third (max ${memory.maxMiB.toFixed(0)})`,
     "flat",
   ],
 ];

@@ -86,6 +86,7 @@ const root = /[\\/]dist[\\/]nodes[\\/]cli[\\/]?$/.test(here)
 export const workerScript = join(root, "dist", "nodes", "worker", "main.js");
 export const coordinatorScript = join(root, "dist", "nodes", "coordinator", "main.js");
 export const sinkScript = join(root, "dist", "nodes", "sink", "main.js");
+export const cliScript = join(root, "dist", "nodes", "cli", "main.js");
 
 export const clusterFilePath = (dir: string): string => join(resolve(dir), "cluster.json");
 

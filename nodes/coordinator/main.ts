@@ -51,7 +51,7 @@ const dashboard = new DashboardServer({
   failureTimeoutMs: opts.config.timing.failureTimeoutMs,
   state: () => runtime.state,
   readLeader: async () => ((await control.get(LEADER_KEY)).value as LeaderRecord | null) ?? null,
-  listConsumers: (pipeline) => listShardConsumers(jsm, pipeline),
+  listConsumers: (pipeline) => listShardConsumers(nc, jsm, pipeline),
   checkpoint: (ref) => sinkClient.checkpoint(ref),
   log,
 });

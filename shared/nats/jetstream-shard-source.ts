@@ -19,6 +19,7 @@ import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
 import type { ShardFeed, ShardSource, SourceMessage } from "../ports.js";
 import { consumerName, consumerPrefix, inputStream, shardFilter } from "../wire.js";
+import { consumerNames } from "./shard-consumers.js";
 
 export interface JetStreamShardSourceOptions {
   /** Max unacknowledged messages of a consumer: the per-shard in-flight bound. */
@@ -74,10 +75,11 @@ export class JetStreamShardSource implements ShardSource {
     const stream = inputStream(ref.pipeline);
     const prefix = consumerPrefix(ref.pipeline, ref.shard);
     const stale: string[] = [];
-    for await (const ci of jsm.consumers.list(stream)) {
-      if (!ci.name.startsWith(prefix)) continue;
-      const e = Number(ci.name.slice(prefix.length));
-      if (Number.isInteger(e) && e < epoch) stale.push(ci.name);
+    // NAMES, not LIST: see `consumerNames`.
+    for (const name of await consumerNames(this.nc, stream)) {
+      if (!name.startsWith(prefix)) continue;
+      const e = Number(name.slice(prefix.length));
+      if (Number.isInteger(e) && e < epoch) stale.push(name);
     }
     await Promise.all(stale.map((n) => jsm.consumers.delete(stream, n).catch(() => false)));
   }
@@ -94,6 +96,9 @@ class JetStreamShardFeed implements ShardFeed {
   private readonly buffer: JsMsg[] = [];
   private messages: ConsumerMessages | undefined;
   private waiter: (() => void) | undefined;
+  private checking = false;
+  /** How long the consumer may take to answer its info request after missed heartbeats, ms. */
+  private readonly aliveCheckMs = 1_500;
   failure: Error | null = null;
 
   constructor(
@@ -120,16 +125,51 @@ class JetStreamShardFeed implements ShardFeed {
         if (
           s.type === "consumer_deleted" ||
           s.type === "consumer_not_found" ||
-          s.type === "stream_not_found" ||
-          s.type === "heartbeats_missed"
+          s.type === "stream_not_found"
         ) {
           this.fail(new SluiceError(ErrorCode.Unavailable, `consumer gone: ${s.type}`, { retryable: true }));
+        } else if (s.type === "heartbeats_missed") {
+          void this.checkAlive();
         }
       }
     })().catch(() => {});
     void messages.closed().then((err) => {
       if (err) this.fail(err instanceof Error ? err : new Error(String(err)));
     });
+  }
+
+  /**
+   * Missed idle heartbeats mean either that the server holding this R1 consumer is gone (then
+   * the lease must re-acquire, which creates the consumer afresh) or only that this process or
+   * the server was busy for a moment (a CPU spike, an event-loop stall), after which the client
+   * pulls again by itself. The consumer's info request tells them apart: no answer within
+   * `aliveCheckMs` fails the feed.
+   */
+  private async checkAlive(): Promise<void> {
+    if (this.checking || this.failure) return;
+    this.checking = true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        this.consumer.info(false),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error("no answer")), this.aliveCheckMs);
+        }),
+      ]);
+    } catch (err) {
+      this.fail(
+        new SluiceError(
+          ErrorCode.Unavailable,
+          `consumer unreachable after missed heartbeats: ${(err as Error).message}`,
+          {
+            retryable: true,
+          },
+        ),
+      );
+    } finally {
+      clearTimeout(timer);
+      this.checking = false;
+    }
   }
 
   private fail(err: Error): void {

@@ -1,10 +1,44 @@
 /**
- * What JetStream knows about the shards' consumers, for status views: one paged list request per
- * pipeline instead of one info request per shard, so a view polling every second costs the
- * JetStream API one request per pipeline.
+ * What JetStream knows about the shards' consumers, for status views. The clustered LIST
+ * request is avoided on purpose: the stream leader gathers every consumer's info from its
+ * server and, when one is being created or deleted (as during any rebalance), waits about 4 s
+ * for it ("Did not receive all consumer info results"), which stalls the stream's other work.
+ * NAMES is answered from the cluster's assignments; INFO goes to one consumer's leader.
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { ErrorCode, SluiceError } from "../errors.js";
 import { inputStream } from "../wire.js";
+
+const dec = new TextDecoder();
+
+/** The names of a stream's consumers (`$JS.API.CONSUMER.NAMES`, paged). */
+export async function consumerNames(
+  nc: NatsConnection,
+  stream: string,
+  timeoutMs = 5_000,
+): Promise<string[]> {
+  const names: string[] = [];
+  for (let offset = 0; ; ) {
+    const msg = await nc.request(`$JS.API.CONSUMER.NAMES.${stream}`, JSON.stringify({ offset }), {
+      timeout: timeoutMs,
+    });
+    const page = JSON.parse(dec.decode(msg.data)) as {
+      consumers?: string[] | null;
+      total?: number;
+      error?: { code: number; description: string };
+    };
+    if (page.error) {
+      throw new SluiceError(ErrorCode.Unavailable, `consumer names of ${stream}: ${page.error.description}`, {
+        retryable: true,
+      });
+    }
+    const got = page.consumers ?? [];
+    names.push(...got);
+    offset += got.length;
+    if (got.length === 0 || offset >= (page.total ?? 0)) return names;
+  }
+}
 
 export interface ShardConsumerInfo {
   name: string;
@@ -18,21 +52,38 @@ export interface ShardConsumerInfo {
   ackFloorConsumerSeq: number;
 }
 
-/** Every consumer of the pipeline's input stream, by name (`P-sN-eE`). */
+/**
+ * The newest consumer of every shard of the pipeline (`P-sN-eE` with the highest E), by name;
+ * a consumer that does not answer its info request in time is left out.
+ */
 export async function listShardConsumers(
+  nc: NatsConnection,
   jsm: JetStreamManager,
   pipeline: string,
 ): Promise<Map<string, ShardConsumerInfo>> {
-  const out = new Map<string, ShardConsumerInfo>();
-  for await (const ci of jsm.consumers.list(inputStream(pipeline))) {
-    out.set(ci.name, {
-      name: ci.name,
-      pending: ci.num_pending,
-      ackPending: ci.num_ack_pending,
-      ackFloorStreamSeq: ci.ack_floor.stream_seq,
-      ackFloorConsumerSeq: ci.ack_floor.consumer_seq,
-    });
+  const stream = inputStream(pipeline);
+  const newest = new Map<string, { name: string; epoch: number }>();
+  for (const name of await consumerNames(nc, stream)) {
+    const m = /^(.*-s\d+)-e(\d+)$/.exec(name);
+    if (!m) continue;
+    const epoch = Number(m[2]);
+    const cur = newest.get(m[1]!);
+    if (!cur || cur.epoch < epoch) newest.set(m[1]!, { name, epoch });
   }
+  const out = new Map<string, ShardConsumerInfo>();
+  await Promise.all(
+    [...newest.values()].map(async ({ name }) => {
+      const ci = await jsm.consumers.info(stream, name).catch(() => null);
+      if (!ci) return;
+      out.set(ci.name, {
+        name: ci.name,
+        pending: ci.num_pending,
+        ackPending: ci.num_ack_pending,
+        ackFloorStreamSeq: ci.ack_floor.stream_seq,
+        ackFloorConsumerSeq: ci.ack_floor.consumer_seq,
+      });
+    }),
+  );
   return out;
 }
 
