@@ -33,22 +33,32 @@ export const TimingSchema = z.object({
   handoffTimeoutMs: z.number().int().min(100).default(5000),
 });
 
-export const WorkerSchema = z.object({
-  /** Largest batch committed in one sink transaction, records. */
-  batchMax: z.number().int().min(1).max(10_000).default(1000),
-  /** Smallest batch limit the adaptive sizing goes down to, records. */
-  batchMin: z.number().int().min(1).default(16),
-  /** A sink commit slower than this halves the shard's batch limit, ms. */
-  targetCommitMs: z.number().int().min(1).default(100),
-  /** A shard that is behind waits up to this long to fill its batch, ms (0: commit what came). */
-  lingerMs: z.number().int().min(0).max(1000).default(5),
-  /** Max unacknowledged messages per shard consumer: the in-flight bound. */
-  maxAckPending: z.number().int().min(1).default(2000),
-  /** How long a pull waits for the first message of a batch, ms. */
-  pullWaitMs: z.number().int().min(5).default(100),
-  /** Server redelivers an unacked message after this long, ms. */
-  ackWaitMs: z.number().int().min(1000).default(30_000),
-});
+export const WorkerSchema = z
+  .object({
+    /** Largest batch committed in one sink transaction, records. */
+    batchMax: z.number().int().min(1).max(10_000).default(1000),
+    /** Smallest batch limit the adaptive sizing goes down to, records. */
+    batchMin: z.number().int().min(1).default(16),
+    /** A sink commit slower than this halves the shard's batch limit, ms. */
+    targetCommitMs: z.number().int().min(1).default(100),
+    /** A shard that is behind waits up to this long to fill its batch, ms (0: commit what came). */
+    lingerMs: z.number().int().min(0).max(1000).default(5),
+    /**
+     * Max unacknowledged messages per shard consumer: the in-flight bound. At least twice
+     * `batchMax`: the client keeps `feedBufferMessages` pulled ahead while a batch is committing,
+     * and a pull beyond this bound is refused by the server (409), which stalls the consumer
+     * until two idle heartbeats are missed.
+     */
+    maxAckPending: z.number().int().min(2).default(4000),
+    /** How long a pull waits for the first message of a batch, ms. */
+    pullWaitMs: z.number().int().min(5).default(100),
+    /** Server redelivers an unacked message after this long, ms. */
+    ackWaitMs: z.number().int().min(1000).default(30_000),
+  })
+  .refine((w) => w.maxAckPending >= 2 * w.batchMax, {
+    message: "worker.maxAckPending must be at least twice worker.batchMax",
+    path: ["maxAckPending"],
+  });
 
 export const ConfigSchema = z.object({
   pipelines: z
@@ -58,6 +68,14 @@ export const ConfigSchema = z.object({
   timing: TimingSchema.default(TimingSchema.parse({})),
   worker: WorkerSchema.default(WorkerSchema.parse({})),
 });
+
+/**
+ * Messages a shard's consumer keeps pulled ahead: two batches, but never so many that they and
+ * the batch being committed exceed `maxAckPending`.
+ */
+export function feedBufferMessages(w: { batchMax: number; maxAckPending: number }): number {
+  return Math.max(1, Math.min(w.batchMax * 2, w.maxAckPending - w.batchMax));
+}
 
 export type PipelineConfig = z.infer<typeof PipelineSchema>;
 export type TimingConfig = z.infer<typeof TimingSchema>;

@@ -5,7 +5,7 @@
  */
 import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { WorkerConfig } from "../../shared/config.js";
+import { feedBufferMessages, type WorkerConfig } from "../../shared/config.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
 import type { DeadLetterQueue } from "../../shared/ports.js";
 import { DiscardSink } from "../../shared/sink/discard-sink.js";
@@ -59,7 +59,7 @@ export async function pipelineReadRate(
   const source = new JetStreamShardSource(nc, {
     maxAckPending: settings.maxAckPending,
     ackWaitMs: settings.ackWaitMs,
-    bufferMessages: Math.min(settings.maxAckPending, settings.batchMax * 2),
+    bufferMessages: feedBufferMessages(settings),
   });
   const firstEpoch = Math.floor(Date.now() / 1000);
   let batches = 0;

@@ -1,5 +1,6 @@
 /** The worker process: NATS and SQLite adapters around the WorkerRuntime. */
 import { Kvm } from "@nats-io/kv";
+import { feedBufferMessages } from "../../shared/config.js";
 import { type AssignmentEntry, parseShardKey } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
@@ -34,7 +35,7 @@ const runtime = new WorkerRuntime({
   source: new JetStreamShardSource(nc, {
     maxAckPending: opts.config.worker.maxAckPending,
     ackWaitMs: opts.config.worker.ackWaitMs,
-    bufferMessages: Math.min(opts.config.worker.maxAckPending, opts.config.worker.batchMax * 2),
+    bufferMessages: feedBufferMessages(opts.config.worker),
   }),
   deadLetters: new JetStreamDeadLetterQueue(nc),
   scheduler: systemScheduler,

@@ -110,10 +110,12 @@ class JetStreamShardFeed implements ShardFeed {
     this.messages = await this.consumer.consume({
       max_messages: this.bufferMessages,
       abort_on_missing_resource: true,
-      // Short pulls with 1 s idle heartbeats: when the server holding this R1 consumer dies,
-      // missed heartbeats surface in ~2 s (not 2 x 15 s) and the lease re-acquires elsewhere.
+      // Short pulls with 0.5 s idle heartbeats. Two missed heartbeats (~1 s) are how the client
+      // notices both a dead server holding this R1 consumer (then `checkAlive` fails the feed
+      // and the lease re-acquires elsewhere) and a pull the server refused (a 409), after which
+      // it pulls again: either way the shard waits about 1 s, not 2 x 15 s.
       expires: 4_000,
-      idle_heartbeat: 1_000,
+      idle_heartbeat: 500,
       callback: (m) => {
         this.buffer.push(m);
         this.wake();

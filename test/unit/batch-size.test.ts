@@ -1,5 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { feedBufferMessages, parseConfig } from "../../shared/config.js";
 import { type BatchSizing, nextBatchLimit } from "../../shared/core/batch-size.js";
 
 const s: BatchSizing = { min: 16, max: 1000, targetCommitMs: 100 };
@@ -52,5 +53,28 @@ describe("adaptive batch size", () => {
         },
       ),
     );
+  });
+});
+
+describe("feed buffer", () => {
+  it("keeps the pulled-ahead messages and the committing batch within maxAckPending", () => {
+    expect(feedBufferMessages({ batchMax: 1000, maxAckPending: 4000 })).toBe(2000);
+    expect(feedBufferMessages({ batchMax: 1000, maxAckPending: 2000 })).toBe(1000);
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 10_000 }),
+        fc.integer({ min: 0, max: 40_000 }),
+        (batchMax, extra) => {
+          const maxAckPending = 2 * batchMax + extra;
+          expect(feedBufferMessages({ batchMax, maxAckPending }) + batchMax).toBeLessThanOrEqual(
+            maxAckPending,
+          );
+        },
+      ),
+    );
+  });
+
+  it("rejects a config whose maxAckPending is below twice batchMax", () => {
+    expect(() => parseConfig({ worker: { batchMax: 1000, maxAckPending: 1500 } })).toThrow(/twice/);
   });
 });
