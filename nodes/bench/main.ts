@@ -5,7 +5,7 @@
  * same as JSON. `--quick` is the short version CI runs.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -73,6 +73,9 @@ async function withCluster<T>(
   const d = join(dir, name);
   rmSync(d, { recursive: true, force: true });
   mkdirSync(d, { recursive: true });
+  // NATS nodes may run under their own uid (see `up`): they must be able to enter the parent
+  // too, which `mktemp -d` creates private.
+  chmodSync(dir, 0o755);
   log(`starting cluster '${name}': ${opts.workers} workers, ${opts.coordinators} coordinators`);
   const c = await up({ dir: d, ...opts });
   try {
