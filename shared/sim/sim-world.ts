@@ -619,15 +619,7 @@ export async function runScale(shards: number, workers: number, seed = 1): Promi
     coordinators: 1,
     records: 0,
     maxFaults: 0,
-    worker: {
-      batchMax: 40,
-      batchMin: 4,
-      targetCommitMs: 100,
-      lingerMs: 0,
-      maxAckPending: 200,
-      pullWaitMs: 2_000,
-      ackWaitMs: 30_000,
-    },
+    worker: { ...defaultSimOptions.worker, pullWaitMs: 2_000, ackWaitMs: 30_000 },
   };
   const w = new SimWorld(seed, o);
   w.startCoordinator("c1");

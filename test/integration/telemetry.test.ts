@@ -3,11 +3,10 @@
  * the producer (this process) and of every node process, and one trace joins a record's publish
  * to its sink commit; `/metrics` on a worker, a coordinator and the sink serves the metrics.
  */
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { addWorker } from "../../nodes/cli/local-cluster.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
+import { NodeHttpServer } from "../../nodes/node-http.js";
 import { encodeRecord } from "../../shared/codec.js";
 import { Producer, type PublishResult } from "../../shared/producer.js";
 import { TelemetryAttributes as A, MetricNames, SpanNames } from "../../shared/telemetry/attributes.js";
@@ -48,13 +47,13 @@ function attrValue(v: OtlpValue): string | number | boolean {
 class OtlpReceiver {
   readonly spans: ReceivedSpan[] = [];
   readonly contentTypes = new Set<string>();
-  private server: Server | null = null;
+  private readonly http = new NodeHttpServer();
   url = "";
 
   async start(): Promise<void> {
-    const server = createServer((req, res) => {
-      if (req.method !== "POST" || req.url !== "/v1/traces") {
-        res.writeHead(404).end();
+    this.http.route("/v1/traces", (req, res) => {
+      if (req.method !== "POST") {
+        res.writeHead(405).end();
         return;
       }
       this.contentTypes.add(String(req.headers["content-type"]));
@@ -69,9 +68,7 @@ class OtlpReceiver {
         }
       });
     });
-    this.server = server;
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    this.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    this.url = `http://127.0.0.1:${await this.http.start(0)}`;
   }
 
   private ingest(body: {
@@ -94,12 +91,8 @@ class OtlpReceiver {
     }
   }
 
-  async stop(): Promise<void> {
-    const server = this.server;
-    this.server = null;
-    if (!server) return;
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+  stop(): Promise<void> {
+    return this.http.stop();
   }
 }
 
