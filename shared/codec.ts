@@ -5,7 +5,7 @@
 import { decode as cborDecode, encode as cborEncode } from "cbor-x";
 import { ErrorCode } from "./errors.js";
 import type { SinkRow, SourceMessage } from "./ports.js";
-import { Headers } from "./wire.js";
+import { fnv1a32, fnv1a32Bytes, Headers } from "./wire.js";
 
 export type DecodeResult = { ok: true; row: SinkRow } | { ok: false; code: ErrorCode; message: string };
 
@@ -44,6 +44,16 @@ function isPlainMap(v: unknown): boolean {
     (typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)) ||
     v instanceof Map
   );
+}
+
+/**
+ * What identifies a stored message whatever sequence it has: its record id, or, for a message
+ * without one (it is dead-lettered), a hash of its subject and bytes.
+ */
+export function messageFingerprint(msg: SourceMessage): string {
+  const id = (msg.header ? msg.header(Headers.msgId) : msg.headers[Headers.msgId])?.trim();
+  if (id) return id;
+  return `#${fnv1a32(msg.subject).toString(16)}.${fnv1a32Bytes(msg.data).toString(16)}`;
 }
 
 export function decodeRecord(msg: SourceMessage): DecodeResult {

@@ -23,6 +23,8 @@ export interface SourceMessage {
    * (the hot path reads two headers of every record).
    */
   header?(name: string): string | undefined;
+  /** When the source stored the message, ms since the epoch; absent when the source does not say. */
+  readonly timestampMs?: number;
   /**
    * Messages matching the consumer still undelivered after this one, as the source reported
    * at delivery (JetStream's `num_pending`); absent when the source does not know.
@@ -43,9 +45,15 @@ export interface ShardFeed {
   close(): Promise<void>;
 }
 
+/**
+ * Where a shard's consumer starts: at a stream sequence, or at the first message stored at or
+ * after a wall-clock time (ms since the epoch), used to rewind when the stream's history changed.
+ */
+export type FeedStart = { seq: number } | { timeMs: number };
+
 export interface ShardSource {
-  /** Open this epoch's consumer on the shard, delivering sequences >= `fromSeq`. */
-  open(ref: ShardRef, epoch: number, fromSeq: number): Promise<ShardFeed>;
+  /** Open this epoch's consumer on the shard, delivering from `start` on. */
+  open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed>;
   /** Delete consumers of older epochs of this shard, so a zombie's pulls fail. */
   removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void>;
   /** Delete this epoch's consumer (after a graceful release). */
@@ -66,6 +74,23 @@ export interface Checkpoint {
   epoch: number;
   /** Last source sequence committed (0 when nothing was). */
   seq: number;
+  /**
+   * Fingerprint of the message at `seq` (`messageFingerprint`), when the sink keeps one. The
+   * next owner checks that the stream still holds that message at `seq` before it trusts the
+   * sequence: a JetStream replica that diverged numbers the same records differently.
+   */
+  fingerprint?: string;
+}
+
+export interface CommitOptions {
+  /** Fingerprint of the message at `lastSeq`, stored with the checkpoint. */
+  fingerprint?: string;
+  /**
+   * Reconciling after the stream's history changed: rows at or below the checkpoint's sequence
+   * are written too, because the caller removed those already committed by record id. The
+   * checkpoint still never moves back.
+   */
+  belowCheckpoint?: boolean;
 }
 
 export interface CommitResult {
@@ -83,15 +108,21 @@ export interface CommitResult {
 export interface Sink {
   /** Record `epoch` as the shard's fence; fails if a higher epoch is already fenced. */
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint>;
-  /** Append `rows` and move the checkpoint to `lastSeq` (>= any row's seq), atomically. */
+  /**
+   * Append `rows` and move the checkpoint to `lastSeq` (>= any row's seq), atomically. Rows at
+   * or below the checkpoint are skipped as redeliveries unless `opts.belowCheckpoint`.
+   */
   commit(
     ref: ShardRef,
     epoch: number,
     worker: string,
     rows: SinkRow[],
     lastSeq: number,
+    opts?: CommitOptions,
   ): Promise<CommitResult>;
   checkpoint(ref: ShardRef): Promise<Checkpoint>;
+  /** Record ids committed for the shard at source sequences >= `fromSeq` (for reconciliation). */
+  recordIds(ref: ShardRef, fromSeq: number): Promise<string[]>;
   close(): Promise<void>;
 }
 

@@ -53,8 +53,12 @@ export const Headers = {
 
 /** FNV-1a 32-bit hash, as nats-server's `partition()` mapping computes it over the key token. */
 export function fnv1a32(input: string): number {
+  return fnv1a32Bytes(new TextEncoder().encode(input));
+}
+
+/** FNV-1a 32-bit over raw bytes. */
+export function fnv1a32Bytes(bytes: Uint8Array): number {
   let h = 0x811c9dc5;
-  const bytes = new TextEncoder().encode(input);
   for (const b of bytes) {
     h ^= b;
     h = Math.imul(h, 0x01000193) >>> 0;

@@ -5,7 +5,7 @@
  * attempted, acknowledged and read.
  */
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -13,7 +13,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { connectNats } from "../../shared/nats/connection.js";
 import { Rng } from "../../shared/sim/rng.js";
-import { inputStream } from "../../shared/wire.js";
+import { Buckets, inputStream } from "../../shared/wire.js";
 import { runLoad } from "./load.js";
 import {
   type ClusterFile,
@@ -72,7 +72,11 @@ export interface FaultRecord {
   shards: string[];
   /** s from injection until every affected shard committed again (null: not observed). */
   recovery_s: number | null;
-  /** s from the heal until the whole cluster was settled again. */
+  /**
+   * s from the heal until the whole cluster was settled again: every shard owned and active,
+   * and every replica of sluice's JetStream streams current (the next fault is injected only
+   * then, so faults never overlap beyond what R3 tolerates).
+   */
   settled_after_heal_s: number | null;
   script_exit: number;
 }
@@ -85,6 +89,13 @@ export interface ChaosReport
    */
   lost_in_stream: number;
   lost_ids: string[];
+  /**
+   * Evidence that the stream's history changed under the cluster (a JetStream replica diverged
+   * and numbers records differently): acquisitions that found the checkpoint's record moved and
+   * reconciled by record id, and source sequences at which the sink holds two different records.
+   */
+  history_mismatches: number;
+  sink_seq_conflicts: number;
   scenario: string;
   seed: number;
   duration_s: number;
@@ -276,7 +287,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       const settled = await waitUntil(
         "the cluster to settle",
         60_000,
-        async () => (isSettled(await gatherStatus(nc, cfg, c.sink)) ? Date.now() : undefined),
+        async () =>
+          isSettled(await gatherStatus(nc, cfg, c.sink)) && (await replicasCurrent(nc, pipeline))
+            ? Date.now()
+            : undefined,
         200,
       ).catch(() => null);
       rec.settled_after_heal_s =
@@ -306,6 +320,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       mark(
         `lost ${v.lost}: ${lostInStream} no longer in the stream, ${v.lost - lostInStream} in it but never committed`,
       );
+    const historyMismatches = countHistoryMismatches(dir);
+    const seqConflicts = countSeqConflicts(cEnd.sink, pipeline);
+    if (historyMismatches > 0 || seqConflicts > 0)
+      mark(
+        `the stream's history changed: ${historyMismatches} reconciliations, ${seqConflicts} sequences holding two records in the sink`,
+      );
     const byType: ChaosReport["recovery_by_type"] = {};
     for (const t of new Set(faults.map((f) => f.type))) {
       const xs = faults.filter((f) => f.type === t && f.recovery_s !== null).map((f) => f.recovery_s!);
@@ -327,6 +347,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       lost: v.lost,
       lost_in_stream: lostInStream,
       lost_ids: lostIds.slice(0, 50).map((x) => x.id),
+      history_mismatches: historyMismatches,
+      sink_seq_conflicts: seqConflicts,
       duplicated: v.duplicated,
       unexpected: v.unexpected,
       order_violations: v.order_violations,
@@ -346,6 +368,7 @@ export function formatChaos(r: ChaosReport): string {
     `chaos ${r.scenario} (seed ${r.seed}): ${r.faults.length} faults in ${r.duration_s.toFixed(0)} s`,
     `attempted ${r.attempted}, acknowledged ${r.acknowledged}, indeterminate ${r.indeterminate}, read ${r.read}`,
     `lost ${r.lost} (${r.lost_in_stream} gone from the stream itself), duplicated ${r.duplicated}, unexpected ${r.unexpected}, per-key order violations ${r.order_violations}`,
+    `stream history changes seen: ${r.history_mismatches} reconciliations, ${r.sink_seq_conflicts} sequences holding two records`,
     "recovery (injection until every affected shard committed again):",
     ...Object.entries(r.recovery_by_type).map(
       ([t, x]) =>
@@ -379,6 +402,52 @@ export function missingIds(
       ),
     );
     return [...acked].filter(([id]) => !have.has(id)).map(([id, seq]) => ({ id, seq }));
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * Whether every replica of sluice's streams (the pipeline's input and the KV buckets) is
+ * current with its leader. A replica still catching up after a restart or a partition is a
+ * fault still in progress.
+ */
+export async function replicasCurrent(nc: NatsConnection, pipeline: string): Promise<boolean> {
+  const jsm = await jetstreamManager(nc, { timeout: 2_000 }).catch(() => null);
+  if (!jsm) return false;
+  for (const name of [inputStream(pipeline), `KV_${Buckets.assignments}`, `KV_${Buckets.coordinator}`]) {
+    const si = await jsm.streams.info(name).catch(() => null);
+    if (!si) return false;
+    const cl = si.cluster;
+    if (!cl) continue;
+    if (!cl.leader || (cl.replicas ?? []).some((r) => !r.current || r.offline)) return false;
+  }
+  return true;
+}
+
+/** Acquisitions that found the stream's history changed, from the workers' logs in `dir/logs`. */
+export function countHistoryMismatches(dir: string): number {
+  const logs = join(dir, "logs");
+  if (!existsSync(logs)) return 0;
+  let n = 0;
+  for (const f of readdirSync(logs)) {
+    if (!/^w\d+\.log$/.test(f)) continue;
+    for (const line of readFileSync(join(logs, f), "utf8").split("\n"))
+      if (line.includes("stream history changed under the checkpoint")) n++;
+  }
+  return n;
+}
+
+/** Source sequences at which the sink holds two different records (two histories were read). */
+export function countSeqConflicts(sink: string, pipeline: string): number {
+  const db = new Database(sink, { readonly: true });
+  try {
+    const r = db
+      .prepare(
+        `SELECT COUNT(*) AS n FROM (SELECT source_seq FROM "${pipeline}" GROUP BY source_seq HAVING COUNT(DISTINCT record_id) > 1)`,
+      )
+      .get() as { n: number };
+    return r.n;
   } finally {
     db.close();
   }

@@ -40,9 +40,13 @@ const runtime = new WorkerRuntime({
   deadLetters: new JetStreamDeadLetterQueue(nc),
   scheduler: systemScheduler,
   timing: opts.config.timing,
-  settings: opts.config.worker,
+  settings: {
+    ...opts.config.worker,
+    reconcileWindowMs: Math.max(...opts.config.pipelines.map((p) => p.duplicateWindowMs)),
+  },
   log,
   onBatchStart: (r) => metrics.batchStarted(r),
+  onHistoryMismatch: (r) => metrics.historyMismatch(r.ref),
   onLeaseEvent: (e) => metrics.lease(e, parseShardKey(e.shard)),
   onBatch: (r) => {
     metrics.batchCommitted(r);

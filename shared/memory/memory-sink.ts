@@ -5,7 +5,7 @@
  */
 import { type ShardRef, shardKey } from "../core/types.js";
 import { ErrorCode, fencedError, SluiceError } from "../errors.js";
-import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
 
 export interface SinkCommitEvent {
   ref: ShardRef;
@@ -66,10 +66,10 @@ export class MemorySink implements Sink {
     this.assertOpen();
     const before = this.cp(ref);
     if (this.fenceOn && before.epoch > epoch) throw fencedError(ref.shard, epoch, before.epoch);
-    const after = { epoch: Math.max(before.epoch, epoch), seq: before.seq };
+    const after = { ...before, epoch: Math.max(before.epoch, epoch) };
     this.checkpoints.set(shardKey(ref), after);
     this.opts.observer?.onFence?.(ref, epoch, after);
-    return { epoch, seq: after.seq };
+    return { ...after, epoch };
   }
 
   async commit(
@@ -78,11 +78,19 @@ export class MemorySink implements Sink {
     worker: string,
     rows: SinkRow[],
     lastSeq: number,
+    opts: CommitOptions = {},
   ): Promise<CommitResult> {
-    return this.commitSync(ref, epoch, worker, rows, lastSeq);
+    return this.commitSync(ref, epoch, worker, rows, lastSeq, opts);
   }
 
-  commitSync(ref: ShardRef, epoch: number, worker: string, rows: SinkRow[], lastSeq: number): CommitResult {
+  commitSync(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+    opts: CommitOptions = {},
+  ): CommitResult {
     this.assertOpen();
     const before = this.cp(ref);
     if (this.fenceOn && before.epoch !== epoch) {
@@ -94,19 +102,37 @@ export class MemorySink implements Sink {
       );
     }
     const written: SinkRow[] = [];
+    const skipAtOrBelow = opts.belowCheckpoint ? 0 : before.seq;
     for (const r of rows) {
-      if (r.sourceSeq <= before.seq) continue;
+      if (r.sourceSeq <= skipAtOrBelow) continue;
       written.push(r);
       this.rows.push({ ...r, shard: ref.shard, pipeline: ref.pipeline, epoch, worker });
     }
-    const after = { epoch: before.epoch, seq: Math.max(before.seq, lastSeq) };
+    const moved = lastSeq >= before.seq;
+    const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : before.fingerprint;
+    const after: Checkpoint = {
+      epoch: before.epoch,
+      seq: moved ? lastSeq : before.seq,
+      ...(fingerprint === undefined ? {} : { fingerprint }),
+    };
     this.checkpoints.set(shardKey(ref), after);
     this.opts.observer?.onCommit?.({ ref, epoch, worker, fencedEpoch: before.epoch, before, after, written });
     return {
       committed: written.length,
       skipped: rows.length - written.length,
-      checkpoint: { epoch, seq: after.seq },
+      checkpoint: { ...after, epoch },
     };
+  }
+
+  async recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    return this.recordIdsSync(ref, fromSeq);
+  }
+
+  recordIdsSync(ref: ShardRef, fromSeq: number): string[] {
+    this.assertOpen();
+    return this.rows
+      .filter((r) => r.pipeline === ref.pipeline && r.shard === ref.shard && r.sourceSeq >= fromSeq)
+      .map((r) => r.recordId);
   }
 
   async checkpoint(ref: ShardRef): Promise<Checkpoint> {

@@ -17,7 +17,7 @@ import {
 import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
-import type { ShardFeed, ShardSource, SourceMessage } from "../ports.js";
+import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../ports.js";
 import { consumerName, consumerPrefix, inputStream, shardFilter } from "../wire.js";
 import { consumerNames } from "./shard-consumers.js";
 
@@ -46,7 +46,7 @@ export class JetStreamShardSource implements ShardSource {
     return this.jsm;
   }
 
-  async open(ref: ShardRef, epoch: number, fromSeq: number): Promise<ShardFeed> {
+  async open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
     const jsm = await this.manager();
     const stream = inputStream(ref.pipeline);
     const name = consumerName(ref.pipeline, ref.shard, epoch);
@@ -56,8 +56,9 @@ export class JetStreamShardSource implements ShardSource {
       durable_name: name,
       filter_subject: shardFilter(ref.pipeline, ref.shard),
       ack_policy: AckPolicy.All,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: Math.max(1, fromSeq),
+      ...("seq" in start
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, start.seq) }
+        : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(start.timeMs).toISOString() }),
       max_ack_pending: this.opts.maxAckPending,
       ack_wait: nanos(this.opts.ackWaitMs),
       num_replicas: 1,
@@ -239,6 +240,10 @@ class JetStreamSourceMessage implements SourceMessage {
 
   get data(): Uint8Array {
     return this.token.data;
+  }
+
+  get timestampMs(): number {
+    return Math.floor(this.token.info.timestampNanos / 1e6);
   }
 
   header(name: string): string | undefined {

@@ -16,7 +16,7 @@ import { SpanKind, trace } from "@opentelemetry/api";
 import { decode, encode } from "cbor-x";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
-import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
 import { TelemetryAttributes as A, SpanNames } from "../telemetry/attributes.js";
 import { extractFromNatsHeaders, injectActiveIntoNatsHeaders } from "../telemetry/propagation.js";
 import { withSpan } from "../telemetry/tracing.js";
@@ -25,6 +25,7 @@ export const SinkSubjects = {
   fence: "sluice.sink.fence",
   commit: "sluice.sink.commit",
   checkpoint: "sluice.sink.checkpoint",
+  recordIds: "sluice.sink.record-ids",
 } as const;
 
 type Reply<T> =
@@ -41,6 +42,11 @@ interface CommitRequest {
   worker: string;
   rows: SinkRow[];
   lastSeq: number;
+  opts?: CommitOptions;
+}
+interface RecordIdsRequest {
+  ref: ShardRef;
+  fromSeq: number;
 }
 
 export class NatsSinkClient implements Sink {
@@ -89,12 +95,24 @@ export class NatsSinkClient implements Sink {
     worker: string,
     rows: SinkRow[],
     lastSeq: number,
+    opts?: CommitOptions,
   ): Promise<CommitResult> {
-    return this.call(SinkSubjects.commit, { ref, epoch, worker, rows, lastSeq } satisfies CommitRequest);
+    return this.call(SinkSubjects.commit, {
+      ref,
+      epoch,
+      worker,
+      rows,
+      lastSeq,
+      ...(opts ? { opts } : {}),
+    } satisfies CommitRequest);
   }
 
   checkpoint(ref: ShardRef): Promise<Checkpoint> {
     return this.call(SinkSubjects.checkpoint, { ref });
+  }
+
+  recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    return this.call(SinkSubjects.recordIds, { ref, fromSeq } satisfies RecordIdsRequest);
   }
 
   async close(): Promise<void> {}
@@ -120,9 +138,12 @@ export class NatsSinkServer {
   start(): void {
     this.serve<FenceRequest, Checkpoint>(SinkSubjects.fence, (r) => this.sink.fence(r.ref, r.epoch));
     this.serve<CommitRequest, CommitResult>(SinkSubjects.commit, (r) =>
-      this.sink.commit(r.ref, r.epoch, r.worker, r.rows, r.lastSeq),
+      this.sink.commit(r.ref, r.epoch, r.worker, r.rows, r.lastSeq, r.opts),
     );
     this.serve<{ ref: ShardRef }, Checkpoint>(SinkSubjects.checkpoint, (r) => this.sink.checkpoint(r.ref));
+    this.serve<RecordIdsRequest, string[]>(SinkSubjects.recordIds, (r) =>
+      this.sink.recordIds(r.ref, r.fromSeq),
+    );
   }
 
   private serve<Req, Res>(subject: string, handle: (req: Req) => Promise<Res>): void {

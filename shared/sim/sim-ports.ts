@@ -9,10 +9,12 @@ import type { MemoryKv, MemoryStream } from "../memory/memory-broker.js";
 import type { MemorySink } from "../memory/memory-sink.js";
 import type {
   Checkpoint,
+  CommitOptions,
   CommitResult,
   CoordinatorControlBus,
   DeadLetter,
   DeadLetterQueue,
+  FeedStart,
   Grants,
   JsonStore,
   ReleasedNotice,
@@ -90,8 +92,10 @@ export class SimShardSource implements ShardSource {
     private readonly settings: { maxAckPending: number; ackWaitMs: number },
   ) {}
 
-  async open(ref: ShardRef, epoch: number, fromSeq: number): Promise<ShardFeed> {
+  async open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
     const name = consumerName(ref.pipeline, ref.shard, epoch);
+    // The simulated stream keeps no store times: a rewind by time starts from the beginning.
+    const fromSeq = "seq" in start ? start.seq : 1;
     await this.net.request(
       this.self,
       this.broker,
@@ -230,16 +234,17 @@ export class SimSinkClient implements Sink {
     worker: string,
     rows: SinkRow[],
     lastSeq: number,
+    opts: CommitOptions = {},
   ): Promise<CommitResult> {
     const sentAt = this.self.loop.now;
     if (this.holdNextCommit?.()) {
       // Frozen after the lease check with the write still in the client's buffer: it leaves
       // when the process runs again (the textbook zombie write).
       return new Promise<void>((r) => this.self.setTimeout(r, 0)).then(() =>
-        this.send(sentAt, ref, epoch, worker, rows, lastSeq),
+        this.send(sentAt, ref, epoch, worker, rows, lastSeq, opts),
       );
     }
-    return this.send(sentAt, ref, epoch, worker, rows, lastSeq);
+    return this.send(sentAt, ref, epoch, worker, rows, lastSeq, opts);
   }
 
   private send(
@@ -249,13 +254,14 @@ export class SimSinkClient implements Sink {
     worker: string,
     rows: SinkRow[],
     lastSeq: number,
+    opts: CommitOptions,
   ): Promise<CommitResult> {
     return this.net.request(
       this.self,
       this.sinkNode,
       () => {
         try {
-          return this.sink.commitSync(ref, epoch, worker, rows, lastSeq);
+          return this.sink.commitSync(ref, epoch, worker, rows, lastSeq, opts);
         } catch (err) {
           if (isSluiceError(err, ErrorCode.Fenced)) this.onFenced?.(sentAt, ref, epoch, worker);
           throw err;
@@ -270,6 +276,15 @@ export class SimSinkClient implements Sink {
       this.self,
       this.sinkNode,
       () => this.sink.checkpointSync(ref),
+      REQUEST_TIMEOUT_MS,
+    );
+  }
+
+  recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    return this.net.request(
+      this.self,
+      this.sinkNode,
+      () => this.sink.recordIdsSync(ref, fromSeq),
       REQUEST_TIMEOUT_MS,
     );
   }

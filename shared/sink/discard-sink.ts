@@ -4,7 +4,7 @@
  */
 import { type ShardRef, shardKey } from "../core/types.js";
 import { fencedError } from "../errors.js";
-import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
 
 export class DiscardSink implements Sink {
   private readonly checkpoints = new Map<string, Checkpoint>();
@@ -18,7 +18,7 @@ export class DiscardSink implements Sink {
   async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
     const cp = this.cp(ref);
     if (cp.epoch > epoch) throw fencedError(ref.shard, epoch, cp.epoch);
-    const after = { epoch, seq: cp.seq };
+    const after = { ...cp, epoch };
     this.checkpoints.set(shardKey(ref), after);
     return after;
   }
@@ -29,11 +29,18 @@ export class DiscardSink implements Sink {
     _worker: string,
     rows: SinkRow[],
     lastSeq: number,
+    opts: CommitOptions = {},
   ): Promise<CommitResult> {
     const cp = this.cp(ref);
     if (cp.epoch > epoch) throw fencedError(ref.shard, epoch, cp.epoch);
-    const fresh = rows.filter((r) => r.sourceSeq > cp.seq);
-    const after = { epoch, seq: Math.max(cp.seq, lastSeq) };
+    const fresh = opts.belowCheckpoint ? rows : rows.filter((r) => r.sourceSeq > cp.seq);
+    const moved = lastSeq >= cp.seq;
+    const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : cp.fingerprint;
+    const after: Checkpoint = {
+      epoch,
+      seq: moved ? lastSeq : cp.seq,
+      ...(fingerprint === undefined ? {} : { fingerprint }),
+    };
     this.checkpoints.set(shardKey(ref), after);
     this.discarded += fresh.length;
     return { committed: fresh.length, skipped: rows.length - fresh.length, checkpoint: after };
@@ -41,6 +48,11 @@ export class DiscardSink implements Sink {
 
   async checkpoint(ref: ShardRef): Promise<Checkpoint> {
     return this.cp(ref);
+  }
+
+  /** Keeps no rows, so it knows no record ids: a reconciliation through it writes them again. */
+  async recordIds(_ref: ShardRef, _fromSeq: number): Promise<string[]> {
+    return [];
   }
 
   async close(): Promise<void> {}

@@ -16,7 +16,7 @@ import Database from "better-sqlite3";
 import pRetry, { AbortError } from "p-retry";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, fencedError, SluiceError } from "../errors.js";
-import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
 
 export interface SqliteSinkOptions {
   /** Pipelines whose tables are created on open. */
@@ -36,7 +36,11 @@ export class SqliteSink implements Sink {
   private readonly now: () => number;
   private readonly lockDeadlineMs: number;
   private readonly inserts = new Map<string, Database.Statement>();
-  private readonly getCp: Database.Statement<[string, number], { epoch: number; seq: number }>;
+  private readonly idQueries = new Map<string, Database.Statement<[number, number], { record_id: string }>>();
+  private readonly getCp: Database.Statement<
+    [string, number],
+    { epoch: number; seq: number; fingerprint: string | null }
+  >;
   private readonly putCp: Database.Statement;
   private closed = false;
 
@@ -53,22 +57,33 @@ export class SqliteSink implements Sink {
       this.db.exec(`CREATE TABLE IF NOT EXISTS sluice_checkpoints (
         pipeline TEXT NOT NULL, shard INTEGER NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
         updated_at INTEGER NOT NULL, PRIMARY KEY (pipeline, shard))`);
+      const cols = this.db.prepare("PRAGMA table_info(sluice_checkpoints)").all() as { name: string }[];
+      if (!cols.some((c) => c.name === "fingerprint"))
+        this.db.exec("ALTER TABLE sluice_checkpoints ADD COLUMN fingerprint TEXT");
       for (const p of opts.pipelines) SqliteSink.createPipelineTable(this.db, p);
     });
     this.getCp = this.db.prepare(
-      "SELECT epoch, seq FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?",
+      "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?",
     );
-    this.putCp = this.db.prepare(`INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, updated_at)
-      VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
-      seq = excluded.seq, updated_at = excluded.updated_at`);
+    this.putCp =
+      this.db.prepare(`INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
+      seq = excluded.seq, fingerprint = excluded.fingerprint, updated_at = excluded.updated_at`);
   }
 
-  /** Append-only table of a pipeline: no unique key, so a duplicate would be visible. */
+  /**
+   * Append-only table of a pipeline: no unique key, so a duplicate would be visible. The
+   * (shard, source_seq) index serves reconciliation (`recordIds`) and readers' range queries;
+   * rows arrive in sequence order per shard, so it grows at its right edge.
+   */
   static createPipelineTable(db: Database.Database, pipeline: string): void {
     db.exec(`CREATE TABLE IF NOT EXISTS ${quote(pipeline)} (
       row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL, shard INTEGER NOT NULL,
       source_seq INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL, payload TEXT NOT NULL,
       committed_at INTEGER NOT NULL)`);
+    db.exec(
+      `CREATE INDEX IF NOT EXISTS ${quote(`${pipeline}_shard_seq`)} ON ${quote(pipeline)} (shard, source_seq)`,
+    );
   }
 
   private insertFor(pipeline: string): Database.Statement {
@@ -83,7 +98,11 @@ export class SqliteSink implements Sink {
   }
 
   private readCp(ref: ShardRef): Checkpoint {
-    return this.getCp.get(ref.pipeline, ref.shard) ?? { epoch: 0, seq: 0 };
+    const row = this.getCp.get(ref.pipeline, ref.shard);
+    if (!row) return { epoch: 0, seq: 0 };
+    return row.fingerprint === null
+      ? { epoch: row.epoch, seq: row.seq }
+      : { epoch: row.epoch, seq: row.seq, fingerprint: row.fingerprint };
   }
 
   private withBusyRetrySync<T>(fn: () => T): T {
@@ -130,8 +149,8 @@ export class SqliteSink implements Sink {
     return this.tx(() => {
       const cp = this.readCp(ref);
       if (cp.epoch > epoch) throw fencedError(ref.shard, epoch, cp.epoch);
-      this.putCp.run(ref.pipeline, ref.shard, epoch, cp.seq, this.now());
-      return { epoch, seq: cp.seq };
+      this.putCp.run(ref.pipeline, ref.shard, epoch, cp.seq, cp.fingerprint ?? null, this.now());
+      return { ...cp, epoch };
     });
   }
 
@@ -145,9 +164,11 @@ export class SqliteSink implements Sink {
     worker: string,
     rows: SinkRow[],
     lastSeq: number,
+    opts: CommitOptions = {},
   ): Promise<CommitResult> {
     this.assertOpen();
     const insert = this.insertFor(ref.pipeline);
+    const floor = opts.belowCheckpoint ? 0 : undefined;
     return this.tx(() => {
       const cp = this.readCp(ref);
       if (cp.epoch !== epoch) {
@@ -159,20 +180,38 @@ export class SqliteSink implements Sink {
       }
       const at = this.now();
       let committed = 0;
+      const skipAtOrBelow = floor ?? cp.seq;
       for (const r of rows) {
-        if (r.sourceSeq <= cp.seq) continue;
+        if (r.sourceSeq <= skipAtOrBelow) continue;
         insert.run(r.recordId, r.key, ref.shard, r.sourceSeq, epoch, worker, r.payload, at);
         committed++;
       }
-      const seq = Math.max(cp.seq, lastSeq);
-      if (seq !== cp.seq) this.putCp.run(ref.pipeline, ref.shard, epoch, seq, at);
-      return { committed, skipped: rows.length - committed, checkpoint: { epoch, seq } };
+      const moved = lastSeq >= cp.seq;
+      const seq = moved ? lastSeq : cp.seq;
+      const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : cp.fingerprint;
+      if (seq !== cp.seq || fingerprint !== cp.fingerprint)
+        this.putCp.run(ref.pipeline, ref.shard, epoch, seq, fingerprint ?? null, at);
+      const checkpoint = fingerprint === undefined ? { epoch, seq } : { epoch, seq, fingerprint };
+      return { committed, skipped: rows.length - committed, checkpoint };
     });
   }
 
   async checkpoint(ref: ShardRef): Promise<Checkpoint> {
     this.assertOpen();
     return this.readCp(ref);
+  }
+
+  async recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    this.assertOpen();
+    this.insertFor(ref.pipeline);
+    let q = this.idQueries.get(ref.pipeline);
+    if (!q) {
+      q = this.db.prepare(
+        `SELECT record_id FROM ${quote(ref.pipeline)} WHERE shard = ? AND source_seq >= ?`,
+      ) as Database.Statement<[number, number], { record_id: string }>;
+      this.idQueries.set(ref.pipeline, q);
+    }
+    return q.all(ref.shard, fromSeq).map((r) => r.record_id);
   }
 
   async close(): Promise<void> {

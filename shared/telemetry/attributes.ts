@@ -139,6 +139,11 @@ export const MetricNames = {
   recordsCommitted: "sluice_records_committed_total",
   /** Counter {pipeline, shard}: records sent to the dead-letter stream. */
   recordsDeadLettered: "sluice_records_dead_lettered_total",
+  /**
+   * Counter {pipeline, shard}: acquisitions that found the stream no longer holding the
+   * checkpoint's record at its sequence (a JetStream replica diverged) and reconciled by record id.
+   */
+  historyMismatches: "sluice_history_mismatches_total",
   /** Histogram {pipeline}, seconds: a worker's sink commit round trip. */
   commitDuration: "sluice_commit_duration_seconds",
   /** Histogram {pipeline}, records per committed batch. */

@@ -8,7 +8,7 @@ import type { Attributes, Counter, Histogram, Meter, ObservableResult } from "@o
 import type { HandoffReason } from "../core/coordinator-core.js";
 import type { AssignmentEntry, ShardRef } from "../core/types.js";
 import { ErrorCode, isSluiceError } from "../errors.js";
-import type { Checkpoint, CommitResult, Sink, SinkRow } from "../ports.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
 import type { BatchReport } from "../worker/shard-pipeline.js";
 import { MetricLabels, MetricNames } from "./attributes.js";
 
@@ -49,6 +49,7 @@ export class WorkerMetrics {
   private readonly recordsIn: Counter;
   private readonly committed: Counter;
   private readonly deadLettered: Counter;
+  private readonly historyMismatches: Counter;
   private readonly commitSeconds: Histogram;
   private readonly batchRecords: Histogram;
   /** Shards whose lease runs here, key `P.shard`: only these report gauges. */
@@ -66,6 +67,9 @@ export class WorkerMetrics {
     this.deadLettered = meter.createCounter(MetricNames.recordsDeadLettered, {
       description: "Records sent to the dead-letter stream",
       unit: "{record}",
+    });
+    this.historyMismatches = meter.createCounter(MetricNames.historyMismatches, {
+      description: "Acquisitions whose checkpoint record was not at its sequence; reconciled by record id",
     });
     this.commitSeconds = meter.createHistogram(MetricNames.commitDuration, {
       description: "Sink commit round trip of a batch, seconds",
@@ -139,6 +143,11 @@ export class WorkerMetrics {
     const g = this.gauges(r.ref, r.epoch);
     g.committedSeq = r.checkpoint;
     if (r.pending !== undefined) g.lag = r.pending;
+  }
+
+  /** The stream's history changed under a shard's checkpoint (see `HistoryMismatchReport`). */
+  historyMismatch(ref: ShardRef): void {
+    this.historyMismatches.add(1, shardLabels(ref));
   }
 
   /** Lease life cycle: a lease starting here reports its shard; one ending stops reporting it. */
@@ -255,14 +264,16 @@ export function instrumentSink(sink: Sink, meter: Meter, now: () => number = () 
       worker: string,
       rows: SinkRow[],
       lastSeq: number,
+      opts?: CommitOptions,
     ): Promise<CommitResult> {
       const t0 = now();
-      const res = await sink.commit(ref, epoch, worker, rows, lastSeq).catch(countFenced);
+      const res = await sink.commit(ref, epoch, worker, rows, lastSeq, opts).catch(countFenced);
       commits.add(1);
       commitSeconds.record((now() - t0) / 1000);
       return res;
     },
     checkpoint: (ref: ShardRef) => sink.checkpoint(ref),
+    recordIds: (ref: ShardRef, fromSeq: number) => sink.recordIds(ref, fromSeq),
     close: () => sink.close(),
   };
 }

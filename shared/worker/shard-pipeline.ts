@@ -5,7 +5,7 @@
  * production and against in-memory ports in simulation.
  */
 
-import { decodeRecord } from "../codec.js";
+import { decodeRecord, messageFingerprint } from "../codec.js";
 import { type BatchSizing, nextBatchLimit } from "../core/batch-size.js";
 import type { RunOutcome } from "../core/lease.machine.js";
 import type { ShardRef } from "../core/types.js";
@@ -38,6 +38,29 @@ export interface PipelineSettings {
   lingerMs?: number;
   /** Longest wait for the first message of a batch, ms; bounds how fast a drain starts. */
   pullWaitMs: number;
+  /**
+   * How far around the checkpoint a reconciliation compares record ids, ms of stream time
+   * either side (default 120 000, JetStream's default duplicate window: the span in which a
+   * producer's retry can store a record at a second position).
+   */
+  reconcileWindowMs?: number;
+}
+
+/**
+ * The stream no longer holds the checkpoint's record at the checkpoint's sequence: the
+ * stream's history changed under the sink (a JetStream replica that diverged after a fault
+ * numbers records differently). The pipeline then reconciles by record id.
+ */
+export interface HistoryMismatchReport {
+  ref: ShardRef;
+  epoch: number;
+  checkpointSeq: number;
+  expected: string;
+  /** The first message the stream holds at or after `checkpointSeq`, and its fingerprint. */
+  foundSeq: number;
+  found: string;
+  /** Stream time the consumer was rewound to, ms since the epoch (absent: to the beginning). */
+  rewindToMs?: number;
 }
 
 export interface BatchReport {
@@ -67,7 +90,17 @@ export interface PipelineHooks {
   leaseFresh(): boolean;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
+  onHistoryMismatch?(r: HistoryMismatchReport): void;
   now(): number;
+}
+
+/** Reconciliation after a history mismatch: commit by record id, not by sequence. */
+interface Reconciliation {
+  /** Record ids the sink holds around the checkpoint; loaded with the first batch. */
+  ids: Set<string> | null;
+  checkpointSeq: number;
+  /** Stream time after which no record can be a displaced copy, ms (null: unknown). */
+  untilMs: number | null;
 }
 
 export class ShardPipeline {
@@ -80,6 +113,9 @@ export class ShardPipeline {
   /** Records the next batch may take; adapted after every commit (`nextBatchLimit`). */
   private batchLimit: number;
   private readonly sizing: BatchSizing;
+  /** The checkpoint's sequence and fingerprint, until the first delivery confirmed or refuted them. */
+  private verify: { seq: number; fingerprint: string } | null = null;
+  private reconciliation: Reconciliation | null = null;
 
   constructor(
     readonly ref: ShardRef,
@@ -112,7 +148,12 @@ export class ShardPipeline {
     if (!this.stopping) {
       await this.feed?.close();
       this.pending = null;
-      this.feed = await this.ports.source.open(this.ref, this.epoch, cp.seq + 1);
+      this.reconciliation = null;
+      // Start at the checkpoint's own record when the sink knows its fingerprint, so the first
+      // delivery proves the stream still numbers records as the sink saw them.
+      const check = cp.seq > 0 && cp.fingerprint !== undefined;
+      this.verify = check ? { seq: cp.seq, fingerprint: cp.fingerprint! } : null;
+      this.feed = await this.ports.source.open(this.ref, this.epoch, { seq: check ? cp.seq : cp.seq + 1 });
       this.nextDelivery = 1;
     }
     return { checkpoint: cp.seq, fenceMs: t1 - t0, cleanupMs: t2 - t1, openMs: this.hooks.now() - t2 };
@@ -125,7 +166,7 @@ export class ShardPipeline {
   }
 
   private async runLoop(): Promise<RunOutcome> {
-    const feed = this.feed;
+    let feed = this.feed;
     if (!feed) return { type: "failed", reason: "no feed: acquire first" };
     while (!this.stopping) {
       if (!this.pending) {
@@ -160,6 +201,21 @@ export class ShardPipeline {
           }
           this.nextDelivery++;
         }
+        if (this.verify) {
+          let checked: SourceMessage[] | null;
+          try {
+            checked = await this.checkHistory(feed, msgs);
+          } catch (err) {
+            return { type: "failed", reason: `rewind failed: ${(err as Error).message}` };
+          }
+          if (!checked) {
+            feed = this.feed;
+            if (!feed) return { type: "failed", reason: "stopped" };
+            continue;
+          }
+          msgs = checked;
+          if (msgs.length === 0) continue;
+        }
         this.pending = msgs;
         if (this.stopping) break;
       }
@@ -167,6 +223,69 @@ export class ShardPipeline {
       if (outcome) return outcome;
     }
     return { type: "failed", reason: "stopped" };
+  }
+
+  /**
+   * The first delivery after an acquisition. The checkpoint's own record is acked and dropped
+   * (it is committed); anything else means the stream's history changed, and the consumer is
+   * reopened `reconcileWindowMs` of stream time earlier, to reconcile by record id. Returns the
+   * messages to process, or null after reopening.
+   */
+  private async checkHistory(feed: ShardFeed, msgs: SourceMessage[]): Promise<SourceMessage[] | null> {
+    const v = this.verify!;
+    this.verify = null;
+    const first = msgs[0]!;
+    const found = messageFingerprint(first);
+    if (first.seq === v.seq && found === v.fingerprint) {
+      feed.ack(first);
+      return msgs.slice(1);
+    }
+    const windowMs = this.settings.reconcileWindowMs ?? 120_000;
+    const at = first.timestampMs;
+    this.hooks.onHistoryMismatch?.({
+      ref: this.ref,
+      epoch: this.epoch,
+      checkpointSeq: v.seq,
+      expected: v.fingerprint,
+      foundSeq: first.seq,
+      found,
+      ...(at === undefined ? {} : { rewindToMs: at - windowMs }),
+    });
+    this.reconciliation = {
+      ids: null,
+      checkpointSeq: v.seq,
+      untilMs: at === undefined ? null : at + windowMs,
+    };
+    this.feed = null;
+    await feed.close();
+    if (this.stopping) return null;
+    this.feed = await this.ports.source.open(
+      this.ref,
+      this.epoch,
+      at === undefined ? { seq: 1 } : { timeMs: at - windowMs },
+    );
+    this.nextDelivery = 1;
+    return null;
+  }
+
+  /**
+   * In a reconciliation, drops rows the sink already holds (by record id) and says the rest may
+   * sit below the checkpoint. The ids around the checkpoint are loaded once, with the first batch.
+   */
+  private async reconcileRows(
+    rc: Reconciliation,
+    batch: SourceMessage[],
+    rows: SinkRow[],
+  ): Promise<SinkRow[]> {
+    if (!rc.ids) {
+      // Sequences of the diverged history lie near the checkpoint's: take as much again below.
+      const first = batch[0]!.seq;
+      const span = Math.abs(rc.checkpointSeq - first);
+      const from = Math.max(0, Math.min(first, rc.checkpointSeq) - span);
+      rc.ids = new Set(await this.ports.sink.recordIds(this.ref, from));
+    }
+    const ids = rc.ids;
+    return rows.filter((r) => !ids.has(r.recordId));
   }
 
   /** Commits `pending`; returns an outcome only when the run must end. */
@@ -191,6 +310,15 @@ export class ShardPipeline {
     }
     const last = batch[batch.length - 1]!;
     const pending = last.pending === undefined ? {} : { pending: last.pending };
+    const rc = this.reconciliation;
+    let toWrite = rows;
+    if (rc) {
+      try {
+        toWrite = await this.reconcileRows(rc, batch, rows);
+      } catch (err) {
+        return { type: "failed", reason: `reconciliation failed: ${(err as Error).message}` };
+      }
+    }
     this.hooks.onBatchStart?.({ ref: this.ref, epoch: this.epoch, records: batch.length, ...pending });
     // The batch's spans (no-ops unless a tracer provider is registered).
     const bt = new BatchTrace(this.ref, this.epoch, this.worker, batch);
@@ -206,9 +334,23 @@ export class ShardPipeline {
         return outcome;
       }
       const t0 = this.hooks.now();
+      const fingerprint = messageFingerprint(last);
       const res = await bt.commit(() =>
-        this.ports.sink.commit(this.ref, this.epoch, this.worker, rows, last.seq),
+        this.ports.sink.commit(
+          this.ref,
+          this.epoch,
+          this.worker,
+          toWrite,
+          last.seq,
+          rc ? { fingerprint, belowCheckpoint: true } : { fingerprint },
+        ),
       );
+      if (rc) {
+        for (const r of toWrite) rc.ids?.add(r.recordId);
+        const past = last.seq > rc.checkpointSeq;
+        const ts = last.timestampMs;
+        if (past && (rc.untilMs === null || ts === undefined || ts > rc.untilMs)) this.reconciliation = null;
+      }
       bt.settle(this.ref.pipeline, () => feed.ack(last));
       this.pending = null;
       this.batchLimit = nextBatchLimit(
@@ -220,7 +362,7 @@ export class ShardPipeline {
         ref: this.ref,
         epoch: this.epoch,
         committed: res.committed,
-        skipped: res.skipped,
+        skipped: res.skipped + rows.length - toWrite.length,
         deadLettered: dead.length,
         checkpoint: res.checkpoint.seq,
         commitMs: this.hooks.now() - t0,

@@ -19,6 +19,7 @@ import { getTracer, inSpan, recordFailure, withSpan } from "../telemetry/tracing
 import {
   type BatchReport,
   type BatchStartReport,
+  type HistoryMismatchReport,
   type PipelinePorts,
   ShardPipeline,
 } from "./shard-pipeline.js";
@@ -30,10 +31,12 @@ export interface WorkerDeps extends PipelinePorts {
   bus: WorkerControlBus;
   scheduler: Scheduler;
   timing: TimingConfig;
-  settings: WorkerConfig;
+  /** Worker settings; `reconcileWindowMs` follows the pipelines' duplicate window. */
+  settings: WorkerConfig & { reconcileWindowMs?: number };
   log: Logger;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
+  onHistoryMismatch?(r: HistoryMismatchReport): void;
   onLeaseEvent?(e: LeaseEventReport): void;
 }
 
@@ -173,6 +176,20 @@ export class WorkerRuntime {
       now: () => this.d.scheduler.now(),
       onBatch: (r) => this.d.onBatch?.(r),
       onBatchStart: (r) => this.d.onBatchStart?.(r),
+      onHistoryMismatch: (r) => {
+        // Not a sluice fault but the broker's: loud, because the stream broke its own contract.
+        log.error(
+          {
+            checkpointSeq: r.checkpointSeq,
+            expected: r.expected,
+            foundSeq: r.foundSeq,
+            found: r.found,
+            rewindTo: r.rewindToMs === undefined ? null : new Date(r.rewindToMs).toISOString(),
+          },
+          "stream history changed under the checkpoint: reconciling by record id",
+        );
+        this.d.onHistoryMismatch?.(r);
+      },
     });
     const spanAttrs = {
       [A.pipeline]: ref.pipeline,

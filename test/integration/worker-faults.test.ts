@@ -1,3 +1,4 @@
+import Database from "better-sqlite3";
 import { afterEach, describe, expect, it } from "vitest";
 import { measureFailover } from "../../nodes/cli/failover.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
@@ -39,6 +40,46 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
     expect(f.maxMs!).toBeLessThan(10_000);
     const report = tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: summary.acked });
+  });
+
+  it("a stream whose history changed under a checkpoint: the new owner reconciles by record id", async () => {
+    tc = await startTestCluster({ workers: 2 });
+    const before = await waitSettled(tc);
+    const load = tc.load(3_000, 3_000);
+    const summary = await load.done;
+    await tc.waitCommitted(summary.acked);
+    const moved = before.shards.filter((r) => r.owner === "w1").map((r) => Number(r.shard.split(".")[1]));
+    const shard = moved[0]!;
+    // Make the sink look like it followed another history of this shard: the record at its
+    // checkpoint was a different one, and two earlier records of this history sat beyond it
+    // (so they were never committed). A worker trusting sequences alone would lose them.
+    const db = new Database(tc.file().sink);
+    let removed: string[];
+    try {
+      const rows = db
+        .prepare(`SELECT row_id, record_id FROM demo WHERE shard = ? ORDER BY source_seq LIMIT 2 OFFSET 10`)
+        .all(shard) as Array<{ row_id: number; record_id: string }>;
+      removed = rows.map((r) => r.record_id);
+      expect(removed).toHaveLength(2);
+      const del = db.prepare("DELETE FROM demo WHERE row_id = ?");
+      for (const r of rows) del.run(r.row_id);
+      db.prepare(
+        "UPDATE sluice_checkpoints SET fingerprint = 'another-history' WHERE pipeline = 'demo' AND shard = ?",
+      ).run(shard);
+    } finally {
+      db.close();
+    }
+    expect(tc.verify(load.ackLog).lost).toBe(2);
+
+    process.kill(tc.workerPid("w1"), "SIGKILL");
+    await waitSettled(tc, 20_000, ["w2"]);
+    await waitUntil("w2 to reconcile the shard", 20_000, () =>
+      tc!.logOf("w2").includes("stream history changed under the checkpoint") ? true : undefined,
+    );
+    await tc.waitCommitted(summary.acked);
+    const report = tc.verify(load.ackLog);
+    expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: summary.acked });
+    expect(report.rows).toBe(summary.acked);
   });
 
   it("SIGSTOP longer than the lease, then SIGCONT: the paused worker is fenced, nothing duplicated", async () => {

@@ -182,6 +182,32 @@ describe("SqliteSink", () => {
     expect(table()).toHaveLength(2);
   });
 
+  it("keeps the fingerprint of the checkpoint's record, through fences and across reopen", async () => {
+    const sink = open();
+    await sink.fence(REF, 1);
+    await sink.commit(REF, 1, "w1", rows(1, 4), 4, { fingerprint: "id-4" });
+    expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 4, fingerprint: "id-4" });
+    expect(await sink.fence(REF, 2)).toEqual({ epoch: 2, seq: 4, fingerprint: "id-4" });
+    // A batch ending below the checkpoint (a reconciliation) keeps the checkpoint's fingerprint.
+    await sink.commit(REF, 2, "w2", [], 3, { fingerprint: "other", belowCheckpoint: true });
+    await sink.close();
+    expect(await open().checkpoint(REF)).toEqual({ epoch: 2, seq: 4, fingerprint: "id-4" });
+  });
+
+  it("reconciles below the checkpoint only when asked, and lists record ids by sequence", async () => {
+    const sink = open();
+    await sink.fence(REF, 1);
+    await sink.commit(REF, 1, "w1", rows(1, 6), 6, { fingerprint: "id-6" });
+    expect((await sink.recordIds(REF, 4)).sort()).toEqual(["id-4", "id-5", "id-6"]);
+    expect(await sink.recordIds({ pipeline: "demo", shard: 9 }, 0)).toEqual([]);
+    const displaced: SinkRow = { recordId: "late", key: "k", sourceSeq: 3, payload: "{}" };
+    // Without the option, a row below the checkpoint is a redelivery.
+    expect((await sink.commit(REF, 1, "w1", [displaced], 3)).committed).toBe(0);
+    const r = await sink.commit(REF, 1, "w1", [displaced], 3, { belowCheckpoint: true });
+    expect(r).toEqual({ committed: 1, skipped: 0, checkpoint: { epoch: 1, seq: 6, fingerprint: "id-6" } });
+    expect(table().map((x) => x.record_id)).toContain("late");
+  });
+
   it("keeps shards and pipelines independent", async () => {
     const sink = open({ pipelines: ["demo", "orders"] });
     const other: ShardRef = { pipeline: "demo", shard: 4 };

@@ -1,0 +1,139 @@
+import { describe, expect, it } from "vitest";
+import { encodeRecord } from "../../shared/codec.js";
+import type { ShardRef } from "../../shared/core/types.js";
+import { MemorySink } from "../../shared/memory/memory-sink.js";
+import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../../shared/ports.js";
+import { type HistoryMismatchReport, ShardPipeline } from "../../shared/worker/shard-pipeline.js";
+
+const REF: ShardRef = { pipeline: "demo", shard: 0 };
+
+/** One replica's view of a shard: record ids in stream order, sequence i + 1, stored at 10 ms apart. */
+type View = string[];
+
+function message(id: string, index: number, deliverySeq: number): SourceMessage {
+  return {
+    seq: index + 1,
+    deliverySeq,
+    subject: `sluice.in.demo.0.k${id}`,
+    data: encodeRecord({ id }),
+    headers: { "Nats-Msg-Id": id },
+    timestampMs: 1_000_000 + index * 10,
+    token: index,
+  };
+}
+
+/**
+ * A shard source whose stream can change its history between consumers, the way a JetStream
+ * replica that diverged after a fault numbers the same records differently.
+ */
+class ReplicaSource implements ShardSource {
+  view: View = [];
+  opened: FeedStart[] = [];
+
+  async open(_ref: ShardRef, _epoch: number, start: FeedStart): Promise<ShardFeed> {
+    this.opened.push(start);
+    const view = this.view;
+    let pos =
+      "seq" in start
+        ? Math.max(0, start.seq - 1)
+        : view.findIndex((_, i) => message("", i, 0).timestampMs! >= start.timeMs);
+    if (pos < 0) pos = view.length;
+    let delivered = 0;
+    return {
+      failure: null,
+      async next(max: number, waitMs: number): Promise<SourceMessage[]> {
+        if (pos >= view.length) {
+          await new Promise((r) => setTimeout(r, Math.min(waitMs, 5)));
+          return [];
+        }
+        const out: SourceMessage[] = [];
+        while (pos < view.length && out.length < max) out.push(message(view[pos]!, pos++, ++delivered));
+        return out;
+      },
+      ack() {},
+      async close() {},
+    };
+  }
+  async removeOlderEpochs(): Promise<void> {}
+  async remove(): Promise<void> {}
+}
+
+async function runUntil(
+  epoch: number,
+  sink: MemorySink,
+  source: ReplicaSource,
+  lastSeq: number,
+  mismatches: HistoryMismatchReport[] = [],
+): Promise<void> {
+  const p = new ShardPipeline(
+    REF,
+    epoch,
+    `w${epoch}`,
+    { sink, source, deadLetters: { publish: async () => {} } },
+    { batchMax: 3, pullWaitMs: 5, reconcileWindowMs: 1_000 },
+    { leaseFresh: () => true, now: () => Date.now(), onHistoryMismatch: (r) => mismatches.push(r) },
+  );
+  await p.acquire();
+  const run = p.run();
+  const deadline = Date.now() + 5_000;
+  while ((await sink.checkpoint(REF)).seq < lastSeq) {
+    if (Date.now() > deadline) throw new Error(`checkpoint did not reach ${lastSeq}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await p.drain();
+  await run;
+}
+
+const ids = (n: number, prefix = "r"): string[] => Array.from({ length: n }, (_, i) => `${prefix}${i + 1}`);
+const committedIds = (sink: MemorySink): string[] => sink.rows.map((r) => r.recordId);
+
+describe("ShardPipeline: the checkpoint's record is checked before its sequence is trusted", () => {
+  it("same history: the checkpoint's record is skipped, nothing is written twice, no reconciliation", async () => {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    source.view = ids(6);
+    await runUntil(1, sink, source, 6);
+    source.view = ids(9);
+    const mismatches: HistoryMismatchReport[] = [];
+    await runUntil(2, sink, source, 9, mismatches);
+    expect(mismatches).toEqual([]);
+    expect(source.opened.at(-1)).toEqual({ seq: 6 });
+    expect(committedIds(sink)).toEqual(ids(9));
+    expect(await sink.checkpoint(REF)).toEqual({ epoch: 2, seq: 9, fingerprint: "r9" });
+  });
+
+  it("diverged history: reconciles by record id, so nothing is lost or written twice", async () => {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    // Replica A stored r1..r6; replica B stored r7 (a retried publish) between r2 and r3, so
+    // every later record sits one sequence further on.
+    source.view = ids(6);
+    await runUntil(1, sink, source, 6);
+    source.view = ["r1", "r2", "r7", "r3", "r4", "r5", "r6", "r8", "r9"];
+    const mismatches: HistoryMismatchReport[] = [];
+    await runUntil(2, sink, source, 9, mismatches);
+    expect(mismatches).toHaveLength(1);
+    expect(mismatches[0]).toMatchObject({ checkpointSeq: 6, expected: "r6", foundSeq: 6, found: "r5" });
+    const committed = committedIds(sink);
+    expect([...committed].sort()).toEqual(ids(9).sort());
+    expect(new Set(committed).size).toBe(committed.length);
+    expect((await sink.checkpoint(REF)).seq).toBe(9);
+  });
+
+  it("without the check, the same divergence loses r7 and writes r6 twice (the sink alone trusts sequences)", async () => {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    source.view = ids(6);
+    await runUntil(1, sink, source, 6);
+    // The same rows under a checkpoint without a fingerprint (as a sink that keeps none, or one
+    // written before fingerprints existed): the next owner cannot check and trusts the sequence.
+    const blind = new MemorySink();
+    await blind.fence(REF, 1);
+    await blind.commit(REF, 1, "w1", sink.rows, 6);
+    source.view = ["r1", "r2", "r7", "r3", "r4", "r5", "r6", "r8", "r9"];
+    await runUntil(2, blind, source, 9);
+    const committed = committedIds(blind);
+    expect(committed).not.toContain("r7");
+    expect(committed.filter((x) => x === "r6")).toHaveLength(2);
+  });
+});
