@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cut a NATS node (default n3) off its peers on its cluster (route) port with iptables, on
 # loopback only; clients keep their connections to it. The node must run under its own uid
-# (sluice up does that when run as root) so its outgoing route traffic can be matched.
+# (sluice up does that when run as root) so its outgoing route traffic can be matched. The
+# cut is symmetric: route connections the node itself dialed are dropped in both directions
+# too (matched by their local port), so the node neither sends to nor hears from its peers.
 source "$(dirname "$0")/lib.sh"
 parse_args "$@"
 TARGET="${TARGET:-n3}"
@@ -26,6 +28,12 @@ heal() {
 }
 on_heal heal
 INJECTED=1
+# Local ports of the node's established connections to a peer's cluster port (routes it dialed).
+dialed_ports() {
+  ss -Htnp state established 2>/dev/null | awk -v pid="pid=$PID," -v ports=",$PORTS," '
+    index($0, pid) { n = split($3, l, ":"); m = split($4, r, ":"); if (index(ports, "," r[m] ",")) print l[n] }'
+}
+for p in $(dialed_ports); do RULES+=("INPUT -i lo -p tcp --dport $p -j DROP"); done
 for r in "${RULES[@]}"; do
   # shellcheck disable=SC2086
   iptables -I $r

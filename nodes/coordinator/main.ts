@@ -12,7 +12,7 @@ import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import type { AssignmentEntry } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
-import { JetStreamJsonStore } from "../../shared/nats/jetstream-json-store.js";
+import { JetStreamJsonStore, openBucket } from "../../shared/nats/jetstream-json-store.js";
 import { NatsCoordinatorControlBus } from "../../shared/nats/nats-control-bus.js";
 import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
 import { listShardConsumers } from "../../shared/nats/shard-consumers.js";
@@ -40,8 +40,8 @@ const metrics = new CoordinatorMetrics(telemetry.meter, {
 });
 const nc = await connectNats({ servers: opts.servers, name: `sluice-coordinator-${opts.id}` });
 const kvm = new Kvm(nc);
-const control = new JetStreamJsonStore<CoordinatorRecord>(await kvm.open(Buckets.coordinator));
-const jsm = await jetstreamManager(nc, { timeout: 3_000 });
+const control = new JetStreamJsonStore<CoordinatorRecord>(await openBucket(kvm, Buckets.coordinator));
+const jsm = await jetstreamManager(nc, { timeout: 3_000, checkAPI: false });
 // Short timeouts: a slow sink or JetStream only leaves a value unknown for one refresh.
 const sinkClient = new NatsSinkClient(nc, 800);
 const dashboard = new DashboardServer({
@@ -58,7 +58,7 @@ const dashboard = new DashboardServer({
 const runtime = new CoordinatorRuntime({
   id: opts.id,
   shards: allShardKeys(opts.config),
-  assignments: new JetStreamJsonStore<AssignmentEntry>(await kvm.open(Buckets.assignments)),
+  assignments: new JetStreamJsonStore<AssignmentEntry>(await openBucket(kvm, Buckets.assignments)),
   control,
   bus: new NatsCoordinatorControlBus(nc),
   scheduler: systemScheduler,

@@ -5,7 +5,7 @@ import { type AssignmentEntry, parseShardKey } from "../../shared/core/types.js"
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";
 import { JetStreamDeadLetterQueue } from "../../shared/nats/jetstream-dead-letter-queue.js";
-import { JetStreamJsonStore } from "../../shared/nats/jetstream-json-store.js";
+import { JetStreamJsonStore, openBucket } from "../../shared/nats/jetstream-json-store.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
 import { NatsWorkerControlBus } from "../../shared/nats/nats-control-bus.js";
 import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
@@ -24,7 +24,7 @@ const http = new NodeHttpServer();
 const telemetry = startTelemetry({ serviceName: "sluice-worker", nodeId: opts.id, http });
 const metrics = new WorkerMetrics(telemetry.meter);
 const nc = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}` });
-const kv = await new Kvm(nc).open(Buckets.assignments);
+const kv = await openBucket(new Kvm(nc), Buckets.assignments);
 const sink = new NatsSinkClient(nc);
 const runtime = new WorkerRuntime({
   id: opts.id,

@@ -3,7 +3,8 @@
  * compare-and-set on the key's revision, so two coordinators can never both move a shard to
  * a new epoch, nor both take the leader lease.
  */
-import type { KV } from "@nats-io/kv";
+import type { KV, Kvm } from "@nats-io/kv";
+import pRetry from "p-retry";
 import { ErrorCode, SluiceError } from "../errors.js";
 import type { JsonStore, Versioned } from "../ports.js";
 
@@ -17,6 +18,19 @@ function decodeJson<T>(bytes: Uint8Array): T | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Opens a KV bucket, retrying with backoff for up to `deadlineMs`: a node starting while the
+ * cluster still elects the bucket's stream leader sees its info request time out.
+ */
+export function openBucket(kvm: Kvm, name: string, deadlineMs = 30_000): Promise<KV> {
+  return pRetry(() => kvm.open(name), {
+    retries: Number.POSITIVE_INFINITY,
+    minTimeout: 100,
+    maxTimeout: 1_000,
+    maxRetryTime: deadlineMs,
+  });
 }
 
 export class JetStreamJsonStore<T> implements JsonStore<T> {
@@ -33,11 +47,16 @@ export class JetStreamJsonStore<T> implements JsonStore<T> {
   }
 
   /**
-   * Watches every key. If the underlying watcher ends (a cluster fault can end it), a new one
-   * is opened after a short pause; it replays current values, and consumers ignore revisions
-   * they have already seen, so nothing is missed.
+   * Watches every key. Opening the watcher is retried with backoff (a server still electing
+   * the bucket's leader times the request out), for up to `openDeadlineMs` the first time and
+   * for as long as the watch runs afterwards: if the watcher ends (a cluster fault can end it),
+   * a new one is opened; it replays current values, and consumers ignore revisions they have
+   * already seen, so nothing is missed.
    */
-  async watch(onValue: (key: string, v: Versioned<T>) => void): Promise<{ stop(): void }> {
+  async watch(
+    onValue: (key: string, v: Versioned<T>) => void,
+    openDeadlineMs = 30_000,
+  ): Promise<{ stop(): void }> {
     let stopped = false;
     let current: { stop(): void } | null = null;
     const open = async (): Promise<void> => {
@@ -55,18 +74,21 @@ export class JetStreamJsonStore<T> implements JsonStore<T> {
         } catch {
           // ended by a fault: reopened below
         }
-        while (!stopped) {
-          await new Promise((r) => setTimeout(r, 250));
-          try {
-            await open();
-            return;
-          } catch {
-            // KV not reachable yet
-          }
-        }
+        if (stopped) return;
+        await pRetry(open, {
+          retries: Number.POSITIVE_INFINITY,
+          minTimeout: 250,
+          maxTimeout: 2_000,
+          shouldRetry: () => !stopped,
+        }).catch(() => undefined);
       })();
     };
-    await open();
+    await pRetry(open, {
+      retries: Number.POSITIVE_INFINITY,
+      minTimeout: 100,
+      maxTimeout: 1_000,
+      maxRetryTime: openDeadlineMs,
+    });
     return {
       stop: () => {
         stopped = true;
