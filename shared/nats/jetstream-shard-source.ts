@@ -6,6 +6,7 @@
 import {
   AckPolicy,
   type Consumer,
+  type ConsumerInfo,
   type ConsumerMessages,
   DeliverPolicy,
   type JetStreamClient,
@@ -93,6 +94,27 @@ export class JetStreamShardSource implements ShardSource {
   }
 }
 
+/**
+ * A consumer can answer requests and send idle heartbeats yet deliver nothing while records
+ * wait (seen on nats-server 2.9.10 after the server holding an R1 consumer was killed and
+ * restarted mid-pull): the heartbeat check never trips, and the shard would stall for good.
+ * Such a feed is stalled when nothing arrived for `stallMs`, nothing is buffered, the
+ * consumer reports records pending, and it is below its ack-pending bound (at the bound the
+ * server rightly waits for acks, e.g. while the sink is slow).
+ */
+export function consumerStalled(s: {
+  /** ms since the last delivery (or since the feed started). */
+  idleMs: number;
+  /** Messages delivered but not yet taken by the pipeline. */
+  buffered: number;
+  numPending: number;
+  ackPending: number;
+  maxAckPending: number;
+  stallMs: number;
+}): boolean {
+  return s.idleMs >= s.stallMs && s.buffered === 0 && s.numPending > 0 && s.ackPending < s.maxAckPending;
+}
+
 class JetStreamShardFeed implements ShardFeed {
   private readonly buffer: JsMsg[] = [];
   private messages: ConsumerMessages | undefined;
@@ -100,6 +122,10 @@ class JetStreamShardFeed implements ShardFeed {
   private checking = false;
   /** How long the consumer may take to answer its info request after missed heartbeats, ms. */
   private readonly aliveCheckMs = 1_500;
+  /** Idle time after which the consumer is asked whether records wait undelivered, ms. */
+  private readonly stallMs = 5_000;
+  private lastDeliveryAt = Date.now();
+  private stallTimer: ReturnType<typeof setInterval> | undefined;
   failure: Error | null = null;
 
   constructor(
@@ -118,10 +144,13 @@ class JetStreamShardFeed implements ShardFeed {
       expires: 4_000,
       idle_heartbeat: 500,
       callback: (m) => {
+        this.lastDeliveryAt = Date.now();
         this.buffer.push(m);
         this.wake();
       },
     });
+    this.stallTimer = setInterval(() => void this.checkStalled(), this.stallMs);
+    this.stallTimer.unref?.();
     const messages = this.messages;
     void (async () => {
       for await (const s of messages.status()) {
@@ -175,8 +204,46 @@ class JetStreamShardFeed implements ShardFeed {
     }
   }
 
+  /** See `consumerStalled`: a stalled consumer fails the feed, and the lease recreates it. */
+  private async checkStalled(): Promise<void> {
+    const idleMs = Date.now() - this.lastDeliveryAt;
+    if (this.checking || this.failure || this.buffer.length > 0 || idleMs < this.stallMs) return;
+    this.checking = true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const info = (await Promise.race([
+        this.consumer.info(false),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error("no answer")), this.aliveCheckMs);
+        }),
+      ])) as ConsumerInfo;
+      const s = {
+        idleMs: Date.now() - this.lastDeliveryAt,
+        buffered: this.buffer.length,
+        numPending: info.num_pending,
+        ackPending: info.num_ack_pending,
+        maxAckPending: info.config.max_ack_pending ?? Number.POSITIVE_INFINITY,
+        stallMs: this.stallMs,
+      };
+      if (consumerStalled(s))
+        this.fail(
+          new SluiceError(
+            ErrorCode.Unavailable,
+            `consumer stalled: ${s.numPending} records pending, none delivered for ${s.idleMs} ms`,
+            { retryable: true },
+          ),
+        );
+    } catch {
+      // Unanswered: the heartbeat check decides whether the consumer is gone.
+    } finally {
+      clearTimeout(timer);
+      this.checking = false;
+    }
+  }
+
   private fail(err: Error): void {
     this.failure ??= err;
+    clearInterval(this.stallTimer);
     this.wake();
   }
 

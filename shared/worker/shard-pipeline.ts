@@ -136,15 +136,20 @@ export class ShardPipeline {
   }
 
   /**
-   * Fence the sink at this epoch, remove older epochs' consumers, open this epoch's consumer.
-   * Reports how long each step took (ms), so a slow failover can be traced to its step.
+   * Fence the sink at this epoch, open this epoch's consumer, then remove older epochs'
+   * consumers in the background. Reports how long each step on the way took (ms), so a slow
+   * failover can be traced to its step.
+   *
+   * The clean-up is off the hand-off's path on purpose: deleting a consumer is a JetStream
+   * meta-layer operation (tens of ms, seconds while the cluster re-elects), and safety never
+   * rests on it. A zombie still pulling from its old consumer reads records this epoch also
+   * reads, acks only its own consumer (AckPolicy all is per consumer), and its commit is
+   * rejected by the fence set above.
    */
-  async acquire(): Promise<{ checkpoint: number; fenceMs: number; cleanupMs: number; openMs: number }> {
+  async acquire(): Promise<{ checkpoint: number; fenceMs: number; openMs: number }> {
     const t0 = this.hooks.now();
     const cp = await this.ports.sink.fence(this.ref, this.epoch);
     const t1 = this.hooks.now();
-    await this.ports.source.removeOlderEpochs(this.ref, this.epoch);
-    const t2 = this.hooks.now();
     if (!this.stopping) {
       await this.feed?.close();
       this.pending = null;
@@ -156,7 +161,9 @@ export class ShardPipeline {
       this.feed = await this.ports.source.open(this.ref, this.epoch, { seq: check ? cp.seq : cp.seq + 1 });
       this.nextDelivery = 1;
     }
-    return { checkpoint: cp.seq, fenceMs: t1 - t0, cleanupMs: t2 - t1, openMs: this.hooks.now() - t2 };
+    const openMs = this.hooks.now() - t1;
+    void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
+    return { checkpoint: cp.seq, fenceMs: t1 - t0, openMs };
   }
 
   /** Runs batches until stopped, until the lease needs a re-check, or until fenced or broken. */
@@ -385,7 +392,10 @@ export class ShardPipeline {
     }
   }
 
-  /** Graceful end: stop pulling, commit and ack the in-flight batch, close and delete the consumer. */
+  /**
+   * Graceful end: stop pulling, commit and ack the in-flight batch, close the consumer. It is
+   * deleted in the background (the next owner also removes it), so the release is not delayed.
+   */
   async drain(): Promise<void> {
     this.stopping = true;
     await this.loop?.catch(() => undefined);
@@ -396,7 +406,7 @@ export class ShardPipeline {
       if (outcome) throw new Error(`drain did not commit its last batch: ${outcome.type}`);
     }
     await this.close();
-    await this.ports.source.remove(this.ref, this.epoch).catch(() => undefined);
+    void this.ports.source.remove(this.ref, this.epoch).catch(() => undefined);
   }
 
   /** Fenced: drop everything without committing. */

@@ -212,9 +212,9 @@ export class WorkerRuntime {
             async (span) => {
               const r = await pipeline.acquire();
               span.setAttribute(A.checkpoint, r.checkpoint);
-              const { fenceMs, cleanupMs, openMs } = r;
-              if (fenceMs + cleanupMs + openMs > 1_000) {
-                log.warn({ fenceMs, cleanupMs, openMs }, "slow lease acquisition");
+              const { fenceMs, openMs } = r;
+              if (fenceMs + openMs > 1_000) {
+                log.warn({ fenceMs, openMs }, "slow lease acquisition");
               }
               return { checkpoint: r.checkpoint };
             },

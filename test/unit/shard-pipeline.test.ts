@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { encodeRecord } from "../../shared/codec.js";
 import type { ShardRef } from "../../shared/core/types.js";
 import { MemorySink } from "../../shared/memory/memory-sink.js";
+import { consumerStalled } from "../../shared/nats/jetstream-shard-source.js";
 import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../../shared/ports.js";
 import { type HistoryMismatchReport, ShardPipeline } from "../../shared/worker/shard-pipeline.js";
 
@@ -135,5 +136,25 @@ describe("ShardPipeline: the checkpoint's record is checked before its sequence 
     const committed = committedIds(blind);
     expect(committed).not.toContain("r7");
     expect(committed.filter((x) => x === "r6")).toHaveLength(2);
+  });
+});
+
+describe("consumerStalled: when an answering consumer that delivers nothing is recreated", () => {
+  const base = {
+    idleMs: 6_000,
+    buffered: 0,
+    numPending: 40,
+    ackPending: 0,
+    maxAckPending: 4_000,
+    stallMs: 5_000,
+  };
+  it("is stalled: idle past the bound, nothing buffered, records pending, room to deliver", () => {
+    expect(consumerStalled(base)).toBe(true);
+  });
+  it("is not stalled while idle briefly, with records buffered, with none pending, or at its ack bound", () => {
+    expect(consumerStalled({ ...base, idleMs: 4_999 })).toBe(false);
+    expect(consumerStalled({ ...base, buffered: 1 })).toBe(false);
+    expect(consumerStalled({ ...base, numPending: 0 })).toBe(false);
+    expect(consumerStalled({ ...base, ackPending: 4_000 })).toBe(false);
   });
 });
