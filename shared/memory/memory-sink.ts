@@ -6,6 +6,7 @@
 import { type ShardRef, shardKey } from "../core/types.js";
 import { ErrorCode, fencedError, SluiceError } from "../errors.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
+import { advanceCheckpoint } from "../sink/checkpoint.js";
 
 export interface SinkCommitEvent {
   ref: ShardRef;
@@ -108,13 +109,7 @@ export class MemorySink implements Sink {
       written.push(r);
       this.rows.push({ ...r, shard: ref.shard, pipeline: ref.pipeline, epoch, worker });
     }
-    const moved = lastSeq >= before.seq;
-    const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : before.fingerprint;
-    const after: Checkpoint = {
-      epoch: before.epoch,
-      seq: moved ? lastSeq : before.seq,
-      ...(fingerprint === undefined ? {} : { fingerprint }),
-    };
+    const after = advanceCheckpoint(before, before.epoch, lastSeq, opts);
     this.checkpoints.set(shardKey(ref), after);
     this.opts.observer?.onCommit?.({ ref, epoch, worker, fencedEpoch: before.epoch, before, after, written });
     return {

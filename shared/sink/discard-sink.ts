@@ -5,6 +5,7 @@
 import { type ShardRef, shardKey } from "../core/types.js";
 import { fencedError } from "../errors.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
+import { advanceCheckpoint } from "./checkpoint.js";
 
 export class DiscardSink implements Sink {
   private readonly checkpoints = new Map<string, Checkpoint>();
@@ -34,13 +35,7 @@ export class DiscardSink implements Sink {
     const cp = this.cp(ref);
     if (cp.epoch > epoch) throw fencedError(ref.shard, epoch, cp.epoch);
     const fresh = opts.belowCheckpoint ? rows : rows.filter((r) => r.sourceSeq > cp.seq);
-    const moved = lastSeq >= cp.seq;
-    const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : cp.fingerprint;
-    const after: Checkpoint = {
-      epoch,
-      seq: moved ? lastSeq : cp.seq,
-      ...(fingerprint === undefined ? {} : { fingerprint }),
-    };
+    const after = advanceCheckpoint(cp, epoch, lastSeq, opts);
     this.checkpoints.set(shardKey(ref), after);
     this.discarded += fresh.length;
     return { committed: fresh.length, skipped: rows.length - fresh.length, checkpoint: after };

@@ -17,6 +17,7 @@ import pRetry, { AbortError } from "p-retry";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, fencedError, SluiceError } from "../errors.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
+import { advanceCheckpoint } from "./checkpoint.js";
 
 export interface SqliteSinkOptions {
   /** Pipelines whose tables are created on open. */
@@ -186,12 +187,9 @@ export class SqliteSink implements Sink {
         insert.run(r.recordId, r.key, ref.shard, r.sourceSeq, epoch, worker, r.payload, at);
         committed++;
       }
-      const moved = lastSeq >= cp.seq;
-      const seq = moved ? lastSeq : cp.seq;
-      const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : cp.fingerprint;
-      if (seq !== cp.seq || fingerprint !== cp.fingerprint)
-        this.putCp.run(ref.pipeline, ref.shard, epoch, seq, fingerprint ?? null, at);
-      const checkpoint = fingerprint === undefined ? { epoch, seq } : { epoch, seq, fingerprint };
+      const checkpoint = advanceCheckpoint(cp, epoch, lastSeq, opts);
+      if (checkpoint.seq !== cp.seq || checkpoint.fingerprint !== cp.fingerprint)
+        this.putCp.run(ref.pipeline, ref.shard, epoch, checkpoint.seq, checkpoint.fingerprint ?? null, at);
       return { committed, skipped: rows.length - committed, checkpoint };
     });
   }
