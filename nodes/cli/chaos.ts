@@ -13,7 +13,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { connectNats } from "../../shared/nats/connection.js";
 import { Rng } from "../../shared/sim/rng.js";
-import { Buckets, inputStream } from "../../shared/wire.js";
+import { inputStream } from "../../shared/wire.js";
 import { runLoad } from "./load.js";
 import {
   type ClusterFile,
@@ -72,11 +72,7 @@ export interface FaultRecord {
   shards: string[];
   /** s from injection until every affected shard committed again (null: not observed). */
   recovery_s: number | null;
-  /**
-   * s from the heal until the whole cluster was settled again: every shard owned and active,
-   * and every replica of sluice's JetStream streams current (the next fault is injected only
-   * then, so faults never overlap beyond what R3 tolerates).
-   */
+  /** s from the heal until the whole cluster was settled again (every shard owned and active). */
   settled_after_heal_s: number | null;
   script_exit: number;
 }
@@ -299,10 +295,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       const settled = await waitUntil(
         "the cluster to settle",
         60_000,
-        async () =>
-          isSettled(await gatherStatus(nc, cfg, c.sink)) && (await replicasCurrent(nc, pipeline))
-            ? Date.now()
-            : undefined,
+        async () => (isSettled(await gatherStatus(nc, cfg, c.sink)) ? Date.now() : undefined),
         200,
       ).catch(() => null);
       rec.settled_after_heal_s =
@@ -432,72 +425,6 @@ export function missingIds(
       ),
     );
     return [...acked].filter(([id]) => !have.has(id)).map(([id, seq]) => ({ id, seq }));
-  } finally {
-    db.close();
-  }
-}
-
-/**
- * Whether every replica of sluice's streams (the pipeline's input and the KV buckets) is
- * current with its leader. A replica still catching up after a restart or a partition is a
- * fault still in progress.
- */
-export async function replicasCurrent(nc: NatsConnection, pipeline: string): Promise<boolean> {
-  const jsm = await jetstreamManager(nc, { timeout: 2_000 }).catch(() => null);
-  if (!jsm) return false;
-  for (const name of [inputStream(pipeline), `KV_${Buckets.assignments}`, `KV_${Buckets.coordinator}`]) {
-    const si = await jsm.streams.info(name).catch(() => null);
-    if (!si) return false;
-    const cl = si.cluster;
-    if (!cl) continue;
-    if (!cl.leader || (cl.replicas ?? []).some((r) => !r.current || r.offline)) return false;
-  }
-  return true;
-}
-
-/**
- * Compares the sink with what JetStream acknowledged: sequences where the sink holds another
- * record than the acknowledged one, and the lost (given with their acknowledged sequence) and
- * duplicated records those explain.
- */
-export function divergence(
-  sink: string,
-  pipeline: string,
-  ackLog: string,
-  lost: Array<{ id: string; seq: number }>,
-): { conflicts: number; lost: number; duplicated: number } {
-  const ackedAt = new Map<number, string>();
-  for (const line of readFileSync(ackLog, "utf8").split("\n")) {
-    if (!line.startsWith("{")) continue;
-    const r = JSON.parse(line) as { id: string; status: string; seq: number | null };
-    if (r.status === "acked" && r.seq !== null) ackedAt.set(r.seq, r.id);
-  }
-  const db = new Database(sink, { readonly: true });
-  try {
-    const conflicts = new Set<number>();
-    const rows = db
-      .prepare(`SELECT source_seq AS seq, record_id AS id FROM "${pipeline}"`)
-      .iterate() as Iterable<{
-      seq: number;
-      id: string;
-    }>;
-    for (const r of rows) {
-      const acked = ackedAt.get(r.seq);
-      if (acked !== undefined && acked !== r.id) conflicts.add(r.seq);
-    }
-    if (conflicts.size === 0) return { conflicts: 0, lost: 0, duplicated: 0 };
-    const dupRows = db
-      .prepare(
-        `SELECT record_id AS id, source_seq AS seq FROM "${pipeline}" WHERE record_id IN
-         (SELECT record_id FROM "${pipeline}" GROUP BY record_id HAVING COUNT(*) > 1)`,
-      )
-      .all() as Array<{ id: string; seq: number }>;
-    const dupExplained = new Set(dupRows.filter((r) => conflicts.has(r.seq)).map((r) => r.id));
-    return {
-      conflicts: conflicts.size,
-      lost: lost.filter((l) => conflicts.has(l.seq)).length,
-      duplicated: dupExplained.size,
-    };
   } finally {
     db.close();
   }
