@@ -430,6 +430,54 @@ export function missingIds(
   }
 }
 
+/**
+ * Compares the sink with what JetStream acknowledged: sequences where the sink holds another
+ * record than the acknowledged one, and the lost (given with their acknowledged sequence) and
+ * duplicated records those explain.
+ */
+export function divergence(
+  sink: string,
+  pipeline: string,
+  ackLog: string,
+  lost: Array<{ id: string; seq: number }>,
+): { conflicts: number; lost: number; duplicated: number } {
+  const ackedAt = new Map<number, string>();
+  for (const line of readFileSync(ackLog, "utf8").split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const r = JSON.parse(line) as { id: string; status: string; seq: number | null };
+    if (r.status === "acked" && r.seq !== null) ackedAt.set(r.seq, r.id);
+  }
+  const db = new Database(sink, { readonly: true });
+  try {
+    const conflicts = new Set<number>();
+    const rows = db
+      .prepare(`SELECT source_seq AS seq, record_id AS id FROM "${pipeline}"`)
+      .iterate() as Iterable<{
+      seq: number;
+      id: string;
+    }>;
+    for (const r of rows) {
+      const acked = ackedAt.get(r.seq);
+      if (acked !== undefined && acked !== r.id) conflicts.add(r.seq);
+    }
+    if (conflicts.size === 0) return { conflicts: 0, lost: 0, duplicated: 0 };
+    const dupRows = db
+      .prepare(
+        `SELECT record_id AS id, source_seq AS seq FROM "${pipeline}" WHERE record_id IN
+         (SELECT record_id FROM "${pipeline}" GROUP BY record_id HAVING COUNT(*) > 1)`,
+      )
+      .all() as Array<{ id: string; seq: number }>;
+    const dupExplained = new Set(dupRows.filter((r) => conflicts.has(r.seq)).map((r) => r.id));
+    return {
+      conflicts: conflicts.size,
+      lost: lost.filter((l) => conflicts.has(l.seq)).length,
+      duplicated: dupExplained.size,
+    };
+  } finally {
+    db.close();
+  }
+}
+
 /** Acquisitions that found the stream's history changed, from the workers' logs in `dir/logs`. */
 export function countHistoryMismatches(dir: string): number {
   const logs = join(dir, "logs");
