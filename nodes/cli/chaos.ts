@@ -405,18 +405,24 @@ export function formatChaos(r: ChaosReport): string {
   return lines.join("\n");
 }
 
-/** Acknowledged records (id, stream sequence) that are not in the sink. */
-export function missingIds(
-  sink: string,
-  pipeline: string,
-  ackLog: string,
-): Array<{ id: string; seq: number }> {
+/** Acknowledged record id -> the stream sequence its PubAck named, from an ack log. */
+function ackedSequences(ackLog: string): Map<string, number> {
   const acked = new Map<string, number>();
   for (const line of readFileSync(ackLog, "utf8").split("\n")) {
     if (!line.startsWith("{")) continue;
     const r = JSON.parse(line) as { id: string; status: string; seq: number | null };
     if (r.status === "acked" && r.seq !== null) acked.set(r.id, r.seq);
   }
+  return acked;
+}
+
+/** Acknowledged records (id, stream sequence) that are not in the sink. */
+export function missingIds(
+  sink: string,
+  pipeline: string,
+  ackLog: string,
+): Array<{ id: string; seq: number }> {
+  const acked = ackedSequences(ackLog);
   const db = new Database(sink, { readonly: true });
   try {
     const have = new Set(
@@ -442,11 +448,7 @@ export function divergence(
   lost: Array<{ id: string; seq: number }>,
 ): { conflicts: number; lost: number; duplicated: number } {
   const ackedAt = new Map<number, string>();
-  for (const line of readFileSync(ackLog, "utf8").split("\n")) {
-    if (!line.startsWith("{")) continue;
-    const r = JSON.parse(line) as { id: string; status: string; seq: number | null };
-    if (r.status === "acked" && r.seq !== null) ackedAt.set(r.seq, r.id);
-  }
+  for (const [id, seq] of ackedSequences(ackLog)) ackedAt.set(seq, id);
   const db = new Database(sink, { readonly: true });
   try {
     const conflicts = new Set<number>();

@@ -180,14 +180,8 @@ class JetStreamShardFeed implements ShardFeed {
   private async checkAlive(): Promise<void> {
     if (this.checking || this.failure) return;
     this.checking = true;
-    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      await Promise.race([
-        this.consumer.info(false),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error("no answer")), this.aliveCheckMs);
-        }),
-      ]);
+      await this.infoWithin();
     } catch (err) {
       this.fail(
         new SluiceError(
@@ -199,8 +193,22 @@ class JetStreamShardFeed implements ShardFeed {
         ),
       );
     } finally {
-      clearTimeout(timer);
       this.checking = false;
+    }
+  }
+
+  /** The consumer's info, fetched fresh; rejects when it does not answer within `aliveCheckMs`. */
+  private async infoWithin(): Promise<ConsumerInfo> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      return await Promise.race([
+        this.consumer.info(false),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("no answer")), this.aliveCheckMs);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -209,14 +217,8 @@ class JetStreamShardFeed implements ShardFeed {
     const idleMs = Date.now() - this.lastDeliveryAt;
     if (this.checking || this.failure || this.buffer.length > 0 || idleMs < this.stallMs) return;
     this.checking = true;
-    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const info = (await Promise.race([
-        this.consumer.info(false),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error("no answer")), this.aliveCheckMs);
-        }),
-      ])) as ConsumerInfo;
+      const info = await this.infoWithin();
       const s = {
         idleMs: Date.now() - this.lastDeliveryAt,
         buffered: this.buffer.length,
@@ -236,7 +238,6 @@ class JetStreamShardFeed implements ShardFeed {
     } catch {
       // Unanswered: the heartbeat check decides whether the consumer is gone.
     } finally {
-      clearTimeout(timer);
       this.checking = false;
     }
   }
