@@ -51,7 +51,9 @@ export type PublishStatus = "acked" | "failed" | "timeout";
 export interface PublishResult {
   id: string;
   status: PublishStatus;
-  /** Stream sequence when acked. */
+  /** The stream that acknowledged the record (its shard's stream), when acked. */
+  stream?: string;
+  /** Sequence in that stream, when acked. */
   seq?: number;
   duplicate?: boolean;
   error?: string;
@@ -210,7 +212,12 @@ export class Producer {
       this.backOff(p);
       return;
     }
-    let ack: { seq?: number; duplicate?: boolean; error?: { code?: number; description?: string } };
+    let ack: {
+      stream?: string;
+      seq?: number;
+      duplicate?: boolean;
+      error?: { code?: number; description?: string };
+    };
     try {
       ack = JSON.parse(dec.decode(m.data));
     } catch {
@@ -232,6 +239,7 @@ export class Producer {
     this.settle(token, p, {
       id: p.record.id,
       status: "acked",
+      ...(ack.stream === undefined ? {} : { stream: ack.stream }),
       ...(ack.seq === undefined ? {} : { seq: ack.seq }),
       ...(ack.duplicate ? { duplicate: true } : {}),
     });

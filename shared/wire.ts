@@ -5,16 +5,26 @@
 
 /** Producers publish here; the server maps the key token to a shard. */
 export const ingestSubject = (pipeline: string, key: string): string => `ingest.${pipeline}.${key}`;
-/** Where records land after partitioning; the stream captures `sluice.in.<P>.>`. */
+/** Where records land after partitioning; the shard's stream captures `sluice.in.<P>.<shard>.>`. */
 export const shardSubject = (pipeline: string, shard: number, key: string): string =>
   `sluice.in.${pipeline}.${shard}.${key}`;
+/** The subjects of one shard's records: all its stream holds. */
 export const shardFilter = (pipeline: string, shard: number): string => `sluice.in.${pipeline}.${shard}.>`;
-export const inputSubjects = (pipeline: string): string => `sluice.in.${pipeline}.>`;
 export const deadLetterSubject = (pipeline: string, shard: number): string =>
   `sluice.dlq.${pipeline}.${shard}`;
 export const deadLetterSubjects = (pipeline: string): string => `sluice.dlq.${pipeline}.>`;
 
-export const inputStream = (pipeline: string): string => `SLUICE_IN_${pipeline}`;
+/**
+ * The input stream of one shard. Every shard has its own stream, as every Kafka partition has
+ * its own log: a consumer of one shard then reads only that shard's records. Over one shared
+ * stream, each shard's filtered consumer would scan past every other shard's records (on
+ * nats-server 2.9 a wildcard filter is matched message by message), so the server would read
+ * each record once per shard.
+ */
+export const inputStream = (pipeline: string, shard: number): string => `SLUICE_IN_${pipeline}_${shard}`;
+/** The input streams of a pipeline, by shard. */
+export const inputStreams = (pipeline: string, shards: number): string[] =>
+  Array.from({ length: shards }, (_, shard) => inputStream(pipeline, shard));
 export const deadLetterStream = (pipeline: string): string => `SLUICE_DLQ_${pipeline}`;
 /** The durable consumer of one shard at one epoch. Every epoch has its own. */
 export const consumerName = (pipeline: string, shard: number, epoch: number): string =>

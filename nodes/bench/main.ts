@@ -8,11 +8,9 @@ import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
-import { jetstreamManager } from "@nats-io/jetstream";
 import { Command } from "commander";
 import { parseConfig, type SluiceConfig } from "../../shared/config.js";
 import { connectNats } from "../../shared/nats/connection.js";
-import { inputStream } from "../../shared/wire.js";
 import { intOption } from "../cli/int-option.js";
 import { type ClusterFile, cliScript, down, readClusterFile, up } from "../cli/local-cluster.js";
 import { waitSettled } from "../cli/readiness.js";
@@ -20,7 +18,7 @@ import { type ClusterHandle, leaderKillTrials, scaleOutTrials, workerKillTrials 
 import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
 import { memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
-import { orderedReadRate, pipelineReadRate } from "./read-rates.js";
+import { orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
 import { measureTracingOverhead } from "./tracing-overhead.js";
 
 const int = (name: string) => intOption(name, 1);
@@ -147,7 +145,6 @@ const throughput = await withCluster(
         `tracing: off ${Math.round(tracing.off.perSecond)}/s, 1 % sampled ${Math.round(tracing.sampled.perSecond)}/s, ` +
           `always on ${Math.round(tracing.alwaysOn.perSecond)}/s`,
       );
-      const jsm = await jetstreamManager(nc);
       // The same reads over a one-shard stream: one filtered consumer instead of sixteen, which
       // separates the worker's own cost from the server's cost of serving per-shard consumers.
       await producerRate(nc, "bench_one", makeRecords("one", records * 2));
@@ -156,11 +153,11 @@ const throughput = await withCluster(
         ["bench_r3", 16],
         ["bench_one", 1],
       ] as const) {
-        const inStream = (await jsm.streams.info(inputStream(p))).state.messages;
+        const inStream = await pipelineRecords(nc, p, shards);
         const ordered: Rate[] = [];
         const worker: Rate[] = [];
         for (let r = 0; r < rounds; r++) {
-          ordered.push(await orderedReadRate(nc, p, inStream));
+          ordered.push(await orderedReadRate(nc, p, shards));
           worker.push(await pipelineReadRate(nc, p, shards, inStream, throughputCfg.worker));
         }
         reads[p] = { ordered: best(ordered), worker: best(worker) };

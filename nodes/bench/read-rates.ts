@@ -1,15 +1,18 @@
 /**
- * Reading throughput over one pre-filled stream, in the same run: a raw ordered consumer (no
- * acks, no work: the ceiling) against the sluice worker path (per-epoch pull consumers, decode,
- * one fenced commit and one ack per batch) into a sink that discards the rows.
+ * Reading throughput over one pre-filled pipeline (one stream per shard), in the same run: raw
+ * ordered consumers, one per shard stream, all at once (no acks, no work: the ceiling) against
+ * the sluice worker path (per-epoch pull consumers, decode, one fenced commit and one ack per
+ * batch) into a sink that discards the rows. Both are timed from the first delivery to the
+ * last record: creating sixteen consumers goes through the cluster's meta leader and takes
+ * longer than a short read itself, so counting it would measure consumer creation.
  */
-import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import { DeliverPolicy, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { feedBufferMessages, type WorkerConfig } from "../../shared/config.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
-import type { DeadLetterQueue } from "../../shared/ports.js";
+import type { DeadLetterQueue, ShardSource } from "../../shared/ports.js";
 import { DiscardSink } from "../../shared/sink/discard-sink.js";
-import { inputStream } from "../../shared/wire.js";
+import { inputStreams } from "../../shared/wire.js";
 import { ShardPipeline } from "../../shared/worker/shard-pipeline.js";
 import { waitUntil } from "../cli/wait.js";
 import type { Rate } from "./publish-rates.js";
@@ -20,21 +23,79 @@ const rate = (records: number, ms: number): Rate => ({
   perSecond: records / (ms / 1000),
 });
 
-/** Reads `expected` messages of the pipeline's stream with an ordered consumer. */
-export async function orderedReadRate(nc: NatsConnection, pipeline: string, expected: number): Promise<Rate> {
-  const js = jetstream(nc, { timeout: 10_000 });
-  // The stream holds only this pipeline's input, so no filter (2.9 servers take one at most).
-  const consumer = await js.consumers.get(inputStream(pipeline), { deliver_policy: DeliverPolicy.All });
-  let seen = 0;
-  const t0 = performance.now();
+/** Records held by the pipeline's shard streams, in total. */
+export async function pipelineRecords(nc: NatsConnection, pipeline: string, shards: number): Promise<number> {
+  const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+  const counts = await Promise.all(
+    inputStreams(pipeline, shards).map(async (s) => (await jsm.streams.info(s)).state.messages),
+  );
+  return counts.reduce((a, b) => a + b, 0);
+}
+
+/** When the first message of a measurement arrived (performance.now(), ms). */
+class FirstDelivery {
+  at: number | undefined;
+  mark(): void {
+    this.at ??= performance.now();
+  }
+}
+
+/** Reads one stream to its end with an ordered consumer; returns the messages read. */
+async function readStream(
+  js: JetStreamClient,
+  stream: string,
+  expected: number,
+  first: FirstDelivery,
+): Promise<number> {
+  if (expected === 0) return 0;
+  const consumer = await js.consumers.get(stream, { deliver_policy: DeliverPolicy.All });
   const messages = await consumer.consume({ max_messages: 4_096 });
+  let seen = 0;
   for await (const m of messages) {
     void m;
+    if (seen === 0) first.mark();
     if (++seen >= expected) break;
   }
-  const ms = performance.now() - t0;
   await messages.close().catch(() => undefined);
-  return rate(seen, ms);
+  return seen;
+}
+
+/** Reads every record of the pipeline with one ordered consumer per shard stream, at once. */
+export async function orderedReadRate(nc: NatsConnection, pipeline: string, shards: number): Promise<Rate> {
+  const js = jetstream(nc, { timeout: 10_000 });
+  const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+  const streams = await Promise.all(
+    inputStreams(pipeline, shards).map(async (s) => ({ s, n: (await jsm.streams.info(s)).state.messages })),
+  );
+  const first = new FirstDelivery();
+  const seen = await Promise.all(streams.map(({ s, n }) => readStream(js, s, n, first)));
+  return rate(
+    seen.reduce((a, b) => a + b, 0),
+    performance.now() - (first.at ?? performance.now()),
+  );
+}
+
+/** `source` with its feeds' first delivery marked in `first`. */
+function firstDeliveryOf(source: ShardSource, first: FirstDelivery): ShardSource {
+  return {
+    async open(ref, epoch, start) {
+      const feed = await source.open(ref, epoch, start);
+      return {
+        get failure() {
+          return feed.failure;
+        },
+        async next(max, waitMs) {
+          const got = await feed.next(max, waitMs);
+          if (got.length > 0) first.mark();
+          return got;
+        },
+        ack: (last) => feed.ack(last),
+        close: () => feed.close(),
+      };
+    },
+    removeOlderEpochs: (ref, epoch) => source.removeOlderEpochs(ref, epoch),
+    remove: (ref, epoch) => source.remove(ref, epoch),
+  };
 }
 
 const noDeadLetters: DeadLetterQueue = {
@@ -56,11 +117,15 @@ export async function pipelineReadRate(
   deadlineMs = 120_000,
 ): Promise<Rate> {
   const sink = new DiscardSink();
-  const source = new JetStreamShardSource(nc, {
-    maxAckPending: settings.maxAckPending,
-    ackWaitMs: settings.ackWaitMs,
-    bufferMessages: feedBufferMessages(settings),
-  });
+  const first = new FirstDelivery();
+  const source = firstDeliveryOf(
+    new JetStreamShardSource(nc, {
+      maxAckPending: settings.maxAckPending,
+      ackWaitMs: settings.ackWaitMs,
+      bufferMessages: feedBufferMessages(settings),
+    }),
+    first,
+  );
   const firstEpoch = Math.floor(Date.now() / 1000);
   let batches = 0;
   let restarts = 0;
@@ -101,7 +166,7 @@ export async function pipelineReadRate(
       () => (finished ? true : undefined),
       5,
     );
-    ms = performance.now() - t0;
+    ms = performance.now() - (first.at ?? t0);
   } finally {
     finished = true;
     await Promise.all([...current.values()].map((p) => p.drain().catch(() => undefined)));

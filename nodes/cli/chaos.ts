@@ -320,7 +320,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     for (const f of faults) f.recovery_s = recoveryOf(cEnd.sink, pipeline, f);
     const v = verify(cEnd.sink, pipeline, ackLog);
     const lostIds = v.lost > 0 ? missingIds(cEnd.sink, pipeline, ackLog) : [];
-    const lostInStream = await countGoneFromStream(nc, pipeline, lostIds);
+    const lostInStream = await countGoneFromStream(nc, lostIds);
     if (v.lost > 0)
       mark(
         `lost ${v.lost}: ${lostInStream} no longer in the stream, ${v.lost - lostInStream} in it but never committed`,
@@ -405,24 +405,32 @@ export function formatChaos(r: ChaosReport): string {
   return lines.join("\n");
 }
 
-/** Acknowledged record id -> the stream sequence its PubAck named, from an ack log. */
-function ackedSequences(ackLog: string): Map<string, number> {
-  const acked = new Map<string, number>();
+/** Where JetStream acknowledged a record: its shard's stream and the sequence in it. */
+export interface StreamPosition {
+  stream: string;
+  seq: number;
+}
+
+const positionKey = (p: StreamPosition): string => `${p.stream}/${p.seq}`;
+
+/** Acknowledged record id -> the stream position its PubAck named, from an ack log. */
+function ackedPositions(ackLog: string): Map<string, StreamPosition> {
+  const acked = new Map<string, StreamPosition>();
   for (const line of readFileSync(ackLog, "utf8").split("\n")) {
     if (!line.startsWith("{")) continue;
-    const r = JSON.parse(line) as { id: string; status: string; seq: number | null };
-    if (r.status === "acked" && r.seq !== null) acked.set(r.id, r.seq);
+    const r = JSON.parse(line) as { id: string; status: string; stream?: string | null; seq: number | null };
+    if (r.status === "acked" && r.seq !== null && r.stream) acked.set(r.id, { stream: r.stream, seq: r.seq });
   }
   return acked;
 }
 
-/** Acknowledged records (id, stream sequence) that are not in the sink. */
+/** Acknowledged records (id, stream position) that are not in the sink. */
 export function missingIds(
   sink: string,
   pipeline: string,
   ackLog: string,
-): Array<{ id: string; seq: number }> {
-  const acked = ackedSequences(ackLog);
+): Array<{ id: string } & StreamPosition> {
+  const acked = ackedPositions(ackLog);
   const db = new Database(sink, { readonly: true });
   try {
     const have = new Set(
@@ -430,49 +438,48 @@ export function missingIds(
         (r) => r.record_id,
       ),
     );
-    return [...acked].filter(([id]) => !have.has(id)).map(([id, seq]) => ({ id, seq }));
+    return [...acked].filter(([id]) => !have.has(id)).map(([id, at]) => ({ id, ...at }));
   } finally {
     db.close();
   }
 }
 
 /**
- * Compares the sink with what JetStream acknowledged: sequences where the sink holds another
- * record than the acknowledged one, and the lost (given with their acknowledged sequence) and
+ * Compares the sink with what JetStream acknowledged: positions where the sink holds another
+ * record than the acknowledged one, and the lost (given with their acknowledged position) and
  * duplicated records those explain.
  */
 export function divergence(
   sink: string,
   pipeline: string,
   ackLog: string,
-  lost: Array<{ id: string; seq: number }>,
+  lost: ReadonlyArray<{ id: string } & StreamPosition>,
 ): { conflicts: number; lost: number; duplicated: number } {
-  const ackedAt = new Map<number, string>();
-  for (const [id, seq] of ackedSequences(ackLog)) ackedAt.set(seq, id);
+  const ackedAt = new Map<string, string>();
+  for (const [id, at] of ackedPositions(ackLog)) ackedAt.set(positionKey(at), id);
+  const rowKey = (r: { shard: number; seq: number }): string =>
+    positionKey({ stream: inputStream(pipeline, r.shard), seq: r.seq });
   const db = new Database(sink, { readonly: true });
   try {
-    const conflicts = new Set<number>();
+    const conflicts = new Set<string>();
     const rows = db
-      .prepare(`SELECT source_seq AS seq, record_id AS id FROM "${pipeline}"`)
-      .iterate() as Iterable<{
-      seq: number;
-      id: string;
-    }>;
+      .prepare(`SELECT shard, source_seq AS seq, record_id AS id FROM "${pipeline}"`)
+      .iterate() as Iterable<{ shard: number; seq: number; id: string }>;
     for (const r of rows) {
-      const acked = ackedAt.get(r.seq);
-      if (acked !== undefined && acked !== r.id) conflicts.add(r.seq);
+      const acked = ackedAt.get(rowKey(r));
+      if (acked !== undefined && acked !== r.id) conflicts.add(rowKey(r));
     }
     if (conflicts.size === 0) return { conflicts: 0, lost: 0, duplicated: 0 };
     const dupRows = db
       .prepare(
-        `SELECT record_id AS id, source_seq AS seq FROM "${pipeline}" WHERE record_id IN
+        `SELECT record_id AS id, shard, source_seq AS seq FROM "${pipeline}" WHERE record_id IN
          (SELECT record_id FROM "${pipeline}" GROUP BY record_id HAVING COUNT(*) > 1)`,
       )
-      .all() as Array<{ id: string; seq: number }>;
-    const dupExplained = new Set(dupRows.filter((r) => conflicts.has(r.seq)).map((r) => r.id));
+      .all() as Array<{ id: string; shard: number; seq: number }>;
+    const dupExplained = new Set(dupRows.filter((r) => conflicts.has(rowKey(r))).map((r) => r.id));
     return {
       conflicts: conflicts.size,
-      lost: lost.filter((l) => conflicts.has(l.seq)).length,
+      lost: lost.filter((l) => conflicts.has(positionKey(l))).length,
       duplicated: dupExplained.size,
     };
   } finally {
@@ -493,13 +500,13 @@ export function countHistoryMismatches(dir: string): number {
   return n;
 }
 
-/** Source sequences at which the sink holds two different records (two histories were read). */
+/** Stream positions at which the sink holds two different records (two histories were read). */
 export function countSeqConflicts(sink: string, pipeline: string): number {
   const db = new Database(sink, { readonly: true });
   try {
     const r = db
       .prepare(
-        `SELECT COUNT(*) AS n FROM (SELECT source_seq FROM "${pipeline}" GROUP BY source_seq HAVING COUNT(DISTINCT record_id) > 1)`,
+        `SELECT COUNT(*) AS n FROM (SELECT shard, source_seq FROM "${pipeline}" GROUP BY shard, source_seq HAVING COUNT(DISTINCT record_id) > 1)`,
       )
       .get() as { n: number };
     return r.n;
@@ -508,17 +515,16 @@ export function countSeqConflicts(sink: string, pipeline: string): number {
   }
 }
 
-/** How many of `lost` the stream no longer holds at the sequence it acknowledged. */
+/** How many of `lost` their stream no longer holds at the position it acknowledged. */
 export async function countGoneFromStream(
   nc: NatsConnection,
-  pipeline: string,
-  lost: Array<{ id: string; seq: number }>,
+  lost: ReadonlyArray<{ id: string } & StreamPosition>,
 ): Promise<number> {
   if (lost.length === 0) return 0;
   const jsm = await jetstreamManager(nc, { timeout: 5_000 });
   let gone = 0;
-  for (const { id, seq } of lost.slice(0, 1_000)) {
-    const m = await jsm.streams.getMessage(inputStream(pipeline), { seq }).catch(() => null);
+  for (const { id, stream, seq } of lost.slice(0, 1_000)) {
+    const m = await jsm.streams.getMessage(stream, { seq }).catch(() => null);
     if (!m || m.header?.get("Nats-Msg-Id") !== id) gone++;
   }
   return gone;

@@ -44,7 +44,9 @@ export async function runLoad(nc: NatsConnection, o: LoadOptions): Promise<LoadS
   const start = Date.now();
   const onResult = (r: PublishResult): void => {
     p[r.status]++;
-    out.write(`${JSON.stringify({ id: r.id, status: r.status, seq: r.seq ?? null })}\n`);
+    out.write(
+      `${JSON.stringify({ id: r.id, status: r.status, stream: r.stream ?? null, seq: r.seq ?? null })}\n`,
+    );
   };
   let lastReport = 0;
   for (let i = 0; i < o.count; i++) {

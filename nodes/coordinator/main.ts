@@ -1,7 +1,7 @@
 /** The coordinator process: NATS adapters around the CoordinatorRuntime. */
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { allShardKeys } from "../../shared/config.js";
+import { allShardKeys, pipelineOf } from "../../shared/config.js";
 import {
   type CoordinatorRecord,
   CoordinatorRuntime,
@@ -51,7 +51,8 @@ const dashboard = new DashboardServer({
   failureTimeoutMs: opts.config.timing.failureTimeoutMs,
   state: () => runtime.state,
   readLeader: async () => ((await control.get(LEADER_KEY)).value as LeaderRecord | null) ?? null,
-  listConsumers: (pipeline) => listShardConsumers(nc, jsm, pipeline),
+  listConsumers: (pipeline) =>
+    listShardConsumers(nc, jsm, pipeline, pipelineOf(opts.config, pipeline).shards),
   checkpoint: (ref) => sinkClient.checkpoint(ref),
   log,
 });

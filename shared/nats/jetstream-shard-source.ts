@@ -1,6 +1,6 @@
 /**
- * Shard feeds on JetStream: one durable pull consumer per (shard, epoch), R1, AckPolicy all,
- * starting at the sink's checkpoint + 1. An R1 consumer is created in milliseconds (an R3 one
+ * Shard feeds on JetStream: one durable pull consumer per (shard, epoch) on the shard's own
+ * stream, unfiltered, R1, AckPolicy all, starting at the sink's checkpoint + 1. An R1 consumer is created in milliseconds (an R3 one
  * in hundreds), and losing it loses nothing: the sink's checkpoint is the truth of progress.
  */
 import {
@@ -19,7 +19,7 @@ import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
 import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../ports.js";
-import { consumerName, consumerPrefix, inputStream, shardFilter } from "../wire.js";
+import { consumerName, consumerPrefix, inputStream } from "../wire.js";
 import { consumerNames } from "./shard-consumers.js";
 
 export interface JetStreamShardSourceOptions {
@@ -49,13 +49,14 @@ export class JetStreamShardSource implements ShardSource {
 
   async open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
     const jsm = await this.manager();
-    const stream = inputStream(ref.pipeline);
+    const stream = inputStream(ref.pipeline, ref.shard);
     const name = consumerName(ref.pipeline, ref.shard, epoch);
     // A consumer of this epoch may survive a failed run: start it over from the checkpoint.
     await jsm.consumers.delete(stream, name).catch(() => false);
     await jsm.consumers.add(stream, {
+      // No filter: the stream holds this shard's records only, and an unfiltered consumer is
+      // served without matching subjects.
       durable_name: name,
-      filter_subject: shardFilter(ref.pipeline, ref.shard),
       ack_policy: AckPolicy.All,
       ...("seq" in start
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, start.seq) }
@@ -74,7 +75,7 @@ export class JetStreamShardSource implements ShardSource {
 
   async removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
-    const stream = inputStream(ref.pipeline);
+    const stream = inputStream(ref.pipeline, ref.shard);
     const prefix = consumerPrefix(ref.pipeline, ref.shard);
     const stale: string[] = [];
     // NAMES, not LIST: see `consumerNames`.
@@ -89,7 +90,7 @@ export class JetStreamShardSource implements ShardSource {
   async remove(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
     await jsm.consumers
-      .delete(inputStream(ref.pipeline), consumerName(ref.pipeline, ref.shard, epoch))
+      .delete(inputStream(ref.pipeline, ref.shard), consumerName(ref.pipeline, ref.shard, epoch))
       .catch(() => false);
   }
 }

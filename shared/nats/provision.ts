@@ -1,26 +1,39 @@
 /**
- * Creates (idempotently) the JetStream resources of a cluster: one input stream and one
- * dead-letter stream per pipeline, and the KV buckets of the ownership protocol.
+ * Creates (idempotently) the JetStream resources of a cluster: one input stream per shard and
+ * one dead-letter stream per pipeline, and the KV buckets of the ownership protocol.
  */
 import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import type { SluiceConfig } from "../config.js";
-import { Buckets, deadLetterStream, deadLetterSubjects, inputStream, inputSubjects } from "../wire.js";
+import { ErrorCode, SluiceError } from "../errors.js";
+import { Buckets, deadLetterStream, deadLetterSubjects, inputStream, shardFilter } from "../wire.js";
+
+/** Streams created at once: each is a Raft group whose creation the meta leader serialises. */
+const createConcurrency = 16;
 
 export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas: number): Promise<void> {
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   for (const p of cfg.pipelines) {
     const r = Math.min(p.replicas, replicas);
-    await ensureStream(jsm, {
-      name: inputStream(p.name),
-      subjects: [inputSubjects(p.name)],
-      num_replicas: r,
-      storage: StorageType.File,
-      retention: RetentionPolicy.Limits,
-      discard: DiscardPolicy.Old,
-      duplicate_window: nanos(p.duplicateWindowMs),
-    });
+    const shards = Array.from({ length: p.shards }, (_, shard) => shard);
+    for (let i = 0; i < shards.length; i += createConcurrency) {
+      await Promise.all(
+        shards.slice(i, i + createConcurrency).map((shard) =>
+          ensureStream(jsm, {
+            name: inputStream(p.name, shard),
+            subjects: [shardFilter(p.name, shard)],
+            num_replicas: r,
+            storage: StorageType.File,
+            retention: RetentionPolicy.Limits,
+            discard: DiscardPolicy.Old,
+            // Publishes are deduplicated per stream: a key always maps to the same shard, so a
+            // record re-sent with its Nats-Msg-Id always meets its first copy's window.
+            duplicate_window: nanos(p.duplicateWindowMs),
+          }),
+        ),
+      );
+    }
     await ensureStream(jsm, {
       name: deadLetterStream(p.name),
       subjects: [deadLetterSubjects(p.name)],
@@ -42,7 +55,20 @@ type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;
 async function ensureStream(jsm: Jsm, cfg: Parameters<Jsm["streams"]["add"]>[0]): Promise<void> {
   try {
     await jsm.streams.info(cfg.name!);
+    return;
   } catch {
+    // Not there yet: create it below.
+  }
+  try {
     await jsm.streams.add(cfg);
+  } catch (cause) {
+    const overlap = /overlap/i.test((cause as Error).message);
+    throw new SluiceError(
+      overlap ? ErrorCode.InvalidConfig : ErrorCode.Unavailable,
+      overlap
+        ? `stream ${cfg.name} cannot take ${cfg.subjects?.join(", ")}: another stream captures those subjects (a cluster provisioned with one input stream per pipeline must be emptied first)`
+        : `cannot create stream ${cfg.name}: ${(cause as Error).message}`,
+      { cause, retryable: !overlap },
+    );
   }
 }

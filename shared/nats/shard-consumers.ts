@@ -8,7 +8,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { ErrorCode, SluiceError } from "../errors.js";
-import { inputStream } from "../wire.js";
+import { consumerPrefix, inputStream } from "../wire.js";
 
 const dec = new TextDecoder();
 
@@ -54,25 +54,31 @@ export interface ShardConsumerInfo {
 
 /**
  * The newest consumer of every shard of the pipeline (`P-sN-eE` with the highest E), by name;
- * a consumer that does not answer its info request in time is left out.
+ * a shard whose stream or consumer does not answer in time is left out.
  */
 export async function listShardConsumers(
   nc: NatsConnection,
   jsm: JetStreamManager,
   pipeline: string,
+  shards: number,
 ): Promise<Map<string, ShardConsumerInfo>> {
-  const stream = inputStream(pipeline);
-  const newest = new Map<string, { name: string; epoch: number }>();
-  for (const name of await consumerNames(nc, stream)) {
-    const m = /^(.*-s\d+)-e(\d+)$/.exec(name);
-    if (!m) continue;
-    const epoch = Number(m[2]);
-    const cur = newest.get(m[1]!);
-    if (!cur || cur.epoch < epoch) newest.set(m[1]!, { name, epoch });
-  }
+  const newest = new Map<string, { stream: string; name: string; epoch: number }>();
+  await Promise.all(
+    Array.from({ length: shards }, async (_, shard) => {
+      const stream = inputStream(pipeline, shard);
+      const prefix = consumerPrefix(pipeline, shard);
+      for (const name of await consumerNames(nc, stream).catch(() => [])) {
+        if (!name.startsWith(prefix)) continue;
+        const epoch = Number(name.slice(prefix.length));
+        if (!Number.isInteger(epoch)) continue;
+        const cur = newest.get(stream);
+        if (!cur || cur.epoch < epoch) newest.set(stream, { stream, name, epoch });
+      }
+    }),
+  );
   const out = new Map<string, ShardConsumerInfo>();
   await Promise.all(
-    [...newest.values()].map(async ({ name }) => {
+    [...newest.values()].map(async ({ stream, name }) => {
       const ci = await jsm.consumers.info(stream, name).catch(() => null);
       if (!ci) return;
       out.set(ci.name, {

@@ -10,6 +10,8 @@ import {
   consumerPrefix,
   fnv1a32,
   Headers,
+  inputStream,
+  inputStreams,
   partitionMapping,
   shardFilter,
   shardOf,
@@ -88,6 +90,8 @@ describe("wire names", () => {
   it("builds subjects, consumers and the partition mapping", () => {
     expect(shardSubject("demo", 3, "alice")).toBe("sluice.in.demo.3.alice");
     expect(shardFilter("demo", 3)).toBe("sluice.in.demo.3.>");
+    expect(inputStream("demo", 3)).toBe("SLUICE_IN_demo_3");
+    expect(inputStreams("demo", 3)).toEqual(["SLUICE_IN_demo_0", "SLUICE_IN_demo_1", "SLUICE_IN_demo_2"]);
     expect(consumerName("demo", 3, 9)).toBe("demo-s3-e9");
     expect(consumerName("demo", 3, 9).startsWith(consumerPrefix("demo", 3))).toBe(true);
     expect(partitionMapping("demo", 16)).toEqual([
