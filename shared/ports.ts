@@ -40,6 +40,11 @@ export interface ShardFeed {
   next(max: number, waitMs: number): Promise<SourceMessage[]>;
   /** Acknowledge every message up to and including `last` (AckPolicy all). Fire and forget. */
   ack(last: SourceMessage): void;
+  /**
+   * Ends a `next` that is waiting for messages now (it returns what is buffered, maybe
+   * nothing). A drain calls it so a hand-off does not sit out the rest of a pull's wait.
+   */
+  wake?(): void;
   /** Set once the consumer is gone (deleted by a newer epoch) or broken; `next` then throws. */
   readonly failure: Error | null;
   close(): Promise<void>;

@@ -90,6 +90,7 @@ function firstDeliveryOf(source: ShardSource, first: FirstDelivery): ShardSource
           return got;
         },
         ack: (last) => feed.ack(last),
+        wake: () => feed.wake?.(),
         close: () => feed.close(),
       };
     },

@@ -249,7 +249,7 @@ class JetStreamShardFeed implements ShardFeed {
     this.wake();
   }
 
-  private wake(): void {
+  wake(): void {
     const w = this.waiter;
     this.waiter = undefined;
     w?.();

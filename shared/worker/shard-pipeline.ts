@@ -398,6 +398,7 @@ export class ShardPipeline {
    */
   async drain(): Promise<void> {
     this.stopping = true;
+    this.feed?.wake?.();
     await this.loop?.catch(() => undefined);
     const feed = this.feed;
     if (feed && this.pending && !feed.failure) {

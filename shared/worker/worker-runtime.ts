@@ -213,9 +213,13 @@ export class WorkerRuntime {
               const r = await pipeline.acquire();
               span.setAttribute(A.checkpoint, r.checkpoint);
               const { fenceMs, openMs } = r;
-              if (fenceMs + openMs > 1_000) {
-                log.warn({ fenceMs, openMs }, "slow lease acquisition");
-              }
+              const at = {
+                checkpoint: r.checkpoint,
+                fenceMs: Math.round(fenceMs),
+                openMs: Math.round(openMs),
+              };
+              if (fenceMs + openMs > 1_000) log.warn(at, "slow lease acquisition");
+              else log.info(at, "lease acquired");
               return { checkpoint: r.checkpoint };
             },
           ),

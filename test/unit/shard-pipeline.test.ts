@@ -158,3 +158,54 @@ describe("consumerStalled: when an answering consumer that delivers nothing is r
     expect(consumerStalled({ ...base, ackPending: 4_000 })).toBe(false);
   });
 });
+
+describe("ShardPipeline: drain", () => {
+  it("wakes a pull that waits for records, so a hand-off does not sit out the pull's wait", async () => {
+    let waiter: (() => void) | undefined;
+    let woken = 0;
+    const source: ShardSource = {
+      async open() {
+        return {
+          failure: null,
+          // Nothing ever arrives: without `wake` a pull would wait its full `waitMs`.
+          next: (_max: number, waitMs: number) =>
+            new Promise<SourceMessage[]>((resolve) => {
+              const t = setTimeout(() => resolve([]), waitMs);
+              waiter = () => {
+                clearTimeout(t);
+                resolve([]);
+              };
+            }),
+          ack() {},
+          wake() {
+            woken++;
+            waiter?.();
+          },
+          async close() {},
+        };
+      },
+      async removeOlderEpochs() {},
+      async remove() {},
+    };
+    const p = new ShardPipeline(
+      REF,
+      1,
+      "w1",
+      { sink: new MemorySink(), source, deadLetters: { publish: async () => {} } },
+      { batchMax: 10, pullWaitMs: 60_000 },
+      { leaseFresh: () => true, now: () => Date.now() },
+    );
+    await p.acquire();
+    const run = p.run();
+    const deadline = Date.now() + 5_000;
+    while (!waiter) {
+      if (Date.now() > deadline) throw new Error("the pipeline never pulled");
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    const t0 = Date.now();
+    await p.drain();
+    await run;
+    expect(woken).toBe(1);
+    expect(Date.now() - t0).toBeLessThan(5_000);
+  });
+});
