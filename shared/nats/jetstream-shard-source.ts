@@ -6,6 +6,7 @@
 import {
   AckPolicy,
   type Consumer,
+  type ConsumerConfig,
   type ConsumerInfo,
   type ConsumerMessages,
   DeliverPolicy,
@@ -31,6 +32,9 @@ export interface JetStreamShardSourceOptions {
   bufferMessages: number;
 }
 
+/** A consumer that has delivered nothing yet: it starts where its config says. */
+const unused = (ci: ConsumerInfo): boolean => ci.delivered.consumer_seq === 0 && ci.num_ack_pending === 0;
+
 export class JetStreamShardSource implements ShardSource {
   private readonly js: JetStreamClient;
   private jsm: JetStreamManager | undefined;
@@ -51,9 +55,7 @@ export class JetStreamShardSource implements ShardSource {
     const jsm = await this.manager();
     const stream = inputStream(ref.pipeline, ref.shard);
     const name = consumerName(ref.pipeline, ref.shard, epoch);
-    // A consumer of this epoch may survive a failed run: start it over from the checkpoint.
-    await jsm.consumers.delete(stream, name).catch(() => false);
-    await jsm.consumers.add(stream, {
+    const config: Partial<ConsumerConfig> = {
       // No filter: the stream holds this shard's records only, and an unfiltered consumer is
       // served without matching subjects.
       durable_name: name,
@@ -66,8 +68,18 @@ export class JetStreamShardSource implements ShardSource {
       num_replicas: 1,
       // A consumer orphaned by a crash is removed by the server after an hour idle.
       inactive_threshold: nanos(3_600_000),
-    });
-    const consumer = await this.js.consumers.get(stream, name);
+    };
+    // Usually this epoch's consumer does not exist yet, and creating it is the only request on
+    // the hand-off's path (its reply is the consumer's info, so no second request fetches it).
+    // One may survive a failed run, or a crash just before a restart at the same epoch: then the
+    // add fails (another start) or returns a consumer that has delivered already, and it is
+    // deleted and created afresh from the checkpoint.
+    let ci = await jsm.consumers.add(stream, config).catch(() => null);
+    if (!ci || !unused(ci)) {
+      await jsm.consumers.delete(stream, name).catch(() => false);
+      ci = await jsm.consumers.add(stream, config);
+    }
+    const consumer = this.js.consumers.getConsumerFromInfo(ci);
     const feed = new JetStreamShardFeed(consumer, this.opts.bufferMessages);
     await feed.start();
     return feed;
