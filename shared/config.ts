@@ -18,6 +18,12 @@ export const PipelineSchema = z.object({
   replicas: z.number().int().min(1).max(5).default(3),
   /** Dedup window of the input stream, ms (>= 2 minutes). */
   duplicateWindowMs: z.number().int().min(120_000).default(120_000),
+  /**
+   * `shared`: one input stream for all shards (one Raft group). `per-shard`: one stream per
+   * shard; reading costs the NATS servers about a third as much CPU, at one Raft group per
+   * shard. See `StreamLayout` in shared/wire.ts. Fixed for the life of the pipeline.
+   */
+  streams: z.enum(["shared", "per-shard"]).default("shared"),
 });
 
 export const TimingSchema = z.object({
@@ -64,7 +70,7 @@ export const ConfigSchema = z.object({
   pipelines: z
     .array(PipelineSchema)
     .min(1)
-    .default([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000 }]),
+    .default([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000, streams: "shared" }]),
   timing: TimingSchema.default(TimingSchema.parse({})),
   worker: WorkerSchema.default(WorkerSchema.parse({})),
 });

@@ -15,16 +15,43 @@ export const deadLetterSubject = (pipeline: string, shard: number): string =>
 export const deadLetterSubjects = (pipeline: string): string => `sluice.dlq.${pipeline}.>`;
 
 /**
- * The input stream of one shard. Every shard has its own stream, as every Kafka partition has
- * its own log: a consumer of one shard then reads only that shard's records. Over one shared
- * stream, each shard's filtered consumer would scan past every other shard's records (on
- * nats-server 2.9 a wildcard filter is matched message by message), so the server would read
- * each record once per shard.
+ * How a pipeline stores its records (`PipelineConfig.streams`):
+ * - `shared`: one stream for all shards; each shard's consumer filters on its subjects. On
+ *   nats-server 2.9 a filtered consumer matches subjects message by message, so the servers
+ *   read every record once per shard: their CPU, not the workers', limits reading.
+ * - `per-shard`: one stream per shard, like a Kafka partition's log; a shard's consumer reads
+ *   its own stream unfiltered. Reads cost the servers about a third as much, but there are as
+ *   many Raft groups as shards, so a fault that cuts a node off hits the stream leaders on
+ *   that node at once (see README, "A stream whose history changed").
  */
-export const inputStream = (pipeline: string, shard: number): string => `SLUICE_IN_${pipeline}_${shard}`;
-/** The input streams of a pipeline, by shard. */
-export const inputStreams = (pipeline: string, shards: number): string[] =>
-  Array.from({ length: shards }, (_, shard) => inputStream(pipeline, shard));
+export type StreamLayout = "shared" | "per-shard";
+
+/** What names a pipeline's input streams. */
+export interface PipelineStreams {
+  name: string;
+  streams: StreamLayout;
+}
+
+/** The input stream that holds a shard's records. */
+export const inputStream = (p: PipelineStreams, shard: number): string =>
+  p.streams === "per-shard" ? `SLUICE_IN_${p.name}_${shard}` : `SLUICE_IN_${p.name}`;
+/** The subjects an input stream captures: the pipeline's, or the shard's. */
+export const inputStreamSubjects = (p: PipelineStreams, shard: number): string =>
+  p.streams === "per-shard" ? shardFilter(p.name, shard) : `sluice.in.${p.name}.>`;
+/** A shard consumer's filter; none on a shard's own stream, where it would only cost matching. */
+export const shardConsumerFilter = (p: PipelineStreams, shard: number): string | undefined =>
+  p.streams === "per-shard" ? undefined : shardFilter(p.name, shard);
+/** The pipeline's input streams, each once, with the shards each holds. */
+export function inputStreams(p: PipelineStreams & { shards: number }): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (let shard = 0; shard < p.shards; shard++) {
+    const s = inputStream(p, shard);
+    const shards = out.get(s);
+    if (shards) shards.push(shard);
+    else out.set(s, [shard]);
+  }
+  return out;
+}
 export const deadLetterStream = (pipeline: string): string => `SLUICE_DLQ_${pipeline}`;
 /** The durable consumer of one shard at one epoch. Every epoch has its own. */
 export const consumerName = (pipeline: string, shard: number, epoch: number): string =>

@@ -113,8 +113,10 @@ const throughputCfg = parseConfig({
     { name: "bench_r3", shards: 16, replicas: 3 },
     { name: "bench_r1", shards: 16, replicas: 1 },
     { name: "bench_one", shards: 1, replicas: 3 },
+    { name: "bench_ps", shards: 16, replicas: 3, streams: "per-shard" },
   ],
 });
+const pipelineCfg = (name: string) => throughputCfg.pipelines.find((p) => p.name === name)!;
 const throughput = await withCluster(
   "throughput",
   { workers: 0, coordinators: 0, config: throughputCfg, portBase: o.portBase },
@@ -145,30 +147,38 @@ const throughput = await withCluster(
         `tracing: off ${Math.round(tracing.off.perSecond)}/s, 1 % sampled ${Math.round(tracing.sampled.perSecond)}/s, ` +
           `always on ${Math.round(tracing.alwaysOn.perSecond)}/s`,
       );
-      // The same reads over a one-shard stream: one filtered consumer instead of sixteen, which
-      // separates the worker's own cost from the server's cost of serving per-shard consumers.
+      // The same reads over a one-shard stream: one consumer instead of sixteen, which separates
+      // the worker's own cost from the server's cost of serving per-shard consumers; and over
+      // one stream per shard, where no consumer filters.
       await producerRate(nc, "bench_one", makeRecords("one", records * 2));
+      const sharedRecords = await pipelineRecords(nc, pipelineCfg("bench_r3"));
+      await producerRate(nc, "bench_ps", makeRecords("ps", sharedRecords));
       const reads: Record<string, { ordered: Rate; worker: Rate }> = {};
-      for (const [p, shards] of [
-        ["bench_r3", 16],
-        ["bench_one", 1],
-      ] as const) {
-        const inStream = await pipelineRecords(nc, p, shards);
+      for (const name of ["bench_r3", "bench_ps", "bench_one"]) {
+        const p = pipelineCfg(name);
+        const inStreams = await pipelineRecords(nc, p);
         const ordered: Rate[] = [];
         const worker: Rate[] = [];
         for (let r = 0; r < rounds; r++) {
-          ordered.push(await orderedReadRate(nc, p, shards));
-          worker.push(await pipelineReadRate(nc, p, shards, inStream, throughputCfg.worker));
+          ordered.push(await orderedReadRate(nc, p));
+          worker.push(await pipelineReadRate(nc, p, inStreams, throughputCfg.worker));
         }
-        reads[p] = { ordered: best(ordered), worker: best(worker) };
+        reads[name] = { ordered: best(ordered), worker: best(worker) };
         log(
-          `read ${inStream} records, ${shards} shard(s): ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
+          `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s): ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
             `worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s ` +
             `(restarts after missed consumer heartbeats: ${worker.map((w) => w.restarts ?? 0).join(", ")})`,
         );
       }
       const main = reads.bench_r3!;
-      return { publish, tracing, ordered: main.ordered, worker: main.worker, one: reads.bench_one! };
+      return {
+        publish,
+        tracing,
+        ordered: main.ordered,
+        worker: main.worker,
+        one: reads.bench_one!,
+        perShard: reads.bench_ps!,
+      };
     } finally {
       await nc.close();
     }
@@ -266,6 +276,10 @@ const ratios = {
     throughput.one.worker.perSecond / throughput.one.ordered.perSecond,
     2,
   ),
+  null_sink_vs_ordered_read_per_shard_streams: round(
+    throughput.perShard.worker.perSecond / throughput.perShard.ordered.perSecond,
+    2,
+  ),
   e2e_vs_naive: round(cluster.sluice.perSecond / cluster.naive.perSecond, 2),
 };
 Object.assign(report, {
@@ -279,6 +293,8 @@ Object.assign(report, {
     null_sink_per_s: Math.round(throughput.worker.perSecond),
     ordered_read_one_shard_per_s: Math.round(throughput.one.ordered.perSecond),
     null_sink_one_shard_per_s: Math.round(throughput.one.worker.perSecond),
+    ordered_read_per_shard_streams_per_s: Math.round(throughput.perShard.ordered.perSecond),
+    null_sink_per_shard_streams_per_s: Math.round(throughput.perShard.worker.perSecond),
     naive_e2e_per_s: Math.round(cluster.naive.perSecond),
     sluice_e2e_per_s: Math.round(cluster.sluice.perSecond),
   },
@@ -354,10 +370,16 @@ const rows: Array<[string, string, string, string]> = [
     "",
   ],
   [
-    "worker path, discarding sink vs ordered read",
+    "worker path, discarding sink vs ordered read (one stream, 16 shards)",
     `${throughput.worker.perSecond.toFixed(0)}/s vs ${throughput.ordered.perSecond.toFixed(0)}/s`,
     `${ratios.null_sink_vs_ordered_read}x`,
     ">= 0.7x",
+  ],
+  [
+    "same, one stream per shard (streams: per-shard)",
+    `${throughput.perShard.worker.perSecond.toFixed(0)}/s vs ${throughput.perShard.ordered.perSecond.toFixed(0)}/s`,
+    `${ratios.null_sink_vs_ordered_read_per_shard_streams}x`,
+    "",
   ],
   [
     "same, one shard (one consumer)",

@@ -1,6 +1,6 @@
 /**
- * Reading throughput over one pre-filled pipeline (one stream per shard), in the same run: raw
- * ordered consumers, one per shard stream, all at once (no acks, no work: the ceiling) against
+ * Reading throughput over one pre-filled pipeline, in the same run: raw ordered consumers, one
+ * per input stream, all at once (no acks, no work: the ceiling) against
  * the sluice worker path (per-epoch pull consumers, decode, one fenced commit and one ack per
  * batch) into a sink that discards the rows. Both are timed from the first delivery to the
  * last record: creating sixteen consumers goes through the cluster's meta leader and takes
@@ -8,7 +8,7 @@
  */
 import { DeliverPolicy, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { feedBufferMessages, type WorkerConfig } from "../../shared/config.js";
+import { feedBufferMessages, type PipelineConfig, type WorkerConfig } from "../../shared/config.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
 import type { DeadLetterQueue, ShardSource } from "../../shared/ports.js";
 import { DiscardSink } from "../../shared/sink/discard-sink.js";
@@ -23,11 +23,11 @@ const rate = (records: number, ms: number): Rate => ({
   perSecond: records / (ms / 1000),
 });
 
-/** Records held by the pipeline's shard streams, in total. */
-export async function pipelineRecords(nc: NatsConnection, pipeline: string, shards: number): Promise<number> {
+/** Records held by the pipeline's input streams, in total. */
+export async function pipelineRecords(nc: NatsConnection, p: PipelineConfig): Promise<number> {
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   const counts = await Promise.all(
-    inputStreams(pipeline, shards).map(async (s) => (await jsm.streams.info(s)).state.messages),
+    [...inputStreams(p).keys()].map(async (s) => (await jsm.streams.info(s)).state.messages),
   );
   return counts.reduce((a, b) => a + b, 0);
 }
@@ -60,12 +60,12 @@ async function readStream(
   return seen;
 }
 
-/** Reads every record of the pipeline with one ordered consumer per shard stream, at once. */
-export async function orderedReadRate(nc: NatsConnection, pipeline: string, shards: number): Promise<Rate> {
+/** Reads every record of the pipeline with one ordered consumer per input stream, all at once. */
+export async function orderedReadRate(nc: NatsConnection, p: PipelineConfig): Promise<Rate> {
   const js = jetstream(nc, { timeout: 10_000 });
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   const streams = await Promise.all(
-    inputStreams(pipeline, shards).map(async (s) => ({ s, n: (await jsm.streams.info(s)).state.messages })),
+    [...inputStreams(p).keys()].map(async (s) => ({ s, n: (await jsm.streams.info(s)).state.messages })),
   );
   const first = new FirstDelivery();
   const seen = await Promise.all(streams.map(({ s, n }) => readStream(js, s, n, first)));
@@ -111,8 +111,7 @@ const noDeadLetters: DeadLetterQueue = {
  */
 export async function pipelineReadRate(
   nc: NatsConnection,
-  pipeline: string,
-  shards: number,
+  p: PipelineConfig,
   expected: number,
   settings: WorkerConfig,
   deadlineMs = 120_000,
@@ -121,6 +120,7 @@ export async function pipelineReadRate(
   const first = new FirstDelivery();
   const source = firstDeliveryOf(
     new JetStreamShardSource(nc, {
+      pipelines: [p],
       maxAckPending: settings.maxAckPending,
       ackWaitMs: settings.ackWaitMs,
       bufferMessages: feedBufferMessages(settings),
@@ -137,8 +137,8 @@ export async function pipelineReadRate(
   // server is saturated) starts over from the sink's checkpoint, here at the next epoch.
   const runShard = async (shard: number): Promise<void> => {
     for (let epoch = firstEpoch; !finished; epoch++) {
-      const p = new ShardPipeline(
-        { pipeline, shard },
+      const sp = new ShardPipeline(
+        { pipeline: p.name, shard },
         epoch,
         "bench",
         { sink, source, deadLetters: noDeadLetters },
@@ -152,13 +152,13 @@ export async function pipelineReadRate(
           },
         },
       );
-      current.set(shard, p);
-      await p.acquire();
-      await p.run();
+      current.set(shard, sp);
+      await sp.acquire();
+      await sp.run();
       if (!finished) restarts++;
     }
   };
-  const runs = Array.from({ length: shards }, (_, shard) => runShard(shard));
+  const runs = Array.from({ length: p.shards }, (_, shard) => runShard(shard));
   let ms = 0;
   try {
     await waitUntil(

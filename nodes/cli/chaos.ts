@@ -13,7 +13,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { connectNats } from "../../shared/nats/connection.js";
 import { Rng } from "../../shared/sim/rng.js";
-import { inputStream } from "../../shared/wire.js";
+import { inputStream, type PipelineStreams } from "../../shared/wire.js";
 import { runLoad } from "./load.js";
 import {
   type ClusterFile,
@@ -327,7 +327,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       );
     const historyMismatches = countHistoryMismatches(dir);
     const seqConflicts = countSeqConflicts(cEnd.sink, pipeline);
-    const div = divergence(cEnd.sink, pipeline, ackLog, lostIds);
+    const div = divergence(cEnd.sink, cfg.pipelines[0]!, ackLog, lostIds);
     if (div.conflicts > 0)
       mark(
         `the sink holds ${div.conflicts} records at sequences the stream acknowledged for others: ${div.lost} lost and ${div.duplicated} duplicated records explained by it`,
@@ -451,19 +451,19 @@ export function missingIds(
  */
 export function divergence(
   sink: string,
-  pipeline: string,
+  p: PipelineStreams,
   ackLog: string,
   lost: ReadonlyArray<{ id: string } & StreamPosition>,
 ): { conflicts: number; lost: number; duplicated: number } {
   const ackedAt = new Map<string, string>();
   for (const [id, at] of ackedPositions(ackLog)) ackedAt.set(positionKey(at), id);
   const rowKey = (r: { shard: number; seq: number }): string =>
-    positionKey({ stream: inputStream(pipeline, r.shard), seq: r.seq });
+    positionKey({ stream: inputStream(p, r.shard), seq: r.seq });
   const db = new Database(sink, { readonly: true });
   try {
     const conflicts = new Set<string>();
     const rows = db
-      .prepare(`SELECT shard, source_seq AS seq, record_id AS id FROM "${pipeline}"`)
+      .prepare(`SELECT shard, source_seq AS seq, record_id AS id FROM "${p.name}"`)
       .iterate() as Iterable<{ shard: number; seq: number; id: string }>;
     for (const r of rows) {
       const acked = ackedAt.get(rowKey(r));
@@ -472,8 +472,8 @@ export function divergence(
     if (conflicts.size === 0) return { conflicts: 0, lost: 0, duplicated: 0 };
     const dupRows = db
       .prepare(
-        `SELECT record_id AS id, shard, source_seq AS seq FROM "${pipeline}" WHERE record_id IN
-         (SELECT record_id FROM "${pipeline}" GROUP BY record_id HAVING COUNT(*) > 1)`,
+        `SELECT record_id AS id, shard, source_seq AS seq FROM "${p.name}" WHERE record_id IN
+         (SELECT record_id FROM "${p.name}" GROUP BY record_id HAVING COUNT(*) > 1)`,
       )
       .all() as Array<{ id: string; shard: number; seq: number }>;
     const dupExplained = new Set(dupRows.filter((r) => conflicts.has(rowKey(r))).map((r) => r.id));

@@ -89,7 +89,7 @@ async function sample(
   const report = await gatherStatus(nc, cfg, sinkPath);
   const at = Date.now();
   const consumers = new Map<string, Map<string, ShardConsumerInfo>>();
-  for (const p of cfg.pipelines) consumers.set(p.name, await listShardConsumers(nc, jsm, p.name, p.shards));
+  for (const p of cfg.pipelines) consumers.set(p.name, await listShardConsumers(nc, jsm, p));
   return { report, progress: progressOf(report, consumers, at) };
 }
 

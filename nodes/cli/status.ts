@@ -77,7 +77,7 @@ export async function gatherStatus(
         let lag: number | null = null;
         if (entry?.owner) {
           try {
-            const ci = await jsm.consumers.info(inputStream(p.name, i), consumerName(p.name, i, entry.epoch));
+            const ci = await jsm.consumers.info(inputStream(p, i), consumerName(p.name, i, entry.epoch));
             lag = ci.num_pending + ci.num_ack_pending;
           } catch {
             lag = null;

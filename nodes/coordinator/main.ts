@@ -51,8 +51,7 @@ const dashboard = new DashboardServer({
   failureTimeoutMs: opts.config.timing.failureTimeoutMs,
   state: () => runtime.state,
   readLeader: async () => ((await control.get(LEADER_KEY)).value as LeaderRecord | null) ?? null,
-  listConsumers: (pipeline) =>
-    listShardConsumers(nc, jsm, pipeline, pipelineOf(opts.config, pipeline).shards),
+  listConsumers: (pipeline) => listShardConsumers(nc, jsm, pipelineOf(opts.config, pipeline)),
   checkpoint: (ref) => sinkClient.checkpoint(ref),
   log,
 });

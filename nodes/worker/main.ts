@@ -33,6 +33,7 @@ const runtime = new WorkerRuntime({
   bus: new NatsWorkerControlBus(nc),
   sink,
   source: new JetStreamShardSource(nc, {
+    pipelines: opts.config.pipelines,
     maxAckPending: opts.config.worker.maxAckPending,
     ackWaitMs: opts.config.worker.ackWaitMs,
     bufferMessages: feedBufferMessages(opts.config.worker),

@@ -1,6 +1,7 @@
 /**
- * Shard feeds on JetStream: one durable pull consumer per (shard, epoch) on the shard's own
- * stream, unfiltered, R1, AckPolicy all, starting at the sink's checkpoint + 1. An R1 consumer is created in milliseconds (an R3 one
+ * Shard feeds on JetStream: one durable pull consumer per (shard, epoch) on the stream that
+ * holds the shard (filtered on the shard's subjects in a shared stream), R1, AckPolicy all,
+ * starting at the sink's checkpoint + 1. An R1 consumer is created in milliseconds (an R3 one
  * in hundreds), and losing it loses nothing: the sink's checkpoint is the truth of progress.
  */
 import {
@@ -20,10 +21,18 @@ import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
 import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../ports.js";
-import { consumerName, consumerPrefix, inputStream } from "../wire.js";
+import {
+  consumerName,
+  consumerPrefix,
+  inputStream,
+  type PipelineStreams,
+  shardConsumerFilter,
+} from "../wire.js";
 import { consumerNames } from "./shard-consumers.js";
 
 export interface JetStreamShardSourceOptions {
+  /** The pipelines read, for the names of their streams. */
+  pipelines: readonly PipelineStreams[];
   /** Max unacknowledged messages of a consumer: the per-shard in-flight bound. */
   maxAckPending: number;
   /** Redelivery delay of an unacked message, ms. */
@@ -46,6 +55,18 @@ export class JetStreamShardSource implements ShardSource {
     this.js = jetstream(nc, { timeout: 5_000 });
   }
 
+  /** The stream holding the shard. */
+  private streamOf(ref: ShardRef): string {
+    const p = this.opts.pipelines.find((x) => x.name === ref.pipeline);
+    if (!p) throw new SluiceError(ErrorCode.InvalidConfig, `unknown pipeline '${ref.pipeline}'`);
+    return inputStream(p, ref.shard);
+  }
+
+  private filterOf(ref: ShardRef): string | undefined {
+    const p = this.opts.pipelines.find((x) => x.name === ref.pipeline)!;
+    return shardConsumerFilter(p, ref.shard);
+  }
+
   private async manager(): Promise<JetStreamManager> {
     this.jsm ??= await jetstreamManager(this.nc, { timeout: 5_000 });
     return this.jsm;
@@ -53,12 +74,12 @@ export class JetStreamShardSource implements ShardSource {
 
   async open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
     const jsm = await this.manager();
-    const stream = inputStream(ref.pipeline, ref.shard);
+    const stream = this.streamOf(ref);
     const name = consumerName(ref.pipeline, ref.shard, epoch);
+    const filter = this.filterOf(ref);
     const config: Partial<ConsumerConfig> = {
-      // No filter: the stream holds this shard's records only, and an unfiltered consumer is
-      // served without matching subjects.
       durable_name: name,
+      ...(filter ? { filter_subject: filter } : {}),
       ack_policy: AckPolicy.All,
       ...("seq" in start
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, start.seq) }
@@ -87,7 +108,7 @@ export class JetStreamShardSource implements ShardSource {
 
   async removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
-    const stream = inputStream(ref.pipeline, ref.shard);
+    const stream = this.streamOf(ref);
     const prefix = consumerPrefix(ref.pipeline, ref.shard);
     const stale: string[] = [];
     // NAMES, not LIST: see `consumerNames`.
@@ -102,7 +123,7 @@ export class JetStreamShardSource implements ShardSource {
   async remove(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
     await jsm.consumers
-      .delete(inputStream(ref.pipeline, ref.shard), consumerName(ref.pipeline, ref.shard, epoch))
+      .delete(this.streamOf(ref), consumerName(ref.pipeline, ref.shard, epoch))
       .catch(() => false);
   }
 }

@@ -1,13 +1,13 @@
 /**
- * Creates (idempotently) the JetStream resources of a cluster: one input stream per shard and
- * one dead-letter stream per pipeline, and the KV buckets of the ownership protocol.
+ * Creates (idempotently) the JetStream resources of a cluster: the input streams of each
+ * pipeline (one, or one per shard) and one dead-letter stream per pipeline, and the KV buckets of the ownership protocol.
  */
 import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import type { SluiceConfig } from "../config.js";
 import { ErrorCode, SluiceError } from "../errors.js";
-import { Buckets, deadLetterStream, deadLetterSubjects, inputStream, shardFilter } from "../wire.js";
+import { Buckets, deadLetterStream, deadLetterSubjects, inputStreamSubjects, inputStreams } from "../wire.js";
 
 /** Streams created at once: each is a Raft group whose creation the meta leader serialises. */
 const createConcurrency = 16;
@@ -16,13 +16,13 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   for (const p of cfg.pipelines) {
     const r = Math.min(p.replicas, replicas);
-    const shards = Array.from({ length: p.shards }, (_, shard) => shard);
-    for (let i = 0; i < shards.length; i += createConcurrency) {
+    const streams = [...inputStreams(p)];
+    for (let i = 0; i < streams.length; i += createConcurrency) {
       await Promise.all(
-        shards.slice(i, i + createConcurrency).map((shard) =>
+        streams.slice(i, i + createConcurrency).map(([name, [shard]]) =>
           ensureStream(jsm, {
-            name: inputStream(p.name, shard),
-            subjects: [shardFilter(p.name, shard)],
+            name,
+            subjects: [inputStreamSubjects(p, shard!)],
             num_replicas: r,
             storage: StorageType.File,
             retention: RetentionPolicy.Limits,
@@ -66,7 +66,7 @@ async function ensureStream(jsm: Jsm, cfg: Parameters<Jsm["streams"]["add"]>[0])
     throw new SluiceError(
       overlap ? ErrorCode.InvalidConfig : ErrorCode.Unavailable,
       overlap
-        ? `stream ${cfg.name} cannot take ${cfg.subjects?.join(", ")}: another stream captures those subjects (a cluster provisioned with one input stream per pipeline must be emptied first)`
+        ? `stream ${cfg.name} cannot take ${cfg.subjects?.join(", ")}: another stream captures those subjects (a pipeline's stream layout cannot change while its streams exist)`
         : `cannot create stream ${cfg.name}: ${(cause as Error).message}`,
       { cause, retryable: !overlap },
     );

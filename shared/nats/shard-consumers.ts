@@ -8,7 +8,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { ErrorCode, SluiceError } from "../errors.js";
-import { consumerPrefix, inputStream } from "../wire.js";
+import { consumerPrefix, inputStreams, type PipelineStreams } from "../wire.js";
 
 const dec = new TextDecoder();
 
@@ -59,20 +59,21 @@ export interface ShardConsumerInfo {
 export async function listShardConsumers(
   nc: NatsConnection,
   jsm: JetStreamManager,
-  pipeline: string,
-  shards: number,
+  pipeline: PipelineStreams & { shards: number },
 ): Promise<Map<string, ShardConsumerInfo>> {
-  const newest = new Map<string, { stream: string; name: string; epoch: number }>();
+  const newest = new Map<number, { stream: string; name: string; epoch: number }>();
   await Promise.all(
-    Array.from({ length: shards }, async (_, shard) => {
-      const stream = inputStream(pipeline, shard);
-      const prefix = consumerPrefix(pipeline, shard);
-      for (const name of await consumerNames(nc, stream).catch(() => [])) {
-        if (!name.startsWith(prefix)) continue;
-        const epoch = Number(name.slice(prefix.length));
-        if (!Number.isInteger(epoch)) continue;
-        const cur = newest.get(stream);
-        if (!cur || cur.epoch < epoch) newest.set(stream, { stream, name, epoch });
+    [...inputStreams(pipeline)].map(async ([stream, shards]) => {
+      const names = await consumerNames(nc, stream).catch(() => []);
+      for (const shard of shards) {
+        const prefix = consumerPrefix(pipeline.name, shard);
+        for (const name of names) {
+          if (!name.startsWith(prefix)) continue;
+          const epoch = Number(name.slice(prefix.length));
+          if (!Number.isInteger(epoch)) continue;
+          const cur = newest.get(shard);
+          if (!cur || cur.epoch < epoch) newest.set(shard, { stream, name, epoch });
+        }
       }
     }),
   );

@@ -1,6 +1,9 @@
+import { jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
 import { addWorker, removeWorker } from "../../nodes/cli/local-cluster.js";
-import { shardCounts, startTestCluster, type TestCluster, waitSettled } from "./harness.js";
+import { parseConfig } from "../../shared/config.js";
+import { inputStream } from "../../shared/wire.js";
+import { shardCounts, startTestCluster, type TestCluster, testConfig, waitSettled } from "./harness.js";
 
 describe("scaling under load (real 3-node NATS cluster)", () => {
   let tc: TestCluster | undefined;
@@ -48,5 +51,40 @@ describe("scaling under load (real 3-node NATS cluster)", () => {
     const report = tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: 16_000 });
     expect(report.rows).toBe(16_000);
+  });
+
+  it("with one stream per shard: each stream holds its shard only; a join and a SIGKILL lose and duplicate nothing", async () => {
+    const base = testConfig();
+    const cfg = parseConfig({ ...base, pipelines: [{ name: "demo", shards: 8, streams: "per-shard" }] });
+    tc = await startTestCluster({ workers: 3, config: cfg });
+    await waitSettled(tc, 30_000, ["w1", "w2", "w3"]);
+    const load = tc.load(12_000, 2_000);
+    await tc.waitCommitted(2_000);
+    addWorker(tc.dir, "w4");
+    await waitSettled(tc, 30_000, ["w1", "w2", "w3", "w4"]);
+    process.kill(tc.workerPid("w1"), "SIGKILL");
+    await waitSettled(tc, 30_000, ["w2", "w3", "w4"]);
+
+    const summary = await load.done;
+    expect(summary.acked).toBe(12_000);
+    await tc.waitCommitted(summary.acked);
+    expect(tc.verify(load.ackLog)).toMatchObject({
+      lost: 0,
+      duplicated: 0,
+      unexpected: 0,
+      acknowledged: 12_000,
+    });
+    const jsm = await jetstreamManager(tc.nc);
+    const p = cfg.pipelines[0]!;
+    let stored = 0;
+    for (let shard = 0; shard < p.shards; shard++) {
+      const info = await jsm.streams.info(inputStream(p, shard), { subjects_filter: ">" });
+      stored += info.state.messages;
+      // Every subject of the shard's stream is one of its keys: `sluice.in.demo.<shard>.<key>`.
+      const subjects = Object.keys(info.state.subjects ?? {});
+      expect(subjects.length).toBeGreaterThan(0);
+      expect(subjects.filter((subj) => !subj.startsWith(`sluice.in.demo.${shard}.`))).toEqual([]);
+    }
+    expect(stored).toBe(12_000);
   });
 });

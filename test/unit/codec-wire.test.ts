@@ -11,8 +11,10 @@ import {
   fnv1a32,
   Headers,
   inputStream,
+  inputStreamSubjects,
   inputStreams,
   partitionMapping,
+  shardConsumerFilter,
   shardFilter,
   shardOf,
   shardSubject,
@@ -90,8 +92,20 @@ describe("wire names", () => {
   it("builds subjects, consumers and the partition mapping", () => {
     expect(shardSubject("demo", 3, "alice")).toBe("sluice.in.demo.3.alice");
     expect(shardFilter("demo", 3)).toBe("sluice.in.demo.3.>");
-    expect(inputStream("demo", 3)).toBe("SLUICE_IN_demo_3");
-    expect(inputStreams("demo", 3)).toEqual(["SLUICE_IN_demo_0", "SLUICE_IN_demo_1", "SLUICE_IN_demo_2"]);
+    const shared = { name: "demo", streams: "shared", shards: 3 } as const;
+    const perShard = { name: "demo", streams: "per-shard", shards: 3 } as const;
+    expect(inputStream(shared, 2)).toBe("SLUICE_IN_demo");
+    expect(inputStreamSubjects(shared, 2)).toBe("sluice.in.demo.>");
+    expect(shardConsumerFilter(shared, 2)).toBe("sluice.in.demo.2.>");
+    expect([...inputStreams(shared)]).toEqual([["SLUICE_IN_demo", [0, 1, 2]]]);
+    expect(inputStream(perShard, 2)).toBe("SLUICE_IN_demo_2");
+    expect(inputStreamSubjects(perShard, 2)).toBe("sluice.in.demo.2.>");
+    expect(shardConsumerFilter(perShard, 2)).toBeUndefined();
+    expect([...inputStreams(perShard)]).toEqual([
+      ["SLUICE_IN_demo_0", [0]],
+      ["SLUICE_IN_demo_1", [1]],
+      ["SLUICE_IN_demo_2", [2]],
+    ]);
     expect(consumerName("demo", 3, 9)).toBe("demo-s3-e9");
     expect(consumerName("demo", 3, 9).startsWith(consumerPrefix("demo", 3))).toBe(true);
     expect(partitionMapping("demo", 16)).toEqual([
@@ -201,7 +215,9 @@ describe("decodeRecord", () => {
 describe("parseConfig", () => {
   it("defaults to the demo pipeline with 16 shards and default timing", () => {
     const cfg = parseConfig(undefined);
-    expect(cfg.pipelines).toEqual([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000 }]);
+    expect(cfg.pipelines).toEqual([
+      { name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000, streams: "shared" },
+    ]);
     expect(cfg.timing.failureTimeoutMs).toBe(1000);
     expect(cfg.timing.leaderTtlMs).toBe(1500);
     expect(cfg.worker).toMatchObject({ batchMax: 1000, batchMin: 16, targetCommitMs: 100, lingerMs: 5 });
@@ -213,7 +229,13 @@ describe("parseConfig", () => {
 
   it("fills pipeline defaults for partial entries", () => {
     const cfg = parseConfig({ pipelines: [{ name: "orders", shards: 4 }] });
-    expect(cfg.pipelines[0]).toEqual({ name: "orders", shards: 4, replicas: 3, duplicateWindowMs: 120_000 });
+    expect(cfg.pipelines[0]).toEqual({
+      name: "orders",
+      shards: 4,
+      replicas: 3,
+      duplicateWindowMs: 120_000,
+      streams: "shared",
+    });
   });
 
   it("rejects duplicate pipeline names with INVALID_CONFIG", () => {
