@@ -56,15 +56,24 @@ export function messageFingerprint(msg: SourceMessage): string {
   return `#${fnv1a32(msg.subject).toString(16)}.${fnv1a32Bytes(msg.data).toString(16)}`;
 }
 
+/**
+ * A JSON content type, parameters allowed. ASCII case-insensitive matches exactly what
+ * lower-casing the value first would: the only other characters whose lower case starts with
+ * an ASCII letter are U+212A (k, not in the pattern) and U+0130 (i followed by U+0307, which
+ * then fails the next letter).
+ */
+const jsonContentType = /^application\/json/i;
+
 export function decodeRecord(msg: SourceMessage): DecodeResult {
-  const header = (name: string): string | undefined => (msg.header ? msg.header(name) : msg.headers[name]);
-  const recordId = header(Headers.msgId)?.trim();
+  const recordId = (msg.header ? msg.header(Headers.msgId) : msg.headers[Headers.msgId])?.trim();
   if (!recordId) return { ok: false, code: ErrorCode.MissingId, message: "no Nats-Msg-Id header" };
-  const key = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
+  const subject = msg.subject;
+  const key = subject.slice(subject.lastIndexOf(".") + 1);
   if (!key || key === "*" || key === ">") {
-    return { ok: false, code: ErrorCode.MissingKey, message: `subject '${msg.subject}' has no key token` };
+    return { ok: false, code: ErrorCode.MissingKey, message: `subject '${subject}' has no key token` };
   }
-  const json = (header(Headers.contentType) ?? "").toLowerCase().startsWith("application/json");
+  const contentType = msg.header ? msg.header(Headers.contentType) : msg.headers[Headers.contentType];
+  const json = contentType !== undefined && jsonContentType.test(contentType);
   let value: unknown;
   try {
     value = json ? JSON.parse(textDecoder.decode(msg.data)) : cborDecode(msg.data);

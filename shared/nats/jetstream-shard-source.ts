@@ -28,6 +28,7 @@ import {
   type PipelineStreams,
   shardConsumerFilter,
 } from "../wire.js";
+import { toSourceMessage } from "./jetstream-message.js";
 import { consumerNames } from "./shard-consumers.js";
 
 export interface JetStreamShardSourceOptions {
@@ -316,53 +317,4 @@ class JetStreamShardFeed implements ShardFeed {
     await this.messages?.close().catch(() => {});
     this.buffer.length = 0;
   }
-}
-
-/**
- * A JetStream message as a `SourceMessage`. Headers are looked up in the message's own header
- * map; the plain-object copy is built only when asked for (dead letters), since building it
- * for every record is a measurable share of the worker's CPU.
- */
-class JetStreamSourceMessage implements SourceMessage {
-  readonly seq: number;
-  readonly deliverySeq: number;
-  readonly pending: number;
-  private copied: Record<string, string> | undefined;
-
-  constructor(readonly token: JsMsg) {
-    const info = token.info;
-    this.seq = info.streamSequence;
-    this.deliverySeq = info.deliverySequence;
-    this.pending = info.pending;
-  }
-
-  get subject(): string {
-    return this.token.subject;
-  }
-
-  get data(): Uint8Array {
-    return this.token.data;
-  }
-
-  get timestampMs(): number {
-    return Math.floor(this.token.info.timestampNanos / 1e6);
-  }
-
-  header(name: string): string | undefined {
-    return this.token.headers?.get(name) || undefined;
-  }
-
-  get headers(): Record<string, string> {
-    if (!this.copied) {
-      const out: Record<string, string> = {};
-      const h = this.token.headers;
-      if (h) for (const [k, v] of h) out[k] = v[0] ?? "";
-      this.copied = out;
-    }
-    return this.copied;
-  }
-}
-
-function toSourceMessage(m: JsMsg): SourceMessage {
-  return new JetStreamSourceMessage(m);
 }

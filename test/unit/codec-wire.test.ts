@@ -149,6 +149,27 @@ describe("decodeRecord", () => {
     expect(JSON.parse(r.row.payload)).toEqual({ a: 1, b: [1, 2] });
   });
 
+  it("reads the payload as JSON only for a Content-Type starting with application/json", () => {
+    const json = enc.encode('{"a":1}');
+    const cbor = encodeRecord({ a: 1 });
+    for (const ct of ["APPLICATION/JSON", "application/json-seq", "application/json;x=y"]) {
+      const r = decodeRecord(
+        msg({ data: json, headers: { [Headers.msgId]: "id", [Headers.contentType]: ct } }),
+      );
+      expect(r.ok && r.row.payload).toBe('{"a":1}');
+    }
+    for (const ct of ["", "application/cbor", " application/json", "text/json", "appl\u0130cation/json"]) {
+      const r = decodeRecord(
+        msg({ data: cbor, headers: { [Headers.msgId]: "id", [Headers.contentType]: ct } }),
+      );
+      expect(r.ok && r.row.payload).toBe('{"a":1}');
+      expectRejected(
+        decodeRecord(msg({ data: json, headers: { [Headers.msgId]: "id", [Headers.contentType]: ct } })),
+        ErrorCode.UndecodablePayload,
+      );
+    }
+  });
+
   it("rejects a record without Nats-Msg-Id (or a blank one) with MISSING_ID", () => {
     expectRejected(decodeRecord(msg({ data: encodeRecord({ a: 1 }), headers: {} })), ErrorCode.MissingId);
     expectRejected(
