@@ -66,7 +66,15 @@ const jsonContentType = /^application\/json/i;
 
 export function decodeRecord(msg: SourceMessage): DecodeResult {
   const recordId = (msg.header ? msg.header(Headers.msgId) : msg.headers[Headers.msgId])?.trim();
-  if (!recordId) return { ok: false, code: ErrorCode.MissingId, message: "no Nats-Msg-Id header" };
+  if (!recordId) {
+    const why = msg.headerError;
+    return {
+      ok: false,
+      code: ErrorCode.MissingId,
+      message:
+        why === undefined ? "no Nats-Msg-Id header" : `header block unreadable (${why}): no Nats-Msg-Id`,
+    };
+  }
   const subject = msg.subject;
   const key = subject.slice(subject.lastIndexOf(".") + 1);
   if (!key || key === "*" || key === ">") {

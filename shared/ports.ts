@@ -23,6 +23,8 @@ export interface SourceMessage {
    * (the hot path reads two headers of every record).
    */
   header?(name: string): string | undefined;
+  /** Why the header block could not be read, set once `header`/`headers` found it malformed. */
+  readonly headerError?: string | undefined;
   /** When the source stored the message, ms since the epoch; absent when the source does not say. */
   readonly timestampMs?: number;
   /**

@@ -4,6 +4,7 @@
  * cost a measurable share of the worker's CPU.
  */
 import type { JsMsg } from "@nats-io/jetstream";
+import type { MsgHdrs } from "@nats-io/transport-node";
 import type { SourceMessage } from "../ports.js";
 import { Headers } from "../wire.js";
 import { scanHeaderValues } from "./raw-headers.js";
@@ -141,17 +142,42 @@ export class JetStreamSourceMessage implements SourceMessage {
     return Math.floor(this.token.info.timestampNanos / 1e6);
   }
 
+  /**
+   * Why the header block could not be read (nats.js rejects a block with, e.g., a space in a
+   * name), or undefined. Such a message reads as one without headers, so it is dead-lettered
+   * with this reason instead of throwing in every owner's run and stalling the shard.
+   */
+  headerError: string | undefined;
+
+  /** nats.js's header map, or undefined when there is none or it cannot be decoded. */
+  private headerMap(): MsgHdrs | undefined {
+    if (this.headerError !== undefined) return undefined;
+    try {
+      return this.token.headers;
+    } catch (err) {
+      this.headerError = (err as Error).message;
+      return undefined;
+    }
+  }
+
   header(name: string): string | undefined {
     const i = name === Headers.msgId ? 0 : name === Headers.contentType ? 1 : -1;
-    if (i < 0) return this.token.headers?.get(name) || undefined;
-    if (!this.known) this.known = recordHeaders(this.token);
+    if (i < 0) return this.headerMap()?.get(name) || undefined;
+    if (!this.known) {
+      try {
+        this.known = recordHeaders(this.token);
+      } catch (err) {
+        this.headerError = (err as Error).message;
+        this.known = noRecordHeaders;
+      }
+    }
     return this.known[i] || undefined;
   }
 
   get headers(): Record<string, string> {
     if (!this.copied) {
       const out: Record<string, string> = {};
-      const h = this.token.headers;
+      const h = this.headerMap();
       if (h) for (const [k, v] of h) out[k] = v[0] ?? "";
       this.copied = out;
     }

@@ -298,11 +298,20 @@ describe("JetStreamSourceMessage", () => {
     }
   });
 
-  it("still throws where nats.js throws on a malformed header block", () => {
+  it("reads a header block nats.js rejects as no headers, with the reason, so the record is dead-lettered", () => {
     const { token } = jsMsg({ block: "NATS/1.0\r\nBad Name: x\r\nNats-Msg-Id: id\r\n\r\n" });
-    const m = new JetStreamSourceMessage(token);
     expect(() => token.headers).toThrow();
-    expect(() => m.header("Nats-Msg-Id")).toThrow();
+    const m = new JetStreamSourceMessage(token);
+    expect(m.header("Nats-Msg-Id")).toBeUndefined();
+    expect(m.headers).toEqual({});
+    expect(m.headerError).toBeTruthy();
+    const r = decodeRecord(m);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.code).toBe("MISSING_ID");
+      expect(r.message).toContain("header block unreadable");
+    }
+    expect(messageFingerprint(m)).toMatch(/^#/);
   });
 
   it("falls back to nats.js's parseInfo for ack subjects it does not read", () => {
