@@ -200,6 +200,7 @@ export class WorkerRuntime {
     };
     // Open from the start of a drain until the release notice is sent (or the lease ends otherwise).
     let handoff: Span | null = null;
+    let acquireFailures = 0;
     this.confirm(shard, epoch, this.d.scheduler.now());
     const machine = leaseMachine.provide({
       actors: {
@@ -210,7 +211,19 @@ export class WorkerRuntime {
             // Each acquisition is a trace of its own: fence, consumer clean-up, consumer open.
             { kind: SpanKind.INTERNAL, attributes: spanAttrs, parent: ROOT_CONTEXT },
             async (span) => {
-              const r = await pipeline.acquire();
+              let r: Awaited<ReturnType<ShardPipeline["acquire"]>>;
+              try {
+                r = await pipeline.acquire();
+              } catch (err) {
+                // Each failed attempt is visible as it happens (the lease machine backs off,
+                // 50 ms doubling to 2 s, so this logs at most a few lines per second per shard).
+                acquireFailures++;
+                log.warn(
+                  { attempt: acquireFailures, err: (err as Error).message },
+                  "lease acquisition failed",
+                );
+                throw err;
+              }
               span.setAttribute(A.checkpoint, r.checkpoint);
               const { fenceMs, openMs } = r;
               const at = {
