@@ -57,6 +57,13 @@ export const deadLetterStream = (pipeline: string): string => `SLUICE_DLQ_${pipe
 export const consumerName = (pipeline: string, shard: number, epoch: number): string =>
   `${pipeline}-s${shard}-e${epoch}`;
 export const consumerPrefix = (pipeline: string, shard: number): string => `${pipeline}-s${shard}-e`;
+/** The epoch of `name` when it is a consumer of this shard (`consumerName`), else null. */
+export function consumerEpoch(pipeline: string, shard: number, name: string): number | null {
+  const prefix = consumerPrefix(pipeline, shard);
+  if (!name.startsWith(prefix)) return null;
+  const epoch = Number(name.slice(prefix.length));
+  return Number.isInteger(epoch) ? epoch : null;
+}
 
 /** The server-side partition mapping of a pipeline, as in the nats-server `mappings` block. */
 export const partitionMapping = (pipeline: string, shards: number): [string, string] => [

@@ -22,8 +22,8 @@ import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
 import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../ports.js";
 import {
+  consumerEpoch,
   consumerName,
-  consumerPrefix,
   inputStream,
   type PipelineStreams,
   shardConsumerFilter,
@@ -56,16 +56,15 @@ export class JetStreamShardSource implements ShardSource {
     this.js = jetstream(nc, { timeout: 5_000 });
   }
 
-  /** The stream holding the shard. */
-  private streamOf(ref: ShardRef): string {
+  private pipelineOf(ref: ShardRef): PipelineStreams {
     const p = this.opts.pipelines.find((x) => x.name === ref.pipeline);
     if (!p) throw new SluiceError(ErrorCode.InvalidConfig, `unknown pipeline '${ref.pipeline}'`);
-    return inputStream(p, ref.shard);
+    return p;
   }
 
-  private filterOf(ref: ShardRef): string | undefined {
-    const p = this.opts.pipelines.find((x) => x.name === ref.pipeline)!;
-    return shardConsumerFilter(p, ref.shard);
+  /** The stream holding the shard. */
+  private streamOf(ref: ShardRef): string {
+    return inputStream(this.pipelineOf(ref), ref.shard);
   }
 
   private async manager(): Promise<JetStreamManager> {
@@ -75,9 +74,10 @@ export class JetStreamShardSource implements ShardSource {
 
   async open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
     const jsm = await this.manager();
-    const stream = this.streamOf(ref);
+    const p = this.pipelineOf(ref);
+    const stream = inputStream(p, ref.shard);
     const name = consumerName(ref.pipeline, ref.shard, epoch);
-    const filter = this.filterOf(ref);
+    const filter = shardConsumerFilter(p, ref.shard);
     const config: Partial<ConsumerConfig> = {
       durable_name: name,
       ...(filter ? { filter_subject: filter } : {}),
@@ -110,13 +110,11 @@ export class JetStreamShardSource implements ShardSource {
   async removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
     const stream = this.streamOf(ref);
-    const prefix = consumerPrefix(ref.pipeline, ref.shard);
     const stale: string[] = [];
     // NAMES, not LIST: see `consumerNames`.
     for (const name of await consumerNames(this.nc, stream)) {
-      if (!name.startsWith(prefix)) continue;
-      const e = Number(name.slice(prefix.length));
-      if (Number.isInteger(e) && e < epoch) stale.push(name);
+      const e = consumerEpoch(ref.pipeline, ref.shard, name);
+      if (e !== null && e < epoch) stale.push(name);
     }
     await Promise.all(stale.map((n) => jsm.consumers.delete(stream, n).catch(() => false)));
   }

@@ -8,7 +8,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { ErrorCode, SluiceError } from "../errors.js";
-import { consumerPrefix, inputStreams, type PipelineStreams } from "../wire.js";
+import { consumerEpoch, inputStreams, type PipelineStreams } from "../wire.js";
 
 const dec = new TextDecoder();
 
@@ -66,11 +66,9 @@ export async function listShardConsumers(
     [...inputStreams(pipeline)].map(async ([stream, shards]) => {
       const names = await consumerNames(nc, stream).catch(() => []);
       for (const shard of shards) {
-        const prefix = consumerPrefix(pipeline.name, shard);
         for (const name of names) {
-          if (!name.startsWith(prefix)) continue;
-          const epoch = Number(name.slice(prefix.length));
-          if (!Number.isInteger(epoch)) continue;
+          const epoch = consumerEpoch(pipeline.name, shard, name);
+          if (epoch === null) continue;
           const cur = newest.get(shard);
           if (!cur || cur.epoch < epoch) newest.set(shard, { stream, name, epoch });
         }

@@ -26,7 +26,7 @@ import type {
   Versioned,
   WorkerControlBus,
 } from "../ports.js";
-import { consumerName, consumerPrefix, shardFilter } from "../wire.js";
+import { consumerEpoch, consumerName, shardFilter } from "../wire.js";
 import type { SimNode } from "./sim-loop.js";
 import type { SimNet } from "./sim-net.js";
 
@@ -115,13 +115,13 @@ export class SimShardSource implements ShardSource {
   }
 
   removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void> {
-    const prefix = consumerPrefix(ref.pipeline, ref.shard);
     return this.net.request(
       this.self,
       this.broker,
       () => {
         for (const n of this.stream.consumerNames()) {
-          if (n.startsWith(prefix) && Number(n.slice(prefix.length)) < epoch) this.stream.deleteConsumer(n);
+          const e = consumerEpoch(ref.pipeline, ref.shard, n);
+          if (e !== null && e < epoch) this.stream.deleteConsumer(n);
         }
       },
       REQUEST_TIMEOUT_MS,

@@ -6,6 +6,7 @@ import { parseShardKey, shardKey } from "../../shared/core/types.js";
 import { ErrorCode, isSluiceError, SluiceError } from "../../shared/errors.js";
 import type { SourceMessage } from "../../shared/ports.js";
 import {
+  consumerEpoch,
   consumerName,
   consumerPrefix,
   fnv1a32,
@@ -108,6 +109,9 @@ describe("wire names", () => {
     ]);
     expect(consumerName("demo", 3, 9)).toBe("demo-s3-e9");
     expect(consumerName("demo", 3, 9).startsWith(consumerPrefix("demo", 3))).toBe(true);
+    expect(consumerEpoch("demo", 3, consumerName("demo", 3, 9))).toBe(9);
+    expect(consumerEpoch("demo", 3, consumerName("demo", 31, 9))).toBeNull();
+    expect(consumerEpoch("demo", 3, "demo-s3-ex")).toBeNull();
     expect(partitionMapping("demo", 16)).toEqual([
       "ingest.demo.*",
       "sluice.in.demo.{{partition(16,1)}}.{{wildcard(1)}}",
