@@ -56,6 +56,14 @@ export const WorkerSchema = z
      * until two idle heartbeats are missed.
      */
     maxAckPending: z.number().int().min(2).default(4000),
+    /**
+     * Records a worker holds unacknowledged across all its shards, at most: pulled ahead,
+     * batched, or being committed. Each shard's consumer gets an equal share of it when it is
+     * opened (`shardFlow`), capped by `maxAckPending` and never below 64 records, so a worker
+     * owning many shards keeps bounded memory (about 1.5 KiB per 256-byte record in flight)
+     * instead of `maxAckPending` records per shard.
+     */
+    maxBufferedRecords: z.number().int().min(64).default(65_536),
     /** How long a pull waits for the first message of a batch, ms. */
     pullWaitMs: z.number().int().min(5).default(100),
     /** Server redelivers an unacked message after this long, ms. */
@@ -74,14 +82,6 @@ export const ConfigSchema = z.object({
   timing: TimingSchema.default(TimingSchema.parse({})),
   worker: WorkerSchema.default(WorkerSchema.parse({})),
 });
-
-/**
- * Messages a shard's consumer keeps pulled ahead: two batches, but never so many that they and
- * the batch being committed exceed `maxAckPending`.
- */
-export function feedBufferMessages(w: { batchMax: number; maxAckPending: number }): number {
-  return Math.max(1, Math.min(w.batchMax * 2, w.maxAckPending - w.batchMax));
-}
 
 export type PipelineConfig = z.infer<typeof PipelineSchema>;
 export type TimingConfig = z.infer<typeof TimingSchema>;

@@ -58,9 +58,20 @@ export interface ShardFeed {
  */
 export type FeedStart = { seq: number } | { timeMs: number };
 
+/** A consumer's in-flight bounds, records (see `shardFlow`). */
+export interface FeedFlow {
+  /** Unacknowledged messages the server lets the consumer hold. */
+  maxAckPending: number;
+  /** Messages the client keeps pulled ahead; at most `maxAckPending` minus a batch. */
+  bufferMessages: number;
+}
+
 export interface ShardSource {
-  /** Open this epoch's consumer on the shard, delivering from `start` on. */
-  open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed>;
+  /**
+   * Open this epoch's consumer on the shard, delivering from `start` on, holding at most
+   * `flow.maxAckPending` unacknowledged records (the source's configured bound when absent).
+   */
+  open(ref: ShardRef, epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed>;
   /** Delete consumers of older epochs of this shard, so a zombie's pulls fail. */
   removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void>;
   /** Delete this epoch's consumer (after a graceful release). */

@@ -8,7 +8,8 @@
  */
 import { DeliverPolicy, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { feedBufferMessages, type PipelineConfig, type WorkerConfig } from "../../shared/config.js";
+import type { PipelineConfig, WorkerConfig } from "../../shared/config.js";
+import { feedBufferMessages } from "../../shared/core/batch-size.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
 import type { DeadLetterQueue, ShardSource } from "../../shared/ports.js";
 import { DiscardSink } from "../../shared/sink/discard-sink.js";

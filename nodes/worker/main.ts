@@ -1,6 +1,6 @@
 /** The worker process: NATS and SQLite adapters around the WorkerRuntime. */
 import { Kvm } from "@nats-io/kv";
-import { feedBufferMessages } from "../../shared/config.js";
+import { feedBufferMessages } from "../../shared/core/batch-size.js";
 import { type AssignmentEntry, parseShardKey } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
 import { connectNats } from "../../shared/nats/connection.js";

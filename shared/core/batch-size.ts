@@ -35,3 +35,43 @@ export function nextBatchLimit(limit: number, obs: BatchObservation, s: BatchSiz
   if (behind && obs.commitMs <= s.targetCommitMs / 2) return Math.min(s.max, current * 2);
   return current;
 }
+
+/**
+ * Messages a shard's consumer keeps pulled ahead: two batches, but never so many that they and
+ * the batch being committed exceed `maxAckPending`.
+ */
+export function feedBufferMessages(w: { batchMax: number; maxAckPending: number }): number {
+  return Math.max(1, Math.min(w.batchMax * 2, w.maxAckPending - w.batchMax));
+}
+
+/** The in-flight bounds of one shard's consumer, records. */
+export interface ShardFlow {
+  /** The consumer's max unacknowledged messages: what the server lets the worker hold. */
+  maxAckPending: number;
+  /** Largest batch, at most half of `maxAckPending`. */
+  batchMax: number;
+  /** Messages the client keeps pulled ahead (`feedBufferMessages`). */
+  bufferMessages: number;
+}
+
+/** No shard's share goes below this many records, however many shards a worker owns. */
+export const MIN_SHARD_IN_FLIGHT = 64;
+
+/**
+ * A shard's share of its worker's in-flight budget when the worker owns `shards` shards:
+ * `maxBufferedRecords / shards`, capped by `maxAckPending` and floored at
+ * `MIN_SHARD_IN_FLIGHT`. The server enforces it (max_ack_pending), so a worker holds at most
+ * max(`maxBufferedRecords`, 64 x shards) records whatever the backlog. Pure.
+ */
+export function shardFlow(
+  w: { batchMax: number; maxAckPending: number; maxBufferedRecords: number },
+  shards: number,
+): ShardFlow {
+  const share = Math.floor(w.maxBufferedRecords / Math.max(1, shards));
+  const maxAckPending = Math.max(
+    Math.min(MIN_SHARD_IN_FLIGHT, w.maxAckPending),
+    Math.min(w.maxAckPending, share),
+  );
+  const batchMax = Math.max(1, Math.min(w.batchMax, Math.floor(maxAckPending / 2)));
+  return { maxAckPending, batchMax, bufferMessages: feedBufferMessages({ batchMax, maxAckPending }) };
+}

@@ -20,7 +20,7 @@ import {
 import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
-import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../ports.js";
+import type { FeedFlow, FeedStart, ShardFeed, ShardSource, SourceMessage } from "../ports.js";
 import {
   consumerEpoch,
   consumerName,
@@ -34,11 +34,11 @@ import { consumerNames } from "./shard-consumers.js";
 export interface JetStreamShardSourceOptions {
   /** The pipelines read, for the names of their streams. */
   pipelines: readonly PipelineStreams[];
-  /** Max unacknowledged messages of a consumer: the per-shard in-flight bound. */
+  /** Max unacknowledged messages of a consumer, unless `open` is given a flow. */
   maxAckPending: number;
   /** Redelivery delay of an unacked message, ms. */
   ackWaitMs: number;
-  /** Messages the client keeps pulled ahead per shard. */
+  /** Messages the client keeps pulled ahead per shard, unless `open` is given a flow. */
   bufferMessages: number;
 }
 
@@ -72,7 +72,7 @@ export class JetStreamShardSource implements ShardSource {
     return this.jsm;
   }
 
-  async open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
+  async open(ref: ShardRef, epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed> {
     const jsm = await this.manager();
     const p = this.pipelineOf(ref);
     const stream = inputStream(p, ref.shard);
@@ -85,7 +85,7 @@ export class JetStreamShardSource implements ShardSource {
       ...("seq" in start
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, start.seq) }
         : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(start.timeMs).toISOString() }),
-      max_ack_pending: this.opts.maxAckPending,
+      max_ack_pending: flow?.maxAckPending ?? this.opts.maxAckPending,
       ack_wait: nanos(this.opts.ackWaitMs),
       num_replicas: 1,
       // A consumer orphaned by a crash is removed by the server after an hour idle.
@@ -102,7 +102,7 @@ export class JetStreamShardSource implements ShardSource {
       ci = await jsm.consumers.add(stream, config);
     }
     const consumer = this.js.consumers.getConsumerFromInfo(ci);
-    const feed = new JetStreamShardFeed(consumer, this.opts.bufferMessages);
+    const feed = new JetStreamShardFeed(consumer, flow?.bufferMessages ?? this.opts.bufferMessages);
     await feed.start();
     return feed;
   }

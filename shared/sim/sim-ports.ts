@@ -14,6 +14,7 @@ import type {
   CoordinatorControlBus,
   DeadLetter,
   DeadLetterQueue,
+  FeedFlow,
   FeedStart,
   Grants,
   JsonStore,
@@ -92,7 +93,7 @@ export class SimShardSource implements ShardSource {
     private readonly settings: { maxAckPending: number; ackWaitMs: number },
   ) {}
 
-  async open(ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
+  async open(ref: ShardRef, epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed> {
     const name = consumerName(ref.pipeline, ref.shard, epoch);
     // The simulated stream keeps no store times: a rewind by time starts from the beginning.
     const fromSeq = "seq" in start ? start.seq : 1;
@@ -105,7 +106,7 @@ export class SimShardSource implements ShardSource {
           name,
           shardFilter(ref.pipeline, ref.shard).slice(0, -1),
           fromSeq,
-          this.settings.maxAckPending,
+          flow?.maxAckPending ?? this.settings.maxAckPending,
           this.settings.ackWaitMs,
         );
       },

@@ -78,6 +78,8 @@ export const defaultSimOptions: SimOptions = {
     targetCommitMs: 100,
     lingerMs: 0,
     maxAckPending: 200,
+    // A worker owning more than 3 of the 8 shards shares this: the flow sizing runs in simulation too.
+    maxBufferedRecords: 600,
     pullWaitMs: 100,
     ackWaitMs: 3_000,
   },

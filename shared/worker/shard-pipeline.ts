@@ -6,13 +6,14 @@
  */
 
 import { decodeRecord, messageFingerprint } from "../codec.js";
-import { type BatchSizing, nextBatchLimit } from "../core/batch-size.js";
+import { type BatchSizing, nextBatchLimit, shardFlow } from "../core/batch-size.js";
 import type { RunOutcome } from "../core/lease.machine.js";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, isSluiceError } from "../errors.js";
 import type {
   DeadLetter,
   DeadLetterQueue,
+  FeedFlow,
   ShardFeed,
   ShardSource,
   Sink,
@@ -38,6 +39,12 @@ export interface PipelineSettings {
   lingerMs?: number;
   /** Longest wait for the first message of a batch, ms; bounds how fast a drain starts. */
   pullWaitMs: number;
+  /**
+   * The worker's in-flight budget, records, and the per-consumer cap, both needed to share
+   * the budget (`shardFlow`); without them the source's own bounds apply.
+   */
+  maxBufferedRecords?: number;
+  maxAckPending?: number;
   /**
    * How far around the checkpoint a reconciliation compares record ids, ms of stream time
    * either side (default 120 000, JetStream's default duplicate window: the span in which a
@@ -92,6 +99,8 @@ export interface PipelineHooks {
   onBatchStart?(r: BatchStartReport): void;
   onHistoryMismatch?(r: HistoryMismatchReport): void;
   now(): number;
+  /** Shards the worker owns or is about to own, this one included; sizes the shard's share. */
+  shardsOwned?(): number;
 }
 
 /** Reconciliation after a history mismatch: commit by record id, not by sequence. */
@@ -112,7 +121,9 @@ export class ShardPipeline {
   private nextDelivery = 1;
   /** Records the next batch may take; adapted after every commit (`nextBatchLimit`). */
   private batchLimit: number;
-  private readonly sizing: BatchSizing;
+  private sizing: BatchSizing;
+  /** This lease's in-flight bounds, set at acquisition (undefined: the source's defaults). */
+  private flow: FeedFlow | undefined;
   /** The checkpoint's sequence and fingerprint, until the first delivery confirmed or refuted them. */
   private verify: { seq: number; fingerprint: string } | null = null;
   private reconciliation: Reconciliation | null = null;
@@ -146,11 +157,12 @@ export class ShardPipeline {
    * reads, acks only its own consumer (AckPolicy all is per consumer), and its commit is
    * rejected by the fence set above.
    */
-  async acquire(): Promise<{ checkpoint: number; fenceMs: number; openMs: number }> {
+  async acquire(): Promise<{ checkpoint: number; fenceMs: number; openMs: number; maxAckPending?: number }> {
     const t0 = this.hooks.now();
     const cp = await this.ports.sink.fence(this.ref, this.epoch);
     const t1 = this.hooks.now();
     if (!this.stopping) {
+      this.sizeFlow();
       await this.feed?.close();
       this.pending = null;
       this.reconciliation = null;
@@ -158,12 +170,36 @@ export class ShardPipeline {
       // delivery proves the stream still numbers records as the sink saw them.
       const check = cp.seq > 0 && cp.fingerprint !== undefined;
       this.verify = check ? { seq: cp.seq, fingerprint: cp.fingerprint! } : null;
-      this.feed = await this.ports.source.open(this.ref, this.epoch, { seq: check ? cp.seq : cp.seq + 1 });
+      this.feed = await this.ports.source.open(
+        this.ref,
+        this.epoch,
+        { seq: check ? cp.seq : cp.seq + 1 },
+        this.flow,
+      );
       this.nextDelivery = 1;
     }
     const openMs = this.hooks.now() - t1;
     void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
-    return { checkpoint: cp.seq, fenceMs: t1 - t0, openMs };
+    return {
+      checkpoint: cp.seq,
+      fenceMs: t1 - t0,
+      openMs,
+      ...(this.flow ? { maxAckPending: this.flow.maxAckPending } : {}),
+    };
+  }
+
+  /**
+   * Takes this shard's share of the worker's in-flight budget, counted after the fence, by
+   * which time the assignment that brought this shard has usually brought its siblings too.
+   */
+  private sizeFlow(): void {
+    const { maxBufferedRecords, maxAckPending } = this.settings;
+    const owned = this.hooks.shardsOwned?.();
+    if (maxBufferedRecords === undefined || maxAckPending === undefined || owned === undefined) return;
+    const f = shardFlow({ batchMax: this.settings.batchMax, maxAckPending, maxBufferedRecords }, owned);
+    this.flow = { maxAckPending: f.maxAckPending, bufferMessages: f.bufferMessages };
+    this.sizing = { ...this.sizing, max: f.batchMax };
+    this.batchLimit = Math.min(this.batchLimit, f.batchMax);
   }
 
   /** Runs batches until stopped, until the lease needs a re-check, or until fenced or broken. */
@@ -270,6 +306,7 @@ export class ShardPipeline {
       this.ref,
       this.epoch,
       at === undefined ? { seq: 1 } : { timeMs: at - windowMs },
+      this.flow,
     );
     this.nextDelivery = 1;
     return null;

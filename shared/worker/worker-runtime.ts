@@ -119,6 +119,13 @@ export class WorkerRuntime {
     this.hbTimer = this.d.scheduler.setTimeout(() => this.beat(), this.d.timing.heartbeatMs);
   }
 
+  /** Shards this worker runs or is assigned (active entries naming it), whichever is more. */
+  private shardsOwned(): number {
+    let assigned = 0;
+    for (const e of this.latest.values()) if (e?.owner === this.d.id && e.phase === "active") assigned++;
+    return Math.max(assigned, this.leases.size);
+  }
+
   private confirm(shard: string, epoch: number, at: number): void {
     const c = this.confirmed.get(shard);
     if (!c || c.epoch !== epoch || c.at < at) this.confirmed.set(shard, { epoch, at });
@@ -174,6 +181,7 @@ export class WorkerRuntime {
     const pipeline = new ShardPipeline(ref, epoch, this.d.id, this.d, this.d.settings, {
       leaseFresh: () => this.leaseFresh(shard, epoch),
       now: () => this.d.scheduler.now(),
+      shardsOwned: () => this.shardsOwned(),
       onBatch: (r) => this.d.onBatch?.(r),
       onBatchStart: (r) => this.d.onBatchStart?.(r),
       onHistoryMismatch: (r) => {
@@ -230,6 +238,7 @@ export class WorkerRuntime {
                 checkpoint: r.checkpoint,
                 fenceMs: Math.round(fenceMs),
                 openMs: Math.round(openMs),
+                ...(r.maxAckPending === undefined ? {} : { maxAckPending: r.maxAckPending }),
               };
               if (fenceMs + openMs > 1_000) log.warn(at, "slow lease acquisition");
               else log.info(at, "lease acquired");

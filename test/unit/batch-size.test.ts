@@ -1,7 +1,13 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { feedBufferMessages, parseConfig } from "../../shared/config.js";
-import { type BatchSizing, nextBatchLimit } from "../../shared/core/batch-size.js";
+import { parseConfig } from "../../shared/config.js";
+import {
+  type BatchSizing,
+  feedBufferMessages,
+  MIN_SHARD_IN_FLIGHT,
+  nextBatchLimit,
+  shardFlow,
+} from "../../shared/core/batch-size.js";
 
 const s: BatchSizing = { min: 16, max: 1000, targetCommitMs: 100 };
 
@@ -76,5 +82,38 @@ describe("feed buffer", () => {
 
   it("rejects a config whose maxAckPending is below twice batchMax", () => {
     expect(() => parseConfig({ worker: { batchMax: 1000, maxAckPending: 1500 } })).toThrow(/twice/);
+  });
+});
+
+describe("shard flow: a worker's in-flight budget shared by its shards", () => {
+  const w = { batchMax: 1000, maxAckPending: 4000, maxBufferedRecords: 65_536 };
+
+  it("leaves a few shards at maxAckPending and shrinks many shards' shares to the budget", () => {
+    expect(shardFlow(w, 16)).toEqual({ maxAckPending: 4000, batchMax: 1000, bufferMessages: 2000 });
+    expect(shardFlow(w, 64)).toEqual({ maxAckPending: 1024, batchMax: 512, bufferMessages: 512 });
+    expect(shardFlow(w, 0).maxAckPending).toBe(4000);
+    expect(shardFlow(w, 100_000).maxAckPending).toBe(MIN_SHARD_IN_FLIGHT);
+  });
+
+  it("keeps every shard's batches within its share, and all shares within the budget or the floor", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 10_000 }),
+        fc.integer({ min: 0, max: 40_000 }),
+        fc.integer({ min: 64, max: 1_000_000 }),
+        fc.integer({ min: 1, max: 5_000 }),
+        (batchMax, extra, maxBufferedRecords, shards) => {
+          const cfg = { batchMax, maxAckPending: 2 * batchMax + extra, maxBufferedRecords };
+          const f = shardFlow(cfg, shards);
+          expect(f.batchMax).toBeGreaterThanOrEqual(1);
+          expect(f.batchMax).toBeLessThanOrEqual(batchMax);
+          expect(f.maxAckPending).toBeLessThanOrEqual(cfg.maxAckPending);
+          expect(f.bufferMessages + f.batchMax).toBeLessThanOrEqual(f.maxAckPending);
+          expect(f.maxAckPending * shards).toBeLessThanOrEqual(
+            Math.max(maxBufferedRecords, MIN_SHARD_IN_FLIGHT * shards),
+          );
+        },
+      ),
+    );
   });
 });

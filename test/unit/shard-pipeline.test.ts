@@ -3,7 +3,7 @@ import { encodeRecord } from "../../shared/codec.js";
 import type { ShardRef } from "../../shared/core/types.js";
 import { MemorySink } from "../../shared/memory/memory-sink.js";
 import { consumerStalled } from "../../shared/nats/jetstream-shard-source.js";
-import type { FeedStart, ShardFeed, ShardSource, SourceMessage } from "../../shared/ports.js";
+import type { FeedFlow, FeedStart, ShardFeed, ShardSource, SourceMessage } from "../../shared/ports.js";
 import { type HistoryMismatchReport, ShardPipeline } from "../../shared/worker/shard-pipeline.js";
 
 const REF: ShardRef = { pipeline: "demo", shard: 0 };
@@ -30,9 +30,14 @@ function message(id: string, index: number, deliverySeq: number): SourceMessage 
 class ReplicaSource implements ShardSource {
   view: View = [];
   opened: FeedStart[] = [];
+  flows: Array<FeedFlow | undefined> = [];
+  /** The largest `max` any `next` was asked for. */
+  largestPull = 0;
 
-  async open(_ref: ShardRef, _epoch: number, start: FeedStart): Promise<ShardFeed> {
+  async open(_ref: ShardRef, _epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed> {
     this.opened.push(start);
+    this.flows.push(flow);
+    const self = this;
     const view = this.view;
     let pos =
       "seq" in start
@@ -43,6 +48,7 @@ class ReplicaSource implements ShardSource {
     return {
       failure: null,
       async next(max: number, waitMs: number): Promise<SourceMessage[]> {
+        self.largestPull = Math.max(self.largestPull, max);
         if (pos >= view.length) {
           await new Promise((r) => setTimeout(r, Math.min(waitMs, 5)));
           return [];
@@ -207,5 +213,54 @@ describe("ShardPipeline: drain", () => {
     await run;
     expect(woken).toBe(1);
     expect(Date.now() - t0).toBeLessThan(5_000);
+  });
+});
+
+describe("ShardPipeline: a shard's share of the worker's in-flight budget", () => {
+  const settings = { batchMax: 1000, pullWaitMs: 5, maxAckPending: 4000, maxBufferedRecords: 65_536 };
+
+  async function acquireWith(owned: number | undefined): Promise<ReplicaSource> {
+    const source = new ReplicaSource();
+    source.view = ids(3_000);
+    const sink = new MemorySink();
+    const p = new ShardPipeline(
+      REF,
+      1,
+      "w1",
+      { sink, source, deadLetters: { publish: async () => {} } },
+      settings,
+      {
+        leaseFresh: () => true,
+        now: () => Date.now(),
+        ...(owned === undefined ? {} : { shardsOwned: () => owned }),
+      },
+    );
+    await p.acquire();
+    const run = p.run();
+    const deadline = Date.now() + 5_000;
+    while ((await sink.checkpoint(REF)).seq < 3_000) {
+      if (Date.now() > deadline) throw new Error("checkpoint did not reach 3000");
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await p.drain();
+    await run;
+    return source;
+  }
+
+  it("a worker owning 64 shards gives each consumer 1/64 of the budget and batches within half of it", async () => {
+    const source = await acquireWith(64);
+    expect(source.flows).toEqual([{ maxAckPending: 1024, bufferMessages: 512 }]);
+    expect(source.largestPull).toBe(512);
+  });
+
+  it("a worker owning few shards keeps the configured bounds", async () => {
+    const source = await acquireWith(4);
+    expect(source.flows).toEqual([{ maxAckPending: 4000, bufferMessages: 2000 }]);
+    expect(source.largestPull).toBe(1000);
+  });
+
+  it("without a count of owned shards the source's own bounds apply", async () => {
+    const source = await acquireWith(undefined);
+    expect(source.flows).toEqual([undefined]);
   });
 });
