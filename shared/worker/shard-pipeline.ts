@@ -11,6 +11,7 @@ import type { RunOutcome } from "../core/lease.machine.js";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, isSluiceError } from "../errors.js";
 import type {
+  Checkpoint,
   DeadLetter,
   DeadLetterQueue,
   FeedFlow,
@@ -112,6 +113,15 @@ interface Reconciliation {
   untilMs: number | null;
 }
 
+/**
+ * Where a consumer starts for a checkpoint: at the checkpoint's own record when the sink knows
+ * its fingerprint (the first delivery then proves the stream still numbers records as the sink
+ * saw them), else just after it.
+ */
+function startSeq(cp: Checkpoint): number {
+  return cp.seq > 0 && cp.fingerprint !== undefined ? cp.seq : cp.seq + 1;
+}
+
 export class ShardPipeline {
   private feed: ShardFeed | null = null;
   private pending: SourceMessage[] | null = null;
@@ -122,6 +132,10 @@ export class ShardPipeline {
   /** Records the next batch may take; adapted after every commit (`nextBatchLimit`). */
   private batchLimit: number;
   private sizing: BatchSizing;
+  /** See `hintStart`. */
+  private startHint: Promise<Checkpoint | null> | undefined;
+  /** Deliveries below this sequence were committed before the fence: dropped (see `acquire`). */
+  private skipBelow = 0;
   /** This lease's in-flight bounds, set at acquisition (undefined: the source's defaults). */
   private flow: FeedFlow | undefined;
   /** The checkpoint's sequence and fingerprint, until the first delivery confirmed or refuted them. */
@@ -147,9 +161,25 @@ export class ShardPipeline {
   }
 
   /**
+   * A checkpoint of this shard read while its previous owner was still draining: the next
+   * `acquire` may then open its consumer there while the fence is in flight instead of after
+   * it (see `acquire`). Used once.
+   */
+  hintStart(cp: Promise<Checkpoint | null>): void {
+    this.startHint = cp;
+  }
+
+  /**
    * Fence the sink at this epoch, open this epoch's consumer, then remove older epochs'
    * consumers in the background. Reports how long each step on the way took (ms), so a slow
    * failover can be traced to its step.
+   *
+   * With a start hint (a graceful hand-off), the consumer is opened at the hinted checkpoint
+   * while the fence is in flight: checkpoints only advance, so the hint is at or before the
+   * fenced checkpoint, and the records between the two (the last batches the previous owner
+   * committed while draining) are skipped on delivery. Nothing is committed before the fence
+   * has returned, so overlapping the two changes no safety argument; it takes the shorter of
+   * the two off the hand-off's path.
    *
    * The clean-up is off the hand-off's path on purpose: deleting a consumer is a JetStream
    * meta-layer operation (tens of ms, seconds while the cluster re-elects), and safety never
@@ -157,35 +187,73 @@ export class ShardPipeline {
    * reads, acks only its own consumer (AckPolicy all is per consumer), and its commit is
    * rejected by the fence set above.
    */
-  async acquire(): Promise<{ checkpoint: number; fenceMs: number; openMs: number; maxAckPending?: number }> {
+  async acquire(): Promise<{
+    checkpoint: number;
+    fenceMs: number;
+    openMs: number;
+    overlapped: boolean;
+    maxAckPending?: number;
+  }> {
     const t0 = this.hooks.now();
-    const cp = await this.ports.sink.fence(this.ref, this.epoch);
-    const t1 = this.hooks.now();
-    if (!this.stopping) {
+    // Asked for before this lease began, so it is answered before a fence sent now would be.
+    const hint = await this.startHint?.catch(() => null);
+    this.startHint = undefined;
+    let early: Promise<ShardFeed> | null = null;
+    if (hint && !this.stopping) {
       this.sizeFlow();
-      await this.feed?.close();
-      this.pending = null;
-      this.reconciliation = null;
+      await this.closeFeed();
+      early = this.ports.source.open(this.ref, this.epoch, { seq: startSeq(hint) }, this.flow);
+      // Settled either way below; never an unhandled rejection when the fence fails first.
+      early.catch(() => undefined);
+    }
+    let cp: Checkpoint;
+    try {
+      cp = await this.ports.sink.fence(this.ref, this.epoch);
+    } catch (err) {
+      if (early) void early.then((f) => f.close()).catch(() => undefined);
+      throw err;
+    }
+    const t1 = this.hooks.now();
+    let overlapped = false;
+    if (!this.stopping) {
       // Start at the checkpoint's own record when the sink knows its fingerprint, so the first
       // delivery proves the stream still numbers records as the sink saw them.
+      const from = startSeq(cp);
       const check = cp.seq > 0 && cp.fingerprint !== undefined;
+      this.pending = null;
+      this.reconciliation = null;
       this.verify = check ? { seq: cp.seq, fingerprint: cp.fingerprint! } : null;
-      this.feed = await this.ports.source.open(
-        this.ref,
-        this.epoch,
-        { seq: check ? cp.seq : cp.seq + 1 },
-        this.flow,
-      );
+      const opened = early && hint && startSeq(hint) <= from ? await early.catch(() => null) : null;
+      if (opened) {
+        this.feed = opened;
+        this.skipBelow = from;
+        overlapped = true;
+      } else {
+        if (early) void early.then((f) => f.close()).catch(() => undefined);
+        this.sizeFlow();
+        await this.closeFeed();
+        this.skipBelow = 0;
+        this.feed = await this.ports.source.open(this.ref, this.epoch, { seq: from }, this.flow);
+      }
       this.nextDelivery = 1;
+    } else if (early) {
+      void early.then((f) => f.close()).catch(() => undefined);
     }
-    const openMs = this.hooks.now() - t1;
+    const openMs = this.hooks.now() - (overlapped ? t0 : t1);
     void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
     return {
       checkpoint: cp.seq,
       fenceMs: t1 - t0,
       openMs,
+      overlapped,
       ...(this.flow ? { maxAckPending: this.flow.maxAckPending } : {}),
     };
+  }
+
+  private async closeFeed(): Promise<void> {
+    const feed = this.feed;
+    this.feed = null;
+    await feed?.close();
   }
 
   /**
@@ -243,6 +311,12 @@ export class ShardPipeline {
             };
           }
           this.nextDelivery++;
+        }
+        if (this.skipBelow > 0) {
+          const from = this.skipBelow;
+          msgs = msgs.filter((m) => m.seq >= from);
+          if (msgs.length === 0) continue;
+          this.skipBelow = 0;
         }
         if (this.verify) {
           let checked: SourceMessage[] | null;

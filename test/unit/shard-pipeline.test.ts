@@ -264,3 +264,49 @@ describe("ShardPipeline: a shard's share of the worker's in-flight budget", () =
     expect(source.flows).toEqual([undefined]);
   });
 });
+
+describe("ShardPipeline: a hand-off opens the consumer at a hinted checkpoint while it fences", () => {
+  async function handOff(hint: { seq: number; fingerprint?: string }) {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    source.view = ids(6);
+    await runUntil(1, sink, source, 6);
+    source.view = ids(9);
+    const mismatches: HistoryMismatchReport[] = [];
+    const p = new ShardPipeline(
+      REF,
+      2,
+      "w2",
+      { sink, source, deadLetters: { publish: async () => {} } },
+      { batchMax: 3, pullWaitMs: 5 },
+      { leaseFresh: () => true, now: () => Date.now(), onHistoryMismatch: (r) => mismatches.push(r) },
+    );
+    p.hintStart(Promise.resolve({ epoch: 1, ...hint }));
+    const acquired = await p.acquire();
+    const run = p.run();
+    const deadline = Date.now() + 5_000;
+    while ((await sink.checkpoint(REF)).seq < 9) {
+      if (Date.now() > deadline) throw new Error("checkpoint did not reach 9");
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await p.drain();
+    await run;
+    return { sink, source, acquired, mismatches };
+  }
+
+  it("a hint behind the checkpoint: records the previous owner committed meanwhile are skipped", async () => {
+    const { sink, source, acquired, mismatches } = await handOff({ seq: 3, fingerprint: "r3" });
+    expect(acquired.overlapped).toBe(true);
+    expect(mismatches).toEqual([]);
+    expect(source.opened.at(-1)).toEqual({ seq: 3 });
+    expect(committedIds(sink)).toEqual(ids(9));
+    expect(await sink.checkpoint(REF)).toEqual({ epoch: 2, seq: 9, fingerprint: "r9" });
+  });
+
+  it("a hint ahead of the checkpoint (a sink restored from a backup) is not trusted", async () => {
+    const { sink, source, acquired } = await handOff({ seq: 8, fingerprint: "r8" });
+    expect(acquired.overlapped).toBe(false);
+    expect(source.opened.slice(-2)).toEqual([{ seq: 8 }, { seq: 6 }]);
+    expect(committedIds(sink)).toEqual(ids(9));
+  });
+});
