@@ -147,6 +147,8 @@ export async function pipelineReadRate(
         {
           leaseFresh: () => true,
           now: () => performance.now(),
+          // One process owns every shard, as one worker would: each takes its share of the budget.
+          shardsOwned: () => p.shards,
           onBatch: () => {
             batches++;
             if (sink.discarded >= expected) finished = true;
