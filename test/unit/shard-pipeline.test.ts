@@ -81,6 +81,11 @@ async function runUntil(
     { leaseFresh: () => true, now: () => Date.now(), onHistoryMismatch: (r) => mismatches.push(r) },
   );
   await p.acquire();
+  await runToCheckpoint(p, sink, lastSeq);
+}
+
+/** Runs an acquired pipeline until the sink's checkpoint reaches `lastSeq`, then drains it. */
+async function runToCheckpoint(p: ShardPipeline, sink: MemorySink, lastSeq: number): Promise<void> {
   const run = p.run();
   const deadline = Date.now() + 5_000;
   while ((await sink.checkpoint(REF)).seq < lastSeq) {
@@ -236,14 +241,7 @@ describe("ShardPipeline: a shard's share of the worker's in-flight budget", () =
       },
     );
     await p.acquire();
-    const run = p.run();
-    const deadline = Date.now() + 5_000;
-    while ((await sink.checkpoint(REF)).seq < 3_000) {
-      if (Date.now() > deadline) throw new Error("checkpoint did not reach 3000");
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    await p.drain();
-    await run;
+    await runToCheckpoint(p, sink, 3_000);
     return source;
   }
 
@@ -283,14 +281,7 @@ describe("ShardPipeline: a hand-off opens the consumer at a hinted checkpoint wh
     );
     p.hintStart(Promise.resolve({ epoch: 1, ...hint }));
     const acquired = await p.acquire();
-    const run = p.run();
-    const deadline = Date.now() + 5_000;
-    while ((await sink.checkpoint(REF)).seq < 9) {
-      if (Date.now() > deadline) throw new Error("checkpoint did not reach 9");
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    await p.drain();
-    await run;
+    await runToCheckpoint(p, sink, 9);
     return { sink, source, acquired, mismatches };
   }
 
