@@ -37,6 +37,8 @@ const runtime = new WorkerRuntime({
     maxAckPending: opts.config.worker.maxAckPending,
     ackWaitMs: opts.config.worker.ackWaitMs,
     bufferMessages: feedBufferMessages(opts.config.worker),
+    // A shard that paused says why: missed heartbeats, a server status, a deleted consumer.
+    onStatus: (e) => log.warn(e, "consumer notification"),
   }),
   deadLetters: new JetStreamDeadLetterQueue(nc),
   scheduler: systemScheduler,

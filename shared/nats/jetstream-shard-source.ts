@@ -10,6 +10,7 @@ import {
   type ConsumerConfig,
   type ConsumerInfo,
   type ConsumerMessages,
+  type ConsumerNotification,
   DeliverPolicy,
   type JetStreamClient,
   type JetStreamManager,
@@ -40,7 +41,27 @@ export interface JetStreamShardSourceOptions {
   ackWaitMs: number;
   /** Messages the client keeps pulled ahead per shard, unless `open` is given a flow. */
   bufferMessages: number;
+  /**
+   * Told of each notification of a feed's consumer that is not routine (routine: idle
+   * heartbeats, pulls, pulls that expired partly filled): missed heartbeats, server statuses
+   * such as 409s (after which the client waits for two missed heartbeats before pulling again),
+   * a deleted consumer. These explain a shard that paused.
+   */
+  onStatus?(e: FeedStatusReport): void;
 }
+
+export interface FeedStatusReport {
+  stream: string;
+  consumer: string;
+  /** The client's notification type (`heartbeats_missed`, `exceeded_limits`, `debug`, ...). */
+  type: string;
+  /** The server's status code and text, when the notification carries one. */
+  code?: number;
+  description?: string;
+}
+
+/** Notifications of a healthy consumer; everything else is reported (`onStatus`). */
+const routineStatus = new Set(["heartbeat", "next", "discard", "reset"]);
 
 /** A consumer that has delivered nothing yet: it starts where its config says. */
 const unused = (ci: ConsumerInfo): boolean => ci.delivered.consumer_seq === 0 && ci.num_ack_pending === 0;
@@ -68,7 +89,9 @@ export class JetStreamShardSource implements ShardSource {
   }
 
   private async manager(): Promise<JetStreamManager> {
-    this.jsm ??= await jetstreamManager(this.nc, { timeout: 5_000 });
+    // No account-info probe: the streams are provisioned, and on a worker that just joined the
+    // probe would be one more round trip before its first hand-off.
+    this.jsm ??= await jetstreamManager(this.nc, { timeout: 5_000, checkAPI: false });
     return this.jsm;
   }
 
@@ -93,16 +116,33 @@ export class JetStreamShardSource implements ShardSource {
     };
     // Usually this epoch's consumer does not exist yet, and creating it is the only request on
     // the hand-off's path (its reply is the consumer's info, so no second request fetches it).
-    // One may survive a failed run, or a crash just before a restart at the same epoch: then the
-    // add fails (another start) or returns a consumer that has delivered already, and it is
-    // deleted and created afresh from the checkpoint.
+    // One may survive a failed run, a crash just before a restart at the same epoch, or a
+    // hand-off prepared by another worker: then the add fails (the server refuses a create
+    // that differs from the existing consumer's config) or returns a consumer that has
+    // delivered already, and it is deleted and created afresh from the checkpoint.
     let ci = await jsm.consumers.add(stream, config).catch(() => null);
     if (!ci || !unused(ci)) {
       await jsm.consumers.delete(stream, name).catch(() => false);
       ci = await jsm.consumers.add(stream, config);
     }
     const consumer = this.js.consumers.getConsumerFromInfo(ci);
-    const feed = new JetStreamShardFeed(consumer, flow?.bufferMessages ?? this.opts.bufferMessages);
+    const onStatus = this.opts.onStatus;
+    const feed = new JetStreamShardFeed(
+      consumer,
+      flow?.bufferMessages ?? this.opts.bufferMessages,
+      onStatus &&
+        ((s) => {
+          if (routineStatus.has(s.type)) return;
+          const { code, description } = s as { code?: unknown; description?: unknown };
+          onStatus({
+            stream,
+            consumer: name,
+            type: s.type,
+            ...(typeof code === "number" ? { code } : {}),
+            ...(typeof description === "string" ? { description } : {}),
+          });
+        }),
+    );
     await feed.start();
     return feed;
   }
@@ -164,17 +204,24 @@ class JetStreamShardFeed implements ShardFeed {
   constructor(
     private readonly consumer: Consumer,
     private readonly bufferMessages: number,
+    private readonly onStatus?: (s: ConsumerNotification) => void,
   ) {}
 
   async start(): Promise<void> {
     this.messages = await this.consumer.consume({
       max_messages: this.bufferMessages,
       abort_on_missing_resource: true,
-      // Short pulls with 0.5 s idle heartbeats. Two missed heartbeats (~1 s) are how the client
-      // notices both a dead server holding this R1 consumer (then `checkAlive` fails the feed
-      // and the lease re-acquires elsewhere) and a pull the server refused (a 409), after which
-      // it pulls again: either way the shard waits about 1 s, not 2 x 15 s.
-      expires: 4_000,
+      // 0.5 s idle heartbeats: two missed (~1 s) are how the client notices both a dead server
+      // holding this R1 consumer (then `checkAlive` fails the feed and the lease re-acquires
+      // elsewhere) and a pull the server refused (a 409), after which it pulls again.
+      //
+      // Long pulls: nats-server 2.9.10 sometimes drops a pull that expires just as a record is
+      // ready without telling the client (no 408), and the client, still counting that pull's
+      // records as coming, waits for two missed heartbeats before it pulls again, so the shard
+      // pauses ~1.2 s. With 4 s pulls this paused some shard every few seconds under load. A
+      // shard that keeps up pulls again (at a quarter of its buffer) long before 30 s, so under
+      // load its pulls end filled, not expired.
+      expires: 30_000,
       idle_heartbeat: 500,
       callback: (m) => {
         this.lastDeliveryAt = Date.now();
@@ -187,6 +234,7 @@ class JetStreamShardFeed implements ShardFeed {
     const messages = this.messages;
     void (async () => {
       for await (const s of messages.status()) {
+        this.onStatus?.(s);
         if (
           s.type === "consumer_deleted" ||
           s.type === "consumer_not_found" ||

@@ -132,8 +132,9 @@ export class ShardPipeline {
   /** Records the next batch may take; adapted after every commit (`nextBatchLimit`). */
   private batchLimit: number;
   private sizing: BatchSizing;
-  /** See `hintStart`. */
+  /** See `prepare`: the checkpoint read before this lease began, and the feed opened there. */
   private startHint: Promise<Checkpoint | null> | undefined;
+  private early: Promise<ShardFeed | null> | undefined;
   /** Deliveries below this sequence were committed before the fence: dropped (see `acquire`). */
   private skipBelow = 0;
   /** This lease's in-flight bounds, set at acquisition (undefined: the source's defaults). */
@@ -161,12 +162,20 @@ export class ShardPipeline {
   }
 
   /**
-   * A checkpoint of this shard read while its previous owner was still draining: the next
-   * `acquire` may then open its consumer there while the fence is in flight instead of after
-   * it (see `acquire`). Used once.
+   * Prepares a graceful hand-off while the previous owner drains: `cp` is this shard's
+   * checkpoint read then, and this epoch's consumer is opened there at once, so the next
+   * `acquire` only has to fence (see `acquire`). Records arriving meanwhile are pulled into the
+   * feed's buffer; nothing is committed or acked before the fence. Used once.
    */
-  hintStart(cp: Promise<Checkpoint | null>): void {
-    this.startHint = cp;
+  prepare(cp: Promise<Checkpoint | null>): void {
+    this.startHint = cp.catch(() => null);
+    this.early = this.startHint.then((hint) => {
+      if (!hint || this.stopping) return null;
+      this.sizeFlow();
+      return this.ports.source.open(this.ref, this.epoch, { seq: startSeq(hint) }, this.flow);
+    });
+    // Settled where it is used; never an unhandled rejection when the hand-off is called off.
+    this.early.catch(() => undefined);
   }
 
   /**
@@ -174,12 +183,12 @@ export class ShardPipeline {
    * consumers in the background. Reports how long each step on the way took (ms), so a slow
    * failover can be traced to its step.
    *
-   * With a start hint (a graceful hand-off), the consumer is opened at the hinted checkpoint
-   * while the fence is in flight: checkpoints only advance, so the hint is at or before the
-   * fenced checkpoint, and the records between the two (the last batches the previous owner
-   * committed while draining) are skipped on delivery. Nothing is committed before the fence
-   * has returned, so overlapping the two changes no safety argument; it takes the shorter of
-   * the two off the hand-off's path.
+   * Prepared (a graceful hand-off), the consumer was opened at the checkpoint read while the
+   * previous owner drained, before this epoch was granted: checkpoints only advance, so that
+   * one is at or before the fenced checkpoint, and the records between the two (the last
+   * batches the previous owner committed while draining) are skipped and acked on delivery.
+   * Nothing is committed before the fence has returned, so opening early changes no safety
+   * argument; it takes consumer creation off the hand-off's path.
    *
    * The clean-up is off the hand-off's path on purpose: deleting a consumer is a JetStream
    * meta-layer operation (tens of ms, seconds while the cluster re-elects), and safety never
@@ -196,21 +205,15 @@ export class ShardPipeline {
   }> {
     const t0 = this.hooks.now();
     // Asked for before this lease began, so it is answered before a fence sent now would be.
-    const hint = await this.startHint?.catch(() => null);
+    const hint = await this.startHint;
+    const early = this.early ?? null;
     this.startHint = undefined;
-    let early: Promise<ShardFeed> | null = null;
-    if (hint && !this.stopping) {
-      this.sizeFlow();
-      await this.closeFeed();
-      early = this.ports.source.open(this.ref, this.epoch, { seq: startSeq(hint) }, this.flow);
-      // Settled either way below; never an unhandled rejection when the fence fails first.
-      early.catch(() => undefined);
-    }
+    this.early = undefined;
     let cp: Checkpoint;
     try {
       cp = await this.ports.sink.fence(this.ref, this.epoch);
     } catch (err) {
-      if (early) void early.then((f) => f.close()).catch(() => undefined);
+      if (early) void early.then((f) => f?.close()).catch(() => undefined);
       throw err;
     }
     const t1 = this.hooks.now();
@@ -229,7 +232,7 @@ export class ShardPipeline {
         this.skipBelow = from;
         overlapped = true;
       } else {
-        if (early) void early.then((f) => f.close()).catch(() => undefined);
+        if (early) void early.then((f) => f?.close()).catch(() => undefined);
         this.sizeFlow();
         await this.closeFeed();
         this.skipBelow = 0;
@@ -237,7 +240,7 @@ export class ShardPipeline {
       }
       this.nextDelivery = 1;
     } else if (early) {
-      void early.then((f) => f.close()).catch(() => undefined);
+      void early.then((f) => f?.close()).catch(() => undefined);
     }
     const openMs = this.hooks.now() - (overlapped ? t0 : t1);
     void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
@@ -314,8 +317,14 @@ export class ShardPipeline {
         }
         if (this.skipBelow > 0) {
           const from = this.skipBelow;
-          msgs = msgs.filter((m) => m.seq >= from);
-          if (msgs.length === 0) continue;
+          const kept = msgs.filter((m) => m.seq >= from);
+          if (kept.length === 0) {
+            // All committed before the fence. Acked, or a consumer whose whole in-flight bound
+            // is such records would wait for acks that never come.
+            feed.ack(msgs[msgs.length - 1]!);
+            continue;
+          }
+          msgs = kept;
           this.skipBelow = 0;
         }
         if (this.verify) {
@@ -524,6 +533,8 @@ export class ShardPipeline {
   /** Fenced: drop everything without committing. */
   abandon(): void {
     this.stopping = true;
+    void this.early?.then((f) => f?.close()).catch(() => undefined);
+    this.early = undefined;
     void this.close();
   }
 

@@ -13,7 +13,7 @@ import type { TimingConfig, WorkerConfig } from "../config.js";
 import { leaseMachine, type RunOutcome, type ShardLeaseArgs } from "../core/lease.machine.js";
 import { type AssignmentEntry, type Heartbeat, parseShardKey } from "../core/types.js";
 import type { Logger } from "../logger.js";
-import type { AssignmentStore, Checkpoint, Scheduler, Versioned, WorkerControlBus } from "../ports.js";
+import type { AssignmentStore, Scheduler, Versioned, WorkerControlBus } from "../ports.js";
 import { TelemetryAttributes as A, SpanNames } from "../telemetry/attributes.js";
 import { getTracer, inSpan, recordFailure, withSpan } from "../telemetry/tracing.js";
 import {
@@ -62,11 +62,11 @@ export class WorkerRuntime {
   /** shard -> { epoch, time from which the lease is confirmed }. */
   private readonly confirmed = new Map<string, { epoch: number; at: number }>();
   /**
-   * shard -> its checkpoint, asked for when the shard started moving here (a revoking entry
-   * naming this worker next), and the epoch it was read at: the new lease opens its consumer
-   * there while it fences (`ShardPipeline.hintStart`).
+   * shard -> the pipeline of the epoch a shard moving here will have, prepared when the move
+   * began (a revoking entry naming this worker next): its consumer is opened while the previous
+   * owner drains (`ShardPipeline.prepare`), so the new lease only has to fence.
    */
-  private readonly startHints = new Map<string, { epoch: number; cp: Promise<Checkpoint | null> }>();
+  private readonly prepared = new Map<string, ShardPipeline>();
   private watchStop: (() => void) | null = null;
   private hbTimer: unknown = null;
   private leaving = false;
@@ -125,10 +125,16 @@ export class WorkerRuntime {
     this.hbTimer = this.d.scheduler.setTimeout(() => this.beat(), this.d.timing.heartbeatMs);
   }
 
-  /** Shards this worker runs or is assigned (active entries naming it), whichever is more. */
+  /**
+   * Shards this worker runs, or is assigned (active entries naming it, and revoking ones naming
+   * it next), whichever is more.
+   */
   private shardsOwned(): number {
     let assigned = 0;
-    for (const e of this.latest.values()) if (e?.owner === this.d.id && e.phase === "active") assigned++;
+    for (const e of this.latest.values()) {
+      if (e?.owner === this.d.id ? e.phase === "active" : e?.phase === "revoking" && e.next === this.d.id)
+        assigned++;
+    }
     return Math.max(assigned, this.leases.size);
   }
 
@@ -182,22 +188,42 @@ export class WorkerRuntime {
     }
   }
 
-  /** Reads the checkpoint of a shard about to move here; forgets it when the move is off. */
+  /**
+   * Prepares the next epoch of a shard about to move here (the coordinator grants it at
+   * `epoch + 1` once the owner has released); calls the preparation off when the move is off.
+   */
   private noteMove(shard: string, e: AssignmentEntry | null): void {
     const me = this.d.id;
     if (e && e.phase === "revoking" && e.next === me && e.owner !== me && !this.leaving) {
-      if (this.startHints.get(shard)?.epoch === e.epoch) return;
-      const cp = this.d.sink.checkpoint(parseShardKey(shard)!).catch(() => null);
-      this.startHints.set(shard, { epoch: e.epoch, cp });
+      const epoch = e.epoch + 1;
+      if (this.prepared.get(shard)?.epoch === epoch) return;
+      this.discardPrepared(shard);
+      const pipeline = this.newPipeline(shard, epoch);
+      pipeline.prepare(this.d.sink.checkpoint(pipeline.ref));
+      this.prepared.set(shard, pipeline);
     } else if (!(e && e.owner === me && e.phase === "active")) {
-      this.startHints.delete(shard);
+      this.discardPrepared(shard);
     }
   }
 
-  private startLease(shard: string, epoch: number): void {
+  /**
+   * Drops a prepared hand-off. Its consumer is deleted unless the shard has reached that epoch
+   * meanwhile (then it may be the new owner's, and a later epoch's lease removes it anyway).
+   */
+  private discardPrepared(shard: string): void {
+    const p = this.prepared.get(shard);
+    if (!p) return;
+    this.prepared.delete(shard);
+    p.abandon();
+    const e = this.latest.get(shard);
+    if (!e || e.epoch < p.epoch) void this.d.source.remove(p.ref, p.epoch).catch(() => undefined);
+  }
+
+  /** The data path of one lease, reporting to this worker. */
+  private newPipeline(shard: string, epoch: number): ShardPipeline {
     const ref = parseShardKey(shard)!;
     const log = this.d.log.child({ shard, epoch });
-    const pipeline = new ShardPipeline(ref, epoch, this.d.id, this.d, this.d.settings, {
+    return new ShardPipeline(ref, epoch, this.d.id, this.d, this.d.settings, {
       leaseFresh: () => this.leaseFresh(shard, epoch),
       now: () => this.d.scheduler.now(),
       shardsOwned: () => this.shardsOwned(),
@@ -218,9 +244,17 @@ export class WorkerRuntime {
         this.d.onHistoryMismatch?.(r);
       },
     });
-    const hint = this.startHints.get(shard);
-    this.startHints.delete(shard);
-    if (hint && hint.epoch < epoch) pipeline.hintStart(hint.cp);
+  }
+
+  private startLease(shard: string, epoch: number): void {
+    const ref = parseShardKey(shard)!;
+    const log = this.d.log.child({ shard, epoch });
+    let pipeline = this.prepared.get(shard);
+    if (pipeline?.epoch === epoch) this.prepared.delete(shard);
+    else {
+      this.discardPrepared(shard);
+      pipeline = this.newPipeline(shard, epoch);
+    }
     const spanAttrs = {
       [A.pipeline]: ref.pipeline,
       [A.shard]: ref.shard,
@@ -380,6 +414,7 @@ export class WorkerRuntime {
 
   private async drainAll(deadlineMs: number): Promise<void> {
     this.leaving = true;
+    for (const shard of [...this.prepared.keys()]) this.discardPrepared(shard);
     const start = this.d.scheduler.now();
     const leaderless = Math.max(this.d.timing.leaderTtlMs, this.d.timing.heartbeatMs * 5);
     await new Promise<void>((resolve) => {
@@ -408,6 +443,7 @@ export class WorkerRuntime {
     this.hbTimer = null;
     this.watchStop?.();
     this.watchStop = null;
+    for (const shard of [...this.prepared.keys()]) this.discardPrepared(shard);
     for (const h of this.leases.values()) h.actor.stop();
   }
 }

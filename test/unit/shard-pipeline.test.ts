@@ -33,6 +33,8 @@ class ReplicaSource implements ShardSource {
   flows: Array<FeedFlow | undefined> = [];
   /** The largest `max` any `next` was asked for. */
   largestPull = 0;
+  /** Most records a feed delivers unacknowledged, like a consumer's max_ack_pending. */
+  maxAckPending = Number.POSITIVE_INFINITY;
 
   async open(_ref: ShardRef, _epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed> {
     this.opened.push(start);
@@ -45,19 +47,21 @@ class ReplicaSource implements ShardSource {
         : view.findIndex((_, i) => message("", i, 0).timestampMs! >= start.timeMs);
     if (pos < 0) pos = view.length;
     let delivered = 0;
+    /** Position after the last acked record (AckPolicy all). */
+    let acked = pos;
     return {
       failure: null,
       async next(max: number, waitMs: number): Promise<SourceMessage[]> {
         self.largestPull = Math.max(self.largestPull, max);
-        if (pos >= view.length) {
-          await new Promise((r) => setTimeout(r, Math.min(waitMs, 5)));
-          return [];
-        }
         const out: SourceMessage[] = [];
-        while (pos < view.length && out.length < max) out.push(message(view[pos]!, pos++, ++delivered));
+        while (pos < view.length && out.length < max && pos - acked < self.maxAckPending)
+          out.push(message(view[pos]!, pos++, ++delivered));
+        if (out.length === 0) await new Promise((r) => setTimeout(r, Math.min(waitMs, 5)));
         return out;
       },
-      ack() {},
+      ack(last: SourceMessage) {
+        acked = Math.max(acked, last.seq);
+      },
       async close() {},
     };
   }
@@ -94,6 +98,14 @@ async function runToCheckpoint(p: ShardPipeline, sink: MemorySink, lastSeq: numb
   }
   await p.drain();
   await run;
+}
+
+async function waitFor(cond: () => boolean, deadlineMs = 3_000): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error("condition not reached in time");
+    await new Promise((r) => setTimeout(r, 2));
+  }
 }
 
 const ids = (n: number, prefix = "r"): string[] => Array.from({ length: n }, (_, i) => `${prefix}${i + 1}`);
@@ -263,13 +275,14 @@ describe("ShardPipeline: a shard's share of the worker's in-flight budget", () =
   });
 });
 
-describe("ShardPipeline: a hand-off opens the consumer at a hinted checkpoint while it fences", () => {
-  async function handOff(hint: { seq: number; fingerprint?: string }) {
+describe("ShardPipeline: a hand-off prepared while the previous owner drains", () => {
+  async function handOff(hint: { seq: number; fingerprint?: string }, maxAckPending?: number) {
     const sink = new MemorySink();
     const source = new ReplicaSource();
     source.view = ids(6);
     await runUntil(1, sink, source, 6);
     source.view = ids(9);
+    if (maxAckPending !== undefined) source.maxAckPending = maxAckPending;
     const mismatches: HistoryMismatchReport[] = [];
     const p = new ShardPipeline(
       REF,
@@ -279,11 +292,37 @@ describe("ShardPipeline: a hand-off opens the consumer at a hinted checkpoint wh
       { batchMax: 3, pullWaitMs: 5 },
       { leaseFresh: () => true, now: () => Date.now(), onHistoryMismatch: (r) => mismatches.push(r) },
     );
-    p.hintStart(Promise.resolve({ epoch: 1, ...hint }));
+    p.prepare(Promise.resolve({ epoch: 1, ...hint }));
+    await waitFor(() => source.opened.length === 2);
     const acquired = await p.acquire();
     await runToCheckpoint(p, sink, 9);
     return { sink, source, acquired, mismatches };
   }
+
+  it("opens the consumer before the lease is acquired", async () => {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    const p = new ShardPipeline(
+      REF,
+      2,
+      "w2",
+      { sink, source, deadLetters: { publish: async () => {} } },
+      { batchMax: 3, pullWaitMs: 5 },
+      { leaseFresh: () => true, now: () => Date.now() },
+    );
+    p.prepare(Promise.resolve({ epoch: 1, seq: 0 }));
+    await waitFor(() => source.opened.length === 1);
+    expect(source.opened).toEqual([{ seq: 1 }]);
+    p.abandon();
+  });
+
+  it("records committed before the fence that fill the consumer's in-flight bound are acked", async () => {
+    // Five records (1-5) lie between the hint and the fenced checkpoint (6), more than the
+    // consumer delivers unacknowledged: skipped without an ack, the shard would stall.
+    const { sink, acquired } = await handOff({ seq: 1, fingerprint: "r1" }, 2);
+    expect(acquired.overlapped).toBe(true);
+    expect(committedIds(sink)).toEqual(ids(9));
+  });
 
   it("a hint behind the checkpoint: records the previous owner committed meanwhile are skipped", async () => {
     const { sink, source, acquired, mismatches } = await handOff({ seq: 3, fingerprint: "r3" });
