@@ -43,7 +43,7 @@ export interface JetStreamShardSourceOptions {
   bufferMessages: number;
   /**
    * Told of each notification of a feed's consumer that is not routine (routine: idle
-   * heartbeats, pulls, pulls that expired partly filled): missed heartbeats, server statuses
+   * heartbeats, pulls, pulls that expired): missed heartbeats, server statuses
    * such as 409s (after which the client waits for two missed heartbeats before pulling again),
    * a deleted consumer. These explain a shard that paused.
    */
@@ -132,8 +132,9 @@ export class JetStreamShardSource implements ShardSource {
       flow?.bufferMessages ?? this.opts.bufferMessages,
       onStatus &&
         ((s) => {
-          if (routineStatus.has(s.type)) return;
           const { code, description } = s as { code?: unknown; description?: unknown };
+          // A pull that expired (408) is routine too: an idle shard's pulls all end that way.
+          if (routineStatus.has(s.type) || code === 408) return;
           onStatus({
             stream,
             consumer: name,
@@ -234,7 +235,8 @@ class JetStreamShardFeed implements ShardFeed {
     const messages = this.messages;
     void (async () => {
       for await (const s of messages.status()) {
-        this.onStatus?.(s);
+        // After a close (a drain, a fence) the consumer is deleted on purpose: not news.
+        if (!this.failure) this.onStatus?.(s);
         if (
           s.type === "consumer_deleted" ||
           s.type === "consumer_not_found" ||

@@ -1,0 +1,140 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { parseConfig } from "../../shared/config.js";
+import type { AssignmentEntry, ShardRef } from "../../shared/core/types.js";
+import { silentLogger } from "../../shared/logger.js";
+import { MemorySink } from "../../shared/memory/memory-sink.js";
+import type {
+  AssignmentStore,
+  FeedStart,
+  ShardFeed,
+  ShardSource,
+  SourceMessage,
+  Versioned,
+} from "../../shared/ports.js";
+import { systemScheduler } from "../../shared/ports.js";
+import { WorkerRuntime } from "../../shared/worker/worker-runtime.js";
+
+const SHARD = "demo.3";
+
+/** An assignment store whose watch the test drives entry by entry. */
+class ScriptedStore implements AssignmentStore {
+  private onValue: ((key: string, v: Versioned<AssignmentEntry>) => void) | undefined;
+  private revision = 0;
+  emit(key: string, value: AssignmentEntry): void {
+    this.onValue?.(key, { value, revision: ++this.revision });
+  }
+  async get(): Promise<Versioned<AssignmentEntry>> {
+    return { value: null, revision: 0 };
+  }
+  async watch(onValue: (key: string, v: Versioned<AssignmentEntry>) => void) {
+    this.onValue = onValue;
+    return { stop: () => (this.onValue = undefined) };
+  }
+  async compareAndSet(): Promise<number> {
+    throw new Error("workers never write assignments");
+  }
+  async put(): Promise<number> {
+    throw new Error("workers never write assignments");
+  }
+}
+
+/** A source that records which consumers were opened, closed and removed; its feeds stay empty. */
+class RecordingSource implements ShardSource {
+  opened: Array<{ epoch: number; start: FeedStart }> = [];
+  closed: number[] = [];
+  removed: number[] = [];
+  async open(_ref: ShardRef, epoch: number, start: FeedStart): Promise<ShardFeed> {
+    this.opened.push({ epoch, start });
+    const closed = this.closed;
+    return {
+      failure: null,
+      async next(_max: number, waitMs: number): Promise<SourceMessage[]> {
+        await new Promise((r) => setTimeout(r, Math.min(waitMs, 5)));
+        return [];
+      },
+      ack() {},
+      async close() {
+        closed.push(epoch);
+      },
+    };
+  }
+  async removeOlderEpochs(): Promise<void> {}
+  async remove(_ref: ShardRef, epoch: number): Promise<void> {
+    this.removed.push(epoch);
+  }
+}
+
+async function waitFor(what: string, cond: () => boolean, deadlineMs = 3_000): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`not reached in time: ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+describe("WorkerRuntime: a graceful hand-off is prepared while the previous owner drains", () => {
+  let runtime: WorkerRuntime | undefined;
+  afterEach(() => {
+    runtime?.stopNow();
+    runtime = undefined;
+  });
+
+  function start() {
+    const cfg = parseConfig({ pipelines: [{ name: "demo", shards: 16 }] });
+    const assignments = new ScriptedStore();
+    const source = new RecordingSource();
+    const fenced: number[] = [];
+    const sink = new MemorySink({ observer: { onFence: (_ref, epoch) => fenced.push(epoch) } });
+    runtime = new WorkerRuntime({
+      id: "w2",
+      capacity: 1,
+      assignments,
+      bus: { heartbeat: async () => null, released: () => {} },
+      sink,
+      source,
+      deadLetters: { publish: async () => {} },
+      scheduler: systemScheduler,
+      timing: cfg.timing,
+      settings: cfg.worker,
+      log: silentLogger,
+    });
+    return { assignments, source, fenced, started: runtime.start() };
+  }
+
+  it("opens the next epoch's consumer on the revoking entry, and the granted lease uses it", async () => {
+    const { assignments, source, fenced, started } = start();
+    await started;
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
+    await waitFor("the prepared consumer", () => source.opened.length === 1);
+    expect(source.opened).toEqual([{ epoch: 5, start: { seq: 1 } }]);
+    expect(runtime!.heldShards()).toEqual({});
+
+    assignments.emit(SHARD, { owner: "w2", epoch: 5, phase: "active", at: 0 });
+    await waitFor("the fence at epoch 5", () => fenced.includes(5));
+    expect(runtime!.heldShards()).toEqual({ [SHARD]: 5 });
+    // Only the prepared consumer: the lease did not open a second one.
+    expect(source.opened).toHaveLength(1);
+    expect(source.removed).toEqual([]);
+  });
+
+  it("drops the prepared consumer when the move is called off", async () => {
+    const { assignments, source, started } = start();
+    await started;
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
+    await waitFor("the prepared consumer", () => source.opened.length === 1);
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "active", at: 0 });
+    await waitFor("the prepared consumer removed", () => source.removed.includes(5));
+    await waitFor("the prepared feed closed", () => source.closed.includes(5));
+    expect(runtime!.heldShards()).toEqual({});
+  });
+
+  it("keeps a consumer of the epoch the shard reached meanwhile: it may be another owner's", async () => {
+    const { assignments, source, started } = start();
+    await started;
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
+    await waitFor("the prepared consumer", () => source.opened.length === 1);
+    assignments.emit(SHARD, { owner: "w3", epoch: 5, phase: "active", at: 0 });
+    await waitFor("the prepared feed closed", () => source.closed.includes(5));
+    expect(source.removed).toEqual([]);
+  });
+});
