@@ -202,6 +202,13 @@ export interface WorkerControlBus {
   /** Sends a heartbeat; resolves with the leader's grants, or null when no leader answered in time. */
   heartbeat(hb: Heartbeat, timeoutMs: number): Promise<Grants | null>;
   released(notice: ReleasedNotice): void;
+  /**
+   * Hears every worker's releases, until the returned function is called. The next owner of a
+   * shard handed off gracefully fences the sink as soon as the previous owner has released,
+   * instead of after its grant has come through the assignment store. Optional: without it
+   * the next owner fences when granted.
+   */
+  onReleased?(handler: (n: ReleasedNotice) => void): () => void;
 }
 
 /** The coordinator's side of the control plane. */

@@ -32,6 +32,25 @@ export class NatsWorkerControlBus implements WorkerControlBus {
       // Connection closing: the hand-off timeout covers it.
     }
   }
+
+  onReleased(handler: (n: ReleasedNotice) => void): () => void {
+    const sub = this.nc.subscribe(ControlSubjects.released, { callback: releasedCallback(handler) });
+    return () => sub.unsubscribe();
+  }
+}
+
+/** Decodes release notices for `handler`; a malformed one is ignored (timeouts cover it). */
+function releasedCallback(handler: (n: ReleasedNotice) => void) {
+  return (err: Error | null, m: { data: Uint8Array }): void => {
+    if (err) return;
+    let n: ReleasedNotice;
+    try {
+      n = fromBytes<ReleasedNotice>(m.data);
+    } catch {
+      return;
+    }
+    handler(n);
+  };
 }
 
 export class NatsCoordinatorControlBus implements CoordinatorControlBus {
@@ -57,18 +76,7 @@ export class NatsCoordinatorControlBus implements CoordinatorControlBus {
   }
 
   onReleased(handler: (n: ReleasedNotice) => void): void {
-    this.subs.push(
-      this.nc.subscribe(ControlSubjects.released, {
-        callback: (err, m) => {
-          if (err) return;
-          try {
-            handler(fromBytes<ReleasedNotice>(m.data));
-          } catch {
-            // Malformed notice: ignore; the hand-off timeout covers it.
-          }
-        },
-      }),
-    );
+    this.subs.push(this.nc.subscribe(ControlSubjects.released, { callback: releasedCallback(handler) }));
   }
 
   async close(): Promise<void> {

@@ -342,6 +342,14 @@ export class SimWorkerBus implements WorkerControlBus {
       this.net.send(this.self, node, () => sub.handler({ ...notice }));
     }
   }
+
+  onReleased(handler: ReleasedHandler): () => void {
+    const sub = { inc: this.self.incarnation, handler };
+    this.plane.released.set(this.self, sub);
+    return () => {
+      if (this.plane.released.get(this.self) === sub) this.plane.released.delete(this.self);
+    };
+  }
 }
 
 export class SimCoordinatorBus implements CoordinatorControlBus {

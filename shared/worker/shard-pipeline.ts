@@ -135,6 +135,8 @@ export class ShardPipeline {
   /** See `prepare`: the checkpoint read before this lease began, and the feed opened there. */
   private startHint: Promise<Checkpoint | null> | undefined;
   private early: Promise<ShardFeed | null> | undefined;
+  /** See `fenceEarly`. */
+  private earlyFence: Promise<Checkpoint> | undefined;
   /** Deliveries below this sequence were committed before the fence: dropped (see `acquire`). */
   private skipBelow = 0;
   /** This lease's in-flight bounds, set at acquisition (undefined: the source's defaults). */
@@ -179,6 +181,19 @@ export class ShardPipeline {
   }
 
   /**
+   * The previous owner has released (a graceful hand-off): fence the sink at this epoch now,
+   * before the grant comes through the assignment store, so `acquire` finds it done. Fencing
+   * early is safe: a fence only stops commits of older epochs, whose last owner has just
+   * released, and this one commits nothing before it is granted. If the shard goes to another
+   * owner at this epoch instead, its fence at the same epoch succeeds as well.
+   */
+  fenceEarly(): void {
+    if (this.earlyFence || this.stopping) return;
+    this.earlyFence = this.ports.sink.fence(this.ref, this.epoch);
+    this.earlyFence.catch(() => undefined);
+  }
+
+  /**
    * Fence the sink at this epoch, open this epoch's consumer, then remove older epochs'
    * consumers in the background. Reports how long each step on the way took (ms), so a slow
    * failover can be traced to its step.
@@ -201,6 +216,7 @@ export class ShardPipeline {
     fenceMs: number;
     openMs: number;
     overlapped: boolean;
+    fencedEarly: boolean;
     maxAckPending?: number;
   }> {
     const t0 = this.hooks.now();
@@ -209,9 +225,14 @@ export class ShardPipeline {
     const early = this.early ?? null;
     this.startHint = undefined;
     this.early = undefined;
+    const earlyFence = this.earlyFence;
+    this.earlyFence = undefined;
     let cp: Checkpoint;
     try {
-      cp = await this.ports.sink.fence(this.ref, this.epoch);
+      // An early fence that failed is tried once more, now.
+      cp = earlyFence
+        ? await earlyFence.catch(() => this.ports.sink.fence(this.ref, this.epoch))
+        : await this.ports.sink.fence(this.ref, this.epoch);
     } catch (err) {
       if (early) void early.then((f) => f?.close()).catch(() => undefined);
       throw err;
@@ -249,6 +270,7 @@ export class ShardPipeline {
       fenceMs: t1 - t0,
       openMs,
       overlapped,
+      fencedEarly: earlyFence !== undefined,
       ...(this.flow ? { maxAckPending: this.flow.maxAckPending } : {}),
     };
   }

@@ -13,7 +13,7 @@ import type { TimingConfig, WorkerConfig } from "../config.js";
 import { leaseMachine, type RunOutcome, type ShardLeaseArgs } from "../core/lease.machine.js";
 import { type AssignmentEntry, type Heartbeat, parseShardKey } from "../core/types.js";
 import type { Logger } from "../logger.js";
-import type { AssignmentStore, Scheduler, Versioned, WorkerControlBus } from "../ports.js";
+import type { AssignmentStore, ReleasedNotice, Scheduler, Versioned, WorkerControlBus } from "../ports.js";
 import { TelemetryAttributes as A, SpanNames } from "../telemetry/attributes.js";
 import { getTracer, inSpan, recordFailure, withSpan } from "../telemetry/tracing.js";
 import {
@@ -68,6 +68,7 @@ export class WorkerRuntime {
    */
   private readonly prepared = new Map<string, ShardPipeline>();
   private watchStop: (() => void) | null = null;
+  private releasedStop: (() => void) | null = null;
   private hbTimer: unknown = null;
   private leaving = false;
   private started = false;
@@ -93,6 +94,7 @@ export class WorkerRuntime {
     this.lastLeaderReply = this.d.scheduler.now();
     const w = await this.d.assignments.watch((key, v) => this.onEntry(key, v));
     this.watchStop = () => w.stop();
+    this.releasedStop = this.d.bus.onReleased?.((n) => this.onReleased(n)) ?? null;
     this.beat();
   }
 
@@ -154,10 +156,17 @@ export class WorkerRuntime {
     const held = this.leases.get(shard);
     // Entries are judged by epoch, not only by KV revision: a write that watchers saw but the
     // KV then lost (a phantom, seen on NATS node failures) leaves its revision to be reused by
-    // the next real write, which must not be ignored.
+    // the next real write, which must not be ignored. A late entry of the same epoch at an
+    // older revision is ignored too: an `active` overtaken by its `revoking` would otherwise
+    // start a lease this worker has just released.
     const prev = this.latest.get(shard);
     const prevRev = this.revisions.get(shard) ?? 0;
-    if (e && prev && e.epoch < prev.epoch && v.revision <= prevRev) return; // a late, older entry
+    if (
+      e &&
+      prev &&
+      (e.epoch < prev.epoch ? v.revision <= prevRev : e.epoch === prev.epoch && v.revision < prevRev)
+    )
+      return; // a late, older entry
     if (held && e && e.epoch < held.epoch) return; // older than the lease running here
     this.revisions.set(shard, v.revision);
     this.latest.set(shard, e);
@@ -204,6 +213,14 @@ export class WorkerRuntime {
     } else if (!(e && e.owner === me && e.phase === "active")) {
       this.discardPrepared(shard);
     }
+  }
+
+  /** A shard prepared here was released by its owner: fence now (`ShardPipeline.fenceEarly`). */
+  private onReleased(n: ReleasedNotice): void {
+    // A worker giving up a shard the sink fenced past it is not a drain: no early fence.
+    if (n.fencedBy !== undefined || this.leaving) return;
+    const p = this.prepared.get(n.shard);
+    if (p && p.epoch === n.epoch + 1) p.fenceEarly();
   }
 
   /**
@@ -295,6 +312,7 @@ export class WorkerRuntime {
                 fenceMs: Math.round(fenceMs),
                 openMs: Math.round(openMs),
                 ...(r.overlapped ? { overlapped: true } : {}),
+                ...(r.fencedEarly ? { fencedEarly: true } : {}),
                 ...(r.maxAckPending === undefined ? {} : { maxAckPending: r.maxAckPending }),
               };
               // Overlapped, both are timed from the start of the acquisition.
@@ -443,6 +461,8 @@ export class WorkerRuntime {
     this.hbTimer = null;
     this.watchStop?.();
     this.watchStop = null;
+    this.releasedStop?.();
+    this.releasedStop = null;
     for (const shard of [...this.prepared.keys()]) this.discardPrepared(shard);
     for (const h of this.leases.values()) h.actor.stop();
   }

@@ -6,6 +6,7 @@ import { MemorySink } from "../../shared/memory/memory-sink.js";
 import type {
   AssignmentStore,
   FeedStart,
+  ReleasedNotice,
   ShardFeed,
   ShardSource,
   SourceMessage,
@@ -20,8 +21,8 @@ const SHARD = "demo.3";
 class ScriptedStore implements AssignmentStore {
   private onValue: ((key: string, v: Versioned<AssignmentEntry>) => void) | undefined;
   private revision = 0;
-  emit(key: string, value: AssignmentEntry): void {
-    this.onValue?.(key, { value, revision: ++this.revision });
+  emit(key: string, value: AssignmentEntry, revision = ++this.revision): void {
+    this.onValue?.(key, { value, revision });
   }
   async get(): Promise<Versioned<AssignmentEntry>> {
     return { value: null, revision: 0 };
@@ -84,12 +85,22 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     const assignments = new ScriptedStore();
     const source = new RecordingSource();
     const fenced: number[] = [];
+    let release: ((n: ReleasedNotice) => void) | undefined;
+    const active: string[] = [];
+    const released: ReleasedNotice[] = [];
     const sink = new MemorySink({ observer: { onFence: (_ref, epoch) => fenced.push(epoch) } });
     runtime = new WorkerRuntime({
       id: "w2",
       capacity: 1,
       assignments,
-      bus: { heartbeat: async () => null, released: () => {} },
+      bus: {
+        heartbeat: async () => null,
+        released: (n) => released.push(n),
+        onReleased: (h) => {
+          release = h;
+          return () => (release = undefined);
+        },
+      },
       sink,
       source,
       deadLetters: { publish: async () => {} },
@@ -97,8 +108,19 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
       timing: cfg.timing,
       settings: cfg.worker,
       log: silentLogger,
+      onLeaseEvent: (e) => {
+        if (e.event === "active") active.push(`${e.shard}@${e.epoch}`);
+      },
     });
-    return { assignments, source, fenced, started: runtime.start() };
+    return {
+      assignments,
+      source,
+      fenced,
+      release: (n: ReleasedNotice) => release?.(n),
+      active,
+      released,
+      started: runtime.start(),
+    };
   }
 
   it("opens the next epoch's consumer on the revoking entry, and the granted lease uses it", async () => {
@@ -115,6 +137,22 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     // Only the prepared consumer: the lease did not open a second one.
     expect(source.opened).toHaveLength(1);
     expect(source.removed).toEqual([]);
+  });
+
+  it("fences as soon as the previous owner released, so the granted lease need not", async () => {
+    const { assignments, fenced, release, active, started } = start();
+    await started;
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
+    // Another shard's release, and one of an epoch not prepared here: no fence.
+    release({ worker: "w1", shard: "demo.4", epoch: 4 });
+    release({ worker: "w1", shard: SHARD, epoch: 3 });
+    release({ worker: "w1", shard: SHARD, epoch: 4 });
+    await waitFor("the early fence", () => fenced.includes(5));
+    expect(fenced).toEqual([5]);
+    assignments.emit(SHARD, { owner: "w2", epoch: 5, phase: "active", at: 0 });
+    // Active: the acquisition has finished, and it fenced nothing more.
+    await waitFor("the lease active", () => active.includes(`${SHARD}@5`));
+    expect(fenced).toEqual([5]);
   });
 
   it("drops the prepared consumer when the move is called off", async () => {
@@ -136,5 +174,16 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     assignments.emit(SHARD, { owner: "w3", epoch: 5, phase: "active", at: 0 });
     await waitFor("the prepared feed closed", () => source.closed.includes(5));
     expect(source.removed).toEqual([]);
+  });
+
+  it("ignores an active entry that arrives after its own revoking entry (an older revision)", async () => {
+    const { assignments, released, started } = start();
+    await started;
+    // The watch delivered revision 2 (revoking) before revision 1 (active): this worker never
+    // ran epoch 3, so it releases at once, and must not start the lease it has released.
+    assignments.emit(SHARD, { owner: "w2", epoch: 3, phase: "revoking", next: "w1", at: 0 }, 2);
+    expect(released).toEqual([{ worker: "w2", shard: SHARD, epoch: 3 }]);
+    assignments.emit(SHARD, { owner: "w2", epoch: 3, phase: "active", at: 0 }, 1);
+    expect(runtime!.heldShards()).toEqual({});
   });
 });
