@@ -165,6 +165,7 @@ export class CoordinatorRuntime {
     const action = leaderAction(this.obs, this.d.id, now, { ttlMs: this.d.timing.leaderTtlMs });
     if (action.type === "wait") return;
     this.electing = true;
+    const known = this.obs.revision;
     try {
       const rev =
         action.type === "create"
@@ -174,7 +175,24 @@ export class CoordinatorRuntime {
       if (action.type !== "renew")
         this.d.log.info({ term: action.record.term }, `leader lease: ${action.type}`);
     } catch {
-      // Lost the race or the KV is unavailable: the watch brings the winner's record.
+      // Lost the race, or the revision this coordinator knows is not the entry's: after a NATS
+      // node failure a watch can have shown a write the KV then lost (or stopped delivering),
+      // and every compare-and-set against that revision would fail for good, leaving the
+      // cluster without a leader. So the entry is read back, and a revision other than the
+      // known one is taken as a new observation (the takeover clock starts again from it).
+      try {
+        const v = await this.d.control.get(LEADER_KEY);
+        // Unless the watch brought something newer meanwhile.
+        if (this.obs.revision === known && v.revision !== known) {
+          this.obs = {
+            record: (v.value as LeaderRecord | null) ?? null,
+            revision: v.revision,
+            observedAt: this.d.scheduler.now(),
+          };
+        }
+      } catch {
+        // The KV is unavailable: the next tick tries again.
+      }
     } finally {
       this.electing = false;
     }

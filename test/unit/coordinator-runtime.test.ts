@@ -1,0 +1,77 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { parseConfig } from "../../shared/config.js";
+import {
+  type CoordinatorRecord,
+  CoordinatorRuntime,
+  LEADER_KEY,
+} from "../../shared/coordinator/coordinator-runtime.js";
+import type { AssignmentEntry } from "../../shared/core/types.js";
+import { ErrorCode, SluiceError } from "../../shared/errors.js";
+import { silentLogger } from "../../shared/logger.js";
+import { type JsonStore, systemScheduler, type Versioned } from "../../shared/ports.js";
+
+/** A compare-and-set register per key, like a KV bucket; `watch` shows what the test says. */
+class Register<T> implements JsonStore<T> {
+  readonly values = new Map<string, Versioned<T>>();
+  private revision = 0;
+  onValue: ((key: string, v: Versioned<T>) => void) | undefined;
+  async get(key: string): Promise<Versioned<T>> {
+    return this.values.get(key) ?? { value: null, revision: 0 };
+  }
+  async watch(onValue: (key: string, v: Versioned<T>) => void) {
+    this.onValue = onValue;
+    for (const [k, v] of this.values) onValue(k, v);
+    return { stop: () => (this.onValue = undefined) };
+  }
+  async compareAndSet(key: string, value: T, expectedRevision: number): Promise<number> {
+    if ((this.values.get(key)?.revision ?? 0) !== expectedRevision)
+      throw new SluiceError(ErrorCode.Conflict, `${key} is not at revision ${expectedRevision}`);
+    return this.put(key, value);
+  }
+  async put(key: string, value: T): Promise<number> {
+    const v = { value, revision: ++this.revision };
+    this.values.set(key, v);
+    this.onValue?.(key, v);
+    return v.revision;
+  }
+}
+
+async function waitFor(what: string, cond: () => boolean, deadlineMs = 5_000): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`not reached in time: ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe("CoordinatorRuntime leadership", () => {
+  let runtime: CoordinatorRuntime | undefined;
+  afterEach(async () => {
+    await runtime?.stop();
+    runtime = undefined;
+  });
+
+  it("takes over even when its watch showed a leader record the KV does not hold", async () => {
+    const cfg = parseConfig({ timing: { leaderTtlMs: 300 } });
+    const control = new Register<CoordinatorRecord>();
+    // The KV holds a dead coordinator's record at revision 1 ...
+    await control.put(LEADER_KEY, { holder: "c9", term: 4 });
+    runtime = new CoordinatorRuntime({
+      id: "c1",
+      shards: [],
+      assignments: new Register<AssignmentEntry>(),
+      control,
+      bus: { onHeartbeat: () => {}, onReleased: () => {}, close: async () => {} },
+      scheduler: systemScheduler,
+      timing: cfg.timing,
+      log: silentLogger,
+      tickMs: 10,
+    });
+    await runtime.start();
+    // ... but the watch then shows a write at revision 7 that the KV lost (a phantom, as after
+    // a NATS node failure): every takeover against revision 7 fails.
+    control.onValue?.(LEADER_KEY, { value: { holder: "c9", term: 5 }, revision: 7 });
+    await waitFor("c1 to lead", () => runtime!.isLeader);
+    expect((await control.get(LEADER_KEY)).value).toMatchObject({ holder: "c1" });
+  });
+});
