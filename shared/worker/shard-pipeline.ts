@@ -122,6 +122,11 @@ function startSeq(cp: Checkpoint): number {
   return cp.seq > 0 && cp.fingerprint !== undefined ? cp.seq : cp.seq + 1;
 }
 
+/** Closes a feed still being opened (a prepared one not used), whenever it opens. */
+function closeWhenOpen(feed: Promise<ShardFeed | null>): void {
+  void feed.then((f) => f?.close()).catch(() => undefined);
+}
+
 export class ShardPipeline {
   private feed: ShardFeed | null = null;
   private pending: SourceMessage[] | null = null;
@@ -234,7 +239,7 @@ export class ShardPipeline {
         ? await earlyFence.catch(() => this.ports.sink.fence(this.ref, this.epoch))
         : await this.ports.sink.fence(this.ref, this.epoch);
     } catch (err) {
-      if (early) void early.then((f) => f?.close()).catch(() => undefined);
+      if (early) closeWhenOpen(early);
       throw err;
     }
     const t1 = this.hooks.now();
@@ -253,7 +258,7 @@ export class ShardPipeline {
         this.skipBelow = from;
         overlapped = true;
       } else {
-        if (early) void early.then((f) => f?.close()).catch(() => undefined);
+        if (early) closeWhenOpen(early);
         this.sizeFlow();
         await this.closeFeed();
         this.skipBelow = 0;
@@ -261,7 +266,7 @@ export class ShardPipeline {
       }
       this.nextDelivery = 1;
     } else if (early) {
-      void early.then((f) => f?.close()).catch(() => undefined);
+      closeWhenOpen(early);
     }
     const openMs = this.hooks.now() - (overlapped ? t0 : t1);
     void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
@@ -555,7 +560,7 @@ export class ShardPipeline {
   /** Fenced: drop everything without committing. */
   abandon(): void {
     this.stopping = true;
-    void this.early?.then((f) => f?.close()).catch(() => undefined);
+    if (this.early) closeWhenOpen(this.early);
     this.early = undefined;
     void this.close();
   }

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
+import { waitUntil } from "../../nodes/cli/wait.js";
 import { parseConfig } from "../../shared/config.js";
 import {
   type CoordinatorRecord,
@@ -36,14 +37,6 @@ class Register<T> implements JsonStore<T> {
   }
 }
 
-async function waitFor(what: string, cond: () => boolean, deadlineMs = 5_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`not reached in time: ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 describe("CoordinatorRuntime leadership", () => {
   let runtime: CoordinatorRuntime | undefined;
   afterEach(async () => {
@@ -71,7 +64,7 @@ describe("CoordinatorRuntime leadership", () => {
     // ... but the watch then shows a write at revision 7 that the KV lost (a phantom, as after
     // a NATS node failure): every takeover against revision 7 fails.
     control.onValue?.(LEADER_KEY, { value: { holder: "c9", term: 5 }, revision: 7 });
-    await waitFor("c1 to lead", () => runtime!.isLeader);
+    await waitUntil("c1 to lead", 5_000, () => runtime!.isLeader || undefined, 5);
     expect((await control.get(LEADER_KEY)).value).toMatchObject({ holder: "c1" });
   });
 });

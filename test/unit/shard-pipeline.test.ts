@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { waitUntil } from "../../nodes/cli/wait.js";
 import { encodeRecord } from "../../shared/codec.js";
 import type { ShardRef } from "../../shared/core/types.js";
 import { MemorySink } from "../../shared/memory/memory-sink.js";
@@ -91,21 +92,14 @@ async function runUntil(
 /** Runs an acquired pipeline until the sink's checkpoint reaches `lastSeq`, then drains it. */
 async function runToCheckpoint(p: ShardPipeline, sink: MemorySink, lastSeq: number): Promise<void> {
   const run = p.run();
-  const deadline = Date.now() + 5_000;
-  while ((await sink.checkpoint(REF)).seq < lastSeq) {
-    if (Date.now() > deadline) throw new Error(`checkpoint did not reach ${lastSeq}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
+  await waitUntil(
+    `the checkpoint at ${lastSeq}`,
+    5_000,
+    async () => (await sink.checkpoint(REF)).seq >= lastSeq || undefined,
+    2,
+  );
   await p.drain();
   await run;
-}
-
-async function waitFor(cond: () => boolean, deadlineMs = 3_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error("condition not reached in time");
-    await new Promise((r) => setTimeout(r, 2));
-  }
 }
 
 const ids = (n: number, prefix = "r"): string[] => Array.from({ length: n }, (_, i) => `${prefix}${i + 1}`);
@@ -293,7 +287,7 @@ describe("ShardPipeline: a hand-off prepared while the previous owner drains", (
       { leaseFresh: () => true, now: () => Date.now(), onHistoryMismatch: (r) => mismatches.push(r) },
     );
     p.prepare(Promise.resolve({ epoch: 1, ...hint }));
-    await waitFor(() => source.opened.length === 2);
+    await waitUntil("the prepared consumer", 3_000, () => source.opened.length === 2 || undefined, 2);
     const acquired = await p.acquire();
     await runToCheckpoint(p, sink, 9);
     return { sink, source, acquired, mismatches };
@@ -311,7 +305,7 @@ describe("ShardPipeline: a hand-off prepared while the previous owner drains", (
       { leaseFresh: () => true, now: () => Date.now() },
     );
     p.prepare(Promise.resolve({ epoch: 1, seq: 0 }));
-    await waitFor(() => source.opened.length === 1);
+    await waitUntil("the prepared consumer", 3_000, () => source.opened.length === 1 || undefined, 2);
     expect(source.opened).toEqual([{ seq: 1 }]);
     p.abandon();
   });

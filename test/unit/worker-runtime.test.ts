@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
+import { waitUntil } from "../../nodes/cli/wait.js";
 import { parseConfig } from "../../shared/config.js";
 import type { AssignmentEntry, ShardRef } from "../../shared/core/types.js";
 import { silentLogger } from "../../shared/logger.js";
@@ -65,14 +66,6 @@ class RecordingSource implements ShardSource {
   }
 }
 
-async function waitFor(what: string, cond: () => boolean, deadlineMs = 3_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`not reached in time: ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
-
 describe("WorkerRuntime: a graceful hand-off is prepared while the previous owner drains", () => {
   let runtime: WorkerRuntime | undefined;
   afterEach(() => {
@@ -123,16 +116,22 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     };
   }
 
+  /** Started, with shard 3 revoked from w1 for this worker, and its consumer prepared. */
+  async function movingHere() {
+    const w = start();
+    await w.started;
+    w.assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
+    await waitUntil("the prepared consumer", 3_000, () => w.source.opened.length === 1 || undefined, 2);
+    return w;
+  }
+
   it("opens the next epoch's consumer on the revoking entry, and the granted lease uses it", async () => {
-    const { assignments, source, fenced, started } = start();
-    await started;
-    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
-    await waitFor("the prepared consumer", () => source.opened.length === 1);
+    const { assignments, source, fenced } = await movingHere();
     expect(source.opened).toEqual([{ epoch: 5, start: { seq: 1 } }]);
     expect(runtime!.heldShards()).toEqual({});
 
     assignments.emit(SHARD, { owner: "w2", epoch: 5, phase: "active", at: 0 });
-    await waitFor("the fence at epoch 5", () => fenced.includes(5));
+    await waitUntil("the fence at epoch 5", 3_000, () => fenced.includes(5) || undefined, 2);
     expect(runtime!.heldShards()).toEqual({ [SHARD]: 5 });
     // Only the prepared consumer: the lease did not open a second one.
     expect(source.opened).toHaveLength(1);
@@ -147,32 +146,26 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     release({ worker: "w1", shard: "demo.4", epoch: 4 });
     release({ worker: "w1", shard: SHARD, epoch: 3 });
     release({ worker: "w1", shard: SHARD, epoch: 4 });
-    await waitFor("the early fence", () => fenced.includes(5));
+    await waitUntil("the early fence", 3_000, () => fenced.includes(5) || undefined, 2);
     expect(fenced).toEqual([5]);
     assignments.emit(SHARD, { owner: "w2", epoch: 5, phase: "active", at: 0 });
     // Active: the acquisition has finished, and it fenced nothing more.
-    await waitFor("the lease active", () => active.includes(`${SHARD}@5`));
+    await waitUntil("the lease active", 3_000, () => active.includes(`${SHARD}@5`) || undefined, 2);
     expect(fenced).toEqual([5]);
   });
 
   it("drops the prepared consumer when the move is called off", async () => {
-    const { assignments, source, started } = start();
-    await started;
-    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
-    await waitFor("the prepared consumer", () => source.opened.length === 1);
+    const { assignments, source } = await movingHere();
     assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "active", at: 0 });
-    await waitFor("the prepared consumer removed", () => source.removed.includes(5));
-    await waitFor("the prepared feed closed", () => source.closed.includes(5));
+    await waitUntil("the prepared consumer removed", 3_000, () => source.removed.includes(5) || undefined, 2);
+    await waitUntil("the prepared feed closed", 3_000, () => source.closed.includes(5) || undefined, 2);
     expect(runtime!.heldShards()).toEqual({});
   });
 
   it("keeps a consumer of the epoch the shard reached meanwhile: it may be another owner's", async () => {
-    const { assignments, source, started } = start();
-    await started;
-    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
-    await waitFor("the prepared consumer", () => source.opened.length === 1);
+    const { assignments, source } = await movingHere();
     assignments.emit(SHARD, { owner: "w3", epoch: 5, phase: "active", at: 0 });
-    await waitFor("the prepared feed closed", () => source.closed.includes(5));
+    await waitUntil("the prepared feed closed", 3_000, () => source.closed.includes(5) || undefined, 2);
     expect(source.removed).toEqual([]);
   });
 
