@@ -5,7 +5,7 @@
 import { decode as cborDecode, encode as cborEncode } from "cbor-x";
 import { ErrorCode } from "./errors.js";
 import type { SinkRow, SourceMessage } from "./ports.js";
-import { fnv1a32, fnv1a32Bytes, Headers } from "./wire.js";
+import { fnv1a32, fnv1a32Bytes, Headers, shardOf } from "./wire.js";
 
 export type DecodeResult = { ok: true; row: SinkRow } | { ok: false; code: ErrorCode; message: string };
 
@@ -51,7 +51,7 @@ function isPlainMap(v: unknown): boolean {
  * without one (it is dead-lettered), a hash of its subject and bytes.
  */
 export function messageFingerprint(msg: SourceMessage): string {
-  const id = (msg.header ? msg.header(Headers.msgId) : msg.headers[Headers.msgId])?.trim();
+  const id = header(msg, Headers.msgId)?.trim();
   if (id) return id;
   return `#${fnv1a32(msg.subject).toString(16)}.${fnv1a32Bytes(msg.data).toString(16)}`;
 }
@@ -64,8 +64,23 @@ export function messageFingerprint(msg: SourceMessage): string {
  */
 const jsonContentType = /^application\/json/i;
 
-export function decodeRecord(msg: SourceMessage): DecodeResult {
-  const recordId = (msg.header ? msg.header(Headers.msgId) : msg.headers[Headers.msgId])?.trim();
+/** Where a record was read: its key must map there (`shardOf`), as the partition mapping does. */
+export interface ReadShard {
+  shard: number;
+  /** The pipeline's shard count. */
+  shards: number;
+}
+
+const header = (msg: SourceMessage, name: string): string | undefined =>
+  msg.header ? msg.header(name) : msg.headers[name];
+
+/**
+ * The sink row of `msg`, or why it has none. With `at`, a record whose `Sluice-Key` belongs to
+ * another shard is rejected: it was published to one key's subject with another key's header,
+ * and committing it would break the order of that key's records, which one shard keeps.
+ */
+export function decodeRecord(msg: SourceMessage, at?: ReadShard): DecodeResult {
+  const recordId = header(msg, Headers.msgId)?.trim();
   if (!recordId) {
     const why = msg.headerError;
     return {
@@ -75,12 +90,26 @@ export function decodeRecord(msg: SourceMessage): DecodeResult {
         why === undefined ? "no Nats-Msg-Id header" : `header block unreadable (${why}): no Nats-Msg-Id`,
     };
   }
-  const subject = msg.subject;
-  const key = subject.slice(subject.lastIndexOf(".") + 1);
-  if (!key || key === "*" || key === ">") {
-    return { ok: false, code: ErrorCode.MissingKey, message: `subject '${subject}' has no key token` };
+  const key = header(msg, Headers.key);
+  if (!key) {
+    const why = msg.headerError;
+    return {
+      ok: false,
+      code: ErrorCode.MissingKey,
+      message:
+        why === undefined
+          ? `no ${Headers.key} header`
+          : `header block unreadable (${why}): no ${Headers.key}`,
+    };
   }
-  const contentType = msg.header ? msg.header(Headers.contentType) : msg.headers[Headers.contentType];
+  if (at && shardOf(key, at.shards) !== at.shard) {
+    return {
+      ok: false,
+      code: ErrorCode.KeyShardMismatch,
+      message: `${Headers.key} '${key}' belongs to shard ${shardOf(key, at.shards)}, not ${at.shard}: publish to ingest.<pipeline>.<key> with the same key in the header`,
+    };
+  }
+  const contentType = header(msg, Headers.contentType);
   const json = contentType !== undefined && jsonContentType.test(contentType);
   let value: unknown;
   try {

@@ -15,8 +15,10 @@ export const ErrorCode = {
   NotAMap: "NOT_A_MAP",
   /** The record has no `Nats-Msg-Id` header. */
   MissingId: "MISSING_ID",
-  /** The subject carries no usable key token. */
+  /** The record has no `Sluice-Key` header, or an empty one. */
   MissingKey: "MISSING_KEY",
+  /** The record's `Sluice-Key` maps to another shard than the one whose subject holds it. */
+  KeyShardMismatch: "KEY_SHARD_MISMATCH",
   /** Configuration or command-line input is invalid. */
   InvalidConfig: "INVALID_CONFIG",
   /** A local cluster operation failed (process start, readiness). */

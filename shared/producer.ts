@@ -187,6 +187,7 @@ export class Producer {
     if (!p || this.closed) return;
     const h = natsHeaders();
     h.set(Headers.msgId, p.record.id);
+    h.set(Headers.key, p.record.key);
     if (p.record.contentType) h.set(Headers.contentType, p.record.contentType);
     if (p.trace) for (const k in p.trace) h.set(k, p.trace[k]!);
     p.sentAt = Date.now();

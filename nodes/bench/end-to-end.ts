@@ -15,6 +15,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { decodeRecord, encodeRecord } from "../../shared/codec.js";
 import { Producer, type PublishResult } from "../../shared/producer.js";
+import { Headers } from "../../shared/wire.js";
 import { countCommitted } from "../cli/verify.js";
 import { waitUntil } from "../cli/wait.js";
 import type { Rate } from "./publish-rates.js";
@@ -112,7 +113,11 @@ export async function naiveEndToEndRate(
         deliverySeq: m.info.deliverySequence,
         subject: m.subject,
         data: m.data,
-        headers: { "Nats-Msg-Id": m.headers?.get("Nats-Msg-Id") ?? "" },
+        // The naive pipeline keeps the key in the subject, as a first design would.
+        headers: {
+          [Headers.msgId]: m.headers?.get(Headers.msgId) ?? "",
+          [Headers.key]: m.subject.slice(m.subject.lastIndexOf(".") + 1),
+        },
         token: m,
       });
       if (r.ok) insert.run(r.row.recordId, r.row.key, r.row.sourceSeq, r.row.payload, Date.now());

@@ -1,13 +1,13 @@
 /**
  * Publishing throughput, the sluice producer against `js.publish()`, on the same stream in
- * the same run. Both send the same pre-encoded records with a `Nats-Msg-Id` header and count
- * a record only once its PubAck has arrived.
+ * the same run. Both send the same pre-encoded records with `Nats-Msg-Id` and `Sluice-Key`
+ * headers and count a record only once its PubAck has arrived.
  */
 import { jetstream } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { headers, type NatsConnection } from "@nats-io/transport-node";
 import { encodeRecord } from "../../shared/codec.js";
 import { Producer, type PublishResult } from "../../shared/producer.js";
-import { ingestSubject } from "../../shared/wire.js";
+import { Headers, ingestSubject } from "../../shared/wire.js";
 
 export interface RecordBatch {
   ids: string[];
@@ -58,8 +58,10 @@ export async function jsPublishRate(
   const inflight = new Set<Promise<void>>();
   for (let i = 0; i < r.ids.length; i++) {
     if (inflight.size >= window) await Promise.race(inflight);
+    const h = headers();
+    h.set(Headers.key, r.keys[i]!);
     const p: Promise<void> = js
-      .publish(ingestSubject(pipeline, r.keys[i]!), r.data[i]!, { msgID: r.ids[i]! })
+      .publish(ingestSubject(pipeline, r.keys[i]!), r.data[i]!, { msgID: r.ids[i]!, headers: h })
       .then(() => {
         acked++;
       })

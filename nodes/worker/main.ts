@@ -48,6 +48,7 @@ const runtime = new WorkerRuntime({
     reconcileWindowMs: Math.max(...opts.config.pipelines.map((p) => p.duplicateWindowMs)),
   },
   log,
+  shardsOf: (pipeline) => opts.config.pipelines.find((p) => p.name === pipeline)?.shards,
   onBatchStart: (r) => metrics.batchStarted(r),
   onHistoryMismatch: (r) => metrics.historyMismatch(r.ref),
   onLeaseEvent: (e) => metrics.lease(e, parseShardKey(e.shard)),

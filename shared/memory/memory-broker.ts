@@ -15,7 +15,8 @@ export interface StoredMessage {
 }
 
 interface ConsumerState {
-  filterPrefix: string;
+  /** The one subject the consumer delivers (a literal filter, as `shardFilter`). */
+  filterSubject: string;
   /** Next stream sequence to examine for first delivery. */
   cursor: number;
   maxAckPending: number;
@@ -59,13 +60,13 @@ export class MemoryStream {
 
   addConsumer(
     name: string,
-    filterPrefix: string,
+    filterSubject: string,
     startSeq: number,
     maxAckPending: number,
     ackWaitMs: number,
   ): void {
     this.consumers.set(name, {
-      filterPrefix,
+      filterSubject,
       cursor: Math.max(1, startSeq),
       maxAckPending,
       ackWaitMs,
@@ -101,7 +102,7 @@ export class MemoryStream {
     while (out.length < max && c.pending.size < c.maxAckPending && c.cursor <= this.messages.length) {
       const m = this.messages[c.cursor - 1]!;
       c.cursor++;
-      if (!m.subject.startsWith(c.filterPrefix)) continue;
+      if (m.subject !== c.filterSubject) continue;
       c.pending.set(m.seq, now);
       out.push(m);
     }

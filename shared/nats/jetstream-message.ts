@@ -10,8 +10,8 @@ import { Headers } from "../wire.js";
 import { scanHeaderValues } from "./raw-headers.js";
 
 /** The headers `decodeRecord` reads from every record, looked up together in one pass. */
-const recordHeaderNames: readonly string[] = [Headers.msgId, Headers.contentType];
-const noRecordHeaders: ReadonlyArray<string | undefined> = [undefined, undefined];
+const recordHeaderNames: readonly string[] = [Headers.msgId, Headers.key, Headers.contentType];
+const noRecordHeaders: ReadonlyArray<string | undefined> = [undefined, undefined, undefined];
 
 /**
  * The part of nats.js's core `MsgImpl` (what `JsMsgImpl.msg` holds) that keeps a message's
@@ -28,7 +28,7 @@ interface RawMsg {
 }
 
 /**
- * `Nats-Msg-Id` and `Content-Type` of `token` (undefined when absent), as
+ * `Nats-Msg-Id`, `Sluice-Key` and `Content-Type` of `token` (undefined when absent), as
  * `token.headers?.get(name)` returns them, read straight off the raw header block when it can
  * be (see `scanHeaderValues`).
  */
@@ -44,7 +44,7 @@ function recordHeaders(token: JsMsg): ReadonlyArray<string | undefined> {
     }
   }
   const h = token.headers;
-  return h ? [h.get(Headers.msgId), h.get(Headers.contentType)] : noRecordHeaders;
+  return h ? recordHeaderNames.map((name) => h.get(name)) : noRecordHeaders;
 }
 
 /** Positions of the first dots of an ack subject: shared scratch, as parsing is synchronous. */
@@ -109,7 +109,7 @@ export function readAckNumbers(reply: Uint8Array, out: AckNumbers): boolean {
 const ackScratch: AckNumbers = { streamSequence: 0, deliverySequence: 0, pending: 0 };
 
 /**
- * A JetStream message as a `SourceMessage`. `Nats-Msg-Id` and `Content-Type` are read together
+ * A JetStream message as a `SourceMessage`. `Nats-Msg-Id`, `Sluice-Key` and `Content-Type` are read together
  * on first use; other headers are looked up in the message's own header map, and the
  * plain-object copy is built only when asked for (dead letters).
  */
@@ -161,7 +161,7 @@ export class JetStreamSourceMessage implements SourceMessage {
   }
 
   header(name: string): string | undefined {
-    const i = name === Headers.msgId ? 0 : name === Headers.contentType ? 1 : -1;
+    const i = recordHeaderNames.indexOf(name);
     if (i < 0) return this.headerMap()?.get(name) || undefined;
     if (!this.known) {
       try {

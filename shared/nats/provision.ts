@@ -53,11 +53,21 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
 type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;
 
 async function ensureStream(jsm: Jsm, cfg: Parameters<Jsm["streams"]["add"]>[0]): Promise<void> {
+  let existing: string[] | undefined;
   try {
-    await jsm.streams.info(cfg.name!);
-    return;
+    existing = (await jsm.streams.info(cfg.name!)).config.subjects ?? [];
   } catch {
     // Not there yet: create it below.
+  }
+  if (existing) {
+    const wanted = cfg.subjects ?? [];
+    if (existing.length === wanted.length && existing.every((s, i) => s === wanted[i])) return;
+    // A stream of another layout (such as `sluice.in.P.>`, with the key in the subject) holds
+    // records no shard consumer of this one would deliver: refuse rather than skip them.
+    throw new SluiceError(
+      ErrorCode.InvalidConfig,
+      `stream ${cfg.name} captures ${existing.join(", ")}, not ${wanted.join(", ")}: it was made for another subject layout; read it to the end with the sluice that wrote it, then delete it`,
+    );
   }
   try {
     await jsm.streams.add(cfg);

@@ -104,7 +104,7 @@ export class SimShardSource implements ShardSource {
         this.stream.deleteConsumer(name);
         this.stream.addConsumer(
           name,
-          shardFilter(ref.pipeline, ref.shard).slice(0, -1),
+          shardFilter(ref.pipeline, ref.shard),
           fromSeq,
           flow?.maxAckPending ?? this.settings.maxAckPending,
           this.settings.ackWaitMs,

@@ -11,7 +11,7 @@ import { silentLogger } from "../logger.js";
 import { MemoryKv, MemoryStream } from "../memory/memory-broker.js";
 import { MemorySink } from "../memory/memory-sink.js";
 import type { DeadLetter, JsonStore, Versioned } from "../ports.js";
-import { shardOf, shardSubject } from "../wire.js";
+import { Headers, shardOf, shardSubject } from "../wire.js";
 import { WorkerRuntime } from "../worker/worker-runtime.js";
 import { Checker } from "./checker.js";
 import { Rng } from "./rng.js";
@@ -243,6 +243,7 @@ export class SimWorld {
       scheduler: node,
       timing: this.timing,
       settings: this.o.worker,
+      shardsOf: () => this.o.shards,
       log: silentLogger,
       onLeaseEvent: (e) => {
         const shard = parseShardKey(e.shard)!.shard;
@@ -273,7 +274,10 @@ export class SimWorld {
         const id = `r${i}`;
         const data = malformed ? new Uint8Array([0xff, 0xfe, 0x00]) : encodeRecord({ n: i, key });
         const publish = () =>
-          this.stream.publish(shardSubject(PIPELINE, shard, key), data, { "Nats-Msg-Id": id });
+          this.stream.publish(shardSubject(PIPELINE, shard), data, {
+            [Headers.msgId]: id,
+            [Headers.key]: key,
+          });
         const { seq } = publish();
         this.checker.onPublish({ id, shard, seq, malformed });
         // A producer retry of a publish that landed: the duplicate window drops it.

@@ -16,7 +16,7 @@ export const TelemetryAttributes = {
   messagingSystem: "messaging.system",
   /** The subject a record was published to (`ingest.P.<key>`) or the shard filter consumed. */
   messagingDestinationName: "messaging.destination.name",
-  /** Low-cardinality form of the destination (`ingest.P.*`, `sluice.in.P.*.>`). */
+  /** Low-cardinality form of the destination (`ingest.P.*`, `sluice.in.P.*`). */
   messagingDestinationTemplate: "messaging.destination.template",
   /** The shard a batch was consumed from (`messaging.destination.partition.id`). */
   messagingDestinationPartitionId: "messaging.destination.partition.id",
@@ -96,9 +96,9 @@ export const MESSAGING_SYSTEM = "nats";
 export const SpanNames = {
   /** PRODUCER, one per published record, from send until its PubAck: `send ingest.P.*`. */
   publishPrefix: "send",
-  /** CONSUMER, one per batch a worker commits: `process sluice.in.P.*.>`. */
+  /** CONSUMER, one per batch a worker commits: `process sluice.in.P.*`. */
   processPrefix: "process",
-  /** CLIENT, the ack of a batch (AckPolicy all: one ack settles it): `settle sluice.in.P.*.>`. */
+  /** CLIENT, the ack of a batch (AckPolicy all: one ack settles it): `settle sluice.in.P.*`. */
   settlePrefix: "settle",
   /** CLIENT, a worker's fenced sink commit of a batch; child of the process span. */
   sinkCommit: "sink.commit",

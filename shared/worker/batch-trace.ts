@@ -25,7 +25,7 @@ import { consumerName, shardFilter } from "../wire.js";
 /** Producer links per batch span; the rest are counted in `sluice.links.dropped`. */
 export const MAX_BATCH_LINKS = 128;
 
-const shardTemplate = (pipeline: string): string => `sluice.in.${pipeline}.*.>`;
+const shardTemplate = (pipeline: string): string => `sluice.in.${pipeline}.*`;
 
 export class BatchTrace {
   private readonly span: Span;

@@ -5,7 +5,7 @@
  * production and against in-memory ports in simulation.
  */
 
-import { decodeRecord, messageFingerprint } from "../codec.js";
+import { decodeRecord, messageFingerprint, type ReadShard } from "../codec.js";
 import { type BatchSizing, nextBatchLimit, shardFlow } from "../core/batch-size.js";
 import type { RunOutcome } from "../core/lease.machine.js";
 import type { ShardRef } from "../core/types.js";
@@ -102,6 +102,11 @@ export interface PipelineHooks {
   now(): number;
   /** Shards the worker owns or is about to own, this one included; sizes the shard's share. */
   shardsOwned?(): number;
+  /**
+   * The pipeline's shard count: a record whose `Sluice-Key` maps to another shard is
+   * dead-lettered (`KEY_SHARD_MISMATCH`). Without it keys are not checked.
+   */
+  shards?: number;
 }
 
 /** Reconciliation after a history mismatch: commit by record id, not by sequence. */
@@ -137,6 +142,8 @@ export class ShardPipeline {
   /** Records the next batch may take; adapted after every commit (`nextBatchLimit`). */
   private batchLimit: number;
   private sizing: BatchSizing;
+  /** Where this pipeline reads, for the key check (`PipelineHooks.shards`). */
+  private readonly readShard: ReadShard | undefined;
   /** See `prepare`: the checkpoint read before this lease began, and the feed opened there. */
   private startHint: Promise<Checkpoint | null> | undefined;
   private early: Promise<ShardFeed | null> | undefined;
@@ -158,6 +165,7 @@ export class ShardPipeline {
     private readonly settings: PipelineSettings,
     private readonly hooks: PipelineHooks,
   ) {
+    this.readShard = hooks.shards === undefined ? undefined : { shard: ref.shard, shards: hooks.shards };
     this.sizing = {
       min: settings.batchMin ?? 16,
       max: settings.batchMax,
@@ -449,7 +457,7 @@ export class ShardPipeline {
     const rows: SinkRow[] = [];
     const dead: DeadLetter[] = [];
     for (const m of batch) {
-      const r = decodeRecord(m);
+      const r = decodeRecord(m, this.readShard);
       if (r.ok) rows.push(r.row);
       else
         dead.push({

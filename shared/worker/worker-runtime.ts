@@ -34,6 +34,8 @@ export interface WorkerDeps extends PipelinePorts {
   /** Worker settings; `reconcileWindowMs` follows the pipelines' duplicate window. */
   settings: WorkerConfig & { reconcileWindowMs?: number };
   log: Logger;
+  /** A pipeline's shard count, so that records with another shard's key are dead-lettered. */
+  shardsOf?(pipeline: string): number | undefined;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
   onHistoryMismatch?(r: HistoryMismatchReport): void;
@@ -244,6 +246,7 @@ export class WorkerRuntime {
       leaseFresh: () => this.leaseFresh(shard, epoch),
       now: () => this.d.scheduler.now(),
       shardsOwned: () => this.shardsOwned(),
+      shards: this.d.shardsOf?.(ref.pipeline),
       onBatch: (r) => this.d.onBatch?.(r),
       onBatchStart: (r) => this.d.onBatchStart?.(r),
       onHistoryMismatch: (r) => {

@@ -21,14 +21,23 @@ describe("bad input (real 3-node NATS cluster)", () => {
     await waitSettled(tc);
     const js = jetstream(tc.nc);
     const key = "alice"; // every record below goes to one shard, so bad ones sit between good ones
-    const h = (json = false) => {
+    // A key whose records belong to another shard than alice's.
+    const otherKey = ["bob", "carol", "dave", "erin"].find((k) => shardOf(k, 16) !== shardOf(key, 16))!;
+    const h = (json = false, recordKey: string | null = key) => {
       const x = headers();
       if (json) x.set("Content-Type", "application/json");
+      if (recordKey !== null) x.set("Sluice-Key", recordKey);
       return x;
     };
     const good = (i: number) =>
       js.publish(`ingest.demo.${key}`, encodeRecord({ n: i }), { msgID: `good-${i}`, headers: h() });
-    const bad: Array<{ code: string; data: Uint8Array; id?: string; json?: boolean }> = [
+    const bad: Array<{
+      code: string;
+      data: Uint8Array;
+      id?: string;
+      json?: boolean;
+      recordKey?: string | null;
+    }> = [
       { code: "UNDECODABLE_PAYLOAD", data: new Uint8Array([0xff, 0xfe, 0x00, 0x13]), id: "bad-garbage" },
       {
         code: "UNDECODABLE_PAYLOAD",
@@ -38,11 +47,13 @@ describe("bad input (real 3-node NATS cluster)", () => {
       },
       { code: "NOT_A_MAP", data: encode([1, 2, 3]), id: "bad-array" },
       { code: "MISSING_ID", data: encodeRecord({ n: -1 }) },
+      { code: "MISSING_KEY", data: encodeRecord({ n: -2 }), id: "bad-no-key", recordKey: null },
+      { code: "KEY_SHARD_MISMATCH", data: encodeRecord({ n: -3 }), id: "bad-key", recordKey: otherKey },
     ];
     for (let i = 0; i < 50; i++) await good(i);
     for (const b of bad) {
       await js.publish(`ingest.demo.${key}`, b.data, {
-        headers: h(b.json),
+        headers: h(b.json, b.recordKey === undefined ? key : b.recordKey),
         ...(b.id ? { msgID: b.id } : {}),
       });
     }
@@ -54,13 +65,13 @@ describe("bad input (real 3-node NATS cluster)", () => {
     for (let i = 50; i < 100; i++) await good(i);
 
     const jsm = await jetstreamManager(tc.nc);
-    const dlq = await waitUntil("4 dead letters", 30_000, async () => {
+    const dlq = await waitUntil(`${bad.length} dead letters`, 30_000, async () => {
       const si = await jsm.streams.info(deadLetterStream("demo"));
-      return si.state.messages >= 4 ? si : undefined;
+      return si.state.messages >= bad.length ? si : undefined;
     });
-    expect(dlq.state.messages).toBe(4);
+    expect(dlq.state.messages).toBe(bad.length);
     const stored = await Promise.all(
-      [1, 2, 3, 4].map((seq) => jsm.streams.getMessage(deadLetterStream("demo"), { seq })),
+      bad.map((_, i) => jsm.streams.getMessage(deadLetterStream("demo"), { seq: i + 1 })),
     );
     const shard = shardOf(key, 16);
     for (const [i, b] of bad.entries()) {
@@ -68,7 +79,7 @@ describe("bad input (real 3-node NATS cluster)", () => {
       expect(m.subject).toBe(`sluice.dlq.demo.${shard}`);
       expect(m.header.get("Sluice-Error-Code")).toBe(b.code);
       expect(m.header.get("Sluice-Error")).not.toBe("");
-      expect(m.header.get("Sluice-Source-Subject")).toBe(`sluice.in.demo.${shard}.${key}`);
+      expect(m.header.get("Sluice-Source-Subject")).toBe(`sluice.in.demo.${shard}`);
       expect(Number(m.header.get("Sluice-Source-Seq"))).toBeGreaterThan(0);
       expect(Buffer.from(m.data).equals(Buffer.from(b.data))).toBe(true);
       if (b.id) expect(m.header.get("Sluice-Original-Msg-Id")).toBe(b.id);

@@ -20,7 +20,7 @@ describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
     const stream = inputStream(p, 0);
     const seqs: number[] = [];
     for (let i = 1; i <= 10; i++) {
-      const ack = await js.publish(shardSubject(p.name, 0, `k${i}`), encodeRecord({ i }), { msgID: `r${i}` });
+      const ack = await js.publish(shardSubject(p.name, 0), encodeRecord({ i }), { msgID: `r${i}` });
       seqs.push(ack.seq);
     }
     // Left by an earlier attempt at epoch 7 (or a hand-off prepared from an older checkpoint):

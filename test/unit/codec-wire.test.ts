@@ -27,8 +27,8 @@ function msg(over: Partial<SourceMessage> & { data: Uint8Array }): SourceMessage
   return {
     seq: 42,
     deliverySeq: 1,
-    subject: "sluice.in.demo.7.alice",
-    headers: { [Headers.msgId]: "id-1" },
+    subject: "sluice.in.demo.7",
+    headers: { [Headers.msgId]: "id-1", [Headers.key]: "alice" },
     token: null,
     ...over,
   };
@@ -91,16 +91,16 @@ describe("fnv1a32 / shardOf", () => {
 
 describe("wire names", () => {
   it("builds subjects, consumers and the partition mapping", () => {
-    expect(shardSubject("demo", 3, "alice")).toBe("sluice.in.demo.3.alice");
-    expect(shardFilter("demo", 3)).toBe("sluice.in.demo.3.>");
+    expect(shardSubject("demo", 3)).toBe("sluice.in.demo.3");
+    expect(shardFilter("demo", 3)).toBe("sluice.in.demo.3");
     const shared = { name: "demo", streams: "shared", shards: 3 } as const;
     const perShard = { name: "demo", streams: "per-shard", shards: 3 } as const;
     expect(inputStream(shared, 2)).toBe("SLUICE_IN_demo");
-    expect(inputStreamSubjects(shared, 2)).toBe("sluice.in.demo.>");
-    expect(shardConsumerFilter(shared, 2)).toBe("sluice.in.demo.2.>");
+    expect(inputStreamSubjects(shared, 2)).toBe("sluice.in.demo.*");
+    expect(shardConsumerFilter(shared, 2)).toBe("sluice.in.demo.2");
     expect([...inputStreams(shared)]).toEqual([["SLUICE_IN_demo", [0, 1, 2]]]);
     expect(inputStream(perShard, 2)).toBe("SLUICE_IN_demo_2");
-    expect(inputStreamSubjects(perShard, 2)).toBe("sluice.in.demo.2.>");
+    expect(inputStreamSubjects(perShard, 2)).toBe("sluice.in.demo.2");
     expect(shardConsumerFilter(perShard, 2)).toBeUndefined();
     expect([...inputStreams(perShard)]).toEqual([
       ["SLUICE_IN_demo_0", [0]],
@@ -112,10 +112,7 @@ describe("wire names", () => {
     expect(consumerEpoch("demo", 3, consumerName("demo", 3, 9))).toBe(9);
     expect(consumerEpoch("demo", 3, consumerName("demo", 31, 9))).toBeNull();
     expect(consumerEpoch("demo", 3, "demo-s3-ex")).toBeNull();
-    expect(partitionMapping("demo", 16)).toEqual([
-      "ingest.demo.*",
-      "sluice.in.demo.{{partition(16,1)}}.{{wildcard(1)}}",
-    ]);
+    expect(partitionMapping("demo", 16)).toEqual(["ingest.demo.*", "sluice.in.demo.{{partition(16,1)}}"]);
   });
 
   it("shardKey and parseShardKey round-trip, including dotted pipelines", () => {
@@ -144,7 +141,11 @@ describe("decodeRecord", () => {
     const r = decodeRecord(
       msg({
         data: enc.encode('{"a":1,"b":[1,2]}'),
-        headers: { [Headers.msgId]: "  id-2  ", [Headers.contentType]: "Application/JSON; charset=utf-8" },
+        headers: {
+          [Headers.msgId]: "  id-2  ",
+          [Headers.key]: "alice",
+          [Headers.contentType]: "Application/JSON; charset=utf-8",
+        },
       }),
     );
     expect(r.ok).toBe(true);
@@ -158,17 +159,28 @@ describe("decodeRecord", () => {
     const cbor = encodeRecord({ a: 1 });
     for (const ct of ["APPLICATION/JSON", "application/json-seq", "application/json;x=y"]) {
       const r = decodeRecord(
-        msg({ data: json, headers: { [Headers.msgId]: "id", [Headers.contentType]: ct } }),
+        msg({
+          data: json,
+          headers: { [Headers.msgId]: "id", [Headers.key]: "alice", [Headers.contentType]: ct },
+        }),
       );
       expect(r.ok && r.row.payload).toBe('{"a":1}');
     }
     for (const ct of ["", "application/cbor", " application/json", "text/json", "appl\u0130cation/json"]) {
       const r = decodeRecord(
-        msg({ data: cbor, headers: { [Headers.msgId]: "id", [Headers.contentType]: ct } }),
+        msg({
+          data: cbor,
+          headers: { [Headers.msgId]: "id", [Headers.key]: "alice", [Headers.contentType]: ct },
+        }),
       );
       expect(r.ok && r.row.payload).toBe('{"a":1}');
       expectRejected(
-        decodeRecord(msg({ data: json, headers: { [Headers.msgId]: "id", [Headers.contentType]: ct } })),
+        decodeRecord(
+          msg({
+            data: json,
+            headers: { [Headers.msgId]: "id", [Headers.key]: "alice", [Headers.contentType]: ct },
+          }),
+        ),
         ErrorCode.UndecodablePayload,
       );
     }
@@ -182,11 +194,27 @@ describe("decodeRecord", () => {
     );
   });
 
-  it("rejects a subject without a key token with MISSING_KEY", () => {
+  it("rejects a record without Sluice-Key (or an empty one) with MISSING_KEY", () => {
     expectRejected(
-      decodeRecord(msg({ data: encodeRecord({ a: 1 }), subject: "sluice.in.demo.7." })),
+      decodeRecord(msg({ data: encodeRecord({ a: 1 }), headers: { [Headers.msgId]: "id-1" } })),
       ErrorCode.MissingKey,
     );
+    expectRejected(
+      decodeRecord(
+        msg({ data: encodeRecord({ a: 1 }), headers: { [Headers.msgId]: "id-1", [Headers.key]: "" } }),
+      ),
+      ErrorCode.MissingKey,
+    );
+  });
+
+  it("takes the key from Sluice-Key and, given the shard read, rejects another shard's key", () => {
+    const data = encodeRecord({ a: 1 });
+    const r = decodeRecord(msg({ data }), { shard: shardOf("alice", 16), shards: 16 });
+    expect(r.ok && r.row.key).toBe("alice");
+    const other = (shardOf("alice", 16) + 1) % 16;
+    expectRejected(decodeRecord(msg({ data }), { shard: other, shards: 16 }), ErrorCode.KeyShardMismatch);
+    // Without the shard read, keys are not checked.
+    expect(decodeRecord(msg({ data })).ok).toBe(true);
   });
 
   it("rejects garbage bytes with UNDECODABLE_PAYLOAD", () => {
@@ -205,13 +233,21 @@ describe("decodeRecord", () => {
   });
 
   it("rejects JSON that is not an object with NOT_A_MAP", () => {
-    const headers = { [Headers.msgId]: "id", [Headers.contentType]: "application/json" };
+    const headers = {
+      [Headers.msgId]: "id",
+      [Headers.key]: "alice",
+      [Headers.contentType]: "application/json",
+    };
     expectRejected(decodeRecord(msg({ data: enc.encode("[1,2]"), headers })), ErrorCode.NotAMap);
     expectRejected(decodeRecord(msg({ data: enc.encode("null"), headers })), ErrorCode.NotAMap);
   });
 
   it("rejects invalid JSON or invalid UTF-8 with a JSON content type as UNDECODABLE_PAYLOAD", () => {
-    const headers = { [Headers.msgId]: "id", [Headers.contentType]: "application/json" };
+    const headers = {
+      [Headers.msgId]: "id",
+      [Headers.key]: "alice",
+      [Headers.contentType]: "application/json",
+    };
     expectRejected(
       decodeRecord(msg({ data: enc.encode("{not json"), headers })),
       ErrorCode.UndecodablePayload,

@@ -50,7 +50,7 @@ function jsMsg(opts: {
   const reply = opts.reply ?? "$JS.ACK.SLUICE_IN_demo.demo-s7-e3.1.42.17.1712345678901234567.9";
   const core = new MsgImpl(
     {
-      subject: enc.encode(opts.subject ?? "sluice.in.demo.7.alice"),
+      subject: enc.encode(opts.subject ?? "sluice.in.demo.7"),
       reply: enc.encode(reply),
       sid: 1,
       hdr: block ? block.length : -1,
@@ -247,12 +247,14 @@ describe("readAckNumbers", () => {
 describe("JetStreamSourceMessage", () => {
   it("reads sequences and record headers without decoding nats.js's header map", () => {
     const { core, token } = jsMsg({
-      block: "NATS/1.0\r\nNats-Msg-Id: id-1\r\ntraceparent: 00-x\r\nContent-Type: application/json\r\n\r\n",
+      block:
+        "NATS/1.0\r\nNats-Msg-Id: id-1\r\ntraceparent: 00-x\r\nContent-Type: application/json\r\nSluice-Key: alice\r\n\r\n",
       data: enc.encode('{"a":1}'),
     });
     const m = new JetStreamSourceMessage(token);
     expect([m.seq, m.deliverySeq, m.pending]).toEqual([42, 17, 9]);
     expect(m.header("Nats-Msg-Id")).toBe("id-1");
+    expect(m.header("Sluice-Key")).toBe("alice");
     expect(m.header("Content-Type")).toBe("application/json");
     // The fast path relies on nats.js keeping the block undecoded until `headers` is read.
     expect(core._headers).toBeUndefined();
@@ -264,6 +266,7 @@ describe("JetStreamSourceMessage", () => {
       "Nats-Msg-Id": "id-1",
       traceparent: "00-x",
       "Content-Type": "application/json",
+      "Sluice-Key": "alice",
     });
     expect(m.timestampMs).toBe(1712345678901);
   });
@@ -276,13 +279,14 @@ describe("JetStreamSourceMessage", () => {
       "NATS/1.0\r\nnats-msg-id: lower\r\n\r\n",
       "NATS/1.0\r\nNats-Msg-Id: idé\r\n\r\n",
       "NATS/1.0\r\nNats-Msg-Id:    \r\nContent-Type: Application/JSON; charset=utf-8\r\n\r\n",
+      "NATS/1.0\r\nSluice-Key: k1\r\nSluice-Key: k2\r\nNats-Msg-Id: a\r\n\r\n",
     ];
     for (const block of cases) {
       for (const decodedFirst of [false, true]) {
         const { token } = jsMsg({ block });
         if (decodedFirst) void token.headers;
         const m = new JetStreamSourceMessage(token);
-        for (const name of ["Nats-Msg-Id", "Content-Type", "nats-msg-id"]) {
+        for (const name of ["Nats-Msg-Id", "Sluice-Key", "Content-Type", "nats-msg-id"]) {
           expect(m.header(name)).toBe(token.headers?.get(name) || undefined);
         }
         const plain = {

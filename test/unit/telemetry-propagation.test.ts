@@ -59,7 +59,7 @@ function register(sampler = new AlwaysOnSampler()): InMemorySpanExporter {
 const msg = (seq: number, headers: Record<string, string>): SourceMessage => ({
   seq,
   deliverySeq: seq,
-  subject: `sluice.in.p.0.k${seq}`,
+  subject: "sluice.in.p.0",
   data: new Uint8Array(),
   headers,
   token: null,
