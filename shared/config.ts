@@ -20,8 +20,8 @@ export const PipelineSchema = z.object({
   duplicateWindowMs: z.number().int().min(120_000).default(120_000),
   /**
    * `shared`: one input stream for all shards (one Raft group). `per-shard`: one stream per
-   * shard; reading costs the NATS servers about a third as much CPU, at one Raft group per
-   * shard. See `StreamLayout` in shared/wire.ts. Fixed for the life of the pipeline.
+   * shard, read unfiltered and led from all servers, at one Raft group per shard. See
+   * `StreamLayout` in shared/wire.ts. Fixed for the life of the pipeline.
    */
   streams: z.enum(["shared", "per-shard"]).default("shared"),
 });
@@ -37,6 +37,12 @@ export const TimingSchema = z.object({
   leaderTtlMs: z.number().int().min(300).default(1500),
   /** A graceful hand-off not released within this long is forced, ms. */
   handoffTimeoutMs: z.number().int().min(100).default(5000),
+  /**
+   * A shard moving to another worker keeps its owner until the new one reports its consumer
+   * open, or this long has passed, ms (0: revoke at once, and the consumer is opened while the
+   * owner drains, which lengthens the shard's pause when opening is slow).
+   */
+  prepareTimeoutMs: z.number().int().min(0).default(1500),
 });
 
 export const WorkerSchema = z

@@ -30,8 +30,8 @@ export const deadLetterSubjects = (pipeline: string): string => `sluice.dlq.${pi
  *   the servers look at every record once per shard (a string comparison each, see
  *   `shardSubject`).
  * - `per-shard`: one stream per shard, like a Kafka partition's log; a shard's consumer reads
- *   its own stream unfiltered. Reads cost the servers about a third as much, but there are as
- *   many Raft groups as shards, so a fault that cuts a node off hits the stream leaders on
+ *   its own stream unfiltered, and the streams' leaders spread over the servers, but there are
+ *   as many Raft groups as shards, so a fault that cuts a node off hits the stream leaders on
  *   that node at once (see README, "A stream whose history changed").
  */
 export type StreamLayout = "shared" | "per-shard";

@@ -94,6 +94,7 @@ export class CoordinatorRuntime {
       handoffTimeoutMs: this.d.timing.handoffTimeoutMs,
       writeTimeoutMs: 2_000,
       stuckMs: Math.max(2_000, 10 * this.d.timing.heartbeatMs),
+      prepareTimeoutMs: this.d.timing.prepareTimeoutMs,
     };
   }
 

@@ -9,6 +9,11 @@
  * - graceful (owner alive, but the balanced target differs, or the owner is leaving):
  *   mark the entry `revoking`; once the owner reports it released (or `handoffTimeoutMs`
  *   passes, or it dies), assign the target at `epoch + 1`.
+ * - prepared (a graceful move to a live target, with `prepareTimeoutMs` set): first name the
+ *   target `next` on the still-active entry, and revoke only once the target's heartbeat says
+ *   its consumer is open (or `prepareTimeoutMs` passes). The owner commits until then, so
+ *   opening a consumer (100-400 ms on a worker that has just joined) is not part of the
+ *   shard's pause; the pause is the drain, the release and the grant.
  */
 import { assignShards, type MemberCapacity } from "./assignment.js";
 import type { AssignmentEntry, Heartbeat } from "./types.js";
@@ -26,6 +31,11 @@ export interface CoordinatorTiming {
    * epoch. Default 3000.
    */
   stuckMs?: number;
+  /**
+   * How long a move waits for its target to report the next lease prepared before revoking
+   * anyway (ms). Undefined or 0: revoke at once, without a preparation step.
+   */
+  prepareTimeoutMs?: number;
 }
 
 export interface MemberView {
@@ -33,6 +43,8 @@ export interface MemberView {
   lastSeen: number;
   leaving: boolean;
   held: Record<string, number>;
+  /** Shards the member has prepared to take (`Heartbeat.prepared`), key -> epoch. */
+  prepared: Record<string, number>;
   /** Heartbeat delay of the latest beat, ms (diagnostics). */
   delayMs: number;
 }
@@ -51,6 +63,8 @@ export interface CoordinatorState {
   pending: Record<string, number>;
   /** shard -> time the coordinator first saw the entry in `revoking`. */
   revokingSince: Record<string, number>;
+  /** shard -> time the coordinator first saw the entry active with its current `next`. */
+  preparingSince: Record<string, number>;
   /** shard -> epoch the owner reported released. */
   released: Record<string, number>;
   /** shard -> highest epoch the sink is known to be fenced at; new epochs go above it. */
@@ -80,7 +94,9 @@ export type HandoffReason =
   | "released"
   | "handoff-timeout"
   | "refence"
-  | "reassert";
+  | "reassert"
+  | "prepare"
+  | "move-off";
 
 export function initialCoordinatorState(shards: readonly string[]): CoordinatorState {
   const entries: Record<string, EntryView> = {};
@@ -91,6 +107,7 @@ export function initialCoordinatorState(shards: readonly string[]): CoordinatorS
     entries,
     pending: {},
     revokingSince: {},
+    preparingSince: {},
     released: {},
     floor: {},
     missingSince: {},
@@ -124,6 +141,7 @@ export function coordinatorStep(
         lastSeen: event.now,
         leaving: hb.leaving,
         held: hb.held,
+        prepared: hb.prepared ?? {},
         delayMs: Math.max(0, event.now - hb.sentAt),
       };
       for (const s of state.shards) {
@@ -148,6 +166,15 @@ export function coordinatorStep(
       } else {
         delete state.revokingSince[event.shard];
       }
+      const e = event.entry;
+      if (e?.phase === "active" && e.next) {
+        const p = prev.entry;
+        if (p?.phase !== "active" || p.next !== e.next || p.epoch !== e.epoch) {
+          state.preparingSince[event.shard] = event.now;
+        }
+      } else {
+        delete state.preparingSince[event.shard];
+      }
       break;
     }
     case "released": {
@@ -169,7 +196,9 @@ export function coordinatorStep(
       if (event.leader) {
         // A new leader restarts every hand-off clock: it cannot know when the old leader began.
         for (const s of state.shards) {
-          if (state.entries[s]?.entry?.phase === "revoking") state.revokingSince[s] = event.now;
+          const e = state.entries[s]?.entry;
+          if (e?.phase === "revoking") state.revokingSince[s] = event.now;
+          if (e?.phase === "active" && e.next) state.preparingSince[s] = event.now;
         }
       }
       break;
@@ -242,9 +271,22 @@ function plan(state: CoordinatorState, now: number, timing: CoordinatorTiming): 
     if (e.phase === "active") {
       // A leaving owner is revoked even when no one can take over, so it can drain and exit.
       const leaving = state.members[e.owner]?.leaving === true;
-      if (want !== e.owner && (want !== null || leaving)) {
-        write({ owner: e.owner, epoch: e.epoch, phase: "revoking", next: want, at: now }, "rebalance");
+      if (want === e.owner || (want === null && !leaving)) {
+        // No move (any more): a target named to prepare lets its preparation go.
+        if (e.next) write({ owner: e.owner, epoch: e.epoch, phase: "active", at: now }, "move-off");
+        continue;
       }
+      const prepareMs = timing.prepareTimeoutMs ?? 0;
+      // A leaving owner is not kept waiting: it wants to exit.
+      if (prepareMs > 0 && want !== null && !leaving) {
+        if (e.next !== want) {
+          write({ owner: e.owner, epoch: e.epoch, phase: "active", next: want, at: now }, "prepare");
+          continue;
+        }
+        const ready = state.members[want]?.prepared[s] === e.epoch + 1;
+        if (!ready && now - (state.preparingSince[s] ?? now) < prepareMs) continue;
+      }
+      write({ owner: e.owner, epoch: e.epoch, phase: "revoking", next: want, at: now }, "rebalance");
       continue;
     }
     // revoking: wait for the owner's release, or force after the hand-off timeout.

@@ -25,7 +25,9 @@ export function parseShardKey(key: string): ShardRef | undefined {
  * Invariant: `epoch` strictly increases whenever the shard gets a new owner (written with CAS);
  * an entry may drop to `owner: null` at the same epoch when no member is left, and the next
  * owner then gets `epoch + 1`, so no two owners ever share an epoch.
- * - `active`: `owner` may consume and commit at `epoch`.
+ * - `active`: `owner` may consume and commit at `epoch`. With `next` set, the coordinator
+ *   means to move the shard there: `next` prepares its lease of `epoch + 1` (opens its
+ *   consumer) and reports it in its heartbeats, while `owner` goes on committing.
  * - `revoking`: `owner` must stop pulling, commit its in-flight batch, ack and release;
  *   the coordinator then hands the shard to `next` at `epoch + 1`.
  */
@@ -45,6 +47,11 @@ export interface Heartbeat {
   capacity: number;
   /** Shards the worker currently holds (acquiring, active or draining), key -> epoch. */
   held: Record<string, number>;
+  /**
+   * Shards moving here whose next lease this worker has prepared (its consumer is open),
+   * key -> the epoch prepared (`epoch + 1` of the entry naming it `next`).
+   */
+  prepared?: Record<string, number>;
   /** True once the worker is draining to leave: it gets no new shards. */
   leaving: boolean;
   /** Worker's wall-clock send time in ms, used to measure heartbeat delay. */

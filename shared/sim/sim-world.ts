@@ -91,6 +91,7 @@ export const simTiming: TimingConfig = {
   leaseTtlMs: 800,
   leaderTtlMs: 1_500,
   handoffTimeoutMs: 3_000,
+  prepareTimeoutMs: 1_500,
 };
 
 const PIPELINE = "sim";

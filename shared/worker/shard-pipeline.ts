@@ -147,6 +147,7 @@ export class ShardPipeline {
   /** See `prepare`: the checkpoint read before this lease began, and the feed opened there. */
   private startHint: Promise<Checkpoint | null> | undefined;
   private early: Promise<ShardFeed | null> | undefined;
+  private isPrepared = false;
   /** See `fenceEarly`. */
   private earlyFence: Promise<Checkpoint> | undefined;
   /** Deliveries below this sequence were committed before the fence: dropped (see `acquire`). */
@@ -181,8 +182,11 @@ export class ShardPipeline {
    * checkpoint read then, and this epoch's consumer is opened there at once, so the next
    * `acquire` only has to fence (see `acquire`). Records arriving meanwhile are pulled into the
    * feed's buffer; nothing is committed or acked before the fence. Used once.
+   *
+   * Resolves true once the consumer is open (the worker reports the shard prepared), false
+   * when it could not be opened; never rejects.
    */
-  prepare(cp: Promise<Checkpoint | null>): void {
+  prepare(cp: Promise<Checkpoint | null>): Promise<boolean> {
     this.startHint = cp.catch(() => null);
     this.early = this.startHint.then((hint) => {
       if (!hint || this.stopping) return null;
@@ -190,7 +194,18 @@ export class ShardPipeline {
       return this.ports.source.open(this.ref, this.epoch, { seq: startSeq(hint) }, this.flow);
     });
     // Settled where it is used; never an unhandled rejection when the hand-off is called off.
-    this.early.catch(() => undefined);
+    return this.early.then(
+      (feed) => {
+        this.isPrepared = feed !== null;
+        return this.isPrepared;
+      },
+      () => false,
+    );
+  }
+
+  /** True once `prepare` has opened this epoch's consumer. */
+  get prepared(): boolean {
+    return this.isPrepared;
   }
 
   /**

@@ -107,6 +107,7 @@ export class WorkerRuntime {
       worker: this.d.id,
       capacity: this.d.capacity,
       held: this.heldShards(),
+      prepared: this.preparedShards(),
       leaving: this.leaving,
       sentAt,
     };
@@ -129,15 +130,28 @@ export class WorkerRuntime {
     this.hbTimer = this.d.scheduler.setTimeout(() => this.beat(), this.d.timing.heartbeatMs);
   }
 
+  /** Heartbeat now instead of at the next tick (the timer chain goes on from here). */
+  private beatNow(): void {
+    if (this.stopped || this.hbTimer === null) return;
+    this.d.scheduler.clearTimeout(this.hbTimer);
+    this.beat();
+  }
+
+  /** Shards moving here whose consumer is open: shard -> the epoch prepared. */
+  private preparedShards(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [shard, p] of this.prepared) if (p.prepared) out[shard] = p.epoch;
+    return out;
+  }
+
   /**
-   * Shards this worker runs, or is assigned (active entries naming it, and revoking ones naming
-   * it next), whichever is more.
+   * Shards this worker runs, or is assigned (active entries naming it, and entries naming it
+   * next), whichever is more.
    */
   private shardsOwned(): number {
     let assigned = 0;
     for (const e of this.latest.values()) {
-      if (e?.owner === this.d.id ? e.phase === "active" : e?.phase === "revoking" && e.next === this.d.id)
-        assigned++;
+      if (e?.owner === this.d.id ? e.phase === "active" : e?.next === this.d.id) assigned++;
     }
     return Math.max(assigned, this.leases.size);
   }
@@ -179,8 +193,11 @@ export class WorkerRuntime {
         return; // the new epoch starts when the old lease has stopped
       }
       if (e.phase === "active") {
+        // A running lease is not confirmed by an entry: the entry may have been written long
+        // before it arrives (this worker was paused, say), and the same epoch is re-stated
+        // whenever a move is announced or called off. Heartbeat grants, timed from their
+        // sending, confirm it.
         if (!held && !this.leaving) this.startLease(shard, e.epoch);
-        else if (held) this.confirm(shard, e.epoch, this.d.scheduler.now());
       } else if (held) {
         held.actor.send({ type: "REVOKE" });
       } else {
@@ -201,17 +218,21 @@ export class WorkerRuntime {
 
   /**
    * Prepares the next epoch of a shard about to move here (the coordinator grants it at
-   * `epoch + 1` once the owner has released); calls the preparation off when the move is off.
+   * `epoch + 1` once the owner has released), and tells the coordinator with a heartbeat as
+   * soon as its consumer is open (it revokes the owner then); calls the preparation off when
+   * the move is off.
    */
   private noteMove(shard: string, e: AssignmentEntry | null): void {
     const me = this.d.id;
-    if (e && e.phase === "revoking" && e.next === me && e.owner !== me && !this.leaving) {
+    if (e && e.next === me && e.owner !== me && !this.leaving) {
       const epoch = e.epoch + 1;
       if (this.prepared.get(shard)?.epoch === epoch) return;
       this.discardPrepared(shard);
       const pipeline = this.newPipeline(shard, epoch);
-      pipeline.prepare(this.d.sink.checkpoint(pipeline.ref));
       this.prepared.set(shard, pipeline);
+      void pipeline.prepare(this.d.sink.checkpoint(pipeline.ref)).then((open) => {
+        if (open && this.prepared.get(shard) === pipeline && e.phase === "active") this.beatNow();
+      });
     } else if (!(e && e.owner === me && e.phase === "active")) {
       this.discardPrepared(shard);
     }

@@ -59,7 +59,12 @@ class Sim {
   /** A healthy worker's heartbeat: it holds every shard the KV gives it (`held` overrides). */
   beat(
     worker: string,
-    opts: { leaving?: boolean; capacity?: number; held?: Record<string, number> } = {},
+    opts: {
+      leaving?: boolean;
+      capacity?: number;
+      held?: Record<string, number>;
+      prepared?: Record<string, number>;
+    } = {},
   ): CoordinatorCommand[] {
     const held: Record<string, number> = {};
     for (const [shard, v] of this.kv) if (v.entry.owner === worker) held[shard] = v.entry.epoch;
@@ -69,6 +74,7 @@ class Sim {
         worker,
         capacity: opts.capacity ?? 1,
         held: opts.held ?? held,
+        ...(opts.prepared ? { prepared: opts.prepared } : {}),
         leaving: opts.leaving ?? false,
         sentAt: this.now,
       },
@@ -168,8 +174,8 @@ class Sim {
 }
 
 /** 8 shards balanced over w1 and w2 at epoch 1, all echoed back, at time 0. */
-function settled(workers = ["w1", "w2"], shards = shardsN(8)): Sim {
-  const sim = new Sim(shards);
+function settled(workers = ["w1", "w2"], shards = shardsN(8), timing = T): Sim {
+  const sim = new Sim(shards, timing);
   for (const w of workers) sim.beat(w);
   sim.lead(true);
   expect(writesOf(sim.deliverAll())).toEqual([]);
@@ -615,10 +621,13 @@ describe("coordinatorStep (randomised): fencing invariants", () => {
     { weight: 1, arbitrary: fc.record({ t: fc.constant("tick" as const) }) },
   );
 
-  it("never grants one epoch to two owners, never lowers an epoch, and converges", () => {
+  it.each([
+    ["revoking at once", T],
+    ["preparing first", { ...T, prepareTimeoutMs: 1500 }],
+  ])("never grants one epoch to two owners, never lowers an epoch, and converges (%s)", (_, timing) => {
     fc.assert(
       fc.property(fc.array(op, { maxLength: 150 }), (ops) => {
-        const sim = new Sim(shardsN(6));
+        const sim = new Sim(shardsN(6), timing);
         sim.lead(true);
         for (const o of ops) {
           switch (o.t) {
@@ -770,5 +779,90 @@ describe("coordinator core: an owner that is alive but not running its shard", (
     sim.beat("w1");
     sim.deliverAll();
     for (let t = 500; t <= 10_000; t += 500) expect(writesOf(sim.at(t).beat("w1"))).toHaveLength(0);
+  });
+});
+
+describe("coordinatorStep: prepared moves (prepareTimeoutMs)", () => {
+  const TP: CoordinatorTiming = { ...T, prepareTimeoutMs: 1500 };
+
+  /** w3 joins at t=100 under TP; returns the announcing writes, delivered. */
+  function announce(sim: Sim): Write[] {
+    sim.at(100);
+    sim.beat("w1");
+    sim.beat("w2");
+    const writes = writesOf(sim.beat("w3"));
+    expect(writesOf(sim.deliverAll())).toEqual([]);
+    return writes;
+  }
+
+  it("names the joiner next on the active entry, and revokes once it reports the shard prepared", () => {
+    const sim = settled(["w1", "w2"], shardsN(8), TP);
+    const before = sim.owners();
+    const writes = announce(sim);
+    expect(writes).toHaveLength(2);
+    for (const w of writes) {
+      expect(w.reason).toBe("prepare");
+      expect(w.entry).toEqual({ owner: before.get(w.shard), epoch: 1, phase: "active", next: "w3", at: 100 });
+      // The owner keeps committing meanwhile.
+      expect(grantsFor(sim.state, w.entry.owner!)[w.shard]).toBe(1);
+    }
+    const [a, b] = writes.map((w) => w.shard) as [string, string];
+    // Nothing moves until the joiner reports; then only the shard it prepared is revoked.
+    sim.at(300);
+    expect(writesOf(sim.beat("w3"))).toEqual([]);
+    // A preparation for another epoch does not count.
+    sim.at(350);
+    expect(writesOf(sim.beat("w3", { prepared: { [a]: 3 } }))).toEqual([]);
+    sim.at(400);
+    const revoke = writesOf(sim.beat("w3", { prepared: { [a]: 2 } }));
+    expect(revoke).toEqual([
+      {
+        type: "write",
+        shard: a,
+        entry: { owner: before.get(a), epoch: 1, phase: "revoking", next: "w3", at: 400 },
+        expectedRevision: sim.kv.get(a)!.revision,
+        reason: "rebalance",
+      },
+    ]);
+    sim.deliverAll();
+    // The other is revoked anyway once prepareTimeoutMs has passed since it was announced.
+    expect(writesOf(sim.advanceBeating(1599, ["w1", "w2", "w3"], 100))).toEqual([]);
+    sim.at(1600);
+    const late = writesOf(sim.tick());
+    expect(late.map((w) => [w.shard, w.entry.phase, w.entry.next])).toEqual([[b, "revoking", "w3"]]);
+  });
+
+  it("lets the preparation go when the move is off (the joiner died)", () => {
+    const sim = settled(["w1", "w2"], shardsN(8), TP);
+    const writes = announce(sim);
+    // w3 never beats again: lost after failureTimeoutMs; the shards stay with their owners.
+    const off = writesOf(sim.advanceBeating(1200, ["w1", "w2"], 100));
+    expect(off.map((w) => w.shard).sort()).toEqual(writes.map((w) => w.shard).sort());
+    for (const w of off) {
+      expect(w.reason).toBe("move-off");
+      expect(w.entry).toMatchObject({ epoch: 1, phase: "active" });
+      expect(w.entry.next).toBeUndefined();
+    }
+    sim.deliverAll();
+    for (const w of writes) expect(sim.state.preparingSince[w.shard]).toBeUndefined();
+  });
+
+  it("revokes a leaving owner's shards at once, without preparing", () => {
+    const sim = settled(["w1", "w2"], shardsN(8), TP);
+    sim.at(100);
+    const writes = writesOf(sim.beat("w1", { leaving: true }));
+    expect(writes.length).toBeGreaterThan(0);
+    for (const w of writes) expect(w.entry).toMatchObject({ owner: "w1", phase: "revoking", next: "w2" });
+  });
+
+  it("a new leader restarts the preparation clock", () => {
+    const sim = settled(["w1", "w2"], shardsN(8), TP);
+    const writes = announce(sim);
+    expect(writesOf(sim.advanceBeating(1000, ["w1", "w2", "w3"], 100))).toEqual([]);
+    sim.lead(true);
+    for (const w of writes) expect(sim.state.preparingSince[w.shard]).toBe(1000);
+    expect(writesOf(sim.advanceBeating(2400, ["w1", "w2", "w3"], 100))).toEqual([]);
+    sim.at(2500);
+    expect(writesOf(sim.tick()).map((w) => w.entry.phase)).toEqual(["revoking", "revoking"]);
   });
 });

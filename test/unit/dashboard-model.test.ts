@@ -10,6 +10,7 @@ const member = (lastSeen: number, held: Record<string, number> = {}): MemberView
   lastSeen,
   leaving: false,
   held,
+  prepared: {},
   delayMs: 2,
 });
 const entry = (owner: string | null, epoch: number, phase: AssignmentEntry["phase"] = "active") => ({

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { parseConfig } from "../../shared/config.js";
-import type { AssignmentEntry, ShardRef } from "../../shared/core/types.js";
+import type { AssignmentEntry, Heartbeat, ShardRef } from "../../shared/core/types.js";
 import { silentLogger } from "../../shared/logger.js";
 import { MemorySink } from "../../shared/memory/memory-sink.js";
 import type {
@@ -73,8 +73,9 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     runtime = undefined;
   });
 
-  function start() {
-    const cfg = parseConfig({ pipelines: [{ name: "demo", shards: 16 }] });
+  function start(timing: { heartbeatMs?: number } = {}) {
+    const cfg = parseConfig({ pipelines: [{ name: "demo", shards: 16 }], timing });
+    const heartbeats: Heartbeat[] = [];
     const assignments = new ScriptedStore();
     const source = new RecordingSource();
     const fenced: number[] = [];
@@ -87,7 +88,10 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
       capacity: 1,
       assignments,
       bus: {
-        heartbeat: async () => null,
+        heartbeat: async (hb) => {
+          heartbeats.push(hb);
+          return null;
+        },
         released: (n) => released.push(n),
         onReleased: (h) => {
           release = h;
@@ -112,6 +116,7 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
       release: (n: ReleasedNotice) => release?.(n),
       active,
       released,
+      heartbeats,
       started: runtime.start(),
     };
   }
@@ -136,6 +141,28 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     // Only the prepared consumer: the lease did not open a second one.
     expect(source.opened).toHaveLength(1);
     expect(source.removed).toEqual([]);
+  });
+
+  it("prepares when a move is announced (an active entry naming it next) and reports it in a heartbeat at once", async () => {
+    // Heartbeats 10 s apart: only the prompt one can report the preparation within the test.
+    const { assignments, source, heartbeats, started } = start({ heartbeatMs: 10_000 });
+    await started;
+    await waitUntil("the first heartbeat", 3_000, () => heartbeats.length === 1 || undefined, 2);
+    expect(heartbeats[0]!.prepared).toEqual({});
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "active", next: "w2", at: 0 });
+    const hb = await waitUntil(
+      "a heartbeat reporting the shard prepared",
+      3_000,
+      () => heartbeats.find((h) => h.prepared?.[SHARD] === 5),
+      2,
+    );
+    expect(source.opened).toEqual([{ epoch: 5, start: { seq: 1 } }]);
+    expect(hb.held).toEqual({});
+    // The revoke that follows keeps the prepared consumer.
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "revoking", next: "w2", at: 0 });
+    assignments.emit(SHARD, { owner: "w2", epoch: 5, phase: "active", at: 0 });
+    await waitUntil("the lease of epoch 5", 3_000, () => runtime!.heldShards()[SHARD] === 5 || undefined, 2);
+    expect(source.opened).toHaveLength(1);
   });
 
   it("fences as soon as the previous owner released, so the granted lease need not", async () => {

@@ -213,7 +213,7 @@ export class DashboardModel {
         owner,
         epoch: e?.epoch ?? 0,
         phase: owner ? (e?.phase ?? "active") : "unassigned",
-        next: e?.phase === "revoking" ? (e.next ?? null) : null,
+        next: e?.next ?? null,
         committed: cp?.seq ?? ci?.ackFloorStreamSeq ?? null,
         fencedEpoch: cp?.epoch ?? null,
         lag: ci ? consumerLag(ci) : null,
@@ -305,9 +305,11 @@ export class DashboardModel {
     const text =
       e.phase === "revoking"
         ? `${shard}: revoking from ${e.owner} at epoch ${e.epoch}${e.next ? ` for ${e.next}` : ""} (${reason})`
-        : e.owner
-          ? `${shard} → ${e.owner} at epoch ${e.epoch} (${reason})`
-          : `${shard} unassigned at epoch ${e.epoch} (${reason})`;
+        : e.owner && e.next
+          ? `${shard}: ${e.next} preparing to take over from ${e.owner} at epoch ${e.epoch} (${reason})`
+          : e.owner
+            ? `${shard} → ${e.owner} at epoch ${e.epoch} (${reason})`
+            : `${shard} unassigned at epoch ${e.epoch} (${reason})`;
     this.emit({
       at,
       type: "assignment",

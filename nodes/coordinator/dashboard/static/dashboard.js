@@ -88,8 +88,9 @@ function renderShards(shards) {
     cell.dataset.epoch = String(s.epoch);
     cell.dataset.phase = s.phase;
     cell.style.setProperty("--owner", ownerColor(s.owner));
-    cell.querySelector(".shard-owner").textContent =
-      s.phase === "revoking" && s.next ? `${s.owner} → ${s.next}` : (s.owner ?? "unassigned");
+    cell.querySelector(".shard-owner").textContent = s.next
+      ? `${s.owner} → ${s.next}`
+      : (s.owner ?? "unassigned");
     cell.querySelector(".shard-epoch").textContent = `e${s.epoch} · ${s.phase}`;
     cell.querySelector(".shard-nums").textContent =
       `seq ${fmt(s.committed)} · lag ${fmt(s.lag)} · ${fmt(s.rate, 1)}/s`;
