@@ -307,6 +307,7 @@ export class WorkerRuntime {
     let handoff: Span | null = null;
     let acquireFailures = 0;
     this.confirm(shard, epoch, this.d.scheduler.now());
+    log.debug({ prepared: pipeline.prepared }, "lease starting");
     const machine = leaseMachine.provide({
       actors: {
         // Fence the sink, remove older epochs' consumers, open this epoch's consumer.
