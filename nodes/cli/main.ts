@@ -87,7 +87,9 @@ program
       console.log(
         `  logs ${c.dir}/logs\n  pipelines ${cfg.pipelines.map((p) => `${p.name} (${p.shards} shards)`).join(", ")}`,
       );
-      console.log(`publish to ingest.<pipeline>.<key> with headers Nats-Msg-Id and Sluice-Key: <key>; stop with: npx sluice down --dir ${o.dir}`);
+      console.log(
+        `publish to ingest.<pipeline>.<key> with headers Nats-Msg-Id and Sluice-Key: <key>; stop with: npx sluice down --dir ${o.dir}`,
+      );
       if (o.detach) return;
       console.log("running in the foreground; Ctrl-C stops the cluster");
       await new Promise<void>((resolve) => {
