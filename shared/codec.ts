@@ -74,6 +74,16 @@ export interface ReadShard {
 const header = (msg: SourceMessage, name: string): string | undefined =>
   msg.header ? msg.header(name) : msg.headers[name];
 
+/** A record without header `name`, saying why when its header block could not be read. */
+function missingHeader(msg: SourceMessage, code: ErrorCode, name: string): DecodeResult {
+  const why = msg.headerError;
+  return {
+    ok: false,
+    code,
+    message: why === undefined ? `no ${name} header` : `header block unreadable (${why}): no ${name}`,
+  };
+}
+
 /**
  * The sink row of `msg`, or why it has none. With `at`, a record whose `Sluice-Key` belongs to
  * another shard is rejected: it was published to one key's subject with another key's header,
@@ -81,32 +91,15 @@ const header = (msg: SourceMessage, name: string): string | undefined =>
  */
 export function decodeRecord(msg: SourceMessage, at?: ReadShard): DecodeResult {
   const recordId = header(msg, Headers.msgId)?.trim();
-  if (!recordId) {
-    const why = msg.headerError;
-    return {
-      ok: false,
-      code: ErrorCode.MissingId,
-      message:
-        why === undefined ? "no Nats-Msg-Id header" : `header block unreadable (${why}): no Nats-Msg-Id`,
-    };
-  }
+  if (!recordId) return missingHeader(msg, ErrorCode.MissingId, Headers.msgId);
   const key = header(msg, Headers.key);
-  if (!key) {
-    const why = msg.headerError;
-    return {
-      ok: false,
-      code: ErrorCode.MissingKey,
-      message:
-        why === undefined
-          ? `no ${Headers.key} header`
-          : `header block unreadable (${why}): no ${Headers.key}`,
-    };
-  }
-  if (at && shardOf(key, at.shards) !== at.shard) {
+  if (!key) return missingHeader(msg, ErrorCode.MissingKey, Headers.key);
+  const keyShard = at ? shardOf(key, at.shards) : undefined;
+  if (at && keyShard !== at.shard) {
     return {
       ok: false,
       code: ErrorCode.KeyShardMismatch,
-      message: `${Headers.key} '${key}' belongs to shard ${shardOf(key, at.shards)}, not ${at.shard}: publish to ingest.<pipeline>.<key> with the same key in the header`,
+      message: `${Headers.key} '${key}' belongs to shard ${keyShard}, not ${at.shard}: publish to ingest.<pipeline>.<key> with the same key in the header`,
     };
   }
   const contentType = header(msg, Headers.contentType);

@@ -11,7 +11,7 @@ import { scanHeaderValues } from "./raw-headers.js";
 
 /** The headers `decodeRecord` reads from every record, looked up together in one pass. */
 const recordHeaderNames: readonly string[] = [Headers.msgId, Headers.key, Headers.contentType];
-const noRecordHeaders: ReadonlyArray<string | undefined> = [undefined, undefined, undefined];
+const noRecordHeaders: ReadonlyArray<string | undefined> = recordHeaderNames.map(() => undefined);
 
 /**
  * The part of nats.js's core `MsgImpl` (what `JsMsgImpl.msg` holds) that keeps a message's
@@ -109,9 +109,9 @@ export function readAckNumbers(reply: Uint8Array, out: AckNumbers): boolean {
 const ackScratch: AckNumbers = { streamSequence: 0, deliverySequence: 0, pending: 0 };
 
 /**
- * A JetStream message as a `SourceMessage`. `Nats-Msg-Id`, `Sluice-Key` and `Content-Type` are read together
- * on first use; other headers are looked up in the message's own header map, and the
- * plain-object copy is built only when asked for (dead letters).
+ * A JetStream message as a `SourceMessage`. `Nats-Msg-Id`, `Sluice-Key` and `Content-Type` are
+ * read together on first use; other headers are looked up in the message's own header map, and
+ * the plain-object copy is built only when asked for (dead letters).
  */
 export class JetStreamSourceMessage implements SourceMessage {
   readonly seq: number;
