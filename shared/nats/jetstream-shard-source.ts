@@ -3,6 +3,8 @@
  * holds the shard (filtered on the shard's subjects in a shared stream), R1, AckPolicy all,
  * starting at the sink's checkpoint + 1. An R1 consumer is created in milliseconds (an R3 one
  * in hundreds), and losing it loses nothing: the sink's checkpoint is the truth of progress.
+ * Each consumer lives on the stream leader's server and is replaced when the leader moves
+ * (see `JetStreamStreamLeaders` for why).
  */
 import {
   AckPolicy,
@@ -31,6 +33,7 @@ import {
 } from "../wire.js";
 import { toSourceMessage } from "./jetstream-message.js";
 import { consumerNames } from "./shard-consumers.js";
+import { JetStreamStreamLeaders } from "./stream-leaders.js";
 
 export interface JetStreamShardSourceOptions {
   /** The pipelines read, for the names of their streams. */
@@ -48,6 +51,13 @@ export interface JetStreamShardSourceOptions {
    * a deleted consumer. These explain a shard that paused.
    */
   onStatus?(e: FeedStatusReport): void;
+  /**
+   * Keep every consumer on the stream leader's server (default true): a consumer the server
+   * places on a follower is created again (up to `PLACEMENT_ATTEMPTS` times), and a feed whose
+   * stream leader moves fails, so its lease re-acquires on the new leader from the checkpoint.
+   * False reads whichever replica the server picked (a benchmark's comparison).
+   */
+  onStreamLeader?: boolean;
 }
 
 export interface FeedStatusReport {
@@ -63,18 +73,40 @@ export interface FeedStatusReport {
 /** Notifications of a healthy consumer; everything else is reported (`onStatus`). */
 const routineStatus = new Set(["heartbeat", "next", "discard", "reset"]);
 
+/**
+ * Creations of a consumer until it lands on the stream leader. The server picks one of the
+ * stream's replicas at random (1 in 3 is the leader on R3), so 12 attempts miss with
+ * probability (2/3)^12 < 1 %; then the acquisition fails and the lease retries.
+ */
+export const PLACEMENT_ATTEMPTS = 12;
+
 /** A consumer that has delivered nothing yet: it starts where its config says. */
 const unused = (ci: ConsumerInfo): boolean => ci.delivered.consumer_seq === 0 && ci.num_ack_pending === 0;
 
 export class JetStreamShardSource implements ShardSource {
   private readonly js: JetStreamClient;
   private jsm: JetStreamManager | undefined;
+  private readonly leaders: JetStreamStreamLeaders;
+  /** Open feeds, so a leader change can fail those left on a follower. */
+  private readonly feeds = new Set<JetStreamShardFeed>();
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly opts: JetStreamShardSourceOptions,
   ) {
     this.js = jetstream(nc, { timeout: 5_000 });
+    this.leaders = new JetStreamStreamLeaders(nc, () => this.manager());
+    this.leaders.onChange((stream, leader) => {
+      for (const f of this.feeds)
+        if (f.stream === stream && f.server !== undefined && f.server !== leader)
+          f.fail(
+            new SluiceError(
+              ErrorCode.Unavailable,
+              `stream leader moved to ${leader}; the consumer reads ${f.server}'s replica`,
+              { retryable: true },
+            ),
+          );
+    });
   }
 
   private pipelineOf(ref: ShardRef): PipelineStreams {
@@ -120,14 +152,35 @@ export class JetStreamShardSource implements ShardSource {
     // hand-off prepared by another worker: then the add fails (the server refuses a create
     // that differs from the existing consumer's config) or returns a consumer that has
     // delivered already, and it is deleted and created afresh from the checkpoint.
+    const home = this.opts.onStreamLeader !== false;
+    let leader = home ? await this.leaders.leaderOf(stream) : undefined;
     let ci = await jsm.consumers.add(stream, config).catch(() => null);
     if (!ci || !unused(ci)) {
       await jsm.consumers.delete(stream, name).catch(() => false);
       ci = await jsm.consumers.add(stream, config);
     }
+    const offLeader = (c: ConsumerInfo): boolean =>
+      leader !== undefined && c.cluster?.leader !== undefined && c.cluster.leader !== leader;
+    for (let attempt = 1; offLeader(ci) && attempt < PLACEMENT_ATTEMPTS; attempt++) {
+      await jsm.consumers.delete(stream, name).catch(() => false);
+      // A leader-elected advisory may have been missed: ask the stream now and then.
+      if (attempt % 4 === 0) leader = await this.leaders.leaderOf(stream, true);
+      ci = await jsm.consumers.add(stream, config);
+    }
+    if (offLeader(ci)) {
+      await jsm.consumers.delete(stream, name).catch(() => false);
+      throw new SluiceError(
+        ErrorCode.Unavailable,
+        `consumer ${name} placed on ${ci.cluster?.leader} ${PLACEMENT_ATTEMPTS} times, never on the stream leader ${leader}`,
+        { retryable: true },
+      );
+    }
     const consumer = this.js.consumers.getConsumerFromInfo(ci);
     const onStatus = this.opts.onStatus;
     const feed = new JetStreamShardFeed(
+      stream,
+      home ? ci.cluster?.leader : undefined,
+      (f) => this.feeds.delete(f),
       consumer,
       flow?.bufferMessages ?? this.opts.bufferMessages,
       onStatus &&
@@ -144,7 +197,23 @@ export class JetStreamShardSource implements ShardSource {
           });
         }),
     );
-    await feed.start();
+    this.feeds.add(feed);
+    try {
+      await feed.start();
+    } catch (err) {
+      this.feeds.delete(feed);
+      throw err;
+    }
+    // The leader may have moved while the consumer was being created.
+    if (feed.server !== undefined && this.leaders.known(stream) !== feed.server) {
+      const now = this.leaders.known(stream);
+      if (now !== undefined)
+        feed.fail(
+          new SluiceError(ErrorCode.Unavailable, `stream leader moved to ${now} during the open`, {
+            retryable: true,
+          }),
+        );
+    }
     return feed;
   }
 
@@ -203,6 +272,10 @@ class JetStreamShardFeed implements ShardFeed {
   failure: Error | null = null;
 
   constructor(
+    /** The stream read, and the server whose replica the consumer reads (when kept on the leader). */
+    readonly stream: string,
+    readonly server: string | undefined,
+    private readonly onClose: (f: JetStreamShardFeed) => void,
     private readonly consumer: Consumer,
     private readonly bufferMessages: number,
     private readonly onStatus?: (s: ConsumerNotification) => void,
@@ -325,7 +398,8 @@ class JetStreamShardFeed implements ShardFeed {
     }
   }
 
-  private fail(err: Error): void {
+  /** Ends the feed: the next `next` throws `err` (the first failure wins). */
+  fail(err: Error): void {
     this.failure ??= err;
     clearInterval(this.stallTimer);
     this.wake();
@@ -362,6 +436,7 @@ class JetStreamShardFeed implements ShardFeed {
 
   async close(): Promise<void> {
     this.fail(new SluiceError(ErrorCode.Unavailable, "feed closed"));
+    this.onClose(this);
     await this.messages?.close().catch(() => {});
     this.buffer.length = 0;
   }

@@ -348,7 +348,13 @@ export class WorkerRuntime {
             },
           ),
         ),
-        run: fromPromiseOf<RunOutcome>(() => pipeline.run()),
+        run: fromPromiseOf<RunOutcome>(async () => {
+          const out = await pipeline.run();
+          // A run that failed is re-acquired after a backoff; why it failed explains the pause.
+          if (out.type === "failed" && out.reason !== "stopped")
+            log.info({ reason: out.reason }, "lease run failed; re-acquiring");
+          return out;
+        }),
         verify: fromPromiseOf(async () => {
           const startedAt = this.d.scheduler.now();
           const v = await this.d.assignments.get(shard);

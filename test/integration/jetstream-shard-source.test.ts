@@ -1,7 +1,9 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
+import { waitUntil } from "../../nodes/cli/wait.js";
 import { encodeRecord } from "../../shared/codec.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
+import type { ShardFeed } from "../../shared/ports.js";
 import { consumerName, inputStream, shardFilter, shardSubject } from "../../shared/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
 
@@ -50,6 +52,57 @@ describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
       expect(got).toEqual(seqs.slice(4));
     } finally {
       await feed.close();
+    }
+  });
+
+  it("keeps every consumer on the stream leader's server, and fails the feeds left behind when it moves", async () => {
+    tc = await startTestCluster({ workers: 0, coordinators: 0 });
+    const p = tc.cfg.pipelines[0]!;
+    const jsm = await jetstreamManager(tc.nc);
+    const stream = inputStream(p, 0);
+    const source = new JetStreamShardSource(tc.nc, {
+      pipelines: tc.cfg.pipelines,
+      maxAckPending: 100,
+      ackWaitMs: 30_000,
+      bufferMessages: 50,
+    });
+    const shards = [0, 1, 2, 3, 4, 5, 6, 7];
+    const placements = async (epoch: number): Promise<Array<string | undefined>> =>
+      Promise.all(
+        shards.map(
+          async (s) => (await jsm.consumers.info(stream, consumerName(p.name, s, epoch))).cluster?.leader,
+        ),
+      );
+    const feeds: ShardFeed[] = [];
+    try {
+      for (const s of shards) feeds.push(await source.open({ pipeline: p.name, shard: s }, 1, { seq: 1 }));
+      const leader = (await jsm.streams.info(stream)).cluster?.leader;
+      expect(leader).toBeDefined();
+      // Placed at random, 8 consumers would all sit on the leader with probability (1/3)^8.
+      expect(await placements(1)).toEqual(shards.map(() => leader));
+
+      const r = await tc.nc.request(`$JS.API.STREAM.LEADER.STEPDOWN.${stream}`, "", { timeout: 10_000 });
+      expect(r.json<{ success?: boolean }>().success).toBe(true);
+      const errors = new Map<number, string>();
+      await waitUntil(
+        "every feed to fail once the leader moved",
+        10_000,
+        async () => {
+          for (const [i, f] of feeds.entries())
+            if (!errors.has(i)) await f.next(1, 10).catch((e: Error) => errors.set(i, e.message));
+          return errors.size === feeds.length ? true : undefined;
+        },
+        50,
+      );
+      const moved = (await jsm.streams.info(stream)).cluster?.leader;
+      expect(moved).not.toBe(leader);
+      for (const m of errors.values()) expect(m).toContain(`stream leader moved to ${moved}`);
+
+      for (const f of feeds.splice(0)) await f.close();
+      for (const s of shards) feeds.push(await source.open({ pipeline: p.name, shard: s }, 2, { seq: 1 }));
+      expect(await placements(2)).toEqual(shards.map(() => moved));
+    } finally {
+      for (const f of feeds) await f.close();
     }
   });
 });

@@ -1,7 +1,9 @@
+import { jetstreamManager } from "@nats-io/jetstream";
 import Database from "better-sqlite3";
 import { afterEach, describe, expect, it } from "vitest";
 import { measureFailover } from "../../nodes/cli/failover.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
+import { consumerName, inputStream } from "../../shared/wire.js";
 import { startTestCluster, type TestCluster, waitSettled } from "./harness.js";
 
 describe("worker faults under load (real 3-node NATS cluster)", () => {
@@ -114,5 +116,50 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
     const report = tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: summary.acked });
     expect(report.rows).toBe(summary.acked);
+  });
+
+  it("the stream leader moves under load: every shard's consumer follows it, exactly once and in order", async () => {
+    tc = await startTestCluster({ workers: 2 });
+    await waitSettled(tc);
+    const p = tc.cfg.pipelines[0]!;
+    const stream = inputStream(p, 0);
+    const jsm = await jetstreamManager(tc.nc);
+    const load = tc.load(10_000, 2_000);
+    await tc.waitCommitted(1_000);
+    /** Servers of the shards' current consumers (from the KV's owners and epochs). */
+    const placements = async (): Promise<string[]> => {
+      const s = await tc!.status();
+      return Promise.all(
+        s.shards.map(async (r) => {
+          const shard = Number(r.shard.split(".")[1]);
+          const ci = await jsm.consumers.info(stream, consumerName(p.name, shard, r.epoch)).catch(() => null);
+          return ci?.cluster?.leader ?? "none";
+        }),
+      );
+    };
+    for (let move = 1; move <= 2; move++) {
+      const from = (await jsm.streams.info(stream)).cluster?.leader;
+      const r = await tc.nc.request(`$JS.API.STREAM.LEADER.STEPDOWN.${stream}`, "", { timeout: 10_000 });
+      expect(r.json<{ success?: boolean }>().success).toBe(true);
+      const to = await waitUntil("a new stream leader", 10_000, async () => {
+        const l = (await jsm.streams.info(stream)).cluster?.leader;
+        return l && l !== from ? l : undefined;
+      });
+      await waitUntil(`every shard consumer on ${to} (move ${move})`, 20_000, async () =>
+        (await placements()).every((s) => s === to) ? true : undefined,
+      );
+    }
+    expect(tc.logOf("w1") + tc.logOf("w2")).toContain("stream leader moved to");
+
+    const summary = await load.done;
+    await tc.waitCommitted(summary.acked);
+    const report = tc.verify(load.ackLog);
+    expect(report).toMatchObject({
+      lost: 0,
+      duplicated: 0,
+      unexpected: 0,
+      order_violations: 0,
+      acknowledged: summary.acked,
+    });
   });
 });
