@@ -3,7 +3,7 @@ import type { SluiceConfig } from "../../shared/config.js";
 import { gatherStatus, type StatusReport } from "./status.js";
 import { waitUntil } from "./wait.js";
 
-/** Every shard owned, active, and fenced in the sink at its current epoch; a leader elected. */
+/** Every shard owned, active with no move announced, and fenced in the sink at its current epoch; a leader elected. */
 export function isSettled(s: StatusReport, workers?: readonly string[]): boolean {
   return (
     s.leader !== null &&
@@ -11,6 +11,8 @@ export function isSettled(s: StatusReport, workers?: readonly string[]): boolean
       (r) =>
         r.owner !== null &&
         r.phase === "active" &&
+        // An announced move (its target preparing) is a hand-off under way.
+        !r.next &&
         r.fencedEpoch === r.epoch &&
         (!workers || workers.includes(r.owner)),
     )

@@ -14,6 +14,8 @@ export interface ShardStatus {
   owner: string | null;
   epoch: number;
   phase: string;
+  /** The worker the coordinator announced the shard's move to (it is preparing), if any. */
+  next: string | null;
   committed: number;
   fencedEpoch: number;
   /** Messages of this shard not yet acked by the owner's consumer; null when unknown. */
@@ -89,6 +91,7 @@ export async function gatherStatus(
           owner: entry?.owner ?? null,
           epoch: entry?.epoch ?? 0,
           phase: entry?.phase ?? "unassigned",
+          next: entry?.next ?? null,
           committed: cp?.seq ?? 0,
           fencedEpoch: cp?.epoch ?? 0,
           lag,
