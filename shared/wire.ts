@@ -63,16 +63,37 @@ export function inputStreams(p: PipelineStreams & { shards: number }): Map<strin
   return out;
 }
 export const deadLetterStream = (pipeline: string): string => `SLUICE_DLQ_${pipeline}`;
-/** The durable consumer of one shard at one epoch. Every epoch has its own. */
-export const consumerName = (pipeline: string, shard: number, epoch: number): string =>
-  `${pipeline}-s${shard}-e${epoch}`;
+/**
+ * The durable consumer of one shard at one epoch. Every epoch has its own. `candidate` > 0
+ * names the further consumers created at once to land one on the stream leader (see
+ * `JetStreamShardSource.open`); the epoch keeps one of them.
+ */
+export const consumerName = (pipeline: string, shard: number, epoch: number, candidate = 0): string =>
+  candidate === 0 ? `${pipeline}-s${shard}-e${epoch}` : `${pipeline}-s${shard}-e${epoch}-c${candidate}`;
 export const consumerPrefix = (pipeline: string, shard: number): string => `${pipeline}-s${shard}-e`;
+/** Candidates an epoch's consumer may be (`consumerName`'s `candidate` is below this). */
+export const CONSUMER_CANDIDATES = 12;
 /** The epoch of `name` when it is a consumer of this shard (`consumerName`), else null. */
 export function consumerEpoch(pipeline: string, shard: number, name: string): number | null {
   const prefix = consumerPrefix(pipeline, shard);
   if (!name.startsWith(prefix)) return null;
-  const epoch = Number(name.slice(prefix.length));
-  return Number.isInteger(epoch) ? epoch : null;
+  const m = /^(\d+)(?:-c\d+)?$/.exec(name.slice(prefix.length));
+  return m ? Number(m[1]) : null;
+}
+/** The consumer of a shard's epoch among `byName` (whichever candidate it is), with its name. */
+export function epochConsumer<T>(
+  byName: ReadonlyMap<string, T> | undefined,
+  pipeline: string,
+  shard: number,
+  epoch: number,
+): { name: string; value: T } | undefined {
+  if (!byName) return undefined;
+  for (let c = 0; c < CONSUMER_CANDIDATES; c++) {
+    const name = consumerName(pipeline, shard, epoch, c);
+    const value = byName.get(name);
+    if (value !== undefined) return { name, value };
+  }
+  return undefined;
 }
 
 /** The server-side partition mapping of a pipeline, as in the nats-server `mappings` block. */

@@ -8,7 +8,7 @@ import type { SluiceConfig } from "../../shared/config.js";
 import { parseShardKey } from "../../shared/core/types.js";
 import { listShardConsumers, type ShardConsumerInfo } from "../../shared/nats/shard-consumers.js";
 import { type ProgressSample, type ShardRates, shardRates } from "../../shared/shard-rates.js";
-import { consumerName } from "../../shared/wire.js";
+import { epochConsumer } from "../../shared/wire.js";
 import { gatherStatus, type StatusReport } from "./status.js";
 
 const ESC = "\x1b[";
@@ -73,8 +73,12 @@ export function progressOf(
   const shards: ProgressSample["shards"] = {};
   for (const r of report.shards) {
     const ref = parseShardKey(r.shard);
-    const name = ref && r.owner ? consumerName(ref.pipeline, ref.shard, r.epoch) : null;
-    const ci = ref && name ? consumers.get(ref.pipeline)?.get(name) : undefined;
+    const found =
+      ref && r.owner
+        ? epochConsumer(consumers.get(ref.pipeline), ref.pipeline, ref.shard, r.epoch)
+        : undefined;
+    const name = found?.name ?? null;
+    const ci = found?.value;
     shards[r.shard] = name && ci ? { counter: name, count: ci.ackFloorConsumerSeq } : null;
   }
   return { at, shards };

@@ -1,5 +1,5 @@
 /** `sluice status`: members, leader, and every shard's owner, epoch, committed sequence and lag. */
-import { jetstreamManager } from "@nats-io/jetstream";
+import { type ConsumerInfo, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
@@ -7,7 +7,8 @@ import type { SluiceConfig } from "../../shared/config.js";
 import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/coordinator/coordinator-runtime.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import type { AssignmentEntry } from "../../shared/core/types.js";
-import { Buckets, consumerName, inputStream } from "../../shared/wire.js";
+import { consumerNames } from "../../shared/nats/shard-consumers.js";
+import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/wire.js";
 
 export interface ShardStatus {
   shard: string;
@@ -71,6 +72,21 @@ export async function gatherStatus(
   }
   const shards: ShardStatus[] = [];
   for (const p of cfg.pipelines) {
+    const names = new Map<string, Promise<string[]>>();
+    const otherCandidate = async (
+      stream: string,
+      shard: number,
+      epoch: number,
+    ): Promise<ConsumerInfo | null> => {
+      if (!names.has(stream))
+        names.set(
+          stream,
+          consumerNames(nc, stream).catch(() => []),
+        );
+      const byName = new Map((await names.get(stream)!).map((n) => [n, n]));
+      const found = epochConsumer(byName, p.name, shard, epoch);
+      return found ? jsm.consumers.info(stream, found.name).catch(() => null) : null;
+    };
     const entries = await Promise.all(
       Array.from({ length: p.shards }, async (_, i) => {
         const key = `${p.name}.${i}`;
@@ -78,12 +94,12 @@ export async function gatherStatus(
         const entry = e && e.operation === "PUT" ? json<AssignmentEntry>(e.value) : null;
         let lag: number | null = null;
         if (entry?.owner) {
-          try {
-            const ci = await jsm.consumers.info(inputStream(p, i), consumerName(p.name, i, entry.epoch));
-            lag = ci.num_pending + ci.num_ack_pending;
-          } catch {
-            lag = null;
-          }
+          const stream = inputStream(p, i);
+          // Usually the epoch's first candidate; otherwise the one its stream's names list.
+          const ci =
+            (await jsm.consumers.info(stream, consumerName(p.name, i, entry.epoch)).catch(() => null)) ??
+            (await otherCandidate(stream, i, entry.epoch));
+          lag = ci ? ci.num_pending + ci.num_ack_pending : null;
         }
         const cp = checkpoints.get(key);
         return {

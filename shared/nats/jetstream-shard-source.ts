@@ -25,6 +25,7 @@ import type { ShardRef } from "../core/types.js";
 import { ErrorCode, SluiceError } from "../errors.js";
 import type { FeedFlow, FeedStart, ShardFeed, ShardSource, SourceMessage } from "../ports.js";
 import {
+  CONSUMER_CANDIDATES,
   consumerEpoch,
   consumerName,
   inputStream,
@@ -53,7 +54,7 @@ export interface JetStreamShardSourceOptions {
   onStatus?(e: FeedStatusReport): void;
   /**
    * Keep every consumer on the stream leader's server (default true): a consumer the server
-   * places on a follower is created again (up to `PLACEMENT_ATTEMPTS` times), and a feed whose
+   * places on a follower is created again (see `createOnLeader`), and a feed whose
    * stream leader moves fails, so its lease re-acquires on the new leader from the checkpoint.
    * False reads whichever replica the server picked (a benchmark's comparison).
    */
@@ -73,12 +74,8 @@ export interface FeedStatusReport {
 /** Notifications of a healthy consumer; everything else is reported (`onStatus`). */
 const routineStatus = new Set(["heartbeat", "next", "discard", "reset"]);
 
-/**
- * Creations of a consumer until it lands on the stream leader. The server picks one of the
- * stream's replicas at random (1 in 3 is the leader on R3), so 12 attempts miss with
- * probability (2/3)^12 < 1 %; then the acquisition fails and the lease retries.
- */
-export const PLACEMENT_ATTEMPTS = 12;
+/** Consumers created at once per round to land one on the stream leader (`createOnLeader`). */
+export const PLACEMENT_CANDIDATES = 3;
 
 /** A consumer that has delivered nothing yet: it starts where its config says. */
 const unused = (ci: ConsumerInfo): boolean => ci.delivered.consumer_seq === 0 && ci.num_ack_pending === 0;
@@ -146,35 +143,12 @@ export class JetStreamShardSource implements ShardSource {
       // A consumer orphaned by a crash is removed by the server after an hour idle.
       inactive_threshold: nanos(3_600_000),
     };
-    // Usually this epoch's consumer does not exist yet, and creating it is the only request on
-    // the hand-off's path (its reply is the consumer's info, so no second request fetches it).
-    // One may survive a failed run, a crash just before a restart at the same epoch, or a
-    // hand-off prepared by another worker: then the add fails (the server refuses a create
-    // that differs from the existing consumer's config) or returns a consumer that has
-    // delivered already, and it is deleted and created afresh from the checkpoint.
     const home = this.opts.onStreamLeader !== false;
-    let leader = home ? await this.leaders.leaderOf(stream) : undefined;
-    let ci = await jsm.consumers.add(stream, config).catch(() => null);
-    if (!ci || !unused(ci)) {
-      await jsm.consumers.delete(stream, name).catch(() => false);
-      ci = await jsm.consumers.add(stream, config);
-    }
-    const offLeader = (c: ConsumerInfo): boolean =>
-      leader !== undefined && c.cluster?.leader !== undefined && c.cluster.leader !== leader;
-    for (let attempt = 1; offLeader(ci) && attempt < PLACEMENT_ATTEMPTS; attempt++) {
-      await jsm.consumers.delete(stream, name).catch(() => false);
-      // A leader-elected advisory may have been missed: ask the stream now and then.
-      if (attempt % 4 === 0) leader = await this.leaders.leaderOf(stream, true);
-      ci = await jsm.consumers.add(stream, config);
-    }
-    if (offLeader(ci)) {
-      await jsm.consumers.delete(stream, name).catch(() => false);
-      throw new SluiceError(
-        ErrorCode.Unavailable,
-        `consumer ${name} placed on ${ci.cluster?.leader} ${PLACEMENT_ATTEMPTS} times, never on the stream leader ${leader}`,
-        { retryable: true },
-      );
-    }
+    const leader = home ? await this.leaders.leaderOf(stream) : undefined;
+    const ci =
+      leader === undefined
+        ? await this.create(jsm, stream, config, name)
+        : await this.createOnLeader(jsm, stream, config, ref, epoch, leader);
     const consumer = this.js.consumers.getConsumerFromInfo(ci);
     const onStatus = this.opts.onStatus;
     const feed = new JetStreamShardFeed(
@@ -190,7 +164,7 @@ export class JetStreamShardSource implements ShardSource {
           if (routineStatus.has(s.type) || code === 408) return;
           onStatus({
             stream,
-            consumer: name,
+            consumer: ci.name,
             type: s.type,
             ...(typeof code === "number" ? { code } : {}),
             ...(typeof description === "string" ? { description } : {}),
@@ -217,6 +191,77 @@ export class JetStreamShardSource implements ShardSource {
     return feed;
   }
 
+  /**
+   * Creates the consumer `name` from `config`. Usually it does not exist yet, and creating it
+   * is the only request on the hand-off's path (its reply is the consumer's info, so no second
+   * request fetches it). One may survive a failed run, a crash just before a restart at the
+   * same epoch, or a hand-off prepared by another worker: then the add fails (the server
+   * refuses a create that differs from the existing consumer's config) or returns a consumer
+   * that has delivered already, and it is deleted and created afresh from the checkpoint.
+   */
+  private async create(
+    jsm: JetStreamManager,
+    stream: string,
+    config: Partial<ConsumerConfig>,
+    name: string,
+  ): Promise<ConsumerInfo> {
+    const c = { ...config, durable_name: name };
+    const ci = await jsm.consumers.add(stream, c).catch(() => null);
+    if (ci && unused(ci)) return ci;
+    await jsm.consumers.delete(stream, name).catch(() => false);
+    return jsm.consumers.add(stream, c);
+  }
+
+  /**
+   * Creates this epoch's consumer on the stream leader's server. The server places an R1
+   * consumer on a random replica (the leader one time in three on R3), so each round creates
+   * `PLACEMENT_CANDIDATES` candidates at once (`consumerName`'s `candidate`), keeps one on the
+   * leader and deletes the others in the background: a round costs one creation's time, not a
+   * delete and a create per miss. Four rounds all miss with probability (2/3)^12 < 1 %; then
+   * the acquisition fails and the lease retries.
+   */
+  private async createOnLeader(
+    jsm: JetStreamManager,
+    stream: string,
+    config: Partial<ConsumerConfig>,
+    ref: ShardRef,
+    epoch: number,
+    firstLeader: string,
+  ): Promise<ConsumerInfo> {
+    let leader = firstLeader;
+    let lastError: unknown;
+    const placed: string[] = [];
+    for (let round = 0; round * PLACEMENT_CANDIDATES < CONSUMER_CANDIDATES; round++) {
+      // A leader-elected advisory may have been missed: ask the stream again after a round.
+      if (round > 0) leader = (await this.leaders.leaderOf(stream, true)) ?? leader;
+      const names = Array.from({ length: PLACEMENT_CANDIDATES }, (_, k) =>
+        consumerName(ref.pipeline, ref.shard, epoch, round * PLACEMENT_CANDIDATES + k),
+      );
+      const got = await Promise.allSettled(names.map((n) => this.create(jsm, stream, config, n)));
+      let kept: ConsumerInfo | undefined;
+      for (const r of got) {
+        if (r.status === "rejected") {
+          lastError = r.reason;
+          continue;
+        }
+        const ci = r.value;
+        const on = ci.cluster?.leader;
+        if (!kept && (on === undefined || on === leader)) kept = ci;
+        else {
+          placed.push(on ?? "?");
+          void jsm.consumers.delete(stream, ci.name).catch(() => false);
+        }
+      }
+      if (kept) return kept;
+      if (got.every((r) => r.status === "rejected")) throw lastError;
+    }
+    throw new SluiceError(
+      ErrorCode.Unavailable,
+      `${placed.length} consumers of ${consumerName(ref.pipeline, ref.shard, epoch)} placed on ${[...new Set(placed)].join(", ")}, none on the stream leader ${leader}`,
+      { retryable: true },
+    );
+  }
+
   async removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
     const stream = this.streamOf(ref);
@@ -231,9 +276,12 @@ export class JetStreamShardSource implements ShardSource {
 
   async remove(ref: ShardRef, epoch: number): Promise<void> {
     const jsm = await this.manager();
-    await jsm.consumers
-      .delete(this.streamOf(ref), consumerName(ref.pipeline, ref.shard, epoch))
-      .catch(() => false);
+    const stream = this.streamOf(ref);
+    const first = consumerName(ref.pipeline, ref.shard, epoch);
+    // The epoch's consumer may be any of its candidates (`createOnLeader`).
+    const names = await consumerNames(this.nc, stream).catch(() => [first]);
+    const mine = names.filter((n) => consumerEpoch(ref.pipeline, ref.shard, n) === epoch);
+    await Promise.all(mine.map((n) => jsm.consumers.delete(stream, n).catch(() => false)));
   }
 }
 

@@ -3,8 +3,9 @@ import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { encodeRecord } from "../../shared/codec.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
+import { consumerNames } from "../../shared/nats/shard-consumers.js";
 import type { ShardFeed } from "../../shared/ports.js";
-import { consumerName, inputStream, shardFilter, shardSubject } from "../../shared/wire.js";
+import { consumerName, epochConsumer, inputStream, shardFilter, shardSubject } from "../../shared/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
 
 describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
@@ -67,12 +68,16 @@ describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
       bufferMessages: 50,
     });
     const shards = [0, 1, 2, 3, 4, 5, 6, 7];
-    const placements = async (epoch: number): Promise<Array<string | undefined>> =>
-      Promise.all(
-        shards.map(
-          async (s) => (await jsm.consumers.info(stream, consumerName(p.name, s, epoch))).cluster?.leader,
-        ),
+    const placements = async (epoch: number): Promise<Array<string | undefined>> => {
+      // The epoch's consumer is whichever candidate landed on the leader; the others are deleted.
+      const names = new Map((await consumerNames(tc!.nc, stream)).map((n) => [n, n]));
+      return Promise.all(
+        shards.map(async (s) => {
+          const found = epochConsumer(names, p.name, s, epoch);
+          return found ? (await jsm.consumers.info(stream, found.name)).cluster?.leader : "none";
+        }),
       );
+    };
     const feeds: ShardFeed[] = [];
     try {
       for (const s of shards) feeds.push(await source.open({ pipeline: p.name, shard: s }, 1, { seq: 1 }));

@@ -3,7 +3,8 @@ import Database from "better-sqlite3";
 import { afterEach, describe, expect, it } from "vitest";
 import { measureFailover } from "../../nodes/cli/failover.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { consumerName, inputStream } from "../../shared/wire.js";
+import { consumerNames } from "../../shared/nats/shard-consumers.js";
+import { epochConsumer, inputStream } from "../../shared/wire.js";
 import { startTestCluster, type TestCluster, waitSettled } from "./harness.js";
 
 describe("worker faults under load (real 3-node NATS cluster)", () => {
@@ -129,10 +130,11 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
     /** Servers of the shards' current consumers (from the KV's owners and epochs). */
     const placements = async (): Promise<string[]> => {
       const s = await tc!.status();
+      const names = new Map((await consumerNames(tc!.nc, stream)).map((n) => [n, n]));
       return Promise.all(
         s.shards.map(async (r) => {
-          const shard = Number(r.shard.split(".")[1]);
-          const ci = await jsm.consumers.info(stream, consumerName(p.name, shard, r.epoch)).catch(() => null);
+          const found = epochConsumer(names, p.name, Number(r.shard.split(".")[1]), r.epoch);
+          const ci = found ? await jsm.consumers.info(stream, found.name).catch(() => null) : null;
           return ci?.cluster?.leader ?? "none";
         }),
       );

@@ -9,6 +9,7 @@ import {
   consumerEpoch,
   consumerName,
   consumerPrefix,
+  epochConsumer,
   fnv1a32,
   Headers,
   inputStream,
@@ -112,6 +113,16 @@ describe("wire names", () => {
     expect(consumerEpoch("demo", 3, consumerName("demo", 3, 9))).toBe(9);
     expect(consumerEpoch("demo", 3, consumerName("demo", 31, 9))).toBeNull();
     expect(consumerEpoch("demo", 3, "demo-s3-ex")).toBeNull();
+    // Candidates created to land the consumer on the stream leader belong to the same epoch.
+    expect(consumerName("demo", 3, 9, 2)).toBe("demo-s3-e9-c2");
+    expect(consumerEpoch("demo", 3, consumerName("demo", 3, 9, 2))).toBe(9);
+    expect(consumerEpoch("demo", 3, "demo-s3-e9-x2")).toBeNull();
+    const byName = new Map([
+      [consumerName("demo", 3, 8), "old"],
+      [consumerName("demo", 3, 9, 4), "kept"],
+    ]);
+    expect(epochConsumer(byName, "demo", 3, 9)).toEqual({ name: "demo-s3-e9-c4", value: "kept" });
+    expect(epochConsumer(byName, "demo", 3, 10)).toBeUndefined();
     expect(partitionMapping("demo", 16)).toEqual(["ingest.demo.*", "sluice.in.demo.{{partition(16,1)}}"]);
   });
 

@@ -15,7 +15,7 @@ import { type AssignmentEntry, parseShardKey } from "../../../shared/core/types.
 import { consumerLag, type ShardConsumerInfo } from "../../../shared/nats/shard-consumers.js";
 import type { Checkpoint } from "../../../shared/ports.js";
 import { type ProgressSample, type ShardRates, shardRates } from "../../../shared/shard-rates.js";
-import { consumerName } from "../../../shared/wire.js";
+import { epochConsumer } from "../../../shared/wire.js";
 
 export type MemberStatus = "alive" | "leaving" | "lost";
 
@@ -201,8 +201,12 @@ export class DashboardModel {
       const ref = parseShardKey(shard);
       const e = o.entries[shard] ?? null;
       const owner = e?.owner ?? null;
-      const name = ref && e && owner ? consumerName(ref.pipeline, ref.shard, e.epoch) : null;
-      const ci = ref && name ? o.consumers?.get(ref.pipeline)?.get(name) : undefined;
+      const found =
+        ref && e && owner
+          ? epochConsumer(o.consumers?.get(ref.pipeline), ref.pipeline, ref.shard, e.epoch)
+          : undefined;
+      const name = found?.name ?? null;
+      const ci = found?.value;
       if (progress)
         progress.shards[shard] = name && ci ? { counter: name, count: ci.ackFloorConsumerSeq } : null;
       const cp = o.checkpoints[shard] ?? null;
