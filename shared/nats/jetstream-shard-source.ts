@@ -54,7 +54,8 @@ export interface JetStreamShardSourceOptions {
   onStatus?(e: FeedStatusReport): void;
   /**
    * Keep every consumer on the stream leader's server (default true): a consumer the server
-   * places on a follower is created again (see `createOnLeader`), and a feed whose
+   * places on a follower is created again (see `createOnLeader`; after 12 misses a follower's
+   * is kept and reported), and a feed whose
    * stream leader moves fails, so its lease re-acquires on the new leader from the checkpoint.
    * False reads whichever replica the server picked (a benchmark's comparison).
    */
@@ -145,10 +146,18 @@ export class JetStreamShardSource implements ShardSource {
     };
     const home = this.opts.onStreamLeader !== false;
     const leader = home ? await this.leaders.leaderOf(stream) : undefined;
-    const ci =
+    const placed =
       leader === undefined
-        ? await this.create(jsm, stream, config, name)
+        ? { ci: await this.create(jsm, stream, config, name), onLeader: true, leader: "", missed: [] }
         : await this.createOnLeader(jsm, stream, config, ref, epoch, leader);
+    const ci = placed.ci;
+    if (!placed.onLeader)
+      this.opts.onStatus?.({
+        stream,
+        consumer: ci.name,
+        type: "placed_off_leader",
+        description: `on ${ci.cluster?.leader} after ${placed.missed.length + 1} creations (${placed.missed.join(", ")}); the stream leader is ${placed.leader}`,
+      });
     const consumer = this.js.consumers.getConsumerFromInfo(ci);
     const onStatus = this.opts.onStatus;
     const feed = new JetStreamShardFeed(
@@ -179,7 +188,7 @@ export class JetStreamShardSource implements ShardSource {
       throw err;
     }
     // The leader may have moved while the consumer was being created.
-    if (feed.server !== undefined && this.leaders.known(stream) !== feed.server) {
+    if (feed.server !== undefined && this.leaders.known(stream) !== placed.leader) {
       const now = this.leaders.known(stream);
       if (now !== undefined)
         feed.fail(
@@ -218,7 +227,7 @@ export class JetStreamShardSource implements ShardSource {
    * `PLACEMENT_CANDIDATES` candidates at once (`consumerName`'s `candidate`), keeps one on the
    * leader and deletes the others in the background: a round costs one creation's time, not a
    * delete and a create per miss. Four rounds all miss with probability (2/3)^12 < 1 %; then
-   * the acquisition fails and the lease retries.
+   * the last candidate is kept on its follower and reported (`onStatus`, `placed_off_leader`).
    */
   private async createOnLeader(
     jsm: JetStreamManager,
@@ -227,39 +236,34 @@ export class JetStreamShardSource implements ShardSource {
     ref: ShardRef,
     epoch: number,
     firstLeader: string,
-  ): Promise<ConsumerInfo> {
+  ): Promise<{ ci: ConsumerInfo; onLeader: boolean; leader: string; missed: string[] }> {
     let leader = firstLeader;
     let lastError: unknown;
     const placed: string[] = [];
-    for (let round = 0; round * PLACEMENT_CANDIDATES < CONSUMER_CANDIDATES; round++) {
+    const rounds = Math.floor(CONSUMER_CANDIDATES / PLACEMENT_CANDIDATES);
+    for (let round = 0; round < rounds; round++) {
       // A leader-elected advisory may have been missed: ask the stream again after a round.
       if (round > 0) leader = (await this.leaders.leaderOf(stream, true)) ?? leader;
+      const last = round === rounds - 1;
       const names = Array.from({ length: PLACEMENT_CANDIDATES }, (_, k) =>
         consumerName(ref.pipeline, ref.shard, epoch, round * PLACEMENT_CANDIDATES + k),
       );
       const got = await Promise.allSettled(names.map((n) => this.create(jsm, stream, config, n)));
-      let kept: ConsumerInfo | undefined;
-      for (const r of got) {
-        if (r.status === "rejected") {
-          lastError = r.reason;
-          continue;
-        }
-        const ci = r.value;
-        const on = ci.cluster?.leader;
-        if (!kept && (on === undefined || on === leader)) kept = ci;
-        else {
-          placed.push(on ?? "?");
-          void jsm.consumers.delete(stream, ci.name).catch(() => false);
-        }
+      const made = got.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+      for (const r of got) if (r.status === "rejected") lastError = r.reason;
+      if (made.length === 0) throw lastError;
+      const onLeader = made.find((ci) => ci.cluster?.leader === undefined || ci.cluster.leader === leader);
+      // Every round missed: read a follower rather than not at all (the fingerprint check and
+      // a later leader move still apply). Availability never rests on placement.
+      const kept = onLeader ?? (last ? made[0] : undefined);
+      for (const ci of made) {
+        if (ci === kept) continue;
+        placed.push(ci.cluster?.leader ?? "?");
+        void jsm.consumers.delete(stream, ci.name).catch(() => false);
       }
-      if (kept) return kept;
-      if (got.every((r) => r.status === "rejected")) throw lastError;
+      if (kept) return { ci: kept, onLeader: onLeader !== undefined, leader, missed: placed };
     }
-    throw new SluiceError(
-      ErrorCode.Unavailable,
-      `${placed.length} consumers of ${consumerName(ref.pipeline, ref.shard, epoch)} placed on ${[...new Set(placed)].join(", ")}, none on the stream leader ${leader}`,
-      { retryable: true },
-    );
+    throw new SluiceError(ErrorCode.Unavailable, "no consumer candidate created", { retryable: true });
   }
 
   async removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void> {

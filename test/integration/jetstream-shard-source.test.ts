@@ -5,7 +5,7 @@ import { encodeRecord } from "../../shared/codec.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
 import { consumerNames } from "../../shared/nats/shard-consumers.js";
 import type { ShardFeed } from "../../shared/ports.js";
-import { consumerName, epochConsumer, inputStream, shardFilter, shardSubject } from "../../shared/wire.js";
+import { consumerEpoch, consumerName, inputStream, shardFilter, shardSubject } from "../../shared/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
 
 describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
@@ -61,21 +61,38 @@ describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
     const p = tc.cfg.pipelines[0]!;
     const jsm = await jetstreamManager(tc.nc);
     const stream = inputStream(p, 0);
+    const offLeader = new Set<string>();
     const source = new JetStreamShardSource(tc.nc, {
       pipelines: tc.cfg.pipelines,
       maxAckPending: 100,
       ackWaitMs: 30_000,
       bufferMessages: 50,
+      onStatus: (e) => {
+        if (e.type === "placed_off_leader") offLeader.add(e.consumer);
+      },
     });
     const shards = [0, 1, 2, 3, 4, 5, 6, 7];
-    const placements = async (epoch: number): Promise<Array<string | undefined>> => {
-      // The epoch's consumer is whichever candidate landed on the leader; the others are deleted.
-      const names = new Map((await consumerNames(tc!.nc, stream)).map((n) => [n, n]));
+    /**
+     * Every consumer sits on `leader` unless it was reported kept on a follower after every
+     * candidate missed; most land on the leader (at random, 8 would with probability (1/3)^8).
+     */
+    const expectHomed = async (epoch: number, leader: string | undefined): Promise<void> => {
+      const at = await placements(epoch);
+      for (const c of at) if (c.server !== leader) expect(offLeader.has(c.name)).toBe(true);
+      expect(at.filter((c) => c.server === leader).length).toBeGreaterThanOrEqual(shards.length / 2);
+    };
+    /** Each shard's consumer at `epoch` and its server, once the candidates not kept are deleted. */
+    const placements = async (epoch: number): Promise<Array<{ name: string; server?: string }>> => {
+      const names = await waitUntil("the candidates not kept to be deleted", 10_000, async () => {
+        const all = await consumerNames(tc!.nc, stream);
+        const mine = shards.map((s) => all.filter((n) => consumerEpoch(p.name, s, n) === epoch));
+        return mine.every((m) => m.length === 1) ? mine.map((m) => m[0]!) : undefined;
+      });
       return Promise.all(
-        shards.map(async (s) => {
-          const found = epochConsumer(names, p.name, s, epoch);
-          return found ? (await jsm.consumers.info(stream, found.name)).cluster?.leader : "none";
-        }),
+        names.map(async (name) => ({
+          name,
+          server: (await jsm.consumers.info(stream, name)).cluster?.leader,
+        })),
       );
     };
     const feeds: ShardFeed[] = [];
@@ -83,29 +100,34 @@ describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
       for (const s of shards) feeds.push(await source.open({ pipeline: p.name, shard: s }, 1, { seq: 1 }));
       const leader = (await jsm.streams.info(stream)).cluster?.leader;
       expect(leader).toBeDefined();
-      // Placed at random, 8 consumers would all sit on the leader with probability (1/3)^8.
-      expect(await placements(1)).toEqual(shards.map(() => leader));
+      await expectHomed(1, leader);
+      const servers = (await placements(1)).map((c) => c.server);
 
       const r = await tc.nc.request(`$JS.API.STREAM.LEADER.STEPDOWN.${stream}`, "", { timeout: 10_000 });
       expect(r.json<{ success?: boolean }>().success).toBe(true);
+      const moved = await waitUntil("a new stream leader", 10_000, async () => {
+        const l = (await jsm.streams.info(stream)).cluster?.leader;
+        return l && l !== leader ? l : undefined;
+      });
+      // Every feed not on the new leader's server fails (all of those on the old leader).
+      const left = new Set(feeds.flatMap((_, i) => (servers[i] === moved ? [] : [i])));
+      expect(left.size).toBeGreaterThanOrEqual(shards.length / 2);
       const errors = new Map<number, string>();
       await waitUntil(
-        "every feed to fail once the leader moved",
+        "every feed left behind to fail once the leader moved",
         10_000,
         async () => {
-          for (const [i, f] of feeds.entries())
-            if (!errors.has(i)) await f.next(1, 10).catch((e: Error) => errors.set(i, e.message));
-          return errors.size === feeds.length ? true : undefined;
+          for (const i of left)
+            if (!errors.has(i)) await feeds[i]!.next(1, 10).catch((e: Error) => errors.set(i, e.message));
+          return errors.size === left.size ? true : undefined;
         },
         50,
       );
-      const moved = (await jsm.streams.info(stream)).cluster?.leader;
-      expect(moved).not.toBe(leader);
       for (const m of errors.values()) expect(m).toContain(`stream leader moved to ${moved}`);
 
       for (const f of feeds.splice(0)) await f.close();
       for (const s of shards) feeds.push(await source.open({ pipeline: p.name, shard: s }, 2, { seq: 1 }));
-      expect(await placements(2)).toEqual(shards.map(() => moved));
+      await expectHomed(2, moved);
     } finally {
       for (const f of feeds) await f.close();
     }
