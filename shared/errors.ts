@@ -19,6 +19,8 @@ export const ErrorCode = {
   MissingKey: "MISSING_KEY",
   /** The record's `Sluice-Key` maps to another shard than the one whose subject holds it. */
   KeyShardMismatch: "KEY_SHARD_MISMATCH",
+  /** The producer cannot send a record: its id or key has a character headers or subjects cannot carry. */
+  InvalidRecord: "INVALID_RECORD",
   /** Configuration or command-line input is invalid. */
   InvalidConfig: "INVALID_CONFIG",
   /** A local cluster operation failed (process start, readiness). */

@@ -8,9 +8,10 @@ import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { Command } from "commander";
 import { parseConfig, type SluiceConfig } from "../../shared/config.js";
-import { connectNats } from "../../shared/nats/connection.js";
+import { connectForPublishing, connectNats } from "../../shared/nats/connection.js";
 import { intOption } from "../cli/int-option.js";
 import { type ClusterFile, cliScript, down, readClusterFile, up } from "../cli/local-cluster.js";
 import { waitSettled } from "../cli/readiness.js";
@@ -19,7 +20,7 @@ import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
 import { memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
 import { orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
-import { measureTracingOverhead } from "./tracing-overhead.js";
+import { measureTracingOverhead, type TracingOverheadResult } from "./tracing-overhead.js";
 
 const int = (name: string) => intOption(name, 1);
 
@@ -124,25 +125,41 @@ const throughput = await withCluster(
     const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
     try {
       const publish: Record<string, { js: Rate; producer: Rate }> = {};
-      for (const p of ["bench_r3", "bench_r1"]) {
-        const js: Rate[] = [];
-        const pr: Rate[] = [];
-        // Alternating rounds, best of each side, so neither gets the warm cache alone.
-        for (let r = 0; r < rounds; r++) {
-          js.push(await jsPublishRate(nc, p, makeRecords(`${p}-js${r}`, records)));
-          pr.push(await producerRate(nc, p, makeRecords(`${p}-pr${r}`, records)));
+      // Both sides publish over one connection to the stream leader's server, as `sluice load`
+      // does: through another server every record would also cross a route, and which server a
+      // random connection picks would decide a fifth of the producer's rate.
+      const publishers = new Map<string, NatsConnection>();
+      let tracing: TracingOverheadResult;
+      try {
+        for (const p of ["bench_r3", "bench_r1"]) {
+          const pnc = await connectForPublishing({
+            servers: c.nats.map((n) => n.url),
+            name: "sluice-bench-publish",
+            pipeline: pipelineCfg(p),
+          });
+          publishers.set(p, pnc);
+          const js: Rate[] = [];
+          const pr: Rate[] = [];
+          // Alternating rounds, best of each side, so neither gets the warm cache alone.
+          for (let r = 0; r < rounds; r++) {
+            js.push(await jsPublishRate(pnc, p, makeRecords(`${p}-js${r}`, records)));
+            pr.push(await producerRate(pnc, p, makeRecords(`${p}-pr${r}`, records)));
+          }
+          publish[p] = { js: best(js), producer: best(pr) };
+          log(
+            `${p} (connected to ${pnc.info?.server_name ?? "?"}): js.publish ${Math.round(best(js).perSecond)}/s, ` +
+              `producer ${Math.round(best(pr).perSecond)}/s`,
+          );
         }
-        publish[p] = { js: best(js), producer: best(pr) };
-        log(
-          `${p}: js.publish ${Math.round(best(js).perSecond)}/s, producer ${Math.round(best(pr).perSecond)}/s`,
-        );
+        // What tracing costs the producer: no provider, 1 % sampled, always on (one run).
+        tracing = await measureTracingOverhead(publishers.get("bench_r1")!, {
+          pipeline: "bench_r1",
+          count: records,
+          prefix: "trace",
+        });
+      } finally {
+        for (const pnc of publishers.values()) await pnc.close();
       }
-      // What tracing costs the producer: no provider, 1 % sampled, always on (one run).
-      const tracing = await measureTracingOverhead(nc, {
-        pipeline: "bench_r1",
-        count: records,
-        prefix: "trace",
-      });
       log(
         `tracing: off ${Math.round(tracing.off.perSecond)}/s, 1 % sampled ${Math.round(tracing.sampled.perSecond)}/s, ` +
           `always on ${Math.round(tracing.alwaysOn.perSecond)}/s`,

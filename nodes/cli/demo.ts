@@ -5,7 +5,7 @@
 import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pipelineOf } from "../../shared/config.js";
-import { connectNats } from "../../shared/nats/connection.js";
+import { connectForPublishing } from "../../shared/nats/connection.js";
 import { measureFailover } from "./failover.js";
 import { runLoad } from "./load.js";
 import {
@@ -49,8 +49,12 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   const c = await up({ dir, workers: 3, coordinators: 2, portBase: o.portBase });
   const cfg = readClusterConfig(c);
   const pipeline = "demo";
-  pipelineOf(cfg, pipeline);
-  const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-demo" });
+  // Near the stream leader: the load's publishes skip a route hop.
+  const nc = await connectForPublishing({
+    servers: c.nats.map((n) => n.url),
+    name: "sluice-demo",
+    pipeline: pipelineOf(cfg, pipeline),
+  });
   let ok = false;
   try {
     await waitSettled(nc, cfg, c.sink, 60_000);

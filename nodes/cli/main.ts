@@ -3,7 +3,7 @@
 import { Command, InvalidArgumentError } from "commander";
 import { pipelineOf } from "../../shared/config.js";
 import { isSluiceError } from "../../shared/errors.js";
-import { connectNats } from "../../shared/nats/connection.js";
+import { connectForPublishing, connectNats } from "../../shared/nats/connection.js";
 import { FAULTS, formatChaos, parseScenario, runChaos } from "./chaos.js";
 import { runDemo } from "./demo.js";
 import { intOption } from "./int-option.js";
@@ -186,8 +186,11 @@ program
       keys: number;
     }) => {
       const c = readClusterFile(o.dir);
-      pipelineOf(readClusterConfig(c), o.pipeline);
-      const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-load" });
+      const nc = await connectForPublishing({
+        servers: c.nats.map((n) => n.url),
+        name: "sluice-load",
+        pipeline: pipelineOf(readClusterConfig(c), o.pipeline),
+      });
       // A publish span per record, exported only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set
       // (imported here: the OpenTelemetry SDK is not worth loading for the other commands).
       const { startTelemetry } = await import("../../shared/telemetry/telemetry.js");
