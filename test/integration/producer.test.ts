@@ -77,7 +77,9 @@ describe("producer (real 3-node NATS cluster)", () => {
       ];
       const refused: PublishResult[] = [];
       for (const r of bad) expect(producer.offer(r, (res) => refused.push(res))).toBe(true);
-      expect(refused.map((r) => [r.status, r.code])).toEqual(bad.map(() => ["failed", ErrorCode.InvalidRecord]));
+      expect(refused.map((r) => [r.status, r.code])).toEqual(
+        bad.map(() => ["failed", ErrorCode.InvalidRecord]),
+      );
       expect(refused[1]!.error).toContain("not one subject token");
       expect(producer.inFlight).toBe(0);
       await producer.close();
