@@ -6,6 +6,7 @@
  * Each consumer lives on the stream leader's server and is replaced when the leader moves
  * (see `JetStreamStreamLeaders` for why).
  */
+
 import {
   AckPolicy,
   type Consumer,
@@ -87,6 +88,8 @@ export class JetStreamShardSource implements ShardSource {
   private readonly leaders: JetStreamStreamLeaders;
   /** Open feeds, so a leader change can fail those left on a follower. */
   private readonly feeds = new Set<JetStreamShardFeed>();
+  /** `stream/shard/epoch` -> the consumer its last open kept (see `open`). */
+  private readonly kept = new Map<string, string>();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -160,7 +163,17 @@ export class JetStreamShardSource implements ShardSource {
       });
     const consumer = this.js.consumers.getConsumerFromInfo(ci);
     const onStatus = this.opts.onStatus;
+    // A lease that re-opens its epoch (its feed failed) may keep another candidate than last
+    // time; the last one's feed is closed by then, and its consumer would linger on a follower
+    // until the shard's next epoch (and `sluice status` could read it). One still feeding (a
+    // prepared open finishing after the lease's own) is left alone.
+    const key = `${stream}/${ref.shard}/${epoch}`;
+    const previous = this.kept.get(key);
+    this.kept.set(key, ci.name);
+    if (previous !== undefined && previous !== ci.name && ![...this.feeds].some((f) => f.name === previous))
+      void deleteConsumer(jsm, stream, previous);
     const feed = new JetStreamShardFeed(
+      ci.name,
       stream,
       home ? ci.cluster?.leader : undefined,
       (f) => this.feeds.delete(f),
@@ -259,7 +272,7 @@ export class JetStreamShardSource implements ShardSource {
       for (const ci of made) {
         if (ci === kept) continue;
         placed.push(ci.cluster?.leader ?? "?");
-        void jsm.consumers.delete(stream, ci.name).catch(() => false);
+        void deleteConsumer(jsm, stream, ci.name);
       }
       if (kept) return { ci: kept, onLeader: onLeader !== undefined, leader, missed: placed };
     }
@@ -274,6 +287,10 @@ export class JetStreamShardSource implements ShardSource {
     for (const name of await consumerNames(this.nc, stream)) {
       const e = consumerEpoch(ref.pipeline, ref.shard, name);
       if (e !== null && e < epoch) stale.push(name);
+    }
+    for (const key of this.kept.keys()) {
+      const [s, shard, e] = key.split("/");
+      if (s === stream && Number(shard) === ref.shard && Number(e) < epoch) this.kept.delete(key);
     }
     await Promise.all(stale.map((n) => jsm.consumers.delete(stream, n).catch(() => false)));
   }
@@ -310,6 +327,14 @@ export function consumerStalled(s: {
   return s.idleMs >= s.stallMs && s.buffered === 0 && s.numPending > 0 && s.ackPending < s.maxAckPending;
 }
 
+/** Deletes a consumer off the hand-off's path; a failure leaves it to the shard's next epoch. */
+function deleteConsumer(jsm: JetStreamManager, stream: string, name: string): Promise<void> {
+  return jsm.consumers.delete(stream, name).then(
+    () => undefined,
+    () => undefined,
+  );
+}
+
 class JetStreamShardFeed implements ShardFeed {
   private readonly buffer: JsMsg[] = [];
   private messages: ConsumerMessages | undefined;
@@ -324,6 +349,8 @@ class JetStreamShardFeed implements ShardFeed {
   failure: Error | null = null;
 
   constructor(
+    /** The consumer read. */
+    readonly name: string,
     /** The stream read, and the server whose replica the consumer reads (when kept on the leader). */
     readonly stream: string,
     readonly server: string | undefined,

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { measureFailover } from "../../nodes/cli/failover.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { consumerNames } from "../../shared/nats/shard-consumers.js";
-import { epochConsumer, inputStream } from "../../shared/wire.js";
+import { consumerEpoch, inputStream } from "../../shared/wire.js";
 import { startTestCluster, type TestCluster, waitSettled } from "./harness.js";
 
 describe("worker faults under load (real 3-node NATS cluster)", () => {
@@ -127,15 +127,28 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
     const jsm = await jetstreamManager(tc.nc);
     const load = tc.load(10_000, 2_000);
     await tc.waitCommitted(1_000);
-    /** Servers of the shards' current consumers (from the KV's owners and epochs). */
+    /**
+     * Servers of the shards' live consumers (from the KV's owners and epochs). An epoch's
+     * candidates that were not kept are deleted in the background and may linger a while, so
+     * the live one is the candidate with a pull waiting (else the one that delivered most).
+     */
     const placements = async (): Promise<Array<{ name: string; server: string }>> => {
       const s = await tc!.status();
-      const names = new Map((await consumerNames(tc!.nc, stream)).map((n) => [n, n]));
+      const all = await consumerNames(tc!.nc, stream);
       return Promise.all(
         s.shards.map(async (r) => {
-          const found = epochConsumer(names, p.name, Number(r.shard.split(".")[1]), r.epoch);
-          const ci = found ? await jsm.consumers.info(stream, found.name).catch(() => null) : null;
-          return { name: found?.name ?? "none", server: ci?.cluster?.leader ?? "none" };
+          const shard = Number(r.shard.split(".")[1]);
+          const mine = all.filter((n) => consumerEpoch(p.name, shard, n) === r.epoch);
+          const infos = (
+            await Promise.all(mine.map((n) => jsm.consumers.info(stream, n).catch(() => null)))
+          ).filter((ci) => ci !== null);
+          infos.sort(
+            (a, b) =>
+              Number(b.num_waiting > 0) - Number(a.num_waiting > 0) ||
+              b.delivered.stream_seq - a.delivered.stream_seq,
+          );
+          const live = infos[0];
+          return { name: live?.name ?? "none", server: live?.cluster?.leader ?? "none" };
         }),
       );
     };
@@ -152,12 +165,16 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
         const l = (await jsm.streams.info(stream)).cluster?.leader;
         return l && l !== from ? l : undefined;
       });
+      let seen: Awaited<ReturnType<typeof placements>> = [];
       await waitUntil(`every shard consumer on ${to} (move ${move})`, 20_000, async () => {
         const at = await placements();
+        seen = at;
         const home = at.filter((c) => c.server === to).length;
         return home >= at.length / 2 && at.every((c) => c.server === to || reportedOff(c.name))
           ? true
           : undefined;
+      }).catch((err: unknown) => {
+        throw new Error(`${(err as Error).message}: ${JSON.stringify(seen.filter((c) => c.server !== to))}`);
       });
     }
     expect(tc.logOf("w1") + tc.logOf("w2")).toContain("stream leader moved to");
