@@ -5,13 +5,7 @@
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Heartbeat } from "../core/types.js";
-import type {
-  AssignedNotice,
-  CoordinatorControlBus,
-  Grants,
-  ReleasedNotice,
-  WorkerControlBus,
-} from "../ports.js";
+import type { CoordinatorControlBus, Grants, ReleasedNotice, WorkerControlBus } from "../ports.js";
 import { ControlSubjects } from "../wire.js";
 
 const enc = new TextEncoder();
@@ -40,23 +34,18 @@ export class NatsWorkerControlBus implements WorkerControlBus {
   }
 
   onReleased(handler: (n: ReleasedNotice) => void): () => void {
-    const sub = this.nc.subscribe(ControlSubjects.released, { callback: decoding(handler) });
-    return () => sub.unsubscribe();
-  }
-
-  onAssigned(handler: (n: AssignedNotice) => void): () => void {
-    const sub = this.nc.subscribe(ControlSubjects.assigned, { callback: decoding(handler) });
+    const sub = this.nc.subscribe(ControlSubjects.released, { callback: releasedCallback(handler) });
     return () => sub.unsubscribe();
   }
 }
 
-/** Decodes notices for `handler`; a malformed one is ignored (timeouts and the watch cover it). */
-function decoding<T>(handler: (n: T) => void) {
+/** Decodes release notices for `handler`; a malformed one is ignored (timeouts cover it). */
+function releasedCallback(handler: (n: ReleasedNotice) => void) {
   return (err: Error | null, m: { data: Uint8Array }): void => {
     if (err) return;
-    let n: T;
+    let n: ReleasedNotice;
     try {
-      n = fromBytes<T>(m.data);
+      n = fromBytes<ReleasedNotice>(m.data);
     } catch {
       return;
     }
@@ -87,17 +76,7 @@ export class NatsCoordinatorControlBus implements CoordinatorControlBus {
   }
 
   onReleased(handler: (n: ReleasedNotice) => void): void {
-    this.subs.push(
-      this.nc.subscribe(ControlSubjects.released, { callback: decoding<ReleasedNotice>(handler) }),
-    );
-  }
-
-  assigned(n: AssignedNotice): void {
-    try {
-      this.nc.publish(ControlSubjects.assigned, toBytes(n));
-    } catch {
-      // Connection closing: the store's watch delivers the entry anyway.
-    }
+    this.subs.push(this.nc.subscribe(ControlSubjects.released, { callback: releasedCallback(handler) }));
   }
 
   async close(): Promise<void> {
