@@ -259,7 +259,14 @@ export class CoordinatorRuntime {
                 const v = await this.d.assignments.get(c.shard).catch(() => null);
                 if (v) {
                   const now = this.d.scheduler.now();
-                  this.dispatch({ type: "entry", shard: c.shard, entry: v.value, revision: v.revision, now });
+                  this.dispatch({
+                    type: "entry",
+                    shard: c.shard,
+                    entry: v.value,
+                    revision: v.revision,
+                    now,
+                    reread: true,
+                  });
                   return;
                 }
               } else {

@@ -76,7 +76,19 @@ export interface CoordinatorState {
 
 export type CoordinatorEvent =
   | { type: "heartbeat"; hb: Heartbeat; now: number }
-  | { type: "entry"; shard: string; entry: AssignmentEntry | null; revision: number; now: number }
+  | {
+      type: "entry";
+      shard: string;
+      entry: AssignmentEntry | null;
+      revision: number;
+      now: number;
+      /**
+       * Read from the store after a compare-and-set lost, not seen by the watch: the store's
+       * current value, taken even at a lower revision than the view's (a phantom the watch saw
+       * can leave the view ahead of the store, and every write against it would lose again).
+       */
+      reread?: boolean;
+    }
   | { type: "released"; worker: string; shard: string; epoch: number; fencedBy?: number; now: number }
   | { type: "write-failed"; shard: string; now: number }
   | { type: "leadership"; leader: boolean; now: number }
@@ -155,7 +167,7 @@ export function coordinatorStep(
     case "entry": {
       if (!(event.shard in state.entries)) break;
       const prev = state.entries[event.shard]!;
-      if (event.revision < prev.revision) break;
+      if (event.revision < prev.revision && !event.reread) break;
       state.entries[event.shard] = { entry: event.entry, revision: event.revision };
       delete state.pending[event.shard];
       delete state.missingSince[event.shard];

@@ -757,6 +757,31 @@ describe("coordinator core: a sink fenced above the assignment", () => {
   });
 });
 
+describe("coordinator core: a view ahead of the store (a phantom the watch saw)", () => {
+  it("takes the store's value read after a lost write, even at a lower revision; the watch's older entries stay ignored", () => {
+    const { step, state } = leaderCore(["demo.0"]);
+    step({
+      type: "heartbeat",
+      hb: { worker: "w1", capacity: 1, held: { "demo.0": 3 }, leaving: false, sentAt: 0 },
+      now: 0,
+    });
+    // The watch showed revision 12, a write the KV then lost; the store is at revision 10.
+    const phantom = { owner: "w1", epoch: 3, phase: "active", at: 0 } as const;
+    step({ type: "entry", shard: "demo.0", entry: phantom, revision: 12, now: 1 });
+    const stored = { owner: "w1", epoch: 2, phase: "active", at: 0 } as const;
+    // A late watch entry below the view is ignored, as ever...
+    step({ type: "entry", shard: "demo.0", entry: stored, revision: 10, now: 2 });
+    expect(state().entries["demo.0"]).toEqual({ entry: phantom, revision: 12 });
+    // ...but the re-read after a compare-and-set lost against revision 12 is the store's truth:
+    // without it every later write would expect revision 12 and lose again, forever.
+    step({ type: "entry", shard: "demo.0", entry: stored, revision: 10, now: 3, reread: true });
+    expect(state().entries["demo.0"]).toEqual({ entry: stored, revision: 10 });
+    const writes = step({ type: "released", worker: "w1", shard: "demo.0", epoch: 2, fencedBy: 3, now: 4 });
+    expect(writes).toHaveLength(1);
+    expect(writes[0]).toMatchObject({ expectedRevision: 10, entry: { epoch: 4 }, reason: "refence" });
+  });
+});
+
 describe("coordinator core: an owner that is alive but not running its shard", () => {
   it("re-asserts the shard at a new epoch after stuckMs of heartbeats without it", () => {
     const sim = new Sim(["demo.0"], { ...T, stuckMs: 2000 });
