@@ -197,6 +197,16 @@ export interface ReleasedNotice {
   fencedBy?: number;
 }
 
+/**
+ * An assignment write the coordinator has made, announced once the store acknowledged it: a
+ * copy of a committed entry, at the revision it got.
+ */
+export interface AssignedNotice {
+  shard: string;
+  entry: AssignmentEntry;
+  revision: number;
+}
+
 /** The worker's side of the control plane. */
 export interface WorkerControlBus {
   /** Sends a heartbeat; resolves with the leader's grants, or null when no leader answered in time. */
@@ -209,6 +219,15 @@ export interface WorkerControlBus {
    * the next owner fences when granted.
    */
   onReleased?(handler: (n: ReleasedNotice) => void): () => void;
+  /**
+   * Hears assignment writes as the coordinator makes them, until the returned function is
+   * called. The store's watch is the source of truth and delivers the same entries, but a watch
+   * served by a replica that learns commits late delivered them 60–180 ms after the write (seen
+   * on workers that had just joined), on the hand-off's path. A notice is applied under the
+   * watch's own revision rules, so whichever comes first counts and the other is ignored.
+   * Optional: without it entries come through the watch alone.
+   */
+  onAssigned?(handler: (n: AssignedNotice) => void): () => void;
 }
 
 /** The coordinator's side of the control plane. */
@@ -216,6 +235,8 @@ export interface CoordinatorControlBus {
   /** `reply` answers the heartbeat; a coordinator that is not leader does not call it. */
   onHeartbeat(handler: (hb: Heartbeat, reply: (g: Grants) => void) => void): void;
   onReleased(handler: (n: ReleasedNotice) => void): void;
+  /** Announces a write the store has acknowledged (see `WorkerControlBus.onAssigned`). Lossy. */
+  assigned?(n: AssignedNotice): void;
   close(): Promise<void>;
 }
 

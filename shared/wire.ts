@@ -114,6 +114,8 @@ export const ControlSubjects = {
   heartbeat: "sluice.ctl.heartbeat",
   /** A worker's report that it released a shard after a graceful hand-off. */
   released: "sluice.ctl.released",
+  /** The leader's announcement of an assignment write it has just made (`AssignedNotice`). */
+  assigned: "sluice.ctl.assigned",
 } as const;
 
 export const Headers = {

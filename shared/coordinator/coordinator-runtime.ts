@@ -251,7 +251,11 @@ export class CoordinatorRuntime {
         void this.d.assignments
           .compareAndSet(c.shard, c.entry satisfies AssignmentEntry, c.expectedRevision)
           .then(
-            () => done("ok"),
+            (revision) => {
+              done("ok");
+              // Workers hear it sooner than through their watch (`WorkerControlBus.onAssigned`).
+              this.d.bus.assigned?.({ shard: c.shard, entry: c.entry, revision });
+            },
             async (err: unknown) => {
               // A lost race means this view is stale: re-read the key rather than retry blindly.
               if (isSluiceError(err, ErrorCode.Conflict)) {

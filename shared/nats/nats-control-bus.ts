@@ -5,7 +5,13 @@
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Heartbeat } from "../core/types.js";
-import type { CoordinatorControlBus, Grants, ReleasedNotice, WorkerControlBus } from "../ports.js";
+import type {
+  AssignedNotice,
+  CoordinatorControlBus,
+  Grants,
+  ReleasedNotice,
+  WorkerControlBus,
+} from "../ports.js";
 import { ControlSubjects } from "../wire.js";
 
 const enc = new TextEncoder();
@@ -34,18 +40,23 @@ export class NatsWorkerControlBus implements WorkerControlBus {
   }
 
   onReleased(handler: (n: ReleasedNotice) => void): () => void {
-    const sub = this.nc.subscribe(ControlSubjects.released, { callback: releasedCallback(handler) });
+    const sub = this.nc.subscribe(ControlSubjects.released, { callback: decoding(handler) });
+    return () => sub.unsubscribe();
+  }
+
+  onAssigned(handler: (n: AssignedNotice) => void): () => void {
+    const sub = this.nc.subscribe(ControlSubjects.assigned, { callback: decoding(handler) });
     return () => sub.unsubscribe();
   }
 }
 
-/** Decodes release notices for `handler`; a malformed one is ignored (timeouts cover it). */
-function releasedCallback(handler: (n: ReleasedNotice) => void) {
+/** Decodes notices for `handler`; a malformed one is ignored (timeouts and the watch cover it). */
+function decoding<T>(handler: (n: T) => void) {
   return (err: Error | null, m: { data: Uint8Array }): void => {
     if (err) return;
-    let n: ReleasedNotice;
+    let n: T;
     try {
-      n = fromBytes<ReleasedNotice>(m.data);
+      n = fromBytes<T>(m.data);
     } catch {
       return;
     }
@@ -76,7 +87,17 @@ export class NatsCoordinatorControlBus implements CoordinatorControlBus {
   }
 
   onReleased(handler: (n: ReleasedNotice) => void): void {
-    this.subs.push(this.nc.subscribe(ControlSubjects.released, { callback: releasedCallback(handler) }));
+    this.subs.push(
+      this.nc.subscribe(ControlSubjects.released, { callback: decoding<ReleasedNotice>(handler) }),
+    );
+  }
+
+  assigned(n: AssignedNotice): void {
+    try {
+      this.nc.publish(ControlSubjects.assigned, toBytes(n));
+    } catch {
+      // Connection closing: the store's watch delivers the entry anyway.
+    }
   }
 
   async close(): Promise<void> {

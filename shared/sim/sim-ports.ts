@@ -8,6 +8,7 @@ import { ErrorCode, isSluiceError, SluiceError } from "../errors.js";
 import type { MemoryKv, MemoryStream } from "../memory/memory-broker.js";
 import type { MemorySink } from "../memory/memory-sink.js";
 import type {
+  AssignedNotice,
   Checkpoint,
   CommitOptions,
   CommitResult,
@@ -295,11 +296,13 @@ export class SimSinkClient implements Sink {
 
 type HeartbeatHandler = (hb: Heartbeat, reply: (g: Grants) => void) => void;
 type ReleasedHandler = (n: ReleasedNotice) => void;
+type AssignedHandler = (n: AssignedNotice) => void;
 
 /** Subscriptions on the broker's core-NATS subjects: who hears heartbeats and releases. */
 export class SimControlPlane {
   readonly heartbeat = new Map<SimNode, { inc: number; handler: HeartbeatHandler }>();
   readonly released = new Map<SimNode, { inc: number; handler: ReleasedHandler }>();
+  readonly assigned = new Map<SimNode, { inc: number; handler: AssignedHandler }>();
 }
 
 export class SimWorkerBus implements WorkerControlBus {
@@ -350,10 +353,19 @@ export class SimWorkerBus implements WorkerControlBus {
       if (this.plane.released.get(this.self) === sub) this.plane.released.delete(this.self);
     };
   }
+
+  onAssigned(handler: AssignedHandler): () => void {
+    const sub = { inc: this.self.incarnation, handler };
+    this.plane.assigned.set(this.self, sub);
+    return () => {
+      if (this.plane.assigned.get(this.self) === sub) this.plane.assigned.delete(this.self);
+    };
+  }
 }
 
 export class SimCoordinatorBus implements CoordinatorControlBus {
   constructor(
+    private readonly net: SimNet,
     private readonly self: SimNode,
     private readonly plane: SimControlPlane,
   ) {}
@@ -364,6 +376,14 @@ export class SimCoordinatorBus implements CoordinatorControlBus {
 
   onReleased(handler: ReleasedHandler): void {
     this.plane.released.set(this.self, { inc: this.self.incarnation, handler });
+  }
+
+  assigned(n: AssignedNotice): void {
+    const text = JSON.stringify(n);
+    for (const [node, sub] of this.plane.assigned) {
+      if (node.incarnation !== sub.inc) continue;
+      this.net.send(this.self, node, () => sub.handler(JSON.parse(text) as AssignedNotice));
+    }
   }
 
   async close(): Promise<void> {

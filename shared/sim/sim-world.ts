@@ -203,7 +203,7 @@ export class SimWorld {
       shards: this.shards,
       assignments: this.o.safety.waitForRelease ? assignments : new ImmediateHandoffStore(assignments),
       control: new SimJsonStore<CoordinatorRecord>(this.net, node, this.broker, this.kvCoord),
-      bus: new SimCoordinatorBus(node, this.plane),
+      bus: new SimCoordinatorBus(this.net, node, this.plane),
       scheduler: node,
       timing: this.timing,
       log: silentLogger,

@@ -71,6 +71,7 @@ export class WorkerRuntime {
   private readonly prepared = new Map<string, ShardPipeline>();
   private watchStop: (() => void) | null = null;
   private releasedStop: (() => void) | null = null;
+  private assignedStop: (() => void) | null = null;
   private hbTimer: unknown = null;
   private leaving = false;
   private started = false;
@@ -97,6 +98,8 @@ export class WorkerRuntime {
     const w = await this.d.assignments.watch((key, v) => this.onEntry(key, v));
     this.watchStop = () => w.stop();
     this.releasedStop = this.d.bus.onReleased?.((n) => this.onReleased(n)) ?? null;
+    this.assignedStop =
+      this.d.bus.onAssigned?.((n) => this.onEntry(n.shard, { value: n.entry, revision: n.revision })) ?? null;
     this.beat();
   }
 
@@ -183,6 +186,8 @@ export class WorkerRuntime {
       (e.epoch < prev.epoch ? v.revision <= prevRev : e.epoch === prev.epoch && v.revision < prevRev)
     )
       return; // a late, older entry
+    // The same write twice: once announced by the coordinator, once through the watch.
+    if (v.revision === prevRev && sameEntry(prev, e)) return;
     if (held && e && e.epoch < held.epoch) return; // older than the lease running here
     this.revisions.set(shard, v.revision);
     this.latest.set(shard, e);
@@ -494,9 +499,22 @@ export class WorkerRuntime {
     this.watchStop = null;
     this.releasedStop?.();
     this.releasedStop = null;
+    this.assignedStop?.();
+    this.assignedStop = null;
     for (const shard of [...this.prepared.keys()]) this.discardPrepared(shard);
     for (const h of this.leases.values()) h.actor.stop();
   }
+}
+
+function sameEntry(a: AssignmentEntry | null | undefined, b: AssignmentEntry | null): boolean {
+  if (!a || !b) return a === b;
+  return (
+    a.owner === b.owner &&
+    a.epoch === b.epoch &&
+    a.phase === b.phase &&
+    (a.next ?? null) === (b.next ?? null) &&
+    a.at === b.at
+  );
 }
 
 function fromPromiseOf<T>(fn: () => Promise<T>) {

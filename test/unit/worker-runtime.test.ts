@@ -5,6 +5,7 @@ import type { AssignmentEntry, Heartbeat, ShardRef } from "../../shared/core/typ
 import { silentLogger } from "../../shared/logger.js";
 import { MemorySink } from "../../shared/memory/memory-sink.js";
 import type {
+  AssignedNotice,
   AssignmentStore,
   FeedStart,
   ReleasedNotice,
@@ -80,6 +81,7 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     const source = new RecordingSource();
     const fenced: number[] = [];
     let release: ((n: ReleasedNotice) => void) | undefined;
+    let announce: ((n: AssignedNotice) => void) | undefined;
     const active: string[] = [];
     const released: ReleasedNotice[] = [];
     const sink = new MemorySink({ observer: { onFence: (_ref, epoch) => fenced.push(epoch) } });
@@ -96,6 +98,10 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
         onReleased: (h) => {
           release = h;
           return () => (release = undefined);
+        },
+        onAssigned: (h) => {
+          announce = h;
+          return () => (announce = undefined);
         },
       },
       sink,
@@ -114,6 +120,7 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
       source,
       fenced,
       release: (n: ReleasedNotice) => release?.(n),
+      announce: (n: AssignedNotice) => announce?.(n),
       active,
       released,
       heartbeats,
@@ -205,5 +212,26 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     expect(released).toEqual([{ worker: "w2", shard: SHARD, epoch: 3 }]);
     assignments.emit(SHARD, { owner: "w2", epoch: 3, phase: "active", at: 0 }, 1);
     expect(runtime!.heldShards()).toEqual({});
+  });
+
+  it("acts on an assignment the coordinator announces before the watch has it, and once only", async () => {
+    const { assignments, announce, released, source, started } = start();
+    await started;
+    // Announced revoke of an epoch never run here: released at once; the watch's copy is ignored.
+    const revoking = { owner: "w2", epoch: 3, phase: "revoking", next: "w1", at: 7 } as const;
+    announce({ shard: SHARD, entry: revoking, revision: 1 });
+    expect(released).toEqual([{ worker: "w2", shard: SHARD, epoch: 3 }]);
+    assignments.emit(SHARD, revoking, 1);
+    expect(released).toHaveLength(1);
+    // An announced grant starts the lease; the watch's older entry and its own copy change nothing.
+    const active = { owner: "w2", epoch: 4, phase: "active", at: 8 } as const;
+    announce({ shard: SHARD, entry: active, revision: 3 });
+    expect(runtime!.heldShards()).toEqual({ [SHARD]: 4 });
+    assignments.emit(SHARD, { owner: "w1", epoch: 3, phase: "active", at: 6 }, 2);
+    assignments.emit(SHARD, active, 3);
+    expect(runtime!.heldShards()).toEqual({ [SHARD]: 4 });
+    await waitUntil("the consumer of epoch 4", 3_000, () => source.opened.length === 1 || undefined, 2);
+    expect(source.opened.map((o) => o.epoch)).toEqual([4]);
+    expect(released).toHaveLength(1);
   });
 });
