@@ -377,14 +377,20 @@ class JetStreamShardFeed implements ShardFeed {
       expires: 30_000,
       idle_heartbeat: 500,
       callback: (m) => {
+        if (this.failure) return;
         this.lastDeliveryAt = Date.now();
         this.buffer.push(m);
         this.wake();
       },
     });
+    const messages = this.messages;
+    // Failed (or closed) while the consumer was being set up: `fail` found nothing to stop.
+    if (this.failure) {
+      await this.stopPulling();
+      return;
+    }
     this.stallTimer = setInterval(() => void this.checkStalled(), this.stallMs);
     this.stallTimer.unref?.();
-    const messages = this.messages;
     void (async () => {
       for await (const s of messages.status()) {
         // After a close (a drain, a fence) the consumer is deleted on purpose: not news.
@@ -477,11 +483,29 @@ class JetStreamShardFeed implements ShardFeed {
     }
   }
 
-  /** Ends the feed: the next `next` throws `err` (the first failure wins). */
+  /**
+   * Ends the feed: the next `next` throws `err` (the first failure wins). A failed feed never
+   * delivers again, so its pulls stop and what it buffered is dropped at once (the server
+   * redelivers those records to the shard's next consumer), also when its owner is slow to
+   * close it.
+   */
   fail(err: Error): void {
     this.failure ??= err;
     clearInterval(this.stallTimer);
+    this.buffer.length = 0;
+    this.stopPulling();
     this.wake();
+  }
+
+  private stopped: Promise<void> | undefined;
+
+  /** Closes the consumer's pull loop, once. */
+  private stopPulling(): Promise<void> {
+    this.stopped ??= this.messages?.close().then(
+      () => undefined,
+      () => undefined,
+    );
+    return this.stopped ?? Promise.resolve();
   }
 
   wake(): void {
@@ -516,7 +540,6 @@ class JetStreamShardFeed implements ShardFeed {
   async close(): Promise<void> {
     this.fail(new SluiceError(ErrorCode.Unavailable, "feed closed"));
     this.onClose(this);
-    await this.messages?.close().catch(() => {});
-    this.buffer.length = 0;
+    await this.stopPulling();
   }
 }

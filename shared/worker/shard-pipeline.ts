@@ -277,7 +277,7 @@ export class ShardPipeline {
       this.verify = check ? { seq: cp.seq, fingerprint: cp.fingerprint! } : null;
       const opened = early && hint && startSeq(hint) <= from ? await early.catch(() => null) : null;
       if (opened) {
-        this.feed = opened;
+        await this.adopt(opened);
         this.skipBelow = from;
         overlapped = true;
       } else {
@@ -285,7 +285,7 @@ export class ShardPipeline {
         this.sizeFlow();
         await this.closeFeed();
         this.skipBelow = 0;
-        this.feed = await this.ports.source.open(this.ref, this.epoch, { seq: from }, this.flow);
+        await this.adopt(await this.ports.source.open(this.ref, this.epoch, { seq: from }, this.flow));
       }
       this.nextDelivery = 1;
     } else if (early) {
@@ -301,6 +301,20 @@ export class ShardPipeline {
       fencedEarly: earlyFence !== undefined,
       ...(this.flow ? { maxAckPending: this.flow.maxAckPending } : {}),
     };
+  }
+
+  /**
+   * Takes a feed just opened. One that opens after the lease ended (`abandon` or `drain` ran
+   * while `open` was pending, so their close found no feed) is closed at once: nothing else
+   * would close it, and its consumer would keep up to `maxAckPending` records buffered in
+   * this process for as long as it runs.
+   */
+  private async adopt(feed: ShardFeed): Promise<void> {
+    if (this.stopping) {
+      await feed.close().catch(() => undefined);
+      return;
+    }
+    this.feed = feed;
   }
 
   private async closeFeed(): Promise<void> {
@@ -435,11 +449,13 @@ export class ShardPipeline {
     this.feed = null;
     await feed.close();
     if (this.stopping) return null;
-    this.feed = await this.ports.source.open(
-      this.ref,
-      this.epoch,
-      at === undefined ? { seq: 1 } : { timeMs: at - windowMs },
-      this.flow,
+    await this.adopt(
+      await this.ports.source.open(
+        this.ref,
+        this.epoch,
+        at === undefined ? { seq: 1 } : { timeMs: at - windowMs },
+        this.flow,
+      ),
     );
     this.nextDelivery = 1;
     return null;
@@ -571,12 +587,15 @@ export class ShardPipeline {
     this.feed?.wake?.();
     await this.loop?.catch(() => undefined);
     const feed = this.feed;
-    if (feed && this.pending && !feed.failure) {
-      const outcome = await this.commitPending(feed);
-      // Anything but a clean commit means this owner cannot promise it is done: no release.
-      if (outcome) throw new Error(`drain did not commit its last batch: ${outcome.type}`);
+    try {
+      if (feed && this.pending && !feed.failure) {
+        const outcome = await this.commitPending(feed);
+        // Anything but a clean commit means this owner cannot promise it is done: no release.
+        if (outcome) throw new Error(`drain did not commit its last batch: ${outcome.type}`);
+      }
+    } finally {
+      await this.close();
     }
-    await this.close();
     void this.ports.source.remove(this.ref, this.epoch).catch(() => undefined);
   }
 

@@ -334,3 +334,67 @@ describe("ShardPipeline: a hand-off prepared while the previous owner drains", (
     expect(committedIds(sink)).toEqual(ids(9));
   });
 });
+
+describe("ShardPipeline: a consumer that opens after its lease ended", () => {
+  /** A source whose `open` waits until released, counting the feeds it opened and closed. */
+  function gatedSource() {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const state = { opened: 0, closed: 0, release, asked: 0 };
+    const source: ShardSource = {
+      async open() {
+        state.asked++;
+        await gate;
+        state.opened++;
+        return {
+          failure: null,
+          next: async () => [],
+          ack() {},
+          async close() {
+            state.closed++;
+          },
+        };
+      },
+      async removeOlderEpochs() {},
+      async remove() {},
+    };
+    return { source, state };
+  }
+
+  const pipelineOn = (source: ShardSource) =>
+    new ShardPipeline(
+      REF,
+      1,
+      "w1",
+      { sink: new MemorySink(), source, deadLetters: { publish: async () => {} } },
+      { batchMax: 10, pullWaitMs: 5 },
+      { leaseFresh: () => true, now: () => Date.now() },
+    );
+
+  it("is closed when the lease was fenced while the consumer was being created", async () => {
+    const { source, state } = gatedSource();
+    const p = pipelineOn(source);
+    const acquiring = p.acquire();
+    await waitUntil("the consumer to be asked for", 3_000, () => state.asked === 1 || undefined, 1);
+    p.abandon();
+    state.release();
+    await acquiring;
+    expect(state.opened).toBe(1);
+    expect(state.closed).toBe(1);
+    // Nothing left to run: the lease is over.
+    await expect(p.run()).resolves.toMatchObject({ type: "failed" });
+  });
+
+  it("is closed when the lease was drained while the consumer was being created", async () => {
+    const { source, state } = gatedSource();
+    const p = pipelineOn(source);
+    const acquiring = p.acquire();
+    await waitUntil("the consumer to be asked for", 3_000, () => state.asked === 1 || undefined, 1);
+    const draining = p.drain();
+    state.release();
+    await Promise.all([acquiring, draining]);
+    expect(state.closed).toBe(state.opened);
+  });
+});
