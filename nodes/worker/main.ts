@@ -46,13 +46,18 @@ log.info({ ...warm, ms: Math.round(performance.now() - warmStart) }, "warmed up"
 const telemetry = startTelemetry({ serviceName: "sluice-worker", nodeId: opts.id, http });
 const metrics = new WorkerMetrics(telemetry.meter);
 const nc = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}` });
-const kv = await openBucket(new Kvm(nc), Buckets.assignments);
+// Heartbeats and assignments on a connection of their own: on the data connection they queue
+// behind the records a full backlog pours into every shard's consumer (64 shards pulling at
+// once are ~65k records), and the coordinator heard nothing from a busy, healthy worker for
+// over a second and moved all its shards.
+const control = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}-control` });
+const kv = await openBucket(new Kvm(control), Buckets.assignments);
 const sink = new NatsSinkClient(nc);
 const runtime = new WorkerRuntime({
   id: opts.id,
   capacity: opts.capacity,
   assignments: new JetStreamJsonStore<AssignmentEntry>(kv),
-  bus: new NatsWorkerControlBus(nc),
+  bus: new NatsWorkerControlBus(control),
   sink,
   source: new JetStreamShardSource(nc, {
     pipelines: opts.config.pipelines,
@@ -92,6 +97,7 @@ onShutdown(async () => {
   log.info({}, "draining");
   await runtime.drain();
   await nc.drain().catch(() => undefined);
+  await control.drain().catch(() => undefined);
   await sink.close();
   await telemetry.shutdown();
   log.info({}, "stopped");
