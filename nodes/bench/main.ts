@@ -19,7 +19,7 @@ import { type ClusterHandle, leaderKillTrials, scaleOutTrials, workerKillTrials 
 import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
 import { memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
-import { orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
+import { consumersReadRate, orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
 import { measureTracingOverhead, type TracingOverheadResult } from "./tracing-overhead.js";
 
 const int = (name: string) => intOption(name, 1);
@@ -170,21 +170,31 @@ const throughput = await withCluster(
       await producerRate(nc, "bench_one", makeRecords("one", records * 2));
       const sharedRecords = await pipelineRecords(nc, pipelineCfg("bench_r3"));
       await producerRate(nc, "bench_ps", makeRecords("ps", sharedRecords));
-      const reads: Record<string, { ordered: Rate; worker: Rate }> = {};
+      const reads: Record<string, { ordered: Rate; worker: Rate; consumers?: Rate }> = {};
       for (const name of ["bench_r3", "bench_ps", "bench_one"]) {
         const p = pipelineCfg(name);
         const inStreams = await pipelineRecords(nc, p);
         const ordered: Rate[] = [];
         const worker: Rate[] = [];
+        // On the main layout also the worker's consumers alone (no decoding, no sink): how much
+        // of the gap to the ordered read is JetStream's and how much the worker's.
+        const consumers: Rate[] = [];
         for (let r = 0; r < rounds; r++) {
           ordered.push(await orderedReadRate(nc, p));
           worker.push(await pipelineReadRate(nc, p, inStreams, throughputCfg.worker));
+          if (name === "bench_r3")
+            consumers.push(await consumersReadRate(nc, p, inStreams, throughputCfg.worker));
         }
-        reads[name] = { ordered: best(ordered), worker: best(worker) };
+        reads[name] = {
+          ordered: best(ordered),
+          worker: best(worker),
+          ...(consumers.length > 0 ? { consumers: best(consumers) } : {}),
+        };
         log(
           `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s): ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
             `worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s ` +
-            `(restarts after missed consumer heartbeats: ${worker.map((w) => w.restarts ?? 0).join(", ")})`,
+            `(restarts after missed consumer heartbeats: ${worker.map((w) => w.restarts ?? 0).join(", ")})` +
+            (consumers.length > 0 ? `; its consumers alone ${Math.round(best(consumers).perSecond)}/s` : ""),
         );
       }
       const main = reads.bench_r3!;
@@ -193,6 +203,7 @@ const throughput = await withCluster(
         tracing,
         ordered: main.ordered,
         worker: main.worker,
+        consumers: main.consumers!,
         one: reads.bench_one!,
         perShard: reads.bench_ps!,
       };
@@ -289,6 +300,8 @@ const ratios = {
   producer_vs_js_publish: round(r1.producer.perSecond / r1.js.perSecond, 2),
   producer_vs_js_publish_r3: round(r3.producer.perSecond / r3.js.perSecond, 2),
   null_sink_vs_ordered_read: round(throughput.worker.perSecond / throughput.ordered.perSecond, 2),
+  consumers_only_vs_ordered_read: round(throughput.consumers.perSecond / throughput.ordered.perSecond, 2),
+  null_sink_vs_consumers_only: round(throughput.worker.perSecond / throughput.consumers.perSecond, 2),
   null_sink_vs_ordered_read_one_shard: round(
     throughput.one.worker.perSecond / throughput.one.ordered.perSecond,
     2,
@@ -308,6 +321,7 @@ Object.assign(report, {
     producer_r3_per_s: Math.round(r3.producer.perSecond),
     ordered_read_per_s: Math.round(throughput.ordered.perSecond),
     null_sink_per_s: Math.round(throughput.worker.perSecond),
+    consumers_only_per_s: Math.round(throughput.consumers.perSecond),
     ordered_read_one_shard_per_s: Math.round(throughput.one.ordered.perSecond),
     null_sink_one_shard_per_s: Math.round(throughput.one.worker.perSecond),
     ordered_read_per_shard_streams_per_s: Math.round(throughput.perShard.ordered.perSecond),
@@ -391,6 +405,12 @@ const rows: Array<[string, string, string, string]> = [
     `${throughput.worker.perSecond.toFixed(0)}/s vs ${throughput.ordered.perSecond.toFixed(0)}/s`,
     `${ratios.null_sink_vs_ordered_read}x`,
     ">= 0.7x",
+  ],
+  [
+    "  its consumers alone (no decoding, no sink) vs ordered read",
+    `${throughput.consumers.perSecond.toFixed(0)}/s vs ${throughput.ordered.perSecond.toFixed(0)}/s`,
+    `${ratios.consumers_only_vs_ordered_read}x (worker path ${ratios.null_sink_vs_consumers_only}x of it)`,
+    "",
   ],
   [
     "same, one stream per shard (streams: per-shard)",

@@ -9,9 +9,9 @@
 import { DeliverPolicy, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { PipelineConfig, WorkerConfig } from "../../shared/config.js";
-import { feedBufferMessages } from "../../shared/core/batch-size.js";
+import { feedBufferMessages, shardFlow } from "../../shared/core/batch-size.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
-import type { DeadLetterQueue, ShardSource } from "../../shared/ports.js";
+import type { DeadLetterQueue, ShardFeed, ShardSource } from "../../shared/ports.js";
 import { DiscardSink } from "../../shared/sink/discard-sink.js";
 import { inputStreams } from "../../shared/wire.js";
 import { ShardPipeline } from "../../shared/worker/shard-pipeline.js";
@@ -177,4 +177,58 @@ export async function pipelineReadRate(
     await Promise.all(runs.map((r) => r.catch(() => undefined)));
   }
   return { ...rate(sink.discarded, ms), batches, restarts };
+}
+
+/**
+ * The worker path's consumers alone: the same per-shard consumers (`JetStreamShardSource`: R1
+ * on the stream leader, filtered per shard, AckPolicy all, the same in-flight bounds), each
+ * acked once per batch of up to `batchMax`, with no decoding and no sink. What JetStream
+ * itself allows this consumer layout against the ordered read, so the worker path's own cost
+ * is the difference between this and `pipelineReadRate`.
+ */
+export async function consumersReadRate(
+  nc: NatsConnection,
+  p: PipelineConfig,
+  expected: number,
+  settings: WorkerConfig,
+  deadlineMs = 120_000,
+): Promise<Rate> {
+  const first = new FirstDelivery();
+  const flow = shardFlow(settings, p.shards);
+  const source = new JetStreamShardSource(nc, {
+    pipelines: [p],
+    maxAckPending: settings.maxAckPending,
+    ackWaitMs: settings.ackWaitMs,
+    bufferMessages: feedBufferMessages(settings),
+  });
+  const epoch = Math.floor(Date.now() / 1000);
+  const feeds: ShardFeed[] = [];
+  let read = 0;
+  const deadline = performance.now() + deadlineMs;
+  try {
+    // Each shard reads as soon as its consumer is open, as a pipeline does after its acquire.
+    await Promise.all(
+      Array.from({ length: p.shards }, async (_, shard) => {
+        const feed = await source.open({ pipeline: p.name, shard }, epoch, { seq: 1 }, flow);
+        feeds.push(feed);
+        while (read < expected && performance.now() < deadline) {
+          const got = await feed.next(flow.batchMax, settings.pullWaitMs);
+          if (got.length === 0) continue;
+          first.mark();
+          read += got.length;
+          feed.ack(got[got.length - 1]!);
+        }
+      }),
+    );
+    if (read < expected)
+      throw new Error(`the consumers read ${read} of ${expected} records in ${deadlineMs} ms`);
+    return rate(read, performance.now() - (first.at ?? performance.now()));
+  } finally {
+    await Promise.all(feeds.map((f) => f.close()));
+    await Promise.all(
+      Array.from({ length: p.shards }, (_, shard) =>
+        source.remove({ pipeline: p.name, shard }, epoch).catch(() => undefined),
+      ),
+    );
+  }
 }
