@@ -2,6 +2,7 @@
  * Publish-to-commit latency at a steady rate, and a worker's resident memory under full load.
  */
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { build as buildHistogram } from "hdr-histogram-js";
@@ -148,4 +149,23 @@ export async function memoryUnderLoad(
     firstThirdMedianMiB: medianOf(rss.slice(0, Math.ceil(rss.length / 3))),
     lastThirdMedianMiB: medianOf(rss.slice(Math.floor((rss.length * 2) / 3))),
   };
+}
+
+/**
+ * How often the coordinators have logged a worker lost (`member lost`) in a local cluster's
+ * logs so far. Under full load a healthy worker must never be: each loss moves and fences all
+ * of its shards.
+ */
+export function membersLost(dir: string, coordinators: readonly string[]): number {
+  let n = 0;
+  for (const id of coordinators) {
+    let text = "";
+    try {
+      text = readFileSync(join(dir, "logs", `${id}.log`), "utf8");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n")) if (line.includes('"msg":"member lost"')) n++;
+  }
+  return n;
 }

@@ -17,7 +17,7 @@ import { type ClusterFile, cliScript, down, readClusterFile, up } from "../cli/l
 import { waitSettled } from "../cli/readiness.js";
 import { type ClusterHandle, leaderKillTrials, scaleOutTrials, workerKillTrials } from "./cluster-trials.js";
 import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
-import { memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
+import { membersLost, memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
 import { consumersReadRate, orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
 import { measureTracingOverhead, type TracingOverheadResult } from "./tracing-overhead.js";
@@ -281,11 +281,15 @@ const memory = await withCluster(
     try {
       await waitSettled(nc, memCfg, c.sink, 60_000);
       const pid = readClusterFile(c.dir).workers[0]!.pid;
+      const coordinators = c.coordinators.map((x) => x.id);
+      const lostBefore = membersLost(c.dir, coordinators);
       const m = await memoryUnderLoad(nc, "demo", pid, memorySeconds, quick ? 2 : 10, "/dev/null");
+      const lost = membersLost(c.dir, coordinators) - lostBefore;
       log(
-        `worker RSS over ${Math.round(m.seconds)} s with 64 shards: start ${m.startMiB.toFixed(0)} MiB, end ${m.endMiB.toFixed(0)} MiB, max ${m.maxMiB.toFixed(0)} MiB, slope ${m.slopeMiBPerMin.toFixed(2)} MiB/min`,
+        `worker RSS over ${Math.round(m.seconds)} s with 64 shards: start ${m.startMiB.toFixed(0)} MiB, end ${m.endMiB.toFixed(0)} MiB, max ${m.maxMiB.toFixed(0)} MiB, slope ${m.slopeMiBPerMin.toFixed(2)} MiB/min; ` +
+          `the coordinator lost the worker ${lost} time(s)`,
       );
-      return m;
+      return { ...m, lost };
     } finally {
       await nc.close();
     }
@@ -376,6 +380,8 @@ Object.assign(report, {
     rss_slope_second_half_mib_per_min: round(memory.slopeMiBPerMin, 2),
     rss_first_third_median_mib: round(memory.firstThirdMedianMiB, 1),
     rss_last_third_median_mib: round(memory.lastThirdMedianMiB, 1),
+    // Times the coordinator declared the loaded, healthy worker lost during the run.
+    worker_lost: memory.lost,
     samples: memory.samples.map((s) => [round(s.s, 1), round(s.rssMiB, 1)]),
   },
   finished_at: new Date().toISOString(),
@@ -469,7 +475,7 @@ const rows: Array<[string, string, string, string]> = [
   [
     "worker RSS, 64 shards, full load",
     `${Math.round(memory.seconds)} s, ${memory.records} records`,
-    `median ${memory.firstThirdMedianMiB.toFixed(0)} MiB first third, ${memory.lastThirdMedianMiB.toFixed(0)} MiB last third (max ${memory.maxMiB.toFixed(0)})`,
+    `median ${memory.firstThirdMedianMiB.toFixed(0)} MiB first third, ${memory.lastThirdMedianMiB.toFixed(0)} MiB last third (max ${memory.maxMiB.toFixed(0)}); worker lost ${memory.lost}x`,
     "flat",
   ],
 ];
