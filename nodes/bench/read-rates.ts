@@ -100,6 +100,16 @@ function firstDeliveryOf(source: ShardSource, first: FirstDelivery): ShardSource
   };
 }
 
+/** The shard source a worker with `settings` reads `p` through. */
+function workerSource(nc: NatsConnection, p: PipelineConfig, settings: WorkerConfig): JetStreamShardSource {
+  return new JetStreamShardSource(nc, {
+    pipelines: [p],
+    maxAckPending: settings.maxAckPending,
+    ackWaitMs: settings.ackWaitMs,
+    bufferMessages: feedBufferMessages(settings),
+  });
+}
+
 const noDeadLetters: DeadLetterQueue = {
   async publish(entries) {
     if (entries.length > 0) throw new Error(`benchmark records failed to decode: ${entries[0]!.message}`);
@@ -119,15 +129,7 @@ export async function pipelineReadRate(
 ): Promise<Rate> {
   const sink = new DiscardSink();
   const first = new FirstDelivery();
-  const source = firstDeliveryOf(
-    new JetStreamShardSource(nc, {
-      pipelines: [p],
-      maxAckPending: settings.maxAckPending,
-      ackWaitMs: settings.ackWaitMs,
-      bufferMessages: feedBufferMessages(settings),
-    }),
-    first,
-  );
+  const source = firstDeliveryOf(workerSource(nc, p, settings), first);
   const firstEpoch = Math.floor(Date.now() / 1000);
   let batches = 0;
   let restarts = 0;
@@ -195,12 +197,7 @@ export async function consumersReadRate(
 ): Promise<Rate> {
   const first = new FirstDelivery();
   const flow = shardFlow(settings, p.shards);
-  const source = new JetStreamShardSource(nc, {
-    pipelines: [p],
-    maxAckPending: settings.maxAckPending,
-    ackWaitMs: settings.ackWaitMs,
-    bufferMessages: feedBufferMessages(settings),
-  });
+  const source = workerSource(nc, p, settings);
   const epoch = Math.floor(Date.now() / 1000);
   const feeds: ShardFeed[] = [];
   let read = 0;

@@ -292,7 +292,7 @@ export class JetStreamShardSource implements ShardSource {
       const [s, shard, e] = key.split("/");
       if (s === stream && Number(shard) === ref.shard && Number(e) < epoch) this.kept.delete(key);
     }
-    await Promise.all(stale.map((n) => jsm.consumers.delete(stream, n).catch(() => false)));
+    await Promise.all(stale.map((n) => deleteConsumer(jsm, stream, n)));
   }
 
   async remove(ref: ShardRef, epoch: number): Promise<void> {
@@ -327,7 +327,10 @@ export function consumerStalled(s: {
   return s.idleMs >= s.stallMs && s.buffered === 0 && s.numPending > 0 && s.ackPending < s.maxAckPending;
 }
 
-/** Deletes a consumer off the hand-off's path; a failure leaves it to the shard's next epoch. */
+/**
+ * Deletes a consumer, never rejecting: one left behind is removed by the shard's next epoch, or
+ * by the server once idle for `inactive_threshold`.
+ */
 function deleteConsumer(jsm: JetStreamManager, stream: string, name: string): Promise<void> {
   return jsm.consumers.delete(stream, name).then(
     () => undefined,
