@@ -11,7 +11,7 @@ import { join, resolve } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Command } from "commander";
 import { parseConfig, type SluiceConfig } from "../../shared/config.js";
-import { connectForPublishing, connectNats } from "../../shared/nats/connection.js";
+import { connectForPublishing, connectNats, connectNearPipelines } from "../../shared/nats/connection.js";
 import { intOption } from "../cli/int-option.js";
 import { type ClusterFile, cliScript, down, readClusterFile, up } from "../cli/local-cluster.js";
 import { waitSettled } from "../cli/readiness.js";
@@ -174,16 +174,28 @@ const throughput = await withCluster(
       for (const name of ["bench_r3", "bench_ps", "bench_one"]) {
         const p = pipelineCfg(name);
         const inStreams = await pipelineRecords(nc, p);
+        // Both sides read over the connection a worker reads this pipeline through (near its
+        // stream's leader, `connectNearPipelines`), not whichever server a random pick gives.
+        const rnc = await connectNearPipelines({
+          servers: c.nats.map((n) => n.url),
+          name: "sluice-bench-read",
+          pipelines: [p],
+        });
+        const via = rnc.info?.server_name ?? "?";
         const ordered: Rate[] = [];
         const worker: Rate[] = [];
         // On the main layout also the worker's consumers alone (no decoding, no sink): how much
         // of the gap to the ordered read is JetStream's and how much the worker's.
         const consumers: Rate[] = [];
-        for (let r = 0; r < rounds; r++) {
-          ordered.push(await orderedReadRate(nc, p));
-          worker.push(await pipelineReadRate(nc, p, inStreams, throughputCfg.worker));
-          if (name === "bench_r3")
-            consumers.push(await consumersReadRate(nc, p, inStreams, throughputCfg.worker));
+        try {
+          for (let r = 0; r < rounds; r++) {
+            ordered.push(await orderedReadRate(rnc, p));
+            worker.push(await pipelineReadRate(rnc, p, inStreams, throughputCfg.worker));
+            if (name === "bench_r3")
+              consumers.push(await consumersReadRate(rnc, p, inStreams, throughputCfg.worker));
+          }
+        } finally {
+          await rnc.close();
         }
         reads[name] = {
           ordered: best(ordered),
@@ -191,7 +203,7 @@ const throughput = await withCluster(
           ...(consumers.length > 0 ? { consumers: best(consumers) } : {}),
         };
         log(
-          `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s): ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
+          `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s), via ${via}: ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
             `worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s ` +
             `(restarts after missed consumer heartbeats: ${worker.map((w) => w.restarts ?? 0).join(", ")})` +
             (consumers.length > 0 ? `; its consumers alone ${Math.round(best(consumers).perSecond)}/s` : ""),

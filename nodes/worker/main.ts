@@ -5,7 +5,7 @@ import { Kvm } from "@nats-io/kv";
 import { feedBufferMessages } from "../../shared/core/batch-size.js";
 import { type AssignmentEntry, parseShardKey } from "../../shared/core/types.js";
 import { createLogger } from "../../shared/log.js";
-import { connectNats } from "../../shared/nats/connection.js";
+import { connectNats, connectNearPipelines } from "../../shared/nats/connection.js";
 import { JetStreamDeadLetterQueue } from "../../shared/nats/jetstream-dead-letter-queue.js";
 import { JetStreamJsonStore, openBucket } from "../../shared/nats/jetstream-json-store.js";
 import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
@@ -45,7 +45,12 @@ log.info({ ...warm, ms: Math.round(performance.now() - warmStart) }, "warmed up"
 // /metrics on the node's endpoint; traces only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set.
 const telemetry = startTelemetry({ serviceName: "sluice-worker", nodeId: opts.id, http });
 const metrics = new WorkerMetrics(telemetry.meter);
-const nc = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}` });
+// Records, acks and sink requests: near the stream leader, where the shards' consumers are.
+const nc = await connectNearPipelines({
+  servers: opts.servers,
+  name: `sluice-worker-${opts.id}`,
+  pipelines: opts.config.pipelines,
+});
 // Heartbeats and assignments on a connection of their own: on the data connection they queue
 // behind the records a full backlog pours into every shard's consumer (64 shards pulling at
 // once are ~65k records), and the coordinator heard nothing from a busy, healthy worker for

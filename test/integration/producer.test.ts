@@ -6,7 +6,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
 import { ErrorCode } from "../../shared/errors.js";
-import { connectForPublishing } from "../../shared/nats/connection.js";
+import { connectForPublishing, connectNearPipelines } from "../../shared/nats/connection.js";
 import { type OutgoingRecord, Producer, type PublishResult } from "../../shared/producer.js";
 import { Headers, inputStream, shardOf, shardSubject } from "../../shared/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
@@ -33,6 +33,18 @@ describe("producer (real 3-node NATS cluster)", () => {
     });
     try {
       expect(nc.info?.server_name).toBe(leader);
+      // A worker's data connection: near the first pipeline kept in one stream, past one whose
+      // shards each have their own.
+      const reader = await connectNearPipelines({
+        servers: tc.file().nats.map((n) => n.url),
+        name: "reader-test",
+        pipelines: [{ name: "elsewhere", streams: "per-shard" }, p],
+      });
+      try {
+        expect(reader.info?.server_name).toBe(leader);
+      } finally {
+        await reader.close();
+      }
       const producer = new Producer(nc, p.name);
       const run = `t${Date.now().toString(36)}`;
       const records: OutgoingRecord[] = Array.from({ length: 50 }, (_, i) => ({
