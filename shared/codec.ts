@@ -3,7 +3,7 @@
  * Bad input never throws: it returns a typed rejection that the worker dead-letters.
  */
 import { decode as cborDecode, encode as cborEncode } from "cbor-x";
-import { ErrorCode } from "./errors.js";
+import { ErrorCode, SluiceError } from "./errors.js";
 import type { SinkRow, SourceMessage } from "./ports.js";
 import { fnv1a32, fnv1a32Bytes, Headers, shardOf } from "./wire.js";
 
@@ -104,9 +104,18 @@ export function decodeRecord(msg: SourceMessage, at?: ReadShard): DecodeResult {
   }
   const contentType = header(msg, Headers.contentType);
   const json = contentType !== undefined && jsonContentType.test(contentType);
+  const checked = checkPayload(msg.data, json);
+  if (!checked.ok) return checked;
+  return { ok: true, row: { recordId, key, sourceSeq: msg.seq, data: msg.data, json } };
+}
+
+type ValueResult = { ok: true; value: unknown } | { ok: false; code: ErrorCode; message: string };
+
+/** The map a record's bytes hold, or why they hold none. */
+function decodeMap(data: Uint8Array, json: boolean): ValueResult {
   let value: unknown;
   try {
-    value = json ? JSON.parse(textDecoder.decode(msg.data)) : cborDecode(msg.data);
+    value = json ? JSON.parse(textDecoder.decode(data)) : cborDecode(data);
   } catch (err) {
     return {
       ok: false,
@@ -121,9 +130,15 @@ export function decodeRecord(msg: SourceMessage, at?: ReadShard): DecodeResult {
       message: `payload is ${value === null ? "null" : typeof value}, not a map`,
     };
   }
-  let payload: string;
+  return { ok: true, value };
+}
+
+/** The JSON text of `value`, or why it has none. */
+function renderMap(
+  value: unknown,
+): { ok: true; text: string } | { ok: false; code: ErrorCode; message: string } {
   try {
-    payload = toJsonText(value);
+    return { ok: true, text: toJsonText(value) };
   } catch (err) {
     return {
       ok: false,
@@ -131,7 +146,34 @@ export function decodeRecord(msg: SourceMessage, at?: ReadShard): DecodeResult {
       message: `not representable as JSON: ${(err as Error).message}`,
     };
   }
-  return { ok: true, row: { recordId, key, sourceSeq: msg.seq, payload } };
+}
+
+/**
+ * Whether `data` decodes to a map that renders as JSON (`payloadJson`), without rendering it
+ * when plain `JSON.stringify` cannot fail on it (`isPlainJson`), which is nearly always.
+ */
+function checkPayload(
+  data: Uint8Array,
+  json: boolean,
+): { ok: true } | { ok: false; code: ErrorCode; message: string } {
+  const decoded = decodeMap(data, json);
+  if (!decoded.ok) return decoded;
+  if (isPlainJson(decoded.value)) return { ok: true };
+  const rendered = renderMap(decoded.value);
+  return rendered.ok ? { ok: true } : rendered;
+}
+
+/**
+ * A row's record as JSON text: what a sink that stores JSON writes. Rendering happens here, in
+ * the sink, not in the worker: the worker only checks (`decodeRecord`) that the bytes decode to
+ * a map and render, so a sink that keeps bytes, or discards rows, never pays for the text, and
+ * the worker's CPU goes to reading. Throws (non-retryable) only for a row no worker checked.
+ */
+export function payloadJson(row: Pick<SinkRow, "data" | "json">): string {
+  const decoded = decodeMap(row.data, row.json);
+  const rendered = decoded.ok ? renderMap(decoded.value) : decoded;
+  if (!rendered.ok) throw new SluiceError(rendered.code, rendered.message, { retryable: false });
+  return rendered.text;
 }
 
 export function encodeRecord(value: Record<string, unknown>): Uint8Array {

@@ -83,8 +83,14 @@ export interface SinkRow {
   recordId: string;
   key: string;
   sourceSeq: number;
-  /** The record as JSON text. */
-  payload: string;
+  /**
+   * The record's bytes as published: a CBOR map, or JSON text when `json`. The worker has
+   * checked that they decode to a map that renders as JSON; a sink that stores JSON renders
+   * them (`payloadJson`), in its own process.
+   */
+  data: Uint8Array;
+  /** The bytes are JSON text (`Content-Type: application/json`), not CBOR. */
+  json: boolean;
 }
 
 export interface Checkpoint {

@@ -13,7 +13,7 @@ import {
 } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
-import { decodeRecord, encodeRecord } from "../../shared/codec.js";
+import { decodeRecord, encodeRecord, payloadJson } from "../../shared/codec.js";
 import { Producer, type PublishResult } from "../../shared/producer.js";
 import { Headers } from "../../shared/wire.js";
 import { countCommitted } from "../cli/verify.js";
@@ -120,7 +120,7 @@ export async function naiveEndToEndRate(
         },
         token: m,
       });
-      if (r.ok) insert.run(r.row.recordId, r.row.key, r.row.sourceSeq, r.row.payload, Date.now());
+      if (r.ok) insert.run(r.row.recordId, r.row.key, r.row.sourceSeq, payloadJson(r.row), Date.now());
       m.ack();
       if (++inserted >= count) finish();
     },

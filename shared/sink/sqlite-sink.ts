@@ -14,6 +14,7 @@
  */
 import Database from "better-sqlite3";
 import pRetry, { AbortError } from "p-retry";
+import { payloadJson } from "../codec.js";
 import type { ShardRef } from "../core/types.js";
 import { ErrorCode, fencedError, SluiceError } from "../errors.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
@@ -184,7 +185,7 @@ export class SqliteSink implements Sink {
       const skipAtOrBelow = floor ?? cp.seq;
       for (const r of rows) {
         if (r.sourceSeq <= skipAtOrBelow) continue;
-        insert.run(r.recordId, r.key, ref.shard, r.sourceSeq, epoch, worker, r.payload, at);
+        insert.run(r.recordId, r.key, ref.shard, r.sourceSeq, epoch, worker, payloadJson(r), at);
         committed++;
       }
       const checkpoint = advanceCheckpoint(cp, epoch, lastSeq, opts);

@@ -1,6 +1,6 @@
 import { encode as cborEncode } from "cbor-x";
 import { describe, expect, it } from "vitest";
-import { decodeRecord, encodeRecord, toJsonText } from "../../shared/codec.js";
+import { decodeRecord, encodeRecord, payloadJson, toJsonText } from "../../shared/codec.js";
 import { allShardKeys, parseConfig, pipelineOf } from "../../shared/config.js";
 import { parseShardKey, shardKey } from "../../shared/core/types.js";
 import { ErrorCode, isSluiceError, SluiceError } from "../../shared/errors.js";
@@ -139,13 +139,29 @@ describe("wire names", () => {
 
 describe("decodeRecord", () => {
   it("decodes a CBOR map made by encodeRecord", () => {
-    const r = decodeRecord(msg({ data: encodeRecord({ name: "alice", n: 3, nested: { ok: true } }) }));
+    const data = encodeRecord({ name: "alice", n: 3, nested: { ok: true } });
+    const r = decodeRecord(msg({ data }));
     expect(r.ok).toBe(true);
     if (!r.ok) return;
     expect(r.row.recordId).toBe("id-1");
     expect(r.row.key).toBe("alice");
     expect(r.row.sourceSeq).toBe(42);
-    expect(JSON.parse(r.row.payload)).toEqual({ name: "alice", n: 3, nested: { ok: true } });
+    // The row carries the bytes as published; the sink renders them.
+    expect(r.row.data).toBe(data);
+    expect(r.row.json).toBe(false);
+    expect(JSON.parse(payloadJson(r.row))).toEqual({ name: "alice", n: 3, nested: { ok: true } });
+  });
+
+  it("rejects a map that decodes but cannot be rendered, so no sink is handed one", () => {
+    // CBOR tags 28/29 (shared references): a map whose value is the map itself.
+    const cyclic = Buffer.from("d81ca16161d81d00", "hex");
+    const r = decodeRecord(msg({ data: cyclic }));
+    expectRejected(r, ErrorCode.UndecodablePayload);
+    expect(!r.ok && r.message).toMatch(/not representable as JSON: .*circular/i);
+    // What a sink does with a row no worker checked: a typed, non-retryable error.
+    expect(() => payloadJson({ data: cyclic, json: false })).toThrow(
+      expect.objectContaining({ code: ErrorCode.UndecodablePayload, retryable: false }),
+    );
   });
 
   it("decodes JSON when Content-Type is application/json (case-insensitive, with params)", () => {
@@ -162,7 +178,7 @@ describe("decodeRecord", () => {
     expect(r.ok).toBe(true);
     if (!r.ok) return;
     expect(r.row.recordId).toBe("id-2");
-    expect(JSON.parse(r.row.payload)).toEqual({ a: 1, b: [1, 2] });
+    expect(JSON.parse(payloadJson(r.row))).toEqual({ a: 1, b: [1, 2] });
   });
 
   it("reads the payload as JSON only for a Content-Type starting with application/json", () => {
@@ -175,7 +191,7 @@ describe("decodeRecord", () => {
           headers: { [Headers.msgId]: "id", [Headers.key]: "alice", [Headers.contentType]: ct },
         }),
       );
-      expect(r.ok && r.row.payload).toBe('{"a":1}');
+      expect(r.ok && payloadJson(r.row)).toBe('{"a":1}');
     }
     for (const ct of ["", "application/cbor", " application/json", "text/json", "appl\u0130cation/json"]) {
       const r = decodeRecord(
@@ -184,7 +200,7 @@ describe("decodeRecord", () => {
           headers: { [Headers.msgId]: "id", [Headers.key]: "alice", [Headers.contentType]: ct },
         }),
       );
-      expect(r.ok && r.row.payload).toBe('{"a":1}');
+      expect(r.ok && payloadJson(r.row)).toBe('{"a":1}');
       expectRejected(
         decodeRecord(
           msg({
@@ -273,7 +289,7 @@ describe("decodeRecord", () => {
     const r = decodeRecord(msg({ data: encodeRecord({ blob: new Uint8Array([1, 2, 3, 250]) }) }));
     expect(r.ok).toBe(true);
     if (!r.ok) return;
-    expect(JSON.parse(r.row.payload)).toEqual({
+    expect(JSON.parse(payloadJson(r.row))).toEqual({
       blob: { $base64: Buffer.from([1, 2, 3, 250]).toString("base64") },
     });
   });

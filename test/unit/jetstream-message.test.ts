@@ -14,6 +14,7 @@ import {
 import { scanHeaderValues } from "../../shared/nats/raw-headers.js";
 
 const enc = new TextEncoder();
+const dec = new TextDecoder();
 
 /**
  * nats.js's own message classes, which the worker's fast paths read the internals of: loaded
@@ -261,7 +262,13 @@ describe("JetStreamSourceMessage", () => {
     // The fast path relies on nats.js keeping the block undecoded until `headers` is read.
     expect(core._headers).toBeUndefined();
     const r = decodeRecord(m);
-    expect(r.ok && r.row).toEqual({ recordId: "id-1", key: "alice", sourceSeq: 42, payload: '{"a":1}' });
+    expect(r.ok && { ...r.row, data: dec.decode(r.row.data) }).toEqual({
+      recordId: "id-1",
+      key: "alice",
+      sourceSeq: 42,
+      data: '{"a":1}',
+      json: true,
+    });
     expect(core._headers).toBeUndefined();
     expect(m.header("traceparent")).toBe("00-x");
     expect(m.headers).toEqual({

@@ -3,6 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { encodeRecord } from "../../shared/codec.js";
 import type { ShardRef } from "../../shared/core/types.js";
 import { ErrorCode, SluiceError } from "../../shared/errors.js";
 import type { SinkRow } from "../../shared/ports.js";
@@ -10,11 +11,13 @@ import { SqliteSink } from "../../shared/sink/sqlite-sink.js";
 
 const REF: ShardRef = { pipeline: "demo", shard: 3 };
 
+/** A row as the worker hands it over: its record's bytes, CBOR for odd sequences, JSON for even. */
 const row = (seq: number, key = `k${seq}`): SinkRow => ({
   recordId: `id-${seq}`,
   key,
   sourceSeq: seq,
-  payload: JSON.stringify({ seq }),
+  data: seq % 2 === 1 ? encodeRecord({ seq }) : new TextEncoder().encode(` { "seq" : ${seq} } `),
+  json: seq % 2 === 0,
 });
 const rows = (from: number, to: number): SinkRow[] =>
   Array.from({ length: to - from + 1 }, (_, i) => row(from + i));
@@ -92,6 +95,19 @@ describe("SqliteSink", () => {
     expect(idx.filter((i) => i.unique === 1)).toEqual([]);
   });
 
+  it("a row whose bytes cannot be rendered fails the whole commit: no row, no checkpoint", async () => {
+    const sink = open();
+    await sink.fence(REF, 1);
+    const bad: SinkRow = { ...row(2), data: new TextEncoder().encode("{not json"), json: true };
+    const err = await expectCode(
+      sink.commit(REF, 1, "w1", [row(1), bad, row(3)], 3),
+      ErrorCode.UndecodablePayload,
+    );
+    expect(err.retryable).toBe(false);
+    expect(table()).toEqual([]);
+    expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 0 });
+  });
+
   it("fence at 1 then commit rows: rows and checkpoint are stored together", async () => {
     const sink = open({ now: () => 4242 });
     expect(await sink.checkpoint(REF)).toEqual({ epoch: 0, seq: 0 });
@@ -99,6 +115,7 @@ describe("SqliteSink", () => {
     const r = await sink.commit(REF, 1, "w1", rows(1, 3), 3);
     expect(r).toEqual({ committed: 3, skipped: 0, checkpoint: { epoch: 1, seq: 3 } });
     expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 3 });
+    // Each record's JSON text, rendered here from CBOR (odd) or normalised JSON (even).
     expect(table()).toEqual(
       [1, 2, 3].map((seq) => ({
         row_id: seq,
@@ -200,7 +217,7 @@ describe("SqliteSink", () => {
     await sink.commit(REF, 1, "w1", rows(1, 6), 6, { fingerprint: "id-6" });
     expect((await sink.recordIds(REF, 4)).sort()).toEqual(["id-4", "id-5", "id-6"]);
     expect(await sink.recordIds({ pipeline: "demo", shard: 9 }, 0)).toEqual([]);
-    const displaced: SinkRow = { recordId: "late", key: "k", sourceSeq: 3, payload: "{}" };
+    const displaced: SinkRow = { ...row(3), recordId: "late", key: "k" };
     // Without the option, a row below the checkpoint is a redelivery.
     expect((await sink.commit(REF, 1, "w1", [displaced], 3)).committed).toBe(0);
     const r = await sink.commit(REF, 1, "w1", [displaced], 3, { belowCheckpoint: true });
