@@ -1,6 +1,7 @@
 /**
  * A sink that keeps the fence and checkpoint contract but discards the rows: the worker path
- * measured without a database (benchmarks), or a dry run of a pipeline's decoding.
+ * measured without a database (benchmarks), or a dry run of a pipeline's decoding. The worker
+ * still decodes and checks every record; the JSON text a storing sink renders is not made.
  */
 import { type ShardRef, shardKey } from "../core/types.js";
 import { fencedError } from "../errors.js";
