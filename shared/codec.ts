@@ -7,7 +7,10 @@ import { ErrorCode, SluiceError } from "./errors.js";
 import type { SinkRow, SourceMessage } from "./ports.js";
 import { fnv1a32, fnv1a32Bytes, Headers, shardOf } from "./wire.js";
 
-export type DecodeResult = { ok: true; row: SinkRow } | { ok: false; code: ErrorCode; message: string };
+/** Why a record's bytes were refused; the worker dead-letters it with `code` and `message`. */
+export type Rejection = { ok: false; code: ErrorCode; message: string };
+
+export type DecodeResult = { ok: true; row: SinkRow } | Rejection;
 
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -109,10 +112,8 @@ export function decodeRecord(msg: SourceMessage, at?: ReadShard): DecodeResult {
   return { ok: true, row: { recordId, key, sourceSeq: msg.seq, data: msg.data, json } };
 }
 
-type ValueResult = { ok: true; value: unknown } | { ok: false; code: ErrorCode; message: string };
-
 /** The map a record's bytes hold, or why they hold none. */
-function decodeMap(data: Uint8Array, json: boolean): ValueResult {
+function decodeMap(data: Uint8Array, json: boolean): { ok: true; value: unknown } | Rejection {
   let value: unknown;
   try {
     value = json ? JSON.parse(textDecoder.decode(data)) : cborDecode(data);
@@ -134,9 +135,7 @@ function decodeMap(data: Uint8Array, json: boolean): ValueResult {
 }
 
 /** The JSON text of `value`, or why it has none. */
-function renderMap(
-  value: unknown,
-): { ok: true; text: string } | { ok: false; code: ErrorCode; message: string } {
+function renderMap(value: unknown): { ok: true; text: string } | Rejection {
   try {
     return { ok: true, text: toJsonText(value) };
   } catch (err) {
@@ -148,19 +147,19 @@ function renderMap(
   }
 }
 
+/** A checked record: one shared object, as every record of every batch is checked. */
+const accepted = { ok: true } as const;
+
 /**
  * Whether `data` decodes to a map that renders as JSON (`payloadJson`), without rendering it
  * when plain `JSON.stringify` cannot fail on it (`isPlainJson`), which is nearly always.
  */
-function checkPayload(
-  data: Uint8Array,
-  json: boolean,
-): { ok: true } | { ok: false; code: ErrorCode; message: string } {
+function checkPayload(data: Uint8Array, json: boolean): typeof accepted | Rejection {
   const decoded = decodeMap(data, json);
   if (!decoded.ok) return decoded;
-  if (isPlainJson(decoded.value)) return { ok: true };
+  if (isPlainJson(decoded.value)) return accepted;
   const rendered = renderMap(decoded.value);
-  return rendered.ok ? { ok: true } : rendered;
+  return rendered.ok ? accepted : rendered;
 }
 
 /**
