@@ -19,6 +19,7 @@ import { warmUpWorker } from "../../shared/worker/warm-up.js";
 import { WorkerRuntime } from "../../shared/worker/worker-runtime.js";
 import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
+import { HeartbeatKeepAlive } from "./heartbeat-keep-alive.js";
 
 /** A full garbage collection, without the process having been started with --expose-gc. */
 function collectGarbage(): void {
@@ -56,13 +57,29 @@ const nc = await connectNearPipelines({
 // once are ~65k records), and the coordinator heard nothing from a busy, healthy worker for
 // over a second and moved all its shards.
 const control = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}-control` });
+// Heartbeats while the event loop is stalled by batch work (see `HeartbeatKeepAlive`). A loop
+// silent for three failure timeouts is treated as dead.
+const keepAlive = new HeartbeatKeepAlive({
+  servers: opts.servers,
+  name: `sluice-worker-${opts.id}-keep-alive`,
+  heartbeatMs: opts.config.timing.heartbeatMs,
+  stallLimitMs: 3 * opts.config.timing.failureTimeoutMs,
+  onStall: (s) => {
+    if (s.expired) log.warn(s, "event loop stalled past the keep-alive limit: the worker fell silent");
+    // Past the failure timeout, this worker would have lost its shards without the keep-alives.
+    else if (s.stalledMs > opts.config.timing.failureTimeoutMs)
+      log.warn(s, "event loop stalled; the keep-alive thread heartbeat meanwhile");
+    else log.debug(s, "event loop stalled; the keep-alive thread heartbeat meanwhile");
+  },
+});
+await keepAlive.start();
 const kv = await openBucket(new Kvm(control), Buckets.assignments);
 const sink = new NatsSinkClient(nc);
 const runtime = new WorkerRuntime({
   id: opts.id,
   capacity: opts.capacity,
   assignments: new JetStreamJsonStore<AssignmentEntry>(kv),
-  bus: new NatsWorkerControlBus(control),
+  bus: new NatsWorkerControlBus(control, (hb) => keepAlive.beat(hb)),
   sink,
   source: new JetStreamShardSource(nc, {
     pipelines: opts.config.pipelines,
@@ -101,6 +118,7 @@ onShutdown(async () => {
   await http.stop();
   log.info({}, "draining");
   await runtime.drain();
+  await keepAlive.stop();
   await nc.drain().catch(() => undefined);
   await control.drain().catch(() => undefined);
   await sink.close();

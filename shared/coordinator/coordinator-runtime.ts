@@ -73,6 +73,8 @@ export class CoordinatorRuntime {
   private stops: Array<() => void> = [];
   private electing = false;
   private lastViewAt = 0;
+  /** When the last tick ran (0: none yet), to tell a pause of this process from timer jitter. */
+  private lastTickAt = 0;
   private started = false;
   private stopped = false;
 
@@ -144,6 +146,12 @@ export class CoordinatorRuntime {
   private tick(): void {
     if (this.stopped) return;
     const now = this.d.scheduler.now();
+    const tickMs = this.d.tickMs ?? 50;
+    // A tick later than half a heartbeat interval: this process was paused (a stalled event
+    // loop on a CPU-starved machine, a stopped process), and heartbeats sent meanwhile wait
+    // unread behind this timer. Silence during the pause does not count (`pausedMs`).
+    const late = this.lastTickAt === 0 ? 0 : now - this.lastTickAt - tickMs;
+    this.lastTickAt = now;
     void this.elect(now);
     const leader = isLeader(this.obs, this.d.id, now, { ttlMs: this.d.timing.leaderTtlMs });
     if (leader !== this.leading) {
@@ -151,6 +159,11 @@ export class CoordinatorRuntime {
       this.d.log.info({ leader, term: this.term }, leader ? "became leader" : "lost leadership");
       this.d.onLeadership?.(leader, this.term);
       this.dispatch({ type: "leadership", leader, now });
+    } else if (late > this.d.timing.heartbeatMs / 2) {
+      const msg = "coordinator paused: members' silence meanwhile not counted";
+      if (late >= this.d.timing.failureTimeoutMs / 2) this.d.log.warn({ pausedMs: late }, msg);
+      else this.d.log.debug({ pausedMs: late }, msg);
+      this.dispatch({ type: "tick", now, pausedMs: late });
     } else {
       this.dispatch({ type: "tick", now });
     }
@@ -158,7 +171,7 @@ export class CoordinatorRuntime {
       this.lastViewAt = now;
       void this.d.control.put(VIEW_KEY, this.view(now)).catch(() => undefined);
     }
-    this.timer = this.d.scheduler.setTimeout(() => this.tick(), this.d.tickMs ?? 50);
+    this.timer = this.d.scheduler.setTimeout(() => this.tick(), tickMs);
   }
 
   private async elect(now: number): Promise<void> {

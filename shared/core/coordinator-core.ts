@@ -92,7 +92,17 @@ export type CoordinatorEvent =
   | { type: "released"; worker: string; shard: string; epoch: number; fencedBy?: number; now: number }
   | { type: "write-failed"; shard: string; now: number }
   | { type: "leadership"; leader: boolean; now: number }
-  | { type: "tick"; now: number };
+  | {
+      type: "tick";
+      now: number;
+      /**
+       * How long this coordinator was paused just before this tick (its event loop stalled,
+       * or the process was stopped), ms. Heartbeats sent meanwhile are still unread, so
+       * members' silence during the pause is not counted against them (the failure detector
+       * measures silence in time it was listening).
+       */
+      pausedMs?: number;
+    };
 
 export type CoordinatorCommand =
   | { type: "write"; shard: string; entry: AssignmentEntry; expectedRevision: number; reason: HandoffReason }
@@ -215,6 +225,10 @@ export function coordinatorStep(
       }
       break;
     case "tick":
+      if (event.pausedMs !== undefined && event.pausedMs > 0) {
+        for (const m of Object.values(state.members))
+          m.lastSeen = Math.min(event.now, m.lastSeen + event.pausedMs);
+      }
       break;
   }
   if (state.leader) commands.push(...plan(state, event.now, timing));

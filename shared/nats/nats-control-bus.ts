@@ -20,14 +20,31 @@ const toBytes = (v: unknown): Uint8Array => enc.encode(JSON.stringify(v));
 const fromBytes = <T>(b: Uint8Array): T => JSON.parse(dec.decode(b)) as T;
 
 export class NatsWorkerControlBus implements WorkerControlBus {
-  constructor(private readonly nc: NatsConnection) {}
+  constructor(
+    private readonly nc: NatsConnection,
+    /** Sees every heartbeat as it is sent (the worker hands them to its `HeartbeatKeepAlive`). */
+    private readonly onHeartbeat?: (hb: Heartbeat) => void,
+  ) {}
 
   async heartbeat(hb: Heartbeat, timeoutMs: number): Promise<Grants | null> {
+    this.onHeartbeat?.(hb);
     try {
       const m = await this.nc.request(ControlSubjects.heartbeat, toBytes(hb), { timeout: timeoutMs });
       return fromBytes<Grants>(m.data);
     } catch {
       return null;
+    }
+  }
+
+  /**
+   * A heartbeat with no reply subject: it keeps the worker a member, and the leader, having
+   * nowhere to answer, confirms no lease with it (`HeartbeatKeepAlive`).
+   */
+  announce(hb: Heartbeat): void {
+    try {
+      this.nc.publish(ControlSubjects.heartbeat, toBytes(hb));
+    } catch {
+      // Connection closing: the next one carries it.
     }
   }
 

@@ -86,8 +86,10 @@ class Sim {
     return this.run({ type: "leadership", leader, now: this.now });
   }
 
-  tick(): CoordinatorCommand[] {
-    return this.run({ type: "tick", now: this.now });
+  tick(pausedMs?: number): CoordinatorCommand[] {
+    return this.run(
+      pausedMs === undefined ? { type: "tick", now: this.now } : { type: "tick", now: this.now, pausedMs },
+    );
   }
 
   release(worker: string, shard: string, epoch: number): CoordinatorCommand[] {
@@ -246,6 +248,32 @@ describe("coordinatorStep: initial assignment", () => {
 });
 
 describe("coordinatorStep: failure hand-off", () => {
+  it("does not count the coordinator's own pause as members' silence", () => {
+    // Both members beat last at t=0 (settled). The coordinator's loop then stalls from t=50
+    // to t=1200: its next tick is 1150 ms late, with the members' heartbeats still unread.
+    const sim = settled();
+    sim.at(50);
+    expect(sim.tick()).toEqual([]);
+    sim.at(1200);
+    expect(sim.tick(1100)).toEqual([]);
+    expect(liveMembers(sim.state, 1200, T).sort()).toEqual(["w1", "w2"]);
+    // The queued heartbeat of w2 is read next; w1's never comes (it died in the pause). Its
+    // silence counts from the end of the pause: 100 ms before it and 1000 ms after.
+    sim.beat("w2");
+    sim.at(2100);
+    expect(sim.tick()).toEqual([]);
+    sim.at(2101);
+    expect(sim.tick().filter((c) => c.type === "member-lost")).toEqual([
+      { type: "member-lost", worker: "w1", silentMs: 1001 },
+    ]);
+  });
+
+  it("without a pause, the same silence loses the member", () => {
+    const sim = settled();
+    sim.at(1200);
+    expect(sim.tick().filter((c) => c.type === "member-lost")).toHaveLength(2);
+  });
+
   it("reassigns a silent member's shards at epoch+1 as soon as failureTimeoutMs is exceeded", () => {
     const sim = settled();
     const w1Shards = sim.shards.filter((s) => sim.kv.get(s)!.entry.owner === "w1");

@@ -6,7 +6,7 @@ import {
   CoordinatorRuntime,
   LEADER_KEY,
 } from "../../shared/coordinator/coordinator-runtime.js";
-import type { AssignmentEntry } from "../../shared/core/types.js";
+import type { AssignmentEntry, Heartbeat } from "../../shared/core/types.js";
 import { ErrorCode, SluiceError } from "../../shared/errors.js";
 import { silentLogger } from "../../shared/logger.js";
 import { type JsonStore, systemScheduler, type Versioned } from "../../shared/ports.js";
@@ -66,5 +66,58 @@ describe("CoordinatorRuntime leadership", () => {
     control.onValue?.(LEADER_KEY, { value: { holder: "c9", term: 5 }, revision: 7 });
     await waitUntil("c1 to lead", 5_000, () => runtime!.isLeader || undefined, 5);
     expect((await control.get(LEADER_KEY)).value).toMatchObject({ holder: "c1" });
+  });
+});
+
+/** Blocks this thread's event loop for `ms`, without spinning a core. */
+function stallLoop(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+describe("CoordinatorRuntime failure detection", () => {
+  let runtime: CoordinatorRuntime | undefined;
+  afterEach(async () => {
+    await runtime?.stop();
+    runtime = undefined;
+  });
+
+  it("does not count its own paused event loop as a member's silence, and still loses a silent member", async () => {
+    const cfg = parseConfig({ timing: { heartbeatMs: 100, failureTimeoutMs: 500, leaderTtlMs: 3_000 } });
+    let deliver: ((hb: Heartbeat) => void) | undefined;
+    const lost: number[] = [];
+    runtime = new CoordinatorRuntime({
+      id: "c1",
+      shards: ["demo.0"],
+      assignments: new Register<AssignmentEntry>(),
+      control: new Register<CoordinatorRecord>(),
+      bus: {
+        onHeartbeat: (h) => {
+          deliver = (hb) => h(hb, () => {});
+        },
+        onReleased: () => {},
+        close: async () => {},
+      },
+      scheduler: systemScheduler,
+      timing: cfg.timing,
+      log: silentLogger,
+      tickMs: 10,
+      onCommand: (c) => {
+        if (c.type === "member-lost") lost.push(Date.now());
+      },
+    });
+    await runtime.start();
+    await waitUntil("c1 to lead", 5_000, () => runtime!.isLeader || undefined, 5);
+    const beat = (): void =>
+      deliver!({ worker: "w1", capacity: 1, held: {}, leaving: false, sentAt: Date.now() });
+    beat();
+    // The loop stalls for almost twice the failure timeout. The heartbeat w1 sent meanwhile is
+    // read after the stall, behind the coordinator's overdue tick (timers run in expiry order).
+    stallLoop(900);
+    setTimeout(beat, 0);
+    const resumed = Date.now();
+    // w1 then falls silent for good: it is lost a failure timeout after its last heartbeat.
+    await waitUntil("w1 lost", 5_000, () => (lost.length > 0 ? true : undefined), 5);
+    expect(lost).toHaveLength(1);
+    expect(lost[0]! - resumed).toBeGreaterThanOrEqual(cfg.timing.failureTimeoutMs);
   });
 });
