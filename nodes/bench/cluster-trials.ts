@@ -3,6 +3,7 @@
  * every time below runs from the fault (a SIGKILL, a worker joining) to a commit time
  * (`committed_at`, the sink's wall clock on the same host).
  */
+
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Kvm } from "@nats-io/kv";
@@ -17,6 +18,7 @@ import { addWorker, readClusterFile, removeWorker, restartProcess } from "../cli
 import { isSettled } from "../cli/readiness.js";
 import { gatherStatus, type StatusReport } from "../cli/status.js";
 import { waitUntil } from "../cli/wait.js";
+import { StealMeter, stealText } from "./host-cpu.js";
 
 export interface ClusterHandle {
   dir: string;
@@ -133,6 +135,8 @@ export interface ScaleOutTrial {
   unmovedEpochChanges: number;
   /** Longest gap between commits of any shard in a window just before the join, s. */
   baselineMaxGapS: number;
+  /** CPU steal on the host from the join until every shard committed again, % (null: unknown). */
+  hostStealPct: number | null;
 }
 
 /** A fourth worker joins a settled 3-worker cluster; then it leaves again (graceful). */
@@ -154,6 +158,7 @@ export async function scaleOutTrials(
       const times = commitTimes(h.sink, h.pipeline, shardNo(r.shard), quietFrom).filter((x) => x.at < joinAt);
       baseline = Math.max(baseline, longestGap(times.map((x) => x.at)));
     }
+    const steal = new StealMeter();
     const added = addWorker(h.dir);
     const after = await settledOver(h, [...workers, added.id]);
     // Let every shard commit a few more batches under its new owner before reading gaps.
@@ -163,6 +168,7 @@ export async function scaleOutTrials(
         ? true
         : undefined,
     );
+    const hostStealPct = steal.percent();
     const prev = new Map(before.shards.map((r) => [r.shard, r]));
     let movedMax = 0;
     let unmovedMax = 0;
@@ -195,12 +201,13 @@ export async function scaleOutTrials(
       moved,
       unmoved,
       unmovedEpochChanges: epochChanges,
+      hostStealPct,
     };
     out.push(trial);
     log(
       `scale-out ${t + 1}/${trials}: ${moved} shards moved, longest gap ${trial.movedMaxGapS.toFixed(3)} s; ` +
         `${unmoved} unmoved, longest gap ${trial.unmovedMaxGapS.toFixed(3)} s ` +
-        `(${trial.baselineMaxGapS.toFixed(3)} s without a join), epoch changes ${epochChanges}`,
+        `(${trial.baselineMaxGapS.toFixed(3)} s without a join), epoch changes ${epochChanges}; host CPU steal ${stealText(hostStealPct)}`,
     );
     await removeWorker(h.dir, added.id);
   }

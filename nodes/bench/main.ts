@@ -17,6 +17,7 @@ import { type ClusterFile, cliScript, down, readClusterFile, up } from "../cli/l
 import { waitSettled } from "../cli/readiness.js";
 import { type ClusterHandle, leaderKillTrials, scaleOutTrials, workerKillTrials } from "./cluster-trials.js";
 import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
+import { StealMeter, stealText } from "./host-cpu.js";
 import { membersLost, memoryUnderLoad, publishToCommitLatency } from "./latency-memory.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
 import { consumersReadRate, orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
@@ -94,6 +95,8 @@ function natsVersion(): string {
   }
 }
 
+/** CPU steal on the host during each part of the run, % (see `StealMeter`). */
+const steal: Record<string, number | null> = {};
 const report: Record<string, unknown> = {
   started_at: new Date().toISOString(),
   quick,
@@ -118,6 +121,7 @@ const throughputCfg = parseConfig({
   ],
 });
 const pipelineCfg = (name: string) => throughputCfg.pipelines.find((p) => p.name === name)!;
+const throughputSteal = new StealMeter();
 const throughput = await withCluster(
   "throughput",
   { workers: 0, coordinators: 0, config: throughputCfg, portBase: o.portBase },
@@ -225,6 +229,8 @@ const throughput = await withCluster(
   },
 );
 
+steal.throughput = throughputSteal.percent();
+
 // 2. End to end, latency, failover and rebalance on a full cluster with production timings.
 const clusterCfg = parseConfig({});
 const e2eRecords = Math.max(10_000, Math.round(records / 2));
@@ -236,11 +242,14 @@ const cluster = await withCluster(
     const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink: c.sink, pipeline: "demo" };
     try {
       await waitSettled(nc, clusterCfg, c.sink, 60_000);
+      const e2eSteal = new StealMeter();
       // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
       const naive = await naiveEndToEndRate(nc, join(c.dir, "naive.db"), quick ? 2_000 : 20_000, "n1", 3);
       log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
       const sluice = await sluiceEndToEndRate(nc, "demo", c.sink, e2eRecords, "e2e");
       log(`sluice: ${Math.round(sluice.perSecond)}/s end to end`);
+      steal.end_to_end = e2eSteal.percent();
+      const latencySteal = new StealMeter();
       const latencyRate = quick ? 2_000 : 5_000;
       const latency = await publishToCommitLatency(
         nc,
@@ -251,6 +260,7 @@ const cluster = await withCluster(
         join(c.dir, "latency-acks.jsonl"),
       );
       log(`latency at ${latencyRate}/s: p50 ${latency.p50Ms} ms, p99 ${latency.p99Ms} ms`);
+      steal.latency = latencySteal.percent();
       // Trials run under a steady background load from its own process: the trials read the
       // sink with synchronous queries, which would otherwise stall the publishing.
       const load = spawn(
@@ -270,9 +280,18 @@ const cluster = await withCluster(
         { stdio: "ignore" },
       );
       try {
+        let m = new StealMeter();
         const kills = await workerKillTrials(h, trials, log);
+        steal.worker_kill = m.percent();
+        m = new StealMeter();
         const scale = await scaleOutTrials(h, trials, log);
+        steal.scale_out = m.percent();
+        m = new StealMeter();
         const leader = await leaderKillTrials(h, trials, log);
+        steal.leader_kill = m.percent();
+        log(
+          `host CPU steal: worker kills ${stealText(steal.worker_kill)}, scale-outs ${stealText(steal.scale_out)}, leader kills ${stealText(steal.leader_kill)}`,
+        );
         return { naive, sluice, latency, kills, scale, leader };
       } finally {
         load.kill("SIGKILL");
@@ -295,8 +314,10 @@ const memory = await withCluster(
       const pid = readClusterFile(c.dir).workers[0]!.pid;
       const coordinators = c.coordinators.map((x) => x.id);
       const lostBefore = membersLost(c.dir, coordinators);
+      const memorySteal = new StealMeter();
       const m = await memoryUnderLoad(nc, "demo", pid, memorySeconds, quick ? 2 : 10, "/dev/null");
       const lost = membersLost(c.dir, coordinators) - lostBefore;
+      steal.memory = memorySteal.percent();
       log(
         `worker RSS over ${Math.round(m.seconds)} s with 64 shards: start ${m.startMiB.toFixed(0)} MiB, end ${m.endMiB.toFixed(0)} MiB, max ${m.maxMiB.toFixed(0)} MiB, slope ${m.slopeMiBPerMin.toFixed(2)} MiB/min; ` +
           `the coordinator lost the worker ${lost} time(s)`,
@@ -375,6 +396,7 @@ Object.assign(report, {
       unmoved_max_gap_s: round(t.unmovedMaxGapS),
       unmoved_epoch_changes: t.unmovedEpochChanges,
       baseline_max_gap_s: round(t.baselineMaxGapS),
+      host_steal_pct: t.hostStealPct === null ? null : round(t.hostStealPct, 1),
     })),
     scale_out_max_gap_s: round(Math.max(...gaps)),
     scale_out_median_gap_s: round(median(gaps)),
@@ -396,6 +418,11 @@ Object.assign(report, {
     worker_lost: memory.lost,
     samples: memory.samples.map((s) => [round(s.s, 1), round(s.rssMiB, 1)]),
   },
+  // What the hypervisor took from this machine in each part: figures of a part with high
+  // steal were measured on a host that stalled every process at once.
+  host_steal_pct: Object.fromEntries(
+    Object.entries(steal).map(([k, v]) => [k, v === null ? null : round(v, 1)]),
+  ),
   finished_at: new Date().toISOString(),
 });
 
@@ -463,13 +490,13 @@ const rows: Array<[string, string, string, string]> = [
   [
     "worker SIGKILL to commits elsewhere",
     `${killS.length} trials`,
-    `median ${f.failover.worker_kill_median_s} s, max ${f.failover.worker_kill_max_s} s`,
+    `median ${f.failover.worker_kill_median_s} s, max ${f.failover.worker_kill_max_s} s (host steal ${stealText(steal.worker_kill ?? null)})`,
     "<= 1.5 s, <= 3 s",
   ],
   [
     "scale-out 3 -> 4, moved shards' commit gap",
     `${gaps.length} trials`,
-    `max ${f.rebalance.scale_out_max_gap_s} s (median ${f.rebalance.scale_out_median_gap_s} s)`,
+    `max ${f.rebalance.scale_out_max_gap_s} s (median ${f.rebalance.scale_out_median_gap_s} s; host steal ${stealText(steal.scale_out ?? null)})`,
     "<= 0.3 s",
   ],
   [
@@ -481,7 +508,7 @@ const rows: Array<[string, string, string, string]> = [
   [
     "leader coordinator SIGKILL to new leader acting",
     `${cluster.leader.length} trials`,
-    `median ${f.failover.leader_takeover_s} s, max ${f.failover.leader_takeover_max_s} s`,
+    `median ${f.failover.leader_takeover_s} s, max ${f.failover.leader_takeover_max_s} s (host steal ${stealText(steal.leader_kill ?? null)})`,
     "<= 2 s",
   ],
   [
