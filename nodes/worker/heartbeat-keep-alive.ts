@@ -37,6 +37,11 @@ export interface KeepAliveOptions {
   stallLimitMs: number;
   /** Told when the loop beats again after keep-alives covered it (or ran out). */
   onStall?(s: StallReport): void;
+  /**
+   * Told when the thread ends without being stopped (it failed): heartbeats then depend on
+   * the event loop alone, as without a keep-alive.
+   */
+  onEnded?(err: Error): void;
   /** The thread's compiled module; defaults to the one next to this module. */
   script?: URL | string;
 }
@@ -66,6 +71,8 @@ export type FromKeepAlive =
 
 export class HeartbeatKeepAlive {
   private thread: Worker | null = null;
+  /** Resolves when the thread has exited, for whatever reason. */
+  private exited: Promise<void> = Promise.resolve();
   private started: Promise<void> | null = null;
   private stopped: Promise<void> | null = null;
 
@@ -84,19 +91,27 @@ export class HeartbeatKeepAlive {
         workerData: data,
       });
       this.thread = t;
+      this.exited = new Promise((done) => t.once("exit", () => done()));
       // The thread never keeps the process alive: a worker exits when its own work is done.
       t.unref();
+      let ready = false;
+      const ended = (err: Error): void => {
+        if (!ready) reject(err);
+        else if (!this.stopped) this.o.onEnded?.(err);
+      };
       t.on("message", (m: FromKeepAlive) => {
-        if (m.type === "ready") resolve();
-        else if (m.type === "failed")
+        if (m.type === "ready") {
+          ready = true;
+          resolve();
+        } else if (m.type === "failed")
           reject(
             new SluiceError(ErrorCode.Unavailable, `keep-alive thread: ${m.message}`, { retryable: true }),
           );
         else this.o.onStall?.({ stalledMs: m.stalledMs, keepAlives: m.keepAlives, expired: m.expired });
       });
-      t.on("error", (err) => reject(err));
+      t.on("error", ended);
       t.on("exit", (code) =>
-        reject(
+        ended(
           new SluiceError(ErrorCode.Unavailable, `keep-alive thread exited (${code})`, { retryable: true }),
         ),
       );
@@ -112,12 +127,10 @@ export class HeartbeatKeepAlive {
 
   /** Stops the keep-alives and closes the thread's connection. Idempotent. */
   stop(): Promise<void> {
-    this.stopped ??= new Promise<void>((resolve) => {
-      const t = this.thread;
-      if (!t) return resolve();
-      t.once("exit", () => resolve());
-      t.postMessage({ type: "stop" } satisfies ToKeepAlive);
-    });
+    if (!this.stopped) {
+      this.thread?.postMessage({ type: "stop" } satisfies ToKeepAlive);
+      this.stopped = this.exited;
+    }
     return this.stopped;
   }
 }

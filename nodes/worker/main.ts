@@ -71,6 +71,8 @@ const keepAlive = new HeartbeatKeepAlive({
       log.warn(s, "event loop stalled; the keep-alive thread heartbeat meanwhile");
     else log.debug(s, "event loop stalled; the keep-alive thread heartbeat meanwhile");
   },
+  onEnded: (err) =>
+    log.warn({ err: err.message }, "keep-alive thread ended: heartbeats rely on the event loop alone"),
 });
 await keepAlive.start();
 const kv = await openBucket(new Kvm(control), Buckets.assignments);

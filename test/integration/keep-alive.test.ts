@@ -4,7 +4,9 @@
  * stalled, and stopping at the stall limit. The stalls are real: the test's own event loop is
  * blocked, the way a long run of batch work blocks a worker's.
  */
-import { resolve } from "node:path";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import type { Msg } from "@nats-io/transport-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
@@ -112,5 +114,34 @@ describe("HeartbeatKeepAlive (real 3-node NATS cluster)", () => {
     expect(got).toEqual([]);
     clearInterval(beater);
     sub.unsubscribe();
+  });
+
+  it("reports a thread that ends on its own, and still stops", async () => {
+    // A thread that comes up and then dies, as a crashed keep-alive would.
+    const dir = mkdtempSync(join(tmpdir(), "sluice-keep-alive-"));
+    const script = join(dir, "dies.mjs");
+    writeFileSync(
+      script,
+      'import { parentPort } from "node:worker_threads";\nparentPort.postMessage({ type: "ready" });\nsetTimeout(() => process.exit(3), 50);\n',
+    );
+    const ended: Error[] = [];
+    try {
+      ka = new HeartbeatKeepAlive({
+        servers: [],
+        name: "keep-alive-test",
+        heartbeatMs: 100,
+        stallLimitMs: 1_000,
+        onEnded: (err) => ended.push(err),
+        script,
+      });
+      await ka.start();
+      await waitUntil("the thread's end reported", 10_000, () => (ended.length > 0 ? true : undefined));
+      expect(ended[0]!.message).toContain("exited (3)");
+      ka.beat({ worker: "w", capacity: 1, held: {}, leaving: false, sentAt: Date.now() }); // no throw
+      await ka.stop(); // resolves although the thread is gone
+      expect(ended).toHaveLength(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
