@@ -39,4 +39,5 @@ export class StealMeter {
 }
 
 /** `12 %`, or `unknown`. */
-export const stealText = (pct: number | null): string => (pct === null ? "unknown" : `${pct.toFixed(0)} %`);
+export const stealText = (pct: number | null | undefined): string =>
+  pct === null || pct === undefined ? "unknown" : `${pct.toFixed(0)} %`;

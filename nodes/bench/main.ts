@@ -97,6 +97,15 @@ function natsVersion(): string {
 
 /** CPU steal on the host during each part of the run, % (see `StealMeter`). */
 const steal: Record<string, number | null> = {};
+/** Runs one part of the benchmark, noting the host's CPU steal meanwhile as `steal[part]`. */
+async function measuringSteal<T>(part: string, fn: () => Promise<T>): Promise<T> {
+  const meter = new StealMeter();
+  try {
+    return await fn();
+  } finally {
+    steal[part] = meter.percent();
+  }
+}
 const report: Record<string, unknown> = {
   started_at: new Date().toISOString(),
   quick,
@@ -121,115 +130,116 @@ const throughputCfg = parseConfig({
   ],
 });
 const pipelineCfg = (name: string) => throughputCfg.pipelines.find((p) => p.name === name)!;
-const throughputSteal = new StealMeter();
-const throughput = await withCluster(
-  "throughput",
-  { workers: 0, coordinators: 0, config: throughputCfg, portBase: o.portBase },
-  async (c) => {
-    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
-    try {
-      const publish: Record<string, { js: Rate; producer: Rate }> = {};
-      // Both sides publish over one connection to the stream leader's server, as `sluice load`
-      // does: through another server every record would also cross a route, and which server a
-      // random connection picks would decide a fifth of the producer's rate.
-      const publishers = new Map<string, NatsConnection>();
-      let tracing: TracingOverheadResult;
+const throughput = await measuringSteal("throughput", () =>
+  withCluster(
+    "throughput",
+    { workers: 0, coordinators: 0, config: throughputCfg, portBase: o.portBase },
+    async (c) => {
+      const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
       try {
-        for (const p of ["bench_r3", "bench_r1"]) {
-          const pnc = await connectForPublishing({
-            servers: c.nats.map((n) => n.url),
-            name: "sluice-bench-publish",
-            pipeline: pipelineCfg(p),
-          });
-          publishers.set(p, pnc);
-          const js: Rate[] = [];
-          const pr: Rate[] = [];
-          // Alternating rounds, best of each side, so neither gets the warm cache alone.
-          for (let r = 0; r < rounds; r++) {
-            js.push(await jsPublishRate(pnc, p, makeRecords(`${p}-js${r}`, records)));
-            pr.push(await producerRate(pnc, p, makeRecords(`${p}-pr${r}`, records)));
+        const publish: Record<string, { js: Rate; producer: Rate }> = {};
+        // Both sides publish over one connection to the stream leader's server, as `sluice load`
+        // does: through another server every record would also cross a route, and which server a
+        // random connection picks would decide a fifth of the producer's rate.
+        const publishers = new Map<string, NatsConnection>();
+        let tracing: TracingOverheadResult;
+        try {
+          for (const p of ["bench_r3", "bench_r1"]) {
+            const pnc = await connectForPublishing({
+              servers: c.nats.map((n) => n.url),
+              name: "sluice-bench-publish",
+              pipeline: pipelineCfg(p),
+            });
+            publishers.set(p, pnc);
+            const js: Rate[] = [];
+            const pr: Rate[] = [];
+            // Alternating rounds, best of each side, so neither gets the warm cache alone.
+            for (let r = 0; r < rounds; r++) {
+              js.push(await jsPublishRate(pnc, p, makeRecords(`${p}-js${r}`, records)));
+              pr.push(await producerRate(pnc, p, makeRecords(`${p}-pr${r}`, records)));
+            }
+            publish[p] = { js: best(js), producer: best(pr) };
+            log(
+              `${p} (connected to ${pnc.info?.server_name ?? "?"}): js.publish ${Math.round(best(js).perSecond)}/s, ` +
+                `producer ${Math.round(best(pr).perSecond)}/s`,
+            );
           }
-          publish[p] = { js: best(js), producer: best(pr) };
+          // What tracing costs the producer: no provider, 1 % sampled, always on (one run).
+          tracing = await measureTracingOverhead(publishers.get("bench_r1")!, {
+            pipeline: "bench_r1",
+            count: records,
+            prefix: "trace",
+          });
+        } finally {
+          for (const pnc of publishers.values()) await pnc.close();
+        }
+        log(
+          `tracing: off ${Math.round(tracing.off.perSecond)}/s, 1 % sampled ${Math.round(tracing.sampled.perSecond)}/s, ` +
+            `always on ${Math.round(tracing.alwaysOn.perSecond)}/s`,
+        );
+        // The same reads over a one-shard stream: one consumer instead of sixteen, which separates
+        // the worker's own cost from the server's cost of serving per-shard consumers; and over
+        // one stream per shard, where no consumer filters.
+        await producerRate(nc, "bench_one", makeRecords("one", records * 2));
+        const sharedRecords = await pipelineRecords(nc, pipelineCfg("bench_r3"));
+        await producerRate(nc, "bench_ps", makeRecords("ps", sharedRecords));
+        const reads: Record<string, { ordered: Rate; worker: Rate; consumers?: Rate }> = {};
+        for (const name of ["bench_r3", "bench_ps", "bench_one"]) {
+          const p = pipelineCfg(name);
+          const inStreams = await pipelineRecords(nc, p);
+          // Both sides read over the connection a worker reads this pipeline through (near its
+          // stream's leader, `connectNearPipelines`), not whichever server a random pick gives.
+          const rnc = await connectNearPipelines({
+            servers: c.nats.map((n) => n.url),
+            name: "sluice-bench-read",
+            pipelines: [p],
+          });
+          const via = rnc.info?.server_name ?? "?";
+          const ordered: Rate[] = [];
+          const worker: Rate[] = [];
+          // On the main layout also the worker's consumers alone (no decoding, no sink): how much
+          // of the gap to the ordered read is JetStream's and how much the worker's.
+          const consumers: Rate[] = [];
+          try {
+            for (let r = 0; r < rounds; r++) {
+              ordered.push(await orderedReadRate(rnc, p));
+              worker.push(await pipelineReadRate(rnc, p, inStreams, throughputCfg.worker));
+              if (name === "bench_r3")
+                consumers.push(await consumersReadRate(rnc, p, inStreams, throughputCfg.worker));
+            }
+          } finally {
+            await rnc.close();
+          }
+          reads[name] = {
+            ordered: best(ordered),
+            worker: best(worker),
+            ...(consumers.length > 0 ? { consumers: best(consumers) } : {}),
+          };
           log(
-            `${p} (connected to ${pnc.info?.server_name ?? "?"}): js.publish ${Math.round(best(js).perSecond)}/s, ` +
-              `producer ${Math.round(best(pr).perSecond)}/s`,
+            `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s), via ${via}: ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
+              `worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s ` +
+              `(restarts after missed consumer heartbeats: ${worker.map((w) => w.restarts ?? 0).join(", ")})` +
+              (consumers.length > 0
+                ? `; its consumers alone ${Math.round(best(consumers).perSecond)}/s`
+                : ""),
           );
         }
-        // What tracing costs the producer: no provider, 1 % sampled, always on (one run).
-        tracing = await measureTracingOverhead(publishers.get("bench_r1")!, {
-          pipeline: "bench_r1",
-          count: records,
-          prefix: "trace",
-        });
-      } finally {
-        for (const pnc of publishers.values()) await pnc.close();
-      }
-      log(
-        `tracing: off ${Math.round(tracing.off.perSecond)}/s, 1 % sampled ${Math.round(tracing.sampled.perSecond)}/s, ` +
-          `always on ${Math.round(tracing.alwaysOn.perSecond)}/s`,
-      );
-      // The same reads over a one-shard stream: one consumer instead of sixteen, which separates
-      // the worker's own cost from the server's cost of serving per-shard consumers; and over
-      // one stream per shard, where no consumer filters.
-      await producerRate(nc, "bench_one", makeRecords("one", records * 2));
-      const sharedRecords = await pipelineRecords(nc, pipelineCfg("bench_r3"));
-      await producerRate(nc, "bench_ps", makeRecords("ps", sharedRecords));
-      const reads: Record<string, { ordered: Rate; worker: Rate; consumers?: Rate }> = {};
-      for (const name of ["bench_r3", "bench_ps", "bench_one"]) {
-        const p = pipelineCfg(name);
-        const inStreams = await pipelineRecords(nc, p);
-        // Both sides read over the connection a worker reads this pipeline through (near its
-        // stream's leader, `connectNearPipelines`), not whichever server a random pick gives.
-        const rnc = await connectNearPipelines({
-          servers: c.nats.map((n) => n.url),
-          name: "sluice-bench-read",
-          pipelines: [p],
-        });
-        const via = rnc.info?.server_name ?? "?";
-        const ordered: Rate[] = [];
-        const worker: Rate[] = [];
-        // On the main layout also the worker's consumers alone (no decoding, no sink): how much
-        // of the gap to the ordered read is JetStream's and how much the worker's.
-        const consumers: Rate[] = [];
-        try {
-          for (let r = 0; r < rounds; r++) {
-            ordered.push(await orderedReadRate(rnc, p));
-            worker.push(await pipelineReadRate(rnc, p, inStreams, throughputCfg.worker));
-            if (name === "bench_r3")
-              consumers.push(await consumersReadRate(rnc, p, inStreams, throughputCfg.worker));
-          }
-        } finally {
-          await rnc.close();
-        }
-        reads[name] = {
-          ordered: best(ordered),
-          worker: best(worker),
-          ...(consumers.length > 0 ? { consumers: best(consumers) } : {}),
+        const main = reads.bench_r3!;
+        return {
+          publish,
+          tracing,
+          ordered: main.ordered,
+          worker: main.worker,
+          consumers: main.consumers!,
+          one: reads.bench_one!,
+          perShard: reads.bench_ps!,
         };
-        log(
-          `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s), via ${via}: ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
-            `worker path into a discarding sink ${Math.round(best(worker).perSecond)}/s ` +
-            `(restarts after missed consumer heartbeats: ${worker.map((w) => w.restarts ?? 0).join(", ")})` +
-            (consumers.length > 0 ? `; its consumers alone ${Math.round(best(consumers).perSecond)}/s` : ""),
-        );
+      } finally {
+        await nc.close();
       }
-      const main = reads.bench_r3!;
-      return {
-        publish,
-        tracing,
-        ordered: main.ordered,
-        worker: main.worker,
-        consumers: main.consumers!,
-        one: reads.bench_one!,
-        perShard: reads.bench_ps!,
-      };
-    } finally {
-      await nc.close();
-    }
-  },
+    },
+  ),
 );
-
-steal.throughput = throughputSteal.percent();
 
 // 2. End to end, latency, failover and rebalance on a full cluster with production timings.
 const clusterCfg = parseConfig({});
@@ -242,25 +252,26 @@ const cluster = await withCluster(
     const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink: c.sink, pipeline: "demo" };
     try {
       await waitSettled(nc, clusterCfg, c.sink, 60_000);
-      const e2eSteal = new StealMeter();
-      // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
-      const naive = await naiveEndToEndRate(nc, join(c.dir, "naive.db"), quick ? 2_000 : 20_000, "n1", 3);
-      log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
-      const sluice = await sluiceEndToEndRate(nc, "demo", c.sink, e2eRecords, "e2e");
-      log(`sluice: ${Math.round(sluice.perSecond)}/s end to end`);
-      steal.end_to_end = e2eSteal.percent();
-      const latencySteal = new StealMeter();
+      const { naive, sluice } = await measuringSteal("end_to_end", async () => {
+        // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
+        const naive = await naiveEndToEndRate(nc, join(c.dir, "naive.db"), quick ? 2_000 : 20_000, "n1", 3);
+        log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
+        const sluice = await sluiceEndToEndRate(nc, "demo", c.sink, e2eRecords, "e2e");
+        log(`sluice: ${Math.round(sluice.perSecond)}/s end to end`);
+        return { naive, sluice };
+      });
       const latencyRate = quick ? 2_000 : 5_000;
-      const latency = await publishToCommitLatency(
-        nc,
-        "demo",
-        c.sink,
-        latencyRate * (quick ? 10 : 30),
-        latencyRate,
-        join(c.dir, "latency-acks.jsonl"),
+      const latency = await measuringSteal("latency", () =>
+        publishToCommitLatency(
+          nc,
+          "demo",
+          c.sink,
+          latencyRate * (quick ? 10 : 30),
+          latencyRate,
+          join(c.dir, "latency-acks.jsonl"),
+        ),
       );
       log(`latency at ${latencyRate}/s: p50 ${latency.p50Ms} ms, p99 ${latency.p99Ms} ms`);
-      steal.latency = latencySteal.percent();
       // Trials run under a steady background load from its own process: the trials read the
       // sink with synchronous queries, which would otherwise stall the publishing.
       const load = spawn(
@@ -280,15 +291,9 @@ const cluster = await withCluster(
         { stdio: "ignore" },
       );
       try {
-        let m = new StealMeter();
-        const kills = await workerKillTrials(h, trials, log);
-        steal.worker_kill = m.percent();
-        m = new StealMeter();
-        const scale = await scaleOutTrials(h, trials, log);
-        steal.scale_out = m.percent();
-        m = new StealMeter();
-        const leader = await leaderKillTrials(h, trials, log);
-        steal.leader_kill = m.percent();
+        const kills = await measuringSteal("worker_kill", () => workerKillTrials(h, trials, log));
+        const scale = await measuringSteal("scale_out", () => scaleOutTrials(h, trials, log));
+        const leader = await measuringSteal("leader_kill", () => leaderKillTrials(h, trials, log));
         log(
           `host CPU steal: worker kills ${stealText(steal.worker_kill)}, scale-outs ${stealText(steal.scale_out)}, leader kills ${stealText(steal.leader_kill)}`,
         );
@@ -314,10 +319,10 @@ const memory = await withCluster(
       const pid = readClusterFile(c.dir).workers[0]!.pid;
       const coordinators = c.coordinators.map((x) => x.id);
       const lostBefore = membersLost(c.dir, coordinators);
-      const memorySteal = new StealMeter();
-      const m = await memoryUnderLoad(nc, "demo", pid, memorySeconds, quick ? 2 : 10, "/dev/null");
+      const m = await measuringSteal("memory", () =>
+        memoryUnderLoad(nc, "demo", pid, memorySeconds, quick ? 2 : 10, "/dev/null"),
+      );
       const lost = membersLost(c.dir, coordinators) - lostBefore;
-      steal.memory = memorySteal.percent();
       log(
         `worker RSS over ${Math.round(m.seconds)} s with 64 shards: start ${m.startMiB.toFixed(0)} MiB, end ${m.endMiB.toFixed(0)} MiB, max ${m.maxMiB.toFixed(0)} MiB, slope ${m.slopeMiBPerMin.toFixed(2)} MiB/min; ` +
           `the coordinator lost the worker ${lost} time(s)`,
@@ -490,13 +495,13 @@ const rows: Array<[string, string, string, string]> = [
   [
     "worker SIGKILL to commits elsewhere",
     `${killS.length} trials`,
-    `median ${f.failover.worker_kill_median_s} s, max ${f.failover.worker_kill_max_s} s (host steal ${stealText(steal.worker_kill ?? null)})`,
+    `median ${f.failover.worker_kill_median_s} s, max ${f.failover.worker_kill_max_s} s (host steal ${stealText(steal.worker_kill)})`,
     "<= 1.5 s, <= 3 s",
   ],
   [
     "scale-out 3 -> 4, moved shards' commit gap",
     `${gaps.length} trials`,
-    `max ${f.rebalance.scale_out_max_gap_s} s (median ${f.rebalance.scale_out_median_gap_s} s; host steal ${stealText(steal.scale_out ?? null)})`,
+    `max ${f.rebalance.scale_out_max_gap_s} s (median ${f.rebalance.scale_out_median_gap_s} s; host steal ${stealText(steal.scale_out)})`,
     "<= 0.3 s",
   ],
   [
@@ -508,7 +513,7 @@ const rows: Array<[string, string, string, string]> = [
   [
     "leader coordinator SIGKILL to new leader acting",
     `${cluster.leader.length} trials`,
-    `median ${f.failover.leader_takeover_s} s, max ${f.failover.leader_takeover_max_s} s (host steal ${stealText(steal.leader_kill ?? null)})`,
+    `median ${f.failover.leader_takeover_s} s, max ${f.failover.leader_takeover_max_s} s (host steal ${stealText(steal.leader_kill)})`,
     "<= 2 s",
   ],
   [
