@@ -37,6 +37,11 @@ export interface Rate {
   batches?: number;
   /** Shard runs started over after a failure, where the measurement reads shards. */
   restarts?: number;
+  /**
+   * Seconds from the first shard's first delivery, where the clock starts, to the last shard's,
+   * where the measurement reads shards: time in which not every shard was reading yet.
+   */
+  startSpreadS?: number;
 }
 
 const rate = (records: number, ms: number): Rate => ({
