@@ -34,7 +34,6 @@ import {
   shardConsumerFilter,
 } from "../wire.js";
 import { toSourceMessage } from "./jetstream-message.js";
-import { shardFeedTurns } from "./loop-turns.js";
 import { consumerNames } from "./shard-consumers.js";
 import { JetStreamStreamLeaders } from "./stream-leaders.js";
 
@@ -531,10 +530,8 @@ class JetStreamShardFeed implements ShardFeed {
           resolve();
         };
       });
+      if (this.failure) throw this.failure;
     }
-    // One shard's batch per turn of the event loop (see `LoopTurns`).
-    if (this.buffer.length > 0) await shardFeedTurns.take();
-    if (this.failure) throw this.failure;
     const taken = this.buffer.splice(0, max);
     return taken.map(toSourceMessage);
   }
