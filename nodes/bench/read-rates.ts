@@ -63,7 +63,6 @@ async function readStream(
   stream: string,
   expected: number,
   first: FirstDelivery,
-  key: number,
 ): Promise<number> {
   if (expected === 0) return 0;
   const consumer = await js.consumers.get(stream, { deliver_policy: DeliverPolicy.All });
@@ -71,7 +70,7 @@ async function readStream(
   let seen = 0;
   for await (const m of messages) {
     void m;
-    if (seen === 0) first.mark(key);
+    if (seen === 0) first.mark();
     if (++seen >= expected) break;
   }
   await messages.close().catch(() => undefined);
@@ -86,14 +85,11 @@ export async function orderedReadRate(nc: NatsConnection, p: PipelineConfig): Pr
     [...inputStreams(p).keys()].map(async (s) => ({ s, n: (await jsm.streams.info(s)).state.messages })),
   );
   const first = new FirstDelivery();
-  const seen = await Promise.all(streams.map(({ s, n }, i) => readStream(js, s, n, first, i)));
-  return {
-    ...rate(
-      seen.reduce((a, b) => a + b, 0),
-      performance.now() - (first.at ?? performance.now()),
-    ),
-    startSpreadS: first.spreadS,
-  };
+  const seen = await Promise.all(streams.map(({ s, n }) => readStream(js, s, n, first)));
+  return rate(
+    seen.reduce((a, b) => a + b, 0),
+    performance.now() - (first.at ?? performance.now()),
+  );
 }
 
 /** `source` with its feeds' first delivery marked in `first`. */
@@ -231,7 +227,7 @@ export async function consumersReadRate(
         while (read < expected && performance.now() < deadline) {
           const got = await feed.next(flow.batchMax, settings.pullWaitMs);
           if (got.length === 0) continue;
-          first.mark(shard);
+          first.mark();
           read += got.length;
           feed.ack(got[got.length - 1]!);
         }
@@ -239,10 +235,7 @@ export async function consumersReadRate(
     );
     if (read < expected)
       throw new Error(`the consumers read ${read} of ${expected} records in ${deadlineMs} ms`);
-    return {
-      ...rate(read, performance.now() - (first.at ?? performance.now())),
-      startSpreadS: first.spreadS,
-    };
+    return rate(read, performance.now() - (first.at ?? performance.now()));
   } finally {
     await Promise.all(feeds.map((f) => f.close()));
     await Promise.all(
