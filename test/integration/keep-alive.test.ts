@@ -23,7 +23,9 @@ function stallLoop(ms: number): void {
 describe("HeartbeatKeepAlive (real 3-node NATS cluster)", () => {
   let tc: TestCluster | undefined;
   let ka: HeartbeatKeepAlive | undefined;
+  let beater: ReturnType<typeof setInterval> | undefined;
   afterEach(async () => {
+    clearInterval(beater);
     await ka?.stop();
     ka = undefined;
     await tc?.stop();
@@ -64,14 +66,25 @@ describe("HeartbeatKeepAlive (real 3-node NATS cluster)", () => {
     });
 
     // The loop's heartbeat timer, as in a worker: it fires only while the loop is free.
-    const beat = (): void => ka!.beat(hb(Date.now()));
+    const beats: number[] = [];
+    const beat = (): void => {
+      beats.push(Date.now());
+      ka?.beat(hb(beats[beats.length - 1]!));
+    };
     beat();
-    const beater = setInterval(beat, heartbeatMs);
+    beater = setInterval(beat, heartbeatMs);
 
-    // 1. The loop beats on time for 0.6 s: no keep-alive.
+    // 1. The loop beats for 0.6 s: no keep-alive while it beats on time. A busy test machine
+    // can still delay this loop's timer past 1.5 intervals, and then a keep-alive is due: each
+    // one must come at least an interval after the loop's last beat (the thread learns of a
+    // beat a little after it is sent).
     await new Promise((done) => setTimeout(done, 600));
     await tc.nc.flush();
-    expect(got).toEqual([]);
+    for (const g of got) {
+      const lastBeat = Math.max(...beats.filter((b) => b <= g.hb.sentAt));
+      expect(g.hb.sentAt - lastBeat).toBeGreaterThanOrEqual(heartbeatMs);
+    }
+    got.length = 0;
 
     // 2. The loop stalls for 0.7 s, then beats again.
     beat();
@@ -112,7 +125,6 @@ describe("HeartbeatKeepAlive (real 3-node NATS cluster)", () => {
     stallLoop(500);
     await tc.nc.flush();
     expect(got).toEqual([]);
-    clearInterval(beater);
     sub.unsubscribe();
   });
 
