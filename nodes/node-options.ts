@@ -1,6 +1,6 @@
 /** Command-line options shared by the worker and coordinator processes. */
 import { Command } from "commander";
-import { loadConfig, type SluiceConfig } from "../shared/config.js";
+import { loadConfig, type SluiceConfig } from "../shared/contract/config.js";
 
 export interface NodeOptions {
   id: string;

@@ -13,9 +13,10 @@ import {
 } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
-import { decodeRecord, encodeRecord, payloadJson } from "../../shared/codec.js";
-import { Producer, type PublishResult } from "../../shared/producer.js";
-import { Headers } from "../../shared/wire.js";
+import { encodeRecord, payloadJson } from "../../shared/contract/codec.js";
+import { Headers } from "../../shared/contract/wire.js";
+import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
+import { Producer, type PublishResult } from "../../shared/producer/producer.js";
 import { countCommitted } from "../cli/verify.js";
 import { waitUntil } from "../cli/wait.js";
 import type { Rate } from "./publish-rates.js";
@@ -120,7 +121,14 @@ export async function naiveEndToEndRate(
         },
         token: m,
       });
-      if (r.ok) insert.run(r.row.recordId, r.row.key, r.row.sourceSeq, payloadJson(r.row), Date.now());
+      if (r.ok)
+        insert.run(
+          r.record.recordId,
+          r.record.key,
+          r.record.sourceSeq,
+          payloadJson(r.record.value),
+          Date.now(),
+        );
       m.ack();
       if (++inserted >= count) finish();
     },

@@ -10,8 +10,12 @@ import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Command } from "commander";
-import { parseConfig, type SluiceConfig } from "../../shared/config.js";
-import { connectForPublishing, connectNats, connectNearPipelines } from "../../shared/nats/connection.js";
+import {
+  connectForPublishing,
+  connectNats,
+  connectNearPipelines,
+} from "../../shared/adapters/nats/connection.js";
+import { parseConfig, type SluiceConfig } from "../../shared/contract/config.js";
 import { intOption } from "../cli/int-option.js";
 import { type ClusterFile, cliScript, down, readClusterFile, up } from "../cli/local-cluster.js";
 import { waitSettled } from "../cli/readiness.js";

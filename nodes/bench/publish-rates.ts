@@ -5,9 +5,9 @@
  */
 import { jetstream } from "@nats-io/jetstream";
 import { headers, type NatsConnection } from "@nats-io/transport-node";
-import { encodeRecord } from "../../shared/codec.js";
-import { Producer, type PublishResult } from "../../shared/producer.js";
-import { Headers, ingestSubject } from "../../shared/wire.js";
+import { encodeRecord } from "../../shared/contract/codec.js";
+import { Headers, ingestSubject } from "../../shared/contract/wire.js";
+import { Producer, type PublishResult } from "../../shared/producer/producer.js";
 
 export interface RecordBatch {
   ids: string[];

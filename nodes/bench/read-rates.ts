@@ -8,13 +8,13 @@
  */
 import { DeliverPolicy, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { PipelineConfig, WorkerConfig } from "../../shared/config.js";
+import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
+import { DiscardSink } from "../../shared/adapters/sink/discard-sink.js";
+import type { PipelineConfig, WorkerConfig } from "../../shared/contract/config.js";
+import type { DeadLetterQueue, ShardFeed, ShardSource } from "../../shared/contract/ports.js";
+import { inputStreams } from "../../shared/contract/wire.js";
 import { feedBufferMessages, shardFlow } from "../../shared/core/batch-size.js";
-import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
-import type { DeadLetterQueue, ShardFeed, ShardSource } from "../../shared/ports.js";
-import { DiscardSink } from "../../shared/sink/discard-sink.js";
-import { inputStreams } from "../../shared/wire.js";
-import { ShardPipeline } from "../../shared/worker/shard-pipeline.js";
+import { ShardPipeline } from "../../shared/pipeline/shard-pipeline.js";
 import { waitUntil } from "../cli/wait.js";
 import type { Rate } from "./publish-rates.js";
 

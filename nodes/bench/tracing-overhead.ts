@@ -23,8 +23,8 @@ import {
   type SpanExporter,
   TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace-base";
-import { encodeRecord } from "../../shared/codec.js";
-import { Producer, type PublishResult } from "../../shared/producer.js";
+import { encodeRecord } from "../../shared/contract/codec.js";
+import { Producer, type PublishResult } from "../../shared/producer/producer.js";
 import { registerTracing, sluiceResource } from "../../shared/telemetry/telemetry.js";
 import { getTracer } from "../../shared/telemetry/tracing.js";
 

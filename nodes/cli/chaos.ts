@@ -11,9 +11,9 @@ import { fileURLToPath } from "node:url";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
-import { connectNats } from "../../shared/nats/connection.js";
-import { Rng } from "../../shared/sim/rng.js";
-import { inputStream, type PipelineStreams } from "../../shared/wire.js";
+import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { inputStream, type PipelineStreams } from "../../shared/contract/wire.js";
+import { Rng } from "../../shared/testkit/sim/rng.js";
 import { runLoad } from "./load.js";
 import {
   type ClusterFile,

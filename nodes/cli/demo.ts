@@ -4,8 +4,8 @@
  */
 import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { pipelineOf } from "../../shared/config.js";
-import { connectForPublishing } from "../../shared/nats/connection.js";
+import { connectForPublishing } from "../../shared/adapters/nats/connection.js";
+import { pipelineOf } from "../../shared/contract/config.js";
 import { measureFailover } from "./failover.js";
 import { runLoad } from "./load.js";
 import {

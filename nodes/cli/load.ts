@@ -3,8 +3,8 @@
 import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { encodeRecord } from "../../shared/codec.js";
-import { defaultProducerOptions, Producer, type PublishResult } from "../../shared/producer.js";
+import { encodeRecord } from "../../shared/contract/codec.js";
+import { defaultProducerOptions, Producer, type PublishResult } from "../../shared/producer/producer.js";
 
 export interface LoadOptions {
   pipeline: string;

@@ -21,11 +21,11 @@ import {
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import pRetry from "p-retry";
-import { loadConfig, type SluiceConfig } from "../../shared/config.js";
-import { ErrorCode, SluiceError } from "../../shared/errors.js";
-import { connectNats } from "../../shared/nats/connection.js";
-import { provision } from "../../shared/nats/provision.js";
-import { partitionMapping } from "../../shared/wire.js";
+import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { provision } from "../../shared/adapters/nats/provision.js";
+import { loadConfig, type SluiceConfig } from "../../shared/contract/config.js";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import { partitionMapping } from "../../shared/contract/wire.js";
 import {
   containerPid,
   ensureNatsImage,

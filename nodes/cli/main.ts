@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 /** The `sluice` command line. */
 import { Command, InvalidArgumentError } from "commander";
-import { pipelineOf } from "../../shared/config.js";
-import { isSluiceError } from "../../shared/errors.js";
-import { connectForPublishing, connectNats } from "../../shared/nats/connection.js";
+import { connectForPublishing, connectNats } from "../../shared/adapters/nats/connection.js";
+import { pipelineOf } from "../../shared/contract/config.js";
+import { isSluiceError } from "../../shared/contract/errors.js";
 import { FAULTS, formatChaos, parseScenario, runChaos } from "./chaos.js";
 import { runDemo } from "./demo.js";
 import { intOption } from "./int-option.js";

@@ -1,5 +1,5 @@
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { SluiceConfig } from "../../shared/config.js";
+import type { SluiceConfig } from "../../shared/contract/config.js";
 import { gatherStatus, type StatusReport } from "./status.js";
 import { waitUntil } from "./wait.js";
 

@@ -4,11 +4,11 @@
  */
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { SluiceConfig } from "../../shared/config.js";
-import { parseShardKey } from "../../shared/core/types.js";
-import { listShardConsumers, type ShardConsumerInfo } from "../../shared/nats/shard-consumers.js";
-import { type ProgressSample, type ShardRates, shardRates } from "../../shared/shard-rates.js";
-import { epochConsumer } from "../../shared/wire.js";
+import { listShardConsumers, type ShardConsumerInfo } from "../../shared/adapters/nats/shard-consumers.js";
+import type { SluiceConfig } from "../../shared/contract/config.js";
+import { parseShardKey } from "../../shared/contract/ownership.js";
+import { epochConsumer } from "../../shared/contract/wire.js";
+import { type ProgressSample, type ShardRates, shardRates } from "../../shared/core/shard-rates.js";
 import { gatherStatus, type StatusReport } from "./status.js";
 
 const ESC = "\x1b[";

@@ -3,12 +3,12 @@ import { type ConsumerInfo, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
-import type { SluiceConfig } from "../../shared/config.js";
-import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/coordinator/coordinator-runtime.js";
+import { consumerNames } from "../../shared/adapters/nats/shard-consumers.js";
+import type { SluiceConfig } from "../../shared/contract/config.js";
+import type { AssignmentEntry } from "../../shared/contract/ownership.js";
+import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/contract/wire.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
-import type { AssignmentEntry } from "../../shared/core/types.js";
-import { consumerNames } from "../../shared/nats/shard-consumers.js";
-import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/wire.js";
+import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/runtime/coordinator-runtime.js";
 
 export interface ShardStatus {
   shard: string;

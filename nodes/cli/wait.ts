@@ -1,4 +1,4 @@
-import { ErrorCode, SluiceError } from "../../shared/errors.js";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 
 /** Polls `check` every `everyMs` until it returns a value other than undefined, or the deadline passes. */
 export async function waitUntil<T>(

@@ -1,25 +1,25 @@
 /** The coordinator process: NATS adapters around the CoordinatorRuntime. */
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { allShardKeys, pipelineOf } from "../../shared/config.js";
+import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
+import { NatsCoordinatorControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
+import { listShardConsumers } from "../../shared/adapters/nats/shard-consumers.js";
+import { NatsSinkClient } from "../../shared/adapters/sink/nats-sink.js";
+import { allShardKeys, pipelineOf } from "../../shared/contract/config.js";
+import type { AssignmentEntry } from "../../shared/contract/ownership.js";
+import { systemScheduler } from "../../shared/contract/ports.js";
+import { Buckets } from "../../shared/contract/wire.js";
+import { liveMembers } from "../../shared/core/coordinator-core.js";
+import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import {
   type CoordinatorRecord,
   CoordinatorRuntime,
   LEADER_KEY,
-} from "../../shared/coordinator/coordinator-runtime.js";
-import { liveMembers } from "../../shared/core/coordinator-core.js";
-import type { LeaderRecord } from "../../shared/core/leader-election.js";
-import type { AssignmentEntry } from "../../shared/core/types.js";
-import { createLogger } from "../../shared/log.js";
-import { connectNats } from "../../shared/nats/connection.js";
-import { JetStreamJsonStore, openBucket } from "../../shared/nats/jetstream-json-store.js";
-import { NatsCoordinatorControlBus } from "../../shared/nats/nats-control-bus.js";
-import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
-import { listShardConsumers } from "../../shared/nats/shard-consumers.js";
-import { systemScheduler } from "../../shared/ports.js";
+} from "../../shared/runtime/coordinator-runtime.js";
+import { createLogger } from "../../shared/telemetry/log.js";
 import { CoordinatorMetrics } from "../../shared/telemetry/metrics.js";
 import { startTelemetry } from "../../shared/telemetry/telemetry.js";
-import { Buckets } from "../../shared/wire.js";
 import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
 import { DashboardServer } from "./dashboard/dashboard-server.js";

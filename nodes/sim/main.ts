@@ -6,7 +6,7 @@
 import { availableParallelism } from "node:os";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import { Command, InvalidArgumentError } from "commander";
-import { runSeed, type SeedResult } from "../../shared/sim/sim-world.js";
+import { runSeed, type SeedResult } from "../../shared/testkit/sim/sim-world.js";
 
 interface Job {
   start: number;

@@ -1,8 +1,9 @@
 /** The sink process: owns the SQLite file and serves fenced commits to the workers. */
-import { createLogger } from "../../shared/log.js";
-import { connectNats } from "../../shared/nats/connection.js";
-import { NatsSinkServer } from "../../shared/nats/nats-sink.js";
-import { SqliteSink } from "../../shared/sink/sqlite-sink.js";
+
+import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { NatsSinkServer } from "../../shared/adapters/sink/nats-sink.js";
+import { SqliteSink } from "../../shared/adapters/sink/sqlite-sink.js";
+import { createLogger } from "../../shared/telemetry/log.js";
 import { instrumentSink } from "../../shared/telemetry/metrics.js";
 import { startTelemetry } from "../../shared/telemetry/telemetry.js";
 import { NodeHttpServer } from "../node-http.js";

@@ -20,8 +20,8 @@
  * thread adds to them.
  */
 import { Worker } from "node:worker_threads";
-import type { Heartbeat } from "../../shared/core/types.js";
-import { ErrorCode, SluiceError } from "../../shared/errors.js";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import type { Heartbeat } from "../../shared/contract/ownership.js";
 
 export interface KeepAliveOptions {
   /** NATS servers for the thread's own connection. */

@@ -3,10 +3,10 @@
  * NATS connection, so that it can heartbeat while the worker's loop is busy.
  */
 import { parentPort, workerData } from "node:worker_threads";
+import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
+import type { Heartbeat } from "../../shared/contract/ownership.js";
 import { keepAliveAction } from "../../shared/core/keep-alive.js";
-import type { Heartbeat } from "../../shared/core/types.js";
-import { connectNats } from "../../shared/nats/connection.js";
-import { NatsWorkerControlBus } from "../../shared/nats/nats-control-bus.js";
 import type { FromKeepAlive, KeepAliveThreadData, ToKeepAlive } from "./heartbeat-keep-alive.js";
 
 const port = parentPort!;

@@ -2,24 +2,24 @@
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Kvm } from "@nats-io/kv";
+import { connectNats, connectNearPipelines } from "../../shared/adapters/nats/connection.js";
+import { JetStreamDeadLetterQueue } from "../../shared/adapters/nats/jetstream-dead-letter-queue.js";
+import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
+import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
+import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
+import { NatsSinkClient } from "../../shared/adapters/sink/nats-sink.js";
+import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
+import { systemScheduler } from "../../shared/contract/ports.js";
+import { Buckets } from "../../shared/contract/wire.js";
 import { feedBufferMessages } from "../../shared/core/batch-size.js";
-import { type AssignmentEntry, parseShardKey } from "../../shared/core/types.js";
-import { createLogger } from "../../shared/log.js";
-import { connectNats, connectNearPipelines } from "../../shared/nats/connection.js";
-import { JetStreamDeadLetterQueue } from "../../shared/nats/jetstream-dead-letter-queue.js";
-import { JetStreamJsonStore, openBucket } from "../../shared/nats/jetstream-json-store.js";
-import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
-import { NatsWorkerControlBus } from "../../shared/nats/nats-control-bus.js";
-import { NatsSinkClient } from "../../shared/nats/nats-sink.js";
-import { systemScheduler } from "../../shared/ports.js";
+import { WorkerRuntime } from "../../shared/runtime/worker-runtime.js";
+import { createLogger } from "../../shared/telemetry/log.js";
 import { WorkerMetrics } from "../../shared/telemetry/metrics.js";
 import { startTelemetry } from "../../shared/telemetry/telemetry.js";
-import { Buckets } from "../../shared/wire.js";
-import { warmUpWorker } from "../../shared/worker/warm-up.js";
-import { WorkerRuntime } from "../../shared/worker/worker-runtime.js";
 import { NodeHttpServer } from "../node-http.js";
 import { onShutdown, parseNodeOptions } from "../node-options.js";
 import { HeartbeatKeepAlive } from "./heartbeat-keep-alive.js";
+import { warmUpWorker } from "./warm-up.js";
 
 /** A full garbage collection, without the process having been started with --expose-gc. */
 function collectGarbage(): void {

@@ -15,8 +15,9 @@
  *   opening a consumer (100-400 ms on a worker that has just joined) is not part of the
  *   shard's pause; the pause is the drain, the release and the grant.
  */
+
+import type { AssignmentEntry, Heartbeat } from "../contract/ownership.js";
 import { assignShards, type MemberCapacity } from "./assignment.js";
-import type { AssignmentEntry, Heartbeat } from "./types.js";
 
 export interface CoordinatorTiming {
   /** A member that sent no heartbeat for this long (ms) is declared dead. */

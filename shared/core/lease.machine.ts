@@ -13,7 +13,7 @@
  * Delays run on the actor system's clock, so tests inject `SimulatedClock`.
  */
 import { assign, fromPromise, setup } from "xstate";
-import { ErrorCode, isSluiceError } from "../errors.js";
+import { ErrorCode, isSluiceError } from "../contract/errors.js";
 
 export interface LeaseInput {
   shard: string;

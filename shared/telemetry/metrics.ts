@@ -5,11 +5,11 @@
  */
 
 import type { Attributes, Counter, Histogram, Meter, ObservableResult } from "@opentelemetry/api";
+import { ErrorCode, isSluiceError } from "../contract/errors.js";
+import type { AssignmentEntry, ShardRef } from "../contract/ownership.js";
+import type { BatchReport } from "../contract/pipeline-reports.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../contract/ports.js";
 import type { HandoffReason } from "../core/coordinator-core.js";
-import type { AssignmentEntry, ShardRef } from "../core/types.js";
-import { ErrorCode, isSluiceError } from "../errors.js";
-import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../ports.js";
-import type { BatchReport } from "../worker/shard-pipeline.js";
 import { MetricLabels, MetricNames } from "./attributes.js";
 
 /** Sink and worker commit round trips: 0.5 ms to 10 s. */

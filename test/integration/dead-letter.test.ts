@@ -5,8 +5,8 @@ import { encode } from "cbor-x";
 import { afterEach, describe, expect, it } from "vitest";
 import { isOurProcess } from "../../nodes/cli/local-cluster.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { encodeRecord } from "../../shared/codec.js";
-import { deadLetterStream, shardOf } from "../../shared/wire.js";
+import { encodeRecord } from "../../shared/contract/codec.js";
+import { deadLetterStream, shardOf } from "../../shared/contract/wire.js";
 import { startTestCluster, type TestCluster, waitSettled } from "./harness.js";
 
 describe("bad input (real 3-node NATS cluster)", () => {

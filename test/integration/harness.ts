@@ -13,8 +13,8 @@ import { isSettled } from "../../nodes/cli/readiness.js";
 import { gatherStatus, type StatusReport } from "../../nodes/cli/status.js";
 import { countCommitted, type VerifyReport, verify } from "../../nodes/cli/verify.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { parseConfig, type SluiceConfig } from "../../shared/config.js";
-import { connectNats } from "../../shared/nats/connection.js";
+import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { parseConfig, type SluiceConfig } from "../../shared/contract/config.js";
 
 /** Faster protocol timings so fault scenarios complete quickly; same code paths. */
 export const testConfig = (overrides: Partial<SluiceConfig["timing"]> = {}): SluiceConfig =>

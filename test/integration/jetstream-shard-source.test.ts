@@ -1,11 +1,17 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { encodeRecord } from "../../shared/codec.js";
-import { JetStreamShardSource } from "../../shared/nats/jetstream-shard-source.js";
-import { consumerNames } from "../../shared/nats/shard-consumers.js";
-import type { ShardFeed } from "../../shared/ports.js";
-import { consumerEpoch, consumerName, inputStream, shardFilter, shardSubject } from "../../shared/wire.js";
+import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
+import { consumerNames } from "../../shared/adapters/nats/shard-consumers.js";
+import { encodeRecord } from "../../shared/contract/codec.js";
+import type { ShardFeed } from "../../shared/contract/ports.js";
+import {
+  consumerEpoch,
+  consumerName,
+  inputStream,
+  shardFilter,
+  shardSubject,
+} from "../../shared/contract/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
 
 describe("JetStreamShardSource (real 3-node NATS cluster)", () => {

@@ -11,8 +11,8 @@ import type { Msg } from "@nats-io/transport-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { HeartbeatKeepAlive, type StallReport } from "../../nodes/worker/heartbeat-keep-alive.js";
-import type { Heartbeat } from "../../shared/core/types.js";
-import { ControlSubjects } from "../../shared/wire.js";
+import type { Heartbeat } from "../../shared/contract/ownership.js";
+import { ControlSubjects } from "../../shared/contract/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
 
 /** Blocks this thread's event loop for `ms`, without spinning a core. */

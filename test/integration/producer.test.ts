@@ -5,10 +5,10 @@
  */
 import { jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
-import { ErrorCode } from "../../shared/errors.js";
-import { connectForPublishing, connectNearPipelines } from "../../shared/nats/connection.js";
-import { type OutgoingRecord, Producer, type PublishResult } from "../../shared/producer.js";
-import { Headers, inputStream, shardOf, shardSubject } from "../../shared/wire.js";
+import { connectForPublishing, connectNearPipelines } from "../../shared/adapters/nats/connection.js";
+import { ErrorCode } from "../../shared/contract/errors.js";
+import { Headers, inputStream, shardOf, shardSubject } from "../../shared/contract/wire.js";
+import { type OutgoingRecord, Producer, type PublishResult } from "../../shared/producer/producer.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
 
 describe("producer (real 3-node NATS cluster)", () => {

@@ -1,9 +1,9 @@
 import { jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
-import { parseConfig } from "../../shared/config.js";
-import { ErrorCode, isSluiceError } from "../../shared/errors.js";
-import { provision } from "../../shared/nats/provision.js";
-import { inputStream } from "../../shared/wire.js";
+import { provision } from "../../shared/adapters/nats/provision.js";
+import { parseConfig } from "../../shared/contract/config.js";
+import { ErrorCode, isSluiceError } from "../../shared/contract/errors.js";
+import { inputStream } from "../../shared/contract/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
 
 describe("provision (real 3-node NATS cluster)", () => {

@@ -1,8 +1,8 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
 import { addWorker, removeWorker } from "../../nodes/cli/local-cluster.js";
-import { parseConfig } from "../../shared/config.js";
-import { inputStream, shardSubject } from "../../shared/wire.js";
+import { parseConfig } from "../../shared/contract/config.js";
+import { inputStream, shardSubject } from "../../shared/contract/wire.js";
 import { shardCounts, startTestCluster, type TestCluster, testConfig, waitSettled } from "./harness.js";
 
 describe("scaling under load (real 3-node NATS cluster)", () => {

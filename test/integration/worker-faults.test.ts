@@ -3,8 +3,8 @@ import Database from "better-sqlite3";
 import { afterEach, describe, expect, it } from "vitest";
 import { measureFailover } from "../../nodes/cli/failover.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { consumerNames } from "../../shared/nats/shard-consumers.js";
-import { consumerEpoch, inputStream } from "../../shared/wire.js";
+import { consumerNames } from "../../shared/adapters/nats/shard-consumers.js";
+import { consumerEpoch, inputStream } from "../../shared/contract/wire.js";
 import { startTestCluster, type TestCluster, waitSettled } from "./harness.js";
 
 describe("worker faults under load (real 3-node NATS cluster)", () => {

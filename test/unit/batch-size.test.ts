@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { parseConfig } from "../../shared/config.js";
+import { parseConfig } from "../../shared/contract/config.js";
 import {
   type BatchSizing,
   feedBufferMessages,

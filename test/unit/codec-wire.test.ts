@@ -1,10 +1,10 @@
 import { encode as cborEncode } from "cbor-x";
 import { describe, expect, it } from "vitest";
-import { decodeRecord, encodeRecord, payloadJson, toJsonText } from "../../shared/codec.js";
-import { allShardKeys, parseConfig, pipelineOf } from "../../shared/config.js";
-import { parseShardKey, shardKey } from "../../shared/core/types.js";
-import { ErrorCode, isSluiceError, SluiceError } from "../../shared/errors.js";
-import type { SourceMessage } from "../../shared/ports.js";
+import { encodeRecord, payloadJson, toJsonText } from "../../shared/contract/codec.js";
+import { allShardKeys, parseConfig, pipelineOf } from "../../shared/contract/config.js";
+import { ErrorCode, isSluiceError, SluiceError } from "../../shared/contract/errors.js";
+import { parseShardKey, shardKey } from "../../shared/contract/ownership.js";
+import type { SourceMessage } from "../../shared/contract/ports.js";
 import {
   consumerEpoch,
   consumerName,
@@ -20,7 +20,8 @@ import {
   shardFilter,
   shardOf,
   shardSubject,
-} from "../../shared/wire.js";
+} from "../../shared/contract/wire.js";
+import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
 
 const enc = new TextEncoder();
 
@@ -143,13 +144,12 @@ describe("decodeRecord", () => {
     const r = decodeRecord(msg({ data }));
     expect(r.ok).toBe(true);
     if (!r.ok) return;
-    expect(r.row.recordId).toBe("id-1");
-    expect(r.row.key).toBe("alice");
-    expect(r.row.sourceSeq).toBe(42);
-    // The row carries the bytes as published; the sink renders them.
-    expect(r.row.data).toBe(data);
-    expect(r.row.json).toBe(false);
-    expect(JSON.parse(payloadJson(r.row))).toEqual({ name: "alice", n: 3, nested: { ok: true } });
+    expect(r.record.recordId).toBe("id-1");
+    expect(r.record.key).toBe("alice");
+    expect(r.record.sourceSeq).toBe(42);
+    // The record carries its decoded value on to the stages and the sink, which renders it.
+    expect(r.record.value).toEqual({ name: "alice", n: 3, nested: { ok: true } });
+    expect(JSON.parse(payloadJson(r.record.value))).toEqual({ name: "alice", n: 3, nested: { ok: true } });
   });
 
   it("rejects a map that decodes but cannot be rendered, so no sink is handed one", () => {
@@ -158,8 +158,10 @@ describe("decodeRecord", () => {
     const r = decodeRecord(msg({ data: cyclic }));
     expectRejected(r, ErrorCode.UndecodablePayload);
     expect(!r.ok && r.message).toMatch(/not representable as JSON: .*circular/i);
-    // What a sink does with a row no worker checked: a typed, non-retryable error.
-    expect(() => payloadJson({ data: cyclic, json: false })).toThrow(
+    // What a sink does with a value no decode stage checked: a typed, non-retryable error.
+    const self: Record<string, unknown> = {};
+    self.self = self;
+    expect(() => payloadJson(self)).toThrow(
       expect.objectContaining({ code: ErrorCode.UndecodablePayload, retryable: false }),
     );
   });
@@ -177,8 +179,8 @@ describe("decodeRecord", () => {
     );
     expect(r.ok).toBe(true);
     if (!r.ok) return;
-    expect(r.row.recordId).toBe("id-2");
-    expect(JSON.parse(payloadJson(r.row))).toEqual({ a: 1, b: [1, 2] });
+    expect(r.record.recordId).toBe("id-2");
+    expect(JSON.parse(payloadJson(r.record.value))).toEqual({ a: 1, b: [1, 2] });
   });
 
   it("reads the payload as JSON only for a Content-Type starting with application/json", () => {
@@ -191,7 +193,7 @@ describe("decodeRecord", () => {
           headers: { [Headers.msgId]: "id", [Headers.key]: "alice", [Headers.contentType]: ct },
         }),
       );
-      expect(r.ok && payloadJson(r.row)).toBe('{"a":1}');
+      expect(r.ok && payloadJson(r.record.value)).toBe('{"a":1}');
     }
     for (const ct of ["", "application/cbor", " application/json", "text/json", "appl\u0130cation/json"]) {
       const r = decodeRecord(
@@ -200,7 +202,7 @@ describe("decodeRecord", () => {
           headers: { [Headers.msgId]: "id", [Headers.key]: "alice", [Headers.contentType]: ct },
         }),
       );
-      expect(r.ok && payloadJson(r.row)).toBe('{"a":1}');
+      expect(r.ok && payloadJson(r.record.value)).toBe('{"a":1}');
       expectRejected(
         decodeRecord(
           msg({
@@ -237,7 +239,7 @@ describe("decodeRecord", () => {
   it("takes the key from Sluice-Key and, given the shard read, rejects another shard's key", () => {
     const data = encodeRecord({ a: 1 });
     const r = decodeRecord(msg({ data }), { shard: shardOf("alice", 16), shards: 16 });
-    expect(r.ok && r.row.key).toBe("alice");
+    expect(r.ok && r.record.key).toBe("alice");
     const other = (shardOf("alice", 16) + 1) % 16;
     expectRejected(decodeRecord(msg({ data }), { shard: other, shards: 16 }), ErrorCode.KeyShardMismatch);
     // Without the shard read, keys are not checked.
@@ -289,7 +291,7 @@ describe("decodeRecord", () => {
     const r = decodeRecord(msg({ data: encodeRecord({ blob: new Uint8Array([1, 2, 3, 250]) }) }));
     expect(r.ok).toBe(true);
     if (!r.ok) return;
-    expect(JSON.parse(payloadJson(r.row))).toEqual({
+    expect(JSON.parse(payloadJson(r.record.value))).toEqual({
       blob: { $base64: Buffer.from([1, 2, 3, 250]).toString("base64") },
     });
   });

@@ -1,5 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import type { AssignmentEntry } from "../../shared/contract/ownership.js";
 import {
   type CoordinatorCommand,
   type CoordinatorState,
@@ -9,7 +10,6 @@ import {
   initialCoordinatorState,
   liveMembers,
 } from "../../shared/core/coordinator-core.js";
-import type { AssignmentEntry } from "../../shared/core/types.js";
 
 const T: CoordinatorTiming = { failureTimeoutMs: 1000, handoffTimeoutMs: 5000, writeTimeoutMs: 500 };
 

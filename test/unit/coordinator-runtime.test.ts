@@ -1,15 +1,15 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { parseConfig } from "../../shared/config.js";
+import { parseConfig } from "../../shared/contract/config.js";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import { silentLogger } from "../../shared/contract/logger.js";
+import type { AssignmentEntry, Heartbeat } from "../../shared/contract/ownership.js";
+import { type JsonStore, systemScheduler, type Versioned } from "../../shared/contract/ports.js";
 import {
   type CoordinatorRecord,
   CoordinatorRuntime,
   LEADER_KEY,
-} from "../../shared/coordinator/coordinator-runtime.js";
-import type { AssignmentEntry, Heartbeat } from "../../shared/core/types.js";
-import { ErrorCode, SluiceError } from "../../shared/errors.js";
-import { silentLogger } from "../../shared/logger.js";
-import { type JsonStore, systemScheduler, type Versioned } from "../../shared/ports.js";
+} from "../../shared/runtime/coordinator-runtime.js";
 
 /** A compare-and-set register per key, like a KV bucket; `watch` shows what the test says. */
 class Register<T> implements JsonStore<T> {

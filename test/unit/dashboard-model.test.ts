@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { DashboardModel, type Observation } from "../../nodes/coordinator/dashboard/dashboard-model.js";
+import type { ShardConsumerInfo } from "../../shared/adapters/nats/shard-consumers.js";
+import type { AssignmentEntry } from "../../shared/contract/ownership.js";
 import type { MemberView } from "../../shared/core/coordinator-core.js";
-import type { AssignmentEntry } from "../../shared/core/types.js";
-import type { ShardConsumerInfo } from "../../shared/nats/shard-consumers.js";
 
 const shards = ["demo.0", "demo.1"];
 const member = (lastSeen: number, held: Record<string, number> = {}): MemberView => ({

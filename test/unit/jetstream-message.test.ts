@@ -5,16 +5,16 @@ import { MsgHdrsImpl } from "@nats-io/transport-node";
 import { encode as cborEncode } from "cbor-x";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { decodeRecord, messageFingerprint } from "../../shared/codec.js";
 import {
   type AckNumbers,
   JetStreamSourceMessage,
   readAckNumbers,
-} from "../../shared/nats/jetstream-message.js";
-import { scanHeaderValues } from "../../shared/nats/raw-headers.js";
+} from "../../shared/adapters/nats/jetstream-message.js";
+import { scanHeaderValues } from "../../shared/adapters/nats/raw-headers.js";
+import { messageFingerprint } from "../../shared/contract/codec.js";
+import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
 
 const enc = new TextEncoder();
-const dec = new TextDecoder();
 
 /**
  * nats.js's own message classes, which the worker's fast paths read the internals of: loaded
@@ -262,12 +262,18 @@ describe("JetStreamSourceMessage", () => {
     // The fast path relies on nats.js keeping the block undecoded until `headers` is read.
     expect(core._headers).toBeUndefined();
     const r = decodeRecord(m);
-    expect(r.ok && { ...r.row, data: dec.decode(r.row.data) }).toEqual({
+    expect(
+      r.ok && {
+        recordId: r.record.recordId,
+        key: r.record.key,
+        sourceSeq: r.record.sourceSeq,
+        value: r.record.value,
+      },
+    ).toEqual({
       recordId: "id-1",
       key: "alice",
       sourceSeq: 42,
-      data: '{"a":1}',
-      json: true,
+      value: { a: 1 },
     });
     expect(core._headers).toBeUndefined();
     expect(m.header("traceparent")).toBe("00-x");

@@ -1,6 +1,5 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { ManualClock } from "../../shared/clock.js";
 import {
   isLeader,
   type LeaderAction,
@@ -8,6 +7,7 @@ import {
   type LeaderRecord,
   leaderAction,
 } from "../../shared/core/leader-election.js";
+import { ManualClock } from "../../shared/testkit/manual-clock.js";
 
 const TTL = { ttlMs: 1500 };
 

@@ -1,5 +1,6 @@
 import { describe, expect, it, vi } from "vitest";
 import { createActor, fromPromise, initialTransition, SimulatedClock, transition } from "xstate";
+import { fencedError } from "../../shared/contract/errors.js";
 import {
   type LeaseInput,
   leaseMachine,
@@ -7,7 +8,6 @@ import {
   type ShardLeaseArgs,
   type VerifyOutcome,
 } from "../../shared/core/lease.machine.js";
-import { fencedError } from "../../shared/errors.js";
 
 interface Call<T> {
   input: ShardLeaseArgs;

@@ -1,11 +1,18 @@
 import { describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { encodeRecord } from "../../shared/codec.js";
-import type { ShardRef } from "../../shared/core/types.js";
-import { MemorySink } from "../../shared/memory/memory-sink.js";
-import { consumerStalled } from "../../shared/nats/jetstream-shard-source.js";
-import type { FeedFlow, FeedStart, ShardFeed, ShardSource, SourceMessage } from "../../shared/ports.js";
-import { type HistoryMismatchReport, ShardPipeline } from "../../shared/worker/shard-pipeline.js";
+import { consumerStalled } from "../../shared/adapters/nats/jetstream-shard-source.js";
+import { MemorySink } from "../../shared/adapters/sink/memory-sink.js";
+import { encodeRecord } from "../../shared/contract/codec.js";
+import type { ShardRef } from "../../shared/contract/ownership.js";
+import type { HistoryMismatchReport } from "../../shared/contract/pipeline-reports.js";
+import type {
+  FeedFlow,
+  FeedStart,
+  ShardFeed,
+  ShardSource,
+  SourceMessage,
+} from "../../shared/contract/ports.js";
+import { ShardPipeline } from "../../shared/pipeline/shard-pipeline.js";
 
 const REF: ShardRef = { pipeline: "demo", shard: 0 };
 
@@ -103,7 +110,7 @@ async function runToCheckpoint(p: ShardPipeline, sink: MemorySink, lastSeq: numb
 }
 
 const ids = (n: number, prefix = "r"): string[] => Array.from({ length: n }, (_, i) => `${prefix}${i + 1}`);
-const committedIds = (sink: MemorySink): string[] => sink.rows.map((r) => r.recordId);
+const committedIds = (sink: MemorySink): string[] => sink.stored.map((r) => r.recordId);
 
 describe("ShardPipeline: the checkpoint's record is checked before its sequence is trusted", () => {
   it("same history: the checkpoint's record is skipped, nothing is written twice, no reconciliation", async () => {
@@ -147,7 +154,7 @@ describe("ShardPipeline: the checkpoint's record is checked before its sequence 
     // written before fingerprints existed): the next owner cannot check and trusts the sequence.
     const blind = new MemorySink();
     await blind.fence(REF, 1);
-    await blind.commit(REF, 1, "w1", sink.rows, 6);
+    await blind.commit(REF, 1, "w1", sink.stored, 6);
     source.view = ["r1", "r2", "r7", "r3", "r4", "r5", "r6", "r8", "r9"];
     await runUntil(2, blind, source, 9);
     const committed = committedIds(blind);

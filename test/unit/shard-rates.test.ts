@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
 import type { StatusReport } from "../../nodes/cli/status.js";
 import { formatWatchFrame, progressOf, redraw } from "../../nodes/cli/status-watch.js";
-import type { ShardConsumerInfo } from "../../shared/nats/shard-consumers.js";
-import { type ProgressSample, shardRates } from "../../shared/shard-rates.js";
+import type { ShardConsumerInfo } from "../../shared/adapters/nats/shard-consumers.js";
+import { type ProgressSample, shardRates } from "../../shared/core/shard-rates.js";
 
 const sample = (at: number, shards: ProgressSample["shards"]): ProgressSample => ({ at, shards });
 

@@ -15,9 +15,10 @@ import {
 } from "@opentelemetry/sdk-trace-base";
 import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
-import { traceFields } from "../../shared/log.js";
-import type { SourceMessage } from "../../shared/ports.js";
+import type { SourceMessage } from "../../shared/contract/ports.js";
+import { BatchTrace, MAX_BATCH_LINKS } from "../../shared/pipeline/batch-trace.js";
 import { TelemetryAttributes as A, SpanNames } from "../../shared/telemetry/attributes.js";
+import { traceFields } from "../../shared/telemetry/log.js";
 import {
   extractFromNatsHeaders,
   extractSpanContext,
@@ -36,7 +37,6 @@ import {
   tracingEnabled,
 } from "../../shared/telemetry/telemetry.js";
 import { getTracer } from "../../shared/telemetry/tracing.js";
-import { BatchTrace, MAX_BATCH_LINKS } from "../../shared/worker/batch-trace.js";
 
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$/;
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { parseConfig } from "../../shared/config.js";
-import { systemScheduler } from "../../shared/ports.js";
-import { warmUpWorker } from "../../shared/worker/warm-up.js";
+import { warmUpWorker } from "../../nodes/worker/warm-up.js";
+import { parseConfig } from "../../shared/contract/config.js";
+import { systemScheduler } from "../../shared/contract/ports.js";
 
 describe("warmUpWorker", () => {
   it("plays a lease and a prepared hand-off to the end on in-memory ports", async () => {

@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { parseConfig } from "../../shared/config.js";
-import type { AssignmentEntry, Heartbeat, ShardRef } from "../../shared/core/types.js";
-import { silentLogger } from "../../shared/logger.js";
-import { MemorySink } from "../../shared/memory/memory-sink.js";
+import { MemorySink } from "../../shared/adapters/sink/memory-sink.js";
+import { parseConfig } from "../../shared/contract/config.js";
+import { silentLogger } from "../../shared/contract/logger.js";
+import type { AssignmentEntry, Heartbeat, ShardRef } from "../../shared/contract/ownership.js";
 import type {
   AssignedNotice,
   AssignmentStore,
@@ -13,9 +13,9 @@ import type {
   ShardSource,
   SourceMessage,
   Versioned,
-} from "../../shared/ports.js";
-import { systemScheduler } from "../../shared/ports.js";
-import { WorkerRuntime } from "../../shared/worker/worker-runtime.js";
+} from "../../shared/contract/ports.js";
+import { systemScheduler } from "../../shared/contract/ports.js";
+import { WorkerRuntime } from "../../shared/runtime/worker-runtime.js";
 
 const SHARD = "demo.3";
 

@@ -9,13 +9,14 @@
  * heartbeat age and of a move from the assignment entry itself (reason "observed"), while the
  * leader reports them at once, with the reason of the write.
  */
+
+import { consumerLag, type ShardConsumerInfo } from "../../../shared/adapters/nats/shard-consumers.js";
+import { type AssignmentEntry, parseShardKey } from "../../../shared/contract/ownership.js";
+import type { Checkpoint } from "../../../shared/contract/ports.js";
+import { epochConsumer } from "../../../shared/contract/wire.js";
 import type { CoordinatorCommand, MemberView } from "../../../shared/core/coordinator-core.js";
 import type { LeaderRecord } from "../../../shared/core/leader-election.js";
-import { type AssignmentEntry, parseShardKey } from "../../../shared/core/types.js";
-import { consumerLag, type ShardConsumerInfo } from "../../../shared/nats/shard-consumers.js";
-import type { Checkpoint } from "../../../shared/ports.js";
-import { type ProgressSample, type ShardRates, shardRates } from "../../../shared/shard-rates.js";
-import { epochConsumer } from "../../../shared/wire.js";
+import { type ProgressSample, type ShardRates, shardRates } from "../../../shared/core/shard-rates.js";
 
 export type MemberStatus = "alive" | "leaving" | "lost";
 

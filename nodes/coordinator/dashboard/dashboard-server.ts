@@ -15,12 +15,12 @@ import { existsSync, readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { ShardConsumerInfo } from "../../../shared/adapters/nats/shard-consumers.js";
+import type { Logger } from "../../../shared/contract/logger.js";
+import { parseShardKey, type ShardRef } from "../../../shared/contract/ownership.js";
+import type { Checkpoint } from "../../../shared/contract/ports.js";
 import type { CoordinatorCommand, CoordinatorState } from "../../../shared/core/coordinator-core.js";
 import type { LeaderRecord } from "../../../shared/core/leader-election.js";
-import { parseShardKey, type ShardRef } from "../../../shared/core/types.js";
-import type { Logger } from "../../../shared/logger.js";
-import type { ShardConsumerInfo } from "../../../shared/nats/shard-consumers.js";
-import type { Checkpoint } from "../../../shared/ports.js";
 import type { NodeHttpServer } from "../../node-http.js";
 import { type DashboardEvent, DashboardModel, type DashboardState } from "./dashboard-model.js";
 

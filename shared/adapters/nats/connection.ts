@@ -1,0 +1,82 @@
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { inputStream, type PipelineStreams } from "../../contract/wire.js";
+
+export interface ConnectOptions {
+  servers: string[];
+  name: string;
+}
+
+const connectWith = (servers: string[], name: string, noRandomize: boolean): Promise<NatsConnection> =>
+  connect({
+    servers,
+    name,
+    noRandomize,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    pingInterval: 5_000,
+    timeout: 5_000,
+  });
+
+/**
+ * Connects with reconnects forever: a node outlives NATS node restarts and leader changes;
+ * the protocol's timeouts, not the client, decide when something is lost.
+ */
+export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
+  return connectWith(opts.servers, opts.name, false);
+}
+
+/**
+ * Connects, like `connectNats`, to the server that leads `stream` if one of `servers` does:
+ * a publish sent there is stored without a route hop to the leader and back, which on the
+ * 3-node cluster of the benchmark is a fifth of the producer's throughput (Kafka's producers
+ * write to the partition leader for the same reason). The leader is read once: when it moves
+ * later the connection stays, costing that hop, never correctness. Any server is kept when
+ * the stream has no leader, is unknown, or no listed server leads it.
+ */
+export async function connectNearStream(opts: ConnectOptions & { stream: string }): Promise<NatsConnection> {
+  const nc = await connectNats(opts);
+  let leader: string | undefined;
+  try {
+    leader = (await (await jetstreamManager(nc)).streams.info(opts.stream)).cluster?.leader;
+  } catch {
+    return nc;
+  }
+  if (leader === undefined || nc.info?.server_name === leader) return nc;
+  for (const url of opts.servers) {
+    // The other servers stay in the list for reconnects, after this one.
+    const servers = [url, ...opts.servers.filter((s) => s !== url)];
+    const candidate = await connectWith(servers, opts.name, true).catch(() => null);
+    if (candidate === null) continue;
+    if (candidate.info?.server_name === leader) {
+      await nc.close();
+      return candidate;
+    }
+    await candidate.close();
+  }
+  return nc;
+}
+
+/**
+ * A connection near the leader of the first of `pipelines` kept in one stream, or anywhere
+ * when each of their shards has its own stream (their leaders are spread over the servers).
+ * Publishing there stores a record without a route hop to the leader and back; reading there
+ * takes each record straight from the shard consumers, which sit on the stream leader
+ * (`JetStreamShardSource`), instead of through another server, which on the benchmark's
+ * 3-node cluster spent about 5 µs of CPU per record forwarding it.
+ */
+export function connectNearPipelines(
+  opts: ConnectOptions & { pipelines: readonly PipelineStreams[] },
+): Promise<NatsConnection> {
+  const shared = opts.pipelines.find((p) => p.streams !== "per-shard");
+  return shared
+    ? connectNearStream({ servers: opts.servers, name: opts.name, stream: inputStream(shared, 0) })
+    : connectNats(opts);
+}
+
+/** A connection for publishing into a pipeline (`connectNearPipelines`). */
+export function connectForPublishing(
+  opts: ConnectOptions & { pipeline: PipelineStreams },
+): Promise<NatsConnection> {
+  return connectNearPipelines({ servers: opts.servers, name: opts.name, pipelines: [opts.pipeline] });
+}

@@ -1,0 +1,90 @@
+/**
+ * Creates (idempotently) the JetStream resources of a cluster: the input streams of each
+ * pipeline (one, or one per shard) and one dead-letter stream per pipeline, and the KV buckets of the ownership protocol.
+ */
+import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import { type NatsConnection, nanos } from "@nats-io/transport-node";
+import type { SluiceConfig } from "../../contract/config.js";
+import { ErrorCode, SluiceError } from "../../contract/errors.js";
+import {
+  Buckets,
+  deadLetterStream,
+  deadLetterSubjects,
+  inputStreamSubjects,
+  inputStreams,
+} from "../../contract/wire.js";
+
+/** Streams created at once: each is a Raft group whose creation the meta leader serialises. */
+const createConcurrency = 16;
+
+export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas: number): Promise<void> {
+  const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+  for (const p of cfg.pipelines) {
+    const r = Math.min(p.replicas, replicas);
+    const streams = [...inputStreams(p)];
+    for (let i = 0; i < streams.length; i += createConcurrency) {
+      await Promise.all(
+        streams.slice(i, i + createConcurrency).map(([name, [shard]]) =>
+          ensureStream(jsm, {
+            name,
+            subjects: [inputStreamSubjects(p, shard!)],
+            num_replicas: r,
+            storage: StorageType.File,
+            retention: RetentionPolicy.Limits,
+            discard: DiscardPolicy.Old,
+            // Publishes are deduplicated per stream: a key always maps to the same shard, so a
+            // record re-sent with its Nats-Msg-Id always meets its first copy's window.
+            duplicate_window: nanos(p.duplicateWindowMs),
+          }),
+        ),
+      );
+    }
+    await ensureStream(jsm, {
+      name: deadLetterStream(p.name),
+      subjects: [deadLetterSubjects(p.name)],
+      num_replicas: r,
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      duplicate_window: nanos(p.duplicateWindowMs),
+    });
+  }
+  const kvm = new Kvm(nc);
+  // No direct gets: those may be served by a lagging replica, and a lease check or a CAS
+  // retry must read what the stream leader has.
+  await kvm.create(Buckets.assignments, { replicas, history: 1, allow_direct: false });
+  await kvm.create(Buckets.coordinator, { replicas, history: 1, allow_direct: false });
+}
+
+type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;
+
+async function ensureStream(jsm: Jsm, cfg: Parameters<Jsm["streams"]["add"]>[0]): Promise<void> {
+  let existing: string[] | undefined;
+  try {
+    existing = (await jsm.streams.info(cfg.name!)).config.subjects ?? [];
+  } catch {
+    // Not there yet: create it below.
+  }
+  if (existing) {
+    const wanted = cfg.subjects ?? [];
+    if (existing.length === wanted.length && existing.every((s, i) => s === wanted[i])) return;
+    // A stream of another layout (such as `sluice.in.P.>`, with the key in the subject) holds
+    // records no shard consumer of this one would deliver: refuse rather than skip them.
+    throw new SluiceError(
+      ErrorCode.InvalidConfig,
+      `stream ${cfg.name} captures ${existing.join(", ")}, not ${wanted.join(", ")}: it was made for another subject layout; read it to the end with the sluice that wrote it, then delete it`,
+    );
+  }
+  try {
+    await jsm.streams.add(cfg);
+  } catch (cause) {
+    const overlap = /overlap/i.test((cause as Error).message);
+    throw new SluiceError(
+      overlap ? ErrorCode.InvalidConfig : ErrorCode.Unavailable,
+      overlap
+        ? `stream ${cfg.name} cannot take ${cfg.subjects?.join(", ")}: another stream captures those subjects (a pipeline's stream layout cannot change while its streams exist)`
+        : `cannot create stream ${cfg.name}: ${(cause as Error).message}`,
+      { cause, retryable: !overlap },
+    );
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * What JetStream knows about the shards' consumers, for status views. The clustered LIST
+ * request is avoided on purpose: the stream leader gathers every consumer's info from its
+ * server and, when one is being created or deleted (as during any rebalance), waits about 4 s
+ * for it ("Did not receive all consumer info results"), which stalls the stream's other work.
+ * NAMES is answered from the cluster's assignments; INFO goes to one consumer's leader.
+ */
+import type { JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { ErrorCode, SluiceError } from "../../contract/errors.js";
+import { consumerEpoch, inputStreams, type PipelineStreams } from "../../contract/wire.js";
+
+const dec = new TextDecoder();
+
+/** The names of a stream's consumers (`$JS.API.CONSUMER.NAMES`, paged). */
+export async function consumerNames(
+  nc: NatsConnection,
+  stream: string,
+  timeoutMs = 5_000,
+): Promise<string[]> {
+  const names: string[] = [];
+  for (let offset = 0; ; ) {
+    const msg = await nc.request(`$JS.API.CONSUMER.NAMES.${stream}`, JSON.stringify({ offset }), {
+      timeout: timeoutMs,
+    });
+    const page = JSON.parse(dec.decode(msg.data)) as {
+      consumers?: string[] | null;
+      total?: number;
+      error?: { code: number; description: string };
+    };
+    if (page.error) {
+      throw new SluiceError(ErrorCode.Unavailable, `consumer names of ${stream}: ${page.error.description}`, {
+        retryable: true,
+      });
+    }
+    const got = page.consumers ?? [];
+    names.push(...got);
+    offset += got.length;
+    if (got.length === 0 || offset >= (page.total ?? 0)) return names;
+  }
+}
+
+export interface ShardConsumerInfo {
+  name: string;
+  /** Messages of the shard not yet delivered. */
+  pending: number;
+  /** Delivered, not yet acked (acks follow sink commits). */
+  ackPending: number;
+  /** Stream sequence of the ack floor: every record of the shard up to it is committed. */
+  ackFloorStreamSeq: number;
+  /** Deliveries acked so far by this consumer: the shard's records since the consumer began. */
+  ackFloorConsumerSeq: number;
+}
+
+/**
+ * The newest consumer of every shard of the pipeline (`P-sN-eE` with the highest E), by name;
+ * a shard whose stream or consumer does not answer in time is left out.
+ */
+export async function listShardConsumers(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  pipeline: PipelineStreams & { shards: number },
+): Promise<Map<string, ShardConsumerInfo>> {
+  const newest = new Map<number, { stream: string; name: string; epoch: number }>();
+  await Promise.all(
+    [...inputStreams(pipeline)].map(async ([stream, shards]) => {
+      const names = await consumerNames(nc, stream).catch(() => []);
+      for (const shard of shards) {
+        for (const name of names) {
+          const epoch = consumerEpoch(pipeline.name, shard, name);
+          if (epoch === null) continue;
+          const cur = newest.get(shard);
+          if (!cur || cur.epoch < epoch) newest.set(shard, { stream, name, epoch });
+        }
+      }
+    }),
+  );
+  const out = new Map<string, ShardConsumerInfo>();
+  await Promise.all(
+    [...newest.values()].map(async ({ stream, name }) => {
+      const ci = await jsm.consumers.info(stream, name).catch(() => null);
+      if (!ci) return;
+      out.set(ci.name, {
+        name: ci.name,
+        pending: ci.num_pending,
+        ackPending: ci.num_ack_pending,
+        ackFloorStreamSeq: ci.ack_floor.stream_seq,
+        ackFloorConsumerSeq: ci.ack_floor.consumer_seq,
+      });
+    }),
+  );
+  return out;
+}
+
+/** The lag of a shard as `sluice status` counts it: not yet delivered plus not yet acked. */
+export const consumerLag = (c: ShardConsumerInfo): number => c.pending + c.ackPending;

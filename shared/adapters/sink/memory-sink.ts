@@ -1,0 +1,201 @@
+/**
+ * An in-memory sink under the same rules as every sink (`core/sink-rules.ts`): rows and
+ * checkpoint change together, lower epochs are refused, redelivered sequences are skipped.
+ * Used by the simulator, which observes every fence and commit through `observer`, by unit
+ * tests, and by the worker's in-process warm-up. Every operation is synchronous, so each is
+ * atomic by construction.
+ */
+import { ErrorCode, isSluiceError, SluiceError } from "../../contract/errors.js";
+import { type ShardRef, shardKey } from "../../contract/ownership.js";
+import type {
+  Checkpoint,
+  CommitOptions,
+  CommitResult,
+  CommittedRow,
+  RowQuery,
+  ShardCheckpoint,
+  Sink,
+  SinkInspector,
+  SinkRow,
+} from "../../contract/ports.js";
+import { applyCommit, applyFence, type SinkRules, type SinkTransaction } from "../../core/sink-rules.js";
+
+export interface SinkCommitEvent {
+  ref: ShardRef;
+  epoch: number;
+  worker: string;
+  /** The shard's fenced epoch when the commit was applied. */
+  fencedEpoch: number;
+  before: Checkpoint;
+  after: Checkpoint;
+  written: SinkRow[];
+}
+
+export interface SinkObserver {
+  onFence?(ref: ShardRef, epoch: number, after: Checkpoint): void;
+  onCommit?(e: SinkCommitEvent): void;
+  onReject?(ref: ShardRef, epoch: number, worker: string, fencedEpoch: number): void;
+}
+
+export interface MemorySinkOptions {
+  /** The simulator's switches of the sink rules (see `SinkRules`); production keeps them all on. */
+  rules?: SinkRules;
+  observer?: SinkObserver;
+  /** Wall clock for `committedAt`, ms. */
+  now?: () => number;
+}
+
+export interface StoredRow extends SinkRow {
+  shard: number;
+  pipeline: string;
+  epoch: number;
+  worker: string;
+  committedAt: number;
+}
+
+export class MemorySink implements Sink, SinkInspector {
+  /** Every row written, in commit order. */
+  readonly stored: StoredRow[] = [];
+  private readonly checkpoints_ = new Map<string, { ref: ShardRef; cp: Checkpoint }>();
+  private closed = false;
+  /** Rows written by the commit in progress (for the observer). */
+  private written: SinkRow[] = [];
+  private readonly storage: SinkTransaction<SinkRow> = {
+    readCheckpoint: (ref) => this.cp(ref),
+    writeRows: (ref, epoch, worker, rows) => {
+      const committedAt = (this.opts.now ?? Date.now)();
+      for (const r of rows) {
+        this.written.push(r);
+        this.stored.push({ ...r, shard: ref.shard, pipeline: ref.pipeline, epoch, worker, committedAt });
+      }
+    },
+    writeCheckpoint: (ref, cp) => void this.checkpoints_.set(shardKey(ref), { ref, cp }),
+  };
+
+  constructor(private readonly opts: MemorySinkOptions = {}) {}
+
+  private cp(ref: ShardRef): Checkpoint {
+    return this.checkpoints_.get(shardKey(ref))?.cp ?? { epoch: 0, seq: 0 };
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed");
+  }
+
+  async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
+    return this.fenceSync(ref, epoch);
+  }
+
+  fenceSync(ref: ShardRef, epoch: number): Checkpoint {
+    this.assertOpen();
+    const cp = applyFence(this.storage, ref, epoch, this.opts.rules);
+    this.opts.observer?.onFence?.(ref, epoch, this.cp(ref));
+    return cp;
+  }
+
+  async commit(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+    opts: CommitOptions = {},
+  ): Promise<CommitResult> {
+    return this.commitSync(ref, epoch, worker, rows, lastSeq, opts);
+  }
+
+  commitSync(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+    opts: CommitOptions = {},
+  ): CommitResult {
+    this.assertOpen();
+    const before = this.cp(ref);
+    this.written = [];
+    let res: CommitResult;
+    try {
+      res = applyCommit(this.storage, ref, epoch, worker, rows, lastSeq, opts, this.opts.rules);
+    } catch (err) {
+      if (isSluiceError(err, ErrorCode.Fenced) || isSluiceError(err, ErrorCode.Conflict))
+        this.opts.observer?.onReject?.(ref, epoch, worker, before.epoch);
+      throw err;
+    }
+    const written = this.written;
+    this.written = [];
+    this.opts.observer?.onCommit?.({
+      ref,
+      epoch,
+      worker,
+      fencedEpoch: before.epoch,
+      before,
+      after: this.cp(ref),
+      written,
+    });
+    return res;
+  }
+
+  async recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    return this.recordIdsSync(ref, fromSeq);
+  }
+
+  recordIdsSync(ref: ShardRef, fromSeq: number): string[] {
+    this.assertOpen();
+    return this.stored
+      .filter((r) => r.pipeline === ref.pipeline && r.shard === ref.shard && r.sourceSeq >= fromSeq)
+      .map((r) => r.recordId);
+  }
+
+  async checkpoint(ref: ShardRef): Promise<Checkpoint> {
+    return this.checkpointSync(ref);
+  }
+
+  checkpointSync(ref: ShardRef): Checkpoint {
+    this.assertOpen();
+    return this.cp(ref);
+  }
+
+  async checkpoints(): Promise<ShardCheckpoint[]> {
+    return [...this.checkpoints_.values()].map(({ ref, cp }) => ({
+      ...cp,
+      pipeline: ref.pipeline,
+      shard: ref.shard,
+    }));
+  }
+
+  async rowCount(pipeline: string): Promise<number> {
+    return this.stored.filter((r) => r.pipeline === pipeline && r.output === undefined).length;
+  }
+
+  async rows(pipeline: string, q: RowQuery = {}): Promise<CommittedRow[]> {
+    return inspectRows(this.stored, pipeline, q);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+/** Stored rows of a pipeline's own table as an inspector reads them. */
+function inspectRows(rows: readonly StoredRow[], pipeline: string, q: RowQuery): CommittedRow[] {
+  const out: CommittedRow[] = [];
+  rows.forEach((r, order) => {
+    if (r.pipeline !== pipeline || r.output !== undefined) return;
+    if (q.shard !== undefined && r.shard !== q.shard) return;
+    if (q.sinceMs !== undefined && r.committedAt < q.sinceMs) return;
+    out.push({
+      recordId: r.recordId,
+      key: r.key,
+      shard: r.shard,
+      sourceSeq: r.sourceSeq,
+      epoch: r.epoch,
+      worker: r.worker,
+      committedAt: r.committedAt,
+      order,
+      ...(q.values ? { value: r.value } : {}),
+    });
+  });
+  return out;
+}

@@ -1,0 +1,221 @@
+/**
+ * The sink over NATS request/reply. One sink process owns the SQLite file and serves fence,
+ * commit and checkpoint requests; workers hold no database lock, so a paused or killed
+ * worker can never stall the other writers. Requests are CBOR, rows carry their decoded
+ * values (the sink process renders them, never decodes the records' bytes); errors come back
+ * typed.
+ *
+ * A commit whose reply is lost is simply retried: the sink skips sequences already
+ * committed, so a retry never writes a row twice.
+ */
+import {
+  type MsgHdrs,
+  type NatsConnection,
+  headers as natsHeaders,
+  type Subscription,
+} from "@nats-io/transport-node";
+import { SpanKind, trace } from "@opentelemetry/api";
+import { decode, encode } from "cbor-x";
+import { ErrorCode, SluiceError } from "../../contract/errors.js";
+import type { ShardRef } from "../../contract/ownership.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
+import { TelemetryAttributes as A, SpanNames } from "../../telemetry/attributes.js";
+import { extractFromNatsHeaders, injectActiveIntoNatsHeaders } from "../../telemetry/propagation.js";
+import { withSpan } from "../../telemetry/tracing.js";
+
+export const SinkSubjects = {
+  fence: "sluice.sink.fence",
+  commit: "sluice.sink.commit",
+  checkpoint: "sluice.sink.checkpoint",
+  recordIds: "sluice.sink.record-ids",
+} as const;
+
+type Reply<T> =
+  | { ok: true; value: T }
+  | { ok: false; code: ErrorCode; message: string; retryable: boolean; fencedBy?: number };
+
+interface FenceRequest {
+  ref: ShardRef;
+  epoch: number;
+}
+interface CommitRequest {
+  ref: ShardRef;
+  epoch: number;
+  worker: string;
+  rows: SinkRow[];
+  lastSeq: number;
+  opts?: CommitOptions;
+}
+interface RecordIdsRequest {
+  ref: ShardRef;
+  fromSeq: number;
+}
+
+export class NatsSinkClient implements Sink {
+  constructor(
+    private readonly nc: NatsConnection,
+    /** Per-request timeout, ms. */
+    private readonly timeoutMs = 10_000,
+  ) {}
+
+  private async call<T>(subject: string, body: unknown): Promise<T> {
+    let data: Uint8Array;
+    try {
+      // A traced caller (a batch's commit span, a lease acquisition) carries its context to the
+      // sink process; an untraced one sends no headers at all.
+      const h = traceHeaders();
+      const m = await this.nc.request(subject, encode(body), {
+        timeout: this.timeoutMs,
+        ...(h ? { headers: h } : {}),
+      });
+      data = m.data;
+    } catch (err) {
+      throw new SluiceError(
+        ErrorCode.Unavailable,
+        `sink did not answer ${subject}: ${(err as Error).message}`,
+        {
+          retryable: true,
+          cause: err,
+        },
+      );
+    }
+    const r = decode(data) as Reply<T>;
+    if (r.ok) return r.value;
+    throw new SluiceError(r.code, r.message, {
+      retryable: r.retryable,
+      ...(r.fencedBy === undefined ? {} : { fencedBy: r.fencedBy }),
+    });
+  }
+
+  fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
+    return this.call(SinkSubjects.fence, { ref, epoch } satisfies FenceRequest);
+  }
+
+  commit(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+    opts?: CommitOptions,
+  ): Promise<CommitResult> {
+    return this.call(SinkSubjects.commit, {
+      ref,
+      epoch,
+      worker,
+      rows: rows.map(wireRow),
+      lastSeq,
+      ...(opts ? { opts } : {}),
+    } satisfies CommitRequest);
+  }
+
+  checkpoint(ref: ShardRef): Promise<Checkpoint> {
+    return this.call(SinkSubjects.checkpoint, { ref });
+  }
+
+  recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    return this.call(SinkSubjects.recordIds, { ref, fromSeq } satisfies RecordIdsRequest);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/**
+ * A row as it crosses the wire: exactly the `SinkRow` fields. A row handed over by the pipeline
+ * is the record object itself, which also holds its source message.
+ */
+const wireRow = (r: SinkRow): SinkRow =>
+  r.output === undefined
+    ? { recordId: r.recordId, key: r.key, sourceSeq: r.sourceSeq, value: r.value }
+    : { recordId: r.recordId, key: r.key, sourceSeq: r.sourceSeq, value: r.value, output: r.output };
+
+/** NATS headers carrying the active span's context, or undefined when it is not recording. */
+function traceHeaders(): MsgHdrs | undefined {
+  if (!trace.getActiveSpan()?.isRecording()) return undefined;
+  const h = natsHeaders();
+  return injectActiveIntoNatsHeaders(h) ? h : undefined;
+}
+
+/** Serves a `Sink` (the SQLite one) to the cluster. */
+export class NatsSinkServer {
+  private readonly subs: Subscription[] = [];
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly sink: Sink,
+    private readonly onError: (err: unknown) => void = () => {},
+  ) {}
+
+  start(): void {
+    this.serve<FenceRequest, Checkpoint>(SinkSubjects.fence, (r) => this.sink.fence(r.ref, r.epoch));
+    this.serve<CommitRequest, CommitResult>(SinkSubjects.commit, (r) =>
+      this.sink.commit(r.ref, r.epoch, r.worker, r.rows, r.lastSeq, r.opts),
+    );
+    this.serve<{ ref: ShardRef }, Checkpoint>(SinkSubjects.checkpoint, (r) => this.sink.checkpoint(r.ref));
+    this.serve<RecordIdsRequest, string[]>(SinkSubjects.recordIds, (r) =>
+      this.sink.recordIds(r.ref, r.fromSeq),
+    );
+  }
+
+  private serve<Req, Res>(subject: string, handle: (req: Req) => Promise<Res>): void {
+    this.subs.push(
+      this.nc.subscribe(subject, {
+        queue: "sluice-sink",
+        callback: (err, m) => {
+          if (err) return;
+          void (async () => {
+            let reply: Reply<Res>;
+            try {
+              const req = decode(m.data) as Req;
+              reply = { ok: true, value: await this.traced(subject, m.headers, req, handle) };
+            } catch (e) {
+              const se = e instanceof SluiceError ? e : null;
+              if (!se) this.onError(e);
+              reply = {
+                ok: false,
+                code: se?.code ?? ErrorCode.Unavailable,
+                message: (e as Error).message,
+                retryable: se?.retryable ?? true,
+                ...(se?.fencedBy === undefined ? {} : { fencedBy: se.fencedBy }),
+              };
+            }
+            m.respond(encode(reply));
+          })();
+        },
+      }),
+    );
+  }
+
+  /** Serves the request in a SERVER span, the child of the caller's span when it sent one. */
+  private traced<Req, Res>(
+    subject: string,
+    headers: MsgHdrs | undefined,
+    req: Req,
+    handle: (req: Req) => Promise<Res>,
+  ): Promise<Res> {
+    const parent = extractFromNatsHeaders(headers);
+    // Only continue a caller's trace: an untraced request (a status probe, an unsampled
+    // commit) would otherwise start a root trace per request.
+    if (!trace.getSpanContext(parent)) return handle(req);
+    const op = subject.slice(subject.lastIndexOf(".") + 1);
+    const r = (req as { ref?: ShardRef; epoch?: number }) ?? {};
+    return withSpan(
+      `${SpanNames.sinkServePrefix} ${op}`,
+      {
+        kind: SpanKind.SERVER,
+        parent,
+        attributes: {
+          [A.sinkOperation]: op,
+          ...(r.ref ? { [A.pipeline]: r.ref.pipeline, [A.shard]: r.ref.shard } : {}),
+          ...(typeof r.epoch === "number" ? { [A.epoch]: r.epoch } : {}),
+        },
+      },
+      () => handle(req),
+    );
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.subs) s.unsubscribe();
+    this.subs.length = 0;
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * The embedded default sink: one SQLite file shared by every worker process on the host.
+ *
+ * Exactly-once rests here. Each fence and commit is one `BEGIN IMMEDIATE` transaction in which
+ * the sink rules of `core/sink-rules.ts` run against this file's storage: read the shard's
+ * checkpoint, refuse a lower epoch (a zombie writer), skip sequences already committed (a
+ * redelivery), append the rest and move the checkpoint. Rows and checkpoint therefore always
+ * agree, and a record is written at most once per source sequence whatever the crashes,
+ * pauses or duplicated deliveries.
+ *
+ * The database lock is taken with a short busy timeout and retried asynchronously, so a
+ * worker waiting for the lock keeps its event loop (and heartbeats) running.
+ */
+import Database from "better-sqlite3";
+import pRetry, { AbortError } from "p-retry";
+import { payloadJson } from "../../contract/codec.js";
+import { ErrorCode, SluiceError } from "../../contract/errors.js";
+import type { ShardRef } from "../../contract/ownership.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
+import { applyCommit, applyFence, type SinkTransaction } from "../../core/sink-rules.js";
+import { quoteIdent, sideOutputTable } from "./sink-tables.js";
+
+export interface SqliteSinkOptions {
+  /** Pipelines whose tables are created on open. */
+  pipelines: readonly string[];
+  /** How long one attempt waits for the write lock, ms. */
+  busyTimeoutMs?: number;
+  /** How long, in total, a commit keeps retrying a busy database before failing, ms. */
+  lockDeadlineMs?: number;
+  /** Wall clock for `committed_at`, ms. */
+  now?: () => number;
+}
+
+export class SqliteSink implements Sink {
+  private readonly db: Database.Database;
+  private readonly now: () => number;
+  private readonly lockDeadlineMs: number;
+  private readonly inserts = new Map<string, Database.Statement>();
+  private readonly idQueries = new Map<string, Database.Statement<[number, number], { record_id: string }>>();
+  private readonly getCp: Database.Statement<
+    [string, number],
+    { epoch: number; seq: number; fingerprint: string | null }
+  >;
+  private readonly putCp: Database.Statement;
+  private closed = false;
+  /** This file's storage, for the sink rules; used only inside `tx`. */
+  private readonly storage: SinkTransaction<SinkRow>;
+
+  constructor(
+    readonly path: string,
+    opts: SqliteSinkOptions,
+  ) {
+    this.db = new Database(path, { timeout: opts.busyTimeoutMs ?? 25 });
+    this.now = opts.now ?? Date.now;
+    this.lockDeadlineMs = opts.lockDeadlineMs ?? 120_000;
+    this.withBusyRetrySync(() => {
+      this.db.pragma("journal_mode = WAL");
+      this.db.pragma("synchronous = NORMAL");
+      this.db.exec(`CREATE TABLE IF NOT EXISTS sluice_checkpoints (
+        pipeline TEXT NOT NULL, shard INTEGER NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL, PRIMARY KEY (pipeline, shard))`);
+      const cols = this.db.prepare("PRAGMA table_info(sluice_checkpoints)").all() as { name: string }[];
+      if (!cols.some((c) => c.name === "fingerprint"))
+        this.db.exec("ALTER TABLE sluice_checkpoints ADD COLUMN fingerprint TEXT");
+      for (const p of opts.pipelines) SqliteSink.createPipelineTable(this.db, p);
+    });
+    this.getCp = this.db.prepare(
+      "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?",
+    );
+    this.putCp =
+      this.db.prepare(`INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
+      seq = excluded.seq, fingerprint = excluded.fingerprint, updated_at = excluded.updated_at`);
+    this.storage = {
+      readCheckpoint: (ref) => this.readCp(ref),
+      writeRows: (ref, epoch, worker, rows) => {
+        const at = this.now();
+        for (const r of rows) {
+          const table = r.output === undefined ? ref.pipeline : sideOutputTable(ref.pipeline, r.output);
+          this.insertFor(table).run(
+            r.recordId,
+            r.key,
+            ref.shard,
+            r.sourceSeq,
+            epoch,
+            worker,
+            payloadJson(r.value),
+            at,
+          );
+        }
+      },
+      writeCheckpoint: (ref, cp) =>
+        this.putCp.run(ref.pipeline, ref.shard, cp.epoch, cp.seq, cp.fingerprint ?? null, this.now()),
+    };
+  }
+
+  /**
+   * Append-only table of a pipeline: no unique key, so a duplicate would be visible. The
+   * (shard, source_seq) index serves reconciliation (`recordIds`) and readers' range queries;
+   * rows arrive in sequence order per shard, so it grows at its right edge.
+   */
+  static createPipelineTable(db: Database.Database, pipeline: string): void {
+    db.exec(`CREATE TABLE IF NOT EXISTS ${quoteIdent(pipeline)} (
+      row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL, shard INTEGER NOT NULL,
+      source_seq INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL, payload TEXT NOT NULL,
+      committed_at INTEGER NOT NULL)`);
+    db.exec(
+      `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${pipeline}_shard_seq`)} ON ${quoteIdent(pipeline)} (shard, source_seq)`,
+    );
+  }
+
+  private insertFor(pipeline: string): Database.Statement {
+    let st = this.inserts.get(pipeline);
+    if (!st) {
+      SqliteSink.createPipelineTable(this.db, pipeline);
+      st = this.db.prepare(`INSERT INTO ${quoteIdent(pipeline)}
+        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
+      this.inserts.set(pipeline, st);
+    }
+    return st;
+  }
+
+  private readCp(ref: ShardRef): Checkpoint {
+    const row = this.getCp.get(ref.pipeline, ref.shard);
+    if (!row) return { epoch: 0, seq: 0 };
+    return row.fingerprint === null
+      ? { epoch: row.epoch, seq: row.seq }
+      : { epoch: row.epoch, seq: row.seq, fingerprint: row.fingerprint };
+  }
+
+  private withBusyRetrySync<T>(fn: () => T): T {
+    const deadline = Date.now() + this.lockDeadlineMs;
+    for (;;) {
+      try {
+        return fn();
+      } catch (err) {
+        if (!isBusy(err) || Date.now() > deadline) throw err;
+      }
+    }
+  }
+
+  /** Runs `fn` in an immediate transaction, retrying (without blocking the loop) while locked. */
+  private async tx<T>(fn: () => T): Promise<T> {
+    this.assertOpen();
+    const run = this.db.transaction(fn);
+    return pRetry(
+      () => {
+        try {
+          return run.immediate();
+        } catch (err) {
+          if (isBusy(err))
+            throw new SluiceError(ErrorCode.Unavailable, "sink database is locked", {
+              retryable: true,
+              cause: err,
+            });
+          // Fenced, conflict or a real database error: retrying cannot help.
+          throw new AbortError(err instanceof Error ? err : String(err));
+        }
+      },
+      {
+        retries: Number.POSITIVE_INFINITY,
+        minTimeout: 2,
+        maxTimeout: 50,
+        factor: 1.5,
+        randomize: true,
+        maxRetryTime: this.lockDeadlineMs,
+      },
+    );
+  }
+
+  async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
+    return this.tx(() => applyFence(this.storage, ref, epoch));
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed", { retryable: false });
+  }
+
+  async commit(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+    opts: CommitOptions = {},
+  ): Promise<CommitResult> {
+    this.assertOpen();
+    // Tables are created outside the write transaction's hot path (once per table).
+    this.insertFor(ref.pipeline);
+    return this.tx(() => applyCommit(this.storage, ref, epoch, worker, rows, lastSeq, opts));
+  }
+
+  async checkpoint(ref: ShardRef): Promise<Checkpoint> {
+    this.assertOpen();
+    return this.readCp(ref);
+  }
+
+  async recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    this.assertOpen();
+    this.insertFor(ref.pipeline);
+    let q = this.idQueries.get(ref.pipeline);
+    if (!q) {
+      q = this.db.prepare(
+        `SELECT record_id FROM ${quoteIdent(ref.pipeline)} WHERE shard = ? AND source_seq >= ?`,
+      ) as Database.Statement<[number, number], { record_id: string }>;
+      this.idQueries.set(ref.pipeline, q);
+    }
+    return q.all(ref.shard, fromSeq).map((r) => r.record_id);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+}
+
+function isBusy(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === "SQLITE_BUSY" || code === "SQLITE_LOCKED" || code === "SQLITE_BUSY_SNAPSHOT";
+}

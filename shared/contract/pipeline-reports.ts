@@ -1,0 +1,47 @@
+/**
+ * What a shard's pipeline reports as it runs: the worker turns these into logs and metrics.
+ * Plain data, so telemetry can take them without knowing the pipeline.
+ */
+import type { ShardRef } from "./ownership.js";
+
+/**
+ * The stream no longer holds the checkpoint's record at the checkpoint's sequence: the
+ * stream's history changed under the sink (a JetStream replica that diverged after a fault
+ * numbers records differently). The pipeline then reconciles by record id.
+ */
+export interface HistoryMismatchReport {
+  ref: ShardRef;
+  epoch: number;
+  checkpointSeq: number;
+  expected: string;
+  /** The first message the stream holds at or after `checkpointSeq`, and its fingerprint. */
+  foundSeq: number;
+  found: string;
+  /** Stream time the consumer was rewound to, ms since the epoch (absent: to the beginning). */
+  rewindToMs?: number;
+}
+
+/** A batch committed and acked. */
+export interface BatchReport {
+  ref: ShardRef;
+  epoch: number;
+  committed: number;
+  skipped: number;
+  deadLettered: number;
+  /** Records a stage routed to a side output (committed with the batch, counted apart). */
+  routed: number;
+  checkpoint: number;
+  /** Time spent in the sink transaction, ms. */
+  commitMs: number;
+  /** Messages still undelivered to the consumer after the batch's last one, when the source says. */
+  pending?: number;
+}
+
+/** A batch about to be committed (reported once per pulled batch, before its commit). */
+export interface BatchStartReport {
+  ref: ShardRef;
+  epoch: number;
+  records: number;
+  /** Messages still undelivered to the consumer after the batch's last one, when the source says. */
+  pending?: number;
+}

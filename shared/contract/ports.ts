@@ -1,0 +1,312 @@
+/**
+ * Narrow ports between the pure core / worker pipeline and the outside world. Each has a
+ * real implementation named after its technology (JetStream*, Sqlite*) and an in-memory one
+ * (Memory*) for simulation and unit tests.
+ */
+import type { AssignmentEntry, Heartbeat, ShardRef } from "./ownership.js";
+
+/** One record as read from the source stream. */
+export interface SourceMessage {
+  /** Stream sequence, strictly increasing within the stream (and so within a shard). */
+  seq: number;
+  /**
+   * The consumer's delivery sequence: +1 for every delivery (redeliveries included). A jump
+   * means deliveries were lost in flight, so the batch must not move the checkpoint past them.
+   */
+  deliverySeq: number;
+  subject: string;
+  data: Uint8Array;
+  /** Every header, first value each (read for dead letters). */
+  readonly headers: Record<string, string>;
+  /**
+   * One header's first value, when the source can look it up without building `headers`
+   * (the hot path reads two headers of every record).
+   */
+  header?(name: string): string | undefined;
+  /** Why the header block could not be read, set once `header`/`headers` found it malformed. */
+  readonly headerError?: string | undefined;
+  /** When the source stored the message, ms since the epoch; absent when the source does not say. */
+  readonly timestampMs?: number;
+  /**
+   * Messages matching the consumer still undelivered after this one, as the source reported
+   * at delivery (JetStream's `num_pending`); absent when the source does not know.
+   */
+  pending?: number;
+  /** Opaque handle the feed needs to ack this message. */
+  readonly token: unknown;
+}
+
+/** A shard's messages from one epoch's consumer. */
+export interface ShardFeed {
+  /** Up to `max` messages; waits at most `waitMs` when none are buffered. */
+  next(max: number, waitMs: number): Promise<SourceMessage[]>;
+  /** Acknowledge every message up to and including `last` (AckPolicy all). Fire and forget. */
+  ack(last: SourceMessage): void;
+  /**
+   * Ends a `next` that is waiting for messages now (it returns what is buffered, maybe
+   * nothing). A drain calls it so a hand-off does not sit out the rest of a pull's wait.
+   */
+  wake?(): void;
+  /** Set once the consumer is gone (deleted by a newer epoch) or broken; `next` then throws. */
+  readonly failure: Error | null;
+  close(): Promise<void>;
+}
+
+/**
+ * Where a shard's consumer starts: at a stream sequence, or at the first message stored at or
+ * after a wall-clock time (ms since the epoch), used to rewind when the stream's history changed.
+ */
+export type FeedStart = { seq: number } | { timeMs: number };
+
+/** A consumer's in-flight bounds, records (see `shardFlow`). */
+export interface FeedFlow {
+  /** Unacknowledged messages the server lets the consumer hold. */
+  maxAckPending: number;
+  /** Messages the client keeps pulled ahead; at most `maxAckPending` minus a batch. */
+  bufferMessages: number;
+}
+
+export interface ShardSource {
+  /**
+   * Open this epoch's consumer on the shard, delivering from `start` on, holding at most
+   * `flow.maxAckPending` unacknowledged records (the source's configured bound when absent).
+   */
+  open(ref: ShardRef, epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed>;
+  /** Delete consumers of older epochs of this shard, so a zombie's pulls fail. */
+  removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void>;
+  /** Delete this epoch's consumer (after a graceful release). */
+  remove(ref: ShardRef, epoch: number): Promise<void>;
+}
+
+/** A record's value: a map of field names to values, as decoded and left by the stages. */
+export type RecordValue = Record<string, unknown>;
+
+/** One row written to the sink per committed record. */
+export interface SinkRow {
+  recordId: string;
+  key: string;
+  sourceSeq: number;
+  /**
+   * The record's value as the stages left it. The decode stage has checked that it renders as
+   * JSON; a sink stores it in its own format (`payloadJson` for JSON text) and renders it in its
+   * own process, so a sink that discards rows never pays for rendering.
+   */
+  value: RecordValue;
+  /** The side output a stage routed the record to; absent for the pipeline's own table. */
+  output?: string;
+}
+
+export interface Checkpoint {
+  /** Highest epoch fenced for the shard. */
+  epoch: number;
+  /** Last source sequence committed (0 when nothing was). */
+  seq: number;
+  /**
+   * Fingerprint of the message at `seq` (`messageFingerprint`), when the sink keeps one. The
+   * next owner checks that the stream still holds that message at `seq` before it trusts the
+   * sequence: a JetStream replica that diverged numbers the same records differently.
+   */
+  fingerprint?: string;
+}
+
+export interface CommitOptions {
+  /** Fingerprint of the message at `lastSeq`, stored with the checkpoint. */
+  fingerprint?: string;
+  /**
+   * Reconciling after the stream's history changed: rows at or below the checkpoint's sequence
+   * are written too, because the caller removed those already committed by record id. The
+   * checkpoint still never moves back.
+   */
+  belowCheckpoint?: boolean;
+}
+
+export interface CommitResult {
+  /** Rows written by this commit. */
+  committed: number;
+  /** Rows skipped because their sequence was already committed (a redelivery). */
+  skipped: number;
+  checkpoint: Checkpoint;
+}
+
+/**
+ * The fenced, atomic sink contract: rows and checkpoint in one transaction; a commit or fence
+ * with an epoch lower than the shard's fenced epoch fails with `ErrorCode.Fenced`.
+ */
+export interface Sink {
+  /** Record `epoch` as the shard's fence; fails if a higher epoch is already fenced. */
+  fence(ref: ShardRef, epoch: number): Promise<Checkpoint>;
+  /**
+   * Append `rows` and move the checkpoint to `lastSeq` (>= any row's seq), atomically. Rows at
+   * or below the checkpoint are skipped as redeliveries unless `opts.belowCheckpoint`.
+   */
+  commit(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+    opts?: CommitOptions,
+  ): Promise<CommitResult>;
+  checkpoint(ref: ShardRef): Promise<Checkpoint>;
+  /** Record ids committed for the shard at source sequences >= `fromSeq` (for reconciliation). */
+  recordIds(ref: ShardRef, fromSeq: number): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+/** A shard's checkpoint as an inspector reads it. */
+export interface ShardCheckpoint extends Checkpoint {
+  pipeline: string;
+  shard: number;
+}
+
+/** One committed row as an inspector reads it. */
+export interface CommittedRow {
+  recordId: string;
+  key: string;
+  shard: number;
+  sourceSeq: number;
+  epoch: number;
+  worker: string;
+  /** When the sink committed it, ms since the epoch (the sink's clock). */
+  committedAt: number;
+  /**
+   * Position in the sink's commit order across the pipeline: increasing with every row written
+   * (a row id, an output stream's sequence).
+   */
+  order: number;
+  /** The stored value, when asked for (`RowQuery.values`). */
+  value?: RecordValue;
+}
+
+export interface RowQuery {
+  shard?: number;
+  /** Only rows committed at or after this time, ms since the epoch. */
+  sinceMs?: number;
+  /** Also read every row's stored value (costly on large tables). */
+  values?: boolean;
+}
+
+/**
+ * The read side of a sink, for tools rather than workers: `verify`, `status`, the dashboard,
+ * `chaos` and the bench read checkpoints and committed rows through it, whatever the sink.
+ */
+export interface SinkInspector {
+  /** Every shard's checkpoint the sink holds; empty when the sink holds none yet. */
+  checkpoints(): Promise<ShardCheckpoint[]>;
+  /** Rows committed for a pipeline; 0 when it has no table yet. */
+  rowCount(pipeline: string): Promise<number>;
+  /** Rows committed for a pipeline, in commit order, filtered by `q`. */
+  rows(pipeline: string, q?: RowQuery): Promise<CommittedRow[]>;
+  close(): Promise<void>;
+}
+
+export interface DeadLetter {
+  ref: ShardRef;
+  seq: number;
+  code: string;
+  message: string;
+  /** The stage that rejected the record (`decode` for bad input). */
+  stage?: string;
+  subject: string;
+  data: Uint8Array;
+  headers: Record<string, string>;
+}
+
+export interface DeadLetterQueue {
+  /** Durably stores the entries; resolves once every entry is persisted. Idempotent per (shard, seq). */
+  publish(entries: DeadLetter[]): Promise<void>;
+}
+
+export interface Versioned<T> {
+  value: T | null;
+  /** KV revision; 0 when the key does not exist. */
+  revision: number;
+}
+
+/** A replicated key-value map of JSON values with compare-and-set writes. */
+export interface JsonStore<T> {
+  get(key: string): Promise<Versioned<T>>;
+  /** Calls `onValue` for every current key, then for every change, until stopped. */
+  watch(onValue: (key: string, v: Versioned<T>) => void): Promise<{ stop(): void }>;
+  /** Writes only if the key is still at `expectedRevision` (0: must not exist); else `ErrorCode.Conflict`. */
+  compareAndSet(key: string, value: T, expectedRevision: number): Promise<number>;
+  /** Unconditional write. */
+  put(key: string, value: T): Promise<number>;
+}
+
+/** Shard key -> assignment. */
+export type AssignmentStore = JsonStore<AssignmentEntry>;
+
+/** Heartbeat reply of the leader: the epochs the worker holds in its view. */
+export interface Grants {
+  leader: string;
+  term: number;
+  grants: Record<string, number>;
+}
+
+export interface ReleasedNotice {
+  worker: string;
+  shard: string;
+  epoch: number;
+  /**
+   * Set when the worker gave the shard up because the sink is fenced at this higher epoch
+   * while the assignment still names it: the coordinator must move past it.
+   */
+  fencedBy?: number;
+}
+
+/**
+ * An assignment write the coordinator has made, announced once the store acknowledged it: a
+ * copy of a committed entry, at the revision it got.
+ */
+export interface AssignedNotice {
+  shard: string;
+  entry: AssignmentEntry;
+  revision: number;
+}
+
+/** The worker's side of the control plane. */
+export interface WorkerControlBus {
+  /** Sends a heartbeat; resolves with the leader's grants, or null when no leader answered in time. */
+  heartbeat(hb: Heartbeat, timeoutMs: number): Promise<Grants | null>;
+  released(notice: ReleasedNotice): void;
+  /**
+   * Hears every worker's releases, until the returned function is called. The next owner of a
+   * shard handed off gracefully fences the sink as soon as the previous owner has released,
+   * instead of after its grant has come through the assignment store. Optional: without it
+   * the next owner fences when granted.
+   */
+  onReleased?(handler: (n: ReleasedNotice) => void): () => void;
+  /**
+   * Hears assignment writes as the coordinator makes them, until the returned function is
+   * called. The store's watch is the source of truth and delivers the same entries, but a watch
+   * served by a replica that learns commits late delivered them 60–180 ms after the write (seen
+   * on workers that had just joined), on the hand-off's path. A notice is applied under the
+   * watch's own revision rules, so whichever comes first counts and the other is ignored.
+   * Optional: without it entries come through the watch alone.
+   */
+  onAssigned?(handler: (n: AssignedNotice) => void): () => void;
+}
+
+/** The coordinator's side of the control plane. */
+export interface CoordinatorControlBus {
+  /** `reply` answers the heartbeat; a coordinator that is not leader does not call it. */
+  onHeartbeat(handler: (hb: Heartbeat, reply: (g: Grants) => void) => void): void;
+  onReleased(handler: (n: ReleasedNotice) => void): void;
+  /** Announces a write the store has acknowledged (see `WorkerControlBus.onAssigned`). Lossy. */
+  assigned?(n: AssignedNotice): void;
+  close(): Promise<void>;
+}
+
+/** Timers, compatible with xstate's clock, so simulations can run on virtual time. */
+export interface Scheduler {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemScheduler: Scheduler = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
+};

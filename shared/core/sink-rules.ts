@@ -1,0 +1,179 @@
+/**
+ * The rules of the fenced sink, once, for every `Sink` implementation: a fence only raises a
+ * shard's epoch; a commit is accepted only at the fenced epoch; rows at or below the checkpoint
+ * are redeliveries and skipped (unless the caller reconciles below it); the checkpoint never
+ * moves back and its fingerprint follows its sequence.
+ *
+ * A sink supplies storage, not rules: read the checkpoint, write rows, write the checkpoint,
+ * all inside one atomic transaction of its own (`SinkTransaction`), and calls `applyFence` /
+ * `applyCommit` (or their async twins) inside it. Pure: the functions touch nothing but the
+ * transaction they are handed.
+ */
+import { ErrorCode, fencedError, SluiceError } from "../contract/errors.js";
+import type { ShardRef } from "../contract/ownership.js";
+import type { Checkpoint, CommitOptions, CommitResult } from "../contract/ports.js";
+
+/**
+ * Switches of the rules. Production runs with every rule on; the simulator's checker tests
+ * switch the fence off to prove that its invariants catch the zombie commits the fence stops.
+ */
+export interface SinkRules {
+  /** Refuse a fence or a commit below the shard's fenced epoch (default true). */
+  fence?: boolean;
+}
+
+/** A row as far as the rules care: where it sits in the shard's stream. */
+export interface SequencedRow {
+  sourceSeq: number;
+}
+
+/** The storage of one sink inside one of its atomic transactions. */
+export interface SinkTransaction<R extends SequencedRow> {
+  /** The shard's checkpoint; `{ epoch: 0, seq: 0 }` when it has none. */
+  readCheckpoint(ref: ShardRef): Checkpoint;
+  /** Stores rows the rules accepted (possibly none), as written by `worker` at `epoch`. */
+  writeRows(ref: ShardRef, epoch: number, worker: string, rows: readonly R[]): void;
+  writeCheckpoint(ref: ShardRef, cp: Checkpoint): void;
+}
+
+/** `SinkTransaction` of a sink whose storage answers asynchronously (a database over a socket). */
+export interface AsyncSinkTransaction<R extends SequencedRow> {
+  readCheckpoint(ref: ShardRef): Promise<Checkpoint>;
+  writeRows(ref: ShardRef, epoch: number, worker: string, rows: readonly R[]): Promise<void>;
+  writeCheckpoint(ref: ShardRef, cp: Checkpoint): Promise<void>;
+}
+
+/** What a commit does to a shard whose checkpoint is `before`. */
+export interface CommitPlan<R> {
+  /** The rows to write: those above the checkpoint, or all of them when reconciling. */
+  write: R[];
+  skipped: number;
+  /** The checkpoint to store. */
+  checkpoint: Checkpoint;
+  /** False when the checkpoint is unchanged and need not be written. */
+  changed: boolean;
+}
+
+/**
+ * The checkpoint after a commit at `epoch` whose batch ended at `lastSeq`: the sequence never
+ * moves back, and the fingerprint follows the sequence (a reconciliation batch that ends below
+ * the checkpoint keeps the checkpoint's own).
+ */
+export function advanceCheckpoint(
+  before: Checkpoint,
+  epoch: number,
+  lastSeq: number,
+  opts: CommitOptions,
+): Checkpoint {
+  const moved = lastSeq >= before.seq;
+  const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : before.fingerprint;
+  return {
+    epoch,
+    seq: moved ? lastSeq : before.seq,
+    ...(fingerprint === undefined ? {} : { fingerprint }),
+  };
+}
+
+/** The checkpoint to store when the shard is fenced at `epoch`; throws `Fenced` below it. */
+export function planFence(
+  ref: ShardRef,
+  before: Checkpoint,
+  epoch: number,
+  rules: SinkRules = {},
+): Checkpoint {
+  if ((rules.fence ?? true) && before.epoch > epoch) throw fencedError(ref.shard, epoch, before.epoch);
+  return { ...before, epoch: Math.max(before.epoch, epoch) };
+}
+
+/**
+ * What a commit at `epoch` of `rows`, ending at `lastSeq`, does. Throws `Fenced` when a higher
+ * epoch is fenced (a zombie writer) and `Conflict` when the epoch was never fenced (a commit
+ * must follow its own fence, or it could slip in before a newer owner's).
+ */
+export function planCommit<R extends SequencedRow>(
+  ref: ShardRef,
+  before: Checkpoint,
+  epoch: number,
+  rows: readonly R[],
+  lastSeq: number,
+  opts: CommitOptions = {},
+  rules: SinkRules = {},
+): CommitPlan<R> {
+  if ((rules.fence ?? true) && before.epoch !== epoch) {
+    if (before.epoch > epoch) throw fencedError(ref.shard, epoch, before.epoch);
+    throw new SluiceError(
+      ErrorCode.Conflict,
+      `shard ${ref.shard}: commit at epoch ${epoch} before its fence`,
+    );
+  }
+  const floor = opts.belowCheckpoint ? 0 : before.seq;
+  const write = floor === 0 ? rows.slice() : rows.filter((r) => r.sourceSeq > floor);
+  const checkpoint = advanceCheckpoint(before, before.epoch, lastSeq, opts);
+  const changed = checkpoint.seq !== before.seq || checkpoint.fingerprint !== before.fingerprint;
+  return { write, skipped: rows.length - write.length, checkpoint, changed };
+}
+
+/** The commit's answer: the checkpoint as the committing epoch sees it. */
+const result = <R>(plan: CommitPlan<R>, epoch: number): CommitResult => ({
+  committed: plan.write.length,
+  skipped: plan.skipped,
+  checkpoint: { ...plan.checkpoint, epoch },
+});
+
+/** Fences `ref` at `epoch` inside `tx`; returns the checkpoint the new owner starts from. */
+export function applyFence<R extends SequencedRow>(
+  tx: SinkTransaction<R>,
+  ref: ShardRef,
+  epoch: number,
+  rules?: SinkRules,
+): Checkpoint {
+  const after = planFence(ref, tx.readCheckpoint(ref), epoch, rules);
+  tx.writeCheckpoint(ref, after);
+  return { ...after, epoch };
+}
+
+/** Commits `rows` and the checkpoint inside `tx` by the rules (see `planCommit`). */
+export function applyCommit<R extends SequencedRow>(
+  tx: SinkTransaction<R>,
+  ref: ShardRef,
+  epoch: number,
+  worker: string,
+  rows: readonly R[],
+  lastSeq: number,
+  opts?: CommitOptions,
+  rules?: SinkRules,
+): CommitResult {
+  const plan = planCommit(ref, tx.readCheckpoint(ref), epoch, rows, lastSeq, opts, rules);
+  if (plan.write.length > 0) tx.writeRows(ref, epoch, worker, plan.write);
+  if (plan.changed) tx.writeCheckpoint(ref, plan.checkpoint);
+  return result(plan, epoch);
+}
+
+/** `applyFence` for an asynchronous transaction. */
+export async function applyFenceAsync<R extends SequencedRow>(
+  tx: AsyncSinkTransaction<R>,
+  ref: ShardRef,
+  epoch: number,
+  rules?: SinkRules,
+): Promise<Checkpoint> {
+  const after = planFence(ref, await tx.readCheckpoint(ref), epoch, rules);
+  await tx.writeCheckpoint(ref, after);
+  return { ...after, epoch };
+}
+
+/** `applyCommit` for an asynchronous transaction. */
+export async function applyCommitAsync<R extends SequencedRow>(
+  tx: AsyncSinkTransaction<R>,
+  ref: ShardRef,
+  epoch: number,
+  worker: string,
+  rows: readonly R[],
+  lastSeq: number,
+  opts?: CommitOptions,
+  rules?: SinkRules,
+): Promise<CommitResult> {
+  const plan = planCommit(ref, await tx.readCheckpoint(ref), epoch, rows, lastSeq, opts, rules);
+  if (plan.write.length > 0) await tx.writeRows(ref, epoch, worker, plan.write);
+  if (plan.changed) await tx.writeCheckpoint(ref, plan.checkpoint);
+  return result(plan, epoch);
+}

@@ -1,0 +1,61 @@
+/**
+ * The stage contract: what sits between reading a shard's batch and committing it. In the
+ * spirit of Redpanda Connect's processors, a stage takes a batch and decides, per record and
+ * in order: keep it (possibly changed), reject it (a `Rejection` with a stable code, which
+ * becomes a dead letter), or route it to a named side output (committed with the batch, apart
+ * from the pipeline's own rows).
+ *
+ * Determinism is part of the contract: a stage's decisions depend only on the records and on
+ * inputs pinned by version (a schema version, a reference-data revision, a config revision, a
+ * watermark stored with the checkpoint), never on the wall clock or randomness. A redelivered
+ * batch, or the same batch read by the shard's next owner, gets the same decisions, which is
+ * what lets the checkpoint, the rows and the dead letters agree after any crash.
+ */
+import type { Rejection } from "../contract/codec.js";
+import type { ShardRef } from "../contract/ownership.js";
+import type { RecordValue, SourceMessage } from "../contract/ports.js";
+
+/** A record on its way through the stages, once decoded. */
+export interface PipelineRecord {
+  readonly recordId: string;
+  readonly key: string;
+  readonly sourceSeq: number;
+  /** The record's value; a stage that changes it returns a record with a new value. */
+  readonly value: RecordValue;
+  /** The message it was read from: subject, headers, stream time. */
+  readonly message: SourceMessage;
+}
+
+export type StageDecision<T> =
+  | { readonly kind: "keep"; readonly record: T }
+  | { readonly kind: "reject"; readonly rejection: Rejection }
+  | { readonly kind: "route"; readonly output: string; readonly record: T };
+
+/** Where a batch is processed: pinned inputs a stage may read. */
+export interface StageContext {
+  readonly ref: ShardRef;
+  /** The pipeline's shard count. */
+  readonly shards: number | undefined;
+}
+
+/**
+ * One step of the chain. `In` is what the step before it produced: the first stage (decode)
+ * takes source messages, every later one takes `PipelineRecord`s.
+ */
+export interface Stage<In = PipelineRecord, Out = PipelineRecord> {
+  /** Names the stage in dead letters, logs and metrics. */
+  readonly name: string;
+  /**
+   * One decision per record of `batch`, in the same order. Must not throw for bad input: bad
+   * input is a rejection. A throw means the stage itself failed (its pinned input is
+   * unavailable, say): the batch is not committed and the lease retries it.
+   */
+  process(
+    batch: readonly In[],
+    ctx: StageContext,
+  ): readonly StageDecision<Out>[] | Promise<readonly StageDecision<Out>[]>;
+}
+
+export const keep = <T>(record: T): StageDecision<T> => ({ kind: "keep", record });
+export const reject = <T>(rejection: Rejection): StageDecision<T> => ({ kind: "reject", rejection });
+export const route = <T>(output: string, record: T): StageDecision<T> => ({ kind: "route", output, record });

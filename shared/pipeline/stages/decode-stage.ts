@@ -1,0 +1,72 @@
+/**
+ * The first stage of every pipeline: a source message becomes a `PipelineRecord` (its id, its
+ * key, its decoded value), or is rejected with the reason. The decoded value flows on to the
+ * later stages and the sink; nothing decodes the record's bytes again.
+ */
+import { decodePayload, headerOf, jsonContentType, type Rejection } from "../../contract/codec.js";
+import { ErrorCode } from "../../contract/errors.js";
+import type { SourceMessage } from "../../contract/ports.js";
+import { Headers, shardOf } from "../../contract/wire.js";
+import {
+  keep,
+  type PipelineRecord,
+  reject,
+  type Stage,
+  type StageContext,
+  type StageDecision,
+} from "../stage.js";
+
+/** Where a record was read: its key must map there (`shardOf`), as the partition mapping does. */
+export interface ReadShard {
+  shard: number;
+  /** The pipeline's shard count. */
+  shards: number;
+}
+
+/** A record without header `name`, saying why when its header block could not be read. */
+function missingHeader(msg: SourceMessage, code: ErrorCode, name: string): Rejection {
+  const why = msg.headerError;
+  return {
+    ok: false,
+    code,
+    message: why === undefined ? `no ${name} header` : `header block unreadable (${why}): no ${name}`,
+  };
+}
+
+/**
+ * The record `msg` holds, or why it holds none. With `at`, a record whose `Sluice-Key` belongs
+ * to another shard is rejected: it was published to one key's subject with another key's
+ * header, and committing it would break the order of that key's records, which one shard keeps.
+ */
+export function decodeRecord(
+  msg: SourceMessage,
+  at?: ReadShard,
+): { ok: true; record: PipelineRecord } | Rejection {
+  const recordId = headerOf(msg, Headers.msgId)?.trim();
+  if (!recordId) return missingHeader(msg, ErrorCode.MissingId, Headers.msgId);
+  const key = headerOf(msg, Headers.key);
+  if (!key) return missingHeader(msg, ErrorCode.MissingKey, Headers.key);
+  const keyShard = at ? shardOf(key, at.shards) : undefined;
+  if (at && keyShard !== at.shard) {
+    return {
+      ok: false,
+      code: ErrorCode.KeyShardMismatch,
+      message: `${Headers.key} '${key}' belongs to shard ${keyShard}, not ${at.shard}: publish to ingest.<pipeline>.<key> with the same key in the header`,
+    };
+  }
+  const contentType = headerOf(msg, Headers.contentType);
+  const payload = decodePayload(msg.data, contentType !== undefined && jsonContentType.test(contentType));
+  if (!payload.ok) return payload;
+  return { ok: true, record: { recordId, key, sourceSeq: msg.seq, value: payload.value, message: msg } };
+}
+
+export const decodeStage: Stage<SourceMessage, PipelineRecord> = {
+  name: "decode",
+  process(batch: readonly SourceMessage[], ctx: StageContext): StageDecision<PipelineRecord>[] {
+    const at = ctx.shards === undefined ? undefined : { shard: ctx.ref.shard, shards: ctx.shards };
+    return batch.map((m) => {
+      const r = decodeRecord(m, at);
+      return r.ok ? keep(r.record) : reject(r);
+    });
+  },
+};

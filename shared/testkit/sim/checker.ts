@@ -1,0 +1,218 @@
+/**
+ * The simulator's invariants, checked as every event happens (and once more at the end).
+ *
+ * Safety
+ * - epoch: only the shard's fenced (current) epoch commits; the fenced epoch never decreases.
+ * - checkpoint: a shard's committed sequence never goes backwards and has no gaps: every
+ *   record of the shard up to the checkpoint is committed or dead-lettered.
+ * - exactly once: no record is committed twice; nothing is committed that was not published;
+ *   by the end every published record is committed (or dead-lettered if malformed).
+ * - zombies: a worker resuming from a pause longer than its lease never sends a commit at an
+ *   epoch superseded before it resumed (it re-checks first); a graceful hand-off never has
+ *   its old owner's later commits fenced (the new owner waits for the release).
+ * Liveness (after every fault heals): every shard owned by a live worker and committed to
+ * the end of its stream, and the assignment balanced.
+ */
+
+import type { SinkCommitEvent } from "../../adapters/sink/memory-sink.js";
+import type { ShardRef } from "../../contract/ownership.js";
+
+export interface PublishedRecord {
+  id: string;
+  shard: number;
+  seq: number;
+  malformed: boolean;
+}
+
+export interface Violation {
+  at: number;
+  invariant: string;
+  detail: string;
+}
+
+interface Supersession {
+  at: number;
+  graceful: boolean;
+}
+
+export class Checker {
+  readonly violations: Violation[] = [];
+  readonly published = new Map<string, PublishedRecord>();
+  /** shard -> stream sequences of its records, ascending. */
+  private readonly shardSeqs = new Map<number, number[]>();
+  private readonly bySeq = new Map<number, PublishedRecord>();
+  private readonly committed = new Map<string, number>();
+  private readonly fenced = new Map<number, number>();
+  /** `shard@epoch` -> when a higher epoch replaced it, and whether that was a graceful hand-off. */
+  private readonly superseded = new Map<string, Supersession>();
+  private readonly currentEpoch = new Map<number, number>();
+  /** `shard@epoch` -> hand-off reason of the coordinator write that created the epoch. */
+  readonly reasons = new Map<string, string>();
+  /** worker -> pause intervals [from, to]. */
+  readonly pauses = new Map<string, Array<[number, number]>>();
+  fencedRejects = 0;
+
+  constructor(
+    private readonly now: () => number,
+    private readonly leaseTtlMs: number,
+    private readonly isDeadLettered: (ref: ShardRef, seq: number) => boolean,
+  ) {}
+
+  private fail(invariant: string, detail: string): void {
+    this.violations.push({ at: this.now(), invariant, detail });
+  }
+
+  get ok(): boolean {
+    return this.violations.length === 0;
+  }
+
+  onPublish(r: PublishedRecord): void {
+    if (this.published.has(r.id)) return;
+    this.published.set(r.id, r);
+    this.bySeq.set(r.seq, r);
+    const seqs = this.shardSeqs.get(r.shard) ?? [];
+    this.shardSeqs.set(r.shard, seqs);
+    seqs.push(r.seq);
+  }
+
+  lastSeqOf(shard: number): number {
+    const s = this.shardSeqs.get(shard);
+    return s && s.length > 0 ? s[s.length - 1]! : 0;
+  }
+
+  /** `shard@epoch` -> worker running that lease (acquiring to its end). */
+  private readonly running = new Map<string, string>();
+
+  onLeaseStart(worker: string, shard: number, epoch: number): void {
+    this.running.set(`${shard}@${epoch}`, worker);
+  }
+
+  onLeaseEnd(worker: string, shard: number, epoch: number): void {
+    if (this.running.get(`${shard}@${epoch}`) === worker) this.running.delete(`${shard}@${epoch}`);
+  }
+
+  /** A crashed worker's leases end with it. */
+  onCrash(worker: string): void {
+    for (const [k, w] of this.running) if (w === worker) this.running.delete(k);
+  }
+
+  /** An assignment entry was written; the epoch's hand-off reason was recorded in `reasons`. */
+  onAssignment(shard: number, epoch: number, at: number): void {
+    const prev = this.currentEpoch.get(shard) ?? 0;
+    if (epoch <= prev) return;
+    const reason = this.reasons.get(`${shard}@${epoch}`) ?? "unknown";
+    const graceful = reason === "released" || reason === "rebalance";
+    for (let e = prev; e < epoch; e++) {
+      if (!this.superseded.has(`${shard}@${e}`)) this.superseded.set(`${shard}@${e}`, { at, graceful });
+      const still = this.running.get(`${shard}@${e}`);
+      if (graceful && still) {
+        this.fail(
+          "graceful-handoff",
+          `shard ${shard}: epoch ${epoch} assigned by a graceful hand-off while ${still} still runs epoch ${e}`,
+        );
+      }
+    }
+    this.currentEpoch.set(shard, epoch);
+  }
+
+  /** The sink's fenced epoch of a shard never decreases. */
+  onFence(ref: ShardRef, after: { epoch: number }): void {
+    const prev = this.fenced.get(ref.shard) ?? 0;
+    if (after.epoch < prev)
+      this.fail("epoch", `shard ${ref.shard}: fenced epoch went back from ${prev} to ${after.epoch}`);
+    this.fenced.set(ref.shard, Math.max(prev, after.epoch));
+  }
+
+  onCommit(e: SinkCommitEvent): void {
+    const shard = e.ref.shard;
+    if (e.epoch !== e.fencedEpoch) {
+      this.fail(
+        "epoch",
+        `shard ${shard}: commit by ${e.worker} at epoch ${e.epoch} accepted while the sink's epoch is ${e.fencedEpoch}`,
+      );
+    }
+    if (e.after.seq < e.before.seq) {
+      this.fail("checkpoint", `shard ${shard}: checkpoint went back from ${e.before.seq} to ${e.after.seq}`);
+    }
+    const written = new Set(e.written.map((r) => r.sourceSeq));
+    for (const seq of this.seqsBetween(shard, e.before.seq, e.after.seq)) {
+      if (written.has(seq)) continue;
+      const rec = this.bySeq.get(seq);
+      if (rec && !(rec.malformed && this.isDeadLettered(e.ref, seq))) {
+        this.fail(
+          "checkpoint",
+          `shard ${shard}: checkpoint passed seq ${seq} (${rec.id}) without committing it`,
+        );
+      }
+    }
+    for (const r of e.written) {
+      const rec = this.published.get(r.recordId);
+      if (!rec) this.fail("exactly-once", `unexpected record ${r.recordId} committed by ${e.worker}`);
+      const n = (this.committed.get(r.recordId) ?? 0) + 1;
+      this.committed.set(r.recordId, n);
+      if (n > 1)
+        this.fail(
+          "exactly-once",
+          `record ${r.recordId} committed twice (last by ${e.worker} at epoch ${e.epoch})`,
+        );
+    }
+  }
+
+  /** A commit sent at `sentAt` was rejected by the fence. */
+  onReject(sentAt: number, ref: ShardRef, epoch: number, worker: string): void {
+    this.fencedRejects++;
+    const sup = this.superseded.get(`${ref.shard}@${epoch}`);
+    if (!sup || sentAt <= sup.at) return; // in flight before the hand-off: the fence's job
+    if (sup.graceful) {
+      this.fail(
+        "graceful-handoff",
+        `shard ${ref.shard}: ${worker} sent a commit at epoch ${epoch} at ${sentAt} after a graceful hand-off at ${sup.at}`,
+      );
+    }
+    for (const [from, to] of this.pauses.get(worker) ?? []) {
+      if (to - from > this.leaseTtlMs && sup.at < to && sentAt >= to) {
+        this.fail(
+          "lease-recheck",
+          `shard ${ref.shard}: ${worker} resumed at ${to} from a ${to - from} ms pause and sent a commit at superseded epoch ${epoch} without re-checking`,
+        );
+      }
+    }
+  }
+
+  private *seqsBetween(shard: number, after: number, upTo: number): Generator<number> {
+    const seqs = this.shardSeqs.get(shard) ?? [];
+    let lo = 0;
+    let hi = seqs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (seqs[mid]! <= after) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < seqs.length && seqs[i]! <= upTo; i++) yield seqs[i]!;
+  }
+
+  /** End of run: everything published is committed exactly once or dead-lettered. */
+  finalCheck(pipeline: string): { lost: number; duplicated: number } {
+    let lost = 0;
+    let duplicated = 0;
+    for (const r of this.published.values()) {
+      const n = this.committed.get(r.id) ?? 0;
+      if (r.malformed) {
+        if (n > 0) this.fail("exactly-once", `malformed record ${r.id} was committed`);
+        else if (!this.isDeadLettered({ pipeline, shard: r.shard }, r.seq)) {
+          lost++;
+          if (lost <= 3)
+            this.fail("exactly-once", `malformed record ${r.id} neither committed nor dead-lettered`);
+        }
+        continue;
+      }
+      if (n === 0) {
+        lost++;
+        if (lost <= 3)
+          this.fail("exactly-once", `record ${r.id} (shard ${r.shard}, seq ${r.seq}) never committed`);
+      }
+      if (n > 1) duplicated++;
+    }
+    return { lost, duplicated };
+  }
+}

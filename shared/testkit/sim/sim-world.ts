@@ -1,0 +1,666 @@
+/**
+ * One simulated cluster, driven by one seed: a broker (stream, consumers, KV), a sink,
+ * coordinators and workers running the production runtimes, a producer, and a schedule of
+ * faults. Everything runs on virtual time in one process.
+ */
+
+import { MemorySink } from "../../adapters/sink/memory-sink.js";
+import { encodeRecord } from "../../contract/codec.js";
+import type { TimingConfig, WorkerConfig } from "../../contract/config.js";
+import { silentLogger } from "../../contract/logger.js";
+import { type AssignmentEntry, parseShardKey } from "../../contract/ownership.js";
+import type { DeadLetter, JsonStore, Versioned } from "../../contract/ports.js";
+import { Headers, shardOf, shardSubject } from "../../contract/wire.js";
+import { type CoordinatorRecord, CoordinatorRuntime } from "../../runtime/coordinator-runtime.js";
+import { WorkerRuntime } from "../../runtime/worker-runtime.js";
+import { MemoryKv, MemoryStream } from "../memory-broker.js";
+import { Checker } from "./checker.js";
+import { Rng } from "./rng.js";
+import { SimLoop, SimNode } from "./sim-loop.js";
+import { BROKER, SINK, SimNet } from "./sim-net.js";
+import {
+  SimControlPlane,
+  SimCoordinatorBus,
+  SimDeadLetterQueue,
+  SimJsonStore,
+  SimShardSource,
+  SimSinkClient,
+  SimWorkerBus,
+} from "./sim-ports.js";
+
+/**
+ * Safety mechanisms the checker tests switch off one at a time, to prove the invariants
+ * catch what each one prevents. Production has no such switches.
+ */
+export interface SafetySwitches {
+  /** The sink rejects commits of a lower epoch than the shard's fence. */
+  sinkFence: boolean;
+  /** A worker re-checks a lease unconfirmed for `leaseTtlMs` before committing. */
+  leaseRecheck: boolean;
+  /** A graceful hand-off waits for the old owner's release before the next epoch. */
+  waitForRelease: boolean;
+}
+
+export const allSafety: SafetySwitches = { sinkFence: true, leaseRecheck: true, waitForRelease: true };
+
+export interface SimOptions {
+  shards: number;
+  workers: number;
+  coordinators: number;
+  records: number;
+  /** Records are published during [0, loadMs). */
+  loadMs: number;
+  /** Faults are injected during [500, healAt); everything heals at `healAt`. */
+  healAt: number;
+  /** After healing, the cluster must be live and balanced within this long, ms. */
+  livenessMs: number;
+  /** Faults injected per run, at most. */
+  maxFaults: number;
+  safety: SafetySwitches;
+  trace: boolean;
+  /** Worker settings; a large run polls idle shards less often. */
+  worker: WorkerConfig;
+}
+
+export const defaultSimOptions: SimOptions = {
+  shards: 8,
+  workers: 3,
+  coordinators: 2,
+  records: 300,
+  loadMs: 6_000,
+  healAt: 7_000,
+  livenessMs: 15_000,
+  maxFaults: 4,
+  safety: allSafety,
+  trace: false,
+  worker: {
+    batchMax: 40,
+    batchMin: 4,
+    targetCommitMs: 100,
+    lingerMs: 0,
+    maxAckPending: 200,
+    // A worker owning more than 3 of the 8 shards shares this: the flow sizing runs in simulation too.
+    maxBufferedRecords: 600,
+    pullWaitMs: 100,
+    ackWaitMs: 3_000,
+  },
+};
+
+export const simTiming: TimingConfig = {
+  heartbeatMs: 200,
+  failureTimeoutMs: 1_000,
+  leaseTtlMs: 800,
+  leaderTtlMs: 1_500,
+  handoffTimeoutMs: 3_000,
+  prepareTimeoutMs: 1_500,
+};
+
+const PIPELINE = "sim";
+
+interface WorkerProc {
+  node: SimNode;
+  runtime: WorkerRuntime;
+  leaving: boolean;
+  gone: boolean;
+}
+
+interface CoordinatorProc {
+  node: SimNode;
+  runtime: CoordinatorRuntime;
+}
+
+export interface SeedResult {
+  seed: number;
+  ok: boolean;
+  violations: Checker["violations"];
+  faults: string[];
+  records: number;
+  committed: number;
+  fencedRejects: number;
+  steps: number;
+  virtualMs: number;
+  trace: string[];
+}
+
+export class SimWorld {
+  readonly loop = new SimLoop();
+  readonly rng: Rng;
+  readonly net: SimNet;
+  readonly broker: SimNode;
+  readonly sinkNode: SimNode;
+  readonly stream = new MemoryStream("SLUICE_IN_sim");
+  readonly kvAssign = new MemoryKv();
+  readonly kvCoord = new MemoryKv();
+  readonly deadLetters = new Map<string, DeadLetter>();
+  readonly sink: MemorySink;
+  readonly plane = new SimControlPlane();
+  readonly checker: Checker;
+  readonly workers = new Map<string, WorkerProc>();
+  readonly coordinators = new Map<string, CoordinatorProc>();
+  readonly shards: string[];
+  readonly trace: string[] = [];
+  readonly faults: string[] = [];
+  private readonly timing: TimingConfig;
+  private nextWorker = 1;
+  private readonly pausedSince = new Map<SimNode, number>();
+
+  constructor(
+    readonly seed: number,
+    readonly o: SimOptions,
+  ) {
+    this.rng = new Rng(seed);
+    this.net = new SimNet(this.loop, this.rng);
+    this.broker = new SimNode(BROKER, this.loop);
+    this.sinkNode = new SimNode(SINK, this.loop);
+    this.shards = Array.from({ length: o.shards }, (_, i) => `${PIPELINE}.${i}`);
+    this.timing = {
+      ...simTiming,
+      leaseTtlMs: o.safety.leaseRecheck ? simTiming.leaseTtlMs : Number.POSITIVE_INFINITY,
+    };
+    this.checker = new Checker(
+      () => this.loop.now,
+      simTiming.leaseTtlMs,
+      (ref, seq) => this.deadLetters.has(`${ref.pipeline}.${ref.shard}.${seq}`),
+    );
+    this.sink = new MemorySink({
+      rules: { fence: o.safety.sinkFence },
+      now: () => this.loop.now,
+      observer: {
+        onFence: (ref, _epoch, after) => this.checker.onFence(ref, after),
+        onCommit: (e) => {
+          this.checker.onCommit(e);
+          if (o.trace)
+            this.log(
+              `sink: ${e.worker} committed ${e.written.length} of shard ${e.ref.shard}@${e.epoch} to seq ${e.after.seq}`,
+            );
+        },
+      },
+    });
+    this.kvAssign.watch((key, e) => {
+      const ref = parseShardKey(key);
+      const entry = e.value ? (JSON.parse(e.value) as AssignmentEntry) : null;
+      if (ref && entry) this.checker.onAssignment(ref.shard, entry.epoch, this.loop.now);
+      if (o.trace && entry)
+        this.log(
+          `kv: ${key} -> ${entry.owner ?? "-"}@${entry.epoch} ${entry.phase}${entry.next ? ` next ${entry.next}` : ""}`,
+        );
+    });
+  }
+
+  log(line: string): void {
+    if (this.o.trace) this.trace.push(`${String(this.loop.now).padStart(6)} ms  ${line}`);
+  }
+
+  // ---- processes -------------------------------------------------------------------
+
+  startCoordinator(id: string, node = new SimNode(id, this.loop)): void {
+    const assignments: JsonStore<AssignmentEntry> = new SimJsonStore<AssignmentEntry>(
+      this.net,
+      node,
+      this.broker,
+      this.kvAssign,
+    );
+    const runtime = new CoordinatorRuntime({
+      id,
+      shards: this.shards,
+      assignments: this.o.safety.waitForRelease ? assignments : new ImmediateHandoffStore(assignments),
+      control: new SimJsonStore<CoordinatorRecord>(this.net, node, this.broker, this.kvCoord),
+      bus: new SimCoordinatorBus(this.net, node, this.plane),
+      scheduler: node,
+      timing: this.timing,
+      log: silentLogger,
+      tickMs: 100,
+      onCommand: (c) => {
+        if (c.type !== "write") return;
+        const ref = parseShardKey(c.shard);
+        // A converted revoke becomes an immediate graceful hand-off at epoch + 1.
+        const epoch =
+          c.entry.phase === "revoking" && !this.o.safety.waitForRelease ? c.entry.epoch + 1 : c.entry.epoch;
+        if (ref) this.checker.reasons.set(`${ref.shard}@${epoch}`, c.reason);
+        this.log(
+          `${id}: ${c.reason} ${c.shard} -> ${c.entry.owner ?? "-"}@${c.entry.epoch} ${c.entry.phase}`,
+        );
+      },
+      onLeadership: (leader, term) => this.log(`${id}: ${leader ? "leader" : "not leader"} (term ${term})`),
+    });
+    this.coordinators.set(id, { node, runtime });
+    void runtime.start();
+  }
+
+  startWorker(id = `w${this.nextWorker++}`, node = new SimNode(id, this.loop)): string {
+    const runtime = new WorkerRuntime({
+      id,
+      capacity: 1,
+      assignments: new SimJsonStore<AssignmentEntry>(this.net, node, this.broker, this.kvAssign, true),
+      bus: new SimWorkerBus(this.net, node, this.plane),
+      sink: new SimSinkClient(
+        this.net,
+        node,
+        this.sinkNode,
+        this.sink,
+        (sentAt, ref, epoch, worker) => this.checker.onReject(sentAt, ref, epoch, worker),
+        () => this.freezeOnCommit(node),
+      ),
+      source: new SimShardSource(this.net, node, this.broker, this.stream, this.o.worker),
+      deadLetters: new SimDeadLetterQueue(this.net, node, this.broker, this.deadLetters),
+      scheduler: node,
+      timing: this.timing,
+      settings: this.o.worker,
+      shardsOf: () => this.o.shards,
+      log: silentLogger,
+      onLeaseEvent: (e) => {
+        const shard = parseShardKey(e.shard)!.shard;
+        if (e.event === "acquiring") this.checker.onLeaseStart(id, shard, e.epoch);
+        if (e.event === "released" || e.event === "fenced") this.checker.onLeaseEnd(id, shard, e.epoch);
+        this.log(`${id}: lease ${e.shard}@${e.epoch} ${e.event}${e.reason ? ` (${e.reason})` : ""}`);
+      },
+    });
+    this.workers.set(id, { node, runtime, leaving: false, gone: false });
+    void runtime.start();
+    return id;
+  }
+
+  private liveWorkers(): WorkerProc[] {
+    return [...this.workers.values()].filter((w) => !w.gone && !w.leaving);
+  }
+
+  // ---- load --------------------------------------------------------------------------
+
+  scheduleLoad(): void {
+    for (let i = 0; i < this.o.records; i++) {
+      const at = this.rng.int(0, this.o.loadMs - 1);
+      const malformed = this.rng.chance(0.03);
+      const key = `k${this.rng.int(0, 63)}`;
+      const retry = this.rng.chance(0.05);
+      this.loop.at(at, () => {
+        const shard = shardOf(key, this.o.shards);
+        const id = `r${i}`;
+        const data = malformed ? new Uint8Array([0xff, 0xfe, 0x00]) : encodeRecord({ n: i, key });
+        const publish = () =>
+          this.stream.publish(shardSubject(PIPELINE, shard), data, {
+            [Headers.msgId]: id,
+            [Headers.key]: key,
+          });
+        const { seq } = publish();
+        this.checker.onPublish({ id, shard, seq, malformed });
+        // A producer retry of a publish that landed: the duplicate window drops it.
+        if (retry) this.loop.at(at + 50, () => publish());
+      });
+    }
+  }
+
+  // ---- faults ------------------------------------------------------------------------
+
+  scheduleFaults(): void {
+    const n = this.rng.int(1, this.o.maxFaults);
+    for (let i = 0; i < n; i++) {
+      const at = this.rng.int(500, this.o.healAt - 500);
+      const len = this.rng.int(300, 3_500);
+      const kind = this.rng.pick([
+        "crash-worker",
+        "pause-worker",
+        "pause-worker-mid-commit",
+        "partition-worker-broker",
+        "partition-worker-sink",
+        "partition-worker-coordinators",
+        "crash-leader",
+        "pause-leader",
+        "partition-leader-broker",
+        "join-worker",
+        "leave-worker",
+        "slow-sink",
+        "lossy-network",
+        "phantom-write",
+      ] as const);
+      this.loop.at(at, () => this.inject(kind, Math.min(len, this.o.healAt - at)));
+    }
+    this.loop.at(this.o.healAt, () => this.healAll());
+  }
+
+  /** node -> pause length armed to strike at the node's next commit. */
+  private readonly armed = new Map<SimNode, number>();
+
+  private freezeOnCommit(node: SimNode): boolean {
+    const len = this.armed.get(node);
+    if (len === undefined || node.paused) return false;
+    this.armed.delete(node);
+    const from = this.loop.now;
+    this.note(`pause ${node.id} for ${len} ms as it sends a commit`);
+    this.pausedSince.set(node, from);
+    node.pause();
+    this.loop.at(Math.min(from + len, Math.max(from, this.o.healAt)), () => this.resume(node, from));
+    return true;
+  }
+
+  private pickWorker(): WorkerProc | undefined {
+    const ws = this.liveWorkers().filter((w) => w.node.up && !w.node.paused);
+    return ws.length > 0 ? this.rng.pick(ws) : undefined;
+  }
+
+  private leader(): CoordinatorProc | undefined {
+    return [...this.coordinators.values()].find((c) => c.node.up && c.runtime.isLeader);
+  }
+
+  private note(what: string): void {
+    this.faults.push(`${this.loop.now}ms ${what}`);
+    this.log(`FAULT ${what}`);
+  }
+
+  private inject(kind: string, len: number): void {
+    const until = this.loop.now + len;
+    switch (kind) {
+      case "crash-worker": {
+        const w = this.pickWorker();
+        if (!w) return;
+        this.note(`crash ${w.node.id} for ${len} ms`);
+        w.node.crash();
+        this.checker.onCrash(w.node.id);
+        this.loop.at(until, () => this.restartWorker(w));
+        return;
+      }
+      case "pause-worker-mid-commit": {
+        const w = this.pickWorker();
+        if (w) this.armed.set(w.node, len);
+        return;
+      }
+      case "pause-worker": {
+        const w = this.pickWorker();
+        if (!w) return;
+        const from = this.loop.now;
+        this.note(`pause ${w.node.id} for ${len} ms`);
+        this.pausedSince.set(w.node, from);
+        w.node.pause();
+        this.loop.at(until, () => this.resume(w.node, from));
+        return;
+      }
+      case "partition-worker-broker":
+      case "partition-worker-sink":
+      case "partition-worker-coordinators": {
+        const w = this.pickWorker();
+        if (!w) return;
+        const others =
+          kind === "partition-worker-broker"
+            ? [BROKER]
+            : kind === "partition-worker-sink"
+              ? [SINK]
+              : [...this.coordinators.keys()];
+        this.note(`cut ${w.node.id} from ${others.join(",")} for ${len} ms`);
+        for (const o of others) this.net.cut(w.node.id, o);
+        this.loop.at(until, () => {
+          for (const o of others) this.net.heal(w.node.id, o);
+        });
+        return;
+      }
+      case "crash-leader": {
+        const c = this.leader();
+        if (!c) return;
+        this.note(`crash leader ${c.node.id} for ${len} ms`);
+        c.node.crash();
+        this.loop.at(until, () => this.restartCoordinator(c));
+        return;
+      }
+      case "partition-leader-broker": {
+        const c = this.leader();
+        if (!c) return;
+        this.note(`cut leader ${c.node.id} from broker for ${len} ms`);
+        this.net.cut(c.node.id, BROKER);
+        this.loop.at(until, () => this.net.heal(c.node.id, BROKER));
+        return;
+      }
+      case "pause-leader": {
+        const c = this.leader();
+        if (!c) return;
+        const from = this.loop.now;
+        this.note(`pause leader ${c.node.id} for ${len} ms`);
+        this.pausedSince.set(c.node, from);
+        c.node.pause();
+        this.loop.at(until, () => this.resume(c.node, from));
+        return;
+      }
+      case "join-worker": {
+        const id = this.startWorker();
+        this.note(`join ${id}`);
+        return;
+      }
+      case "leave-worker": {
+        if (this.liveWorkers().length < 2) return;
+        const w = this.pickWorker();
+        if (!w) return;
+        this.note(`${w.node.id} leaves`);
+        w.leaving = true;
+        void w.runtime.drain(10_000).then(() => {
+          w.gone = true;
+          w.node.crash();
+          this.checker.onCrash(w.node.id);
+          this.log(`${w.node.id}: left`);
+        });
+        return;
+      }
+      case "phantom-write": {
+        this.note("the next assignment write reaches the workers' watches, then is lost");
+        this.kvAssign.phantomNext = true;
+        return;
+      }
+      case "slow-sink": {
+        const ms = this.rng.int(100, 900);
+        this.note(`sink ${ms} ms slower for ${len} ms`);
+        this.net.conditions.sinkDelayMs = ms;
+        this.loop.at(until, () => {
+          this.net.conditions.sinkDelayMs = 0;
+        });
+        return;
+      }
+      case "lossy-network": {
+        const c = {
+          dropP: this.rng.int(2, 20) / 100,
+          dupP: this.rng.int(0, 10) / 100,
+          extra: this.rng.int(0, 150),
+        };
+        this.note(
+          `network drops ${c.dropP}, duplicates ${c.dupP}, +${c.extra} ms, reordering, for ${len} ms`,
+        );
+        this.net.conditions = {
+          ...this.net.conditions,
+          dropP: c.dropP,
+          dupP: c.dupP,
+          extraDelayMs: c.extra,
+          reorder: true,
+        };
+        this.loop.at(until, () => {
+          this.net.conditions = {
+            ...this.net.conditions,
+            dropP: 0,
+            dupP: 0,
+            extraDelayMs: 0,
+            reorder: false,
+          };
+        });
+        return;
+      }
+    }
+  }
+
+  private resume(node: SimNode, from: number): void {
+    if (!node.paused) return;
+    this.pausedSince.delete(node);
+    const list = this.checker.pauses.get(node.id) ?? [];
+    list.push([from, this.loop.now]);
+    this.checker.pauses.set(node.id, list);
+    this.log(`${node.id}: resumed after ${this.loop.now - from} ms`);
+    node.resume();
+  }
+
+  private restartWorker(w: WorkerProc): void {
+    if (w.node.up || w.gone) return;
+    w.node.restart();
+    this.log(`${w.node.id}: restarted`);
+    this.startWorker(w.node.id, w.node);
+  }
+
+  private restartCoordinator(c: CoordinatorProc): void {
+    if (c.node.up) return;
+    c.node.restart();
+    this.log(`${c.node.id}: restarted`);
+    this.startCoordinator(c.node.id, c.node);
+  }
+
+  healAll(): void {
+    this.log("HEAL everything");
+    this.net.healAll();
+    for (const w of this.workers.values()) {
+      if (w.gone) continue;
+      if (w.node.paused) this.resume(w.node, this.pausedSince.get(w.node) ?? this.loop.now);
+      if (!w.node.up) this.restartWorker(w);
+    }
+    for (const c of this.coordinators.values()) {
+      if (c.node.paused) this.resume(c.node, this.pausedSince.get(c.node) ?? this.loop.now);
+      if (!c.node.up) this.restartCoordinator(c);
+    }
+  }
+
+  // ---- liveness ----------------------------------------------------------------------
+
+  /** Every shard owned by a live worker, active, committed to its end; counts within 1. */
+  settled(): string | null {
+    const live = new Set(this.liveWorkers().map((w) => w.node.id));
+    const counts = new Map<string, number>();
+    for (const s of this.shards) {
+      const e = this.kvAssign.get(s);
+      const entry = e.value ? (JSON.parse(e.value) as AssignmentEntry) : null;
+      if (!entry?.owner || !live.has(entry.owner) || entry.phase !== "active")
+        return `${s} not owned by a live worker`;
+      counts.set(entry.owner, (counts.get(entry.owner) ?? 0) + 1);
+      const shard = parseShardKey(s)!.shard;
+      const cp = this.sink.checkpointSync({ pipeline: PIPELINE, shard });
+      if (cp.seq < this.checker.lastSeqOf(shard))
+        return `${s} committed to ${cp.seq} of ${this.checker.lastSeqOf(shard)}`;
+      if (cp.epoch !== entry.epoch) return `${s} not fenced at epoch ${entry.epoch}`;
+    }
+    const values = [...live].map((id) => counts.get(id) ?? 0);
+    if (values.length > 0 && Math.max(...values) - Math.min(...values) > 1)
+      return `unbalanced: ${values.join("/")}`;
+    return null;
+  }
+}
+
+/** Replaces every graceful revoke by an immediate move to the next owner (a test-only unsafe mode). */
+class ImmediateHandoffStore implements JsonStore<AssignmentEntry> {
+  constructor(private readonly inner: JsonStore<AssignmentEntry>) {}
+  get(key: string): Promise<Versioned<AssignmentEntry>> {
+    return this.inner.get(key);
+  }
+  watch(onValue: (key: string, v: Versioned<AssignmentEntry>) => void) {
+    return this.inner.watch(onValue);
+  }
+  compareAndSet(key: string, e: AssignmentEntry, expectedRevision: number): Promise<number> {
+    if (e.phase === "revoking" && e.next) {
+      return this.inner.compareAndSet(
+        key,
+        { owner: e.next, epoch: e.epoch + 1, phase: "active", at: e.at },
+        expectedRevision,
+      );
+    }
+    return this.inner.compareAndSet(key, e, expectedRevision);
+  }
+  put(key: string, e: AssignmentEntry): Promise<number> {
+    return this.inner.put(key, e);
+  }
+}
+
+export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Promise<SeedResult> {
+  const o = { ...defaultSimOptions, ...opts };
+  const w = new SimWorld(seed, o);
+  for (let i = 1; i <= o.coordinators; i++) w.startCoordinator(`c${i}`);
+  for (let i = 0; i < o.workers; i++) w.startWorker();
+  w.scheduleLoad();
+  w.scheduleFaults();
+  const stopAt = o.healAt + o.livenessMs;
+  let settledAt: number | null = null;
+  // Run in slices; stop early on a violation or once settled after healing.
+  for (let t = 500; t <= stopAt; t += 500) {
+    await w.loop.runUntil(t);
+    if (!w.checker.ok) break;
+    if (t >= Math.max(o.healAt, o.loadMs) && w.settled() === null) {
+      settledAt = t;
+      break;
+    }
+  }
+  if (w.checker.ok && settledAt === null) {
+    w.checker.violations.push({
+      at: w.loop.now,
+      invariant: "liveness",
+      detail: `not settled ${o.livenessMs} ms after healing: ${w.settled()}`,
+    });
+  }
+  if (w.checker.ok) w.checker.finalCheck(PIPELINE);
+  return {
+    seed,
+    ok: w.checker.ok,
+    violations: w.checker.violations,
+    faults: w.faults,
+    records: w.checker.published.size,
+    committed: w.sink.stored.length,
+    fencedRejects: w.checker.fencedRejects,
+    steps: w.loop.steps,
+    virtualMs: w.loop.now,
+    trace: w.trace,
+  };
+}
+
+export interface ScaleResult {
+  shards: number;
+  workers: number;
+  /** Virtual ms until every shard was owned, fenced and the counts balanced. */
+  convergedMs: number;
+  counts: number[];
+  /** Shards that changed owner when one more worker joined. */
+  movedOnJoin: number;
+  /** ceil(shards / workers) + 1 */
+  moveBound: number;
+}
+
+/** A large, fault-free cluster: converge, then add one worker and count the shards that move. */
+export async function runScale(shards: number, workers: number, seed = 1): Promise<ScaleResult> {
+  const o: SimOptions = {
+    ...defaultSimOptions,
+    shards,
+    workers,
+    coordinators: 1,
+    records: 0,
+    maxFaults: 0,
+    worker: { ...defaultSimOptions.worker, pullWaitMs: 2_000, ackWaitMs: 30_000 },
+  };
+  const w = new SimWorld(seed, o);
+  w.startCoordinator("c1");
+  for (let i = 0; i < workers; i++) w.startWorker();
+  const settle = async (limitMs: number): Promise<number> => {
+    const start = w.loop.now;
+    for (let t = start + 250; t <= start + limitMs; t += 250) {
+      await w.loop.runUntil(t);
+      if (w.settled() === null) return t - start;
+    }
+    throw new Error(`not converged after ${limitMs} ms: ${w.settled()}`);
+  };
+  const convergedMs = await settle(60_000);
+  const owners = (): Map<string, string> =>
+    new Map(
+      w.shards.map((s) => [s, (JSON.parse(w.kvAssign.get(s).value ?? "{}") as AssignmentEntry).owner ?? ""]),
+    );
+  const before = owners();
+  const counts = [...before.values()].reduce(
+    (m, o) => m.set(o, (m.get(o) ?? 0) + 1),
+    new Map<string, number>(),
+  );
+  w.startWorker();
+  await settle(60_000);
+  const after = owners();
+  const movedOnJoin = w.shards.filter((s) => before.get(s) !== after.get(s)).length;
+  return {
+    shards,
+    workers,
+    convergedMs,
+    counts: [...counts.values()],
+    movedOnJoin,
+    moveBound: Math.ceil(shards / workers) + 1,
+  };
+}

@@ -1,0 +1,258 @@
+/**
+ * The contract every `Sink` keeps, as one suite: run it against an implementation with
+ * `sinkContract(name, harness)`. A new sink joins by adding one call to `sink-contract.test.ts`.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import type { ShardRef } from "../../shared/contract/ownership.js";
+import type { Sink, SinkInspector, SinkRow } from "../../shared/contract/ports.js";
+
+export interface SinkHarness {
+  /** A sink on fresh, empty storage. */
+  open(): Promise<Sink>;
+  /**
+   * Another sink on the storage of the last `open` (a second process or connection), or the same
+   * object when the implementation has no storage outside itself.
+   */
+  again(): Promise<Sink>;
+  /** Reads what the last `open`'s storage holds; null for a sink that keeps no rows. */
+  inspector(): Promise<SinkInspector | null>;
+  /** Frees the storage of the last `open`. */
+  cleanUp(): Promise<void>;
+}
+
+const REF: ShardRef = { pipeline: "demo", shard: 3 };
+
+export const contractRow = (seq: number, key = `k${seq}`): SinkRow => ({
+  recordId: `id-${seq}`,
+  key,
+  sourceSeq: seq,
+  value: { seq, key, nested: { list: [1, "two", null, true] } },
+});
+const rows = (from: number, to: number): SinkRow[] =>
+  Array.from({ length: to - from + 1 }, (_, i) => contractRow(from + i));
+
+async function expectCode(p: Promise<unknown>, code: ErrorCode): Promise<SluiceError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(SluiceError);
+  expect((err as SluiceError).code).toBe(code);
+  return err as SluiceError;
+}
+
+export function sinkContract(name: string, h: SinkHarness): void {
+  describe(`Sink contract: ${name}`, () => {
+    const opened: Sink[] = [];
+    const open = async (): Promise<Sink> => {
+      const s = await h.open();
+      opened.push(s);
+      return s;
+    };
+    const again = async (): Promise<Sink> => {
+      const s = await h.again();
+      opened.push(s);
+      return s;
+    };
+    /** Source sequences of the shard's stored rows in commit order; null when none are kept. */
+    const stored = async (ref = REF): Promise<Array<[number, string, number]> | null> => {
+      const i = await h.inspector();
+      if (!i) return null;
+      return (await i.rows(ref.pipeline, { shard: ref.shard })).map((r) => [r.sourceSeq, r.worker, r.epoch]);
+    };
+    const seqs = async (ref = REF): Promise<number[] | null> => (await stored(ref))?.map((r) => r[0]) ?? null;
+
+    afterEach(async () => {
+      for (const s of opened.splice(0)) await s.close().catch(() => undefined);
+      await h.cleanUp();
+    });
+
+    it("fence, then commit: rows and checkpoint are stored together", async () => {
+      const sink = await open();
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 0, seq: 0 });
+      expect(await sink.fence(REF, 1)).toEqual({ epoch: 1, seq: 0 });
+      const r = await sink.commit(REF, 1, "w1", rows(1, 3), 3);
+      expect(r).toEqual({ committed: 3, skipped: 0, checkpoint: { epoch: 1, seq: 3 } });
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 3 });
+      const got = await stored();
+      if (got) expect(got).toEqual([1, 2, 3].map((s) => [s, "w1", 1]));
+    });
+
+    it("re-fencing keeps the committed sequence and is idempotent at the same epoch", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 5), 5);
+      expect(await sink.fence(REF, 1)).toEqual({ epoch: 1, seq: 5 });
+      expect(await sink.fence(REF, 4)).toEqual({ epoch: 4, seq: 5 });
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 4, seq: 5 });
+    });
+
+    it("refuses a commit below the fenced epoch with FENCED and writes nothing", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 2), 2);
+      await sink.fence(REF, 2);
+      const err = await expectCode(sink.commit(REF, 1, "w1", rows(3, 4), 4), ErrorCode.Fenced);
+      expect(err.retryable).toBe(false);
+      expect(err.fencedBy).toBe(2);
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 2, seq: 2 });
+      const s = await seqs();
+      if (s) expect(s).toEqual([1, 2]);
+    });
+
+    it("refuses a fence below the stored one with FENCED and keeps the fence", async () => {
+      const sink = await open();
+      await sink.fence(REF, 5);
+      await expectCode(sink.fence(REF, 4), ErrorCode.Fenced);
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 5, seq: 0 });
+    });
+
+    it("refuses a commit before its fence with CONFLICT, also at an epoch above the fence", async () => {
+      const sink = await open();
+      await expectCode(sink.commit(REF, 1, "w1", rows(1, 1), 1), ErrorCode.Conflict);
+      await sink.fence(REF, 1);
+      await expectCode(sink.commit(REF, 2, "w1", rows(1, 1), 1), ErrorCode.Conflict);
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 0 });
+      const s = await seqs();
+      if (s) expect(s).toEqual([]);
+    });
+
+    it("skips redelivered rows (at or below the checkpoint) and counts them, never writing twice", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 5), 5);
+      expect(await sink.commit(REF, 1, "w1", rows(3, 8), 8)).toEqual({
+        committed: 3,
+        skipped: 3,
+        checkpoint: { epoch: 1, seq: 8 },
+      });
+      await sink.fence(REF, 2);
+      expect(await sink.commit(REF, 2, "w2", rows(1, 8), 8)).toEqual({
+        committed: 0,
+        skipped: 8,
+        checkpoint: { epoch: 2, seq: 8 },
+      });
+      const s = await seqs();
+      if (s) expect(s).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    });
+
+    it("advances the checkpoint without rows (a batch of dead letters) and never moves it back", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 2), 2);
+      expect(await sink.commit(REF, 1, "w1", [], 9)).toEqual({
+        committed: 0,
+        skipped: 0,
+        checkpoint: { epoch: 1, seq: 9 },
+      });
+      expect((await sink.commit(REF, 1, "w1", [contractRow(9)], 9)).skipped).toBe(1);
+      expect((await sink.commit(REF, 1, "w1", [], 4)).checkpoint).toEqual({ epoch: 1, seq: 9 });
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 9 });
+      const s = await seqs();
+      if (s) expect(s).toEqual([1, 2]);
+    });
+
+    it("keeps the fingerprint of the checkpoint's record through fences, reconciliation and reopening", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 4), 4, { fingerprint: "id-4" });
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 4, fingerprint: "id-4" });
+      expect(await sink.fence(REF, 2)).toEqual({ epoch: 2, seq: 4, fingerprint: "id-4" });
+      await sink.commit(REF, 2, "w2", [], 3, { fingerprint: "other", belowCheckpoint: true });
+      expect(await (await again()).checkpoint(REF)).toEqual({ epoch: 2, seq: 4, fingerprint: "id-4" });
+    });
+
+    it("writes below the checkpoint only when reconciling", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 6), 6, { fingerprint: "id-6" });
+      const displaced: SinkRow = { ...contractRow(3), recordId: "late" };
+      expect((await sink.commit(REF, 1, "w1", [displaced], 3)).committed).toBe(0);
+      expect(await sink.commit(REF, 1, "w1", [displaced], 3, { belowCheckpoint: true })).toEqual({
+        committed: 1,
+        skipped: 0,
+        checkpoint: { epoch: 1, seq: 6, fingerprint: "id-6" },
+      });
+    });
+
+    it("lists the record ids committed at or above a sequence (when it keeps rows)", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 6), 6);
+      if (!(await h.inspector())) return;
+      expect((await sink.recordIds(REF, 4)).sort()).toEqual(["id-4", "id-5", "id-6"]);
+      expect(await sink.recordIds({ pipeline: "demo", shard: 9 }, 0)).toEqual([]);
+    });
+
+    it("keeps shards and pipelines apart", async () => {
+      const sink = await open();
+      const other: ShardRef = { pipeline: "demo", shard: 4 };
+      const orders: ShardRef = { pipeline: "orders", shard: 3 };
+      await sink.fence(REF, 7);
+      await sink.fence(other, 1);
+      await sink.fence(orders, 1);
+      await sink.commit(other, 1, "w1", rows(1, 2), 2);
+      await sink.commit(orders, 1, "w1", rows(1, 1), 1);
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 7, seq: 0 });
+      expect(await sink.checkpoint(other)).toEqual({ epoch: 1, seq: 2 });
+      expect(await sink.checkpoint(orders)).toEqual({ epoch: 1, seq: 1 });
+      const i = await h.inspector();
+      if (!i) return;
+      expect(await i.rowCount("orders")).toBe(1);
+      expect((await i.rows("demo")).map((r) => r.shard)).toEqual([4, 4]);
+      expect(
+        (await i.checkpoints()).map((c) => `${c.pipeline}.${c.shard}@${c.epoch}:${c.seq}`).sort(),
+      ).toEqual(["demo.3@7:0", "demo.4@1:2", "orders.3@1:1"]);
+    });
+
+    it("a zombie's whole batch is refused once another connection fenced past it", async () => {
+      const a = await open();
+      await a.fence(REF, 1);
+      await a.commit(REF, 1, "wA", rows(1, 3), 3);
+      const b = await again();
+      expect(await b.fence(REF, 2)).toEqual({ epoch: 2, seq: 3 });
+      await expectCode(a.commit(REF, 1, "wA", rows(4, 10), 10), ErrorCode.Fenced);
+      await expectCode(a.fence(REF, 1), ErrorCode.Fenced);
+      expect((await b.commit(REF, 2, "wB", rows(4, 6), 6)).committed).toBe(3);
+      expect(await a.checkpoint(REF)).toEqual({ epoch: 2, seq: 6 });
+      const got = await stored();
+      if (got)
+        expect(got).toEqual([
+          [1, "wA", 1],
+          [2, "wA", 1],
+          [3, "wA", 1],
+          [4, "wB", 2],
+          [5, "wB", 2],
+          [6, "wB", 2],
+        ]);
+    });
+
+    it("reads rows back with their values, in commit order, filtered by shard and time", async () => {
+      const sink = await open();
+      const i = await h.inspector();
+      if (!i) return;
+      const t0 = Date.now();
+      await sink.fence(REF, 1);
+      await sink.commit(REF, 1, "w1", rows(1, 3), 3);
+      const all = await i.rows("demo", { values: true });
+      expect(all.map((r) => r.recordId)).toEqual(["id-1", "id-2", "id-3"]);
+      expect(all[0]!.value).toEqual(contractRow(1).value);
+      expect(all.every((r, n) => n === 0 || r.order > all[n - 1]!.order)).toBe(true);
+      expect(all.every((r) => r.committedAt >= t0 - 1000 && r.committedAt <= Date.now() + 1000)).toBe(true);
+      expect(await i.rows("demo", { shard: 9 })).toEqual([]);
+      expect(await i.rows("demo", { sinceMs: Date.now() + 60_000 })).toEqual([]);
+      expect(await i.rows("nothing")).toEqual([]);
+      expect(await i.rowCount("nothing")).toBe(0);
+    });
+
+    it("once closed, refuses fences and commits with UNAVAILABLE; close is idempotent", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.close();
+      await sink.close();
+      await expectCode(sink.commit(REF, 1, "w1", rows(1, 1), 1), ErrorCode.Unavailable);
+      await expectCode(sink.fence(REF, 2), ErrorCode.Unavailable);
+    });
+  });
+}
