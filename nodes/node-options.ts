@@ -1,6 +1,7 @@
 /** Command-line options shared by the worker and coordinator processes. */
 import { Command } from "commander";
-import { loadConfig, type SluiceConfig } from "../shared/contract/config.js";
+import { loadConfigFile } from "../shared/adapters/config-file.js";
+import type { SluiceConfig } from "../shared/contract/config.js";
 
 export interface NodeOptions {
   id: string;
@@ -32,7 +33,7 @@ export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: 
   return {
     id: o.id,
     servers: o.servers.split(",").filter(Boolean),
-    config: loadConfig(o.config),
+    config: loadConfigFile(o.config),
     sink: o.sink,
     capacity: Number(o.capacity) > 0 ? Number(o.capacity) : 1,
     httpPort: Number.isInteger(Number(o.httpPort)) && Number(o.httpPort) > 0 ? Number(o.httpPort) : 0,

@@ -8,13 +8,14 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import Database from "better-sqlite3";
 import type { SluiceConfig } from "../../shared/contract/config.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/runtime/coordinator-runtime.js";
+import { readClusterFile } from "../cli/cluster-file.js";
 import { measureFailover } from "../cli/failover.js";
-import { addWorker, readClusterFile, removeWorker, restartProcess } from "../cli/local-cluster.js";
+import { addWorker, removeWorker, restartProcess } from "../cli/local-cluster.js";
 import { isSettled } from "../cli/readiness.js";
 import { gatherStatus, type StatusReport } from "../cli/status.js";
 import { waitUntil } from "../cli/wait.js";
@@ -24,30 +25,28 @@ export interface ClusterHandle {
   dir: string;
   nc: NatsConnection;
   cfg: SluiceConfig;
-  sink: string;
+  sink: SinkInspector;
   pipeline: string;
 }
 
 const shardNo = (key: string): number => Number(key.slice(key.lastIndexOf(".") + 1));
 
 /** Commit times (ms) of one shard since `fromMs`, one per committed batch, with the committer. */
-function commitTimes(
-  sink: string,
+async function commitTimes(
+  sink: SinkInspector,
   pipeline: string,
   shard: number,
   fromMs: number,
-): Array<{ at: number; worker: string; epoch: number }> {
-  const db = new Database(sink, { readonly: true, fileMustExist: true });
-  try {
-    return db
-      .prepare(
-        `SELECT committed_at AS at, worker, epoch FROM "${pipeline}" WHERE shard = ? AND committed_at >= ?
-         GROUP BY committed_at, worker, epoch ORDER BY committed_at`,
-      )
-      .all(shard, fromMs) as Array<{ at: number; worker: string; epoch: number }>;
-  } finally {
-    db.close();
+): Promise<Array<{ at: number; worker: string; epoch: number }>> {
+  const batches = new Map<string, { at: number; worker: string; epoch: number }>();
+  for (const r of await sink.rows(pipeline, { shard, sinceMs: fromMs })) {
+    batches.set(`${r.committedAt}/${r.worker}/${r.epoch}`, {
+      at: r.committedAt,
+      worker: r.worker,
+      epoch: r.epoch,
+    });
   }
+  return [...batches.values()].sort((a, b) => a.at - b.at);
 }
 
 /**
@@ -104,8 +103,8 @@ export async function workerKillTrials(
     const f = await waitUntil(
       `the shards of ${victim} to commit elsewhere`,
       30_000,
-      () => {
-        const m = measureFailover(h.sink, h.pipeline, shards, victim, killedAt);
+      async () => {
+        const m = await measureFailover(h.sink, h.pipeline, shards, victim, killedAt);
         return m.maxMs === null ? undefined : m;
       },
       50,
@@ -155,7 +154,9 @@ export async function scaleOutTrials(
     const joinAt = Date.now();
     let baseline = 0;
     for (const r of before.shards) {
-      const times = commitTimes(h.sink, h.pipeline, shardNo(r.shard), quietFrom).filter((x) => x.at < joinAt);
+      const times = (await commitTimes(h.sink, h.pipeline, shardNo(r.shard), quietFrom)).filter(
+        (x) => x.at < joinAt,
+      );
       baseline = Math.max(baseline, longestGap(times.map((x) => x.at)));
     }
     const steal = new StealMeter();
@@ -163,11 +164,12 @@ export async function scaleOutTrials(
     const after = await settledOver(h, [...workers, added.id]);
     // Let every shard commit a few more batches under its new owner before reading gaps.
     const settledAt = Date.now();
-    await waitUntil("a commit after the rebalance on every shard", 10_000, () =>
-      after.shards.every((r) => commitTimes(h.sink, h.pipeline, shardNo(r.shard), settledAt).length > 0)
-        ? true
-        : undefined,
-    );
+    await waitUntil("a commit after the rebalance on every shard", 10_000, async () => {
+      for (const r of after.shards)
+        if ((await commitTimes(h.sink, h.pipeline, shardNo(r.shard), settledAt)).length === 0)
+          return undefined;
+      return true;
+    });
     const hostStealPct = steal.percent();
     const prev = new Map(before.shards.map((r) => [r.shard, r]));
     let movedMax = 0;
@@ -177,7 +179,7 @@ export async function scaleOutTrials(
     let epochChanges = 0;
     for (const r of after.shards) {
       const p = prev.get(r.shard)!;
-      const times = commitTimes(h.sink, h.pipeline, shardNo(r.shard), joinAt - 2_000);
+      const times = await commitTimes(h.sink, h.pipeline, shardNo(r.shard), joinAt - 2_000);
       if (p.owner !== r.owner) {
         moved++;
         const firstNew = times.find((x) => x.worker === r.owner && x.at >= joinAt);

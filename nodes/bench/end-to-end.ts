@@ -1,5 +1,5 @@
 /**
- * End to end into SQLite, in the same run: sluice (pipelined producer, workers committing
+ * End to end into the sink, in the same run: sluice (pipelined producer, workers committing
  * batches through the sink process) against a naive pipeline in one process (`js.publish()`
  * per record, each awaited; `consume()` with one ack per message; one INSERT per row).
  */
@@ -14,6 +14,7 @@ import {
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { encodeRecord, payloadJson } from "../../shared/contract/codec.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 import { Headers } from "../../shared/contract/wire.js";
 import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
 import { Producer, type PublishResult } from "../../shared/producer/producer.js";
@@ -36,11 +37,11 @@ const body = "x".repeat(192);
 export async function sluiceEndToEndRate(
   nc: NatsConnection,
   pipeline: string,
-  sinkPath: string,
+  sink: SinkInspector,
   count: number,
   prefix: string,
 ): Promise<Rate> {
-  const before = countCommitted(sinkPath, pipeline);
+  const before = await countCommitted(sink, pipeline);
   const producer = new Producer(nc, pipeline);
   let acked = 0;
   const onResult = (r: PublishResult): void => {
@@ -60,7 +61,7 @@ export async function sluiceEndToEndRate(
   await waitUntil(
     "the sink to hold every record",
     300_000,
-    () => (countCommitted(sinkPath, pipeline) >= before + count ? true : undefined),
+    async () => ((await countCommitted(sink, pipeline)) >= before + count ? true : undefined),
     20,
   );
   return rate(count, performance.now() - t0);

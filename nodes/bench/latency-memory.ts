@@ -4,8 +4,8 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
-import Database from "better-sqlite3";
 import { build as buildHistogram } from "hdr-histogram-js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 import { runLoad } from "../cli/load.js";
 import { waitUntil } from "../cli/wait.js";
 
@@ -19,49 +19,47 @@ export interface Latency {
 
 /**
  * Publishes `count` records at `rate`/s and reads, for each, the time from its creation by
- * the producer (`at` in the payload) to its commit (`committed_at`), both this host's clock.
+ * the producer (`at` in the payload) to its commit (`committedAt`), both this host's clock.
  */
 export async function publishToCommitLatency(
   nc: NatsConnection,
   pipeline: string,
-  sink: string,
+  sink: SinkInspector,
   count: number,
   rate: number,
   ackLog: string,
 ): Promise<Latency> {
   const startedAt = Date.now();
   const summary = await runLoad(nc, { pipeline, count, rate, ackLog, keys: 1024 });
-  const db = new Database(sink, { readonly: true, fileMustExist: true });
-  try {
-    const q = db.prepare(
-      `SELECT committed_at - json_extract(payload, '$.at') AS ms FROM "${pipeline}"
-       WHERE record_id LIKE ? AND committed_at >= ?`,
-    );
-    const rows = await waitUntil(
-      "every latency record to commit",
-      120_000,
-      () => {
-        const r = q.all(`${summary.runId}-%`, startedAt) as Array<{ ms: number }>;
-        return r.length >= summary.acked ? r : undefined;
-      },
-      200,
-    );
-    const h = buildHistogram({
-      lowestDiscernibleValue: 1,
-      highestTrackableValue: 3_600_000,
-      numberOfSignificantValueDigits: 3,
-    });
-    for (const r of rows) h.recordValue(Math.max(1, r.ms));
-    return {
-      rate,
-      records: rows.length,
-      p50Ms: h.getValueAtPercentile(50),
-      p99Ms: h.getValueAtPercentile(99),
-      maxMs: h.maxValue,
-    };
-  } finally {
-    db.close();
-  }
+  const ids = `${summary.runId}-`;
+  // Counted cheaply until every record landed, then read once with values.
+  await waitUntil(
+    "every latency record to commit",
+    120_000,
+    async () => {
+      const n = (await sink.rows(pipeline, { sinceMs: startedAt })).filter((r) =>
+        r.recordId.startsWith(ids),
+      ).length;
+      return n >= summary.acked ? true : undefined;
+    },
+    200,
+  );
+  const rows = (await sink.rows(pipeline, { sinceMs: startedAt, values: true }))
+    .filter((r) => r.recordId.startsWith(ids))
+    .map((r) => ({ ms: r.committedAt - Number(r.value?.at) }));
+  const h = buildHistogram({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 3_600_000,
+    numberOfSignificantValueDigits: 3,
+  });
+  for (const r of rows) h.recordValue(Math.max(1, r.ms));
+  return {
+    rate,
+    records: rows.length,
+    p50Ms: h.getValueAtPercentile(50),
+    p99Ms: h.getValueAtPercentile(99),
+    maxMs: h.maxValue,
+  };
 }
 
 /** Resident set size of a process, MiB (Linux /proc). */

@@ -6,17 +6,16 @@ import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { connectForPublishing } from "../../shared/adapters/nats/connection.js";
 import { pipelineOf } from "../../shared/contract/config.js";
-import { measureFailover } from "./failover.js";
-import { runLoad } from "./load.js";
 import {
-  addWorker,
-  down,
   isOurProcess,
+  openSinkInspector,
   readClusterConfig,
   readClusterFile,
-  up,
   writeClusterFile,
-} from "./local-cluster.js";
+} from "./cluster-file.js";
+import { measureFailover } from "./failover.js";
+import { runLoad } from "./load.js";
+import { addWorker, down, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { gatherStatus } from "./status.js";
 import { countCommitted, formatVerify, verify } from "./verify.js";
@@ -55,9 +54,11 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     name: "sluice-demo",
     pipeline: pipelineOf(cfg, pipeline),
   });
+  const sink = openSinkInspector(c);
   let ok = false;
+  let committedPoll: ReturnType<typeof setInterval> | undefined;
   try {
-    await waitSettled(nc, cfg, c.sink, 60_000);
+    await waitSettled(nc, cfg, sink, 60_000);
     say(
       `cluster ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; NATS at ${c.nats.map((n) => n.url).join(", ")}`,
     );
@@ -71,6 +72,13 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     let lastLine = 0;
     const loadStart = Date.now();
     say(`loading ${o.count} records into '${pipeline}' at ${o.rate}/s; ack log ${ackLog}`);
+    // The progress line shows the sink's row count as last read; reading is asynchronous.
+    let committed = 0;
+    committedPoll = setInterval(() => {
+      void countCommitted(sink, pipeline).then((n) => {
+        committed = n;
+      });
+    }, 250);
     const summary = await runLoad(nc, {
       pipeline,
       count: o.count,
@@ -79,7 +87,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       keys: 1000,
       onProgress: (p) => {
         if (!killing && p.sent >= o.count * 0.3) {
-          killing = gatherStatus(nc, cfg, c.sink).then((st) => {
+          killing = gatherStatus(nc, cfg, sink).then((st) => {
             killedShards = st.shards
               .filter((r) => r.owner === victim.id)
               .map((r) => Number(r.shard.split(".")[1]));
@@ -105,7 +113,6 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
         const now = Date.now();
         if (now - lastLine >= (tty ? 250 : 2000)) {
           lastLine = now;
-          const committed = countCommitted(c.sink, pipeline);
           const rate = Math.round(committed / ((now - loadStart) / 1000));
           const line = `published ${p.sent}/${o.count}  acked ${p.acked}  committed ${committed}  (${rate} rec/s)`;
           if (tty) process.stdout.write(`\r[demo] ${line}   `);
@@ -113,6 +120,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
         }
       },
     });
+    clearInterval(committedPoll);
     if (tty) process.stdout.write("\n");
     await killing;
     say(
@@ -121,19 +129,19 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     const drained = await waitUntil(
       "the sink to catch up",
       120_000,
-      () => {
-        const n = countCommitted(c.sink, pipeline);
+      async () => {
+        const n = await countCommitted(sink, pipeline);
         return n >= summary.acked ? n : undefined;
       },
       250,
-    ).catch(() => countCommitted(c.sink, pipeline));
+    ).catch(() => countCommitted(sink, pipeline));
     const elapsed = (Date.now() - loadStart) / 1000;
     say(
       `sink has ${drained} rows; end-to-end ${(drained / elapsed).toFixed(0)} records/s over ${elapsed.toFixed(1)} s`,
     );
-    const report = verify(c.sink, pipeline, ackLog);
+    const report = await verify(sink, pipeline, ackLog);
     console.log(formatVerify(report));
-    const f = measureFailover(c.sink, pipeline, killedShards, victim.id, killedAt);
+    const f = await measureFailover(sink, pipeline, killedShards, victim.id, killedAt);
     say(
       `failover: ${killedShards.length} shards of ${victim.id} committing elsewhere ${
         f.maxMs === null ? "(not all yet)" : `${(f.maxMs / 1000).toFixed(2)} s`
@@ -141,6 +149,8 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     );
     ok = report.ok;
   } finally {
+    clearInterval(committedPoll);
+    await sink.close();
     await nc.close().catch(() => undefined);
     if (!o.keep) {
       say("stopping the cluster");

@@ -1,4 +1,4 @@
-import Database from "better-sqlite3";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 
 export interface FailoverMeasure {
   /** shard -> ms from the kill until its first commit by another worker (null: none yet). */
@@ -7,29 +7,39 @@ export interface FailoverMeasure {
   maxMs: number | null;
 }
 
+/**
+ * The first commit of a shard at or after `sinceMs` by a worker other than `notBy`, ms since the
+ * epoch; null when there is none yet. Read from the sink's commit times.
+ */
+export async function firstCommitAfter(
+  sink: SinkInspector,
+  pipeline: string,
+  shard: number,
+  sinceMs: number,
+  notBy: string,
+): Promise<number | null> {
+  let first: number | null = null;
+  for (const r of await sink.rows(pipeline, { shard, sinceMs })) {
+    if (r.worker !== notBy && (first === null || r.committedAt < first)) first = r.committedAt;
+  }
+  return first;
+}
+
 /** Failover as the sink saw it: kill time to the first commit of each affected shard elsewhere. */
-export function measureFailover(
-  sinkPath: string,
+export async function measureFailover(
+  sink: SinkInspector,
   pipeline: string,
   shards: readonly number[],
   killedWorker: string,
   killedAt: number,
-): FailoverMeasure {
-  const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
-  try {
-    const q = db.prepare(
-      `SELECT MIN(committed_at) AS t FROM "${pipeline.replaceAll('"', '""')}" WHERE shard = ? AND worker != ? AND committed_at >= ?`,
-    );
-    const perShard: Record<string, number | null> = {};
-    let maxMs: number | null = 0;
-    for (const s of shards) {
-      const row = q.get(s, killedWorker, killedAt) as { t: number | null };
-      const ms = row.t === null ? null : row.t - killedAt;
-      perShard[`${pipeline}.${s}`] = ms;
-      maxMs = ms === null || maxMs === null ? null : Math.max(maxMs, ms);
-    }
-    return { perShard, maxMs: shards.length === 0 ? null : maxMs };
-  } finally {
-    db.close();
+): Promise<FailoverMeasure> {
+  const perShard: Record<string, number | null> = {};
+  let maxMs: number | null = 0;
+  for (const s of shards) {
+    const t = await firstCommitAfter(sink, pipeline, s, killedAt, killedWorker);
+    const ms = t === null ? null : t - killedAt;
+    perShard[`${pipeline}.${s}`] = ms;
+    maxMs = ms === null || maxMs === null ? null : Math.max(maxMs, ms);
   }
+  return { perShard, maxMs: shards.length === 0 ? null : maxMs };
 }

@@ -4,20 +4,13 @@ import { Command, InvalidArgumentError } from "commander";
 import { connectForPublishing, connectNats } from "../../shared/adapters/nats/connection.js";
 import { pipelineOf } from "../../shared/contract/config.js";
 import { isSluiceError } from "../../shared/contract/errors.js";
-import { FAULTS, formatChaos, parseScenario, runChaos } from "./chaos.js";
+import { formatChaos, runChaos } from "./chaos.js";
+import { FAULTS, parseScenario } from "./chaos-faults.js";
+import { isOurProcess, openSinkInspector, readClusterConfig, readClusterFile } from "./cluster-file.js";
 import { runDemo } from "./demo.js";
 import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
-import {
-  addWorker,
-  down,
-  isOurProcess,
-  readClusterConfig,
-  readClusterFile,
-  removeWorker,
-  restartProcess,
-  up,
-} from "./local-cluster.js";
+import { addWorker, down, removeWorker, restartProcess, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { formatStatus, gatherStatus } from "./status.js";
 import { watchStatus } from "./status-watch.js";
@@ -71,9 +64,11 @@ program
       });
       const cfg = readClusterConfig(c);
       const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-up" });
+      const sink = openSinkInspector(c);
       try {
-        await waitSettled(nc, cfg, c.sink, 60_000);
+        await waitSettled(nc, cfg, sink, 60_000);
       } finally {
+        await sink.close();
         await nc.close();
       }
       console.log(`sluice cluster ready in ${c.dir}`);
@@ -214,9 +209,9 @@ program
   .option("--pipeline <p>", "pipeline", "demo")
   .requiredOption("--ack-log <file>", "ack log written by 'sluice load'")
   .option("--json", "JSON output")
-  .action((o: { dir: string; pipeline: string; ackLog: string; json?: boolean }) => {
-    const c = readClusterFile(o.dir);
-    const r = verify(c.sink, o.pipeline, o.ackLog);
+  .action(async (o: { dir: string; pipeline: string; ackLog: string; json?: boolean }) => {
+    const sink = openSinkInspector(readClusterFile(o.dir));
+    const r = await verify(sink, o.pipeline, o.ackLog).finally(() => sink.close());
     console.log(o.json ? JSON.stringify(r, null, 2) : formatVerify(r));
     if (!r.ok) process.exitCode = 1;
   });
@@ -236,14 +231,16 @@ program
     }
     const c = readClusterFile(o.dir);
     const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-status" });
+    const sink = openSinkInspector(c);
     try {
       if (o.watch) {
-        await watchStatus(nc, readClusterConfig(c), c.sink, { intervalMs: Math.max(100, o.interval) });
+        await watchStatus(nc, readClusterConfig(c), sink, { intervalMs: Math.max(100, o.interval) });
         return;
       }
-      const s = await gatherStatus(nc, readClusterConfig(c), c.sink);
+      const s = await gatherStatus(nc, readClusterConfig(c), sink);
       console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
     } finally {
+      await sink.close();
       await nc.close();
     }
   });

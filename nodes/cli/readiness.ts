@@ -1,5 +1,6 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { SluiceConfig } from "../../shared/contract/config.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 import { gatherStatus, type StatusReport } from "./status.js";
 import { waitUntil } from "./wait.js";
 
@@ -22,7 +23,7 @@ export function isSettled(s: StatusReport, workers?: readonly string[]): boolean
 export async function waitSettled(
   nc: NatsConnection,
   cfg: SluiceConfig,
-  sinkPath: string,
+  sink: SinkInspector,
   timeoutMs: number,
   workers?: readonly string[],
 ): Promise<StatusReport> {
@@ -30,7 +31,7 @@ export async function waitSettled(
     "every shard to be owned and active",
     timeoutMs,
     async () => {
-      const s = await gatherStatus(nc, cfg, sinkPath);
+      const s = await gatherStatus(nc, cfg, sink);
       return isSettled(s, workers) ? s : undefined;
     },
     200,

@@ -7,6 +7,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { listShardConsumers, type ShardConsumerInfo } from "../../shared/adapters/nats/shard-consumers.js";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import { parseShardKey } from "../../shared/contract/ownership.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 import { epochConsumer } from "../../shared/contract/wire.js";
 import { type ProgressSample, type ShardRates, shardRates } from "../../shared/core/shard-rates.js";
 import { gatherStatus, type StatusReport } from "./status.js";
@@ -88,9 +89,9 @@ async function sample(
   nc: NatsConnection,
   jsm: JetStreamManager,
   cfg: SluiceConfig,
-  sinkPath: string,
+  sink: SinkInspector,
 ): Promise<{ report: StatusReport; progress: ProgressSample }> {
-  const report = await gatherStatus(nc, cfg, sinkPath);
+  const report = await gatherStatus(nc, cfg, sink);
   const at = Date.now();
   const consumers = new Map<string, Map<string, ShardConsumerInfo>>();
   for (const p of cfg.pipelines) consumers.set(p.name, await listShardConsumers(nc, jsm, p));
@@ -101,7 +102,7 @@ async function sample(
 export async function watchStatus(
   nc: NatsConnection,
   cfg: SluiceConfig,
-  sinkPath: string,
+  sink: SinkInspector,
   opts: { intervalMs: number; out?: NodeJS.WriteStream; signal?: AbortSignal },
 ): Promise<void> {
   const out = opts.out ?? process.stdout;
@@ -129,7 +130,7 @@ export async function watchStatus(
     while (!done.signal.aborted) {
       let error: string | undefined;
       try {
-        const { report, progress } = await sample(nc, jsm, cfg, sinkPath);
+        const { report, progress } = await sample(nc, jsm, cfg, sink);
         last = { report, rates: prev ? shardRates(prev, progress) : null };
         prev = progress;
       } catch (err) {

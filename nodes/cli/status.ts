@@ -2,10 +2,10 @@
 import { type ConsumerInfo, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import Database from "better-sqlite3";
 import { consumerNames } from "../../shared/adapters/nats/shard-consumers.js";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import type { AssignmentEntry } from "../../shared/contract/ownership.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/contract/wire.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/runtime/coordinator-runtime.js";
@@ -42,7 +42,7 @@ const json = <T>(b: Uint8Array | undefined): T | null => {
 export async function gatherStatus(
   nc: NatsConnection,
   cfg: SluiceConfig,
-  sinkPath: string,
+  sink: SinkInspector,
 ): Promise<StatusReport> {
   const kvm = new Kvm(nc);
   const assignments = await kvm.open(Buckets.assignments);
@@ -52,23 +52,9 @@ export async function gatherStatus(
   const jsm = await jetstreamManager(nc, { timeout: 3_000 });
   const checkpoints = new Map<string, { epoch: number; seq: number }>();
   try {
-    const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
-    try {
-      for (const r of db
-        .prepare("SELECT pipeline, shard, epoch, seq FROM sluice_checkpoints")
-        .all() as Array<{
-        pipeline: string;
-        shard: number;
-        epoch: number;
-        seq: number;
-      }>) {
-        checkpoints.set(`${r.pipeline}.${r.shard}`, { epoch: r.epoch, seq: r.seq });
-      }
-    } finally {
-      db.close();
-    }
+    for (const c of await sink.checkpoints()) checkpoints.set(`${c.pipeline}.${c.shard}`, c);
   } catch {
-    // No sink yet.
+    // The sink did not answer (or holds nothing yet): every checkpoint reads as 0.
   }
   const shards: ShardStatus[] = [];
   for (const p of cfg.pipelines) {

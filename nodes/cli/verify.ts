@@ -8,7 +8,7 @@
  * An indeterminate publish may be absent, but never duplicated.
  */
 import { readFileSync } from "node:fs";
-import Database from "better-sqlite3";
+import type { CommittedRow, SinkInspector } from "../../shared/contract/ports.js";
 
 export interface VerifyReport {
   pipeline: string;
@@ -38,42 +38,39 @@ export function readAckLog(path: string): Map<string, "acked" | "failed" | "time
   return out;
 }
 
-export function verify(sinkPath: string, pipeline: string, ackLogPath: string): VerifyReport {
-  const log = readAckLog(ackLogPath);
-  const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
-  const table = `"${pipeline.replaceAll('"', '""')}"`;
-  let counts: Array<{ record_id: string; n: number }>;
-  let orderViolations: number;
-  try {
-    counts = db.prepare(`SELECT record_id, COUNT(*) AS n FROM ${table} GROUP BY record_id`).all() as Array<{
-      record_id: string;
-      n: number;
-    }>;
-    // Per key, rows in commit order must have increasing source sequences.
-    orderViolations = (
-      db
-        .prepare(
-          `SELECT COUNT(*) AS n FROM (SELECT source_seq, LAG(source_seq) OVER (PARTITION BY key ORDER BY row_id) AS prev
-           FROM ${table}) WHERE prev IS NOT NULL AND source_seq <= prev`,
-        )
-        .get() as { n: number }
-    ).n;
-  } finally {
-    db.close();
+/** Records committed out of order: per key, rows in commit order must have increasing sequences. */
+export function orderViolations(rows: readonly CommittedRow[]): number {
+  const lastSeq = new Map<string, number>();
+  let n = 0;
+  for (const r of [...rows].sort((a, b) => a.order - b.order)) {
+    const prev = lastSeq.get(r.key);
+    if (prev !== undefined && r.sourceSeq <= prev) n++;
+    lastSeq.set(r.key, r.sourceSeq);
   }
-  const inSink = new Map(counts.map((c) => [c.record_id, c.n]));
+  return n;
+}
+
+export async function verify(
+  sink: SinkInspector,
+  pipeline: string,
+  ackLogPath: string,
+): Promise<VerifyReport> {
+  const log = readAckLog(ackLogPath);
+  const rows = await sink.rows(pipeline);
+  const inSink = new Map<string, number>();
+  for (const r of rows) inSink.set(r.recordId, (inSink.get(r.recordId) ?? 0) + 1);
   const r: VerifyReport = {
     pipeline,
     attempted: log.size,
     acknowledged: 0,
     indeterminate: 0,
     committed: inSink.size,
-    rows: counts.reduce((s, c) => s + c.n, 0),
+    rows: rows.length,
     lost: 0,
     duplicated: 0,
     unexpected: 0,
     indeterminate_committed: 0,
-    order_violations: orderViolations,
+    order_violations: orderViolations(rows),
     examples: { lost: [], duplicated: [], unexpected: [] },
     ok: false,
   };
@@ -109,17 +106,7 @@ export function formatVerify(r: VerifyReport): string {
   ].join("\n");
 }
 
-/** Rows in the sink whose record id is in `ids` (for waiting until a load has drained). */
-export function countCommitted(sinkPath: string, pipeline: string): number {
-  const db = new Database(sinkPath, { readonly: true, fileMustExist: true });
-  try {
-    const row = db.prepare(`SELECT COUNT(*) AS n FROM "${pipeline.replaceAll('"', '""')}"`).get() as {
-      n: number;
-    };
-    return row.n;
-  } catch {
-    return 0;
-  } finally {
-    db.close();
-  }
+/** Rows the sink holds for a pipeline (for waiting until a load has drained); 0 when unknown. */
+export function countCommitted(sink: SinkInspector, pipeline: string): Promise<number> {
+  return sink.rowCount(pipeline).catch(() => 0);
 }

@@ -5,7 +5,7 @@ import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
 import { NatsCoordinatorControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
 import { listShardConsumers } from "../../shared/adapters/nats/shard-consumers.js";
-import { NatsSinkClient } from "../../shared/adapters/sink/nats-sink.js";
+import { NatsSinkInspector } from "../../shared/adapters/sink/nats-sink.js";
 import { allShardKeys, pipelineOf } from "../../shared/contract/config.js";
 import type { AssignmentEntry } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
@@ -43,7 +43,7 @@ const kvm = new Kvm(nc);
 const control = new JetStreamJsonStore<CoordinatorRecord>(await openBucket(kvm, Buckets.coordinator));
 const jsm = await jetstreamManager(nc, { timeout: 3_000, checkAPI: false });
 // Short timeouts: a slow sink or JetStream only leaves a value unknown for one refresh.
-const sinkClient = new NatsSinkClient(nc, 800);
+const sinkInspector = new NatsSinkInspector(nc, 800);
 const dashboard = new DashboardServer({
   self: opts.id,
   shards: allShardKeys(opts.config),
@@ -52,7 +52,7 @@ const dashboard = new DashboardServer({
   state: () => runtime.state,
   readLeader: async () => ((await control.get(LEADER_KEY)).value as LeaderRecord | null) ?? null,
   listConsumers: (pipeline) => listShardConsumers(nc, jsm, pipelineOf(opts.config, pipeline)),
-  checkpoint: (ref) => sinkClient.checkpoint(ref),
+  sink: sinkInspector,
   log,
 });
 const runtime = new CoordinatorRuntime({

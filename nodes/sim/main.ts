@@ -6,7 +6,8 @@
 import { availableParallelism } from "node:os";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import { Command, InvalidArgumentError } from "commander";
-import { runSeed, type SeedResult } from "../../shared/testkit/sim/sim-world.js";
+import type { SeedResult } from "../../shared/testkit/sim/sim-options.js";
+import { runSeed } from "../../shared/testkit/sim/sim-runs.js";
 
 interface Job {
   start: number;

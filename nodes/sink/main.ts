@@ -2,6 +2,7 @@
 
 import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { NatsSinkServer } from "../../shared/adapters/sink/nats-sink.js";
+import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
 import { SqliteSink } from "../../shared/adapters/sink/sqlite-sink.js";
 import { createLogger } from "../../shared/telemetry/log.js";
 import { instrumentSink } from "../../shared/telemetry/metrics.js";
@@ -16,7 +17,8 @@ const http = new NodeHttpServer();
 const telemetry = startTelemetry({ serviceName: "sluice-sink", nodeId: opts.id, http });
 const sink = new SqliteSink(opts.sink, { pipelines: opts.config.pipelines.map((p) => p.name) });
 const nc = await connectNats({ servers: opts.servers, name: `sluice-sink-${opts.id}` });
-const server = new NatsSinkServer(nc, instrumentSink(sink, telemetry.meter), (err) =>
+const inspector = new SqliteSinkInspector(opts.sink);
+const server = new NatsSinkServer(nc, instrumentSink(sink, telemetry.meter), inspector, (err) =>
   log.error({ err }, "sink request failed"),
 );
 server.start();
@@ -27,6 +29,7 @@ onShutdown(async () => {
   await http.stop();
   await server.stop();
   await nc.drain().catch(() => undefined);
+  await inspector.close();
   await sink.close();
   await telemetry.shutdown();
   log.info({}, "stopped");

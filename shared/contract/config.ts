@@ -1,8 +1,8 @@
 /**
  * Cluster configuration: pipelines and protocol timing. Validated with zod so a bad file
- * fails with a clear message instead of a crash deep inside a node.
+ * fails with a clear message instead of a crash deep inside a node. Reading a file is the
+ * adapters' (`adapters/config-file.ts`); this is the schema and its checks.
  */
-import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { ErrorCode, SluiceError } from "./errors.js";
 
@@ -106,22 +106,6 @@ export function parseConfig(raw: unknown): SluiceConfig {
     names.add(p.name);
   }
   return r.data;
-}
-
-export function loadConfig(path: string | undefined): SluiceConfig {
-  if (!path) return parseConfig({});
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (cause) {
-    throw new SluiceError(ErrorCode.InvalidConfig, `cannot read config ${path}`, { cause });
-  }
-  try {
-    return parseConfig(JSON.parse(text));
-  } catch (cause) {
-    if (cause instanceof SluiceError) throw cause;
-    throw new SluiceError(ErrorCode.InvalidConfig, `config ${path} is not valid JSON`, { cause });
-  }
 }
 
 export function pipelineOf(cfg: SluiceConfig, pipeline: string): PipelineConfig {

@@ -118,6 +118,18 @@ export const ControlSubjects = {
   assigned: "sluice.ctl.assigned",
 } as const;
 
+/** Requests to the SQLite sink process (`NatsSinkServer`); CBOR bodies, typed error replies. */
+export const SinkSubjects = {
+  fence: "sluice.sink.fence",
+  commit: "sluice.sink.commit",
+  checkpoint: "sluice.sink.checkpoint",
+  recordIds: "sluice.sink.record-ids",
+  /** The inspector's reads (`SinkInspector`): every checkpoint, a row count, rows. */
+  checkpoints: "sluice.sink.inspect.checkpoints",
+  rowCount: "sluice.sink.inspect.row-count",
+  rows: "sluice.sink.inspect.rows",
+} as const;
+
 export const Headers = {
   msgId: "Nats-Msg-Id",
   /**

@@ -7,73 +7,14 @@
  */
 
 import type { ShardRef } from "../contract/ownership.js";
-import type { BatchReport, BatchStartReport, HistoryMismatchReport } from "../contract/pipeline-reports.js";
-import type {
-  Checkpoint,
-  DeadLetterQueue,
-  FeedFlow,
-  FeedStart,
-  ShardFeed,
-  ShardSource,
-  Sink,
-  SourceMessage,
-} from "../contract/ports.js";
+import type { Checkpoint, FeedFlow, FeedStart, ShardFeed, SourceMessage } from "../contract/ports.js";
 import { type BatchSizing, nextBatchLimit, shardFlow } from "../core/batch-size.js";
 import type { RunOutcome } from "../core/lease.machine.js";
 import { BatchCommitter } from "./batch-committer.js";
 import { HistoryGuard, startSeq } from "./history-guard.js";
-import type { Stage } from "./stage.js";
+import type { PipelineHooks, PipelinePorts, PipelineSettings } from "./pipeline-options.js";
 import { StageChain } from "./stage-chain.js";
 import { decodeStage } from "./stages/decode-stage.js";
-
-export interface PipelinePorts {
-  sink: Sink;
-  source: ShardSource;
-  deadLetters: DeadLetterQueue;
-}
-
-export interface PipelineSettings {
-  /** Largest batch per sink transaction, records. */
-  batchMax: number;
-  /** Smallest batch limit the adaptive sizing shrinks to, records (default 16). */
-  batchMin?: number;
-  /** A commit slower than this halves the batch limit, ms (default 100). */
-  targetCommitMs?: number;
-  /** How long a shard that is behind waits to fill a batch up to its limit, ms (0: never). */
-  lingerMs?: number;
-  /** Longest wait for the first message of a batch, ms; bounds how fast a drain starts. */
-  pullWaitMs: number;
-  /**
-   * The worker's in-flight budget, records, and the per-consumer cap, both needed to share
-   * the budget (`shardFlow`); without them the source's own bounds apply.
-   */
-  maxBufferedRecords?: number;
-  maxAckPending?: number;
-  /**
-   * How far around the checkpoint a reconciliation compares record ids, ms of stream time
-   * either side (default 120 000, JetStream's default duplicate window: the span in which a
-   * producer's retry can store a record at a second position).
-   */
-  reconcileWindowMs?: number;
-}
-
-export interface PipelineHooks {
-  /** Is the lease confirmed recently enough to commit? Checked before every commit. */
-  leaseFresh(): boolean;
-  onBatch?(r: BatchReport): void;
-  onBatchStart?(r: BatchStartReport): void;
-  onHistoryMismatch?(r: HistoryMismatchReport): void;
-  now(): number;
-  /** Shards the worker owns or is about to own, this one included; sizes the shard's share. */
-  shardsOwned?(): number;
-  /**
-   * The pipeline's shard count: a record whose `Sluice-Key` maps to another shard is
-   * dead-lettered (`KEY_SHARD_MISMATCH`). Without it keys are not checked.
-   */
-  shards?: number;
-  /** The pipeline's stages after decode, in order (none: decode only). */
-  stages?: readonly Stage[];
-}
 
 /** Closes a feed still being opened (a prepared one not used), whenever it opens. */
 function closeWhenOpen(feed: Promise<ShardFeed | null>): void {

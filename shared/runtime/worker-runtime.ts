@@ -19,7 +19,8 @@ import type {
   WorkerControlBus,
 } from "../contract/ports.js";
 import { acceptEntry, entryAction, moveAction } from "../core/assignment-entries.js";
-import { type PipelinePorts, ShardPipeline } from "../pipeline/shard-pipeline.js";
+import type { PipelinePorts } from "../pipeline/pipeline-options.js";
+import { ShardPipeline } from "../pipeline/shard-pipeline.js";
 import type { Stage } from "../pipeline/stage.js";
 import { TelemetryAttributes as A } from "../telemetry/attributes.js";
 import { inSpan } from "../telemetry/tracing.js";

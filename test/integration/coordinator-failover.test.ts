@@ -20,7 +20,7 @@ describe("coordinator failover (real 3-node NATS cluster)", () => {
 
     const pid = tc.file().coordinators.find((c) => c.id === leader.holder)!.pid;
     const killedAt = Date.now();
-    const committedAtKill = countCommitted(tc.file().sink, "demo");
+    const committedAtKill = await countCommitted(tc.sink, "demo");
     process.kill(pid, "SIGKILL");
 
     const s1 = await waitUntil("a new leader", 15_000, async () => {
@@ -30,7 +30,7 @@ describe("coordinator failover (real 3-node NATS cluster)", () => {
     expect(s1.leader!.term).toBeGreaterThan(leader.term);
     expect(Date.now() - killedAt).toBeLessThan(15_000);
     // Workers kept processing their shards while there was no leader.
-    expect(countCommitted(tc.file().sink, "demo")).toBeGreaterThan(committedAtKill);
+    expect(await countCommitted(tc.sink, "demo")).toBeGreaterThan(committedAtKill);
 
     // The new leader acts: a worker failure is handled by it.
     process.kill(tc.workerPid("w3"), "SIGKILL");
@@ -39,7 +39,7 @@ describe("coordinator failover (real 3-node NATS cluster)", () => {
 
     const summary = await load.done;
     await tc.waitCommitted(summary.acked);
-    const report = tc.verify(load.ackLog);
+    const report = await tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: summary.acked });
   });
 });

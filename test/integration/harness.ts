@@ -7,14 +7,21 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
+import {
+  type ClusterFile,
+  isOurProcess,
+  openSinkInspector,
+  readClusterFile,
+} from "../../nodes/cli/cluster-file.js";
 import { type LoadSummary, runLoad } from "../../nodes/cli/load.js";
-import { type ClusterFile, down, isOurProcess, readClusterFile, up } from "../../nodes/cli/local-cluster.js";
+import { down, up } from "../../nodes/cli/local-cluster.js";
 import { isSettled } from "../../nodes/cli/readiness.js";
 import { gatherStatus, type StatusReport } from "../../nodes/cli/status.js";
 import { countCommitted, type VerifyReport, verify } from "../../nodes/cli/verify.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { parseConfig, type SluiceConfig } from "../../shared/contract/config.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 
 /** Faster protocol timings so fault scenarios complete quickly; same code paths. */
 export const testConfig = (overrides: Partial<SluiceConfig["timing"]> = {}): SluiceConfig =>
@@ -56,6 +63,8 @@ export interface TestCluster {
   file(): ClusterFile;
   cfg: SluiceConfig;
   nc: NatsConnection;
+  /** The read side of the cluster's sink. */
+  sink: SinkInspector;
   status(): Promise<StatusReport>;
   /** Runs a load in the background; the promise resolves when every publish is confirmed. */
   load(
@@ -64,7 +73,7 @@ export interface TestCluster {
     ackLog?: string,
   ): { done: Promise<LoadSummary>; ackLog: string; abort(): void };
   waitCommitted(atLeast: number, timeoutMs?: number): Promise<number>;
-  verify(ackLog: string): VerifyReport;
+  verify(ackLog: string): Promise<VerifyReport>;
   workerPid(id: string): number;
   logOf(id: string): string;
   stop(): Promise<void>;
@@ -85,14 +94,16 @@ export async function startTestCluster(opts: {
     config: cfg,
   });
   const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-test" });
+  const sink = openSinkInspector(c);
   let loads = 0;
   const stoppers: Array<() => void> = [];
   const tc: TestCluster = {
     dir,
     cfg,
     nc,
+    sink,
     file: () => readClusterFile(dir),
-    status: () => gatherStatus(nc, cfg, c.sink),
+    status: () => gatherStatus(nc, cfg, sink),
     load(count, rate, ackLog = join(dir, `acks-${++loads}.jsonl`)) {
       const ac = new AbortController();
       stoppers.push(() => ac.abort());
@@ -106,13 +117,13 @@ export async function startTestCluster(opts: {
       waitUntil(
         `${atLeast} committed rows`,
         timeoutMs,
-        () => {
-          const n = countCommitted(c.sink, "demo");
+        async () => {
+          const n = await countCommitted(sink, "demo");
           return n >= atLeast ? n : undefined;
         },
         100,
       ),
-    verify: (ackLog) => verify(c.sink, "demo", ackLog),
+    verify: (ackLog) => verify(sink, "demo", ackLog),
     workerPid(id) {
       const w = readClusterFile(dir).workers.find((x) => x.id === id);
       if (!w) throw new Error(`no worker ${id}`);
@@ -127,6 +138,7 @@ export async function startTestCluster(opts: {
     },
     async stop() {
       for (const s of stoppers) s();
+      await sink.close();
       await nc.close().catch(() => undefined);
       // A test may leave a process stopped with SIGSTOP: continue it so it can exit.
       const f = readClusterFile(dir);

@@ -48,7 +48,7 @@ describe("scaling under load (real 3-node NATS cluster)", () => {
     const summary = await load.done;
     expect(summary.acked).toBe(16_000);
     await tc.waitCommitted(summary.acked);
-    const report = tc.verify(load.ackLog);
+    const report = await tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: 16_000 });
     expect(report.rows).toBe(16_000);
   });
@@ -68,7 +68,7 @@ describe("scaling under load (real 3-node NATS cluster)", () => {
     const summary = await load.done;
     expect(summary.acked).toBe(12_000);
     await tc.waitCommitted(summary.acked);
-    expect(tc.verify(load.ackLog)).toMatchObject({
+    expect(await tc.verify(load.ackLog)).toMatchObject({
       lost: 0,
       duplicated: 0,
       unexpected: 0,

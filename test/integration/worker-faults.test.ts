@@ -32,8 +32,8 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
 
     const summary = await load.done;
     await tc.waitCommitted(summary.acked);
-    const f = measureFailover(
-      tc.file().sink,
+    const f = await measureFailover(
+      tc.sink,
       "demo",
       victimShards.map((r) => Number(r.shard.split(".")[1])),
       "w1",
@@ -41,7 +41,7 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
     );
     expect(f.maxMs).not.toBeNull();
     expect(f.maxMs!).toBeLessThan(10_000);
-    const report = tc.verify(load.ackLog);
+    const report = await tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: summary.acked });
   });
 
@@ -72,7 +72,7 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
     } finally {
       db.close();
     }
-    expect(tc.verify(load.ackLog).lost).toBe(2);
+    expect((await tc.verify(load.ackLog)).lost).toBe(2);
 
     process.kill(tc.workerPid("w1"), "SIGKILL");
     await waitSettled(tc, 20_000, ["w2"]);
@@ -80,7 +80,7 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
       tc!.logOf("w2").includes("stream history changed under the checkpoint") ? true : undefined,
     );
     await tc.waitCommitted(summary.acked);
-    const report = tc.verify(load.ackLog);
+    const report = await tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: summary.acked });
     expect(report.rows).toBe(summary.acked);
   });
@@ -114,7 +114,7 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
 
     const summary = await load.done;
     await tc.waitCommitted(summary.acked);
-    const report = tc.verify(load.ackLog);
+    const report = await tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, acknowledged: summary.acked });
     expect(report.rows).toBe(summary.acked);
   });
@@ -181,7 +181,7 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
 
     const summary = await load.done;
     await tc.waitCommitted(summary.acked);
-    const report = tc.verify(load.ackLog);
+    const report = await tc.verify(load.ackLog);
     expect(report).toMatchObject({
       lost: 0,
       duplicated: 0,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { consumerStalled } from "../../shared/adapters/nats/jetstream-shard-source.js";
+import { consumerStalled } from "../../shared/adapters/nats/jetstream-shard-feed.js";
 import { MemorySink } from "../../shared/adapters/sink/memory-sink.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import type { ShardRef } from "../../shared/contract/ownership.js";

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { allSafety, runScale, runSeed, type SafetySwitches } from "../../shared/testkit/sim/sim-world.js";
+import { allSafety, type SafetySwitches } from "../../shared/testkit/sim/sim-options.js";
+import { runScale, runSeed } from "../../shared/testkit/sim/sim-runs.js";
 
 /** Runs seeds from `start` until one breaks an invariant; returns it, or null after `limit`. */
 async function firstViolation(safety: SafetySwitches, limit: number, start = 1) {

@@ -7,9 +7,9 @@
  *   then `state` once a second and `cluster` for every event as it happens.
  *
  * The coordinator polls once a second however many pages are open, and every page is fed from
- * that one poll. The committed sequence comes from the sink process over NATS (it may run on
- * another machine, so sink.db is never opened here) and lag and progress from one consumer
- * list request per pipeline.
+ * that one poll. Checkpoints come through the sink's inspector port (one request per poll; the
+ * SQLite sink answers it over NATS from its own process, so sink.db is never opened here) and
+ * lag and progress from one consumer list request per pipeline.
  */
 import { existsSync, readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -17,8 +17,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ShardConsumerInfo } from "../../../shared/adapters/nats/shard-consumers.js";
 import type { Logger } from "../../../shared/contract/logger.js";
-import { parseShardKey, type ShardRef } from "../../../shared/contract/ownership.js";
-import type { Checkpoint } from "../../../shared/contract/ports.js";
+import type { Checkpoint, SinkInspector } from "../../../shared/contract/ports.js";
 import type { CoordinatorCommand, CoordinatorState } from "../../../shared/core/coordinator-core.js";
 import type { LeaderRecord } from "../../../shared/core/leader-election.js";
 import type { NodeHttpServer } from "../../node-http.js";
@@ -52,7 +51,8 @@ export interface DashboardDeps {
   state(): CoordinatorState;
   readLeader(): Promise<LeaderRecord | null>;
   listConsumers(pipeline: string): Promise<Map<string, ShardConsumerInfo>>;
-  checkpoint(ref: ShardRef): Promise<Checkpoint>;
+  /** The sink's read side; only its checkpoints are read. */
+  sink: Pick<SinkInspector, "checkpoints">;
   log: Logger;
   /** Default 1000. */
   pollMs?: number;
@@ -142,13 +142,17 @@ export class DashboardServer {
       Promise.all(this.d.pipelines.map(async (p) => [p, await this.d.listConsumers(p)] as const))
         .then((pairs) => new Map(pairs))
         .catch(() => null),
-      Promise.all(
-        this.d.shards.map(async (shard) => {
-          const ref = parseShardKey(shard);
-          const cp = ref ? await this.d.checkpoint(ref).catch(() => null) : null;
-          return [shard, cp] as const;
-        }),
-      ).then((pairs) => Object.fromEntries(pairs)),
+      this.d.sink.checkpoints().then(
+        (all) => {
+          const byShard = new Map<string, Checkpoint>(all.map((c) => [`${c.pipeline}.${c.shard}`, c]));
+          // A shard the sink holds no checkpoint for has committed nothing and is fenced at 0.
+          return Object.fromEntries(
+            this.d.shards.map((shard) => [shard, byShard.get(shard) ?? { epoch: 0, seq: 0 }] as const),
+          );
+        },
+        // The sink did not answer: every checkpoint unknown for this refresh.
+        () => Object.fromEntries(this.d.shards.map((shard) => [shard, null] as const)),
+      ),
     ]);
     const st = this.d.state();
     const entries = Object.fromEntries(Object.entries(st.entries).map(([k, v]) => [k, v.entry]));

@@ -18,17 +18,21 @@ import { SpanKind, trace } from "@opentelemetry/api";
 import { decode, encode } from "cbor-x";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
-import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
+import type {
+  Checkpoint,
+  CommitOptions,
+  CommitResult,
+  CommittedRow,
+  RowQuery,
+  ShardCheckpoint,
+  Sink,
+  SinkInspector,
+  SinkRow,
+} from "../../contract/ports.js";
+import { SinkSubjects } from "../../contract/wire.js";
 import { TelemetryAttributes as A, SpanNames } from "../../telemetry/attributes.js";
 import { extractFromNatsHeaders, injectActiveIntoNatsHeaders } from "../../telemetry/propagation.js";
 import { withSpan } from "../../telemetry/tracing.js";
-
-export const SinkSubjects = {
-  fence: "sluice.sink.fence",
-  commit: "sluice.sink.commit",
-  checkpoint: "sluice.sink.checkpoint",
-  recordIds: "sluice.sink.record-ids",
-} as const;
 
 type Reply<T> =
   | { ok: true; value: T }
@@ -50,6 +54,37 @@ interface RecordIdsRequest {
   ref: ShardRef;
   fromSeq: number;
 }
+interface RowsRequest {
+  pipeline: string;
+  q?: RowQuery;
+}
+
+/** Sends one request to the sink process and unwraps its typed reply. */
+async function call<T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs: number): Promise<T> {
+  let data: Uint8Array;
+  try {
+    // A traced caller (a batch's commit span, a lease acquisition) carries its context to the
+    // sink process; an untraced one sends no headers at all.
+    const h = traceHeaders();
+    const m = await nc.request(subject, encode(body), { timeout: timeoutMs, ...(h ? { headers: h } : {}) });
+    data = m.data;
+  } catch (err) {
+    throw new SluiceError(
+      ErrorCode.Unavailable,
+      `sink did not answer ${subject}: ${(err as Error).message}`,
+      {
+        retryable: true,
+        cause: err,
+      },
+    );
+  }
+  const r = decode(data) as Reply<T>;
+  if (r.ok) return r.value;
+  throw new SluiceError(r.code, r.message, {
+    retryable: r.retryable,
+    ...(r.fencedBy === undefined ? {} : { fencedBy: r.fencedBy }),
+  });
+}
 
 export class NatsSinkClient implements Sink {
   constructor(
@@ -58,33 +93,8 @@ export class NatsSinkClient implements Sink {
     private readonly timeoutMs = 10_000,
   ) {}
 
-  private async call<T>(subject: string, body: unknown): Promise<T> {
-    let data: Uint8Array;
-    try {
-      // A traced caller (a batch's commit span, a lease acquisition) carries its context to the
-      // sink process; an untraced one sends no headers at all.
-      const h = traceHeaders();
-      const m = await this.nc.request(subject, encode(body), {
-        timeout: this.timeoutMs,
-        ...(h ? { headers: h } : {}),
-      });
-      data = m.data;
-    } catch (err) {
-      throw new SluiceError(
-        ErrorCode.Unavailable,
-        `sink did not answer ${subject}: ${(err as Error).message}`,
-        {
-          retryable: true,
-          cause: err,
-        },
-      );
-    }
-    const r = decode(data) as Reply<T>;
-    if (r.ok) return r.value;
-    throw new SluiceError(r.code, r.message, {
-      retryable: r.retryable,
-      ...(r.fencedBy === undefined ? {} : { fencedBy: r.fencedBy }),
-    });
+  private call<T>(subject: string, body: unknown): Promise<T> {
+    return call(this.nc, subject, body, this.timeoutMs);
   }
 
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
@@ -120,6 +130,34 @@ export class NatsSinkClient implements Sink {
   async close(): Promise<void> {}
 }
 
+/** The sink process's inspector, over NATS (tools and dashboards that do not open its file). */
+export class NatsSinkInspector implements SinkInspector {
+  constructor(
+    private readonly nc: NatsConnection,
+    /** Per-request timeout, ms. */
+    private readonly timeoutMs = 10_000,
+  ) {}
+
+  checkpoints(): Promise<ShardCheckpoint[]> {
+    return call(this.nc, SinkSubjects.checkpoints, {}, this.timeoutMs);
+  }
+
+  rowCount(pipeline: string): Promise<number> {
+    return call(this.nc, SinkSubjects.rowCount, { pipeline }, this.timeoutMs);
+  }
+
+  rows(pipeline: string, q?: RowQuery): Promise<CommittedRow[]> {
+    return call(
+      this.nc,
+      SinkSubjects.rows,
+      { pipeline, ...(q ? { q } : {}) } satisfies RowsRequest,
+      this.timeoutMs,
+    );
+  }
+
+  async close(): Promise<void> {}
+}
+
 /**
  * A row as it crosses the wire: exactly the `SinkRow` fields. A row handed over by the pipeline
  * is the record object itself, which also holds its source message.
@@ -136,13 +174,14 @@ function traceHeaders(): MsgHdrs | undefined {
   return injectActiveIntoNatsHeaders(h) ? h : undefined;
 }
 
-/** Serves a `Sink` (the SQLite one) to the cluster. */
+/** Serves a `Sink` (the SQLite one) and its inspector to the cluster. */
 export class NatsSinkServer {
   private readonly subs: Subscription[] = [];
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly sink: Sink,
+    private readonly inspector: SinkInspector | null,
     private readonly onError: (err: unknown) => void = () => {},
   ) {}
 
@@ -155,6 +194,11 @@ export class NatsSinkServer {
     this.serve<RecordIdsRequest, string[]>(SinkSubjects.recordIds, (r) =>
       this.sink.recordIds(r.ref, r.fromSeq),
     );
+    const inspector = this.inspector;
+    if (!inspector) return;
+    this.serve<unknown, ShardCheckpoint[]>(SinkSubjects.checkpoints, () => inspector.checkpoints());
+    this.serve<{ pipeline: string }, number>(SinkSubjects.rowCount, (r) => inspector.rowCount(r.pipeline));
+    this.serve<RowsRequest, CommittedRow[]>(SinkSubjects.rows, (r) => inspector.rows(r.pipeline, r.q));
   }
 
   private serve<Req, Res>(subject: string, handle: (req: Req) => Promise<Res>): void {

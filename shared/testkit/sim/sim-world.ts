@@ -6,18 +6,20 @@
 
 import { MemorySink } from "../../adapters/sink/memory-sink.js";
 import { encodeRecord } from "../../contract/codec.js";
-import type { TimingConfig, WorkerConfig } from "../../contract/config.js";
+import type { TimingConfig } from "../../contract/config.js";
 import { silentLogger } from "../../contract/logger.js";
 import { type AssignmentEntry, parseShardKey } from "../../contract/ownership.js";
-import type { DeadLetter, JsonStore, Versioned } from "../../contract/ports.js";
+import type { DeadLetter, JsonStore } from "../../contract/ports.js";
 import { Headers, shardOf, shardSubject } from "../../contract/wire.js";
 import { type CoordinatorRecord, CoordinatorRuntime } from "../../runtime/coordinator-runtime.js";
 import { WorkerRuntime } from "../../runtime/worker-runtime.js";
 import { MemoryKv, MemoryStream } from "../memory-broker.js";
 import { Checker } from "./checker.js";
+import { ImmediateHandoffStore } from "./immediate-handoff-store.js";
 import { Rng } from "./rng.js";
 import { SimLoop, SimNode } from "./sim-loop.js";
 import { BROKER, SINK, SimNet } from "./sim-net.js";
+import { type SimOptions, simTiming } from "./sim-options.js";
 import {
   SimControlPlane,
   SimCoordinatorBus,
@@ -28,74 +30,7 @@ import {
   SimWorkerBus,
 } from "./sim-ports.js";
 
-/**
- * Safety mechanisms the checker tests switch off one at a time, to prove the invariants
- * catch what each one prevents. Production has no such switches.
- */
-export interface SafetySwitches {
-  /** The sink rejects commits of a lower epoch than the shard's fence. */
-  sinkFence: boolean;
-  /** A worker re-checks a lease unconfirmed for `leaseTtlMs` before committing. */
-  leaseRecheck: boolean;
-  /** A graceful hand-off waits for the old owner's release before the next epoch. */
-  waitForRelease: boolean;
-}
-
-export const allSafety: SafetySwitches = { sinkFence: true, leaseRecheck: true, waitForRelease: true };
-
-export interface SimOptions {
-  shards: number;
-  workers: number;
-  coordinators: number;
-  records: number;
-  /** Records are published during [0, loadMs). */
-  loadMs: number;
-  /** Faults are injected during [500, healAt); everything heals at `healAt`. */
-  healAt: number;
-  /** After healing, the cluster must be live and balanced within this long, ms. */
-  livenessMs: number;
-  /** Faults injected per run, at most. */
-  maxFaults: number;
-  safety: SafetySwitches;
-  trace: boolean;
-  /** Worker settings; a large run polls idle shards less often. */
-  worker: WorkerConfig;
-}
-
-export const defaultSimOptions: SimOptions = {
-  shards: 8,
-  workers: 3,
-  coordinators: 2,
-  records: 300,
-  loadMs: 6_000,
-  healAt: 7_000,
-  livenessMs: 15_000,
-  maxFaults: 4,
-  safety: allSafety,
-  trace: false,
-  worker: {
-    batchMax: 40,
-    batchMin: 4,
-    targetCommitMs: 100,
-    lingerMs: 0,
-    maxAckPending: 200,
-    // A worker owning more than 3 of the 8 shards shares this: the flow sizing runs in simulation too.
-    maxBufferedRecords: 600,
-    pullWaitMs: 100,
-    ackWaitMs: 3_000,
-  },
-};
-
-export const simTiming: TimingConfig = {
-  heartbeatMs: 200,
-  failureTimeoutMs: 1_000,
-  leaseTtlMs: 800,
-  leaderTtlMs: 1_500,
-  handoffTimeoutMs: 3_000,
-  prepareTimeoutMs: 1_500,
-};
-
-const PIPELINE = "sim";
+export const PIPELINE = "sim";
 
 interface WorkerProc {
   node: SimNode;
@@ -107,19 +42,6 @@ interface WorkerProc {
 interface CoordinatorProc {
   node: SimNode;
   runtime: CoordinatorRuntime;
-}
-
-export interface SeedResult {
-  seed: number;
-  ok: boolean;
-  violations: Checker["violations"];
-  faults: string[];
-  records: number;
-  committed: number;
-  fencedRejects: number;
-  steps: number;
-  virtualMs: number;
-  trace: string[];
 }
 
 export class SimWorld {
@@ -541,126 +463,4 @@ export class SimWorld {
       return `unbalanced: ${values.join("/")}`;
     return null;
   }
-}
-
-/** Replaces every graceful revoke by an immediate move to the next owner (a test-only unsafe mode). */
-class ImmediateHandoffStore implements JsonStore<AssignmentEntry> {
-  constructor(private readonly inner: JsonStore<AssignmentEntry>) {}
-  get(key: string): Promise<Versioned<AssignmentEntry>> {
-    return this.inner.get(key);
-  }
-  watch(onValue: (key: string, v: Versioned<AssignmentEntry>) => void) {
-    return this.inner.watch(onValue);
-  }
-  compareAndSet(key: string, e: AssignmentEntry, expectedRevision: number): Promise<number> {
-    if (e.phase === "revoking" && e.next) {
-      return this.inner.compareAndSet(
-        key,
-        { owner: e.next, epoch: e.epoch + 1, phase: "active", at: e.at },
-        expectedRevision,
-      );
-    }
-    return this.inner.compareAndSet(key, e, expectedRevision);
-  }
-  put(key: string, e: AssignmentEntry): Promise<number> {
-    return this.inner.put(key, e);
-  }
-}
-
-export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Promise<SeedResult> {
-  const o = { ...defaultSimOptions, ...opts };
-  const w = new SimWorld(seed, o);
-  for (let i = 1; i <= o.coordinators; i++) w.startCoordinator(`c${i}`);
-  for (let i = 0; i < o.workers; i++) w.startWorker();
-  w.scheduleLoad();
-  w.scheduleFaults();
-  const stopAt = o.healAt + o.livenessMs;
-  let settledAt: number | null = null;
-  // Run in slices; stop early on a violation or once settled after healing.
-  for (let t = 500; t <= stopAt; t += 500) {
-    await w.loop.runUntil(t);
-    if (!w.checker.ok) break;
-    if (t >= Math.max(o.healAt, o.loadMs) && w.settled() === null) {
-      settledAt = t;
-      break;
-    }
-  }
-  if (w.checker.ok && settledAt === null) {
-    w.checker.violations.push({
-      at: w.loop.now,
-      invariant: "liveness",
-      detail: `not settled ${o.livenessMs} ms after healing: ${w.settled()}`,
-    });
-  }
-  if (w.checker.ok) w.checker.finalCheck(PIPELINE);
-  return {
-    seed,
-    ok: w.checker.ok,
-    violations: w.checker.violations,
-    faults: w.faults,
-    records: w.checker.published.size,
-    committed: w.sink.stored.length,
-    fencedRejects: w.checker.fencedRejects,
-    steps: w.loop.steps,
-    virtualMs: w.loop.now,
-    trace: w.trace,
-  };
-}
-
-export interface ScaleResult {
-  shards: number;
-  workers: number;
-  /** Virtual ms until every shard was owned, fenced and the counts balanced. */
-  convergedMs: number;
-  counts: number[];
-  /** Shards that changed owner when one more worker joined. */
-  movedOnJoin: number;
-  /** ceil(shards / workers) + 1 */
-  moveBound: number;
-}
-
-/** A large, fault-free cluster: converge, then add one worker and count the shards that move. */
-export async function runScale(shards: number, workers: number, seed = 1): Promise<ScaleResult> {
-  const o: SimOptions = {
-    ...defaultSimOptions,
-    shards,
-    workers,
-    coordinators: 1,
-    records: 0,
-    maxFaults: 0,
-    worker: { ...defaultSimOptions.worker, pullWaitMs: 2_000, ackWaitMs: 30_000 },
-  };
-  const w = new SimWorld(seed, o);
-  w.startCoordinator("c1");
-  for (let i = 0; i < workers; i++) w.startWorker();
-  const settle = async (limitMs: number): Promise<number> => {
-    const start = w.loop.now;
-    for (let t = start + 250; t <= start + limitMs; t += 250) {
-      await w.loop.runUntil(t);
-      if (w.settled() === null) return t - start;
-    }
-    throw new Error(`not converged after ${limitMs} ms: ${w.settled()}`);
-  };
-  const convergedMs = await settle(60_000);
-  const owners = (): Map<string, string> =>
-    new Map(
-      w.shards.map((s) => [s, (JSON.parse(w.kvAssign.get(s).value ?? "{}") as AssignmentEntry).owner ?? ""]),
-    );
-  const before = owners();
-  const counts = [...before.values()].reduce(
-    (m, o) => m.set(o, (m.get(o) ?? 0) + 1),
-    new Map<string, number>(),
-  );
-  w.startWorker();
-  await settle(60_000);
-  const after = owners();
-  const movedOnJoin = w.shards.filter((s) => before.get(s) !== after.get(s)).length;
-  return {
-    shards,
-    workers,
-    convergedMs,
-    counts: [...counts.values()],
-    movedOnJoin,
-    moveBound: Math.ceil(shards / workers) + 1,
-  };
 }

@@ -1,0 +1,320 @@
+/**
+ * The benchmark's report: one typed shape for the JSON it writes (CI and deploy/bench-latest.json
+ * depend on its keys), built from the parts' results, and the table it prints. Every ratio is
+ * against a baseline measured in the same run.
+ */
+import { cpus, totalmem } from "node:os";
+import { type BenchSettings, median, round } from "./bench-run.js";
+import type { ClusterResult } from "./cluster-part.js";
+import { stealText } from "./host-cpu.js";
+import type { MemoryResult } from "./memory-part.js";
+import type { ThroughputResult } from "./throughput-part.js";
+
+export interface BenchReport {
+  started_at: string;
+  finished_at: string;
+  quick: boolean;
+  machine: { cpus: number; cpu_model: string; memory_gib: number; node: string; nats_server: string };
+  settings: { records: number; trials: number; memory_seconds: number };
+  ratios: {
+    producer_vs_js_publish: number;
+    producer_vs_js_publish_r3: number;
+    null_sink_vs_ordered_read: number;
+    consumers_only_vs_ordered_read: number;
+    null_sink_vs_consumers_only: number;
+    null_sink_vs_ordered_read_one_shard: number;
+    null_sink_vs_ordered_read_per_shard_streams: number;
+    e2e_vs_naive: number;
+  };
+  throughput: {
+    js_publish_r1_per_s: number;
+    producer_r1_per_s: number;
+    js_publish_r3_per_s: number;
+    producer_r3_per_s: number;
+    ordered_read_per_s: number;
+    null_sink_per_s: number;
+    consumers_only_per_s: number;
+    ordered_read_one_shard_per_s: number;
+    null_sink_one_shard_per_s: number;
+    ordered_read_per_shard_streams_per_s: number;
+    null_sink_per_shard_streams_per_s: number;
+    /** Seconds in the best worker-path read before its last shard got its first record. */
+    null_sink_start_spread_s: number;
+    naive_e2e_per_s: number;
+    sluice_e2e_per_s: number;
+  };
+  tracing: {
+    off_per_s: number;
+    sampled_1pct_per_s: number;
+    always_on_per_s: number;
+    sampled_vs_off: number;
+    always_on_vs_off: number;
+  };
+  latency: {
+    rate_per_s: number;
+    records: number;
+    publish_to_commit_p50_ms: number;
+    publish_to_commit_p99_ms: number;
+    publish_to_commit_max_ms: number;
+  };
+  failover: {
+    worker_kill_trials_s: number[];
+    worker_kill_median_s: number;
+    worker_kill_max_s: number;
+    leader_takeover_trials_s: number[];
+    leader_takeover_s: number;
+    leader_takeover_max_s: number;
+  };
+  rebalance: {
+    scale_out_trials: Array<{
+      moved: number;
+      moved_max_gap_s: number;
+      unmoved: number;
+      unmoved_max_gap_s: number;
+      unmoved_epoch_changes: number;
+      baseline_max_gap_s: number;
+      host_steal_pct: number | null;
+    }>;
+    scale_out_max_gap_s: number;
+    scale_out_median_gap_s: number;
+    unmoved_max_gap_s: number;
+    baseline_max_gap_s: number;
+    unmoved_epoch_changes: number;
+  };
+  memory: {
+    shards: number;
+    seconds: number;
+    records: number;
+    rss_start_mib: number;
+    rss_end_mib: number;
+    rss_max_mib: number;
+    rss_slope_second_half_mib_per_min: number;
+    rss_first_third_median_mib: number;
+    rss_last_third_median_mib: number;
+    /** Times the coordinator declared the loaded, healthy worker lost during the run. */
+    worker_lost: number;
+    samples: Array<[number, number]>;
+  };
+  /**
+   * What the hypervisor took from this machine in each part: figures of a part with high steal
+   * were measured on a host that stalled every process at once.
+   */
+  host_steal_pct: Record<string, number | null>;
+}
+
+export interface BenchResults {
+  settings: BenchSettings;
+  startedAt: Date;
+  natsServer: string;
+  throughput: ThroughputResult;
+  cluster: ClusterResult;
+  memory: MemoryResult;
+  steal: Record<string, number | null>;
+}
+
+export function buildReport(r: BenchResults): BenchReport {
+  const { throughput: t, cluster, memory } = r;
+  const r3 = t.publish.bench_r3!;
+  const r1 = t.publish.bench_r1!;
+  const kills = cluster.kills;
+  const gaps = cluster.scale.map((x) => x.movedMaxGapS);
+  return {
+    started_at: r.startedAt.toISOString(),
+    finished_at: new Date().toISOString(),
+    quick: r.settings.quick,
+    machine: {
+      cpus: cpus().length,
+      cpu_model: cpus()[0]?.model ?? "unknown",
+      memory_gib: round(totalmem() / 2 ** 30, 1),
+      node: process.version,
+      nats_server: r.natsServer,
+    },
+    settings: {
+      records: r.settings.records,
+      trials: r.settings.trials,
+      memory_seconds: r.settings.memorySeconds,
+    },
+    ratios: {
+      producer_vs_js_publish: round(r1.producer.perSecond / r1.js.perSecond, 2),
+      producer_vs_js_publish_r3: round(r3.producer.perSecond / r3.js.perSecond, 2),
+      null_sink_vs_ordered_read: round(t.worker.perSecond / t.ordered.perSecond, 2),
+      consumers_only_vs_ordered_read: round(t.consumers.perSecond / t.ordered.perSecond, 2),
+      null_sink_vs_consumers_only: round(t.worker.perSecond / t.consumers.perSecond, 2),
+      null_sink_vs_ordered_read_one_shard: round(t.one.worker.perSecond / t.one.ordered.perSecond, 2),
+      null_sink_vs_ordered_read_per_shard_streams: round(
+        t.perShard.worker.perSecond / t.perShard.ordered.perSecond,
+        2,
+      ),
+      e2e_vs_naive: round(cluster.sluice.perSecond / cluster.naive.perSecond, 2),
+    },
+    throughput: {
+      js_publish_r1_per_s: Math.round(r1.js.perSecond),
+      producer_r1_per_s: Math.round(r1.producer.perSecond),
+      js_publish_r3_per_s: Math.round(r3.js.perSecond),
+      producer_r3_per_s: Math.round(r3.producer.perSecond),
+      ordered_read_per_s: Math.round(t.ordered.perSecond),
+      null_sink_per_s: Math.round(t.worker.perSecond),
+      consumers_only_per_s: Math.round(t.consumers.perSecond),
+      ordered_read_one_shard_per_s: Math.round(t.one.ordered.perSecond),
+      null_sink_one_shard_per_s: Math.round(t.one.worker.perSecond),
+      ordered_read_per_shard_streams_per_s: Math.round(t.perShard.ordered.perSecond),
+      null_sink_per_shard_streams_per_s: Math.round(t.perShard.worker.perSecond),
+      null_sink_start_spread_s: round(t.worker.startSpreadS ?? 0),
+      naive_e2e_per_s: Math.round(cluster.naive.perSecond),
+      sluice_e2e_per_s: Math.round(cluster.sluice.perSecond),
+    },
+    tracing: {
+      off_per_s: Math.round(t.tracing.off.perSecond),
+      sampled_1pct_per_s: Math.round(t.tracing.sampled.perSecond),
+      always_on_per_s: Math.round(t.tracing.alwaysOn.perSecond),
+      sampled_vs_off: round(t.tracing.ratios.sampled, 2),
+      always_on_vs_off: round(t.tracing.ratios.alwaysOn, 2),
+    },
+    latency: {
+      rate_per_s: cluster.latency.rate,
+      records: cluster.latency.records,
+      publish_to_commit_p50_ms: cluster.latency.p50Ms,
+      publish_to_commit_p99_ms: cluster.latency.p99Ms,
+      publish_to_commit_max_ms: cluster.latency.maxMs,
+    },
+    failover: {
+      worker_kill_trials_s: kills.map((x) => round(x)),
+      worker_kill_median_s: round(median(kills)),
+      worker_kill_max_s: round(Math.max(...kills)),
+      leader_takeover_trials_s: cluster.leader.map((x) => round(x)),
+      leader_takeover_s: round(median(cluster.leader)),
+      leader_takeover_max_s: round(Math.max(...cluster.leader)),
+    },
+    rebalance: {
+      scale_out_trials: cluster.scale.map((x) => ({
+        moved: x.moved,
+        moved_max_gap_s: round(x.movedMaxGapS),
+        unmoved: x.unmoved,
+        unmoved_max_gap_s: round(x.unmovedMaxGapS),
+        unmoved_epoch_changes: x.unmovedEpochChanges,
+        baseline_max_gap_s: round(x.baselineMaxGapS),
+        host_steal_pct: x.hostStealPct === null ? null : round(x.hostStealPct, 1),
+      })),
+      scale_out_max_gap_s: round(Math.max(...gaps)),
+      scale_out_median_gap_s: round(median(gaps)),
+      unmoved_max_gap_s: round(Math.max(...cluster.scale.map((x) => x.unmovedMaxGapS))),
+      baseline_max_gap_s: round(Math.max(...cluster.scale.map((x) => x.baselineMaxGapS))),
+      unmoved_epoch_changes: cluster.scale.reduce((a, x) => a + x.unmovedEpochChanges, 0),
+    },
+    memory: {
+      shards: 64,
+      seconds: Math.round(memory.seconds),
+      records: memory.records,
+      rss_start_mib: round(memory.startMiB, 1),
+      rss_end_mib: round(memory.endMiB, 1),
+      rss_max_mib: round(memory.maxMiB, 1),
+      rss_slope_second_half_mib_per_min: round(memory.slopeMiBPerMin, 2),
+      rss_first_third_median_mib: round(memory.firstThirdMedianMiB, 1),
+      rss_last_third_median_mib: round(memory.lastThirdMedianMiB, 1),
+      worker_lost: memory.lost,
+      samples: memory.samples.map((s) => [round(s.s, 1), round(s.rssMiB, 1)]),
+    },
+    host_steal_pct: Object.fromEntries(
+      Object.entries(r.steal).map(([k, v]) => [k, v === null ? null : round(v, 1)]),
+    ),
+  };
+}
+
+/** The report as the table the benchmark prints: figure, measurement, ratio or result, target. */
+export function reportTable(rep: BenchReport, r: BenchResults): string {
+  const t = r.throughput;
+  const ratios = rep.ratios;
+  const steal = r.steal;
+  const th = rep.throughput;
+  const rows: Array<[string, string, string, string]> = [
+    [
+      "producer vs js.publish (R1 stream)",
+      `${th.producer_r1_per_s}/s vs ${th.js_publish_r1_per_s}/s`,
+      `${ratios.producer_vs_js_publish}x`,
+      ">= 4x",
+    ],
+    [
+      "producer vs js.publish (R3 stream)",
+      `${th.producer_r3_per_s}/s vs ${th.js_publish_r3_per_s}/s`,
+      `${ratios.producer_vs_js_publish_r3}x`,
+      "",
+    ],
+    [
+      "worker path, discarding sink vs ordered read (one stream, 16 shards)",
+      `${th.null_sink_per_s}/s vs ${th.ordered_read_per_s}/s ` +
+        `(${t.worker.records} records; last shard started ${th.null_sink_start_spread_s.toFixed(2)} s after the first)`,
+      `${ratios.null_sink_vs_ordered_read}x`,
+      ">= 0.7x",
+    ],
+    [
+      "  its consumers alone (no decoding, no sink) vs ordered read",
+      `${th.consumers_only_per_s}/s vs ${th.ordered_read_per_s}/s`,
+      `${ratios.consumers_only_vs_ordered_read}x (worker path ${ratios.null_sink_vs_consumers_only}x of it)`,
+      "",
+    ],
+    [
+      "same, one stream per shard (streams: per-shard)",
+      `${th.null_sink_per_shard_streams_per_s}/s vs ${th.ordered_read_per_shard_streams_per_s}/s`,
+      `${ratios.null_sink_vs_ordered_read_per_shard_streams}x`,
+      "",
+    ],
+    [
+      "same, one shard (one consumer)",
+      `${th.null_sink_one_shard_per_s}/s vs ${th.ordered_read_one_shard_per_s}/s`,
+      `${ratios.null_sink_vs_ordered_read_one_shard}x`,
+      "",
+    ],
+    [
+      "end to end into SQLite vs naive",
+      `${th.sluice_e2e_per_s}/s vs ${th.naive_e2e_per_s}/s`,
+      `${ratios.e2e_vs_naive}x`,
+      ">= 5x",
+    ],
+    [
+      "producer with tracing: 1 % sampled / always on vs off",
+      `${rep.tracing.sampled_1pct_per_s}/s, ${rep.tracing.always_on_per_s}/s vs ${rep.tracing.off_per_s}/s`,
+      `${rep.tracing.sampled_vs_off}x, ${rep.tracing.always_on_vs_off}x`,
+      "",
+    ],
+    [
+      "publish to commit latency",
+      `at ${rep.latency.rate_per_s}/s`,
+      `p50 ${rep.latency.publish_to_commit_p50_ms} ms, p99 ${rep.latency.publish_to_commit_p99_ms} ms`,
+      "",
+    ],
+    [
+      "worker SIGKILL to commits elsewhere",
+      `${rep.failover.worker_kill_trials_s.length} trials`,
+      `median ${rep.failover.worker_kill_median_s} s, max ${rep.failover.worker_kill_max_s} s (host steal ${stealText(steal.worker_kill)})`,
+      "<= 1.5 s, <= 3 s",
+    ],
+    [
+      "scale-out 3 -> 4, moved shards' commit gap",
+      `${rep.rebalance.scale_out_trials.length} trials`,
+      `max ${rep.rebalance.scale_out_max_gap_s} s (median ${rep.rebalance.scale_out_median_gap_s} s; host steal ${stealText(steal.scale_out)})`,
+      "<= 0.3 s",
+    ],
+    [
+      "scale-out, shards not moved",
+      "longest commit gap (without a join), epoch changes",
+      `${rep.rebalance.unmoved_max_gap_s} s (${rep.rebalance.baseline_max_gap_s} s), ${rep.rebalance.unmoved_epoch_changes}`,
+      "never paused",
+    ],
+    [
+      "leader coordinator SIGKILL to new leader acting",
+      `${rep.failover.leader_takeover_trials_s.length} trials`,
+      `median ${rep.failover.leader_takeover_s} s, max ${rep.failover.leader_takeover_max_s} s (host steal ${stealText(steal.leader_kill)})`,
+      "<= 2 s",
+    ],
+    [
+      "worker RSS, 64 shards, full load",
+      `${rep.memory.seconds} s, ${rep.memory.records} records`,
+      `median ${rep.memory.rss_first_third_median_mib.toFixed(0)} MiB first third, ${rep.memory.rss_last_third_median_mib.toFixed(0)} MiB last third (max ${rep.memory.rss_max_mib.toFixed(0)}); worker lost ${rep.memory.worker_lost}x`,
+      "flat",
+    ],
+  ];
+  const w = [0, 1, 2].map((i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return rows
+    .map((row) => `${row[0].padEnd(w[0]!)}  ${row[1].padEnd(w[1]!)}  ${row[2].padEnd(w[2]!)}  ${row[3]}`)
+    .join("\n");
+}

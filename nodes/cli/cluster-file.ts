@@ -1,0 +1,98 @@
+/**
+ * The record of a local cluster: `<dir>/cluster.json` lists every process it started (NATS
+ * nodes, the sink, coordinators, workers) with its PID, and where its config and sink are.
+ *
+ * Layout of `<dir>`: config.json (the cluster config), cluster.json (processes), sink.db
+ * (SQLite sink), nats/nN/ (server config and store), logs/ (one log per process).
+ */
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadConfigFile } from "../../shared/adapters/config-file.js";
+import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
+import type { SluiceConfig } from "../../shared/contract/config.js";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
+
+export interface ProcessRecord {
+  id: string;
+  pid: number;
+  /** The node's HTTP endpoint (`/metrics`; the dashboard on coordinators). */
+  http?: string;
+}
+
+export interface NatsRecord extends ProcessRecord {
+  url: string;
+  monitor: string;
+  /** Docker container id when the node runs in a container; `pid` is then its host PID. */
+  container?: string;
+}
+
+/** How NATS nodes run: plain processes, or Docker containers on the host network. */
+export type NatsRuntime = "process" | "container";
+
+export interface ClusterFile {
+  dir: string;
+  nats: NatsRecord[];
+  /** The process that owns the SQLite sink file. */
+  sinks: ProcessRecord[];
+  coordinators: ProcessRecord[];
+  workers: ProcessRecord[];
+  sink: string;
+  config: string;
+  /** First port of the nodes' HTTP endpoints; each node keeps its port across restarts. */
+  httpPortBase?: number;
+}
+
+// Node processes always run the compiled code, also when this module is loaded from source (tests).
+const here = fileURLToPath(new URL(".", import.meta.url));
+const root = /[\\/]dist[\\/]nodes[\\/]cli[\\/]?$/.test(here)
+  ? resolve(here, "../../..")
+  : resolve(here, "../..");
+export const workerScript = join(root, "dist", "nodes", "worker", "main.js");
+export const coordinatorScript = join(root, "dist", "nodes", "coordinator", "main.js");
+export const sinkScript = join(root, "dist", "nodes", "sink", "main.js");
+export const cliScript = join(root, "dist", "nodes", "cli", "main.js");
+
+export const clusterFilePath = (dir: string): string => join(resolve(dir), "cluster.json");
+
+/** The read side of the cluster's sink (close it when done). */
+export function openSinkInspector(c: ClusterFile): SinkInspector {
+  return new SqliteSinkInspector(c.sink);
+}
+
+export function readClusterFile(dir: string): ClusterFile {
+  const p = clusterFilePath(dir);
+  if (!existsSync(p)) {
+    throw new SluiceError(
+      ErrorCode.ClusterFailure,
+      `no cluster at ${resolve(dir)} (missing cluster.json); run 'sluice up' first`,
+    );
+  }
+  return JSON.parse(readFileSync(p, "utf8")) as ClusterFile;
+}
+
+export function writeClusterFile(c: ClusterFile): void {
+  const p = clusterFilePath(c.dir);
+  writeFileSync(`${p}.tmp`, `${JSON.stringify(c, null, 2)}\n`);
+  renameSync(`${p}.tmp`, p);
+}
+
+export function readClusterConfig(c: ClusterFile): SluiceConfig {
+  return loadConfigFile(c.config);
+}
+
+/** True if `pid` is alive and its command line mentions `marker` (guards against PID reuse). */
+export function isOurProcess(pid: number, marker: string): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    return cmd.includes(marker);
+  } catch {
+    return true;
+  }
+}

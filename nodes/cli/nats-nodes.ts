@@ -1,0 +1,120 @@
+/**
+ * The NATS nodes of a local cluster: each server's config (client, route and monitor ports on
+ * 127.0.0.1, JetStream store, the pipelines' partition mappings), started as a process or a
+ * Docker container.
+ */
+import type { ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chownSync, existsSync, mkdirSync, readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import type { SluiceConfig } from "../../shared/contract/config.js";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import { partitionMapping } from "../../shared/contract/wire.js";
+import type { NatsRuntime } from "./cluster-file.js";
+import { containerPid, startNatsContainer } from "./nats-containers.js";
+import { spawnLogged } from "./node-processes.js";
+
+export function natsConfig(dir: string, i: number, n: number, base: number, cfg: SluiceConfig): string {
+  const routes = Array.from({ length: n }, (_, k) => `"nats-route://127.0.0.1:${base + 2000 + k}"`).join(
+    ", ",
+  );
+  const mappings = cfg.pipelines
+    .map((p) => partitionMapping(p.name, p.shards))
+    .map(([from, to]) => `  "${from}": "${to}"`)
+    .join("\n");
+  return `server_name: n${i + 1}
+listen: 127.0.0.1:${base + i}
+http: 127.0.0.1:${base + 4000 + i}
+max_payload: 1MB
+jetstream {
+  store_dir: "${join(dir, "nats", `n${i + 1}`)}"
+  max_memory_store: 268435456
+  max_file_store: 8589934592
+}
+cluster {
+  name: sluice
+  listen: 127.0.0.1:${base + 2000 + i}
+  routes: [${routes}]
+}
+mappings = {
+${mappings}
+}
+`;
+}
+
+export async function waitMetaLeader(monitor: string, deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (Date.now() < end) {
+    try {
+      const jsz = (await (await fetch(`${monitor}/jsz`)).json()) as { meta_cluster?: { leader?: string } };
+      if (jsz.meta_cluster?.leader) return;
+    } catch {
+      // not answering yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * When run as root, NATS node `nN` runs as uid/gid `61000 + N` (through setpriv), so a chaos
+ * script can cut exactly one node's cluster traffic with iptables' owner match.
+ */
+export const natsUid = (id: string): number | null => {
+  const n = Number(id.replace(/^n/, ""));
+  return process.getuid?.() === 0 && existsSync("/usr/bin/setpriv") && Number.isInteger(n)
+    ? 61_000 + n
+    : null;
+};
+
+export async function startNatsNode(
+  dir: string,
+  conf: string,
+  id: string,
+  runtime: NatsRuntime,
+): Promise<{ pid: number; container?: string }> {
+  const log = join(dir, "logs", `${id}.log`);
+  if (runtime === "container") {
+    const uid = natsUid(id);
+    const store = join(dir, "nats", id);
+    mkdirSync(store, { recursive: true });
+    if (uid !== null) chownTree(store, uid);
+    const { containerId } = await startNatsContainer({
+      name: `sluice-${createHash("sha1").update(dir).digest("hex").slice(0, 8)}-${id}`,
+      configFile: conf,
+      storeDir: store,
+      logFile: log,
+      ...(uid === null ? {} : { user: `${uid}:${uid}` }),
+    });
+    return { pid: await containerPid(containerId), container: containerId };
+  }
+  const child = startNats(conf, log, id);
+  if (child.pid === undefined) {
+    throw new SluiceError(
+      ErrorCode.ClusterFailure,
+      "could not start nats-server: is it installed? (apt-get install nats-server)",
+    );
+  }
+  return { pid: child.pid };
+}
+
+export function startNats(conf: string, log: string, id: string): ChildProcess {
+  const uid = natsUid(id);
+  if (uid === null) return spawnLogged("nats-server", ["-c", conf], log);
+  const store = join(dirname(conf), id);
+  mkdirSync(store, { recursive: true });
+  chownTree(store, uid);
+  return spawnLogged(
+    "setpriv",
+    [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "nats-server", "-c", conf],
+    log,
+  );
+}
+
+function chownTree(path: string, uid: number): void {
+  chownSync(path, uid, uid);
+  for (const e of readdirSync(path, { withFileTypes: true })) {
+    const p = join(path, e.name);
+    if (e.isDirectory()) chownTree(p, uid);
+    else chownSync(p, uid, uid);
+  }
+}

@@ -1,0 +1,83 @@
+/** What a simulated run is made of: its size, its load, its faults, and the safety switches. */
+import type { TimingConfig, WorkerConfig } from "../../contract/config.js";
+import type { Checker } from "./checker.js";
+
+/**
+ * Safety mechanisms the checker tests switch off one at a time, to prove the invariants
+ * catch what each one prevents. Production has no such switches.
+ */
+export interface SafetySwitches {
+  /** The sink rejects commits of a lower epoch than the shard's fence. */
+  sinkFence: boolean;
+  /** A worker re-checks a lease unconfirmed for `leaseTtlMs` before committing. */
+  leaseRecheck: boolean;
+  /** A graceful hand-off waits for the old owner's release before the next epoch. */
+  waitForRelease: boolean;
+}
+
+export const allSafety: SafetySwitches = { sinkFence: true, leaseRecheck: true, waitForRelease: true };
+
+export interface SimOptions {
+  shards: number;
+  workers: number;
+  coordinators: number;
+  records: number;
+  /** Records are published during [0, loadMs). */
+  loadMs: number;
+  /** Faults are injected during [500, healAt); everything heals at `healAt`. */
+  healAt: number;
+  /** After healing, the cluster must be live and balanced within this long, ms. */
+  livenessMs: number;
+  /** Faults injected per run, at most. */
+  maxFaults: number;
+  safety: SafetySwitches;
+  trace: boolean;
+  /** Worker settings; a large run polls idle shards less often. */
+  worker: WorkerConfig;
+}
+
+export const defaultSimOptions: SimOptions = {
+  shards: 8,
+  workers: 3,
+  coordinators: 2,
+  records: 300,
+  loadMs: 6_000,
+  healAt: 7_000,
+  livenessMs: 15_000,
+  maxFaults: 4,
+  safety: allSafety,
+  trace: false,
+  worker: {
+    batchMax: 40,
+    batchMin: 4,
+    targetCommitMs: 100,
+    lingerMs: 0,
+    maxAckPending: 200,
+    // A worker owning more than 3 of the 8 shards shares this: the flow sizing runs in simulation too.
+    maxBufferedRecords: 600,
+    pullWaitMs: 100,
+    ackWaitMs: 3_000,
+  },
+};
+
+export const simTiming: TimingConfig = {
+  heartbeatMs: 200,
+  failureTimeoutMs: 1_000,
+  leaseTtlMs: 800,
+  leaderTtlMs: 1_500,
+  handoffTimeoutMs: 3_000,
+  prepareTimeoutMs: 1_500,
+};
+
+export interface SeedResult {
+  seed: number;
+  ok: boolean;
+  violations: Checker["violations"];
+  faults: string[];
+  records: number;
+  committed: number;
+  fencedRejects: number;
+  steps: number;
+  virtualMs: number;
+  trace: string[];
+}
