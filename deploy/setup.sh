@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Installs what sluice needs on a Debian machine with Node.js >= 20.19: nats-server (and a C++
-# toolchain for better-sqlite3), Chromium for the dashboard test, the npm dependencies, and the
-# compiled sources. Idempotent.
+# Installs what sluice needs on a Debian machine with Node.js >= 20.19: a current nats-server
+# (deploy/nats/install-nats-server.sh, into deploy/nats/bin/ only), a C++ toolchain for
+# better-sqlite3, Chromium for the dashboard test, the npm dependencies, and the compiled
+# sources. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
@@ -19,6 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+bash deploy/nats/install-nats-server.sh
 
 stamp=node_modules/.sluice-lock-stamp
 if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then

@@ -1,6 +1,6 @@
 /**
- * The one HTTP endpoint of a node process, on 127.0.0.1: `/metrics` (Prometheus) on every
- * node, the dashboard and its API on coordinators. Routes are registered by path; a node
+ * The one HTTP endpoint of a node process, on 127.0.0.1: `/healthz` (alive) and `/metrics`
+ * (Prometheus) on every node, the dashboard and its API on coordinators. Routes are registered by path; a node
  * started without `--http-port` serves nothing.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -12,6 +12,14 @@ export class NodeHttpServer {
   private readonly routes = new Map<string, HttpHandler>();
   private readonly prefixes: Array<[string, HttpHandler]> = [];
   private server: Server | null = null;
+
+  constructor() {
+    // Alive: the process has started and its event loop answers.
+    this.route(
+      "/healthz",
+      (_req, res) => void res.writeHead(200, { "content-type": "text/plain" }).end("ok\n"),
+    );
+  }
 
   /** An exact path (`/metrics`), or a prefix when it ends with `/*` (`/assets/*`). */
   route(path: string, handler: HttpHandler): this {

@@ -115,11 +115,8 @@ export async function naiveEndToEndRate(
         deliverySeq: m.info.deliverySequence,
         subject: m.subject,
         data: m.data,
-        // The naive pipeline keeps the key in the subject, as a first design would.
-        headers: {
-          [Headers.msgId]: m.headers?.get(Headers.msgId) ?? "",
-          [Headers.key]: m.subject.slice(m.subject.lastIndexOf(".") + 1),
-        },
+        // The naive pipeline keeps the key in the subject too.
+        headers: { [Headers.msgId]: m.headers?.get(Headers.msgId) ?? "" },
         token: m,
       });
       if (r.ok)

@@ -1,12 +1,12 @@
 /**
  * Publishing throughput, the sluice producer against `js.publish()`, on the same stream in
- * the same run. Both send the same pre-encoded records with `Nats-Msg-Id` and `Sluice-Key`
- * headers and count a record only once its PubAck has arrived.
+ * the same run. Both send the same pre-encoded records to `ingest.P.<key>` with a `Nats-Msg-Id`
+ * header, and count a record only once its PubAck has arrived.
  */
 import { jetstream } from "@nats-io/jetstream";
-import { headers, type NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { encodeRecord } from "../../shared/contract/codec.js";
-import { Headers, ingestSubject } from "../../shared/contract/wire.js";
+import { ingestSubject } from "../../shared/contract/wire.js";
 import { Producer, type PublishResult } from "../../shared/producer/producer.js";
 
 export interface RecordBatch {
@@ -63,10 +63,8 @@ export async function jsPublishRate(
   const inflight = new Set<Promise<void>>();
   for (let i = 0; i < r.ids.length; i++) {
     if (inflight.size >= window) await Promise.race(inflight);
-    const h = headers();
-    h.set(Headers.key, r.keys[i]!);
     const p: Promise<void> = js
-      .publish(ingestSubject(pipeline, r.keys[i]!), r.data[i]!, { msgID: r.ids[i]!, headers: h })
+      .publish(ingestSubject(pipeline, r.keys[i]!), r.data[i]!, { msgID: r.ids[i]! })
       .then(() => {
         acked++;
       })

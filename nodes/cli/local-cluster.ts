@@ -88,7 +88,16 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   );
   c.nats.push(...started);
   writeClusterFile(c);
-  await Promise.all(c.nats.map((s) => waitHttpOk(`${s.monitor}/healthz?js-enabled-only=true`, 20_000)));
+  await Promise.all(
+    c.nats.map((s) =>
+      waitHttpOk(`${s.monitor}/healthz?js-enabled-only=true`, 20_000, {
+        id: `NATS node ${s.id}`,
+        pid: s.pid,
+        log: join(dir, "logs", `${s.id}.log`),
+        marker: s.container ? "" : dir,
+      }),
+    ),
+  );
   // Health comes before the JetStream meta leader; an API call before it waits out its timeout.
   await waitMetaLeader(c.nats[0]!.monitor, 20_000);
   const nc = await connectNats({ servers: c.nats.map((s) => s.url), name: "sluice-up" });
@@ -107,7 +116,20 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   for (let i = 1; i <= o.coordinators; i++) c.coordinators.push(startNodeProcess(c, "coordinator", `c${i}`));
   for (let i = 1; i <= o.workers; i++) c.workers.push(startNodeProcess(c, "worker", `w${i}`));
   writeClusterFile(c);
+  // Every node up and answering, or the reason one is not, from its log.
+  await Promise.all([...c.sinks, ...c.coordinators, ...c.workers].map((p) => waitNodeStarted(c, p)));
   return c;
+}
+
+/** Waits for a node's `/healthz` (it answers once the node has started); fails with its log's tail. */
+export function waitNodeStarted(c: ClusterFile, p: ProcessRecord, deadlineMs = 60_000): Promise<void> {
+  if (!p.http) return Promise.resolve();
+  return waitHttpOk(`${p.http}/healthz`, deadlineMs, {
+    id: p.id,
+    pid: p.pid,
+    log: join(c.dir, "logs", `${p.id}.log`),
+    marker: c.dir,
+  });
 }
 
 export function nextWorkerId(c: ClusterFile): string {

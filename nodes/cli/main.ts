@@ -83,7 +83,7 @@ program
         `  logs ${c.dir}/logs\n  pipelines ${cfg.pipelines.map((p) => `${p.name} (${p.shards} shards)`).join(", ")}`,
       );
       console.log(
-        `publish to ingest.<pipeline>.<key> with headers Nats-Msg-Id and Sluice-Key: <key>; stop with: npx sluice down --dir ${o.dir}`,
+        `publish to ingest.<pipeline>.<key> with a Nats-Msg-Id header (CBOR or JSON map); stop with: npx sluice down --dir ${o.dir}`,
       );
       if (o.detach) return;
       console.log("running in the foreground; Ctrl-C stops the cluster");

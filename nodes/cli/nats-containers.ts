@@ -21,6 +21,7 @@ import { delimiter, dirname, isAbsolute, join } from "node:path";
 import type { Readable } from "node:stream";
 import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
+import { checkedNatsServer } from "./nats-binary.js";
 
 // testcontainers reads these when it talks to Docker. Without RYUK_DISABLED it tries to start the
 // reaper image (not pullable here, and it would remove our containers when this process exits);
@@ -32,7 +33,10 @@ process.env.TESTCONTAINERS_HOST_OVERRIDE ??= "127.0.0.1";
 const run = promisify(execFile);
 
 /** The locally built image (no registry is reachable: it can only be built here, never pulled). */
-export const NATS_IMAGE = "sluice/nats-server:2.9.10-local";
+/** The local image of the nats-server a local cluster runs (`checkedNatsServer`), by its version. */
+export function natsImage(): string {
+  return `sluice/nats-server:${checkedNatsServer().version}-local`;
+}
 
 /** Label holding a container's host log file, so `restartContainer` can re-attach its log. */
 const LOG_FILE_LABEL = "sluice.log-file";
@@ -59,6 +63,7 @@ export async function dockerAvailable(): Promise<boolean> {
 
 /** Absolute path of an executable on PATH (plus the sbin dirs, where Debian puts nats-server). */
 async function which(cmd: string): Promise<string> {
+  if (isAbsolute(cmd)) return cmd;
   const dirs = [...(process.env.PATH ?? "").split(delimiter), "/usr/local/sbin", "/usr/sbin", "/sbin"];
   for (const dir of dirs) {
     if (!dir) continue;
@@ -92,7 +97,7 @@ async function sharedLibraries(binary: string): Promise<string[]> {
 let imageBuild: Promise<string> | undefined;
 
 /**
- * Builds NATS_IMAGE unless Docker already has it, and returns its name. The image is FROM scratch:
+ * Builds `natsImage()` unless Docker already has it, and returns its name. The image is FROM scratch:
  * the host's nats-server binary at /nats-server (the entrypoint), the shared libraries `ldd` lists
  * at their own paths, and an empty /tmp. Build < 1 s with the classic builder (DOCKER_BUILDKIT=0:
  * BuildKit wants to pull its frontend). To pick up a new nats-server binary, `docker rmi` the image.
@@ -108,12 +113,12 @@ export function ensureNatsImage(): Promise<string> {
 
 async function buildNatsImage(): Promise<string> {
   try {
-    await docker(["image", "inspect", "--format", "{{.Id}}", NATS_IMAGE]);
-    return NATS_IMAGE;
+    await docker(["image", "inspect", "--format", "{{.Id}}", natsImage()]);
+    return natsImage();
   } catch {
     // missing: build it below
   }
-  const natsServer = await which("nats-server");
+  const natsServer = await which(checkedNatsServer().bin);
   const context = await mkdtemp(join(tmpdir(), "sluice-nats-image-"));
   try {
     const rootfs = join(context, "rootfs");
@@ -129,12 +134,12 @@ async function buildNatsImage(): Promise<string> {
       join(context, "Dockerfile"),
       ["FROM scratch", "COPY rootfs/ /", 'ENTRYPOINT ["/nats-server"]', ""].join("\n"),
     );
-    await run("docker", ["build", "--quiet", "--tag", NATS_IMAGE, context], {
+    await run("docker", ["build", "--quiet", "--tag", natsImage(), context], {
       env: { ...process.env, DOCKER_BUILDKIT: "0" },
       timeout: 120_000,
       maxBuffer: 16 * 1024 * 1024,
     });
-    return NATS_IMAGE;
+    return natsImage();
   } finally {
     await rm(context, { recursive: true, force: true });
   }
@@ -182,7 +187,7 @@ function followLogs(containerId: string, logFile: string, sinceMs?: number): voi
 }
 
 /**
- * Starts a nats-server container (host network) from NATS_IMAGE and resolves once the server has
+ * Starts a nats-server container (host network) from `natsImage()` and resolves once the server has
  * logged "Server is ready" (which follows JetStream start-up), at most 30 s. The image must exist
  * (ensureNatsImage). A stopped container of the same name is replaced; a running one is an error.
  * The container outlives this process.
@@ -212,7 +217,7 @@ export async function startNatsContainer(spec: NatsContainerSpec): Promise<{ con
   let startupStream: Readable | undefined;
   let started: Awaited<ReturnType<InstanceType<typeof GenericContainer>["start"]>>;
   try {
-    started = await new GenericContainer(NATS_IMAGE)
+    started = await new GenericContainer(natsImage())
       .withNetworkMode("host")
       .withName(spec.name)
       .withLabels({ [LOG_FILE_LABEL]: spec.logFile })

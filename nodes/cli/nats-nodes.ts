@@ -11,6 +11,7 @@ import type { SluiceConfig } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import { partitionMapping } from "../../shared/contract/wire.js";
 import type { NatsRuntime } from "./cluster-file.js";
+import { checkedNatsServer } from "./nats-binary.js";
 import { containerPid, startNatsContainer } from "./nats-containers.js";
 import { spawnLogged } from "./node-processes.js";
 
@@ -18,10 +19,15 @@ export function natsConfig(dir: string, i: number, n: number, base: number, cfg:
   const routes = Array.from({ length: n }, (_, k) => `"nats-route://127.0.0.1:${base + 2000 + k}"`).join(
     ", ",
   );
+  // Only a pipeline with a stream per shard needs the account to partition its ingest
+  // subjects; a shared stream does it itself (its subject transform).
   const mappings = cfg.pipelines
+    .filter((p) => p.streams === "per-shard")
     .map((p) => partitionMapping(p.name, p.shards))
     .map(([from, to]) => `  "${from}": "${to}"`)
     .join("\n");
+  // fsync before every PubAck: server-wide, so on when any pipeline asks for it.
+  const sync = cfg.pipelines.some((p) => p.durability === "fsync") ? "\n  sync_interval: always" : "";
   return `server_name: n${i + 1}
 listen: 127.0.0.1:${base + i}
 http: 127.0.0.1:${base + 4000 + i}
@@ -29,7 +35,7 @@ max_payload: 1MB
 jetstream {
   store_dir: "${join(dir, "nats", `n${i + 1}`)}"
   max_memory_store: 268435456
-  max_file_store: 8589934592
+  max_file_store: 8589934592${sync}
 }
 cluster {
   name: sluice
@@ -57,7 +63,10 @@ export async function waitMetaLeader(monitor: string, deadlineMs: number): Promi
 
 /**
  * When run as root, NATS node `nN` runs as uid/gid `61000 + N` (through setpriv), so a chaos
- * script can cut exactly one node's cluster traffic with iptables' owner match.
+ * script can cut exactly one node's cluster traffic with iptables' owner match. Its store is
+ * its own; to read its config and binary it keeps one capability, `dac_read_search` (read and
+ * search any directory), so a cluster directory inside a private (0700) folder such as /root or
+ * a `mktemp -d` works as well as an open one.
  */
 export const natsUid = (id: string): number | null => {
   const n = Number(id.replace(/^n/, ""));
@@ -89,23 +98,30 @@ export async function startNatsNode(
   }
   const child = startNats(conf, log, id);
   if (child.pid === undefined) {
-    throw new SluiceError(
-      ErrorCode.ClusterFailure,
-      "could not start nats-server: is it installed? (apt-get install nats-server)",
-    );
+    throw new SluiceError(ErrorCode.ClusterFailure, `could not start ${checkedNatsServer().bin} for ${id}`);
   }
   return { pid: child.pid };
 }
 
 export function startNats(conf: string, log: string, id: string): ChildProcess {
+  const { bin } = checkedNatsServer();
   const uid = natsUid(id);
-  if (uid === null) return spawnLogged("nats-server", ["-c", conf], log);
+  if (uid === null) return spawnLogged(bin, ["-c", conf], log);
   const store = join(dirname(conf), id);
   mkdirSync(store, { recursive: true });
   chownTree(store, uid);
   return spawnLogged(
     "setpriv",
-    [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "nats-server", "-c", conf],
+    [
+      `--reuid=${uid}`,
+      `--regid=${uid}`,
+      "--clear-groups",
+      "--inh-caps=+dac_read_search",
+      "--ambient-caps=+dac_read_search",
+      bin,
+      "-c",
+      conf,
+    ],
     log,
   );
 }

@@ -1,6 +1,6 @@
 /** Node processes of a local cluster (sink, coordinators, workers): started detached, logged, stopped. */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, openSync } from "node:fs";
+import { existsSync, openSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import {
@@ -46,8 +46,33 @@ export function spawnLogged(
   return child;
 }
 
-export async function waitHttpOk(url: string, deadlineMs: number): Promise<void> {
+/** The last `lines` lines of a log file, or a note that it cannot be read. */
+export function logTail(file: string, lines = 12): string {
+  try {
+    const all = readFileSync(file, "utf8").trimEnd().split("\n");
+    return all.slice(-lines).join("\n");
+  } catch (err) {
+    return `(log unreadable: ${(err as Error).message})`;
+  }
+}
+
+/**
+ * Waits until `url` answers 2xx. A process that exits first, or a deadline that passes, fails
+ * with the cause as its log tells it: the last lines of `log`, and where the log is.
+ */
+export async function waitHttpOk(
+  url: string,
+  deadlineMs: number,
+  node?: { id: string; pid: number; log: string; marker: string },
+): Promise<void> {
   const end = Date.now() + deadlineMs;
+  const failed = (why: string): SluiceError =>
+    new SluiceError(
+      ErrorCode.ClusterFailure,
+      node
+        ? `${node.id} ${why}; the last lines of its log (${node.log}):\n${logTail(node.log)}`
+        : `${url} ${why}`,
+    );
   for (;;) {
     try {
       const r = await fetch(url);
@@ -55,7 +80,9 @@ export async function waitHttpOk(url: string, deadlineMs: number): Promise<void>
     } catch {
       // not listening yet
     }
-    if (Date.now() > end) throw new SluiceError(ErrorCode.ClusterFailure, `${url} did not become healthy`);
+    if (node && !isOurProcess(node.pid, node.marker)) throw failed("exited while starting");
+    if (Date.now() > end)
+      throw failed(`did not become healthy within ${Math.round(deadlineMs / 1000)} s (${url})`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }

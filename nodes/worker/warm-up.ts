@@ -188,11 +188,11 @@ class WarmUpSource implements ShardSource {
       const seq = base + i + 1;
       const id = `warm-up-${seq}`;
       const key = `k${seq % 64}`;
-      const headers: Record<string, string> = { [Headers.msgId]: id, [Headers.key]: key };
+      const headers: Record<string, string> = { [Headers.msgId]: id };
       this.messages.push({
         seq,
         deliverySeq: 0,
-        subject: shardSubject(PIPELINE, 0),
+        subject: shardSubject(PIPELINE, 0, key),
         data: encodeRecord({ id, key, n: seq, at: 0, body: "warm-up" }),
         headers,
         header: (name) => headers[name],

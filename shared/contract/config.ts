@@ -24,6 +24,14 @@ export const PipelineSchema = z.object({
    * `StreamLayout` in shared/wire.ts. Fixed for the life of the pipeline.
    */
   streams: z.enum(["shared", "per-shard"]).default("shared"),
+  /**
+   * When a record is acknowledged to its producer. `replicated`: once a quorum of the stream's
+   * servers holds it (in memory and the page cache; each server writes it to disk within its
+   * `sync_interval`, 2 min by default). `fsync`: once a quorum has also written it to disk
+   * (`sync_interval: always` on the servers, which is server-wide: `sluice up` sets it when any
+   * pipeline asks for it).
+   */
+  durability: z.enum(["replicated", "fsync"]).default("replicated"),
 });
 
 export const TimingSchema = z.object({
@@ -84,7 +92,16 @@ export const ConfigSchema = z.object({
   pipelines: z
     .array(PipelineSchema)
     .min(1)
-    .default([{ name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000, streams: "shared" }]),
+    .default([
+      {
+        name: "demo",
+        shards: 16,
+        replicas: 3,
+        duplicateWindowMs: 120_000,
+        streams: "shared",
+        durability: "replicated",
+      },
+    ]),
   timing: TimingSchema.default(TimingSchema.parse({})),
   worker: WorkerSchema.default(WorkerSchema.parse({})),
 });

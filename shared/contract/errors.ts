@@ -15,9 +15,9 @@ export const ErrorCode = {
   NotAMap: "NOT_A_MAP",
   /** The record has no `Nats-Msg-Id` header. */
   MissingId: "MISSING_ID",
-  /** The record has no `Sluice-Key` header, or an empty one. */
+  /** The record has no key: neither a key token in its subject nor a `Sluice-Key` header. */
   MissingKey: "MISSING_KEY",
-  /** The record's `Sluice-Key` maps to another shard than the one whose subject holds it. */
+  /** The record's key (its `Sluice-Key`, or its subject's key) maps to another shard than the one that holds it. */
   KeyShardMismatch: "KEY_SHARD_MISMATCH",
   /** The producer cannot send a record: its id or key has a character headers or subjects cannot carry. */
   InvalidRecord: "INVALID_RECORD",
@@ -25,6 +25,8 @@ export const ErrorCode = {
   InvalidConfig: "INVALID_CONFIG",
   /** A local cluster operation failed (process start, readiness). */
   ClusterFailure: "CLUSTER_FAILURE",
+  /** The NATS server is older than the oldest release sluice runs on (`NATS_SERVER_FLOOR`). */
+  UnsupportedServer: "UNSUPPORTED_SERVER",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

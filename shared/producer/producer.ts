@@ -233,7 +233,8 @@ export class Producer {
   private transmit(token: string): void {
     const p = this.pending.get(token);
     if (!p || this.closed) return;
-    let wire = `NATS/1.0\r\n${Headers.msgId}: ${p.record.id}\r\n${Headers.key}: ${p.record.key}\r\n`;
+    // The key travels in the subject (`ingest.P.<key>`), as any NATS client would send it.
+    let wire = `NATS/1.0\r\n${Headers.msgId}: ${p.record.id}\r\n`;
     if (p.record.contentType) wire += `${Headers.contentType}: ${p.record.contentType}\r\n`;
     if (p.trace) for (const k in p.trace) wire += `${k}: ${p.trace[k]}\r\n`;
     const h = new RecordHeaders(`${wire}\r\n`);

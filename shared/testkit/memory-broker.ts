@@ -6,6 +6,7 @@
  * network in front of them.
  */
 import { ErrorCode, SluiceError } from "../contract/errors.js";
+import { subjectMatches } from "../contract/wire.js";
 
 export interface StoredMessage {
   seq: number;
@@ -15,7 +16,7 @@ export interface StoredMessage {
 }
 
 interface ConsumerState {
-  /** The one subject the consumer delivers (a literal filter, as `shardFilter`). */
+  /** The subjects the consumer delivers, NATS wildcards allowed (as `shardFilter`). */
   filterSubject: string;
   /** Next stream sequence to examine for first delivery. */
   cursor: number;
@@ -102,7 +103,7 @@ export class MemoryStream {
     while (out.length < max && c.pending.size < c.maxAckPending && c.cursor <= this.messages.length) {
       const m = this.messages[c.cursor - 1]!;
       c.cursor++;
-      if (m.subject !== c.filterSubject) continue;
+      if (!subjectMatches(c.filterSubject, m.subject)) continue;
       c.pending.set(m.seq, now);
       out.push(m);
     }

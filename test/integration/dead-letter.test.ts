@@ -22,7 +22,9 @@ describe("bad input (real 3-node NATS cluster)", () => {
     const key = "alice"; // every record below goes to one shard, so bad ones sit between good ones
     // A key whose records belong to another shard than alice's.
     const otherKey = ["bob", "carol", "dave", "erin"].find((k) => shardOf(k, 16) !== shardOf(key, 16))!;
-    const h = (json = false, recordKey: string | null = key) => {
+    // As any NATS client publishes: the key in the subject, no sluice header (an optional
+    // Sluice-Key is only set where a case needs it).
+    const h = (json = false, recordKey: string | null = null) => {
       const x = headers();
       if (json) x.set("Content-Type", "application/json");
       if (recordKey !== null) x.set("Sluice-Key", recordKey);
@@ -46,13 +48,12 @@ describe("bad input (real 3-node NATS cluster)", () => {
       },
       { code: "NOT_A_MAP", data: encode([1, 2, 3]), id: "bad-array" },
       { code: "MISSING_ID", data: encodeRecord({ n: -1 }) },
-      { code: "MISSING_KEY", data: encodeRecord({ n: -2 }), id: "bad-no-key", recordKey: null },
       { code: "KEY_SHARD_MISMATCH", data: encodeRecord({ n: -3 }), id: "bad-key", recordKey: otherKey },
     ];
     for (let i = 0; i < 50; i++) await good(i);
     for (const b of bad) {
       await js.publish(`ingest.demo.${key}`, b.data, {
-        headers: h(b.json, b.recordKey === undefined ? key : b.recordKey),
+        headers: h(b.json, b.recordKey ?? null),
         ...(b.id ? { msgID: b.id } : {}),
       });
     }
@@ -78,7 +79,8 @@ describe("bad input (real 3-node NATS cluster)", () => {
       expect(m.subject).toBe(`sluice.dlq.demo.${shard}`);
       expect(m.header.get("Sluice-Error-Code")).toBe(b.code);
       expect(m.header.get("Sluice-Error")).not.toBe("");
-      expect(m.header.get("Sluice-Source-Subject")).toBe(`sluice.in.demo.${shard}`);
+      expect(m.header.get("Sluice-Source-Subject")).toBe(`sluice.in.demo.${shard}.${key}`);
+      expect(m.header.get("Sluice-Error-Stage")).toBe("decode");
       expect(Number(m.header.get("Sluice-Source-Seq"))).toBeGreaterThan(0);
       expect(Buffer.from(m.data).equals(Buffer.from(b.data))).toBe(true);
       if (b.id) expect(m.header.get("Sluice-Original-Msg-Id")).toBe(b.id);

@@ -8,11 +8,17 @@ import type { ShardFeed } from "../../shared/contract/ports.js";
 import {
   consumerEpoch,
   consumerName,
+  ingestSubject,
   inputStream,
   shardFilter,
-  shardSubject,
+  shardOf,
 } from "../../shared/contract/wire.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
+
+/** A key that the partition maps to `shard`. */
+function keyOfShard(shard: number, shards: number): string {
+  for (let i = 0; ; i++) if (shardOf(`k${i}`, shards) === shard) return `k${i}`;
+}
 
 describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
   let tc: TestCluster | undefined;
@@ -29,7 +35,9 @@ describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
     const stream = inputStream(p, 0);
     const seqs: number[] = [];
     for (let i = 1; i <= 10; i++) {
-      const ack = await js.publish(shardSubject(p.name, 0), encodeRecord({ i }), { msgID: `r${i}` });
+      const ack = await js.publish(ingestSubject(p.name, keyOfShard(0, p.shards)), encodeRecord({ i }), {
+        msgID: `r${i}`,
+      });
       seqs.push(ack.seq);
     }
     // Left by an earlier attempt at epoch 7 (or a hand-off prepared from an older checkpoint):

@@ -13,14 +13,15 @@ import { promisify } from "node:util";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { checkedNatsServer } from "../../nodes/cli/nats-binary.js";
 import {
   containerRunning,
   containerStatus,
   dockerAvailable,
   ensureNatsImage,
   killContainer,
-  NATS_IMAGE,
   type NatsContainerSpec,
+  natsImage,
   pauseContainer,
   removeContainer,
   restartContainer,
@@ -98,10 +99,10 @@ describe.sequential("nats-server in Docker containers", () => {
 
   it.skipIf(!available)("builds the FROM-scratch image", async () => {
     const t0 = performance.now();
-    expect(await ensureNatsImage()).toBe(NATS_IMAGE);
+    expect(await ensureNatsImage()).toBe(natsImage());
     console.log(`ensureNatsImage: ${Math.round(performance.now() - t0)} ms`);
-    const { stdout } = await run("docker", ["run", "--rm", "--network", "host", NATS_IMAGE, "--version"]);
-    expect(stdout).toContain("nats-server: v2.9.10");
+    const { stdout } = await run("docker", ["run", "--rm", "--network", "host", natsImage(), "--version"]);
+    expect(stdout).toContain(`nats-server: v${checkedNatsServer().version}`);
   });
 
   it.skipIf(!available)("starts a container that outlives the process that started it", async () => {

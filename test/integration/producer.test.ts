@@ -64,9 +64,10 @@ describe("producer (real 3-node NATS cluster)", () => {
       // What the stream holds: the partitioned subject and the headers, byte for byte.
       for (const [i, r] of records.entries()) {
         const m = await jsm.streams.getMessage(stream, { seq: seqs[i]! });
-        expect(m?.subject).toBe(shardSubject(p.name, shardOf(r.key, p.shards)));
+        expect(m?.subject).toBe(shardSubject(p.name, shardOf(r.key, p.shards), r.key));
         expect(m?.header.get(Headers.msgId)).toBe(r.id);
-        expect(m?.header.get(Headers.key)).toBe(r.key);
+        // The key travels in the subject only, as from any NATS client.
+        expect(m?.header.get(Headers.key)).toBe("");
         expect(m?.header.get(Headers.contentType)).toBe(r.contentType ?? "");
         expect(new TextDecoder().decode(m?.data)).toBe(`{"n":${i}}`);
       }

@@ -34,6 +34,6 @@ describe("provision (real 3-node NATS cluster)", () => {
     );
     expect(isSluiceError(err, ErrorCode.InvalidConfig)).toBe(true);
     expect((err as Error).message).toContain("sluice.in.old.>");
-    expect((err as Error).message).toContain("sluice.in.old.*");
+    expect((err as Error).message).toContain("ingest.old.*");
   });
 });

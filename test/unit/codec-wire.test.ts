@@ -12,14 +12,18 @@ import {
   epochConsumer,
   fnv1a32,
   Headers,
+  ingestSubject,
   inputStream,
   inputStreamSubjects,
   inputStreams,
+  inputStreamTransform,
+  keyOfSubject,
   partitionMapping,
   shardConsumerFilter,
   shardFilter,
   shardOf,
   shardSubject,
+  subjectMatches,
 } from "../../shared/contract/wire.js";
 import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
 
@@ -29,8 +33,8 @@ function msg(over: Partial<SourceMessage> & { data: Uint8Array }): SourceMessage
   return {
     seq: 42,
     deliverySeq: 1,
-    subject: "sluice.in.demo.7",
-    headers: { [Headers.msgId]: "id-1", [Headers.key]: "alice" },
+    subject: "sluice.in.demo.7.alice",
+    headers: { [Headers.msgId]: "id-1" },
     token: null,
     ...over,
   };
@@ -93,16 +97,23 @@ describe("fnv1a32 / shardOf", () => {
 
 describe("wire names", () => {
   it("builds subjects, consumers and the partition mapping", () => {
-    expect(shardSubject("demo", 3)).toBe("sluice.in.demo.3");
-    expect(shardFilter("demo", 3)).toBe("sluice.in.demo.3");
+    expect(ingestSubject("demo", "alice")).toBe("ingest.demo.alice");
+    expect(shardSubject("demo", 3, "alice")).toBe("sluice.in.demo.3.alice");
+    expect(shardFilter("demo", 3)).toBe("sluice.in.demo.3.*");
+    expect(keyOfSubject("sluice.in.demo.3.alice")).toBe("alice");
     const shared = { name: "demo", streams: "shared", shards: 3 } as const;
     const perShard = { name: "demo", streams: "per-shard", shards: 3 } as const;
     expect(inputStream(shared, 2)).toBe("SLUICE_IN_demo");
-    expect(inputStreamSubjects(shared, 2)).toBe("sluice.in.demo.*");
-    expect(shardConsumerFilter(shared, 2)).toBe("sluice.in.demo.2");
+    expect(inputStreamSubjects(shared, 2)).toBe("ingest.demo.*");
+    expect(inputStreamTransform(shared)).toEqual({
+      src: "ingest.demo.*",
+      dest: "sluice.in.demo.{{partition(3,1)}}.{{wildcard(1)}}",
+    });
+    expect(shardConsumerFilter(shared, 2)).toBe("sluice.in.demo.2.*");
     expect([...inputStreams(shared)]).toEqual([["SLUICE_IN_demo", [0, 1, 2]]]);
     expect(inputStream(perShard, 2)).toBe("SLUICE_IN_demo_2");
-    expect(inputStreamSubjects(perShard, 2)).toBe("sluice.in.demo.2");
+    expect(inputStreamSubjects(perShard, 2)).toBe("sluice.in.demo.2.*");
+    expect(inputStreamTransform(perShard)).toBeUndefined();
     expect(shardConsumerFilter(perShard, 2)).toBeUndefined();
     expect([...inputStreams(perShard)]).toEqual([
       ["SLUICE_IN_demo_0", [0]],
@@ -124,7 +135,20 @@ describe("wire names", () => {
     ]);
     expect(epochConsumer(byName, "demo", 3, 9)).toEqual({ name: "demo-s3-e9-c4", value: "kept" });
     expect(epochConsumer(byName, "demo", 3, 10)).toBeUndefined();
-    expect(partitionMapping("demo", 16)).toEqual(["ingest.demo.*", "sluice.in.demo.{{partition(16,1)}}"]);
+    expect(partitionMapping("demo", 16)).toEqual([
+      "ingest.demo.*",
+      "sluice.in.demo.{{partition(16,1)}}.{{wildcard(1)}}",
+    ]);
+  });
+
+  it("matches subjects by NATS rules", () => {
+    expect(subjectMatches("sluice.in.demo.3.*", "sluice.in.demo.3.alice")).toBe(true);
+    expect(subjectMatches("sluice.in.demo.3.*", "sluice.in.demo.31.alice")).toBe(false);
+    expect(subjectMatches("sluice.in.demo.3.*", "sluice.in.demo.3")).toBe(false);
+    expect(subjectMatches("sluice.in.demo.3.*", "sluice.in.demo.3.a.b")).toBe(false);
+    expect(subjectMatches("sluice.>", "sluice.in")).toBe(true);
+    expect(subjectMatches("sluice.>", "sluice")).toBe(false);
+    expect(subjectMatches("a.b", "a.b")).toBe(true);
   });
 
   it("shardKey and parseShardKey round-trip, including dotted pipelines", () => {
@@ -223,27 +247,32 @@ describe("decodeRecord", () => {
     );
   });
 
-  it("rejects a record without Sluice-Key (or an empty one) with MISSING_KEY", () => {
+  it("takes the key from the subject, as any NATS client publishes it, with no sluice header", () => {
+    const r = decodeRecord(msg({ data: encodeRecord({ a: 1 }), subject: "sluice.in.demo.7.bob" }));
+    expect(r.ok && r.record.key).toBe("bob");
     expectRejected(
-      decodeRecord(msg({ data: encodeRecord({ a: 1 }), headers: { [Headers.msgId]: "id-1" } })),
-      ErrorCode.MissingKey,
-    );
-    expectRejected(
-      decodeRecord(
-        msg({ data: encodeRecord({ a: 1 }), headers: { [Headers.msgId]: "id-1", [Headers.key]: "" } }),
-      ),
+      decodeRecord(msg({ data: encodeRecord({ a: 1 }), subject: "sluice.in.demo.7." })),
       ErrorCode.MissingKey,
     );
   });
 
-  it("takes the key from Sluice-Key and, given the shard read, rejects another shard's key", () => {
+  it("checks the key's shard: a subject or Sluice-Key of another shard is KEY_SHARD_MISMATCH", () => {
     const data = encodeRecord({ a: 1 });
-    const r = decodeRecord(msg({ data }), { shard: shardOf("alice", 16), shards: 16 });
-    expect(r.ok && r.record.key).toBe("alice");
-    const other = (shardOf("alice", 16) + 1) % 16;
+    const at = { shard: shardOf("alice", 16), shards: 16 };
+    expect(decodeRecord(msg({ data }), at).ok).toBe(true);
+    const other = (at.shard + 1) % 16;
     expectRejected(decodeRecord(msg({ data }), { shard: other, shards: 16 }), ErrorCode.KeyShardMismatch);
     // Without the shard read, keys are not checked.
-    expect(decodeRecord(msg({ data })).ok).toBe(true);
+    expect(decodeRecord(msg({ data }), undefined).ok).toBe(true);
+    // An optional Sluice-Key names the key to store, if it belongs to the same shard.
+    let sameShard = "";
+    for (let i = 0; !sameShard; i++) if (shardOf(`k${i}`, 16) === at.shard) sameShard = `k${i}`;
+    const h = (key: string) => ({ [Headers.msgId]: "id-1", [Headers.key]: key });
+    const kept = decodeRecord(msg({ data, headers: h(sameShard) }), at);
+    expect(kept.ok && kept.record.key).toBe(sameShard);
+    let otherShard = "";
+    for (let i = 0; !otherShard; i++) if (shardOf(`k${i}`, 16) !== at.shard) otherShard = `k${i}`;
+    expectRejected(decodeRecord(msg({ data, headers: h(otherShard) }), at), ErrorCode.KeyShardMismatch);
   });
 
   it("rejects garbage bytes with UNDECODABLE_PAYLOAD", () => {
@@ -306,7 +335,14 @@ describe("parseConfig", () => {
   it("defaults to the demo pipeline with 16 shards and default timing", () => {
     const cfg = parseConfig(undefined);
     expect(cfg.pipelines).toEqual([
-      { name: "demo", shards: 16, replicas: 3, duplicateWindowMs: 120_000, streams: "shared" },
+      {
+        name: "demo",
+        shards: 16,
+        replicas: 3,
+        duplicateWindowMs: 120_000,
+        streams: "shared",
+        durability: "replicated",
+      },
     ]);
     expect(cfg.timing.failureTimeoutMs).toBe(1000);
     expect(cfg.timing.leaderTtlMs).toBe(1500);
@@ -325,6 +361,7 @@ describe("parseConfig", () => {
       replicas: 3,
       duplicateWindowMs: 120_000,
       streams: "shared",
+      durability: "replicated",
     });
   });
 

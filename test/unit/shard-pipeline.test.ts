@@ -23,9 +23,9 @@ function message(id: string, index: number, deliverySeq: number): SourceMessage 
   return {
     seq: index + 1,
     deliverySeq,
-    subject: "sluice.in.demo.0",
+    subject: `sluice.in.demo.0.k${id}`,
     data: encodeRecord({ id }),
-    headers: { "Nats-Msg-Id": id, "Sluice-Key": `k${id}` },
+    headers: { "Nats-Msg-Id": id },
     timestampMs: 1_000_000 + index * 10,
     token: index,
   };

@@ -1,5 +1,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { ErrorCode, SluiceError } from "../../contract/errors.js";
+import { atLeastVersion, NATS_SERVER_FLOOR, NATS_SERVER_INSTALL_HINT } from "../../contract/nats-server.js";
 import { inputStream, type PipelineStreams } from "../../contract/wire.js";
 
 export interface ConnectOptions {
@@ -7,8 +9,8 @@ export interface ConnectOptions {
   name: string;
 }
 
-const connectWith = (servers: string[], name: string, noRandomize: boolean): Promise<NatsConnection> =>
-  connect({
+async function connectWith(servers: string[], name: string, noRandomize: boolean): Promise<NatsConnection> {
+  const nc = await connect({
     servers,
     name,
     noRandomize,
@@ -17,6 +19,23 @@ const connectWith = (servers: string[], name: string, noRandomize: boolean): Pro
     pingInterval: 5_000,
     timeout: 5_000,
   });
+  checkServerVersion(nc);
+  return nc;
+}
+
+/**
+ * Refuses a server below `NATS_SERVER_FLOOR`: sluice's streams use features it lacks, and
+ * failing at connect with the reason beats failing later at the first stream or consumer.
+ */
+function checkServerVersion(nc: NatsConnection): void {
+  const version = nc.info?.version ?? "unknown";
+  if (atLeastVersion(version)) return;
+  void nc.close();
+  throw new SluiceError(
+    ErrorCode.UnsupportedServer,
+    `nats-server ${version} (${nc.info?.server_name ?? "?"}) is older than v${NATS_SERVER_FLOOR}, the oldest sluice runs on: ${NATS_SERVER_INSTALL_HINT}`,
+  );
+}
 
 /**
  * Connects with reconnects forever: a node outlives NATS node restarts and leader changes;

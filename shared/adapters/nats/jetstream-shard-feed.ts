@@ -68,14 +68,11 @@ export class JetStreamShardFeed implements ShardFeed {
       abort_on_missing_resource: true,
       // 0.5 s idle heartbeats: two missed (~1 s) are how the client notices both a dead server
       // holding this R1 consumer (then `checkAlive` fails the feed and the lease re-acquires
-      // elsewhere) and a pull the server refused (a 409), after which it pulls again.
-      //
-      // Long pulls: nats-server 2.9.10 sometimes drops a pull that expires just as a record is
-      // ready without telling the client (no 408), and the client, still counting that pull's
-      // records as coming, waits for two missed heartbeats before it pulls again, so the shard
-      // pauses ~1.2 s. With 4 s pulls this paused some shard every few seconds under load. A
-      // shard that keeps up pulls again (at a quarter of its buffer) long before 30 s, so under
-      // load its pulls end filled, not expired.
+      // elsewhere) and a pull the server refused (a 409), after which it pulls again. Pulls last
+      // nats.js's default 30 s: a shard under load refills its pull long before it expires, and
+      // an idle shard's pulls end with the server's 408 (which nats-server sends reliably since
+      // 2.9.16; on 2.9.10 a pull expiring as a record arrived could end silently and pause the
+      // shard for two missed heartbeats, which is why short pulls were ever a question).
       expires: 30_000,
       idle_heartbeat: 500,
       callback: (m) => {

@@ -13,6 +13,7 @@ import {
   deadLetterSubjects,
   inputStreamSubjects,
   inputStreams,
+  inputStreamTransform,
 } from "../../contract/wire.js";
 
 /** Streams created at once: each is a Raft group whose creation the meta leader serialises. */
@@ -25,10 +26,13 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
     const streams = [...inputStreams(p)];
     for (let i = 0; i < streams.length; i += createConcurrency) {
       await Promise.all(
-        streams.slice(i, i + createConcurrency).map(([name, [shard]]) =>
-          ensureStream(jsm, {
+        streams.slice(i, i + createConcurrency).map(([name, [shard]]) => {
+          const transform = inputStreamTransform(p);
+          return ensureStream(jsm, {
             name,
             subjects: [inputStreamSubjects(p, shard!)],
+            // The shared stream stores each record under its shard (`sluice.in.P.<shard>.<key>`).
+            ...(transform ? { subject_transform: transform } : {}),
             num_replicas: r,
             storage: StorageType.File,
             retention: RetentionPolicy.Limits,
@@ -36,8 +40,8 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
             // Publishes are deduplicated per stream: a key always maps to the same shard, so a
             // record re-sent with its Nats-Msg-Id always meets its first copy's window.
             duplicate_window: nanos(p.duplicateWindowMs),
-          }),
-        ),
+          });
+        }),
       );
     }
     await ensureStream(jsm, {
@@ -58,21 +62,30 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
 
 type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;
 
+const transformText = (t: { src?: string; dest?: string } | undefined): string =>
+  t ? ` (stored as ${t.dest} from ${t.src})` : "";
+
 async function ensureStream(jsm: Jsm, cfg: Parameters<Jsm["streams"]["add"]>[0]): Promise<void> {
-  let existing: string[] | undefined;
+  let existing: { subjects: string[]; transform: string } | undefined;
   try {
-    existing = (await jsm.streams.info(cfg.name!)).config.subjects ?? [];
+    const info = (await jsm.streams.info(cfg.name!)).config;
+    existing = { subjects: info.subjects ?? [], transform: transformText(info.subject_transform) };
   } catch {
     // Not there yet: create it below.
   }
   if (existing) {
-    const wanted = cfg.subjects ?? [];
-    if (existing.length === wanted.length && existing.every((s, i) => s === wanted[i])) return;
-    // A stream of another layout (such as `sluice.in.P.>`, with the key in the subject) holds
-    // records no shard consumer of this one would deliver: refuse rather than skip them.
+    const wanted = { subjects: cfg.subjects ?? [], transform: transformText(cfg.subject_transform) };
+    const same =
+      existing.subjects.length === wanted.subjects.length &&
+      existing.subjects.every((s, i) => s === wanted.subjects[i]) &&
+      existing.transform === wanted.transform;
+    if (same) return;
+    // A stream of another layout (an older sluice's literal shard subjects, another shard
+    // count) holds records no shard consumer of this one would deliver where it looks: refuse
+    // rather than skip them.
     throw new SluiceError(
       ErrorCode.InvalidConfig,
-      `stream ${cfg.name} captures ${existing.join(", ")}, not ${wanted.join(", ")}: it was made for another subject layout; read it to the end with the sluice that wrote it, then delete it`,
+      `stream ${cfg.name} captures ${existing.subjects.join(", ")}${existing.transform}, not ${wanted.subjects.join(", ")}${wanted.transform}: it was made for another subject layout or shard count; read it to the end with the sluice that wrote it, then delete it`,
     );
   }
   try {

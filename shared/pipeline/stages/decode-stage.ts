@@ -6,7 +6,7 @@
 import { decodePayload, headerOf, jsonContentType, type Rejection } from "../../contract/codec.js";
 import { ErrorCode } from "../../contract/errors.js";
 import type { SourceMessage } from "../../contract/ports.js";
-import { Headers, shardOf } from "../../contract/wire.js";
+import { Headers, keyOfSubject, shardOf } from "../../contract/wire.js";
 import {
   keep,
   type PipelineRecord,
@@ -34,9 +34,10 @@ function missingHeader(msg: SourceMessage, code: ErrorCode, name: string): Rejec
 }
 
 /**
- * The record `msg` holds, or why it holds none. With `at`, a record whose `Sluice-Key` belongs
- * to another shard is rejected: it was published to one key's subject with another key's
- * header, and committing it would break the order of that key's records, which one shard keeps.
+ * The record `msg` holds, or why it holds none. Its key is its subject's last token (the key it
+ * was published under, `ingest.P.<key>`), or its `Sluice-Key` header when it has one. With
+ * `at`, a record whose key belongs to another shard is rejected: committing it would break the
+ * order of that key's records, which one shard keeps.
  */
 export function decodeRecord(
   msg: SourceMessage,
@@ -44,15 +45,24 @@ export function decodeRecord(
 ): { ok: true; record: PipelineRecord } | Rejection {
   const recordId = headerOf(msg, Headers.msgId)?.trim();
   if (!recordId) return missingHeader(msg, ErrorCode.MissingId, Headers.msgId);
-  const key = headerOf(msg, Headers.key);
-  if (!key) return missingHeader(msg, ErrorCode.MissingKey, Headers.key);
-  const keyShard = at ? shardOf(key, at.shards) : undefined;
-  if (at && keyShard !== at.shard) {
+  const subjectKey = keyOfSubject(msg.subject);
+  const headerKey = headerOf(msg, Headers.key);
+  const key = headerKey || subjectKey;
+  if (!key)
     return {
       ok: false,
-      code: ErrorCode.KeyShardMismatch,
-      message: `${Headers.key} '${key}' belongs to shard ${keyShard}, not ${at.shard}: publish to ingest.<pipeline>.<key> with the same key in the header`,
+      code: ErrorCode.MissingKey,
+      message: `no key: subject ${msg.subject} has none, nor a ${Headers.key} header`,
     };
+  if (at) {
+    const keyShard = shardOf(key, at.shards);
+    if (keyShard !== at.shard || (headerKey && shardOf(subjectKey, at.shards) !== at.shard)) {
+      return {
+        ok: false,
+        code: ErrorCode.KeyShardMismatch,
+        message: `key '${key}' belongs to shard ${keyShard}, not ${at.shard}: publish to ingest.<pipeline>.<key>${headerKey ? `, and a ${Headers.key} header only with a key of the same shard` : ""}`,
+      };
+    }
   }
   const contentType = headerOf(msg, Headers.contentType);
   const payload = decodePayload(msg.data, contentType !== undefined && jsonContentType.test(contentType));

@@ -199,10 +199,8 @@ export class SimWorld {
         const id = `r${i}`;
         const data = malformed ? new Uint8Array([0xff, 0xfe, 0x00]) : encodeRecord({ n: i, key });
         const publish = () =>
-          this.stream.publish(shardSubject(PIPELINE, shard), data, {
-            [Headers.msgId]: id,
-            [Headers.key]: key,
-          });
+          // Stored as the shared stream's subject transform stores it: the key in the subject.
+          this.stream.publish(shardSubject(PIPELINE, shard, key), data, { [Headers.msgId]: id });
         const { seq } = publish();
         this.checker.onPublish({ id, shard, seq, malformed });
         // A producer retry of a publish that landed: the duplicate window drops it.
