@@ -9,7 +9,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$here/bin/nats-server"
 # The lowest version sluice runs on; keep in step with NATS_SERVER_FLOOR in shared/contract/wire.ts.
-floor="2.14.0"
+floor="2.12.12"
 
 version_of() { "$1" --version 2>/dev/null | sed -n 's/^nats-server: v//p'; }
 at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }

@@ -2,7 +2,7 @@
  * What every part of the benchmark shares: its settings, its log, clusters started and
  * removed under the working directory, and the host's CPU steal measured around each part.
  */
-import { chmodSync, mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import type { ClusterFile } from "../cli/cluster-file.js";
@@ -66,9 +66,6 @@ export class BenchRun {
     const d = join(this.s.dir, name);
     rmSync(d, { recursive: true, force: true });
     mkdirSync(d, { recursive: true });
-    // NATS nodes may run under their own uid (see `up`): they must be able to enter the parent
-    // too, which `mktemp -d` creates private.
-    chmodSync(this.s.dir, 0o755);
     this.log(`starting cluster '${name}': ${opts.workers} workers, ${opts.coordinators} coordinators`);
     const c = await up({ dir: d, ...opts });
     try {

@@ -4,13 +4,14 @@
  * each figure next to a baseline measured in the same run. Prints one table and writes the
  * same as JSON (`report.ts` holds its shape). `--quick` is the short version CI runs.
  */
-import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { Command } from "commander";
 import { intOption } from "../cli/int-option.js";
+import { checkedNatsServer } from "../cli/nats-binary.js";
 import { BenchRun } from "./bench-run.js";
 import { measureCluster } from "./cluster-part.js";
+import { measureDurability } from "./durability-part.js";
 import { measureMemory } from "./memory-part.js";
 import { buildReport, reportTable } from "./report.js";
 import { measureThroughput } from "./throughput-part.js";
@@ -54,25 +55,19 @@ const run = new BenchRun({
   keep: o.keep === true,
 });
 
-function natsVersion(): string {
-  try {
-    return execFileSync("nats-server", ["--version"], { encoding: "utf8" }).trim();
-  } catch {
-    return "unknown";
-  }
-}
-
 const startedAt = new Date();
 const throughput = await measureThroughput(run);
 const cluster = await measureCluster(run);
 const memory = await measureMemory(run);
+const durability = await measureDurability(run);
 const results = {
   settings: run.s,
   startedAt,
-  natsServer: natsVersion(),
+  natsServer: `v${checkedNatsServer().version}`,
   throughput,
   cluster,
   memory,
+  durability,
   steal: run.steal,
 };
 const report = buildReport(results);

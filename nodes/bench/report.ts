@@ -6,6 +6,7 @@
 import { cpus, totalmem } from "node:os";
 import { type BenchSettings, median, round } from "./bench-run.js";
 import type { ClusterResult } from "./cluster-part.js";
+import type { DurabilityResult } from "./durability-part.js";
 import { stealText } from "./host-cpu.js";
 import type { MemoryResult } from "./memory-part.js";
 import type { ThroughputResult } from "./throughput-part.js";
@@ -25,6 +26,8 @@ export interface BenchReport {
     null_sink_vs_ordered_read_one_shard: number;
     null_sink_vs_ordered_read_per_shard_streams: number;
     e2e_vs_naive: number;
+    /** The producer into an R3 stream with fsync before each PubAck, against without. */
+    producer_fsync_vs_replicated: number;
   };
   throughput: {
     js_publish_r1_per_s: number;
@@ -42,6 +45,10 @@ export interface BenchReport {
     null_sink_start_spread_s: number;
     naive_e2e_per_s: number;
     sluice_e2e_per_s: number;
+  };
+  durability: {
+    producer_replicated_per_s: number;
+    producer_fsync_per_s: number;
   };
   tracing: {
     off_per_s: number;
@@ -109,6 +116,7 @@ export interface BenchResults {
   throughput: ThroughputResult;
   cluster: ClusterResult;
   memory: MemoryResult;
+  durability: DurabilityResult;
   steal: Record<string, number | null>;
 }
 
@@ -146,6 +154,10 @@ export function buildReport(r: BenchResults): BenchReport {
         2,
       ),
       e2e_vs_naive: round(cluster.sluice.perSecond / cluster.naive.perSecond, 2),
+      producer_fsync_vs_replicated: round(
+        r.durability.fsync.perSecond / r.durability.replicated.perSecond,
+        2,
+      ),
     },
     throughput: {
       js_publish_r1_per_s: Math.round(r1.js.perSecond),
@@ -162,6 +174,10 @@ export function buildReport(r: BenchResults): BenchReport {
       null_sink_start_spread_s: round(t.worker.startSpreadS ?? 0),
       naive_e2e_per_s: Math.round(cluster.naive.perSecond),
       sluice_e2e_per_s: Math.round(cluster.sluice.perSecond),
+    },
+    durability: {
+      producer_replicated_per_s: Math.round(r.durability.replicated.perSecond),
+      producer_fsync_per_s: Math.round(r.durability.fsync.perSecond),
     },
     tracing: {
       off_per_s: Math.round(t.tracing.off.perSecond),
@@ -269,6 +285,12 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${th.sluice_e2e_per_s}/s vs ${th.naive_e2e_per_s}/s`,
       `${ratios.e2e_vs_naive}x`,
       ">= 5x",
+    ],
+    [
+      "producer into R3 with fsync before each PubAck vs without",
+      `${rep.durability.producer_fsync_per_s}/s vs ${rep.durability.producer_replicated_per_s}/s`,
+      `${ratios.producer_fsync_vs_replicated}x`,
+      "",
     ],
     [
       "producer with tracing: 1 % sampled / always on vs off",

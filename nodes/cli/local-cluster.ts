@@ -4,7 +4,7 @@
  * `cluster-file.ts`). `up` starts one, `down` stops it; workers are added, removed and any
  * process restarted while it runs.
  */
-import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import pRetry from "p-retry";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
@@ -56,8 +56,6 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   }
   const n = o.natsNodes ?? 3;
   for (const sub of ["logs", "nats"]) mkdirSync(join(dir, sub), { recursive: true });
-  // NATS nodes may run under their own uid: they must be able to reach their config and store.
-  for (const d of [dir, join(dir, "nats")]) chmodSync(d, 0o755);
   const cfg = o.config ?? loadConfigFile(o.configFile);
   const configPath = join(dir, "config.json");
   writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);

@@ -5,7 +5,7 @@
  */
 
 /** Keep in step with `floor` in deploy/nats/install-nats-server.sh. */
-export const NATS_SERVER_FLOOR = "2.14.0";
+export const NATS_SERVER_FLOOR = "2.12.12";
 
 /** How to get a current server, for messages that refuse an old one. */
 export const NATS_SERVER_INSTALL_HINT =

@@ -53,15 +53,17 @@ export interface ShardConsumerInfo {
 }
 
 /**
- * The newest consumer of every shard of the pipeline (`P-sN-eE` with the highest E), by name;
- * a shard whose stream or consumer does not answer in time is left out.
+ * The consumer of every shard's newest epoch (`P-sN-eE` with the highest E), by name; a shard
+ * whose stream or consumer does not answer in time is left out. An epoch's open creates
+ * candidates at once and deletes all but one (`JetStreamShardSource`), so while that clean-up
+ * runs the names list several: each is asked for, and the one that has delivered most is taken.
  */
 export async function listShardConsumers(
   nc: NatsConnection,
   jsm: JetStreamManager,
   pipeline: PipelineStreams & { shards: number },
 ): Promise<Map<string, ShardConsumerInfo>> {
-  const newest = new Map<number, { stream: string; name: string; epoch: number }>();
+  const newest = new Map<number, { stream: string; names: string[]; epoch: number }>();
   await Promise.all(
     [...inputStreams(pipeline)].map(async ([stream, shards]) => {
       const names = await consumerNames(nc, stream).catch(() => []);
@@ -70,15 +72,19 @@ export async function listShardConsumers(
           const epoch = consumerEpoch(pipeline.name, shard, name);
           if (epoch === null) continue;
           const cur = newest.get(shard);
-          if (!cur || cur.epoch < epoch) newest.set(shard, { stream, name, epoch });
+          if (!cur || cur.epoch < epoch) newest.set(shard, { stream, names: [name], epoch });
+          else if (cur.epoch === epoch) cur.names.push(name);
         }
       }
     }),
   );
   const out = new Map<string, ShardConsumerInfo>();
   await Promise.all(
-    [...newest.values()].map(async ({ stream, name }) => {
-      const ci = await jsm.consumers.info(stream, name).catch(() => null);
+    [...newest.values()].map(async ({ stream, names }) => {
+      const infos = await Promise.all(names.map((n) => jsm.consumers.info(stream, n).catch(() => null)));
+      const ci = infos
+        .filter((x) => x !== null)
+        .sort((a, b) => b.delivered.consumer_seq - a.delivered.consumer_seq)[0];
       if (!ci) return;
       out.set(ci.name, {
         name: ci.name,
