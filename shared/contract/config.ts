@@ -10,6 +10,34 @@ const name = z
   .string()
   .regex(/^[A-Za-z][A-Za-z0-9_]{0,62}$/, "letters, digits and _ only, starting with a letter");
 
+/**
+ * Where a pipeline's records are committed (each fenced and exactly-once, see README "Sinks"):
+ * `sqlite`, the embedded default, owned by the sink process (`D/sink.db`); `postgres`, written by
+ * the workers straight to a PostgreSQL database; `jetstream`, an output stream `SLUICE_OUT_P`.
+ */
+export const SinkSchema = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("sqlite") }),
+  z.object({
+    type: z.literal("postgres"),
+    /** `postgres://user@host:port/database`. A password in it works but is never logged. */
+    url: z.string().regex(/^postgres(ql)?:\/\//, "a postgres:// URL"),
+    /** Environment variable that holds the password (instead of the URL). */
+    passwordEnv: z.string().min(1).optional(),
+    /** File that holds the password (instead of the URL); its first line is used. */
+    passwordFile: z.string().min(1).optional(),
+    /** Connections each worker keeps open to the database. */
+    poolSize: z.number().int().min(1).max(100).default(8),
+    /** Longest a statement may run before the commit fails and is retried, ms. */
+    statementTimeoutMs: z.number().int().min(100).default(10_000),
+  }),
+  z.object({
+    type: z.literal("jetstream"),
+    /** Replicas of the output stream. */
+    replicas: z.number().int().min(1).max(5).default(3),
+  }),
+]);
+export type SinkConfig = z.infer<typeof SinkSchema>;
+
 export const PipelineSchema = z.object({
   name,
   /** Number of shards; fixed for the life of the stream. */
@@ -32,6 +60,13 @@ export const PipelineSchema = z.object({
    * pipeline asks for it).
    */
   durability: z.enum(["replicated", "fsync"]).default("replicated"),
+  /** This pipeline's sink, when not the cluster's (`sink` at the top level). */
+  sink: SinkSchema.optional(),
+  /**
+   * How a database sink keeps the pipeline's rows: `append` every record (no unique key, so a
+   * duplicate would show), or `upsert` one row per key, the newest by source sequence.
+   */
+  tableMode: z.enum(["append", "upsert"]).default("append"),
 });
 
 export const TimingSchema = z.object({
@@ -100,8 +135,11 @@ export const ConfigSchema = z.object({
         duplicateWindowMs: 120_000,
         streams: "shared",
         durability: "replicated",
+        tableMode: "append",
       },
     ]),
+  /** Where pipelines commit unless they name a sink of their own. */
+  sink: SinkSchema.default({ type: "sqlite" }),
   timing: TimingSchema.default(TimingSchema.parse({})),
   worker: WorkerSchema.default(WorkerSchema.parse({})),
 });
@@ -121,9 +159,34 @@ export function parseConfig(raw: unknown): SluiceConfig {
     if (names.has(p.name))
       throw new SluiceError(ErrorCode.InvalidConfig, `pipeline '${p.name}' is defined twice`);
     names.add(p.name);
+    const sink = sinkOf(r.data, p);
+    if (p.tableMode === "upsert" && sink.type === "jetstream")
+      throw new SluiceError(
+        ErrorCode.InvalidConfig,
+        `pipeline '${p.name}': tableMode upsert needs a database sink (sqlite or postgres), not jetstream`,
+      );
   }
   return r.data;
 }
+
+/** A URL with any password in it replaced, fit for logs, status and error messages. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return url.replace(/\/\/([^:/@]+):[^@]*@/, "//$1:***@");
+  }
+}
+
+/** What a sink is, in words fit for logs (no secret). */
+export function describeSink(s: SinkConfig): string {
+  return s.type === "postgres" ? `postgres ${redactUrl(s.url)}` : s.type;
+}
+
+/** The sink a pipeline commits to: its own, or the cluster's. */
+export const sinkOf = (cfg: SluiceConfig, p: PipelineConfig): SinkConfig => p.sink ?? cfg.sink;
 
 export function pipelineOf(cfg: SluiceConfig, pipeline: string): PipelineConfig {
   const p = cfg.pipelines.find((x) => x.name === pipeline);

@@ -153,6 +153,41 @@ export interface Sink {
   close(): Promise<void>;
 }
 
+/** A checkpoint message of an output stream: the shard's checkpoint, and who wrote it. */
+export interface OutputCheckpoint extends Checkpoint {
+  worker: string;
+}
+
+/** A record as an output stream stores it. */
+export interface OutputRecord {
+  row: SinkRow;
+  epoch: number;
+  worker: string;
+}
+
+/**
+ * The stream operations the output-stream sink needs (`OutputStreamSink`), per shard: a data
+ * subject for records and a checkpoint subject whose newest message is the shard's checkpoint.
+ */
+export interface OutputStreamStore {
+  /** The newest checkpoint message of the shard and its stream sequence; null when it has none. */
+  lastCheckpoint(ref: ShardRef): Promise<{ checkpoint: Checkpoint; streamSeq: number } | null>;
+  /**
+   * Appends `records` then the checkpoint message `cp`, all or nothing, if the shard's newest
+   * checkpoint message is still the one at stream sequence `expectAt` (0: none yet; undefined:
+   * unconditionally). Not `ok` when it was not; a record id already in the stream within its
+   * duplicate window is left out, not written twice.
+   */
+  append(
+    ref: ShardRef,
+    records: readonly OutputRecord[],
+    cp: OutputCheckpoint,
+    expectAt: number | undefined,
+  ): Promise<{ ok: true; checkpointSeq: number } | { ok: false }>;
+  /** Record ids of the shard's records from source sequence `fromSeq` on (for reconciliation). */
+  recordIds(ref: ShardRef, fromSeq: number): Promise<string[]>;
+}
+
 /** A shard's checkpoint as an inspector reads it. */
 export interface ShardCheckpoint extends Checkpoint {
   pipeline: string;

@@ -85,6 +85,16 @@ export function inputStreams(p: PipelineStreams & { shards: number }): Map<strin
   return out;
 }
 export const deadLetterStream = (pipeline: string): string => `SLUICE_DLQ_${pipeline}`;
+
+/** The output stream of a pipeline whose sink is `jetstream` (see `OutputStreamSink`). */
+export const outputStream = (pipeline: string): string => `SLUICE_OUT_${pipeline}`;
+/** Every subject of a pipeline's output stream. */
+export const outputSubjects = (pipeline: string): string => `sluice.out.${pipeline}.>`;
+/** A shard's records in the output stream, one message each (`sluice.out.P.*` reads them all). */
+export const outputDataSubject = (pipeline: string, shard: number): string => `sluice.out.${pipeline}.${shard}`;
+/** A shard's checkpoint messages in the output stream; the newest is its checkpoint. */
+export const outputCheckpointSubject = (pipeline: string, shard: number): string =>
+  `sluice.out.${pipeline}.${shard}.cp`;
 /**
  * The durable consumer of one shard at one epoch. Every epoch has its own. `candidate` > 0
  * names the further consumers created at once to land one on the stream leader (see
@@ -172,6 +182,9 @@ export const Headers = {
   /** A dead letter's original `Nats-Msg-Id` (its own id is `dlq-<shard>-<seq>`). */
   originalMsgId: "Sluice-Original-Msg-Id",
   sourceSeq: "Sluice-Source-Seq",
+  /** An output record's epoch and worker: who committed it (see `OutputStreamSink`). */
+  epoch: "Sluice-Epoch",
+  worker: "Sluice-Worker",
   sourceSubject: "Sluice-Source-Subject",
   shard: "Sluice-Shard",
 } as const;

@@ -5,7 +5,7 @@
 import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, nanos } from "@nats-io/transport-node";
-import type { SluiceConfig } from "../../contract/config.js";
+import { type SluiceConfig, sinkOf } from "../../contract/config.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import {
   Buckets,
@@ -14,6 +14,8 @@ import {
   inputStreamSubjects,
   inputStreams,
   inputStreamTransform,
+  outputStream,
+  outputSubjects,
 } from "../../contract/wire.js";
 
 /** Streams created at once: each is a Raft group whose creation the meta leader serialises. */
@@ -43,6 +45,20 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
           });
         }),
       );
+    }
+    const sink = sinkOf(cfg, p);
+    if (sink.type === "jetstream") {
+      // The output stream of `OutputStreamSink`: atomic batches carry a commit's records and its
+      // checkpoint together.
+      await ensureStream(jsm, {
+        name: outputStream(p.name),
+        subjects: [outputSubjects(p.name)],
+        num_replicas: Math.min(sink.replicas, replicas),
+        storage: StorageType.File,
+        retention: RetentionPolicy.Limits,
+        duplicate_window: nanos(p.duplicateWindowMs),
+        allow_atomic: true,
+      });
     }
     await ensureStream(jsm, {
       name: deadLetterStream(p.name),

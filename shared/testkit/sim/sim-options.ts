@@ -9,13 +9,23 @@ import type { Checker } from "./checker.js";
 export interface SafetySwitches {
   /** The sink rejects commits of a lower epoch than the shard's fence. */
   sinkFence: boolean;
+  /**
+   * The output-stream sink writes only if the shard's checkpoint subject has not moved since it
+   * read it (JetStream's expected last subject sequence).
+   */
+  outputExpectSequence: boolean;
   /** A worker re-checks a lease unconfirmed for `leaseTtlMs` before committing. */
   leaseRecheck: boolean;
   /** A graceful hand-off waits for the old owner's release before the next epoch. */
   waitForRelease: boolean;
 }
 
-export const allSafety: SafetySwitches = { sinkFence: true, leaseRecheck: true, waitForRelease: true };
+export const allSafety: SafetySwitches = {
+  sinkFence: true,
+  outputExpectSequence: true,
+  leaseRecheck: true,
+  waitForRelease: true,
+};
 
 export interface SimOptions {
   shards: number;
@@ -31,6 +41,11 @@ export interface SimOptions {
   /** Faults injected per run, at most. */
   maxFaults: number;
   safety: SafetySwitches;
+  /**
+   * Where workers commit: `memory`, a fenced transactional sink (as SQLite and PostgreSQL are),
+   * or `output-stream`, the JetStream output sink's design over an in-memory stream.
+   */
+  sink: "memory" | "output-stream";
   trace: boolean;
   /** Worker settings; a large run polls idle shards less often. */
   worker: WorkerConfig;
@@ -46,6 +61,7 @@ export const defaultSimOptions: SimOptions = {
   livenessMs: 15_000,
   maxFaults: 4,
   safety: allSafety,
+  sink: "memory",
   trace: false,
   worker: {
     batchMax: 40,

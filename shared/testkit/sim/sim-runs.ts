@@ -38,7 +38,7 @@ export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Pro
     violations: w.checker.violations,
     faults: w.faults,
     records: w.checker.published.size,
-    committed: w.sink.stored.length,
+    committed: w.committedCount(),
     fencedRejects: w.checker.fencedRejects,
     steps: w.loop.steps,
     virtualMs: w.loop.now,

@@ -5,22 +5,26 @@
  */
 
 import { MemorySink } from "../../adapters/sink/memory-sink.js";
+import { OutputStreamSink } from "../../adapters/sink/output-stream-sink.js";
 import { encodeRecord } from "../../contract/codec.js";
 import type { TimingConfig } from "../../contract/config.js";
 import { silentLogger } from "../../contract/logger.js";
 import { type AssignmentEntry, parseShardKey } from "../../contract/ownership.js";
-import type { DeadLetter, JsonStore } from "../../contract/ports.js";
+import type { Checkpoint, DeadLetter, JsonStore, Sink } from "../../contract/ports.js";
 import { Headers, shardOf, shardSubject } from "../../contract/wire.js";
 import { type CoordinatorRecord, CoordinatorRuntime } from "../../runtime/coordinator-runtime.js";
 import { WorkerRuntime } from "../../runtime/worker-runtime.js";
 import { MemoryKv, MemoryStream } from "../memory-broker.js";
+import { MemoryOutputStream } from "../memory-output-stream.js";
 import { Checker } from "./checker.js";
 import { ImmediateHandoffStore } from "./immediate-handoff-store.js";
 import { Rng } from "./rng.js";
 import { SimLoop, SimNode } from "./sim-loop.js";
 import { BROKER, SINK, SimNet } from "./sim-net.js";
 import { type SimOptions, simTiming } from "./sim-options.js";
+import { SimOutputSink, SimOutputStore } from "./sim-output-ports.js";
 import {
+  type FencedTap,
   SimControlPlane,
   SimCoordinatorBus,
   SimDeadLetterQueue,
@@ -55,6 +59,8 @@ export class SimWorld {
   readonly kvCoord = new MemoryKv();
   readonly deadLetters = new Map<string, DeadLetter>();
   readonly sink: MemorySink;
+  /** The output stream workers commit to when `o.sink` is `output-stream`. */
+  readonly output: MemoryOutputStream;
   readonly plane = new SimControlPlane();
   readonly checker: Checker;
   readonly workers = new Map<string, WorkerProc>();
@@ -96,6 +102,28 @@ export class SimWorld {
               `sink: ${e.worker} committed ${e.written.length} of shard ${e.ref.shard}@${e.epoch} to seq ${e.after.seq}`,
             );
         },
+      },
+    });
+    this.output = new MemoryOutputStream({
+      onAppend: (e) => {
+        // A checkpoint message without a worker is a fence; any other ends a commit.
+        if (e.after.worker === "") {
+          this.checker.onFence(e.ref, e.after);
+          return;
+        }
+        this.checker.onCommit({
+          ref: e.ref,
+          epoch: e.after.epoch,
+          worker: e.after.worker,
+          fencedEpoch: e.before.epoch,
+          before: e.before,
+          after: e.after,
+          written: e.rows,
+        });
+        if (o.trace)
+          this.log(
+            `output: ${e.after.worker} appended ${e.rows.length} of shard ${e.ref.shard}@${e.after.epoch} to seq ${e.after.seq}`,
+          );
       },
     });
     this.kvAssign.watch((key, e) => {
@@ -155,14 +183,7 @@ export class SimWorld {
       capacity: 1,
       assignments: new SimJsonStore<AssignmentEntry>(this.net, node, this.broker, this.kvAssign, true),
       bus: new SimWorkerBus(this.net, node, this.plane),
-      sink: new SimSinkClient(
-        this.net,
-        node,
-        this.sinkNode,
-        this.sink,
-        (sentAt, ref, epoch, worker) => this.checker.onReject(sentAt, ref, epoch, worker),
-        () => this.freezeOnCommit(node),
-      ),
+      sink: this.workerSink(node),
       source: new SimShardSource(this.net, node, this.broker, this.stream, this.o.worker),
       deadLetters: new SimDeadLetterQueue(this.net, node, this.broker, this.deadLetters),
       scheduler: node,
@@ -180,6 +201,34 @@ export class SimWorld {
     this.workers.set(id, { node, runtime, leaving: false, gone: false });
     void runtime.start();
     return id;
+  }
+
+  /** A worker's sink: a client of the transactional sink node, or its own output-stream sink. */
+  private workerSink(node: SimNode): Sink {
+    const onFenced: FencedTap = (sentAt, ref, epoch, worker) => this.checker.onReject(sentAt, ref, epoch, worker);
+    if (this.o.sink === "output-stream") {
+      const store = new SimOutputStore(this.net, node, this.broker, this.output);
+      const rules = { fence: this.o.safety.sinkFence, expectSequence: this.o.safety.outputExpectSequence };
+      return new SimOutputSink(new OutputStreamSink(store, { rules }), node, onFenced, () =>
+        this.freezeOnCommit(node),
+      );
+    }
+    return new SimSinkClient(this.net, node, this.sinkNode, this.sink, onFenced, () => this.freezeOnCommit(node));
+  }
+
+  /** A shard's checkpoint where workers commit. */
+  checkpointOf(shard: number): Checkpoint {
+    const ref = { pipeline: PIPELINE, shard };
+    if (this.o.sink === "output-stream") return this.output.lastCheckpoint(ref)?.checkpoint ?? { epoch: 0, seq: 0 };
+    return this.sink.checkpointSync(ref);
+  }
+
+  /** Records committed so far, wherever workers commit. */
+  committedCount(): number {
+    if (this.o.sink === "memory") return this.sink.stored.length;
+    let n = 0;
+    for (let shard = 0; shard < this.o.shards; shard++) n += this.output.records({ pipeline: PIPELINE, shard }).length;
+    return n;
   }
 
   private liveWorkers(): WorkerProc[] {
@@ -451,7 +500,7 @@ export class SimWorld {
         return `${s} not owned by a live worker`;
       counts.set(entry.owner, (counts.get(entry.owner) ?? 0) + 1);
       const shard = parseShardKey(s)!.shard;
-      const cp = this.sink.checkpointSync({ pipeline: PIPELINE, shard });
+      const cp = this.checkpointOf(shard);
       if (cp.seq < this.checker.lastSeqOf(shard))
         return `${s} committed to ${cp.seq} of ${this.checker.lastSeqOf(shard)}`;
       if (cp.epoch !== entry.epoch) return `${s} not fenced at epoch ${entry.epoch}`;

@@ -1,0 +1,176 @@
+/**
+ * A private PostgreSQL server for a local cluster (`sluice up --sink postgres` without a URL)
+ * and for tests: Debian's `postgresql` binaries, `initdb` under the cluster directory, its own
+ * port on 127.0.0.1 (no Unix socket), stopped by `sluice down`. As root it runs under a uid of
+ * its own (PostgreSQL refuses to run as root), keeping one capability, `dac_read_search`, to
+ * reach a data directory inside a private (0700) folder.
+ */
+import { execFileSync } from "node:child_process";
+import { chownSync, existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import pg from "pg";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import { logTail, spawnLogged } from "./node-processes.js";
+
+/** The uid the server runs as when sluice runs as root. */
+const POSTGRES_UID = 61_100;
+export const POSTGRES_USER = "sluice";
+export const POSTGRES_DATABASE = "sluice";
+
+/** The newest `/usr/lib/postgresql/<major>/bin` (Debian's layout), or null when none is installed. */
+export function postgresBinDir(): string | null {
+  const root = "/usr/lib/postgresql";
+  if (!existsSync(root)) return null;
+  const majors = readdirSync(root)
+    .filter((v) => /^\d+$/.test(v) && existsSync(join(root, v, "bin", "postgres")))
+    .sort((a, b) => Number(b) - Number(a));
+  return majors[0] ? join(root, majors[0], "bin") : null;
+}
+
+const runAsUid = (): number | null =>
+  process.getuid?.() === 0 && existsSync("/usr/bin/setpriv") ? POSTGRES_UID : null;
+
+/** `cmd args…` as the server's uid when running as root (see the module comment). */
+function asServerUser(cmd: string, args: string[]): [string, string[]] {
+  const uid = runAsUid();
+  if (uid === null) return [cmd, args];
+  return [
+    "setpriv",
+    [
+      `--reuid=${uid}`,
+      `--regid=${uid}`,
+      "--clear-groups",
+      "--inh-caps=+dac_read_search",
+      "--ambient-caps=+dac_read_search",
+      cmd,
+      ...args,
+    ],
+  ];
+}
+
+function chownTree(path: string, uid: number): void {
+  chownSync(path, uid, uid);
+  for (const e of readdirSync(path, { withFileTypes: true })) {
+    const p = join(path, e.name);
+    if (e.isDirectory()) chownTree(p, uid);
+    else chownSync(p, uid, uid);
+  }
+}
+
+export interface PostgresServer {
+  pid: number;
+  port: number;
+  dataDir: string;
+  log: string;
+  /** `postgres://sluice@127.0.0.1:<port>/sluice` (local trust authentication, loopback only). */
+  url: string;
+}
+
+export const postgresUrl = (port: number): string =>
+  `postgres://${POSTGRES_USER}@127.0.0.1:${port}/${POSTGRES_DATABASE}`;
+
+/**
+ * Initialises `dataDir` when it is new, starts the server on 127.0.0.1:`port` and waits until it
+ * accepts connections and has the `sluice` database. The log tells why when it does not start.
+ */
+export async function startPostgres(o: { dataDir: string; port: number; log: string }): Promise<PostgresServer> {
+  const bin = postgresBinDir();
+  if (!bin)
+    throw new SluiceError(
+      ErrorCode.ClusterFailure,
+      "PostgreSQL is not installed: apt-get install postgresql (Debian's package; its service need not run)",
+    );
+  const uid = runAsUid();
+  if (!existsSync(join(o.dataDir, "PG_VERSION"))) {
+    mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
+    if (uid !== null) chownTree(o.dataDir, uid);
+    const [cmd, args] = asServerUser(join(bin, "initdb"), [
+      "-D",
+      o.dataDir,
+      "-U",
+      POSTGRES_USER,
+      "--auth=trust",
+      "--encoding=UTF8",
+      "--locale=C",
+    ]);
+    try {
+      execFileSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    } catch (err) {
+      const e = err as { stderr?: Buffer };
+      throw new SluiceError(
+        ErrorCode.ClusterFailure,
+        `initdb failed for ${o.dataDir}: ${e.stderr?.toString().trim() ?? (err as Error).message}`,
+      );
+    }
+    writeFileSync(
+      join(o.dataDir, "postgresql.auto.conf"),
+      [
+        "listen_addresses = '127.0.0.1'",
+        `port = ${o.port}`,
+        "unix_socket_directories = ''",
+        // Workers each keep a pool; the local cluster's few workers stay far below this.
+        "max_connections = 200",
+        "",
+      ].join("\n"),
+    );
+    if (uid !== null) chownTree(o.dataDir, uid);
+  }
+  const [cmd, args] = asServerUser(join(bin, "postgres"), ["-D", o.dataDir]);
+  const child = spawnLogged(cmd, args, o.log);
+  if (child.pid === undefined) throw new SluiceError(ErrorCode.ClusterFailure, "could not start postgres");
+  const server = { pid: child.pid, port: o.port, dataDir: o.dataDir, log: o.log, url: postgresUrl(o.port) };
+  await waitPostgresReady(server, 30_000);
+  return server;
+}
+
+/** Waits until the server accepts connections, then makes the `sluice` database if missing. */
+async function waitPostgresReady(s: PostgresServer, deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    const client = new pg.Client({ host: "127.0.0.1", port: s.port, user: POSTGRES_USER, database: "postgres" });
+    try {
+      await client.connect();
+      const r = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [POSTGRES_DATABASE]);
+      if (r.rowCount === 0) await client.query(`CREATE DATABASE ${POSTGRES_DATABASE}`);
+      return;
+    } catch (err) {
+      let alive = true;
+      try {
+        process.kill(s.pid, 0);
+      } catch {
+        alive = false;
+      }
+      if (!alive || Date.now() > end)
+        throw new SluiceError(
+          ErrorCode.ClusterFailure,
+          `postgres on 127.0.0.1:${s.port} ${alive ? "did not accept connections in time" : "exited while starting"} (${(err as Error).message}); the last lines of its log (${s.log}):\n${logTail(s.log)}`,
+        );
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+}
+
+/** Stops the server (fast shutdown: open transactions roll back), waiting up to `graceMs`. */
+export async function stopPostgres(pid: number, graceMs = 15_000): Promise<void> {
+  try {
+    process.kill(pid, "SIGINT");
+  } catch {
+    return;
+  }
+  const end = Date.now() + graceMs;
+  while (Date.now() < end) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // gone
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * The output stream of the JetStream output sink (`OutputStreamSink`) on JetStream: stream
+ * `SLUICE_OUT_P` with atomic batch publish on; per shard, records on `sluice.out.P.<shard>`
+ * (one message each: `Nats-Msg-Id` its record id, the value as JSON, the key, source sequence,
+ * epoch and worker in headers) and checkpoints on `sluice.out.P.<shard>.cp` (JSON).
+ *
+ * A commit is one atomic batch: its first record carries `Nats-Expected-Last-Subject-Sequence`
+ * for the checkpoint subject, and its last message is the new checkpoint, so the records and the
+ * checkpoint are stored together, and only if no other writer moved the checkpoint meanwhile.
+ */
+import {
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  JetStreamApiError,
+  jetstream,
+  jetstreamManager,
+} from "@nats-io/jetstream";
+import { headers as natsHeaders, type MsgHdrs, type NatsConnection } from "@nats-io/transport-node";
+import { payloadJson } from "../../contract/codec.js";
+import type { ShardRef } from "../../contract/ownership.js";
+import type { Checkpoint, OutputCheckpoint, OutputRecord, OutputStreamStore } from "../../contract/ports.js";
+import { Headers, outputCheckpointSubject, outputDataSubject, outputStream } from "../../contract/wire.js";
+
+/** The server's answer when a conditional write found the checkpoint subject moved. */
+const WRONG_LAST_SEQUENCE = new Set([10071, 10164]);
+/** An atomic batch held a record id the stream already has (within its duplicate window). */
+const BATCH_DUPLICATE = 10201;
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function apiCode(err: unknown): number | undefined {
+  if (err instanceof JetStreamApiError) return err.code;
+  const e = err as { api_error?: { err_code?: number }; code?: number };
+  return e?.api_error?.err_code ?? (typeof e?.code === "number" ? e.code : undefined);
+}
+
+function recordHeaders(r: OutputRecord, shard: number): MsgHdrs {
+  const h = natsHeaders();
+  h.set(Headers.msgId, r.row.recordId);
+  h.set(Headers.key, r.row.key);
+  h.set(Headers.contentType, "application/json");
+  h.set(Headers.sourceSeq, String(r.row.sourceSeq));
+  h.set(Headers.shard, String(shard));
+  h.set(Headers.epoch, String(r.epoch));
+  h.set(Headers.worker, r.worker);
+  return h;
+}
+
+export class JetStreamOutputStore implements OutputStreamStore {
+  private readonly js: JetStreamClient;
+  private jsm: JetStreamManager | undefined;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    /** Per-request timeout, ms. */
+    private readonly timeoutMs = 5_000,
+  ) {
+    this.js = jetstream(nc, { timeout: timeoutMs });
+  }
+
+  private async manager(): Promise<JetStreamManager> {
+    this.jsm ??= await jetstreamManager(this.nc, { timeout: this.timeoutMs, checkAPI: false });
+    return this.jsm;
+  }
+
+  async lastCheckpoint(ref: ShardRef): Promise<{ checkpoint: Checkpoint; streamSeq: number } | null> {
+    const jsm = await this.manager();
+    const m = await jsm.streams
+      .getMessage(outputStream(ref.pipeline), { last_by_subj: outputCheckpointSubject(ref.pipeline, ref.shard) })
+      .catch((err: unknown) => {
+        // No checkpoint message yet: the shard has never been fenced here.
+        if (apiCode(err) === 10037) return null;
+        throw err;
+      });
+    if (!m) return null;
+    const cp = JSON.parse(dec.decode(m.data)) as OutputCheckpoint;
+    const checkpoint: Checkpoint =
+      cp.fingerprint === undefined
+        ? { epoch: cp.epoch, seq: cp.seq }
+        : { epoch: cp.epoch, seq: cp.seq, fingerprint: cp.fingerprint };
+    return { checkpoint, streamSeq: m.seq };
+  }
+
+  async append(
+    ref: ShardRef,
+    records: readonly OutputRecord[],
+    cp: OutputCheckpoint,
+    expectAt: number | undefined,
+  ): Promise<{ ok: true; checkpointSeq: number } | { ok: false }> {
+    const cpSubject = outputCheckpointSubject(ref.pipeline, ref.shard);
+    const cpData = enc.encode(JSON.stringify(cp));
+    let pending = [...records];
+    for (;;) {
+      try {
+        if (pending.length === 0) {
+          const ack = await this.js.publish(cpSubject, cpData, {
+            ...(expectAt === undefined ? {} : { expect: { lastSubjectSequence: expectAt } }),
+          });
+          return { ok: true, checkpointSeq: ack.seq };
+        }
+        const data = outputDataSubject(ref.pipeline, ref.shard);
+        const [first, ...rest] = pending;
+        const batch = await this.js.startBatch(data, enc.encode(payloadJson(first!.row.value)), {
+          headers: recordHeaders(first!, ref.shard),
+          ...(expectAt === undefined
+            ? {}
+            : { expect: { lastSubjectSequence: expectAt, lastSubjectSequenceSubject: cpSubject } }),
+        });
+        for (const r of rest)
+          batch.add(data, enc.encode(payloadJson(r.row.value)), { headers: recordHeaders(r, ref.shard) });
+        const ack = await batch.commit(cpSubject, cpData);
+        return { ok: true, checkpointSeq: ack.seq };
+      } catch (err) {
+        const code = apiCode(err);
+        if (code !== undefined && WRONG_LAST_SEQUENCE.has(code)) return { ok: false };
+        if (code === BATCH_DUPLICATE) {
+          // A record id the stream already holds (a producer's re-send that reached the input
+          // twice, beyond its duplicate window): it is in the output once; write the rest.
+          const dup = await this.duplicateIn(ref, err, pending);
+          if (dup === null) throw err;
+          pending = pending.filter((r) => r.row.recordId !== dup);
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** The record id the server named as a duplicate (by the sequence of its stored copy). */
+  private async duplicateIn(ref: ShardRef, err: unknown, pending: readonly OutputRecord[]): Promise<string | null> {
+    const seq = (err as { api_error?: { seq?: number } })?.api_error?.seq ?? (err as { seq?: number })?.seq;
+    if (typeof seq !== "number" || seq <= 0) return null;
+    const jsm = await this.manager();
+    const stored = await jsm.streams.getMessage(outputStream(ref.pipeline), { seq }).catch(() => null);
+    const id = stored?.header.get(Headers.msgId);
+    return id && pending.some((r) => r.row.recordId === id) ? id : null;
+  }
+
+  async recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    const js = this.js;
+    const consumer = await js.consumers.get(outputStream(ref.pipeline), {
+      filter_subjects: [outputDataSubject(ref.pipeline, ref.shard)],
+      deliver_policy: DeliverPolicy.All,
+      headers_only: true,
+    });
+    const jsm = await this.manager();
+    const info = await jsm.streams.info(outputStream(ref.pipeline), {
+      subjects_filter: outputDataSubject(ref.pipeline, ref.shard),
+    });
+    const total = info.state.subjects?.[outputDataSubject(ref.pipeline, ref.shard)] ?? 0;
+    const ids: string[] = [];
+    if (total === 0) return ids;
+    const it = await consumer.consume({ max_messages: 1_000 });
+    let seen = 0;
+    for await (const m of it) {
+      if (Number(m.headers?.get(Headers.sourceSeq)) >= fromSeq) ids.push(m.headers?.get(Headers.msgId) ?? "");
+      if (++seen >= total) break;
+    }
+    await it.close().catch(() => undefined);
+    return ids;
+  }
+}

@@ -1,0 +1,341 @@
+/**
+ * The PostgreSQL sink: workers write straight to the database through a pool of their own (no
+ * sink process in between). Exactly-once rests on one transaction per fence and per commit, in
+ * which the sink rules of `core/sink-rules.ts` run against these tables:
+ *
+ * - `sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)`: one row per
+ *   shard, locked `FOR UPDATE` by every fence and commit of the shard, so a fence and a zombie's
+ *   commit are serialised and the zombie's finds the higher epoch;
+ * - one table per pipeline: `append` mode (the default, the demo's) keeps every row, with an
+ *   identity `row_id` giving the commit order and no unique key that could hide a duplicate;
+ *   `upsert` mode keeps one row per key, the newest by `version` (the record's source sequence
+ *   within its shard): a batch is collapsed by key first (PostgreSQL refuses to touch a row twice
+ *   in one statement) and applied in key order, so two transactions lock rows in the same order
+ *   and never deadlock, and `WHERE stored.version < incoming.version` keeps an older record from
+ *   overwriting a newer one on a redelivery or a replay.
+ *
+ * Rows go in with one set-based statement per table (`INSERT … SELECT FROM unnest(…)`), never
+ * one per record. A statement that fails for a reason a retry can cure (the server restarting,
+ * a killed connection, a statement timeout, a serialisation failure) surfaces as `UNAVAILABLE`,
+ * retryable; the pipeline retries the commit (see `BatchCommitter`) and the shard stalls rather
+ * than skips.
+ */
+import type { Pool, PoolClient } from "pg";
+import { payloadJson } from "../../contract/codec.js";
+import { ErrorCode, SluiceError } from "../../contract/errors.js";
+import type { ShardRef } from "../../contract/ownership.js";
+import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
+import { type AsyncSinkTransaction, applyCommitAsync, applyFenceAsync } from "../../core/sink-rules.js";
+import { quoteIdent, sideOutputTable } from "./sink-tables.js";
+
+export type TableMode = "append" | "upsert";
+
+export interface PostgresSinkOptions {
+  /** Pipelines whose tables are created on open, and how each keeps its rows. */
+  pipelines: ReadonlyArray<{ name: string; mode?: TableMode }>;
+  /** Wall clock for `committed_at` and `updated_at`, ms. */
+  now?: () => number;
+  /** Longest a statement may run, ms (`SET LOCAL statement_timeout`). */
+  statementTimeoutMs?: number;
+}
+
+/** SQLSTATE classes and codes a retry can cure: connection loss, shutdown, timeouts, conflicts. */
+const RETRYABLE_STATES = new Set(["40001", "40P01", "57014", "57P01", "57P02", "57P03", "55P03", "53300"]);
+const RETRYABLE_CLASSES = ["08"];
+const RETRYABLE_NODE = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "ENOTFOUND", "EAI_AGAIN"]);
+
+/** Whether a `pg` error is worth retrying (the database or the connection, not the statement). */
+export function retryablePgError(err: unknown): boolean {
+  const e = err as { code?: string; message?: string };
+  if (typeof e?.code === "string") {
+    if (RETRYABLE_STATES.has(e.code) || RETRYABLE_CLASSES.some((c) => e.code!.startsWith(c))) return true;
+    if (RETRYABLE_NODE.has(e.code)) return true;
+  }
+  const m = e?.message ?? "";
+  return /Connection terminated|connection lost|terminating connection|Client has encountered a connection error|timeout exceeded when trying to connect|the database system is (starting up|shutting down)/i.test(
+    m,
+  );
+}
+
+/** A `pg` error as a sluice error: retryable when the database or connection failed. */
+export function pgError(what: string, err: unknown): SluiceError {
+  if (err instanceof SluiceError) return err;
+  const retryable = retryablePgError(err);
+  return new SluiceError(ErrorCode.Unavailable, `postgres ${what}: ${(err as Error).message}`, {
+    retryable,
+    cause: err,
+  });
+}
+
+export class PostgresSink implements Sink {
+  private readonly now: () => number;
+  private readonly modes = new Map<string, TableMode>();
+  private readonly created = new Set<string>();
+  private ready: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly opts: PostgresSinkOptions,
+  ) {
+    this.now = opts.now ?? Date.now;
+    for (const p of opts.pipelines) this.modes.set(p.name, p.mode ?? "append");
+  }
+
+  /** Creates the checkpoint table and the pipelines' tables (idempotent; once per sink). */
+  init(): Promise<void> {
+    this.ready ??= (async () => {
+      await this.pool.query(CHECKPOINTS_DDL);
+      for (const p of this.opts.pipelines) await this.ensureTable(p.name);
+    })().catch((err: unknown) => {
+      this.ready = null;
+      throw pgError("schema", err);
+    });
+    return this.ready;
+  }
+
+  private async ensureTable(table: string, pipeline = table): Promise<void> {
+    if (this.created.has(table)) return;
+    const mode = this.modes.get(pipeline) ?? "append";
+    for (const stmt of pipelineTableDdl(table, mode)) await this.pool.query(stmt);
+    this.created.add(table);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed", { retryable: false });
+  }
+
+  /** Runs `fn` in one transaction on a pooled connection; rolls back on any failure. */
+  private async tx<T>(what: string, fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    this.assertOpen();
+    await this.init();
+    let client: PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw pgError(`${what}: connect`, err);
+    }
+    let broken = false;
+    try {
+      await client.query("BEGIN");
+      if (this.opts.statementTimeoutMs)
+        await client.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.round(this.opts.statementTimeoutMs))}`);
+      const out = await fn(client);
+      await client.query("COMMIT");
+      return out;
+    } catch (err) {
+      broken = retryablePgError(err);
+      await client.query("ROLLBACK").catch(() => {
+        broken = true;
+      });
+      throw pgError(what, err);
+    } finally {
+      // A connection that failed mid-transaction is dropped, not returned to the pool.
+      client.release(broken);
+    }
+  }
+
+  /** This database's storage for the sink rules, on one transaction's connection. */
+  private storage(c: PoolClient): AsyncSinkTransaction<SinkRow> {
+    return {
+      readCheckpoint: async (ref) => {
+        const r = await c.query<{ epoch: string; seq: string; fingerprint: string | null }>(
+          "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = $1 AND shard = $2 FOR UPDATE",
+          [ref.pipeline, ref.shard],
+        );
+        const row = r.rows[0];
+        if (!row) return { epoch: 0, seq: 0 };
+        return checkpointOf(row);
+      },
+      writeRows: (ref, epoch, worker, rows) => this.writeRows(c, ref, epoch, worker, rows),
+      writeCheckpoint: async (ref, cp) => {
+        await c.query(
+          `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = EXCLUDED.epoch, seq = EXCLUDED.seq,
+             fingerprint = EXCLUDED.fingerprint, updated_at = EXCLUDED.updated_at`,
+          [ref.pipeline, ref.shard, cp.epoch, cp.seq, cp.fingerprint ?? null, this.now()],
+        );
+      },
+    };
+  }
+
+  private async writeRows(
+    c: PoolClient,
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: readonly SinkRow[],
+  ): Promise<void> {
+    const byTable = new Map<string, SinkRow[]>();
+    for (const r of rows) {
+      const t = r.output === undefined ? ref.pipeline : sideOutputTable(ref.pipeline, r.output);
+      let list = byTable.get(t);
+      if (!list) byTable.set(t, (list = []));
+      list.push(r);
+    }
+    const at = this.now();
+    for (const [table, list] of byTable) {
+      // A side output's table is made on its first row (outside this transaction's locks).
+      if (!this.created.has(table)) await this.ensureTable(table, ref.pipeline);
+      const mode = this.modes.get(ref.pipeline) ?? "append";
+      if (mode === "upsert") await upsertRows(c, table, ref.shard, epoch, worker, at, list);
+      else await appendRows(c, table, ref.shard, epoch, worker, at, list);
+    }
+  }
+
+  async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
+    return this.tx("fence", async (c) => {
+      // The shard's row exists before it is locked, so two first fences serialise on it too.
+      await c.query(
+        `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
+         VALUES ($1, $2, 0, 0, NULL, $3) ON CONFLICT (pipeline, shard) DO NOTHING`,
+        [ref.pipeline, ref.shard, this.now()],
+      );
+      return applyFenceAsync(this.storage(c), ref, epoch);
+    });
+  }
+
+  async commit(
+    ref: ShardRef,
+    epoch: number,
+    worker: string,
+    rows: SinkRow[],
+    lastSeq: number,
+    opts: CommitOptions = {},
+  ): Promise<CommitResult> {
+    return this.tx("commit", (c) => applyCommitAsync(this.storage(c), ref, epoch, worker, rows, lastSeq, opts));
+  }
+
+  async checkpoint(ref: ShardRef): Promise<Checkpoint> {
+    this.assertOpen();
+    await this.init();
+    try {
+      const r = await this.pool.query<{ epoch: string; seq: string; fingerprint: string | null }>(
+        "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = $1 AND shard = $2",
+        [ref.pipeline, ref.shard],
+      );
+      return r.rows[0] ? checkpointOf(r.rows[0]) : { epoch: 0, seq: 0 };
+    } catch (err) {
+      throw pgError("checkpoint", err);
+    }
+  }
+
+  async recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
+    this.assertOpen();
+    await this.init();
+    await this.ensureTable(ref.pipeline);
+    try {
+      const r = await this.pool.query<{ record_id: string }>(
+        `SELECT record_id FROM ${quoteIdent(ref.pipeline)} WHERE shard = $1 AND source_seq >= $2`,
+        [ref.shard, fromSeq],
+      );
+      return r.rows.map((x) => x.record_id);
+    } catch (err) {
+      throw pgError("record ids", err);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+const CHECKPOINTS_DDL = `CREATE TABLE IF NOT EXISTS sluice_checkpoints (
+  pipeline text NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,
+  fingerprint text, updated_at bigint NOT NULL, PRIMARY KEY (pipeline, shard))`;
+
+/**
+ * A pipeline's table. Both modes have the SQLite table's columns (`payload` as `jsonb`) and
+ * the `(shard, source_seq)` index; append adds an identity `row_id` (commit order), upsert a
+ * `version` and the key as primary key.
+ */
+export function pipelineTableDdl(table: string, mode: TableMode): string[] {
+  const t = quoteIdent(table);
+  const cols = `record_id text NOT NULL, key text NOT NULL, shard integer NOT NULL,
+    source_seq bigint NOT NULL, epoch bigint NOT NULL, worker text NOT NULL, payload jsonb NOT NULL,
+    committed_at bigint NOT NULL`;
+  return [
+    mode === "upsert"
+      ? `CREATE TABLE IF NOT EXISTS ${t} (row_id bigint GENERATED ALWAYS AS IDENTITY, ${cols}, version bigint NOT NULL, PRIMARY KEY (key))`
+      : `CREATE TABLE IF NOT EXISTS ${t} (row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ${cols})`,
+    `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${table}_shard_seq`)} ON ${t} (shard, source_seq)`,
+  ];
+}
+
+function checkpointOf(row: { epoch: string | number; seq: string | number; fingerprint: string | null }): Checkpoint {
+  const base = { epoch: Number(row.epoch), seq: Number(row.seq) };
+  return row.fingerprint === null ? base : { ...base, fingerprint: row.fingerprint };
+}
+
+/** Every row in one statement: the columns as arrays, unnested in the order given. */
+async function appendRows(
+  c: PoolClient,
+  table: string,
+  shard: number,
+  epoch: number,
+  worker: string,
+  at: number,
+  rows: readonly SinkRow[],
+): Promise<void> {
+  await c.query(
+    `INSERT INTO ${quoteIdent(table)} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at)
+     SELECT r, k, $3, s, $4, $5, p::jsonb, $6
+     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]) WITH ORDINALITY AS t(r, k, s, p, o) ORDER BY o`,
+    [
+      rows.map((r) => r.recordId),
+      rows.map((r) => r.key),
+      shard,
+      epoch,
+      worker,
+      at,
+      rows.map((r) => r.sourceSeq),
+      rows.map((r) => payloadJson(r.value)),
+    ],
+  );
+}
+
+/**
+ * The newest row per key of a batch, in key order: what an upsert may apply in one statement
+ * without touching a row twice, in an order every transaction shares.
+ */
+export function collapseByKey<R extends { key: string; sourceSeq: number }>(rows: readonly R[]): R[] {
+  const newest = new Map<string, R>();
+  for (const r of rows) {
+    const cur = newest.get(r.key);
+    if (!cur || cur.sourceSeq < r.sourceSeq) newest.set(r.key, r);
+  }
+  return [...newest.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+
+async function upsertRows(
+  c: PoolClient,
+  table: string,
+  shard: number,
+  epoch: number,
+  worker: string,
+  at: number,
+  rows: readonly SinkRow[],
+): Promise<void> {
+  const latest = collapseByKey(rows);
+  const t = quoteIdent(table);
+  await c.query(
+    `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, version)
+     SELECT r, k, $3, s, $4, $5, p::jsonb, $6, s
+     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]) WITH ORDINALITY AS u(r, k, s, p, o) ORDER BY o
+     ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
+       source_seq = EXCLUDED.source_seq, epoch = EXCLUDED.epoch, worker = EXCLUDED.worker,
+       payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version
+     WHERE ${t}.version < EXCLUDED.version`,
+    [
+      latest.map((r) => r.recordId),
+      latest.map((r) => r.key),
+      shard,
+      epoch,
+      worker,
+      at,
+      latest.map((r) => r.sourceSeq),
+      latest.map((r) => payloadJson(r.value)),
+    ],
+  );
+}
