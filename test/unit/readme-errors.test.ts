@@ -9,7 +9,10 @@ const readme = readFileSync(join(dirname(fileURLToPath(import.meta.url)), "../..
 
 describe("README", () => {
   it("lists every error code in its Errors table, and no code the enum lacks", () => {
-    const table = readme.slice(readme.indexOf("## Errors"), readme.indexOf("\n## ", readme.indexOf("## Errors") + 5));
+    const table = readme.slice(
+      readme.indexOf("## Errors"),
+      readme.indexOf("\n## ", readme.indexOf("## Errors") + 5),
+    );
     const listed = [...table.matchAll(/^\| `([A-Z_]+)` \|/gm)].map((m) => m[1]);
     expect(listed.sort()).toEqual(Object.values(ErrorCode).sort());
   });

@@ -16,7 +16,10 @@ async function connectWith(servers: string[], name: string, noRandomize: boolean
     noRandomize,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
-    pingInterval: 5_000,
+    // A server that stops answering (paused, cut off) is left after two unanswered pings,
+    // about 2-3 s: until then every request through it waits, a sink's commits included.
+    pingInterval: 1_000,
+    maxPingOut: 2,
     timeout: 5_000,
   });
   checkServerVersion(nc);

@@ -16,6 +16,7 @@ import {
 } from "@nats-io/transport-node";
 import { SpanKind, trace } from "@opentelemetry/api";
 import { decode, encode } from "cbor-x";
+import pRetry from "p-retry";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type {
@@ -59,15 +60,57 @@ interface RowsRequest {
   q?: RowQuery;
 }
 
-/** Sends one request to the sink process and unwraps its typed reply. */
-async function call<T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs: number): Promise<T> {
+/** How long one request waits for the sink process, and how long a call keeps re-sending it. */
+export interface SinkRequestTimeouts {
+  /** One attempt, ms. */
+  attemptMs: number;
+  /** Every attempt together, ms. */
+  totalMs: number;
+}
+
+/**
+ * A commit or fence takes milliseconds; an attempt that has not been answered in 2 s was most
+ * likely lost with the NATS server the sink process was connected to (killed, paused, cut
+ * off), and the sink answers again once it has reconnected elsewhere: the request is sent
+ * again rather than waited out. Sending it twice is safe: a commit the sink already applied is
+ * a redelivery to the sink rules, and a fence at the same epoch is idempotent.
+ */
+export const defaultSinkTimeouts: SinkRequestTimeouts = { attemptMs: 2_000, totalMs: 30_000 };
+
+/** The request could not reach the sink process or went unanswered (not an error it replied). */
+class SinkUnreachable extends Error {}
+
+/** Sends one request to the sink process, again while unanswered, and unwraps its typed reply. */
+async function call<T>(
+  nc: NatsConnection,
+  subject: string,
+  body: unknown,
+  t: SinkRequestTimeouts,
+): Promise<T> {
+  const payload = encode(body);
   let data: Uint8Array;
   try {
-    // A traced caller (a batch's commit span, a lease acquisition) carries its context to the
-    // sink process; an untraced one sends no headers at all.
-    const h = traceHeaders();
-    const m = await nc.request(subject, encode(body), { timeout: timeoutMs, ...(h ? { headers: h } : {}) });
-    data = m.data;
+    data = await pRetry(
+      async () => {
+        try {
+          // A traced caller (a batch's commit span, a lease acquisition) carries its context to
+          // the sink process; an untraced one sends no headers at all.
+          const h = traceHeaders();
+          return (await nc.request(subject, payload, { timeout: t.attemptMs, ...(h ? { headers: h } : {}) }))
+            .data;
+        } catch (err) {
+          throw new SinkUnreachable((err as Error).message, { cause: err });
+        }
+      },
+      {
+        retries: Number.POSITIVE_INFINITY,
+        minTimeout: 50,
+        maxTimeout: 500,
+        factor: 2,
+        maxRetryTime: t.totalMs,
+        shouldRetry: ({ error }) => error instanceof SinkUnreachable,
+      },
+    );
   } catch (err) {
     throw new SluiceError(
       ErrorCode.Unavailable,
@@ -89,12 +132,11 @@ async function call<T>(nc: NatsConnection, subject: string, body: unknown, timeo
 export class NatsSinkClient implements Sink {
   constructor(
     private readonly nc: NatsConnection,
-    /** Per-request timeout, ms. */
-    private readonly timeoutMs = 10_000,
+    private readonly timeouts: SinkRequestTimeouts = defaultSinkTimeouts,
   ) {}
 
   private call<T>(subject: string, body: unknown): Promise<T> {
-    return call(this.nc, subject, body, this.timeoutMs);
+    return call(this.nc, subject, body, this.timeouts);
   }
 
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
@@ -132,18 +174,22 @@ export class NatsSinkClient implements Sink {
 
 /** The sink process's inspector, over NATS (tools and dashboards that do not open its file). */
 export class NatsSinkInspector implements SinkInspector {
+  private readonly timeouts: SinkRequestTimeouts;
+
   constructor(
     private readonly nc: NatsConnection,
-    /** Per-request timeout, ms. */
-    private readonly timeoutMs = 10_000,
-  ) {}
+    /** Per-request timeout, ms (a status view rather shows "unknown" than waits). */
+    timeoutMs = 10_000,
+  ) {
+    this.timeouts = { attemptMs: timeoutMs, totalMs: timeoutMs };
+  }
 
   checkpoints(): Promise<ShardCheckpoint[]> {
-    return call(this.nc, SinkSubjects.checkpoints, {}, this.timeoutMs);
+    return call(this.nc, SinkSubjects.checkpoints, {}, this.timeouts);
   }
 
   rowCount(pipeline: string): Promise<number> {
-    return call(this.nc, SinkSubjects.rowCount, { pipeline }, this.timeoutMs);
+    return call(this.nc, SinkSubjects.rowCount, { pipeline }, this.timeouts);
   }
 
   rows(pipeline: string, q?: RowQuery): Promise<CommittedRow[]> {
@@ -151,7 +197,7 @@ export class NatsSinkInspector implements SinkInspector {
       this.nc,
       SinkSubjects.rows,
       { pipeline, ...(q ? { q } : {}) } satisfies RowsRequest,
-      this.timeoutMs,
+      this.timeouts,
     );
   }
 
