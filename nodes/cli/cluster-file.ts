@@ -3,18 +3,23 @@
  * nodes, the sink, coordinators, workers) with its PID, and where its config and sink are.
  *
  * Layout of `<dir>`: config.json (the cluster config), cluster.json (processes), sink.db
- * (SQLite sink), nats/nN/ (server config and store), logs/ (one log per process).
+ * (SQLite sink), postgres/ (a private PostgreSQL server's data), nats/nN/ (server config and
+ * store), logs/ (one log per process).
  */
 import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { openInspector } from "../../shared/adapters/sink/open-sinks.js";
 import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
 
 export interface ProcessRecord {
+  /** The port a server listens on, when the record is one (the private PostgreSQL server). */
+  port?: number;
   id: string;
   pid: number;
   /** The node's HTTP endpoint (`/metrics`; the dashboard on coordinators). */
@@ -31,14 +36,28 @@ export interface NatsRecord extends ProcessRecord {
 /** How NATS nodes run: plain processes, or Docker containers on the host network. */
 export type NatsRuntime = "process" | "container";
 
+/**
+ * Where the cluster's pipelines commit by default, as `cluster.json` names it: the SQLite file
+ * the sink process owns, a PostgreSQL database (`url`, never with a password in it when the
+ * cluster made the server), or an output stream per pipeline.
+ */
+export type ClusterSink =
+  | { type: "sqlite"; path: string }
+  | { type: "postgres"; url: string }
+  | { type: "jetstream" };
+
 export interface ClusterFile {
   dir: string;
   nats: NatsRecord[];
-  /** The process that owns the SQLite sink file. */
+  /** The process that owns the SQLite sink file (when a pipeline commits to SQLite). */
   sinks: ProcessRecord[];
+  /** The private PostgreSQL server the cluster started (`sluice up --sink postgres` without a URL). */
+  postgres?: ProcessRecord[];
   coordinators: ProcessRecord[];
   workers: ProcessRecord[];
-  sink: string;
+  sink: ClusterSink;
+  /** The SQLite sink file, `<dir>/sink.db` (used only by pipelines that commit to SQLite). */
+  sqlite: string;
   config: string;
   /** First port of the nodes' HTTP endpoints; each node keeps its port across restarts. */
   httpPortBase?: number;
@@ -56,9 +75,12 @@ export const cliScript = join(root, "dist", "nodes", "cli", "main.js");
 
 export const clusterFilePath = (dir: string): string => join(resolve(dir), "cluster.json");
 
-/** The read side of the cluster's sink (close it when done). */
-export function openSinkInspector(c: ClusterFile): SinkInspector {
-  return new SqliteSinkInspector(c.sink);
+/**
+ * The read side of the cluster's sinks (close it when done): the SQLite file itself, PostgreSQL
+ * over a small pool, output streams over `nc` (needed when a pipeline commits to one).
+ */
+export function openSinkInspector(c: ClusterFile, nc?: NatsConnection): SinkInspector {
+  return openInspector(readClusterConfig(c), { sqlite: () => new SqliteSinkInspector(c.sqlite), ...(nc ? { nc } : {}) });
 }
 
 export function readClusterFile(dir: string): ClusterFile {

@@ -10,7 +10,8 @@ import pRetry from "p-retry";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { provision } from "../../shared/adapters/nats/provision.js";
-import type { SluiceConfig } from "../../shared/contract/config.js";
+import { usesSqlite } from "../../shared/adapters/sink/open-sinks.js";
+import { parseConfig, redactUrl, type SluiceConfig } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import {
   type ClusterFile,
@@ -25,6 +26,7 @@ import {
 import { containerPid, ensureNatsImage, removeContainer, restartContainer } from "./nats-containers.js";
 import { natsConfig, startNats, startNatsNode, waitMetaLeader } from "./nats-nodes.js";
 import { type StartEnv, startNodeProcess, stopProcess, waitExit, waitHttpOk } from "./node-processes.js";
+import { startPostgres, stopPostgres } from "./postgres-server.js";
 
 export interface UpOptions {
   dir: string;
@@ -38,7 +40,18 @@ export interface UpOptions {
   config?: SluiceConfig;
   natsNodes?: number;
   natsRuntime?: NatsRuntime;
+  /**
+   * Where pipelines without a sink of their own commit (replacing the config's `sink`): SQLite
+   * (the sink process), PostgreSQL (`postgresUrl`, or a private server the cluster starts) or an
+   * output stream per pipeline.
+   */
+  sink?: "sqlite" | "postgres" | "jetstream";
+  /** An existing PostgreSQL database for `sink: postgres`; password from the config's options. */
+  postgresUrl?: string;
 }
+
+/** The private PostgreSQL server's port: client port base + 7000 (see `UpOptions.portBase`). */
+export const postgresPort = (portBase: number): number => portBase + 7000;
 
 export async function up(o: UpOptions): Promise<ClusterFile> {
   const dir = resolve(o.dir);
@@ -56,19 +69,42 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   }
   const n = o.natsNodes ?? 3;
   for (const sub of ["logs", "nats"]) mkdirSync(join(dir, sub), { recursive: true });
-  const cfg = o.config ?? loadConfigFile(o.configFile);
-  const configPath = join(dir, "config.json");
-  writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);
+  let cfg = o.config ?? loadConfigFile(o.configFile);
   const c: ClusterFile = {
     dir,
     nats: [],
     sinks: [],
+    postgres: [],
     coordinators: [],
     workers: [],
-    sink: join(dir, "sink.db"),
-    config: configPath,
+    sink: { type: "sqlite", path: join(dir, "sink.db") },
+    sqlite: join(dir, "sink.db"),
+    config: join(dir, "config.json"),
     httpPortBase: o.portBase + 6000,
   };
+  if (o.sink === "postgres") {
+    let url = o.postgresUrl;
+    if (!url) {
+      const pg = await startPostgres({
+        dataDir: join(dir, "postgres"),
+        port: postgresPort(o.portBase),
+        log: join(dir, "logs", "pg.log"),
+      });
+      c.postgres!.push({ id: "pg", pid: pg.pid, port: pg.port });
+      url = pg.url;
+    }
+    const prev = cfg.sink.type === "postgres" ? cfg.sink : undefined;
+    cfg = parseConfig({ ...cfg, sink: { ...prev, type: "postgres", url } });
+  } else if (o.sink) {
+    cfg = parseConfig({ ...cfg, sink: { type: o.sink } });
+  }
+  c.sink =
+    cfg.sink.type === "postgres"
+      ? { type: "postgres", url: redactUrl(cfg.sink.url) }
+      : cfg.sink.type === "jetstream"
+        ? { type: "jetstream" }
+        : { type: "sqlite", path: c.sqlite };
+  writeFileSync(c.config, `${JSON.stringify(cfg, null, 2)}\n`);
   if (o.natsRuntime === "container") await ensureNatsImage();
   const started = await Promise.all(
     Array.from({ length: n }, async (_, i) => {
@@ -110,7 +146,8 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   } finally {
     await nc.close();
   }
-  c.sinks.push(startNodeProcess(c, "sink", "s1"));
+  // The sink process owns the SQLite file: started only when a pipeline commits there.
+  if (usesSqlite(cfg)) c.sinks.push(startNodeProcess(c, "sink", "s1"));
   for (let i = 1; i <= o.coordinators; i++) c.coordinators.push(startNodeProcess(c, "coordinator", `c${i}`));
   for (let i = 1; i <= o.workers; i++) c.workers.push(startNodeProcess(c, "worker", `w${i}`));
   writeClusterFile(c);
@@ -168,18 +205,20 @@ export async function down(dir: string): Promise<void> {
   await Promise.all(c.coordinators.map((p) => stopProcess(p, c.dir, 5_000)));
   await Promise.all((c.sinks ?? []).map((p) => stopProcess(p, c.dir, 10_000)));
   await Promise.all(c.nats.map((p) => stopProcess(p, c.dir, 10_000)));
+  await Promise.all((c.postgres ?? []).map((p) => stopPostgres(p.pid)));
   await Promise.all(
     c.nats.filter((p) => p.container).map((p) => removeContainer(p.container!).catch(() => undefined)),
   );
-  writeClusterFile({ ...c, nats: [], sinks: [], coordinators: [], workers: [] });
+  writeClusterFile({ ...c, nats: [], sinks: [], postgres: [], coordinators: [], workers: [] });
 }
 
-type Role = "nats" | "sink" | "coordinator" | "worker";
+type Role = "nats" | "sink" | "coordinator" | "worker" | "postgres";
 
 function findProcess(c: ClusterFile, id: string): { role: Role; rec: ProcessRecord } | undefined {
   const lists: Array<[Role, ProcessRecord[]]> = [
     ["nats", c.nats],
     ["sink", c.sinks ?? []],
+    ["postgres", c.postgres ?? []],
     ["coordinator", c.coordinators],
     ["worker", c.workers],
   ];
@@ -202,7 +241,11 @@ export async function restartProcess(
   const c = readClusterFile(dir);
   const found = findProcess(c, id);
   if (!found) throw new SluiceError(ErrorCode.ClusterFailure, `no process ${id} in ${c.dir}`);
-  if (isOurProcess(found.rec.pid, c.dir)) {
+  if (found.role === "postgres") {
+    // Fast shutdown (open transactions roll back), or a kill; then the same data directory again.
+    if (opts.kill) process.kill(found.rec.pid, "SIGKILL");
+    await stopPostgres(found.rec.pid);
+  } else if (isOurProcess(found.rec.pid, c.dir)) {
     if (opts.kill) {
       process.kill(found.rec.pid, "SIGKILL");
       await waitExit(found.rec.pid, c.dir, 5_000);
@@ -217,6 +260,10 @@ export async function restartProcess(
     pid = await containerPid(natsRec.container);
   } else if (found.role === "nats") {
     pid = startNats(join(c.dir, "nats", `${id}.conf`), join(c.dir, "logs", `${id}.log`), id).pid;
+  } else if (found.role === "postgres") {
+    const port = found.rec.port ?? 0;
+    pid = (await startPostgres({ dataDir: join(c.dir, "postgres"), port, log: join(c.dir, "logs", "pg.log") }))
+      .pid;
   } else {
     pid = startNodeProcess(c, found.role, id, 1, opts).pid;
   }
@@ -227,7 +274,9 @@ export async function restartProcess(
       ? now.nats
       : found.role === "sink"
         ? now.sinks
-        : found.role === "coordinator"
+        : found.role === "postgres"
+          ? (now.postgres ??= [])
+          : found.role === "coordinator"
           ? now.coordinators
           : now.workers;
   const rec = list.find((p) => p.id === id);

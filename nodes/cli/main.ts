@@ -75,7 +75,7 @@ program
       for (const n of c.nats) console.log(`  nats ${n.id}  pid ${n.pid}  ${n.url}  monitor ${n.monitor}`);
       const http = (p: { http?: string }, what: string): string => (p.http ? `  ${what} ${p.http}` : "");
       for (const p of c.sinks)
-        console.log(`  sink ${p.id}  pid ${p.pid}  owns ${c.sink}${http(p, "metrics")}`);
+        console.log(`  sink ${p.id}  pid ${p.pid}  owns ${c.sqlite}${http(p, "metrics")}`);
       for (const p of c.coordinators)
         console.log(`  coordinator ${p.id}  pid ${p.pid}${http(p, "dashboard")}`);
       for (const p of c.workers) console.log(`  worker ${p.id}  pid ${p.pid}${http(p, "metrics")}`);

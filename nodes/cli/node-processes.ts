@@ -105,7 +105,7 @@ export function startNodeProcess(
     "--config",
     c.config,
     "--sink",
-    c.sink,
+    c.sqlite,
     "--capacity",
     String(capacity),
     ...(http ? ["--http-port", new URL(http).port] : []),

@@ -6,6 +6,7 @@ import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetst
 import { NatsCoordinatorControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
 import { listShardConsumers } from "../../shared/adapters/nats/shard-consumers.js";
 import { NatsSinkInspector } from "../../shared/adapters/sink/nats-sink.js";
+import { openInspector } from "../../shared/adapters/sink/open-sinks.js";
 import { allShardKeys, pipelineOf } from "../../shared/contract/config.js";
 import type { AssignmentEntry } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
@@ -43,7 +44,7 @@ const kvm = new Kvm(nc);
 const control = new JetStreamJsonStore<CoordinatorRecord>(await openBucket(kvm, Buckets.coordinator));
 const jsm = await jetstreamManager(nc, { timeout: 3_000, checkAPI: false });
 // Short timeouts: a slow sink or JetStream only leaves a value unknown for one refresh.
-const sinkInspector = new NatsSinkInspector(nc, 800);
+const sinkInspector = openInspector(opts.config, { sqlite: () => new NatsSinkInspector(nc, 800), nc });
 const dashboard = new DashboardServer({
   self: opts.id,
   shards: allShardKeys(opts.config),

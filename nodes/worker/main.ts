@@ -7,8 +7,9 @@ import { JetStreamDeadLetterQueue } from "../../shared/adapters/nats/jetstream-d
 import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
 import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
 import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
-import { NatsSinkClient } from "../../shared/adapters/sink/nats-sink.js";
+import { openWorkerSink } from "../../shared/adapters/sink/open-sinks.js";
 import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
+import { describeSink, sinkOf } from "../../shared/contract/config.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
 import { feedBufferMessages } from "../../shared/core/batch-size.js";
@@ -76,7 +77,8 @@ const keepAlive = new HeartbeatKeepAlive({
 });
 await keepAlive.start();
 const kv = await openBucket(new Kvm(control), Buckets.assignments);
-const sink = new NatsSinkClient(nc);
+// Each pipeline's sink: SQLite through the sink process, PostgreSQL directly, or its output stream.
+const sink = openWorkerSink(opts.config, nc, opts.id);
 const runtime = new WorkerRuntime({
   id: opts.id,
   capacity: opts.capacity,
@@ -114,7 +116,13 @@ const runtime = new WorkerRuntime({
 });
 await runtime.start();
 if (opts.httpPort > 0) await http.start(opts.httpPort);
-log.info({ servers: opts.servers }, "worker started");
+log.info(
+  {
+    servers: opts.servers,
+    sinks: opts.config.pipelines.map((p) => `${p.name}: ${describeSink(sinkOf(opts.config, p))}`),
+  },
+  "worker started",
+);
 
 onShutdown(async () => {
   await http.stop();

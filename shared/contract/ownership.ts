@@ -40,6 +40,16 @@ export interface AssignmentEntry {
   at: number;
 }
 
+/** A shard whose commits keep failing: the sink is unavailable to it (see `BatchCommitter`). */
+export interface SinkTrouble {
+  /** When its commits began to fail, ms since the epoch (the worker's clock). */
+  since: number;
+  /** The last failure. */
+  error: string;
+  /** The shard's circuit breaker: `closed` (retrying), `open` (cooling down), `half-open` (trying). */
+  breaker: "closed" | "open" | "half-open";
+}
+
 /** What a worker says about itself in every heartbeat. */
 export interface Heartbeat {
   worker: string;
@@ -56,4 +66,6 @@ export interface Heartbeat {
   leaving: boolean;
   /** Worker's wall-clock send time in ms, used to measure heartbeat delay. */
   sentAt: number;
+  /** Shards whose commits keep failing, key -> since when and why (absent when none). */
+  sinkTrouble?: Record<string, SinkTrouble>;
 }

@@ -16,7 +16,7 @@
  *   shard's pause; the pause is the drain, the release and the grant.
  */
 
-import type { AssignmentEntry, Heartbeat } from "../contract/ownership.js";
+import type { AssignmentEntry, Heartbeat, SinkTrouble } from "../contract/ownership.js";
 import { assignShards, type MemberCapacity } from "./assignment.js";
 
 export interface CoordinatorTiming {
@@ -48,6 +48,8 @@ export interface MemberView {
   prepared: Record<string, number>;
   /** Heartbeat delay of the latest beat, ms (diagnostics). */
   delayMs: number;
+  /** Shards whose commits keep failing on the member (`Heartbeat.sinkTrouble`; diagnostics). */
+  sinkTrouble?: Record<string, SinkTrouble>;
 }
 
 export interface EntryView {
@@ -166,6 +168,7 @@ export function coordinatorStep(
         held: hb.held,
         prepared: hb.prepared ?? {},
         delayMs: Math.max(0, event.now - hb.sentAt),
+        ...(hb.sinkTrouble ? { sinkTrouble: hb.sinkTrouble } : {}),
       };
       for (const s of state.shards) {
         const e = state.entries[s]?.entry;

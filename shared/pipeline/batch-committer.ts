@@ -4,12 +4,19 @@
  * (AckPolicy all). The order is the guarantee: dead letters are stored before the checkpoint
  * passes them, and the ack comes after the commit, so a crash anywhere only causes a
  * redelivery that the sink's rules skip.
+ *
+ * A commit that fails for a reason a retry can cure (the sink's database restarting, a killed
+ * connection, a timeout) is tried again with the same batch, on the scheduler's clock, for as
+ * long as the lease stays confirmed: the shard stalls, it never skips. The shard's circuit
+ * breaker (`core/circuit-breaker.ts`) paces the attempts, so a sink that keeps failing is not
+ * hammered by every shard at once.
  */
 import { messageFingerprint } from "../contract/codec.js";
 import { ErrorCode, isSluiceError } from "../contract/errors.js";
 import type { ShardRef } from "../contract/ownership.js";
 import type { BatchReport, BatchStartReport } from "../contract/pipeline-reports.js";
 import type {
+  CommitResult,
   DeadLetter,
   DeadLetterQueue,
   ShardFeed,
@@ -17,6 +24,7 @@ import type {
   SinkRow,
   SourceMessage,
 } from "../contract/ports.js";
+import { type BreakerState, mayTry, onFailure, onSuccess, onTry } from "../core/circuit-breaker.js";
 import type { RunOutcome } from "../core/lease.machine.js";
 import { BatchTrace } from "./batch-trace.js";
 import type { HistoryGuard } from "./history-guard.js";
@@ -26,6 +34,14 @@ export interface CommitterHooks {
   /** Is the lease confirmed recently enough to commit? Checked before every commit. */
   leaseFresh(): boolean;
   now(): number;
+  /** Resolves after `ms` on the scheduler's clock (virtual time in simulation). */
+  sleep?(ms: number): Promise<void>;
+  /** True once the lease is stopping: a commit being retried gives up. */
+  stopping?(): boolean;
+  /** The shard's circuit breaker, kept across this shard's leases on this worker. */
+  breaker?: { get(): BreakerState; set(s: BreakerState): void };
+  /** A commit failed and will be tried again (for logs and status). */
+  onCommitRetry?(r: { ref: ShardRef; epoch: number; attempt: number; error: string; breaker: BreakerState }): void;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
   /** The pipeline's shard count, for the stages' key check (undefined: keys not checked). */
@@ -36,6 +52,9 @@ export interface CommitterHooks {
 export type CommitDone = { ok: true; commitMs: number };
 /** The run must end. */
 export type CommitEnd = { ok: false; outcome: RunOutcome };
+
+/** Between attempts at one commit: 50 ms doubling to 2 s (the breaker adds its cool-down). */
+const retryDelayMs = (attempt: number): number => Math.min(2_000, 50 * 2 ** Math.min(6, attempt - 1));
 
 export class BatchCommitter {
   constructor(
@@ -48,6 +67,10 @@ export class BatchCommitter {
     private readonly guard: HistoryGuard,
     private readonly hooks: CommitterHooks,
   ) {}
+
+  private wait(ms: number): Promise<void> {
+    return this.hooks.sleep ? this.hooks.sleep(ms) : Promise.resolve();
+  }
 
   async commit(feed: ShardFeed, batch: SourceMessage[]): Promise<CommitDone | CommitEnd> {
     let outcome: RunOutcome | null = null;
@@ -77,26 +100,55 @@ export class BatchCommitter {
     try {
       // Dead letters are stored before the checkpoint passes them, so none can vanish.
       if (dead.length > 0) await bt.deadLetter(dead.length, () => this.deadLetters.publish(dead));
-      // The last moment before the commit leaves this process: a pause may have passed while
-      // pulling or dead-lettering, so the lease is checked here. A transient failure ends the
-      // run; the lease machine backs off and re-acquires from the sink's checkpoint.
-      if (!this.hooks.leaseFresh()) {
-        outcome = { type: "stale" };
-        return { ok: false, outcome };
-      }
-      const t0 = this.hooks.now();
       const fingerprint = messageFingerprint(last);
       const reconciling = this.guard.reconciling;
-      const res = await bt.commit(() =>
-        this.sink.commit(
-          this.ref,
-          this.epoch,
-          this.worker,
-          toWrite,
-          last.seq,
-          reconciling ? { fingerprint, belowCheckpoint: true } : { fingerprint },
-        ),
-      );
+      let t0 = this.hooks.now();
+      let res: CommitResult | undefined;
+      for (let attempt = 1; res === undefined; attempt++) {
+        const b = this.hooks.breaker;
+        const gate = b ? mayTry(b.get(), this.hooks.now()) : { ok: true as const };
+        if (!gate.ok) {
+          await this.wait(gate.waitMs);
+          if (this.hooks.stopping?.()) {
+            outcome = { type: "failed", reason: "stopped while the sink was unavailable" };
+            return { ok: false, outcome };
+          }
+          continue;
+        }
+        if (b) b.set(onTry(b.get(), this.hooks.now()));
+        // The last moment before the commit leaves this process: a pause may have passed while
+        // pulling, dead-lettering or waiting for the sink, so the lease is checked here.
+        if (!this.hooks.leaseFresh()) {
+          outcome = { type: "stale" };
+          return { ok: false, outcome };
+        }
+        t0 = this.hooks.now();
+        try {
+          res = await bt.commit(() =>
+            this.sink.commit(
+              this.ref,
+              this.epoch,
+              this.worker,
+              toWrite,
+              last.seq,
+              reconciling ? { fingerprint, belowCheckpoint: true } : { fingerprint },
+            ),
+          );
+          if (b) b.set(onSuccess(b.get()));
+        } catch (err) {
+          const retry = isSluiceError(err) && err.retryable && !this.hooks.stopping?.() && this.hooks.sleep;
+          if (!retry) throw err;
+          if (b) b.set(onFailure(b.get(), this.hooks.now()));
+          this.hooks.onCommitRetry?.({
+            ref: this.ref,
+            epoch: this.epoch,
+            attempt,
+            error: (err as Error).message,
+            breaker: b?.get() ?? { kind: "closed", failures: attempt },
+          });
+          await this.wait(retryDelayMs(attempt));
+        }
+      }
       this.guard.committed(last, toWrite);
       bt.settle(this.ref.pipeline, () => feed.ack(last));
       const commitMs = this.hooks.now() - t0;

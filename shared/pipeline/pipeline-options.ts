@@ -1,6 +1,7 @@
 /** What a shard's pipeline is given: its ports, its settings, and the hooks it reports through. */
 import type { BatchReport, BatchStartReport, HistoryMismatchReport } from "../contract/pipeline-reports.js";
 import type { DeadLetterQueue, ShardSource, Sink } from "../contract/ports.js";
+import type { CommitterHooks } from "./batch-committer.js";
 import type { Stage } from "./stage.js";
 
 export interface PipelinePorts {
@@ -34,7 +35,7 @@ export interface PipelineSettings {
   reconcileWindowMs?: number;
 }
 
-export interface PipelineHooks {
+export interface PipelineHooks extends Omit<CommitterHooks, "stopping"> {
   /** Is the lease confirmed recently enough to commit? Checked before every commit. */
   leaseFresh(): boolean;
   onBatch?(r: BatchReport): void;

@@ -63,7 +63,7 @@ export class ShardPipeline {
       ports.deadLetters,
       new StageChain(decodeStage, hooks.stages),
       this.history,
-      hooks,
+      { ...hooks, stopping: () => this.stopping },
     );
     this.sizing = {
       min: settings.batchMin ?? 16,

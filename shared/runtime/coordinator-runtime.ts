@@ -7,7 +7,7 @@ import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
 import type { TimingConfig } from "../contract/config.js";
 import { ErrorCode, isSluiceError } from "../contract/errors.js";
 import type { Logger } from "../contract/logger.js";
-import { type AssignmentEntry, parseShardKey } from "../contract/ownership.js";
+import { type AssignmentEntry, parseShardKey, type SinkTrouble } from "../contract/ownership.js";
 import type { AssignmentStore, CoordinatorControlBus, JsonStore, Scheduler } from "../contract/ports.js";
 import {
   type CoordinatorCommand,
@@ -36,7 +36,15 @@ export interface ClusterView {
   at: number;
   members: Record<
     string,
-    { capacity: number; lastSeenMsAgo: number; leaving: boolean; heartbeatDelayMs: number; held: number }
+    {
+      capacity: number;
+      lastSeenMsAgo: number;
+      leaving: boolean;
+      heartbeatDelayMs: number;
+      held: number;
+      /** Shards whose commits keep failing on this member: the sink is unavailable to them. */
+      sinkTrouble?: Record<string, SinkTrouble>;
+    }
   >;
 }
 
@@ -312,6 +320,7 @@ export class CoordinatorRuntime {
         leaving: m.leaving,
         heartbeatDelayMs: m.delayMs,
         held: Object.keys(m.held).length,
+        ...(m.sinkTrouble ? { sinkTrouble: m.sinkTrouble } : {}),
       };
     }
     return { leader: this.d.id, term: this.term, at: now, members };

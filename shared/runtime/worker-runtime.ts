@@ -9,7 +9,13 @@
  */
 import type { TimingConfig, WorkerConfig } from "../contract/config.js";
 import type { Logger } from "../contract/logger.js";
-import { type AssignmentEntry, type Heartbeat, parseShardKey } from "../contract/ownership.js";
+import {
+  type AssignmentEntry,
+  type Heartbeat,
+  parseShardKey,
+  type ShardRef,
+  type SinkTrouble,
+} from "../contract/ownership.js";
 import type { BatchReport, BatchStartReport, HistoryMismatchReport } from "../contract/pipeline-reports.js";
 import type {
   AssignmentStore,
@@ -19,6 +25,7 @@ import type {
   WorkerControlBus,
 } from "../contract/ports.js";
 import { acceptEntry, entryAction, moveAction } from "../core/assignment-entries.js";
+import { type BreakerState, closedBreaker } from "../core/circuit-breaker.js";
 import type { PipelinePorts } from "../pipeline/pipeline-options.js";
 import { ShardPipeline } from "../pipeline/shard-pipeline.js";
 import type { Stage } from "../pipeline/stage.js";
@@ -44,6 +51,7 @@ export interface WorkerDeps extends PipelinePorts {
   onBatchStart?(r: BatchStartReport): void;
   onHistoryMismatch?(r: HistoryMismatchReport): void;
   onLeaseEvent?(e: LeaseEventReport): void;
+  onCommitRetry?(r: { ref: ShardRef; attempt: number; error: string; breaker: BreakerState }): void;
 }
 
 export interface LeaseEventReport {
@@ -61,6 +69,10 @@ interface Held {
 
 export class WorkerRuntime {
   private readonly leases = new Map<string, Held>();
+  /** shard -> its commits' circuit breaker, kept across its leases here (absent: closed). */
+  private readonly breakers = new Map<string, BreakerState>();
+  /** shard -> since when its commits fail and why, until one succeeds (sent in heartbeats). */
+  private readonly sinkTrouble = new Map<string, SinkTrouble>();
   /** shard -> latest entry seen from the store. */
   private readonly latest = new Map<string, AssignmentEntry | null>();
   /** shard -> KV revision of `latest`; older entries arriving late are ignored. */
@@ -117,6 +129,7 @@ export class WorkerRuntime {
       prepared: this.preparedShards(),
       leaving: this.leaving,
       sentAt,
+      ...(this.sinkTrouble.size > 0 ? { sinkTrouble: Object.fromEntries(this.sinkTrouble) } : {}),
     };
     void this.d.bus
       .heartbeat(hb, Math.max(100, this.d.timing.heartbeatMs * 2))
@@ -251,8 +264,26 @@ export class WorkerRuntime {
       shardsOwned: () => this.shardsOwned(),
       shards: this.d.shardsOf?.(ref.pipeline),
       stages: this.d.stagesOf?.(ref.pipeline),
-      onBatch: (r) => this.d.onBatch?.(r),
+      onBatch: (r) => {
+        this.sinkTrouble.delete(shard);
+        this.d.onBatch?.(r);
+      },
       onBatchStart: (r) => this.d.onBatchStart?.(r),
+      sleep: (ms) => new Promise<void>((resolve) => this.d.scheduler.setTimeout(resolve, ms)),
+      breaker: {
+        get: () => this.breakers.get(shard) ?? closedBreaker,
+        set: (b) => {
+          if (b.kind === "closed" && b.failures === 0) this.breakers.delete(shard);
+          else this.breakers.set(shard, b);
+        },
+      },
+      onCommitRetry: (r) => {
+        this.sinkTrouble.set(shard, { since: this.sinkTrouble.get(shard)?.since ?? this.d.scheduler.now(), error: r.error, breaker: r.breaker.kind });
+        // The first failure and every tenth after it: a sink down for a while is not a log flood.
+        if (r.attempt === 1 || r.attempt % 10 === 0)
+          log.warn({ attempt: r.attempt, breaker: r.breaker.kind, err: r.error }, "commit failed; the shard waits and retries");
+        this.d.onCommitRetry?.(r);
+      },
       onHistoryMismatch: (r) => {
         // Not a sluice fault but the broker's: loud, because the stream broke its own contract.
         log.error(

@@ -56,7 +56,7 @@ describe("worker faults under load (real 3-node NATS cluster)", () => {
     // Make the sink look like it followed another history of this shard: the record at its
     // checkpoint was a different one, and two earlier records of this history sat beyond it
     // (so they were never committed). A worker trusting sequences alone would lose them.
-    const db = new Database(tc.file().sink);
+    const db = new Database(tc.file().sqlite);
     let removed: string[];
     try {
       const rows = db

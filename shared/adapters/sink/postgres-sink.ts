@@ -26,9 +26,7 @@ import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
 import { type AsyncSinkTransaction, applyCommitAsync, applyFenceAsync } from "../../core/sink-rules.js";
-import { quoteIdent, sideOutputTable } from "./sink-tables.js";
-
-export type TableMode = "append" | "upsert";
+import { collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
 
 export interface PostgresSinkOptions {
   /** Pipelines whose tables are created on open, and how each keeps its rows. */
@@ -293,19 +291,6 @@ async function appendRows(
       rows.map((r) => payloadJson(r.value)),
     ],
   );
-}
-
-/**
- * The newest row per key of a batch, in key order: what an upsert may apply in one statement
- * without touching a row twice, in an order every transaction shares.
- */
-export function collapseByKey<R extends { key: string; sourceSeq: number }>(rows: readonly R[]): R[] {
-  const newest = new Map<string, R>();
-  for (const r of rows) {
-    const cur = newest.get(r.key);
-    if (!cur || cur.sourceSeq < r.sourceSeq) newest.set(r.key, r);
-  }
-  return [...newest.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
 }
 
 async function upsertRows(

@@ -7,3 +7,20 @@
 export const quoteIdent = (ident: string): string => `"${ident.replaceAll('"', '""')}"`;
 
 export const sideOutputTable = (pipeline: string, output: string): string => `${pipeline}__${output}`;
+
+/** How a database sink keeps a pipeline's rows (`PipelineConfig.tableMode`). */
+export type TableMode = "append" | "upsert";
+
+/**
+ * The newest row per key of a batch, in key order: what an upsert may apply in one statement
+ * without touching a row twice, in an order every transaction shares.
+ */
+export function collapseByKey<R extends { key: string; sourceSeq: number }>(rows: readonly R[]): R[] {
+  const newest = new Map<string, R>();
+  for (const r of rows) {
+    const cur = newest.get(r.key);
+    if (!cur || cur.sourceSeq < r.sourceSeq) newest.set(r.key, r);
+  }
+  return [...newest.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+

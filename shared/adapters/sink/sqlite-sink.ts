@@ -18,11 +18,11 @@ import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
 import { applyCommit, applyFence, type SinkTransaction } from "../../core/sink-rules.js";
-import { quoteIdent, sideOutputTable } from "./sink-tables.js";
+import { collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
 
 export interface SqliteSinkOptions {
-  /** Pipelines whose tables are created on open. */
-  pipelines: readonly string[];
+  /** Pipelines whose tables are created on open, and how each keeps its rows (default append). */
+  pipelines: ReadonlyArray<string | { name: string; mode?: TableMode }>;
   /** How long one attempt waits for the write lock, ms. */
   busyTimeoutMs?: number;
   /** How long, in total, a commit keeps retrying a busy database before failing, ms. */
@@ -36,6 +36,7 @@ export class SqliteSink implements Sink {
   private readonly now: () => number;
   private readonly lockDeadlineMs: number;
   private readonly inserts = new Map<string, Database.Statement>();
+  private readonly modes = new Map<string, TableMode>();
   private readonly idQueries = new Map<string, Database.Statement<[number, number], { record_id: string }>>();
   private readonly getCp: Database.Statement<
     [string, number],
@@ -53,6 +54,7 @@ export class SqliteSink implements Sink {
     this.db = new Database(path, { timeout: opts.busyTimeoutMs ?? 25 });
     this.now = opts.now ?? Date.now;
     this.lockDeadlineMs = opts.lockDeadlineMs ?? 120_000;
+    for (const p of opts.pipelines) if (typeof p !== "string") this.modes.set(p.name, p.mode ?? "append");
     this.withBusyRetrySync(() => {
       this.db.pragma("journal_mode = WAL");
       this.db.pragma("synchronous = NORMAL");
@@ -62,7 +64,10 @@ export class SqliteSink implements Sink {
       const cols = this.db.prepare("PRAGMA table_info(sluice_checkpoints)").all() as { name: string }[];
       if (!cols.some((c) => c.name === "fingerprint"))
         this.db.exec("ALTER TABLE sluice_checkpoints ADD COLUMN fingerprint TEXT");
-      for (const p of opts.pipelines) SqliteSink.createPipelineTable(this.db, p);
+      for (const p of opts.pipelines) {
+        const name = typeof p === "string" ? p : p.name;
+        SqliteSink.createPipelineTable(this.db, name, this.modes.get(name));
+      }
     });
     this.getCp = this.db.prepare(
       "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?",
@@ -75,9 +80,11 @@ export class SqliteSink implements Sink {
       readCheckpoint: (ref) => this.readCp(ref),
       writeRows: (ref, epoch, worker, rows) => {
         const at = this.now();
-        for (const r of rows) {
+        const upsert = this.modes.get(ref.pipeline) === "upsert";
+        // Upsert: the newest row per key, in key order (see `collapseByKey`); one statement each.
+        for (const r of upsert ? collapseByKey(rows) : rows) {
           const table = r.output === undefined ? ref.pipeline : sideOutputTable(ref.pipeline, r.output);
-          this.insertFor(table).run(
+          this.insertFor(table, ref.pipeline).run(
             r.recordId,
             r.key,
             ref.shard,
@@ -99,23 +106,35 @@ export class SqliteSink implements Sink {
    * (shard, source_seq) index serves reconciliation (`recordIds`) and readers' range queries;
    * rows arrive in sequence order per shard, so it grows at its right edge.
    */
-  static createPipelineTable(db: Database.Database, pipeline: string): void {
+  static createPipelineTable(db: Database.Database, pipeline: string, mode: TableMode = "append"): void {
+    // Upsert tables keep one row per key, the newest by `version` (its source sequence).
     db.exec(`CREATE TABLE IF NOT EXISTS ${quoteIdent(pipeline)} (
-      row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL, shard INTEGER NOT NULL,
-      source_seq INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL, payload TEXT NOT NULL,
-      committed_at INTEGER NOT NULL)`);
+      row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL${mode === "upsert" ? " UNIQUE" : ""},
+      shard INTEGER NOT NULL, source_seq INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL,
+      payload TEXT NOT NULL, committed_at INTEGER NOT NULL${mode === "upsert" ? ", version INTEGER NOT NULL" : ""})`);
     db.exec(
       `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${pipeline}_shard_seq`)} ON ${quoteIdent(pipeline)} (shard, source_seq)`,
     );
   }
 
-  private insertFor(pipeline: string): Database.Statement {
-    let st = this.inserts.get(pipeline);
+  private insertFor(table: string, pipeline = table): Database.Statement {
+    let st = this.inserts.get(table);
     if (!st) {
-      SqliteSink.createPipelineTable(this.db, pipeline);
-      st = this.db.prepare(`INSERT INTO ${quoteIdent(pipeline)}
+      const mode = this.modes.get(pipeline) ?? "append";
+      SqliteSink.createPipelineTable(this.db, table, mode);
+      const t = quoteIdent(table);
+      st =
+        mode === "upsert"
+          ? this.db.prepare(`INSERT INTO ${t}
+        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, version)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?4)
+        ON CONFLICT (key) DO UPDATE SET record_id = excluded.record_id, shard = excluded.shard,
+          source_seq = excluded.source_seq, epoch = excluded.epoch, worker = excluded.worker,
+          payload = excluded.payload, committed_at = excluded.committed_at, version = excluded.version
+        WHERE ${t}.version < excluded.version`)
+          : this.db.prepare(`INSERT INTO ${t}
         (record_id, key, shard, source_seq, epoch, worker, payload, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
-      this.inserts.set(pipeline, st);
+      this.inserts.set(table, st);
     }
     return st;
   }
