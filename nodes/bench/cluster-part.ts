@@ -39,7 +39,7 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
     { workers: 3, coordinators: 2, config: clusterCfg, portBase: run.s.portBase + 10 },
     async (c) => {
       const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
-      const sink = openSinkInspector(c);
+      const sink = openSinkInspector(c, nc);
       const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink, pipeline: "demo" };
       try {
         await waitSettled(nc, clusterCfg, sink, 60_000);

@@ -15,7 +15,7 @@ export function measureMemory(run: BenchRun): Promise<MemoryResult> {
     { workers: 1, coordinators: 1, config: memCfg, portBase: run.s.portBase + 20 },
     async (c) => {
       const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-bench" });
-      const sink = openSinkInspector(c);
+      const sink = openSinkInspector(c, nc);
       try {
         await waitSettled(nc, memCfg, sink, 60_000);
         const pid = readClusterFile(c.dir).workers[0]!.pid;

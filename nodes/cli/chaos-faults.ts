@@ -20,7 +20,17 @@ export const FAULTS = [
   "clock-skew",
   "rolling-restart",
   "scale",
+  "postgres-restart",
+  "postgres-kill-connections",
 ] as const;
+
+/** Faults of the sink's own database: part of `mixed` only when the cluster runs one. */
+const DATABASE_FAULTS: readonly Fault[] = ["postgres-restart", "postgres-kill-connections"];
+
+/** The faults that apply to cluster `c` (a database fault needs its private PostgreSQL server). */
+export function applicableFaults(c: ClusterFile): Fault[] {
+  return FAULTS.filter((f) => !DATABASE_FAULTS.includes(f) || (c.postgres ?? []).length > 0);
+}
 export type Fault = (typeof FAULTS)[number];
 
 export interface FaultRecord {
@@ -84,15 +94,15 @@ export function parseScenario(s: string): Fault[] | "mixed" {
 }
 
 /** The faults to inject, in order: a scenario's list cycled, or every type once then seeded draws. */
-export function plan(scenario: string, rng: Rng): Fault[] {
+export function plan(scenario: string, rng: Rng, available: readonly Fault[] = FAULTS): Fault[] {
   const sc = parseScenario(scenario);
   if (sc !== "mixed") return Array.from({ length: 1000 }, (_, i) => sc[i % sc.length]!);
-  const all = [...FAULTS];
+  const all = [...available];
   for (let i = all.length - 1; i > 0; i--) {
     const j = rng.int(0, i);
     [all[i], all[j]] = [all[j]!, all[i]!];
   }
-  return [...all, ...Array.from({ length: 1000 }, () => rng.pick(FAULTS))];
+  return [...all, ...Array.from({ length: 1000 }, () => rng.pick(available))];
 }
 
 /** Whom a fault hits: a live worker, a NATS node, or nobody in particular. */

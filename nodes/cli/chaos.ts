@@ -18,7 +18,7 @@ import {
   missingIds,
   recoveryOf,
 } from "./chaos-analysis.js";
-import { type FaultRecord, plan, runScript, targetFor } from "./chaos-faults.js";
+import { applicableFaults, type FaultRecord, plan, runScript, targetFor } from "./chaos-faults.js";
 import {
   isOurProcess,
   type NatsRuntime,
@@ -27,7 +27,7 @@ import {
   readClusterFile,
 } from "./cluster-file.js";
 import { runLoad } from "./load.js";
-import { down, up } from "./local-cluster.js";
+import { down, type UpOptions, up } from "./local-cluster.js";
 import { isSettled } from "./readiness.js";
 import { gatherStatus } from "./status.js";
 import { countCommitted, type VerifyReport, verify } from "./verify.js";
@@ -48,6 +48,9 @@ export interface ChaosOptions {
   portBase: number;
   /** How NATS nodes run when chaos starts the cluster. */
   natsRuntime: NatsRuntime;
+  /** When chaos starts the cluster: its sink (see `UpOptions.sink`). */
+  sink?: UpOptions["sink"];
+  postgresUrl?: string;
   /** Leave the cluster running at the end (when chaos started it). */
   keep: boolean;
   log: (line: string) => void;
@@ -102,7 +105,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     readClusterFile(dir).nats.every((n) => !isOurProcess(n.pid, dir))
   ) {
     o.log(`starting a local cluster in ${dir}`);
-    await up({ dir, workers: 3, coordinators: 2, portBase: o.portBase, natsRuntime: o.natsRuntime });
+    await up({
+      dir,
+      workers: 3,
+      coordinators: 2,
+      portBase: o.portBase,
+      natsRuntime: o.natsRuntime,
+      ...(o.sink ? { sink: o.sink } : {}),
+      ...(o.postgresUrl ? { postgresUrl: o.postgresUrl } : {}),
+    });
     started = true;
   }
   const c0 = readClusterFile(dir);
@@ -118,7 +129,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   };
   const faults: FaultRecord[] = [];
   // The sink's file (or server) stays where it is across every fault, so one inspector serves.
-  const sink = openSinkInspector(c0);
+  const sink = openSinkInspector(c0, nc);
   try {
     await waitUntil(
       "a settled cluster",
@@ -138,7 +149,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       signal: ac.signal,
     });
     const end = Date.now() + o.durationS * 1000;
-    const queue = plan(o.scenario, rng);
+    const queue = plan(o.scenario, rng, applicableFaults(c0));
     await new Promise((r) => setTimeout(r, 2_000));
     for (const fault of queue) {
       if (Date.now() >= end) break;

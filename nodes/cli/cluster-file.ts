@@ -9,8 +9,8 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { openInspector } from "../../shared/adapters/sink/open-sinks.js";
 import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
 import type { SluiceConfig } from "../../shared/contract/config.js";
@@ -80,7 +80,10 @@ export const clusterFilePath = (dir: string): string => join(resolve(dir), "clus
  * over a small pool, output streams over `nc` (needed when a pipeline commits to one).
  */
 export function openSinkInspector(c: ClusterFile, nc?: NatsConnection): SinkInspector {
-  return openInspector(readClusterConfig(c), { sqlite: () => new SqliteSinkInspector(c.sqlite), ...(nc ? { nc } : {}) });
+  return openInspector(readClusterConfig(c), {
+    sqlite: () => new SqliteSinkInspector(c.sqlite),
+    ...(nc ? { nc } : {}),
+  });
 }
 
 export function readClusterFile(dir: string): ClusterFile {

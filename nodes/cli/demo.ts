@@ -15,13 +15,13 @@ import {
 } from "./cluster-file.js";
 import { measureFailover } from "./failover.js";
 import { runLoad } from "./load.js";
-import { addWorker, down, up } from "./local-cluster.js";
+import { addWorker, down, type UpOptions, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { gatherStatus } from "./status.js";
 import { countCommitted, formatVerify, verify } from "./verify.js";
 import { waitUntil } from "./wait.js";
 
-export interface DemoOptions {
+export interface DemoOptions extends Pick<UpOptions, "sink" | "postgresUrl"> {
   dir: string;
   count: number;
   rate: number;
@@ -43,9 +43,18 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     rmSync(dir, { recursive: true, force: true });
   }
   const say = (s: string): void => console.log(`[demo] ${s}`);
-  say(`starting a local cluster in ${dir}: 3 NATS nodes (JetStream R3), 2 coordinators, 3 workers`);
+  say(
+    `starting a local cluster in ${dir}: 3 NATS nodes (JetStream R3), 2 coordinators, 3 workers; sink ${o.sink ?? "sqlite"}${o.sink === "postgres" && !o.postgresUrl ? " (a private PostgreSQL server)" : ""}`,
+  );
   const t0 = Date.now();
-  const c = await up({ dir, workers: 3, coordinators: 2, portBase: o.portBase });
+  const c = await up({
+    dir,
+    workers: 3,
+    coordinators: 2,
+    portBase: o.portBase,
+    ...(o.sink ? { sink: o.sink } : {}),
+    ...(o.postgresUrl ? { postgresUrl: o.postgresUrl } : {}),
+  });
   const cfg = readClusterConfig(c);
   const pipeline = "demo";
   // Near the stream leader: the load's publishes skip a route hop.
@@ -54,7 +63,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     name: "sluice-demo",
     pipeline: pipelineOf(cfg, pipeline),
   });
-  const sink = openSinkInspector(c);
+  const sink = openSinkInspector(c, nc);
   let ok = false;
   let committedPoll: ReturnType<typeof setInterval> | undefined;
   try {

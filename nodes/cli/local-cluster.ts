@@ -262,23 +262,25 @@ export async function restartProcess(
     pid = startNats(join(c.dir, "nats", `${id}.conf`), join(c.dir, "logs", `${id}.log`), id).pid;
   } else if (found.role === "postgres") {
     const port = found.rec.port ?? 0;
-    pid = (await startPostgres({ dataDir: join(c.dir, "postgres"), port, log: join(c.dir, "logs", "pg.log") }))
-      .pid;
+    pid = (
+      await startPostgres({ dataDir: join(c.dir, "postgres"), port, log: join(c.dir, "logs", "pg.log") })
+    ).pid;
   } else {
     pid = startNodeProcess(c, found.role, id, 1, opts).pid;
   }
   if (pid === undefined) throw new SluiceError(ErrorCode.ClusterFailure, `could not restart ${id}`);
   const now = readClusterFile(dir);
+  now.postgres ??= [];
   const list =
     found.role === "nats"
       ? now.nats
       : found.role === "sink"
         ? now.sinks
         : found.role === "postgres"
-          ? (now.postgres ??= [])
+          ? now.postgres
           : found.role === "coordinator"
-          ? now.coordinators
-          : now.workers;
+            ? now.coordinators
+            : now.workers;
   const rec = list.find((p) => p.id === id);
   if (rec) rec.pid = pid;
   else list.push({ id, pid } as NatsRecord);

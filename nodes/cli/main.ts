@@ -10,13 +10,25 @@ import { isOurProcess, openSinkInspector, readClusterConfig, readClusterFile } f
 import { runDemo } from "./demo.js";
 import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
-import { addWorker, down, removeWorker, restartProcess, up } from "./local-cluster.js";
+import { addWorker, down, removeWorker, restartProcess, type UpOptions, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
 import { formatStatus, gatherStatus } from "./status.js";
 import { watchStatus } from "./status-watch.js";
 import { formatVerify, verify } from "./verify.js";
 
 const int = (name: string) => intOption(name, 0);
+
+/** `--sink` and `--postgres-url` as `up` takes them. */
+function sinkOptions(o: { sink?: string; postgresUrl?: string }): Pick<UpOptions, "sink" | "postgresUrl"> {
+  if (o.sink !== undefined && o.sink !== "sqlite" && o.sink !== "postgres" && o.sink !== "jetstream")
+    throw new InvalidArgumentError("--sink must be sqlite, postgres or jetstream");
+  if (o.postgresUrl !== undefined && o.sink !== "postgres")
+    throw new InvalidArgumentError("--postgres-url goes with --sink postgres");
+  return {
+    ...(o.sink ? { sink: o.sink } : {}),
+    ...(o.postgresUrl ? { postgresUrl: o.postgresUrl } : {}),
+  };
+}
 
 const program = new Command("sluice")
   .description("Exactly-once ingestion cluster on NATS JetStream")
@@ -40,6 +52,11 @@ program
     "NATS nodes as plain processes or Docker containers: process|container",
     "process",
   )
+  .option("--sink <type>", "where pipelines without a sink of their own commit: sqlite|postgres|jetstream")
+  .option(
+    "--postgres-url <url>",
+    "with --sink postgres: an existing database (default: a private server under the cluster directory)",
+  )
   .option("--detach", "return once the cluster is ready, leaving it running")
   .action(
     async (o: {
@@ -49,6 +66,8 @@ program
       config?: string;
       portBase: number;
       natsRuntime: string;
+      sink?: string;
+      postgresUrl?: string;
       detach?: boolean;
     }) => {
       if (o.natsRuntime !== "process" && o.natsRuntime !== "container") {
@@ -61,10 +80,11 @@ program
         coordinators: o.coordinators,
         portBase: o.portBase,
         configFile: o.config,
+        ...sinkOptions(o),
       });
       const cfg = readClusterConfig(c);
       const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-up" });
-      const sink = openSinkInspector(c);
+      const sink = openSinkInspector(c, nc);
       try {
         await waitSettled(nc, cfg, sink, 60_000);
       } finally {
@@ -210,8 +230,13 @@ program
   .requiredOption("--ack-log <file>", "ack log written by 'sluice load'")
   .option("--json", "JSON output")
   .action(async (o: { dir: string; pipeline: string; ackLog: string; json?: boolean }) => {
-    const sink = openSinkInspector(readClusterFile(o.dir));
-    const r = await verify(sink, o.pipeline, o.ackLog).finally(() => sink.close());
+    const c = readClusterFile(o.dir);
+    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-verify" });
+    const sink = openSinkInspector(c, nc);
+    const r = await verify(sink, o.pipeline, o.ackLog).finally(async () => {
+      await sink.close();
+      await nc.close();
+    });
     console.log(o.json ? JSON.stringify(r, null, 2) : formatVerify(r));
     if (!r.ok) process.exitCode = 1;
   });
@@ -255,6 +280,8 @@ program
   .option("--rate <r>", "records per second", int("--rate"), 1500)
   .option("--port-base <port>", "first NATS client port when a cluster is started", int("--port-base"), 14222)
   .option("--nats-runtime <r>", "when a cluster is started: NATS nodes as process or container", "process")
+  .option("--sink <type>", "when a cluster is started: its sink, sqlite|postgres|jetstream")
+  .option("--postgres-url <url>", "when a cluster is started with --sink postgres: an existing database")
   .option("--keep", "leave a cluster chaos started running")
   .option("--json", "print the JSON report")
   .action(
@@ -266,6 +293,8 @@ program
       rate: number;
       portBase: number;
       natsRuntime: string;
+      sink?: string;
+      postgresUrl?: string;
       keep?: boolean;
       json?: boolean;
     }) => {
@@ -282,6 +311,7 @@ program
         rate: o.rate,
         portBase: o.portBase,
         natsRuntime: o.natsRuntime === "container" ? "container" : "process",
+        ...sinkOptions(o),
         keep: !!o.keep,
         log: o.json ? (l) => console.error(l) : (l) => console.log(l),
       });
@@ -299,17 +329,30 @@ program
   .option("--count <n>", "records", int("--count"), 100_000)
   .option("--rate <r>", "records per second", int("--rate"), 5_000)
   .option("--port-base <port>", "first NATS client port", int("--port-base"), 14222)
+  .option("--sink <type>", "where the demo commits: sqlite|postgres|jetstream", "sqlite")
+  .option("--postgres-url <url>", "with --sink postgres: an existing database (default: a private server)")
   .option("--keep", "leave the cluster running afterwards")
-  .action(async (o: { dir: string; count: number; rate: number; portBase: number; keep?: boolean }) => {
-    const ok = await runDemo({
-      dir: o.dir,
-      count: o.count,
-      rate: o.rate,
-      portBase: o.portBase,
-      keep: !!o.keep,
-    });
-    process.exitCode = ok ? 0 : 1;
-  });
+  .action(
+    async (o: {
+      dir: string;
+      count: number;
+      rate: number;
+      portBase: number;
+      sink?: string;
+      postgresUrl?: string;
+      keep?: boolean;
+    }) => {
+      const ok = await runDemo({
+        dir: o.dir,
+        count: o.count,
+        rate: o.rate,
+        portBase: o.portBase,
+        ...sinkOptions(o),
+        keep: !!o.keep,
+      });
+      process.exitCode = ok ? 0 : 1;
+    },
+  );
 
 try {
   await program.parseAsync(process.argv);

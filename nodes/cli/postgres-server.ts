@@ -73,7 +73,11 @@ export const postgresUrl = (port: number): string =>
  * Initialises `dataDir` when it is new, starts the server on 127.0.0.1:`port` and waits until it
  * accepts connections and has the `sluice` database. The log tells why when it does not start.
  */
-export async function startPostgres(o: { dataDir: string; port: number; log: string }): Promise<PostgresServer> {
+export async function startPostgres(o: {
+  dataDir: string;
+  port: number;
+  log: string;
+}): Promise<PostgresServer> {
   const bin = postgresBinDir();
   if (!bin)
     throw new SluiceError(
@@ -127,7 +131,12 @@ export async function startPostgres(o: { dataDir: string; port: number; log: str
 async function waitPostgresReady(s: PostgresServer, deadlineMs: number): Promise<void> {
   const end = Date.now() + deadlineMs;
   for (;;) {
-    const client = new pg.Client({ host: "127.0.0.1", port: s.port, user: POSTGRES_USER, database: "postgres" });
+    const client = new pg.Client({
+      host: "127.0.0.1",
+      port: s.port,
+      user: POSTGRES_USER,
+      database: "postgres",
+    });
     try {
       await client.connect();
       const r = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [POSTGRES_DATABASE]);

@@ -23,10 +23,22 @@ export interface ShardStatus {
   lag: number | null;
 }
 
+/** Whether the sink answers, and the shards whose commits keep failing on their workers. */
+export interface SinkHealth {
+  /** The sink answered the status read of its checkpoints. */
+  reachable: boolean;
+  error: string | null;
+  /** Shard -> the worker reporting it, since when (ms ago), why, and its circuit breaker. */
+  trouble: Record<string, { worker: string; sinceMsAgo: number; error: string; breaker: string }>;
+  /** False when the sink is unreachable or any shard cannot commit. */
+  healthy: boolean;
+}
+
 export interface StatusReport {
   leader: LeaderRecord | null;
   view: ClusterView | null;
   shards: ShardStatus[];
+  sink: SinkHealth;
 }
 
 const dec = new TextDecoder();
@@ -51,11 +63,18 @@ export async function gatherStatus(
   const view = json<ClusterView>((await control.get(VIEW_KEY))?.value);
   const jsm = await jetstreamManager(nc, { timeout: 3_000 });
   const checkpoints = new Map<string, { epoch: number; seq: number }>();
+  let sinkError: string | null = null;
   try {
     for (const c of await sink.checkpoints()) checkpoints.set(`${c.pipeline}.${c.shard}`, c);
-  } catch {
-    // The sink did not answer (or holds nothing yet): every checkpoint reads as 0.
+  } catch (err) {
+    // The sink did not answer: every checkpoint reads as 0, and the sink as unhealthy.
+    sinkError = (err as Error).message;
   }
+  const trouble: SinkHealth["trouble"] = {};
+  const now = Date.now();
+  for (const [worker, m] of Object.entries(view?.members ?? {}))
+    for (const [shard, t] of Object.entries(m.sinkTrouble ?? {}))
+      trouble[shard] = { worker, sinceMsAgo: Math.max(0, now - t.since), error: t.error, breaker: t.breaker };
   const shards: ShardStatus[] = [];
   for (const p of cfg.pipelines) {
     const names = new Map<string, Promise<string[]>>();
@@ -102,7 +121,17 @@ export async function gatherStatus(
     );
     shards.push(...entries);
   }
-  return { leader, view, shards };
+  return {
+    leader,
+    view,
+    shards,
+    sink: {
+      reachable: sinkError === null,
+      error: sinkError,
+      trouble,
+      healthy: sinkError === null && Object.keys(trouble).length === 0,
+    },
+  };
 }
 
 export function formatStatus(s: StatusReport): string {
@@ -115,6 +144,16 @@ export function formatStatus(s: StatusReport): string {
       `  ${id.padEnd(8)} shards ${String(m.held).padStart(4)}  last heartbeat ${m.lastSeenMsAgo} ms ago${m.leaving ? "  (leaving)" : ""}`,
     );
   }
+  const t = Object.entries(s.sink.trouble);
+  lines.push(
+    s.sink.healthy
+      ? "sink: healthy"
+      : `sink: UNHEALTHY${s.sink.reachable ? "" : ` (unreachable: ${s.sink.error})`}${t.length ? `; ${t.length} shard(s) cannot commit and wait` : ""}`,
+  );
+  for (const [shard, x] of t.sort(([a], [b]) => a.localeCompare(b)))
+    lines.push(
+      `  ${shard.padEnd(12)} on ${x.worker}: failing ${(x.sinceMsAgo / 1000).toFixed(1)} s, circuit ${x.breaker}: ${x.error}`,
+    );
   lines.push("shard        owner     epoch  phase      committed      lag");
   for (const r of s.shards) {
     lines.push(

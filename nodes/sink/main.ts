@@ -18,7 +18,9 @@ const http = new NodeHttpServer();
 const telemetry = startTelemetry({ serviceName: "sluice-sink", nodeId: opts.id, http });
 // The pipelines that commit to SQLite (others go to PostgreSQL or an output stream directly).
 const pipelines = opts.config.pipelines.filter((p) => sinkOf(opts.config, p).type === "sqlite");
-const sink = new SqliteSink(opts.sink, { pipelines: pipelines.map((p) => ({ name: p.name, mode: p.tableMode })) });
+const sink = new SqliteSink(opts.sink, {
+  pipelines: pipelines.map((p) => ({ name: p.name, mode: p.tableMode })),
+});
 const nc = await connectNats({ servers: opts.servers, name: `sluice-sink-${opts.id}` });
 const inspector = new SqliteSinkInspector(opts.sink);
 const server = new NatsSinkServer(nc, instrumentSink(sink, telemetry.meter), inspector, (err) =>

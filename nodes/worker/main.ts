@@ -8,8 +8,8 @@ import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetst
 import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
 import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
 import { openWorkerSink } from "../../shared/adapters/sink/open-sinks.js";
-import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
 import { describeSink, sinkOf } from "../../shared/contract/config.js";
+import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
 import { feedBufferMessages } from "../../shared/core/batch-size.js";

@@ -91,7 +91,8 @@ export const outputStream = (pipeline: string): string => `SLUICE_OUT_${pipeline
 /** Every subject of a pipeline's output stream. */
 export const outputSubjects = (pipeline: string): string => `sluice.out.${pipeline}.>`;
 /** A shard's records in the output stream, one message each (`sluice.out.P.*` reads them all). */
-export const outputDataSubject = (pipeline: string, shard: number): string => `sluice.out.${pipeline}.${shard}`;
+export const outputDataSubject = (pipeline: string, shard: number): string =>
+  `sluice.out.${pipeline}.${shard}`;
 /** A shard's checkpoint messages in the output stream; the newest is its checkpoint. */
 export const outputCheckpointSubject = (pipeline: string, shard: number): string =>
   `sluice.out.${pipeline}.${shard}.cp`;

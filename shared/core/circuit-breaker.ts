@@ -48,7 +48,11 @@ export function onSuccess(_s: BreakerState): BreakerState {
 }
 
 /** The state after a commit failed at `now` for a reason retrying may cure. */
-export function onFailure(s: BreakerState, now: number, cfg: BreakerSettings = defaultBreakerSettings): BreakerState {
+export function onFailure(
+  s: BreakerState,
+  now: number,
+  cfg: BreakerSettings = defaultBreakerSettings,
+): BreakerState {
   switch (s.kind) {
     case "closed": {
       const failures = s.failures + 1;

@@ -41,7 +41,13 @@ export interface CommitterHooks {
   /** The shard's circuit breaker, kept across this shard's leases on this worker. */
   breaker?: { get(): BreakerState; set(s: BreakerState): void };
   /** A commit failed and will be tried again (for logs and status). */
-  onCommitRetry?(r: { ref: ShardRef; epoch: number; attempt: number; error: string; breaker: BreakerState }): void;
+  onCommitRetry?(r: {
+    ref: ShardRef;
+    epoch: number;
+    attempt: number;
+    error: string;
+    breaker: BreakerState;
+  }): void;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
   /** The pipeline's shard count, for the stages' key check (undefined: keys not checked). */

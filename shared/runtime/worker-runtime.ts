@@ -278,10 +278,17 @@ export class WorkerRuntime {
         },
       },
       onCommitRetry: (r) => {
-        this.sinkTrouble.set(shard, { since: this.sinkTrouble.get(shard)?.since ?? this.d.scheduler.now(), error: r.error, breaker: r.breaker.kind });
+        this.sinkTrouble.set(shard, {
+          since: this.sinkTrouble.get(shard)?.since ?? this.d.scheduler.now(),
+          error: r.error,
+          breaker: r.breaker.kind,
+        });
         // The first failure and every tenth after it: a sink down for a while is not a log flood.
         if (r.attempt === 1 || r.attempt % 10 === 0)
-          log.warn({ attempt: r.attempt, breaker: r.breaker.kind, err: r.error }, "commit failed; the shard waits and retries");
+          log.warn(
+            { attempt: r.attempt, breaker: r.breaker.kind, err: r.error },
+            "commit failed; the shard waits and retries",
+          );
         this.d.onCommitRetry?.(r);
       },
       onHistoryMismatch: (r) => {

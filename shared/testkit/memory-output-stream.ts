@@ -33,7 +33,10 @@ export class MemoryOutputStream {
 
   private log(ref: ShardRef): ShardLog {
     let l = this.shards.get(shardKey(ref));
-    if (!l) this.shards.set(shardKey(ref), (l = { cpAt: 0, cp: { epoch: 0, seq: 0 }, records: [] }));
+    if (!l) {
+      l = { cpAt: 0, cp: { epoch: 0, seq: 0 }, records: [] };
+      this.shards.set(shardKey(ref), l);
+    }
     return l;
   }
 
@@ -59,7 +62,10 @@ export class MemoryOutputStream {
       rows.push(r.row);
     }
     l.cpAt = ++this.seq;
-    l.cp = cp.fingerprint === undefined ? { epoch: cp.epoch, seq: cp.seq } : { epoch: cp.epoch, seq: cp.seq, fingerprint: cp.fingerprint };
+    l.cp =
+      cp.fingerprint === undefined
+        ? { epoch: cp.epoch, seq: cp.seq }
+        : { epoch: cp.epoch, seq: cp.seq, fingerprint: cp.fingerprint };
     this.observer.onAppend?.({ ref, before, after: cp, rows });
     return { ok: true, checkpointSeq: l.cpAt };
   }

@@ -94,7 +94,7 @@ export async function startTestCluster(opts: {
     config: cfg,
   });
   const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-test" });
-  const sink = openSinkInspector(c);
+  const sink = openSinkInspector(c, nc);
   let loads = 0;
   const stoppers: Array<() => void> = [];
   const tc: TestCluster = {

@@ -38,7 +38,7 @@ describe("a cluster in a private folder (real 3-node NATS cluster)", () => {
       config: testConfig(),
     });
     const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "private-folder-test" });
-    const sink = openSinkInspector(c);
+    const sink = openSinkInspector(c, nc);
     try {
       const ack = await jetstream(nc).publish("ingest.demo.alice", encodeRecord({ n: 1 }), {
         msgID: "private-1",

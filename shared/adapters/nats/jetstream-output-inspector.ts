@@ -47,7 +47,9 @@ export class JetStreamOutputInspector implements SinkInspector {
   private async counts(pipeline: string, shard?: number): Promise<Record<string, number>> {
     const jsm = await this.manager();
     const filter = shard === undefined ? `sluice.out.${pipeline}.*` : outputDataSubject(pipeline, shard);
-    const info = await jsm.streams.info(outputStream(pipeline), { subjects_filter: filter }).catch(() => null);
+    const info = await jsm.streams
+      .info(outputStream(pipeline), { subjects_filter: filter })
+      .catch(() => null);
     return info?.state.subjects ?? {};
   }
 
@@ -59,7 +61,9 @@ export class JetStreamOutputInspector implements SinkInspector {
     const total = Object.values(await this.counts(pipeline, q.shard)).reduce((a, b) => a + b, 0);
     if (total === 0) return [];
     const consumer = await jetstream(this.nc).consumers.get(outputStream(pipeline), {
-      filter_subjects: [q.shard === undefined ? `sluice.out.${pipeline}.*` : outputDataSubject(pipeline, q.shard)],
+      filter_subjects: [
+        q.shard === undefined ? `sluice.out.${pipeline}.*` : outputDataSubject(pipeline, q.shard),
+      ],
       deliver_policy: DeliverPolicy.All,
       ...(q.values ? {} : { headers_only: true }),
     });

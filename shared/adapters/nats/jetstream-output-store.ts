@@ -10,13 +10,13 @@
  */
 import {
   DeliverPolicy,
+  JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
-  JetStreamApiError,
   jetstream,
   jetstreamManager,
 } from "@nats-io/jetstream";
-import { headers as natsHeaders, type MsgHdrs, type NatsConnection } from "@nats-io/transport-node";
+import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
 import { payloadJson } from "../../contract/codec.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, OutputCheckpoint, OutputRecord, OutputStreamStore } from "../../contract/ports.js";
@@ -68,7 +68,9 @@ export class JetStreamOutputStore implements OutputStreamStore {
   async lastCheckpoint(ref: ShardRef): Promise<{ checkpoint: Checkpoint; streamSeq: number } | null> {
     const jsm = await this.manager();
     const m = await jsm.streams
-      .getMessage(outputStream(ref.pipeline), { last_by_subj: outputCheckpointSubject(ref.pipeline, ref.shard) })
+      .getMessage(outputStream(ref.pipeline), {
+        last_by_subj: outputCheckpointSubject(ref.pipeline, ref.shard),
+      })
       .catch((err: unknown) => {
         // No checkpoint message yet: the shard has never been fenced here.
         if (apiCode(err) === 10037) return null;
@@ -129,7 +131,11 @@ export class JetStreamOutputStore implements OutputStreamStore {
   }
 
   /** The record id the server named as a duplicate (by the sequence of its stored copy). */
-  private async duplicateIn(ref: ShardRef, err: unknown, pending: readonly OutputRecord[]): Promise<string | null> {
+  private async duplicateIn(
+    ref: ShardRef,
+    err: unknown,
+    pending: readonly OutputRecord[],
+  ): Promise<string | null> {
     const seq = (err as { api_error?: { seq?: number } })?.api_error?.seq ?? (err as { seq?: number })?.seq;
     if (typeof seq !== "number" || seq <= 0) return null;
     const jsm = await this.manager();

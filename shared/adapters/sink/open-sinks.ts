@@ -21,7 +21,10 @@ function bySink(cfg: SluiceConfig): Array<{ sink: SinkConfig; pipelines: SluiceC
     const sink = sinkOf(cfg, p);
     const key = JSON.stringify(sink);
     let g = groups.get(key);
-    if (!g) groups.set(key, (g = { sink, pipelines: [] }));
+    if (!g) {
+      g = { sink, pipelines: [] };
+      groups.set(key, g);
+    }
     g.pipelines.push(p);
   }
   return [...groups.values()];

@@ -104,7 +104,11 @@ export class OutputStreamSink implements Sink {
       const written = await this.write(ref, worker, plan, k.at);
       if (written !== null) {
         this.known.set(shardKey(ref), { cp: plan.checkpoint, at: written });
-        return { committed: plan.write.length, skipped: plan.skipped, checkpoint: { ...plan.checkpoint, epoch } };
+        return {
+          committed: plan.write.length,
+          skipped: plan.skipped,
+          checkpoint: { ...plan.checkpoint, epoch },
+        };
       }
       // The checkpoint moved under this writer: re-read it; the rules refuse a lower epoch.
       k = await this.read(ref);
@@ -118,7 +122,12 @@ export class OutputStreamSink implements Sink {
    * batches leaves a checkpoint that covers exactly what was written. Returns the stream sequence
    * of the last checkpoint message, or null when the checkpoint subject had moved.
    */
-  private async write(ref: ShardRef, worker: string, plan: CommitPlan<SinkRow>, at: number): Promise<number | null> {
+  private async write(
+    ref: ShardRef,
+    worker: string,
+    plan: CommitPlan<SinkRow>,
+    at: number,
+  ): Promise<number | null> {
     if (plan.write.length === 0 && !plan.changed) return at;
     const rows = plan.write;
     let expect = at;

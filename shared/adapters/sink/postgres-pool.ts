@@ -5,13 +5,16 @@
  */
 import { readFileSync } from "node:fs";
 import pg from "pg";
-import { type SinkConfig, redactUrl } from "../../contract/config.js";
+import { redactUrl, type SinkConfig } from "../../contract/config.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 
 export type PostgresSinkConfig = Extract<SinkConfig, { type: "postgres" }>;
 
 /** The password the config names (environment variable or file), or undefined. */
-export function postgresPassword(c: PostgresSinkConfig, env: NodeJS.ProcessEnv = process.env): string | undefined {
+export function postgresPassword(
+  c: PostgresSinkConfig,
+  env: NodeJS.ProcessEnv = process.env,
+): string | undefined {
   if (c.passwordEnv) {
     const v = env[c.passwordEnv];
     if (v === undefined)

@@ -40,7 +40,14 @@ export interface PostgresSinkOptions {
 /** SQLSTATE classes and codes a retry can cure: connection loss, shutdown, timeouts, conflicts. */
 const RETRYABLE_STATES = new Set(["40001", "40P01", "57014", "57P01", "57P02", "57P03", "55P03", "53300"]);
 const RETRYABLE_CLASSES = ["08"];
-const RETRYABLE_NODE = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "ENOTFOUND", "EAI_AGAIN"]);
+const RETRYABLE_NODE = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
 
 /** Whether a `pg` error is worth retrying (the database or the connection, not the statement). */
 export function retryablePgError(err: unknown): boolean {
@@ -117,7 +124,9 @@ export class PostgresSink implements Sink {
     try {
       await client.query("BEGIN");
       if (this.opts.statementTimeoutMs)
-        await client.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.round(this.opts.statementTimeoutMs))}`);
+        await client.query(
+          `SET LOCAL statement_timeout = ${Math.max(1, Math.round(this.opts.statementTimeoutMs))}`,
+        );
       const out = await fn(client);
       await client.query("COMMIT");
       return out;
@@ -169,7 +178,10 @@ export class PostgresSink implements Sink {
     for (const r of rows) {
       const t = r.output === undefined ? ref.pipeline : sideOutputTable(ref.pipeline, r.output);
       let list = byTable.get(t);
-      if (!list) byTable.set(t, (list = []));
+      if (!list) {
+        list = [];
+        byTable.set(t, list);
+      }
       list.push(r);
     }
     const at = this.now();
@@ -202,7 +214,9 @@ export class PostgresSink implements Sink {
     lastSeq: number,
     opts: CommitOptions = {},
   ): Promise<CommitResult> {
-    return this.tx("commit", (c) => applyCommitAsync(this.storage(c), ref, epoch, worker, rows, lastSeq, opts));
+    return this.tx("commit", (c) =>
+      applyCommitAsync(this.storage(c), ref, epoch, worker, rows, lastSeq, opts),
+    );
   }
 
   async checkpoint(ref: ShardRef): Promise<Checkpoint> {
@@ -261,7 +275,11 @@ export function pipelineTableDdl(table: string, mode: TableMode): string[] {
   ];
 }
 
-function checkpointOf(row: { epoch: string | number; seq: string | number; fingerprint: string | null }): Checkpoint {
+function checkpointOf(row: {
+  epoch: string | number;
+  seq: string | number;
+  fingerprint: string | null;
+}): Checkpoint {
   const base = { epoch: Number(row.epoch), seq: Number(row.seq) };
   return row.fingerprint === null ? base : { ...base, fingerprint: row.fingerprint };
 }

@@ -23,4 +23,3 @@ export function collapseByKey<R extends { key: string; sourceSeq: number }>(rows
   }
   return [...newest.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
 }
-

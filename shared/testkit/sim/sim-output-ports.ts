@@ -2,7 +2,7 @@
  * The JetStream output sink under simulation: the production `OutputStreamSink` in each worker,
  * its stream operations served over `SimNet` by the in-memory output stream on the broker node.
  */
-import { OutputStreamSink } from "../../adapters/sink/output-stream-sink.js";
+import type { OutputStreamSink } from "../../adapters/sink/output-stream-sink.js";
 import { ErrorCode, isSluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type {
@@ -31,7 +31,12 @@ export class SimOutputStore implements OutputStreamStore {
   ) {}
 
   lastCheckpoint(ref: ShardRef): Promise<{ checkpoint: Checkpoint; streamSeq: number } | null> {
-    return this.net.request(this.self, this.broker, () => this.stream.lastCheckpoint(ref), REQUEST_TIMEOUT_MS);
+    return this.net.request(
+      this.self,
+      this.broker,
+      () => this.stream.lastCheckpoint(ref),
+      REQUEST_TIMEOUT_MS,
+    );
   }
 
   append(
@@ -50,7 +55,12 @@ export class SimOutputStore implements OutputStreamStore {
   }
 
   recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
-    return this.net.request(this.self, this.broker, () => this.stream.recordIds(ref, fromSeq), REQUEST_TIMEOUT_MS);
+    return this.net.request(
+      this.self,
+      this.broker,
+      () => this.stream.recordIds(ref, fromSeq),
+      REQUEST_TIMEOUT_MS,
+    );
   }
 }
 

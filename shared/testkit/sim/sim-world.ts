@@ -205,7 +205,8 @@ export class SimWorld {
 
   /** A worker's sink: a client of the transactional sink node, or its own output-stream sink. */
   private workerSink(node: SimNode): Sink {
-    const onFenced: FencedTap = (sentAt, ref, epoch, worker) => this.checker.onReject(sentAt, ref, epoch, worker);
+    const onFenced: FencedTap = (sentAt, ref, epoch, worker) =>
+      this.checker.onReject(sentAt, ref, epoch, worker);
     if (this.o.sink === "output-stream") {
       const store = new SimOutputStore(this.net, node, this.broker, this.output);
       const rules = { fence: this.o.safety.sinkFence, expectSequence: this.o.safety.outputExpectSequence };
@@ -213,13 +214,16 @@ export class SimWorld {
         this.freezeOnCommit(node),
       );
     }
-    return new SimSinkClient(this.net, node, this.sinkNode, this.sink, onFenced, () => this.freezeOnCommit(node));
+    return new SimSinkClient(this.net, node, this.sinkNode, this.sink, onFenced, () =>
+      this.freezeOnCommit(node),
+    );
   }
 
   /** A shard's checkpoint where workers commit. */
   checkpointOf(shard: number): Checkpoint {
     const ref = { pipeline: PIPELINE, shard };
-    if (this.o.sink === "output-stream") return this.output.lastCheckpoint(ref)?.checkpoint ?? { epoch: 0, seq: 0 };
+    if (this.o.sink === "output-stream")
+      return this.output.lastCheckpoint(ref)?.checkpoint ?? { epoch: 0, seq: 0 };
     return this.sink.checkpointSync(ref);
   }
 
@@ -227,7 +231,8 @@ export class SimWorld {
   committedCount(): number {
     if (this.o.sink === "memory") return this.sink.stored.length;
     let n = 0;
-    for (let shard = 0; shard < this.o.shards; shard++) n += this.output.records({ pipeline: PIPELINE, shard }).length;
+    for (let shard = 0; shard < this.o.shards; shard++)
+      n += this.output.records({ pipeline: PIPELINE, shard }).length;
     return n;
   }
 
