@@ -1,6 +1,8 @@
 /**
- * `npm run sim -- --seeds N [--start S]` runs N seeded simulations of the whole ownership
- * protocol across worker threads; `npm run sim -- --seed X` replays one with its trace.
+ * `npm run sim -- --seeds N [--start S] [--sink memory|output-stream]` runs N seeded simulations
+ * of the whole ownership protocol across worker threads, committing to a transactional sink
+ * (`memory`, as SQLite and PostgreSQL) or through the JetStream output sink's design
+ * (`output-stream`); `npm run sim -- --seed X` replays one with its trace.
  * Exit 1 if any seed breaks an invariant; each failure prints the command that replays it.
  */
 import { availableParallelism } from "node:os";
@@ -9,7 +11,10 @@ import { Command, InvalidArgumentError } from "commander";
 import type { SeedResult } from "../../shared/testkit/sim/sim-options.js";
 import { runSeed } from "../../shared/testkit/sim/sim-runs.js";
 
+type SimSink = "memory" | "output-stream";
+
 interface Job {
+  sink: SimSink;
   start: number;
   count: number;
   stride: number;
@@ -23,7 +28,7 @@ type Report = Pick<
 
 async function runJob(job: Job, onResult: (r: Report) => void): Promise<void> {
   for (let i = job.offset; i < job.count; i += job.stride) {
-    const r = await runSeed(job.start + i);
+    const r = await runSeed(job.start + i, { sink: job.sink });
     onResult({
       seed: r.seed,
       ok: r.ok,
@@ -50,11 +55,15 @@ if (!isMainThread) {
     .option("--start <s>", "first seed", int, 1)
     .option("--seed <x>", "replay one seed and print its trace", int)
     .option("--threads <t>", "worker threads", int, Math.min(2, availableParallelism()))
+    .option("--sink <s>", "memory (a transactional sink) or output-stream (the JetStream output sink)", "memory")
     .parse(process.argv)
-    .opts<{ seeds: number; start: number; seed?: number; threads: number }>();
+    .opts<{ seeds: number; start: number; seed?: number; threads: number; sink: string }>();
+  if (o.sink !== "memory" && o.sink !== "output-stream")
+    throw new InvalidArgumentError("--sink must be memory or output-stream");
+  const sink: SimSink = o.sink;
 
   if (o.seed !== undefined) {
-    const r = await runSeed(o.seed, { trace: true });
+    const r = await runSeed(o.seed, { trace: true, sink });
     console.log(r.trace.join("\n"));
     console.log(`\nseed ${r.seed}: ${r.ok ? "OK" : "VIOLATED"}; faults: ${r.faults.join("; ") || "none"}`);
     console.log(
@@ -80,14 +89,14 @@ if (!isMainThread) {
         failures.push(r);
         console.log(`seed ${r.seed} FAILED: [${r.violations[0]?.invariant}] ${r.violations[0]?.detail}`);
         console.log(`  faults: ${r.faults.join("; ")}`);
-        console.log(`  replay: npm run sim -- --seed ${r.seed}`);
+        console.log(`  replay: npm run sim -- --seed ${r.seed} --sink ${sink}`);
       }
       if (done % 1000 === 0) console.log(`${done}/${o.seeds} seeds, ${failures.length} failed`);
     };
     const threads = Math.max(1, Math.min(o.threads, o.seeds));
     await Promise.all(
       Array.from({ length: threads }, (_, offset) => {
-        const job: Job = { start: o.start, count: o.seeds, stride: threads, offset };
+        const job: Job = { sink, start: o.start, count: o.seeds, stride: threads, offset };
         return new Promise<void>((resolve, reject) => {
           const w = new Worker(new URL(import.meta.url), { workerData: job });
           w.on("message", onResult);
@@ -98,7 +107,7 @@ if (!isMainThread) {
     );
     const secs = (Date.now() - t0) / 1000;
     console.log(
-      `simulated ${done} seeds (${o.start}..${o.start + o.seeds - 1}) in ${secs.toFixed(1)} s: ${(done / secs).toFixed(0)} seeds/s on ${threads} threads; ${faults} faults, ${records} records, ${steps} steps, ${fenced} zombie commits fenced`,
+      `simulated ${done} seeds (${o.start}..${o.start + o.seeds - 1}, sink ${sink}) in ${secs.toFixed(1)} s: ${(done / secs).toFixed(0)} seeds/s on ${threads} threads; ${faults} faults, ${records} records, ${steps} steps, ${fenced} zombie commits fenced`,
     );
     console.log(`sim: ${done - failures.length} passed, ${failures.length} failed`);
     process.exitCode = failures.length === 0 ? 0 : 1;

@@ -3,6 +3,7 @@ import { waitUntil } from "../../nodes/cli/wait.js";
 import { consumerStalled } from "../../shared/adapters/nats/jetstream-shard-feed.js";
 import { MemorySink } from "../../shared/adapters/sink/memory-sink.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
+import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { ShardRef } from "../../shared/contract/ownership.js";
 import type { HistoryMismatchReport } from "../../shared/contract/pipeline-reports.js";
 import type {
@@ -12,6 +13,7 @@ import type {
   ShardSource,
   SourceMessage,
 } from "../../shared/contract/ports.js";
+import { type BreakerState, closedBreaker } from "../../shared/core/circuit-breaker.js";
 import { ShardPipeline } from "../../shared/pipeline/shard-pipeline.js";
 
 const REF: ShardRef = { pipeline: "demo", shard: 0 };
@@ -403,5 +405,69 @@ describe("ShardPipeline: a consumer that opens after its lease ended", () => {
     state.release();
     await Promise.all([acquiring, draining]);
     expect(state.closed).toBe(state.opened);
+  });
+});
+
+describe("ShardPipeline: a sink that fails for a while", () => {
+  /** A memory sink whose commits fail (retryably) while `down` is true, counting attempts. */
+  class FlakySink extends MemorySink {
+    down = true;
+    attempts = 0;
+    override async commit(...args: Parameters<MemorySink["commit"]>): ReturnType<MemorySink["commit"]> {
+      this.attempts++;
+      if (this.down)
+        throw new SluiceError(ErrorCode.Unavailable, "database restarting", { retryable: true });
+      return super.commit(...args);
+    }
+  }
+
+  it("retries the same batch until the sink answers: the shard stalls, never skips, and the breaker paces it", async () => {
+    const sink = new FlakySink();
+    const source = new ReplicaSource();
+    source.view = ids(6);
+    let breaker: BreakerState = closedBreaker;
+    const retries: Array<{ attempt: number; breaker: string }> = [];
+    const p = new ShardPipeline(
+      REF,
+      1,
+      "w1",
+      { sink, source, deadLetters: { publish: async () => {} } },
+      { batchMax: 3, pullWaitMs: 5 },
+      {
+        leaseFresh: () => true,
+        now: () => Date.now(),
+        sleep: (ms) => new Promise((r) => setTimeout(r, Math.min(ms, 20))),
+        breaker: { get: () => breaker, set: (b) => (breaker = b) },
+        onCommitRetry: (r) => retries.push({ attempt: r.attempt, breaker: r.breaker.kind }),
+      },
+    );
+    await p.acquire();
+    const run = p.run();
+    await waitUntil("several failed attempts", 5_000, () => (sink.attempts >= 8 ? true : undefined), 2);
+    // Nothing was skipped: the checkpoint has not moved while the sink was down.
+    expect((await sink.checkpoint(REF)).seq).toBe(0);
+    expect(retries.some((r) => r.breaker === "open")).toBe(true);
+    sink.down = false;
+    await waitUntil("the checkpoint at 6", 5_000, async () => ((await sink.checkpoint(REF)).seq >= 6 ? true : undefined), 2);
+    await p.drain();
+    await run;
+    expect(committedIds(sink)).toEqual(ids(6));
+    expect(breaker).toEqual(closedBreaker);
+  });
+
+  it("a commit the sink refuses for good ends the run (the lease re-acquires), not a retry loop", async () => {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    source.view = ids(3);
+    await sink.fence(REF, 5);
+    const p = new ShardPipeline(
+      REF,
+      4,
+      "w1",
+      { sink, source, deadLetters: { publish: async () => {} } },
+      { batchMax: 3, pullWaitMs: 5 },
+      { leaseFresh: () => true, now: () => Date.now(), sleep: (ms) => new Promise((r) => setTimeout(r, ms)) },
+    );
+    await expect(p.acquire()).rejects.toMatchObject({ code: ErrorCode.Fenced });
   });
 });

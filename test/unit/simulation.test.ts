@@ -3,9 +3,14 @@ import { allSafety, type SafetySwitches } from "../../shared/testkit/sim/sim-opt
 import { runScale, runSeed } from "../../shared/testkit/sim/sim-runs.js";
 
 /** Runs seeds from `start` until one breaks an invariant; returns it, or null after `limit`. */
-async function firstViolation(safety: SafetySwitches, limit: number, start = 1) {
+async function firstViolation(
+  safety: SafetySwitches,
+  limit: number,
+  start = 1,
+  sink: "memory" | "output-stream" = "memory",
+) {
   for (let seed = start; seed < start + limit; seed++) {
-    const r = await runSeed(seed, { safety });
+    const r = await runSeed(seed, { safety, sink });
     if (!r.ok) return r;
   }
   return null;
@@ -22,6 +27,27 @@ describe("deterministic simulation of the ownership protocol", () => {
     }
     expect(failed).toEqual([]);
     expect(faults).toBeGreaterThan(150);
+  }, 120_000);
+
+  it("keeps every invariant over 150 seeds with the JetStream output sink's design (conditional appends)", async () => {
+    const failed: string[] = [];
+    let committed = 0;
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = await runSeed(seed, { sink: "output-stream" });
+      committed += r.committed;
+      if (!r.ok) failed.push(`seed ${seed}: ${r.violations[0]?.invariant} ${r.violations[0]?.detail}`);
+    }
+    expect(failed).toEqual([]);
+    expect(committed).toBeGreaterThan(150 * 200);
+  }, 120_000);
+
+  it("catches an output sink writing without the expected-sequence condition (invariant epoch) within 100 seeds", async () => {
+    const safety = { ...allSafety, outputExpectSequence: false };
+    const r = await firstViolation(safety, 100, 1, "output-stream");
+    expect(r, "no violation within 100 seeds").not.toBeNull();
+    expect(r!.violations.map((v) => v.invariant)).toEqual(expect.arrayContaining(["epoch"]));
+    const again = await runSeed(r!.seed, { safety, sink: "output-stream" });
+    expect(again.violations[0]).toEqual(r!.violations[0]);
   }, 120_000);
 
   // Seeds that once broke an invariant, kept as regressions.
