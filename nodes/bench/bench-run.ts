@@ -6,7 +6,7 @@ import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import type { ClusterFile } from "../cli/cluster-file.js";
-import { down, up } from "../cli/local-cluster.js";
+import { down, type UpOptions, up } from "../cli/local-cluster.js";
 import { StealMeter } from "./host-cpu.js";
 import type { Rate } from "./publish-rates.js";
 
@@ -60,7 +60,10 @@ export class BenchRun {
   /** Starts a local cluster in `<dir>/<name>`, runs `fn` on it, and stops and removes it. */
   async withCluster<T>(
     name: string,
-    opts: { workers: number; coordinators: number; config: SluiceConfig; portBase: number },
+    opts: { workers: number; coordinators: number; config: SluiceConfig; portBase: number } & Pick<
+      UpOptions,
+      "sink" | "postgresUrl"
+    >,
     fn: (c: ClusterFile) => Promise<T>,
   ): Promise<T> {
     const d = join(this.s.dir, name);

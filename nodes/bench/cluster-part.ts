@@ -17,7 +17,7 @@ import {
   scaleOutTrials,
   workerKillTrials,
 } from "./cluster-trials.js";
-import { naiveEndToEndRate, sluiceEndToEndRate } from "./end-to-end.js";
+import { naiveEndToEndRate, naiveSqlite, publishOnlyRate, sluiceEndToEndRate } from "./end-to-end.js";
 import { stealText } from "./host-cpu.js";
 import { type Latency, publishToCommitLatency } from "./latency-memory.js";
 import type { Rate } from "./publish-rates.js";
@@ -25,6 +25,8 @@ import type { Rate } from "./publish-rates.js";
 export interface ClusterResult {
   naive: Rate;
   sluice: Rate;
+  /** The producer alone into an R3 stream of the same layout, same cluster. */
+  publish: Rate;
   latency: Latency;
   kills: number[];
   scale: ScaleOutTrial[];
@@ -43,19 +45,21 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
       const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink, pipeline: "demo" };
       try {
         await waitSettled(nc, clusterCfg, sink, 60_000);
-        const { naive, sluice } = await run.measuringSteal("end_to_end", async () => {
+        const { naive, sluice, publish } = await run.measuringSteal("end_to_end", async () => {
           // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
           const naive = await naiveEndToEndRate(
             nc,
-            join(c.dir, "naive.db"),
+            naiveSqlite(join(c.dir, "naive.db")),
             run.s.quick ? 2_000 : 20_000,
             "n1",
             3,
           );
           run.log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
+          const publish = await publishOnlyRate(nc, e2eRecords, "sqlite");
+          run.log(`producer alone into an R3 stream: ${Math.round(publish.perSecond)}/s`);
           const sluice = await sluiceEndToEndRate(nc, "demo", sink, e2eRecords, "e2e");
-          run.log(`sluice: ${Math.round(sluice.perSecond)}/s end to end`);
-          return { naive, sluice };
+          run.log(`sluice: ${Math.round(sluice.perSecond)}/s end to end into SQLite`);
+          return { naive, sluice, publish };
         });
         const latencyRate = run.s.quick ? 2_000 : 5_000;
         const latency = await run.measuringSteal("latency", () =>
@@ -98,7 +102,7 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
           run.log(
             `host CPU steal: worker kills ${stealText(run.steal.worker_kill)}, scale-outs ${stealText(run.steal.scale_out)}, leader kills ${stealText(run.steal.leader_kill)}`,
           );
-          return { naive, sluice, latency, kills, scale, leader };
+          return { naive, sluice, publish, latency, kills, scale, leader };
         } finally {
           load.kill("SIGKILL");
         }

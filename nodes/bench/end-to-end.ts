@@ -13,14 +13,20 @@ import {
 } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
+import pg from "pg";
 import { encodeRecord, payloadJson } from "../../shared/contract/codec.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
-import { Headers } from "../../shared/contract/wire.js";
+import {
+  Headers,
+  inputStream,
+  inputStreamSubjects,
+  inputStreamTransform,
+} from "../../shared/contract/wire.js";
 import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
 import { Producer, type PublishResult } from "../../shared/producer/producer.js";
 import { countCommitted } from "../cli/verify.js";
 import { waitUntil } from "../cli/wait.js";
-import type { Rate } from "./publish-rates.js";
+import { makeRecords, producerRate, type Rate } from "./publish-rates.js";
 
 const rate = (records: number, ms: number): Rate => ({
   records,
@@ -67,10 +73,57 @@ export async function sluiceEndToEndRate(
   return rate(count, performance.now() - t0);
 }
 
-/** The naive pipeline, publisher and consumer running at once in this process. */
+/** Where the naive pipeline writes: one statement per record, awaited before the ack. */
+export interface NaiveStore {
+  insert(r: { recordId: string; key: string; sourceSeq: number; payload: string }): void | Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The naive pipeline's SQLite table. */
+export function naiveSqlite(dbPath: string): NaiveStore {
+  const db = new Database(dbPath);
+  db.pragma("journal_mode = WAL");
+  db.pragma("synchronous = NORMAL");
+  db.exec(`CREATE TABLE IF NOT EXISTS naive (
+    row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL,
+    source_seq INTEGER NOT NULL, payload TEXT NOT NULL, committed_at INTEGER NOT NULL)`);
+  const insert = db.prepare(
+    "INSERT INTO naive (record_id, key, source_seq, payload, committed_at) VALUES (?, ?, ?, ?, ?)",
+  );
+  return {
+    insert: (r) => void insert.run(r.recordId, r.key, r.sourceSeq, r.payload, Date.now()),
+    close: async () => {
+      db.close();
+    },
+  };
+}
+
+/** The naive pipeline's PostgreSQL table, one INSERT per record over one connection. */
+export async function naivePostgres(url: string): Promise<NaiveStore> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  await client.query(`CREATE TABLE IF NOT EXISTS naive (
+    row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, record_id text NOT NULL, key text NOT NULL,
+    source_seq bigint NOT NULL, payload jsonb NOT NULL, committed_at bigint NOT NULL)`);
+  return {
+    insert: async (r) => {
+      await client.query(
+        "INSERT INTO naive (record_id, key, source_seq, payload, committed_at) VALUES ($1, $2, $3, $4, $5)",
+        [r.recordId, r.key, r.sourceSeq, r.payload, Date.now()],
+      );
+    },
+    close: () => client.end(),
+  };
+}
+
+/**
+ * The naive pipeline, publisher and consumer running at once in this process: `js.publish()`
+ * per record, each awaited; a consumer that writes each record with its own statement and acks
+ * it once the statement returned.
+ */
 export async function naiveEndToEndRate(
   nc: NatsConnection,
-  dbPath: string,
+  store: NaiveStore,
   count: number,
   prefix: string,
   replicas: number,
@@ -91,25 +144,13 @@ export async function naiveEndToEndRate(
     deliver_policy: DeliverPolicy.All,
     max_ack_pending: 1_000,
   });
-  const db = new Database(dbPath);
-  db.pragma("journal_mode = WAL");
-  db.pragma("synchronous = NORMAL");
-  db.exec(`CREATE TABLE IF NOT EXISTS naive (
-    row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL,
-    source_seq INTEGER NOT NULL, payload TEXT NOT NULL, committed_at INTEGER NOT NULL)`);
-  const insert = db.prepare(
-    "INSERT INTO naive (record_id, key, source_seq, payload, committed_at) VALUES (?, ?, ?, ?, ?)",
-  );
   const js = jetstream(nc, { timeout: 10_000 });
   const consumer = await js.consumers.get(name, "naive");
   const t0 = performance.now();
   let inserted = 0;
-  let finish: () => void = () => undefined;
-  const finished = new Promise<void>((r) => {
-    finish = r;
-  });
-  const messages = await consumer.consume({
-    callback: (m) => {
+  const messages = await consumer.consume();
+  const consuming = (async () => {
+    for await (const m of messages) {
       const r = decodeRecord({
         seq: m.seq,
         deliverySeq: m.info.deliverySequence,
@@ -120,17 +161,16 @@ export async function naiveEndToEndRate(
         token: m,
       });
       if (r.ok)
-        insert.run(
-          r.record.recordId,
-          r.record.key,
-          r.record.sourceSeq,
-          payloadJson(r.record.value),
-          Date.now(),
-        );
+        await store.insert({
+          recordId: r.record.recordId,
+          key: r.record.key,
+          sourceSeq: r.record.sourceSeq,
+          payload: payloadJson(r.record.value),
+        });
       m.ack();
-      if (++inserted >= count) finish();
-    },
-  });
+      if (++inserted >= count) return;
+    }
+  })();
   // The naive producer awaits each record's PubAck before sending the next.
   for (let i = 0; i < count; i++) {
     const id = `${prefix}-${i}`;
@@ -141,14 +181,38 @@ export async function naiveEndToEndRate(
   }
   let timer: ReturnType<typeof setTimeout> | undefined;
   await Promise.race([
-    finished,
+    consuming,
     new Promise((_, reject) => {
       timer = setTimeout(() => reject(new Error("naive pipeline timed out")), 300_000);
     }),
   ]).finally(() => clearTimeout(timer));
   const ms = performance.now() - t0;
   await messages.close().catch(() => undefined);
-  db.close();
+  await store.close();
   await jsm.streams.delete(name).catch(() => false);
   return rate(inserted, ms);
+}
+
+/**
+ * The producer alone, at its full speed, into an R3 stream of the same layout as a pipeline's
+ * (ingest subjects partitioned by the stream's subject transform) on the same cluster: what the
+ * end-to-end rates are measured against.
+ */
+export async function publishOnlyRate(nc: NatsConnection, count: number, prefix: string): Promise<Rate> {
+  const p = { name: `pub_${prefix}`, shards: 16, streams: "shared" as const };
+  const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+  const transform = inputStreamTransform(p);
+  await jsm.streams.add({
+    name: inputStream(p, 0),
+    subjects: [inputStreamSubjects(p, 0)],
+    num_replicas: 3,
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    ...(transform ? { subject_transform: transform } : {}),
+  });
+  try {
+    return await producerRate(nc, p.name, makeRecords(prefix, count));
+  } finally {
+    await jsm.streams.delete(inputStream(p, 0)).catch(() => false);
+  }
 }

@@ -14,6 +14,7 @@ import { measureCluster } from "./cluster-part.js";
 import { measureDurability } from "./durability-part.js";
 import { measureMemory } from "./memory-part.js";
 import { buildReport, reportTable } from "./report.js";
+import { measureSinks } from "./sinks-part.js";
 import { measureThroughput } from "./throughput-part.js";
 
 const int = (name: string) => intOption(name, 1);
@@ -60,6 +61,7 @@ const throughput = await measureThroughput(run);
 const cluster = await measureCluster(run);
 const memory = await measureMemory(run);
 const durability = await measureDurability(run);
+const sinks = await measureSinks(run);
 const results = {
   settings: run.s,
   startedAt,
@@ -68,6 +70,7 @@ const results = {
   cluster,
   memory,
   durability,
+  sinks,
   steal: run.steal,
 };
 const report = buildReport(results);

@@ -9,6 +9,7 @@ import type { ClusterResult } from "./cluster-part.js";
 import type { DurabilityResult } from "./durability-part.js";
 import { stealText } from "./host-cpu.js";
 import type { MemoryResult } from "./memory-part.js";
+import type { SinksResult } from "./sinks-part.js";
 import type { ThroughputResult } from "./throughput-part.js";
 
 export interface BenchReport {
@@ -28,6 +29,12 @@ export interface BenchReport {
     e2e_vs_naive: number;
     /** The producer into an R3 stream with fsync before each PubAck, against without. */
     producer_fsync_vs_replicated: number;
+    /** End to end into each sink against the producer alone into an R3 stream, same cluster. */
+    e2e_sqlite_vs_publish_r3: number;
+    e2e_postgres_vs_publish_r3: number;
+    e2e_jetstream_vs_publish_r3: number;
+    /** End to end into PostgreSQL against a naive pipeline (a statement and an ack per record). */
+    e2e_postgres_vs_naive: number;
   };
   throughput: {
     js_publish_r1_per_s: number;
@@ -45,6 +52,12 @@ export interface BenchReport {
     null_sink_start_spread_s: number;
     naive_e2e_per_s: number;
     sluice_e2e_per_s: number;
+    publish_r3_sqlite_cluster_per_s: number;
+    postgres_e2e_per_s: number;
+    publish_r3_postgres_cluster_per_s: number;
+    naive_postgres_e2e_per_s: number;
+    jetstream_e2e_per_s: number;
+    publish_r3_jetstream_cluster_per_s: number;
   };
   durability: {
     producer_replicated_per_s: number;
@@ -117,6 +130,7 @@ export interface BenchResults {
   cluster: ClusterResult;
   memory: MemoryResult;
   durability: DurabilityResult;
+  sinks: SinksResult;
   steal: Record<string, number | null>;
 }
 
@@ -158,6 +172,19 @@ export function buildReport(r: BenchResults): BenchReport {
         r.durability.fsync.perSecond / r.durability.replicated.perSecond,
         2,
       ),
+      e2e_sqlite_vs_publish_r3: round(cluster.sluice.perSecond / cluster.publish.perSecond, 2),
+      e2e_postgres_vs_publish_r3: round(
+        r.sinks.postgres.e2e.perSecond / r.sinks.postgres.publish.perSecond,
+        2,
+      ),
+      e2e_jetstream_vs_publish_r3: round(
+        r.sinks.jetstream.e2e.perSecond / r.sinks.jetstream.publish.perSecond,
+        2,
+      ),
+      e2e_postgres_vs_naive: round(
+        r.sinks.postgres.e2e.perSecond / (r.sinks.postgres.naive?.perSecond ?? Number.NaN),
+        2,
+      ),
     },
     throughput: {
       js_publish_r1_per_s: Math.round(r1.js.perSecond),
@@ -174,6 +201,12 @@ export function buildReport(r: BenchResults): BenchReport {
       null_sink_start_spread_s: round(t.worker.startSpreadS ?? 0),
       naive_e2e_per_s: Math.round(cluster.naive.perSecond),
       sluice_e2e_per_s: Math.round(cluster.sluice.perSecond),
+      publish_r3_sqlite_cluster_per_s: Math.round(cluster.publish.perSecond),
+      postgres_e2e_per_s: Math.round(r.sinks.postgres.e2e.perSecond),
+      publish_r3_postgres_cluster_per_s: Math.round(r.sinks.postgres.publish.perSecond),
+      naive_postgres_e2e_per_s: Math.round(r.sinks.postgres.naive?.perSecond ?? 0),
+      jetstream_e2e_per_s: Math.round(r.sinks.jetstream.e2e.perSecond),
+      publish_r3_jetstream_cluster_per_s: Math.round(r.sinks.jetstream.publish.perSecond),
     },
     durability: {
       producer_replicated_per_s: Math.round(r.durability.replicated.perSecond),
@@ -285,6 +318,30 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${th.sluice_e2e_per_s}/s vs ${th.naive_e2e_per_s}/s`,
       `${ratios.e2e_vs_naive}x`,
       ">= 5x",
+    ],
+    [
+      "end to end into SQLite vs the producer alone into R3 (same cluster)",
+      `${th.sluice_e2e_per_s}/s vs ${th.publish_r3_sqlite_cluster_per_s}/s`,
+      `${ratios.e2e_sqlite_vs_publish_r3}x`,
+      "",
+    ],
+    [
+      "end to end into PostgreSQL vs naive (INSERT and ack per record)",
+      `${th.postgres_e2e_per_s}/s vs ${th.naive_postgres_e2e_per_s}/s`,
+      `${ratios.e2e_postgres_vs_naive}x`,
+      ">= 10x",
+    ],
+    [
+      "end to end into PostgreSQL vs the producer alone into R3 (same cluster)",
+      `${th.postgres_e2e_per_s}/s vs ${th.publish_r3_postgres_cluster_per_s}/s`,
+      `${ratios.e2e_postgres_vs_publish_r3}x`,
+      ">= 0.5x",
+    ],
+    [
+      "end to end into a JetStream output stream vs the producer alone into R3",
+      `${th.jetstream_e2e_per_s}/s vs ${th.publish_r3_jetstream_cluster_per_s}/s`,
+      `${ratios.e2e_jetstream_vs_publish_r3}x`,
+      "",
     ],
     [
       "producer into R3 with fsync before each PubAck vs without",

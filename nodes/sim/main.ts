@@ -55,7 +55,11 @@ if (!isMainThread) {
     .option("--start <s>", "first seed", int, 1)
     .option("--seed <x>", "replay one seed and print its trace", int)
     .option("--threads <t>", "worker threads", int, Math.min(2, availableParallelism()))
-    .option("--sink <s>", "memory (a transactional sink) or output-stream (the JetStream output sink)", "memory")
+    .option(
+      "--sink <s>",
+      "memory (a transactional sink) or output-stream (the JetStream output sink)",
+      "memory",
+    )
     .parse(process.argv)
     .opts<{ seeds: number; start: number; seed?: number; threads: number; sink: string }>();
   if (o.sink !== "memory" && o.sink !== "output-stream")

@@ -42,7 +42,11 @@ describe("the per-shard circuit breaker (pure, explicit time)", () => {
   });
 
   it("never decides to skip: every state says when to try next", () => {
-    const states: BreakerState[] = [closedBreaker, { kind: "half-open", opened: 2 }, { kind: "open", since: 0, coolDownMs: 10_000, opened: 4 }];
+    const states: BreakerState[] = [
+      closedBreaker,
+      { kind: "half-open", opened: 2 },
+      { kind: "open", since: 0, coolDownMs: 10_000, opened: 4 },
+    ];
     for (const s of states) {
       const g = mayTry(s, 5);
       expect(g.ok || g.waitMs > 0).toBe(true);

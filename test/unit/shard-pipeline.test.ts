@@ -415,8 +415,7 @@ describe("ShardPipeline: a sink that fails for a while", () => {
     attempts = 0;
     override async commit(...args: Parameters<MemorySink["commit"]>): ReturnType<MemorySink["commit"]> {
       this.attempts++;
-      if (this.down)
-        throw new SluiceError(ErrorCode.Unavailable, "database restarting", { retryable: true });
+      if (this.down) throw new SluiceError(ErrorCode.Unavailable, "database restarting", { retryable: true });
       return super.commit(...args);
     }
   }
@@ -448,7 +447,12 @@ describe("ShardPipeline: a sink that fails for a while", () => {
     expect((await sink.checkpoint(REF)).seq).toBe(0);
     expect(retries.some((r) => r.breaker === "open")).toBe(true);
     sink.down = false;
-    await waitUntil("the checkpoint at 6", 5_000, async () => ((await sink.checkpoint(REF)).seq >= 6 ? true : undefined), 2);
+    await waitUntil(
+      "the checkpoint at 6",
+      5_000,
+      async () => ((await sink.checkpoint(REF)).seq >= 6 ? true : undefined),
+      2,
+    );
     await p.drain();
     await run;
     expect(committedIds(sink)).toEqual(ids(6));
