@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what sluice needs on a Debian machine with Node.js >= 20.19: a current nats-server
 # (deploy/nats/install-nats-server.sh, into deploy/nats/bin/ only), a C++ toolchain for
-# better-sqlite3, Chromium for the dashboard test, the npm dependencies, and the compiled
-# sources. Idempotent.
+# better-sqlite3, Chromium for the dashboard test, PostgreSQL's server binaries, the npm
+# dependencies, and the compiled sources. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,9 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Headless browser of the dashboard's integration test (driven by playwright-core).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# PostgreSQL server binaries: `sluice up --sink postgres` and the tests start private servers
+# from them (initdb under the cluster's folder); the package's own system cluster is unused.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] installing ${missing[*]} with apt-get"
   as_root apt-get update -qq

@@ -1,19 +1,19 @@
 /**
  * A private PostgreSQL server for a local cluster (`sluice up --sink postgres` without a URL)
  * and for tests: Debian's `postgresql` binaries, `initdb` under the cluster directory, its own
- * port on 127.0.0.1 (no Unix socket), stopped by `sluice down`. As root it runs under a uid of
- * its own (PostgreSQL refuses to run as root), keeping one capability, `dac_read_search`, to
- * reach a data directory inside a private (0700) folder.
+ * port on 127.0.0.1 (no Unix socket), stopped by `sluice down`. As root it runs as Debian's
+ * `postgres` user (PostgreSQL refuses to run as root, and `initdb` needs a user that exists),
+ * keeping one capability, `dac_read_search`, to reach a data directory inside a private (0700)
+ * folder.
  */
 import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { userInfo } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import { logTail, spawnLogged } from "./node-processes.js";
 
-/** The uid the server runs as when sluice runs as root. */
-const POSTGRES_UID = 61_100;
 export const POSTGRES_USER = "sluice";
 export const POSTGRES_DATABASE = "sluice";
 
@@ -27,18 +27,37 @@ export function postgresBinDir(): string | null {
   return majors[0] ? join(root, majors[0], "bin") : null;
 }
 
-const runAsUid = (): number | null =>
-  process.getuid?.() === 0 && existsSync("/usr/bin/setpriv") ? POSTGRES_UID : null;
+/** Who the server runs as: Debian's `postgres` user when sluice runs as root, else nobody else. */
+function runAs(): { uid: number; gid: number } | null {
+  if (process.getuid?.() !== 0) return null;
+  let uid: number;
+  let gid: number;
+  try {
+    uid = Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }).trim());
+    gid = Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }).trim());
+  } catch {
+    throw new SluiceError(
+      ErrorCode.ClusterFailure,
+      `running as ${userInfo().username}, PostgreSQL needs a user of its own: Debian's 'postgres' user (apt-get install postgresql) is missing`,
+    );
+  }
+  if (!existsSync("/usr/bin/setpriv"))
+    throw new SluiceError(
+      ErrorCode.ClusterFailure,
+      "running as root needs setpriv (util-linux) to start PostgreSQL",
+    );
+  return { uid, gid };
+}
 
 /** `cmd args…` as the server's uid when running as root (see the module comment). */
 function asServerUser(cmd: string, args: string[]): [string, string[]] {
-  const uid = runAsUid();
-  if (uid === null) return [cmd, args];
+  const as = runAs();
+  if (as === null) return [cmd, args];
   return [
     "setpriv",
     [
-      `--reuid=${uid}`,
-      `--regid=${uid}`,
+      `--reuid=${as.uid}`,
+      `--regid=${as.gid}`,
       "--clear-groups",
       "--inh-caps=+dac_read_search",
       "--ambient-caps=+dac_read_search",
@@ -48,12 +67,12 @@ function asServerUser(cmd: string, args: string[]): [string, string[]] {
   ];
 }
 
-function chownTree(path: string, uid: number): void {
-  chownSync(path, uid, uid);
+function chownTree(path: string, as: { uid: number; gid: number }): void {
+  chownSync(path, as.uid, as.gid);
   for (const e of readdirSync(path, { withFileTypes: true })) {
     const p = join(path, e.name);
-    if (e.isDirectory()) chownTree(p, uid);
-    else chownSync(p, uid, uid);
+    if (e.isDirectory()) chownTree(p, as);
+    else chownSync(p, as.uid, as.gid);
   }
 }
 
@@ -84,10 +103,10 @@ export async function startPostgres(o: {
       ErrorCode.ClusterFailure,
       "PostgreSQL is not installed: apt-get install postgresql (Debian's package; its service need not run)",
     );
-  const uid = runAsUid();
+  const as = runAs();
   if (!existsSync(join(o.dataDir, "PG_VERSION"))) {
     mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
-    if (uid !== null) chownTree(o.dataDir, uid);
+    if (as !== null) chownTree(o.dataDir, as);
     const [cmd, args] = asServerUser(join(bin, "initdb"), [
       "-D",
       o.dataDir,
@@ -117,7 +136,7 @@ export async function startPostgres(o: {
         "",
       ].join("\n"),
     );
-    if (uid !== null) chownTree(o.dataDir, uid);
+    if (as !== null) chownTree(o.dataDir, as);
   }
   const [cmd, args] = asServerUser(join(bin, "postgres"), ["-D", o.dataDir]);
   const child = spawnLogged(cmd, args, o.log);

@@ -8,6 +8,7 @@ import type { AssignmentEntry } from "../../shared/contract/ownership.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
 import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/contract/wire.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
+import { type SinkHealth, sinkHealth } from "../../shared/core/sink-health.js";
 import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/runtime/coordinator-runtime.js";
 
 export interface ShardStatus {
@@ -21,17 +22,6 @@ export interface ShardStatus {
   fencedEpoch: number;
   /** Messages of this shard not yet acked by the owner's consumer; null when unknown. */
   lag: number | null;
-}
-
-/** Whether the sink answers, and the shards whose commits keep failing on their workers. */
-export interface SinkHealth {
-  /** The sink answered the status read of its checkpoints. */
-  reachable: boolean;
-  error: string | null;
-  /** Shard -> the worker reporting it, since when (ms ago), why, and its circuit breaker. */
-  trouble: Record<string, { worker: string; sinceMsAgo: number; error: string; breaker: string }>;
-  /** False when the sink is unreachable or any shard cannot commit. */
-  healthy: boolean;
 }
 
 export interface StatusReport {
@@ -70,11 +60,6 @@ export async function gatherStatus(
     // The sink did not answer: every checkpoint reads as 0, and the sink as unhealthy.
     sinkError = (err as Error).message;
   }
-  const trouble: SinkHealth["trouble"] = {};
-  const now = Date.now();
-  for (const [worker, m] of Object.entries(view?.members ?? {}))
-    for (const [shard, t] of Object.entries(m.sinkTrouble ?? {}))
-      trouble[shard] = { worker, sinceMsAgo: Math.max(0, now - t.since), error: t.error, breaker: t.breaker };
   const shards: ShardStatus[] = [];
   for (const p of cfg.pipelines) {
     const names = new Map<string, Promise<string[]>>();
@@ -125,12 +110,7 @@ export async function gatherStatus(
     leader,
     view,
     shards,
-    sink: {
-      reachable: sinkError === null,
-      error: sinkError,
-      trouble,
-      healthy: sinkError === null && Object.keys(trouble).length === 0,
-    },
+    sink: sinkHealth(view?.members ?? {}, sinkError, Date.now()),
   };
 }
 

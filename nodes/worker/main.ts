@@ -104,6 +104,7 @@ const runtime = new WorkerRuntime({
   shardsOf: (pipeline) => opts.config.pipelines.find((p) => p.name === pipeline)?.shards,
   onBatchStart: (r) => metrics.batchStarted(r),
   onHistoryMismatch: (r) => metrics.historyMismatch(r.ref),
+  onCommitRetry: (r) => metrics.commitRetry(r),
   onLeaseEvent: (e) => metrics.lease(e, parseShardKey(e.shard)),
   onBatch: (r) => {
     metrics.batchCommitted(r);

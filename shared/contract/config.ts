@@ -29,6 +29,11 @@ export const SinkSchema = z.discriminatedUnion("type", [
     poolSize: z.number().int().min(1).max(100).default(8),
     /** Longest a statement may run before the commit fails and is retried, ms. */
     statementTimeoutMs: z.number().int().min(100).default(10_000),
+    /**
+     * Longest the server keeps a worker's transaction open while waiting for its next statement,
+     * ms: a worker frozen mid-commit loses its transaction (and its shard's row lock) after this.
+     */
+    idleInTransactionTimeoutMs: z.number().int().min(100).default(2_000),
   }),
   z.object({
     type: z.literal("jetstream"),

@@ -6,11 +6,13 @@
  * redelivery that the sink's rules skip.
  *
  * A commit that fails for a reason a retry can cure (the sink's database restarting, a killed
- * connection, a timeout) is tried again with the same batch, on the scheduler's clock, for as
- * long as the lease stays confirmed: the shard stalls, it never skips. The shard's circuit
+ * connection, a timeout) is tried again with the same batch (p-retry, waiting on the scheduler's
+ * clock), for as long as the lease stays confirmed: the shard stalls, it never skips. The shard's circuit
  * breaker (`core/circuit-breaker.ts`) paces the attempts, so a sink that keeps failing is not
  * hammered by every shard at once.
  */
+
+import pRetry, { AbortError } from "p-retry";
 import { messageFingerprint } from "../contract/codec.js";
 import { ErrorCode, isSluiceError } from "../contract/errors.js";
 import type { ShardRef } from "../contract/ownership.js";
@@ -58,6 +60,9 @@ export interface CommitterHooks {
 export type CommitDone = { ok: true; commitMs: number };
 /** The run must end. */
 export type CommitEnd = { ok: false; outcome: RunOutcome };
+
+/** The gate of a shard without a breaker. */
+const OPEN = { ok: true } as const;
 
 /** Between attempts at one commit: 50 ms doubling to 2 s (the breaker adds its cool-down). */
 const retryDelayMs = (attempt: number): number => Math.min(2_000, 50 * 2 ** Math.min(6, attempt - 1));
@@ -109,28 +114,31 @@ export class BatchCommitter {
       const fingerprint = messageFingerprint(last);
       const reconciling = this.guard.reconciling;
       let t0 = this.hooks.now();
-      let res: CommitResult | undefined;
-      for (let attempt = 1; res === undefined; attempt++) {
-        const b = this.hooks.breaker;
-        const gate = b ? mayTry(b.get(), this.hooks.now()) : { ok: true as const };
-        if (!gate.ok) {
-          await this.wait(gate.waitMs);
-          if (this.hooks.stopping?.()) {
-            outcome = { type: "failed", reason: "stopped while the sink was unavailable" };
-            return { ok: false, outcome };
+      const b = this.hooks.breaker;
+      // Whether a failed attempt is tried again: only a retryable error, only while the lease
+      // is not stopping, only where the scheduler can wait.
+      const retrying = (err: unknown): boolean =>
+        isSluiceError(err) && err.retryable && this.hooks.sleep !== undefined && !this.hooks.stopping?.();
+      const end = (o: RunOutcome): never => {
+        outcome = o;
+        throw new AbortError(o.type);
+      };
+      // p-retry drives the attempts but sleeps nothing itself (`maxTimeout: 0`): every wait is
+      // on the scheduler's clock, so the simulator's virtual time paces the retries too.
+      const res: CommitResult = await pRetry(
+        async () => {
+          for (let gate = b ? mayTry(b.get(), this.hooks.now()) : OPEN; !gate.ok; ) {
+            await this.wait(gate.waitMs);
+            if (this.hooks.stopping?.())
+              end({ type: "failed", reason: "stopped while the sink was unavailable" });
+            gate = b ? mayTry(b.get(), this.hooks.now()) : OPEN;
           }
-          continue;
-        }
-        if (b) b.set(onTry(b.get(), this.hooks.now()));
-        // The last moment before the commit leaves this process: a pause may have passed while
-        // pulling, dead-lettering or waiting for the sink, so the lease is checked here.
-        if (!this.hooks.leaseFresh()) {
-          outcome = { type: "stale" };
-          return { ok: false, outcome };
-        }
-        t0 = this.hooks.now();
-        try {
-          res = await bt.commit(() =>
+          if (b) b.set(onTry(b.get(), this.hooks.now()));
+          // The last moment before the commit leaves this process: a pause may have passed while
+          // pulling, dead-lettering or waiting for the sink, so the lease is checked here.
+          if (!this.hooks.leaseFresh()) end({ type: "stale" });
+          t0 = this.hooks.now();
+          const r = await bt.commit(() =>
             this.sink.commit(
               this.ref,
               this.epoch,
@@ -141,20 +149,27 @@ export class BatchCommitter {
             ),
           );
           if (b) b.set(onSuccess(b.get()));
-        } catch (err) {
-          const retry = isSluiceError(err) && err.retryable && !this.hooks.stopping?.() && this.hooks.sleep;
-          if (!retry) throw err;
-          if (b) b.set(onFailure(b.get(), this.hooks.now()));
-          this.hooks.onCommitRetry?.({
-            ref: this.ref,
-            epoch: this.epoch,
-            attempt,
-            error: (err as Error).message,
-            breaker: b?.get() ?? { kind: "closed", failures: attempt },
-          });
-          await this.wait(retryDelayMs(attempt));
-        }
-      }
+          return r;
+        },
+        {
+          retries: Number.POSITIVE_INFINITY,
+          minTimeout: 0,
+          maxTimeout: 0,
+          shouldRetry: ({ error }) => retrying(error),
+          onFailedAttempt: async ({ error, attemptNumber }) => {
+            if (!retrying(error)) return;
+            if (b) b.set(onFailure(b.get(), this.hooks.now()));
+            this.hooks.onCommitRetry?.({
+              ref: this.ref,
+              epoch: this.epoch,
+              attempt: attemptNumber,
+              error: error.message,
+              breaker: b?.get() ?? { kind: "closed", failures: attemptNumber },
+            });
+            await this.wait(retryDelayMs(attemptNumber));
+          },
+        },
+      );
       this.guard.committed(last, toWrite);
       bt.settle(this.ref.pipeline, () => feed.ack(last));
       const commitMs = this.hooks.now() - t0;
@@ -171,6 +186,8 @@ export class BatchCommitter {
       });
       return { ok: true, commitMs };
     } catch (err) {
+      // A stale lease or a stop ended the attempts (see `end`).
+      if (outcome) return { ok: false, outcome };
       if (isSluiceError(err, ErrorCode.Fenced)) {
         outcome = {
           type: "fenced",

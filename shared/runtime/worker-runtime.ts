@@ -51,7 +51,13 @@ export interface WorkerDeps extends PipelinePorts {
   onBatchStart?(r: BatchStartReport): void;
   onHistoryMismatch?(r: HistoryMismatchReport): void;
   onLeaseEvent?(e: LeaseEventReport): void;
-  onCommitRetry?(r: { ref: ShardRef; attempt: number; error: string; breaker: BreakerState }): void;
+  onCommitRetry?(r: {
+    ref: ShardRef;
+    epoch: number;
+    attempt: number;
+    error: string;
+    breaker: BreakerState;
+  }): void;
 }
 
 export interface LeaseEventReport {

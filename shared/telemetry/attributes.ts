@@ -144,6 +144,10 @@ export const MetricNames = {
    * checkpoint's record at its sequence (a JetStream replica diverged) and reconciled by record id.
    */
   historyMismatches: "sluice_history_mismatches_total",
+  /** Counter {pipeline, shard}: sink commits that failed for a retryable reason and are tried again. */
+  commitRetries: "sluice_commit_retries_total",
+  /** Gauge {pipeline, shard}: the shard's circuit breaker, 0 closed, 1 half-open, 2 open. */
+  shardCircuit: "sluice_shard_circuit_state",
   /** Histogram {pipeline}, seconds: a worker's sink commit round trip. */
   commitDuration: "sluice_commit_duration_seconds",
   /** Histogram {pipeline}, records per committed batch. */

@@ -42,7 +42,11 @@ interface ShardGauges {
   epoch: number;
   lag?: number;
   committedSeq?: number;
+  /** The shard's circuit breaker: 0 closed, 1 half-open, 2 open. */
+  circuit?: number;
 }
+
+const CIRCUIT_LEVEL = { closed: 0, "half-open": 1, open: 2 } as const;
 
 /** Worker: records in/committed/dead-lettered, commit latency, batch size, per-shard gauges. */
 export class WorkerMetrics {
@@ -50,6 +54,7 @@ export class WorkerMetrics {
   private readonly committed: Counter;
   private readonly deadLettered: Counter;
   private readonly historyMismatches: Counter;
+  private readonly commitRetries: Counter;
   private readonly commitSeconds: Histogram;
   private readonly batchRecords: Histogram;
   /** Shards whose lease runs here, key `P.shard`: only these report gauges. */
@@ -70,6 +75,9 @@ export class WorkerMetrics {
     });
     this.historyMismatches = meter.createCounter(MetricNames.historyMismatches, {
       description: "Acquisitions whose checkpoint record was not at its sequence; reconciled by record id",
+    });
+    this.commitRetries = meter.createCounter(MetricNames.commitRetries, {
+      description: "Sink commits that failed for a retryable reason and are tried again",
     });
     this.commitSeconds = meter.createHistogram(MetricNames.commitDuration, {
       description: "Sink commit round trip of a batch, seconds",
@@ -101,6 +109,11 @@ export class WorkerMetrics {
       })
       .addCallback(observe((g) => g.committedSeq));
     meter
+      .createObservableGauge(MetricNames.shardCircuit, {
+        description: "The shard's circuit breaker: 0 closed, 1 half-open, 2 open",
+      })
+      .addCallback(observe((g) => g.circuit));
+    meter
       .createObservableGauge(MetricNames.shardEpoch, { description: "Epoch of the shard's lease run here" })
       .addCallback(observe((g) => g.epoch));
   }
@@ -115,6 +128,7 @@ export class WorkerMetrics {
         this.recordsIn.add(0, labels);
         this.committed.add(0, labels);
         this.deadLettered.add(0, labels);
+        this.commitRetries.add(0, labels);
       }
       g = { ref, epoch };
       this.shards.set(key, g);
@@ -142,7 +156,14 @@ export class WorkerMetrics {
     this.batchRecords.record(r.committed + r.skipped + r.deadLettered, perPipeline);
     const g = this.gauges(r.ref, r.epoch);
     g.committedSeq = r.checkpoint;
+    g.circuit = CIRCUIT_LEVEL.closed;
     if (r.pending !== undefined) g.lag = r.pending;
+  }
+
+  /** A commit failed and will be tried again; `breaker` is the shard's breaker after it. */
+  commitRetry(r: { ref: ShardRef; epoch: number; breaker: { kind: keyof typeof CIRCUIT_LEVEL } }): void {
+    this.commitRetries.add(1, shardLabels(r.ref));
+    this.gauges(r.ref, r.epoch).circuit = CIRCUIT_LEVEL[r.breaker.kind];
   }
 
   /** The stream's history changed under a shard's checkpoint (see `HistoryMismatchReport`). */

@@ -11,10 +11,11 @@ import {
   type ClusterFile,
   isOurProcess,
   openSinkInspector,
+  readClusterConfig,
   readClusterFile,
 } from "../../nodes/cli/cluster-file.js";
 import { type LoadSummary, runLoad } from "../../nodes/cli/load.js";
-import { down, up } from "../../nodes/cli/local-cluster.js";
+import { down, type UpOptions, up } from "../../nodes/cli/local-cluster.js";
 import { isSettled } from "../../nodes/cli/readiness.js";
 import { gatherStatus, type StatusReport } from "../../nodes/cli/status.js";
 import { countCommitted, type VerifyReport, verify } from "../../nodes/cli/verify.js";
@@ -51,7 +52,12 @@ export async function freePortBase(): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const base = 20_000 + Math.floor(Math.random() * 590) * 10;
     const nodeHttp = Array.from({ length: 10 }, (_, i) => base + 6000 + i);
-    const ports = [...[0, 1, 2].flatMap((i) => [base + i, base + 2000 + i, base + 4000 + i]), ...nodeHttp];
+    // Client, route and monitor ports of three nodes, the nodes' HTTP ports, a private PostgreSQL.
+    const ports = [
+      ...[0, 1, 2].flatMap((i) => [base + i, base + 2000 + i, base + 4000 + i]),
+      ...nodeHttp,
+      base + 7000,
+    ];
     const free = await Promise.all(ports.map(portFree));
     if (free.every(Boolean)) return base;
   }
@@ -79,20 +85,25 @@ export interface TestCluster {
   stop(): Promise<void>;
 }
 
-export async function startTestCluster(opts: {
-  workers?: number;
-  coordinators?: number;
-  config?: SluiceConfig;
-}): Promise<TestCluster> {
+export async function startTestCluster(
+  opts: {
+    workers?: number;
+    coordinators?: number;
+    config?: SluiceConfig;
+  } & Pick<UpOptions, "sink" | "postgresUrl">,
+): Promise<TestCluster> {
   const dir = mkdtempSync(join(tmpdir(), "sluice-it-"));
-  const cfg = opts.config ?? testConfig();
   const c = await up({
     dir,
     workers: opts.workers ?? 3,
     coordinators: opts.coordinators ?? 2,
     portBase: await freePortBase(),
-    config: cfg,
+    config: opts.config ?? testConfig(),
+    ...(opts.sink ? { sink: opts.sink } : {}),
+    ...(opts.postgresUrl ? { postgresUrl: opts.postgresUrl } : {}),
   });
+  // As the nodes read it: with the sink `up` chose.
+  const cfg = readClusterConfig(c);
   const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-test" });
   const sink = openSinkInspector(c, nc);
   let loads = 0;

@@ -5,7 +5,7 @@
  */
 import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import type { Pool } from "pg";
-import { afterAll, beforeAll } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { JetStreamOutputInspector } from "../../shared/adapters/nats/jetstream-output-inspector.js";
 import { JetStreamOutputStore } from "../../shared/adapters/nats/jetstream-output-store.js";
 import { OutputStreamSink } from "../../shared/adapters/sink/output-stream-sink.js";
@@ -39,7 +39,11 @@ afterAll(async () => {
     return p;
   };
   const sink = (): PostgresSink =>
-    new PostgresSink(pool(), { pipelines: [{ name: "demo" }, { name: "orders" }] });
+    new PostgresSink(pool(), {
+      pipelines: [{ name: "demo" }, { name: "orders" }],
+      statementTimeoutMs: 5_000,
+      idleInTransactionTimeoutMs: 2_000,
+    });
   sinkContract("PostgresSink", {
     open: async () => {
       url = await pgServer!.newDatabase(`contract_${++db}`);
@@ -52,6 +56,45 @@ afterAll(async () => {
     },
   });
 }
+
+describe("PostgresSink: a writer frozen inside its transaction", () => {
+  it("loses the transaction and its row lock after idleInTransactionTimeoutMs; the next owner fences at once", async () => {
+    const url = await pgServer!.newDatabase("frozen_writer");
+    const cfg = parseConfig({ sink: { type: "postgres", url } }).sink as never;
+    const pools = [postgresPool(cfg, { max: 2 }), postgresPool(cfg, { max: 2 })];
+    const opts = { pipelines: [{ name: "demo" }], idleInTransactionTimeoutMs: 300 };
+    const [zombie, next] = pools.map((p) => new PostgresSink(p, opts)) as [PostgresSink, PostgresSink];
+    const ref = { pipeline: "demo", shard: 3 };
+    try {
+      await zombie.fence(ref, 1);
+      // The zombie's transaction takes the shard's row lock, then its process stops answering
+      // (as a SIGSTOPped or GC-frozen worker does) for 3 s before its next statement.
+      type Tx = {
+        tx(what: string, fn: (c: { query(q: string): Promise<unknown> }) => Promise<void>): Promise<void>;
+      };
+      const frozen = (zombie as unknown as Tx).tx("commit", async (c) => {
+        await c.query(
+          "SELECT epoch FROM sluice_checkpoints WHERE pipeline = 'demo' AND shard = 3 FOR UPDATE",
+        );
+        await new Promise((r) => setTimeout(r, 3_000));
+        await c.query("SELECT 1");
+      });
+      const failed = frozen.then(
+        () => null,
+        (err: unknown) => err,
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      const t0 = Date.now();
+      expect(await next.fence(ref, 2)).toMatchObject({ epoch: 2 });
+      // Bounded by the timeout (0.3 s), not by the freeze (3 s).
+      expect(Date.now() - t0).toBeLessThan(2_000);
+      expect(await failed).toMatchObject({ code: "UNAVAILABLE", retryable: true });
+      await expect(zombie.commit(ref, 1, "w1", [], 5)).rejects.toMatchObject({ code: "FENCED" });
+    } finally {
+      for (const p of pools) await p.end().catch(() => undefined);
+    }
+  });
+});
 
 {
   const pipelines = [

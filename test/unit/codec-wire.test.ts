@@ -1,7 +1,14 @@
 import { encode as cborEncode } from "cbor-x";
 import { describe, expect, it } from "vitest";
 import { encodeRecord, payloadJson, toJsonText } from "../../shared/contract/codec.js";
-import { allShardKeys, parseConfig, pipelineOf } from "../../shared/contract/config.js";
+import {
+  allShardKeys,
+  describeSink,
+  parseConfig,
+  pipelineOf,
+  redactUrl,
+  sinkOf,
+} from "../../shared/contract/config.js";
 import { ErrorCode, isSluiceError, SluiceError } from "../../shared/contract/errors.js";
 import { parseShardKey, shardKey } from "../../shared/contract/ownership.js";
 import type { SourceMessage } from "../../shared/contract/ports.js";
@@ -342,8 +349,10 @@ describe("parseConfig", () => {
         duplicateWindowMs: 120_000,
         streams: "shared",
         durability: "replicated",
+        tableMode: "append",
       },
     ]);
+    expect(cfg.sink).toEqual({ type: "sqlite" });
     expect(cfg.timing.failureTimeoutMs).toBe(1000);
     expect(cfg.timing.leaderTtlMs).toBe(1500);
     expect(cfg.worker).toMatchObject({ batchMax: 1000, batchMin: 16, targetCommitMs: 100, lingerMs: 5 });
@@ -362,7 +371,31 @@ describe("parseConfig", () => {
       duplicateWindowMs: 120_000,
       streams: "shared",
       durability: "replicated",
+      tableMode: "append",
     });
+  });
+
+  it("names a sink per pipeline or for all, refuses upsert into an output stream, never shows a password", () => {
+    const cfg = parseConfig({
+      sink: { type: "postgres", url: "postgres://app:s3cret@db:5432/ingest", passwordEnv: "PGPASS" },
+      pipelines: [
+        { name: "a" },
+        { name: "b", sink: { type: "jetstream" } },
+        { name: "c", tableMode: "upsert" },
+      ],
+    });
+    expect(sinkOf(cfg, cfg.pipelines[0]!)).toMatchObject({ type: "postgres", poolSize: 8 });
+    expect(sinkOf(cfg, cfg.pipelines[1]!)).toEqual({ type: "jetstream", replicas: 3 });
+    expect(describeSink(cfg.sink)).toBe("postgres postgres://app:***@db:5432/ingest");
+    expect(redactUrl("postgres://u:p@h/d")).not.toContain(":p@");
+    expectSluiceError(
+      () => parseConfig({ sink: { type: "jetstream" }, pipelines: [{ name: "a", tableMode: "upsert" }] }),
+      ErrorCode.InvalidConfig,
+    );
+    expectSluiceError(
+      () => parseConfig({ sink: { type: "postgres", url: "mysql://x" } }),
+      ErrorCode.InvalidConfig,
+    );
   });
 
   it("rejects duplicate pipeline names with INVALID_CONFIG", () => {

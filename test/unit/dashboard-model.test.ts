@@ -43,11 +43,42 @@ function obs(at: number, over: Partial<Observation> = {}): Observation {
       ],
     ]),
     checkpoints: { "demo.0": { epoch: 1, seq: 210 }, "demo.1": null },
+    sinkError: null,
     ...over,
   };
 }
 
 describe("DashboardModel", () => {
+  it("shows the sink unhealthy while a worker reports a shard that cannot commit, or the sink does not answer", () => {
+    const m = new DashboardModel({ self: "c1", shards, failureTimeoutMs: 1000 });
+    expect(m.observe(obs(10_000)).state.sink).toMatchObject({ healthy: true, reachable: true, trouble: {} });
+    const troubled = {
+      ...member(11_000),
+      sinkTrouble: {
+        "demo.0": { since: 8_500, error: "postgres commit: connect ECONNREFUSED", breaker: "open" as const },
+      },
+    };
+    const { state } = m.observe(obs(11_000, { members: { w1: troubled, w2: member(11_000) } }));
+    expect(state.sink).toEqual({
+      healthy: false,
+      reachable: true,
+      error: null,
+      trouble: {
+        "demo.0": {
+          worker: "w1",
+          sinceMsAgo: 2_500,
+          error: "postgres commit: connect ECONNREFUSED",
+          breaker: "open",
+        },
+      },
+    });
+    expect(m.observe(obs(12_000, { sinkError: "timeout" })).state.sink).toMatchObject({
+      healthy: false,
+      reachable: false,
+      error: "timeout",
+    });
+  });
+
   it("builds the state: every shard with owner, epoch, phase, committed, lag; members with shard counts", () => {
     const m = new DashboardModel({ self: "c1", shards, failureTimeoutMs: 1000 });
     const { state } = m.observe(obs(10_000));

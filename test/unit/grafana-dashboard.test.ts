@@ -14,6 +14,8 @@ const METRICS: Record<string, { kind: "counter" | "gauge" | "histogram"; labels:
   sluice_records_committed_total: { kind: "counter", labels: ["pipeline", "shard"] },
   sluice_records_dead_lettered_total: { kind: "counter", labels: ["pipeline", "shard"] },
   sluice_history_mismatches_total: { kind: "counter", labels: ["pipeline", "shard"] },
+  sluice_commit_retries_total: { kind: "counter", labels: ["pipeline", "shard"] },
+  sluice_shard_circuit_state: { kind: "gauge", labels: ["pipeline", "shard"] },
   sluice_commit_duration_seconds: { kind: "histogram", labels: ["pipeline"] },
   sluice_batch_size_records: { kind: "histogram", labels: ["pipeline"] },
   sluice_shard_lag_records: { kind: "gauge", labels: ["pipeline", "shard"] },

@@ -17,6 +17,7 @@ import { epochConsumer } from "../../../shared/contract/wire.js";
 import type { CoordinatorCommand, MemberView } from "../../../shared/core/coordinator-core.js";
 import type { LeaderRecord } from "../../../shared/core/leader-election.js";
 import { type ProgressSample, type ShardRates, shardRates } from "../../../shared/core/shard-rates.js";
+import { type SinkHealth, sinkHealth } from "../../../shared/core/sink-health.js";
 
 export type MemberStatus = "alive" | "leaving" | "lost";
 
@@ -63,6 +64,8 @@ export interface DashboardState {
   members: DashboardMember[];
   shards: DashboardShard[];
   totals: { rate: number | null; lag: number | null; owned: number; shards: number };
+  /** Whether the sink answers, and the shards that cannot commit (their circuit breakers). */
+  sink: SinkHealth;
 }
 
 export interface HistoryPoint {
@@ -97,6 +100,8 @@ export interface Observation {
   consumers: Map<string, Map<string, ShardConsumerInfo>> | null;
   /** Shard key -> the sink's checkpoint; null when the sink did not answer. */
   checkpoints: Record<string, Checkpoint | null>;
+  /** Why the sink's read side did not answer this observation; null when it did. */
+  sinkError: string | null;
 }
 
 export interface DashboardModelOptions {
@@ -247,6 +252,7 @@ export class DashboardModel {
         owned: shards.filter((s) => s.owner !== null).length,
         shards: shards.length,
       },
+      sink: sinkHealth(o.members, o.sinkError, o.at),
     };
     const point: HistoryPoint = { at: o.at, rate: state.totals.rate, lag: state.totals.lag };
     this.points.push(point);

@@ -137,6 +137,7 @@ export class DashboardServer {
 
   /** One observation: the slow parts (NATS requests) first, then the runtime's view at that moment. */
   async poll(): Promise<DashboardState> {
+    let sinkError: string | null = null;
     const [leader, consumers, checkpoints] = await Promise.all([
       this.d.readLeader().catch(() => undefined),
       Promise.all(this.d.pipelines.map(async (p) => [p, await this.d.listConsumers(p)] as const))
@@ -151,7 +152,10 @@ export class DashboardServer {
           );
         },
         // The sink did not answer: every checkpoint unknown for this refresh.
-        () => Object.fromEntries(this.d.shards.map((shard) => [shard, null] as const)),
+        (err: unknown) => {
+          sinkError = err instanceof Error ? err.message : String(err);
+          return Object.fromEntries(this.d.shards.map((shard) => [shard, null] as const));
+        },
       ),
     ]);
     const st = this.d.state();
@@ -163,6 +167,7 @@ export class DashboardServer {
       entries,
       consumers,
       checkpoints,
+      sinkError,
     });
     this.broadcast("state", state);
     return state;

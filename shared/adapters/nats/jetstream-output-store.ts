@@ -15,9 +15,17 @@ import {
   type JetStreamManager,
   jetstream,
   jetstreamManager,
+  PubHeaders,
 } from "@nats-io/jetstream";
-import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
+import {
+  type Msg,
+  type MsgHdrs,
+  type NatsConnection,
+  headers as natsHeaders,
+  nuid,
+} from "@nats-io/transport-node";
 import { payloadJson } from "../../contract/codec.js";
+import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, OutputCheckpoint, OutputRecord, OutputStreamStore } from "../../contract/ports.js";
 import { Headers, outputCheckpointSubject, outputDataSubject, outputStream } from "../../contract/wire.js";
@@ -34,6 +42,33 @@ function apiCode(err: unknown): number | undefined {
   if (err instanceof JetStreamApiError) return err.code;
   const e = err as { api_error?: { err_code?: number }; code?: number };
   return e?.api_error?.err_code ?? (typeof e?.code === "number" ? e.code : undefined);
+}
+
+interface BatchMessage {
+  subject: string;
+  data: Uint8Array;
+  headers: MsgHdrs;
+}
+
+type PublishReply =
+  | { ok: true; seq: number }
+  | { ok: false; code: number; description: string; seq?: number };
+
+/** A PubAck or a JetStream error, from a publish request's reply. */
+function parseReply(m: Msg): PublishReply {
+  if (m.headers?.hasError) return { ok: false, code: m.headers.code, description: m.headers.description };
+  const r = JSON.parse(dec.decode(m.data)) as {
+    seq?: number;
+    error?: { err_code?: number; code?: number; description?: string };
+  };
+  if (r.error)
+    return {
+      ok: false,
+      code: r.error.err_code ?? r.error.code ?? 0,
+      description: r.error.description ?? "error",
+      ...(typeof r.seq === "number" ? { seq: r.seq } : {}),
+    };
+  return { ok: true, seq: r.seq ?? 0 };
 }
 
 function recordHeaders(r: OutputRecord, shard: number): MsgHdrs {
@@ -92,41 +127,91 @@ export class JetStreamOutputStore implements OutputStreamStore {
     expectAt: number | undefined,
   ): Promise<{ ok: true; checkpointSeq: number } | { ok: false }> {
     const cpSubject = outputCheckpointSubject(ref.pipeline, ref.shard);
+    const data = outputDataSubject(ref.pipeline, ref.shard);
     const cpData = enc.encode(JSON.stringify(cp));
     let pending = [...records];
     for (;;) {
-      try {
-        if (pending.length === 0) {
-          const ack = await this.js.publish(cpSubject, cpData, {
-            ...(expectAt === undefined ? {} : { expect: { lastSubjectSequence: expectAt } }),
-          });
-          return { ok: true, checkpointSeq: ack.seq };
-        }
-        const data = outputDataSubject(ref.pipeline, ref.shard);
-        const [first, ...rest] = pending;
-        const batch = await this.js.startBatch(data, enc.encode(payloadJson(first!.row.value)), {
-          headers: recordHeaders(first!, ref.shard),
-          ...(expectAt === undefined
-            ? {}
-            : { expect: { lastSubjectSequence: expectAt, lastSubjectSequenceSubject: cpSubject } }),
-        });
-        for (const r of rest)
-          batch.add(data, enc.encode(payloadJson(r.row.value)), { headers: recordHeaders(r, ref.shard) });
-        const ack = await batch.commit(cpSubject, cpData);
-        return { ok: true, checkpointSeq: ack.seq };
-      } catch (err) {
-        const code = apiCode(err);
-        if (code !== undefined && WRONG_LAST_SEQUENCE.has(code)) return { ok: false };
-        if (code === BATCH_DUPLICATE) {
-          // A record id the stream already holds (a producer's re-send that reached the input
-          // twice, beyond its duplicate window): it is in the output once; write the rest.
-          const dup = await this.duplicateIn(ref, err, pending);
-          if (dup === null) throw err;
-          pending = pending.filter((r) => r.row.recordId !== dup);
+      const messages: BatchMessage[] = pending.map((r) => ({
+        subject: data,
+        data: enc.encode(payloadJson(r.row.value)),
+        headers: recordHeaders(r, ref.shard),
+      }));
+      messages.push({ subject: cpSubject, data: cpData, headers: natsHeaders() });
+      // The condition rides on the first message: the checkpoint subject must not have moved.
+      if (expectAt !== undefined) {
+        const h = messages[0]!.headers;
+        h.set(PubHeaders.ExpectedLastSubjectSequenceHdr, String(expectAt));
+        if (messages.length > 1) h.set(PubHeaders.ExpectedLastSubjectSequenceSubjectHdr, cpSubject);
+      }
+      const r =
+        messages.length === 1 ? await this.publishOne(messages[0]!) : await this.publishAtomic(messages);
+      if (r.ok) return { ok: true, checkpointSeq: r.seq };
+      if (WRONG_LAST_SEQUENCE.has(r.code)) return { ok: false };
+      if (r.code === BATCH_DUPLICATE && pending.length > 0) {
+        // A record id the stream already holds (a producer's re-send that reached the input
+        // twice, beyond its duplicate window): it is in the output once; write the rest.
+        const dup = await this.duplicateIn(ref, r.seq, pending);
+        if (dup !== null) {
+          pending = pending.filter((x) => x.row.recordId !== dup);
           continue;
         }
-        throw err;
       }
+      throw new SluiceError(
+        ErrorCode.Unavailable,
+        `output stream refused a write: ${r.description} (${r.code})`,
+        {
+          retryable: true,
+        },
+      );
+    }
+  }
+
+  /** One message, as a request: its PubAck, or the server's error. */
+  private async publishOne(m: BatchMessage): Promise<PublishReply> {
+    return parseReply(await this.request(m.subject, m.data, m.headers));
+  }
+
+  /**
+   * JetStream's atomic batch publish (nats-server 2.12): the first message is a request the
+   * server answers once it staged it, the middle ones plain publishes, the last a request with
+   * `Nats-Batch-Commit` that stores them all or none. Written out rather than through nats.js's
+   * batch helper, which drops the server's error code when a batch is refused.
+   */
+  private async publishAtomic(messages: BatchMessage[]): Promise<PublishReply> {
+    const id = nuid.next();
+    const stamp = (h: MsgHdrs, n: number): MsgHdrs => {
+      h.set("Nats-Batch-Id", id);
+      h.set("Nats-Batch-Sequence", String(n));
+      return h;
+    };
+    const first = messages[0]!;
+    const staged = await this.request(first.subject, first.data, stamp(first.headers, 1));
+    if (staged.data.length > 0) {
+      const r = parseReply(staged);
+      if (!r.ok) return r;
+    }
+    for (let i = 1; i < messages.length - 1; i++) {
+      const m = messages[i]!;
+      this.nc.publish(m.subject, m.data, { headers: stamp(m.headers, i + 1) });
+    }
+    const last = messages[messages.length - 1]!;
+    const h = stamp(last.headers, messages.length);
+    h.set("Nats-Batch-Commit", "1");
+    return parseReply(await this.request(last.subject, last.data, h));
+  }
+
+  private async request(subject: string, data: Uint8Array, headers: MsgHdrs): Promise<Msg> {
+    try {
+      return await this.nc.request(subject, data, { headers, timeout: this.timeoutMs });
+    } catch (err) {
+      throw new SluiceError(
+        ErrorCode.Unavailable,
+        `output stream did not answer: ${(err as Error).message}`,
+        {
+          retryable: true,
+          cause: err,
+        },
+      );
     }
   }
 

@@ -46,6 +46,7 @@ export function openWorkerSink(cfg: SluiceConfig, nc: NatsConnection, worker: st
         sink = new PostgresSink(postgresPool(g.sink, { name: `sluice-${worker}` }), {
           pipelines: g.pipelines.map((p) => ({ name: p.name, mode: p.tableMode })),
           statementTimeoutMs: g.sink.statementTimeoutMs,
+          idleInTransactionTimeoutMs: g.sink.idleInTransactionTimeoutMs,
         });
         break;
       case "jetstream":

@@ -35,6 +35,13 @@ export interface PostgresSinkOptions {
   now?: () => number;
   /** Longest a statement may run, ms (`SET LOCAL statement_timeout`). */
   statementTimeoutMs?: number;
+  /**
+   * Longest the server waits for this writer's next statement inside a transaction, ms
+   * (`SET LOCAL idle_in_transaction_session_timeout`): a worker frozen mid-transaction would
+   * otherwise hold its shard's checkpoint row lock, and the shard's next owner would wait on it
+   * for as long as the freeze lasts. The server ends such a session; the zombie's commit fails.
+   */
+  idleInTransactionTimeoutMs?: number;
 }
 
 /** SQLSTATE classes and codes a retry can cure: connection loss, shutdown, timeouts, conflicts. */
@@ -77,6 +84,8 @@ export class PostgresSink implements Sink {
   private readonly modes = new Map<string, TableMode>();
   private readonly created = new Set<string>();
   private ready: Promise<void> | null = null;
+  /** `BEGIN` and the transaction's timeouts, sent as one simple query: one round trip. */
+  private readonly begin: string;
   private closed = false;
 
   constructor(
@@ -85,6 +94,14 @@ export class PostgresSink implements Sink {
   ) {
     this.now = opts.now ?? Date.now;
     for (const p of opts.pipelines) this.modes.set(p.name, p.mode ?? "append");
+    const ms = (v: number): number => Math.max(1, Math.round(v));
+    this.begin = [
+      "BEGIN",
+      ...(opts.statementTimeoutMs ? [`SET LOCAL statement_timeout = ${ms(opts.statementTimeoutMs)}`] : []),
+      ...(opts.idleInTransactionTimeoutMs
+        ? [`SET LOCAL idle_in_transaction_session_timeout = ${ms(opts.idleInTransactionTimeoutMs)}`]
+        : []),
+    ].join("; ");
   }
 
   /** Creates the checkpoint table and the pipelines' tables (idempotent; once per sink). */
@@ -121,12 +138,15 @@ export class PostgresSink implements Sink {
       throw pgError(`${what}: connect`, err);
     }
     let broken = false;
+    // A checked-out connection has no pool listener: a server shutdown or a killed backend
+    // emits 'error' on it, which would crash the process. The failing query rejects too; the
+    // listener only marks the connection so it is not returned to the pool.
+    const onError = (): void => {
+      broken = true;
+    };
+    client.on("error", onError);
     try {
-      await client.query("BEGIN");
-      if (this.opts.statementTimeoutMs)
-        await client.query(
-          `SET LOCAL statement_timeout = ${Math.max(1, Math.round(this.opts.statementTimeoutMs))}`,
-        );
+      await client.query(this.begin);
       const out = await fn(client);
       await client.query("COMMIT");
       return out;
@@ -138,6 +158,7 @@ export class PostgresSink implements Sink {
       throw pgError(what, err);
     } finally {
       // A connection that failed mid-transaction is dropped, not returned to the pool.
+      client.off("error", onError);
       client.release(broken);
     }
   }

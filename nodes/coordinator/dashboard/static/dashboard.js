@@ -65,9 +65,27 @@ function renderHeader(s) {
   byId("total-rate").textContent = fmt(s.totals.rate, 1);
   byId("total-lag").textContent = fmt(s.totals.lag);
   byId("owned").textContent = `${s.totals.owned} / ${s.totals.shards}`;
+  renderSink(s.sink);
 }
 
-function renderShards(shards) {
+// The sink's health: unreachable, or shards whose commits keep failing (with their breakers).
+function renderSink(sink) {
+  const dd = byId("sink");
+  if (!sink) return;
+  const troubled = Object.entries(sink.trouble);
+  dd.dataset.healthy = String(sink.healthy);
+  dd.textContent = sink.healthy
+    ? "healthy"
+    : `UNHEALTHY${sink.reachable ? "" : " (unreachable)"}${troubled.length ? ` · ${troubled.length} shard(s) waiting` : ""}`;
+  dd.title = [
+    sink.error ? `read side: ${sink.error}` : "",
+    ...troubled.map(([shard, t]) => `${shard} on ${t.worker}: circuit ${t.breaker}, ${t.error}`),
+  ]
+    .filter(Boolean)
+    .join("\n");
+}
+
+function renderShards(shards, sink) {
   const map = byId("shard-map");
   for (const s of shards) {
     let cell = cells.get(s.shard);
@@ -87,6 +105,8 @@ function renderShards(shards) {
     cell.dataset.owner = s.owner ?? "";
     cell.dataset.epoch = String(s.epoch);
     cell.dataset.phase = s.phase;
+    const trouble = sink?.trouble[s.shard];
+    cell.dataset.sink = trouble ? trouble.breaker : "ok";
     cell.style.setProperty("--owner", ownerColor(s.owner));
     cell.querySelector(".shard-owner").textContent = s.next
       ? `${s.owner} → ${s.next}`
@@ -94,7 +114,7 @@ function renderShards(shards) {
     cell.querySelector(".shard-epoch").textContent = `e${s.epoch} · ${s.phase}`;
     cell.querySelector(".shard-nums").textContent =
       `seq ${fmt(s.committed)} · lag ${fmt(s.lag)} · ${fmt(s.rate, 1)}/s`;
-    cell.title = `${s.shard}: owner ${s.owner ?? "none"}, epoch ${s.epoch} (sink fenced at ${s.fencedEpoch ?? "?"}), ${s.phase}`;
+    cell.title = `${s.shard}: owner ${s.owner ?? "none"}, epoch ${s.epoch} (sink fenced at ${s.fencedEpoch ?? "?"}), ${s.phase}${trouble ? `; commits failing, circuit ${trouble.breaker}: ${trouble.error}` : ""}`;
     if (prevEpoch !== undefined && prevEpoch !== String(s.epoch)) {
       // Restart the highlight animation on every move.
       cell.classList.remove("moved");
@@ -246,7 +266,7 @@ function renderCharts() {
 
 function applyState(s) {
   renderHeader(s);
-  renderShards(s.shards);
+  renderShards(s.shards, s.sink);
   renderMembers(s.members);
   document.body.dataset.updated = String(s.at);
 }
