@@ -32,6 +32,17 @@ import { BatchTrace } from "./batch-trace.js";
 import type { HistoryGuard } from "./history-guard.js";
 import type { StageChain } from "./stage-chain.js";
 
+/** A commit that failed for a retryable reason and will be tried again. */
+export interface CommitRetryReport {
+  ref: ShardRef;
+  epoch: number;
+  /** 1 for the first failure of this batch. */
+  attempt: number;
+  error: string;
+  /** The shard's circuit breaker after the failure. */
+  breaker: BreakerState;
+}
+
 export interface CommitterHooks {
   /** Is the lease confirmed recently enough to commit? Checked before every commit. */
   leaseFresh(): boolean;
@@ -43,13 +54,7 @@ export interface CommitterHooks {
   /** The shard's circuit breaker, kept across this shard's leases on this worker. */
   breaker?: { get(): BreakerState; set(s: BreakerState): void };
   /** A commit failed and will be tried again (for logs and status). */
-  onCommitRetry?(r: {
-    ref: ShardRef;
-    epoch: number;
-    attempt: number;
-    error: string;
-    breaker: BreakerState;
-  }): void;
+  onCommitRetry?(r: CommitRetryReport): void;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
   /** The pipeline's shard count, for the stages' key check (undefined: keys not checked). */

@@ -13,7 +13,6 @@ import {
   type AssignmentEntry,
   type Heartbeat,
   parseShardKey,
-  type ShardRef,
   type SinkTrouble,
 } from "../contract/ownership.js";
 import type { BatchReport, BatchStartReport, HistoryMismatchReport } from "../contract/pipeline-reports.js";
@@ -26,6 +25,7 @@ import type {
 } from "../contract/ports.js";
 import { acceptEntry, entryAction, moveAction } from "../core/assignment-entries.js";
 import { type BreakerState, closedBreaker } from "../core/circuit-breaker.js";
+import type { CommitRetryReport } from "../pipeline/batch-committer.js";
 import type { PipelinePorts } from "../pipeline/pipeline-options.js";
 import { ShardPipeline } from "../pipeline/shard-pipeline.js";
 import type { Stage } from "../pipeline/stage.js";
@@ -51,13 +51,7 @@ export interface WorkerDeps extends PipelinePorts {
   onBatchStart?(r: BatchStartReport): void;
   onHistoryMismatch?(r: HistoryMismatchReport): void;
   onLeaseEvent?(e: LeaseEventReport): void;
-  onCommitRetry?(r: {
-    ref: ShardRef;
-    epoch: number;
-    attempt: number;
-    error: string;
-    breaker: BreakerState;
-  }): void;
+  onCommitRetry?(r: CommitRetryReport): void;
 }
 
 export interface LeaseEventReport {

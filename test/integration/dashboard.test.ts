@@ -3,15 +3,15 @@
  * against a real cluster: every shard is shown with its owner, and a SIGKILLed worker shows up
  * as lost, its shards under other owners at higher epochs, and the failover in the event log.
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterEach, describe, expect, it } from "vitest";
 import type { DashboardState } from "../../nodes/coordinator/dashboard/dashboard-model.js";
+import { CHROMIUM } from "../kit/chromium.js";
 import { startTestCluster, type TestCluster, waitSettled } from "./harness.js";
 
-const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => existsSync(p));
 if (!CHROMIUM) {
   console.warn(
     "dashboard test SKIPPED: no Chromium at /usr/bin/chromium (install it: apt-get install chromium)",

@@ -5,13 +5,13 @@
  * statement timeout. Shards stall and retry; `status` shows the sink unhealthy meanwhile.
  */
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { type Browser, chromium } from "playwright-core";
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { parseConfig } from "../../shared/contract/config.js";
+import { CHROMIUM } from "../kit/chromium.js";
 import { startTestCluster, type TestCluster, testConfig, waitSettled } from "./harness.js";
 
 const root = join(import.meta.dirname, "../..");
@@ -63,8 +63,6 @@ describe.each(["postgres", "jetstream"] as const)("the %s sink (real 3-node NATS
     expect(report.rows).toBe(summary.acked);
   });
 });
-
-const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => existsSync(p));
 
 describe("faults of PostgreSQL itself (real 3-node NATS cluster, private PostgreSQL)", () => {
   let tc: TestCluster | undefined;
@@ -130,7 +128,12 @@ describe("faults of PostgreSQL itself (real 3-node NATS cluster, private Postgre
 
     // Every retry counted where Prometheus sees it.
     const scraped = await Promise.all(
-      tc.file().workers.map((w) => fetch(`${w.http}/metrics`).then((r) => r.text(), () => "")),
+      tc.file().workers.map((w) =>
+        fetch(`${w.http}/metrics`).then(
+          (r) => r.text(),
+          () => "",
+        ),
+      ),
     );
     expect(scraped.join("\n")).toMatch(/sluice_commit_retries_total\{pipeline="[^"]+",shard="\d+"\} [1-9]/);
 

@@ -210,8 +210,7 @@ export class PostgresSink implements Sink {
       // A side output's table is made on its first row (outside this transaction's locks).
       if (!this.created.has(table)) await this.ensureTable(table, ref.pipeline);
       const mode = this.modes.get(ref.pipeline) ?? "append";
-      if (mode === "upsert") await upsertRows(c, table, ref.shard, epoch, worker, at, list);
-      else await appendRows(c, table, ref.shard, epoch, worker, at, list);
+      await insertRows(c, mode, table, ref.shard, { epoch, worker, at }, list);
     }
   }
 
@@ -305,61 +304,44 @@ function checkpointOf(row: {
   return row.fingerprint === null ? base : { ...base, fingerprint: row.fingerprint };
 }
 
-/** Every row in one statement: the columns as arrays, unnested in the order given. */
-async function appendRows(
+/**
+ * Every row in one statement: the columns as arrays, unnested in the order given. Upsert mode
+ * first collapses the batch by key (newest wins) in key order, so a statement touches each row
+ * once and two transactions lock keys in the same order; a stored row is replaced only by a
+ * newer version.
+ */
+async function insertRows(
   c: PoolClient,
+  mode: TableMode,
   table: string,
   shard: number,
-  epoch: number,
-  worker: string,
-  at: number,
+  meta: { epoch: number; worker: string; at: number },
   rows: readonly SinkRow[],
 ): Promise<void> {
-  await c.query(
-    `INSERT INTO ${quoteIdent(table)} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at)
-     SELECT r, k, $3, s, $4, $5, p::jsonb, $6
-     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]) WITH ORDINALITY AS t(r, k, s, p, o) ORDER BY o`,
-    [
-      rows.map((r) => r.recordId),
-      rows.map((r) => r.key),
-      shard,
-      epoch,
-      worker,
-      at,
-      rows.map((r) => r.sourceSeq),
-      rows.map((r) => payloadJson(r.value)),
-    ],
-  );
-}
-
-async function upsertRows(
-  c: PoolClient,
-  table: string,
-  shard: number,
-  epoch: number,
-  worker: string,
-  at: number,
-  rows: readonly SinkRow[],
-): Promise<void> {
-  const latest = collapseByKey(rows);
   const t = quoteIdent(table);
+  const upsert = mode === "upsert";
+  const list = upsert ? collapseByKey(rows) : rows;
   await c.query(
-    `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, version)
-     SELECT r, k, $3, s, $4, $5, p::jsonb, $6, s
+    `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""})
+     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}
      FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]) WITH ORDINALITY AS u(r, k, s, p, o) ORDER BY o
-     ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
+     ${
+       upsert
+         ? `ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
        source_seq = EXCLUDED.source_seq, epoch = EXCLUDED.epoch, worker = EXCLUDED.worker,
        payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version
-     WHERE ${t}.version < EXCLUDED.version`,
+     WHERE ${t}.version < EXCLUDED.version`
+         : ""
+     }`,
     [
-      latest.map((r) => r.recordId),
-      latest.map((r) => r.key),
+      list.map((r) => r.recordId),
+      list.map((r) => r.key),
       shard,
-      epoch,
-      worker,
-      at,
-      latest.map((r) => r.sourceSeq),
-      latest.map((r) => payloadJson(r.value)),
+      meta.epoch,
+      meta.worker,
+      meta.at,
+      list.map((r) => r.sourceSeq),
+      list.map((r) => payloadJson(r.value)),
     ],
   );
 }
