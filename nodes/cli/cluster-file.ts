@@ -116,7 +116,12 @@ export function isOurProcess(pid: number, marker: string): boolean {
   }
   try {
     const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    return cmd.includes(marker);
+    if (cmd.length > 0) return cmd.includes(marker);
+    // An empty command line is a zombie, or a process inside execve (setpriv becoming
+    // nats-server): the new image's arguments are not mapped yet. Only the zombie is gone.
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state !== "Z" && state !== "X";
   } catch {
     return true;
   }
