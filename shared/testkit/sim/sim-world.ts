@@ -19,6 +19,7 @@ import { MemoryOutputStream } from "../memory-output-stream.js";
 import { Checker } from "./checker.js";
 import { ImmediateHandoffStore } from "./immediate-handoff-store.js";
 import { Rng } from "./rng.js";
+import { type CoordinatorProc, SimFaults, type WorkerProc } from "./sim-faults.js";
 import { SimLoop, SimNode } from "./sim-loop.js";
 import { BROKER, SINK, SimNet } from "./sim-net.js";
 import { type SimOptions, simTiming } from "./sim-options.js";
@@ -35,18 +36,6 @@ import {
 } from "./sim-ports.js";
 
 export const PIPELINE = "sim";
-
-interface WorkerProc {
-  node: SimNode;
-  runtime: WorkerRuntime;
-  leaving: boolean;
-  gone: boolean;
-}
-
-interface CoordinatorProc {
-  node: SimNode;
-  runtime: CoordinatorRuntime;
-}
 
 export class SimWorld {
   readonly loop = new SimLoop();
@@ -70,7 +59,7 @@ export class SimWorld {
   readonly faults: string[] = [];
   private readonly timing: TimingConfig;
   private nextWorker = 1;
-  private readonly pausedSince = new Map<SimNode, number>();
+  private readonly chaos = new SimFaults(this);
 
   constructor(
     readonly seed: number,
@@ -211,11 +200,11 @@ export class SimWorld {
       const store = new SimOutputStore(this.net, node, this.broker, this.output);
       const rules = { fence: this.o.safety.sinkFence, expectSequence: this.o.safety.outputExpectSequence };
       return new SimOutputSink(new OutputStreamSink(store, { rules }), node, onFenced, () =>
-        this.freezeOnCommit(node),
+        this.chaos.freezeOnCommit(node),
       );
     }
     return new SimSinkClient(this.net, node, this.sinkNode, this.sink, onFenced, () =>
-      this.freezeOnCommit(node),
+      this.chaos.freezeOnCommit(node),
     );
   }
 
@@ -236,7 +225,7 @@ export class SimWorld {
     return n;
   }
 
-  private liveWorkers(): WorkerProc[] {
+  liveWorkers(): WorkerProc[] {
     return [...this.workers.values()].filter((w) => !w.gone && !w.leaving);
   }
 
@@ -266,230 +255,11 @@ export class SimWorld {
   // ---- faults ------------------------------------------------------------------------
 
   scheduleFaults(): void {
-    const n = this.rng.int(1, this.o.maxFaults);
-    for (let i = 0; i < n; i++) {
-      const at = this.rng.int(500, this.o.healAt - 500);
-      const len = this.rng.int(300, 3_500);
-      const kind = this.rng.pick([
-        "crash-worker",
-        "pause-worker",
-        "pause-worker-mid-commit",
-        "partition-worker-broker",
-        "partition-worker-sink",
-        "partition-worker-coordinators",
-        "crash-leader",
-        "pause-leader",
-        "partition-leader-broker",
-        "join-worker",
-        "leave-worker",
-        "slow-sink",
-        "lossy-network",
-        "phantom-write",
-      ] as const);
-      this.loop.at(at, () => this.inject(kind, Math.min(len, this.o.healAt - at)));
-    }
-    this.loop.at(this.o.healAt, () => this.healAll());
-  }
-
-  /** node -> pause length armed to strike at the node's next commit. */
-  private readonly armed = new Map<SimNode, number>();
-
-  private freezeOnCommit(node: SimNode): boolean {
-    const len = this.armed.get(node);
-    if (len === undefined || node.paused) return false;
-    this.armed.delete(node);
-    const from = this.loop.now;
-    this.note(`pause ${node.id} for ${len} ms as it sends a commit`);
-    this.pausedSince.set(node, from);
-    node.pause();
-    this.loop.at(Math.min(from + len, Math.max(from, this.o.healAt)), () => this.resume(node, from));
-    return true;
-  }
-
-  private pickWorker(): WorkerProc | undefined {
-    const ws = this.liveWorkers().filter((w) => w.node.up && !w.node.paused);
-    return ws.length > 0 ? this.rng.pick(ws) : undefined;
-  }
-
-  private leader(): CoordinatorProc | undefined {
-    return [...this.coordinators.values()].find((c) => c.node.up && c.runtime.isLeader);
-  }
-
-  private note(what: string): void {
-    this.faults.push(`${this.loop.now}ms ${what}`);
-    this.log(`FAULT ${what}`);
-  }
-
-  private inject(kind: string, len: number): void {
-    const until = this.loop.now + len;
-    switch (kind) {
-      case "crash-worker": {
-        const w = this.pickWorker();
-        if (!w) return;
-        this.note(`crash ${w.node.id} for ${len} ms`);
-        w.node.crash();
-        this.checker.onCrash(w.node.id);
-        this.loop.at(until, () => this.restartWorker(w));
-        return;
-      }
-      case "pause-worker-mid-commit": {
-        const w = this.pickWorker();
-        if (w) this.armed.set(w.node, len);
-        return;
-      }
-      case "pause-worker": {
-        const w = this.pickWorker();
-        if (!w) return;
-        const from = this.loop.now;
-        this.note(`pause ${w.node.id} for ${len} ms`);
-        this.pausedSince.set(w.node, from);
-        w.node.pause();
-        this.loop.at(until, () => this.resume(w.node, from));
-        return;
-      }
-      case "partition-worker-broker":
-      case "partition-worker-sink":
-      case "partition-worker-coordinators": {
-        const w = this.pickWorker();
-        if (!w) return;
-        const others =
-          kind === "partition-worker-broker"
-            ? [BROKER]
-            : kind === "partition-worker-sink"
-              ? [SINK]
-              : [...this.coordinators.keys()];
-        this.note(`cut ${w.node.id} from ${others.join(",")} for ${len} ms`);
-        for (const o of others) this.net.cut(w.node.id, o);
-        this.loop.at(until, () => {
-          for (const o of others) this.net.heal(w.node.id, o);
-        });
-        return;
-      }
-      case "crash-leader": {
-        const c = this.leader();
-        if (!c) return;
-        this.note(`crash leader ${c.node.id} for ${len} ms`);
-        c.node.crash();
-        this.loop.at(until, () => this.restartCoordinator(c));
-        return;
-      }
-      case "partition-leader-broker": {
-        const c = this.leader();
-        if (!c) return;
-        this.note(`cut leader ${c.node.id} from broker for ${len} ms`);
-        this.net.cut(c.node.id, BROKER);
-        this.loop.at(until, () => this.net.heal(c.node.id, BROKER));
-        return;
-      }
-      case "pause-leader": {
-        const c = this.leader();
-        if (!c) return;
-        const from = this.loop.now;
-        this.note(`pause leader ${c.node.id} for ${len} ms`);
-        this.pausedSince.set(c.node, from);
-        c.node.pause();
-        this.loop.at(until, () => this.resume(c.node, from));
-        return;
-      }
-      case "join-worker": {
-        const id = this.startWorker();
-        this.note(`join ${id}`);
-        return;
-      }
-      case "leave-worker": {
-        if (this.liveWorkers().length < 2) return;
-        const w = this.pickWorker();
-        if (!w) return;
-        this.note(`${w.node.id} leaves`);
-        w.leaving = true;
-        void w.runtime.drain(10_000).then(() => {
-          w.gone = true;
-          w.node.crash();
-          this.checker.onCrash(w.node.id);
-          this.log(`${w.node.id}: left`);
-        });
-        return;
-      }
-      case "phantom-write": {
-        this.note("the next assignment write reaches the workers' watches, then is lost");
-        this.kvAssign.phantomNext = true;
-        return;
-      }
-      case "slow-sink": {
-        const ms = this.rng.int(100, 900);
-        this.note(`sink ${ms} ms slower for ${len} ms`);
-        this.net.conditions.sinkDelayMs = ms;
-        this.loop.at(until, () => {
-          this.net.conditions.sinkDelayMs = 0;
-        });
-        return;
-      }
-      case "lossy-network": {
-        const c = {
-          dropP: this.rng.int(2, 20) / 100,
-          dupP: this.rng.int(0, 10) / 100,
-          extra: this.rng.int(0, 150),
-        };
-        this.note(
-          `network drops ${c.dropP}, duplicates ${c.dupP}, +${c.extra} ms, reordering, for ${len} ms`,
-        );
-        this.net.conditions = {
-          ...this.net.conditions,
-          dropP: c.dropP,
-          dupP: c.dupP,
-          extraDelayMs: c.extra,
-          reorder: true,
-        };
-        this.loop.at(until, () => {
-          this.net.conditions = {
-            ...this.net.conditions,
-            dropP: 0,
-            dupP: 0,
-            extraDelayMs: 0,
-            reorder: false,
-          };
-        });
-        return;
-      }
-    }
-  }
-
-  private resume(node: SimNode, from: number): void {
-    if (!node.paused) return;
-    this.pausedSince.delete(node);
-    const list = this.checker.pauses.get(node.id) ?? [];
-    list.push([from, this.loop.now]);
-    this.checker.pauses.set(node.id, list);
-    this.log(`${node.id}: resumed after ${this.loop.now - from} ms`);
-    node.resume();
-  }
-
-  private restartWorker(w: WorkerProc): void {
-    if (w.node.up || w.gone) return;
-    w.node.restart();
-    this.log(`${w.node.id}: restarted`);
-    this.startWorker(w.node.id, w.node);
-  }
-
-  private restartCoordinator(c: CoordinatorProc): void {
-    if (c.node.up) return;
-    c.node.restart();
-    this.log(`${c.node.id}: restarted`);
-    this.startCoordinator(c.node.id, c.node);
+    this.chaos.schedule();
   }
 
   healAll(): void {
-    this.log("HEAL everything");
-    this.net.healAll();
-    for (const w of this.workers.values()) {
-      if (w.gone) continue;
-      if (w.node.paused) this.resume(w.node, this.pausedSince.get(w.node) ?? this.loop.now);
-      if (!w.node.up) this.restartWorker(w);
-    }
-    for (const c of this.coordinators.values()) {
-      if (c.node.paused) this.resume(c.node, this.pausedSince.get(c.node) ?? this.loop.now);
-      if (!c.node.up) this.restartCoordinator(c);
-    }
+    this.chaos.healAll();
   }
 
   // ---- liveness ----------------------------------------------------------------------
