@@ -7,7 +7,7 @@
  * folder.
  */
 import { execFileSync } from "node:child_process";
-import { chownSync, existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, readdirSync, realpathSync, writeFileSync } from "node:fs";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -158,10 +158,20 @@ async function waitPostgresReady(s: PostgresServer, deadlineMs: number): Promise
     });
     try {
       await client.connect();
+      // Another server on the port (one this cluster's postgres could not bind beside) would
+      // answer too, with someone else's data: only our own data directory counts as ready.
+      const dir = await client.query<{ d: string }>("SELECT current_setting('data_directory') AS d");
+      if (realpathSync(dir.rows[0]!.d) !== realpathSync(s.dataDir)) {
+        throw new SluiceError(
+          ErrorCode.ClusterFailure,
+          `port ${s.port} on 127.0.0.1 is taken by another PostgreSQL server (data directory ${dir.rows[0]!.d}); stop it or choose another --port-base`,
+        );
+      }
       const r = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [POSTGRES_DATABASE]);
       if (r.rowCount === 0) await client.query(`CREATE DATABASE ${POSTGRES_DATABASE}`);
       return;
     } catch (err) {
+      if (err instanceof SluiceError) throw err;
       let alive = true;
       try {
         process.kill(s.pid, 0);

@@ -3,9 +3,14 @@
  * server: PostgreSQL (a private server of this file) and the JetStream output stream (a real
  * 3-node NATS cluster).
  */
+
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import type { Pool } from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startPostgres } from "../../nodes/cli/postgres-server.js";
 import { JetStreamOutputInspector } from "../../shared/adapters/nats/jetstream-output-inspector.js";
 import { JetStreamOutputStore } from "../../shared/adapters/nats/jetstream-output-store.js";
 import { OutputStreamSink } from "../../shared/adapters/sink/output-stream-sink.js";
@@ -57,6 +62,22 @@ afterAll(async () => {
   });
 }
 
+describe("startPostgres", () => {
+  it("refuses a port that another PostgreSQL server answers on, rather than use its data", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "sluice-pg-taken-"));
+    try {
+      await expect(
+        startPostgres({ dataDir: join(dir, "data"), port: pgServer!.server.port, log: join(dir, "pg.log") }),
+      ).rejects.toMatchObject({
+        code: "CLUSTER_FAILURE",
+        message: expect.stringMatching(/is taken by another PostgreSQL server/),
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
 describe("PostgresSink: a writer frozen inside its transaction", () => {
   it("loses the transaction and its row lock after idleInTransactionTimeoutMs; the next owner fences at once", async () => {
     const url = await pgServer!.newDatabase("frozen_writer");
@@ -70,14 +91,14 @@ describe("PostgresSink: a writer frozen inside its transaction", () => {
       // The zombie's transaction takes the shard's row lock, then its process stops answering
       // (as a SIGSTOPped or GC-frozen worker does) for 3 s before its next statement.
       type Tx = {
-        tx(what: string, fn: (c: { query(q: string): Promise<unknown> }) => Promise<void>): Promise<void>;
+        tx(what: string, fn: (t: { simple(q: string): Promise<unknown> }) => Promise<void>): Promise<void>;
       };
-      const frozen = (zombie as unknown as Tx).tx("commit", async (c) => {
-        await c.query(
+      const frozen = (zombie as unknown as Tx).tx("commit", async (t) => {
+        await t.simple(
           "SELECT epoch FROM sluice_checkpoints WHERE pipeline = 'demo' AND shard = 3 FOR UPDATE",
         );
         await new Promise((r) => setTimeout(r, 3_000));
-        await c.query("SELECT 1");
+        await t.simple("SELECT 1");
       });
       const failed = frozen.then(
         () => null,

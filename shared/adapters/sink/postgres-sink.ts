@@ -20,7 +20,7 @@
  * retryable; the pipeline retries the commit (see `BatchCommitter`) and the shard stalls rather
  * than skips.
  */
-import type { Pool, PoolClient } from "pg";
+import pg, { type Pool, type PoolClient, type QueryResultRow } from "pg";
 import { payloadJson } from "../../contract/codec.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
@@ -79,6 +79,64 @@ export function pgError(what: string, err: unknown): SluiceError {
   });
 }
 
+/**
+ * One transaction on one connection, in as few round trips as the sink rules allow: `BEGIN`
+ * (with its timeouts) goes out with the checkpoint's `SELECT … FOR UPDATE`, the rows in one
+ * prepared statement, and the checkpoint's write with `COMMIT`: three round trips per commit.
+ * Statements sent as simple queries carry only literals made by `literal` and `int`.
+ */
+class PgTransaction {
+  begun = false;
+  private atCommit: string | null = null;
+
+  constructor(
+    readonly client: PoolClient,
+    private readonly beginSql: string,
+  ) {}
+
+  /** Runs literal SQL (after `BEGIN` when not yet sent); the last statement's rows. */
+  async simple<R extends QueryResultRow>(sql: string): Promise<R[]> {
+    const text = this.begun ? sql : `${this.beginSql}; ${sql}`;
+    this.begun = true;
+    const r = (await this.client.query<R>(text)) as unknown as pg.QueryResult<R> | pg.QueryResult<R>[];
+    return Array.isArray(r) ? (r[r.length - 1]?.rows ?? []) : r.rows;
+  }
+
+  async ensureBegun(): Promise<void> {
+    if (!this.begun) await this.simple("SELECT 1");
+  }
+
+  /** A statement whose result nothing reads: sent with `COMMIT`. */
+  beforeCommit(sql: string): void {
+    this.atCommit = this.atCommit === null ? sql : `${this.atCommit}; ${sql}`;
+  }
+
+  async commit(): Promise<void> {
+    if (!this.begun && this.atCommit === null) return;
+    await this.simple(this.atCommit === null ? "COMMIT" : `${this.atCommit}; COMMIT`);
+  }
+}
+
+/** A text literal for a simple query. */
+const literal = (v: string): string => pg.escapeLiteral(v);
+
+/** An integer literal for a simple query; anything else is a bug, not data. */
+function int(v: number): string {
+  if (!Number.isSafeInteger(v)) throw new TypeError(`not an integer: ${v}`);
+  return String(v);
+}
+
+/** Prepared statements' names by text: each connection parses and plans a statement once. */
+const statementNames = new Map<string, string>();
+function statementName(text: string): string {
+  let name = statementNames.get(text);
+  if (name === undefined) {
+    name = `sluice_${statementNames.size + 1}`;
+    statementNames.set(text, name);
+  }
+  return name;
+}
+
 export class PostgresSink implements Sink {
   private readonly now: () => number;
   private readonly modes = new Map<string, TableMode>();
@@ -127,8 +185,11 @@ export class PostgresSink implements Sink {
     if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed", { retryable: false });
   }
 
-  /** Runs `fn` in one transaction on a pooled connection; rolls back on any failure. */
-  private async tx<T>(what: string, fn: (c: PoolClient) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` in one transaction on a pooled connection; rolls back on any failure. `prelude`
+   * (literal SQL) goes out with `BEGIN`, before the transaction's first statement.
+   */
+  private async tx<T>(what: string, fn: (t: PgTransaction) => Promise<T>, prelude = ""): Promise<T> {
     this.assertOpen();
     await this.init();
     let client: PoolClient;
@@ -145,16 +206,18 @@ export class PostgresSink implements Sink {
       broken = true;
     };
     client.on("error", onError);
+    const t = new PgTransaction(client, prelude ? `${this.begin}; ${prelude}` : this.begin);
     try {
-      await client.query(this.begin);
-      const out = await fn(client);
-      await client.query("COMMIT");
+      const out = await fn(t);
+      await t.commit();
       return out;
     } catch (err) {
       broken = retryablePgError(err);
-      await client.query("ROLLBACK").catch(() => {
-        broken = true;
-      });
+      if (t.begun) {
+        await client.query("ROLLBACK").catch(() => {
+          broken = true;
+        });
+      }
       throw pgError(what, err);
     } finally {
       // A connection that failed mid-transaction is dropped, not returned to the pool.
@@ -163,26 +226,28 @@ export class PostgresSink implements Sink {
     }
   }
 
-  /** This database's storage for the sink rules, on one transaction's connection. */
-  private storage(c: PoolClient): AsyncSinkTransaction<SinkRow> {
+  /** This database's storage for the sink rules, on one transaction. */
+  private storage(t: PgTransaction): AsyncSinkTransaction<SinkRow> {
     return {
       readCheckpoint: async (ref) => {
-        const r = await c.query<{ epoch: string; seq: string; fingerprint: string | null }>(
-          "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = $1 AND shard = $2 FOR UPDATE",
-          [ref.pipeline, ref.shard],
+        const rows = await t.simple<{ epoch: string; seq: string; fingerprint: string | null }>(
+          `SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = ${literal(ref.pipeline)} AND shard = ${int(ref.shard)} FOR UPDATE`,
         );
-        const row = r.rows[0];
+        const row = rows[0];
         if (!row) return { epoch: 0, seq: 0 };
         return checkpointOf(row);
       },
-      writeRows: (ref, epoch, worker, rows) => this.writeRows(c, ref, epoch, worker, rows),
+      writeRows: async (ref, epoch, worker, rows) => {
+        await t.ensureBegun();
+        await this.writeRows(t.client, ref, epoch, worker, rows);
+      },
       writeCheckpoint: async (ref, cp) => {
-        await c.query(
+        // Sent with COMMIT: nothing in the transaction reads it back.
+        t.beforeCommit(
           `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6)
+           VALUES (${literal(ref.pipeline)}, ${int(ref.shard)}, ${int(cp.epoch)}, ${int(cp.seq)}, ${cp.fingerprint === undefined ? "NULL" : literal(cp.fingerprint)}, ${int(this.now())})
            ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = EXCLUDED.epoch, seq = EXCLUDED.seq,
              fingerprint = EXCLUDED.fingerprint, updated_at = EXCLUDED.updated_at`,
-          [ref.pipeline, ref.shard, cp.epoch, cp.seq, cp.fingerprint ?? null, this.now()],
         );
       },
     };
@@ -215,15 +280,10 @@ export class PostgresSink implements Sink {
   }
 
   async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
-    return this.tx("fence", async (c) => {
-      // The shard's row exists before it is locked, so two first fences serialise on it too.
-      await c.query(
-        `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
-         VALUES ($1, $2, 0, 0, NULL, $3) ON CONFLICT (pipeline, shard) DO NOTHING`,
-        [ref.pipeline, ref.shard, this.now()],
-      );
-      return applyFenceAsync(this.storage(c), ref, epoch);
-    });
+    // The shard's row exists before it is locked, so two first fences serialise on it too.
+    const prelude = `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
+       VALUES (${literal(ref.pipeline)}, ${int(ref.shard)}, 0, 0, NULL, ${int(this.now())}) ON CONFLICT (pipeline, shard) DO NOTHING`;
+    return this.tx("fence", (t) => applyFenceAsync(this.storage(t), ref, epoch), prelude);
   }
 
   async commit(
@@ -234,8 +294,8 @@ export class PostgresSink implements Sink {
     lastSeq: number,
     opts: CommitOptions = {},
   ): Promise<CommitResult> {
-    return this.tx("commit", (c) =>
-      applyCommitAsync(this.storage(c), ref, epoch, worker, rows, lastSeq, opts),
+    return this.tx("commit", (t) =>
+      applyCommitAsync(this.storage(t), ref, epoch, worker, rows, lastSeq, opts),
     );
   }
 
@@ -321,10 +381,10 @@ async function insertRows(
   const t = quoteIdent(table);
   const upsert = mode === "upsert";
   const list = upsert ? collapseByKey(rows) : rows;
-  await c.query(
-    `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""})
-     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}
-     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]) WITH ORDINALITY AS u(r, k, s, p, o) ORDER BY o
+  const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""})
+     SELECT r, k, $2, s, $3, $4, p, $5${upsert ? ", s" : ""}
+     FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (r text, k text, s bigint, p jsonb)) WITH ORDINALITY AS u(r, k, s, p, o)
+     ORDER BY o
      ${
        upsert
          ? `ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
@@ -332,16 +392,25 @@ async function insertRows(
        payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version
      WHERE ${t}.version < EXCLUDED.version`
          : ""
-     }`,
-    [
-      list.map((r) => r.recordId),
-      list.map((r) => r.key),
-      shard,
-      meta.epoch,
-      meta.worker,
-      meta.at,
-      list.map((r) => r.sourceSeq),
-      list.map((r) => payloadJson(r.value)),
-    ],
-  );
+     }`;
+  await c.query({
+    name: statementName(text),
+    text,
+    values: [rowsJson(list), shard, meta.epoch, meta.worker, meta.at],
+  });
+}
+
+/**
+ * A batch as one JSON array of `{r, k, s, p}` (record id, key, source sequence, payload): the
+ * server parses it once into `jsonb`, and the payloads, already JSON, are not escaped again as
+ * elements of text arrays.
+ */
+function rowsJson(rows: readonly SinkRow[]): string {
+  const parts = new Array<string>(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i]!;
+    parts[i] =
+      `{"r":${JSON.stringify(r.recordId)},"k":${JSON.stringify(r.key)},"s":${r.sourceSeq},"p":${payloadJson(r.value)}}`;
+  }
+  return `[${parts.join(",")}]`;
 }
