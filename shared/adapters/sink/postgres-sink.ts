@@ -382,9 +382,8 @@ async function insertRows(
   const upsert = mode === "upsert";
   const list = upsert ? collapseByKey(rows) : rows;
   const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""})
-     SELECT r, k, $2, s, $3, $4, p, $5${upsert ? ", s" : ""}
-     FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (r text, k text, s bigint, p jsonb)) WITH ORDINALITY AS u(r, k, s, p, o)
-     ORDER BY o
+     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}
+     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]) WITH ORDINALITY AS u(r, k, s, p, o) ORDER BY o
      ${
        upsert
          ? `ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
@@ -396,21 +395,15 @@ async function insertRows(
   await c.query({
     name: statementName(text),
     text,
-    values: [rowsJson(list), shard, meta.epoch, meta.worker, meta.at],
+    values: [
+      list.map((r) => r.recordId),
+      list.map((r) => r.key),
+      shard,
+      meta.epoch,
+      meta.worker,
+      meta.at,
+      list.map((r) => r.sourceSeq),
+      list.map((r) => payloadJson(r.value)),
+    ],
   });
-}
-
-/**
- * A batch as one JSON array of `{r, k, s, p}` (record id, key, source sequence, payload): the
- * server parses it once into `jsonb`, and the payloads, already JSON, are not escaped again as
- * elements of text arrays.
- */
-function rowsJson(rows: readonly SinkRow[]): string {
-  const parts = new Array<string>(rows.length);
-  for (let i = 0; i < rows.length; i++) {
-    const r = rows[i]!;
-    parts[i] =
-      `{"r":${JSON.stringify(r.recordId)},"k":${JSON.stringify(r.key)},"s":${r.sourceSeq},"p":${payloadJson(r.value)}}`;
-  }
-  return `[${parts.join(",")}]`;
 }
