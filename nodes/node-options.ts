@@ -17,7 +17,7 @@ export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: 
   const cmd = new Command(`sluice-${role}`)
     .requiredOption("--id <id>", "node id, unique in the cluster")
     .requiredOption("--servers <urls>", "comma-separated NATS URLs")
-    .option("--config <file>", "cluster config (JSON); built-in defaults when absent")
+    .option("--config <file>", "cluster config (YAML or JSON); built-in defaults when absent")
     .option("--sink <file>", "SQLite sink file", "sink.db")
     .option("--capacity <n>", "relative shard capacity of a worker", "1")
     .option("--http-port <port>", "HTTP endpoint on 127.0.0.1 (/metrics; the dashboard on coordinators)", "0")

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /** The `sluice` command line. */
 import { Command, InvalidArgumentError } from "commander";
+import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { connectForPublishing, connectNats } from "../../shared/adapters/nats/connection.js";
-import { pipelineOf } from "../../shared/contract/config.js";
+import { describeSink, pipelineOf, sinkOf } from "../../shared/contract/config.js";
 import { isSluiceError } from "../../shared/contract/errors.js";
 import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
@@ -40,7 +41,10 @@ program
   .option("--dir <dir>", "cluster directory", ".sluice")
   .option("--workers <n>", "workers", int("--workers"), 3)
   .option("--coordinators <n>", "coordinators", int("--coordinators"), 2)
-  .option("--config <file>", "pipelines and timing (JSON); default: pipeline 'demo' with 16 shards")
+  .option(
+    "--config <file>",
+    "pipelines, sinks, timing and worker settings (YAML or JSON); default: pipeline 'demo' with 16 shards",
+  )
   .option(
     "--port-base <port>",
     "first NATS client port (cluster +2000, monitor +4000)",
@@ -353,6 +357,21 @@ program
       process.exitCode = ok ? 0 : 1;
     },
   );
+
+const configCmd = program
+  .command("config")
+  .description("the config file: check it without starting anything");
+configCmd
+  .command("check")
+  .description("validate a config file (YAML or JSON); errors name the file, line and column")
+  .argument("<file>", "config file")
+  .action((file: string) => {
+    const cfg = loadConfigFile(file);
+    const pipelines = cfg.pipelines.map(
+      (p) => `${p.name} (${p.shards} shards, sink ${describeSink(sinkOf(cfg, p))})`,
+    );
+    console.log(`${file}: ok; pipelines: ${pipelines.join(", ")}`);
+  });
 
 try {
   await program.parseAsync(process.argv);

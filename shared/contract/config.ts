@@ -16,8 +16,8 @@ const name = z
  * the workers straight to a PostgreSQL database; `jetstream`, an output stream `SLUICE_OUT_P`.
  */
 export const SinkSchema = z.discriminatedUnion("type", [
-  z.object({ type: z.literal("sqlite") }),
-  z.object({
+  z.strictObject({ type: z.literal("sqlite") }),
+  z.strictObject({
     type: z.literal("postgres"),
     /** `postgres://user@host:port/database`. A password in it works but is never logged. */
     url: z.string().regex(/^postgres(ql)?:\/\//, "a postgres:// URL"),
@@ -35,7 +35,7 @@ export const SinkSchema = z.discriminatedUnion("type", [
      */
     idleInTransactionTimeoutMs: z.number().int().min(100).default(2_000),
   }),
-  z.object({
+  z.strictObject({
     type: z.literal("jetstream"),
     /** Replicas of the output stream. */
     replicas: z.number().int().min(1).max(5).default(3),
@@ -43,7 +43,7 @@ export const SinkSchema = z.discriminatedUnion("type", [
 ]);
 export type SinkConfig = z.infer<typeof SinkSchema>;
 
-export const PipelineSchema = z.object({
+export const PipelineSchema = z.strictObject({
   name,
   /** Number of shards; fixed for the life of the stream. */
   shards: z.number().int().min(1).max(4096).default(16),
@@ -74,7 +74,7 @@ export const PipelineSchema = z.object({
   tableMode: z.enum(["append", "upsert"]).default("append"),
 });
 
-export const TimingSchema = z.object({
+export const TimingSchema = z.strictObject({
   /** Worker heartbeat interval, ms. */
   heartbeatMs: z.number().int().min(20).default(200),
   /** Silence after which the coordinator declares a worker dead, ms. */
@@ -94,7 +94,7 @@ export const TimingSchema = z.object({
 });
 
 export const WorkerSchema = z
-  .object({
+  .strictObject({
     /** Largest batch committed in one sink transaction, records. */
     batchMax: z.number().int().min(1).max(10_000).default(1000),
     /** Smallest batch limit the adaptive sizing goes down to, records. */
@@ -128,7 +128,7 @@ export const WorkerSchema = z
     path: ["maxAckPending"],
   });
 
-export const ConfigSchema = z.object({
+export const ConfigSchema = z.strictObject({
   pipelines: z
     .array(PipelineSchema)
     .min(1)
