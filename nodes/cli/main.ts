@@ -13,6 +13,7 @@ import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
 import { addWorker, down, removeWorker, restartProcess, type UpOptions, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
+import { addSchemaCommands } from "./schema-commands.js";
 import { formatStatus, gatherStatus } from "./status.js";
 import { watchStatus } from "./status-watch.js";
 import { formatVerify, verify } from "./verify.js";
@@ -357,6 +358,8 @@ program
       process.exitCode = ok ? 0 : 1;
     },
   );
+
+addSchemaCommands(program);
 
 const configCmd = program
   .command("config")

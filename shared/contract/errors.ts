@@ -27,6 +27,8 @@ export const ErrorCode = {
   ClusterFailure: "CLUSTER_FAILURE",
   /** The NATS server is older than the oldest release sluice runs on (`NATS_SERVER_FLOOR`). */
   UnsupportedServer: "UNSUPPORTED_SERVER",
+  /** A schema was refused by its subject's compatibility mode; the message names each problem. */
+  SchemaIncompatible: "SCHEMA_INCOMPATIBLE",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -143,6 +143,8 @@ export const Buckets = {
   assignments: "sluice_assignments",
   /** `leader` -> LeaderRecord; `view` -> the leader's cluster view (status). */
   coordinator: "sluice_coordinator",
+  /** The schema registry: `subject.<S>`, `id.<N>`, `ids`, `subjects` (see `pipeline/schema-registry.ts`). */
+  schemas: "sluice_schemas",
 } as const;
 
 export const ControlSubjects = {

@@ -74,6 +74,7 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
   // retry must read what the stream leader has.
   await kvm.create(Buckets.assignments, { replicas, history: 1, allow_direct: false });
   await kvm.create(Buckets.coordinator, { replicas, history: 1, allow_direct: false });
+  await kvm.create(Buckets.schemas, { replicas, history: 1, allow_direct: false });
 }
 
 type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;
