@@ -132,4 +132,70 @@ describe("schema compatibility (Confluent's modes, judged by resolution)", () =>
     expect(() => compileSchema([1])).toThrow(/JSON Schema object/);
     expect(() => compileSchema({ type: "nosuchtype" })).toThrow(/not a valid JSON Schema/);
   });
+
+  /**
+   * Confluent's summary table of compatibility types ("Changes allowed"): BACKWARD allows
+   * deleting fields and adding optional fields; FORWARD allows adding fields and deleting
+   * optional fields; FULL allows adding and deleting optional fields; NONE allows everything;
+   * each transitive form allows the same against every earlier version.
+   */
+  describe("Confluent's table of allowed changes", () => {
+    const base: JsonSchema = {
+      type: "object",
+      properties: { id: { type: "string" }, amount: { type: "number" }, note: { type: "string" } },
+      required: ["id", "amount"],
+    };
+    const change = (props: object, required: string[]): JsonSchema => ({
+      type: "object",
+      properties: props,
+      required,
+    });
+    const { id, amount, note } = (base as { properties: Record<string, object> }).properties;
+    const changes: Record<string, JsonSchema> = {
+      "delete a required field": change({ id, note }, ["id"]),
+      "delete an optional field": change({ id, amount }, ["id", "amount"]),
+      "add a required field": change({ id, amount, note, customer: { type: "string" } }, [
+        "id",
+        "amount",
+        "customer",
+      ]),
+      "add an optional field": change({ id, amount, note, channel: { type: "string" } }, ["id", "amount"]),
+      "add a field with a default": change(
+        { id, amount, note, currency: { type: "string", default: "EUR" } },
+        ["id", "amount", "currency"],
+      ),
+    };
+    const allowed: Record<string, string[]> = {
+      NONE: Object.keys(changes),
+      BACKWARD: [
+        "delete a required field",
+        "delete an optional field",
+        "add an optional field",
+        "add a field with a default",
+      ],
+      FORWARD: [
+        "delete an optional field",
+        "add a required field",
+        "add an optional field",
+        "add a field with a default",
+      ],
+      FULL: ["delete an optional field", "add an optional field", "add a field with a default"],
+    };
+    for (const [mode, ok] of Object.entries(allowed)) {
+      for (const m of mode === "NONE" ? [mode] : [mode, `${mode}_TRANSITIVE`]) {
+        for (const [name, schema] of Object.entries(changes)) {
+          const verdict = ok.includes(name) ? "allows" : "refuses";
+          it(`${m} ${verdict}: ${name}`, () => {
+            const problems = compatibilityProblems(
+              m as (typeof COMPATIBILITY_MODES)[number],
+              schema,
+              prev(base, base),
+            );
+            if (ok.includes(name)) expect(problems).toEqual([]);
+            else expect(problems.length).toBeGreaterThan(0);
+          });
+        }
+      }
+    }
+  });
 });
