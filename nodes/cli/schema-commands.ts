@@ -12,6 +12,7 @@ import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import { type CompatibilityMode, isCompatibilityMode } from "../../shared/core/schema-compat.js";
 import type { SchemaRegistry } from "../../shared/pipeline/schema-registry.js";
 import { readClusterFile } from "./cluster-file.js";
+import { intOption } from "./int-option.js";
 
 interface Target {
   dir: string;
@@ -136,11 +137,7 @@ export function addSchemaCommands(program: Command): void {
   target(schema.command("show"))
     .description("one version of a subject (the latest by default) as JSON")
     .requiredOption("--subject <s>", "subject")
-    .option("--version <n>", "version", (v) => {
-      const n = Number(v);
-      if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError("a version number (1, 2, …)");
-      return n;
-    })
+    .option("--version <n>", "version", intOption("--version", 1))
     .action(async (o: Target & { subject: string; version?: number }) => {
       await withRegistry(o, async (reg) => {
         const v = await reg.version(o.subject, o.version);

@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { isMap, isNode, isScalar, LineCounter, parseDocument } from "yaml";
 import type { z } from "zod";
-import { ConfigSchema, parseConfig, type SluiceConfig } from "../contract/config.js";
+import { ConfigSchema, checkConfig, parseConfig, type SluiceConfig } from "../contract/config.js";
 import { ErrorCode, SluiceError } from "../contract/errors.js";
 
 /** The config in `path`, or the built-in defaults when there is none. */
@@ -56,7 +56,7 @@ export function parseConfigText(text: string, name: string): SluiceConfig {
   }
   try {
     // The checks across fields (a pipeline named twice, a mode its sink cannot keep).
-    return parseConfig(raw);
+    return checkConfig(checked.data);
   } catch (err) {
     if (err instanceof SluiceError) {
       throw new SluiceError(err.code, `${name}: ${err.message}`, { cause: err });

@@ -159,19 +159,24 @@ export function parseConfig(raw: unknown): SluiceConfig {
   if (!r.success) {
     throw new SluiceError(ErrorCode.InvalidConfig, `invalid config: ${z.prettifyError(r.error)}`);
   }
+  return checkConfig(r.data);
+}
+
+/** The checks across fields of a config whose shape is valid: returns it, or throws. */
+export function checkConfig(cfg: SluiceConfig): SluiceConfig {
   const names = new Set<string>();
-  for (const p of r.data.pipelines) {
+  for (const p of cfg.pipelines) {
     if (names.has(p.name))
       throw new SluiceError(ErrorCode.InvalidConfig, `pipeline '${p.name}' is defined twice`);
     names.add(p.name);
-    const sink = sinkOf(r.data, p);
+    const sink = sinkOf(cfg, p);
     if (p.tableMode === "upsert" && sink.type === "jetstream")
       throw new SluiceError(
         ErrorCode.InvalidConfig,
         `pipeline '${p.name}': tableMode upsert needs a database sink (sqlite or postgres), not jetstream`,
       );
   }
-  return r.data;
+  return cfg;
 }
 
 /** A URL with any password in it replaced, fit for logs, status and error messages. */

@@ -1,8 +1,8 @@
 /**
  * The schema registry: subjects with immutable numbered versions, a global id per schema and a
  * compatibility mode per subject (Confluent's modes and meanings, `core/schema-compat.ts`),
- * kept in a JSON store (a NATS KV bucket in a cluster, memory in tests), so no separate
- * registry service is needed. Every write is a compare-and-set, so two registrations racing for
+ * kept in a JSON store (the `sluice_schemas` KV bucket, `adapters/nats/schema-store.ts`), so no
+ * separate registry service is needed. Every write is a compare-and-set, so two registrations racing for
  * a subject's next version cannot both win.
  *
  * Keys: `subject.<S>` holds the subject's mode and its versions (each with its id and schema);
