@@ -9,6 +9,7 @@ import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
 import { isOurProcess, openSinkInspector, readClusterConfig, readClusterFile } from "./cluster-file.js";
 import { runDemo } from "./demo.js";
+import { addDlqCommands } from "./dlq-commands.js";
 import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
 import { addWorker, down, removeWorker, restartProcess, type UpOptions, up } from "./local-cluster.js";
@@ -360,6 +361,7 @@ program
   );
 
 addSchemaCommands(program);
+addDlqCommands(program);
 
 const configCmd = program
   .command("config")

@@ -9,6 +9,7 @@ import type { SinkInspector } from "../../shared/contract/ports.js";
 import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/contract/wire.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import { type SinkHealth, sinkHealth } from "../../shared/core/sink-health.js";
+import { formatStageHealth, type StageHealth, stageHealth } from "../../shared/core/stage-health.js";
 import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/runtime/coordinator-runtime.js";
 
 export interface ShardStatus {
@@ -29,6 +30,8 @@ export interface StatusReport {
   view: ClusterView | null;
   shards: ShardStatus[];
   sink: SinkHealth;
+  /** Shards waiting for a stage's input, and the quality rules' counts. */
+  stages: StageHealth;
 }
 
 const dec = new TextDecoder();
@@ -111,6 +114,7 @@ export async function gatherStatus(
     view,
     shards,
     sink: sinkHealth(view?.members ?? {}, sinkError, Date.now()),
+    stages: stageHealth(view?.members ?? {}, Date.now()),
   };
 }
 
@@ -134,6 +138,7 @@ export function formatStatus(s: StatusReport): string {
     lines.push(
       `  ${shard.padEnd(12)} on ${x.worker}: failing ${(x.sinceMsAgo / 1000).toFixed(1)} s, circuit ${x.breaker}: ${x.error}`,
     );
+  lines.push(...formatStageHealth(s.stages));
   lines.push("shard        owner     epoch  phase      committed      lag");
   for (const r of s.shards) {
     lines.push(

@@ -7,12 +7,14 @@ import { JetStreamDeadLetterQueue } from "../../shared/adapters/nats/jetstream-d
 import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
 import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
 import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
+import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
 import { openWorkerSink } from "../../shared/adapters/sink/open-sinks.js";
 import { describeSink, sinkOf } from "../../shared/contract/config.js";
 import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
 import { feedBufferMessages } from "../../shared/core/batch-size.js";
+import { pipelineStages, RuleTally } from "../../shared/pipeline/pipeline-stages.js";
 import { WorkerRuntime } from "../../shared/runtime/worker-runtime.js";
 import { createLogger } from "../../shared/telemetry/log.js";
 import { WorkerMetrics } from "../../shared/telemetry/metrics.js";
@@ -79,6 +81,35 @@ await keepAlive.start();
 const kv = await openBucket(new Kvm(control), Buckets.assignments);
 // Each pipeline's sink: SQLite through the sink process, PostgreSQL directly, or its output stream.
 const sink = openWorkerSink(opts.config, nc, opts.id);
+// Stages after decode: the schema registry is opened only when a pipeline names a subject.
+const schemas = opts.config.pipelines.some((p) => p.schema)
+  ? await openSchemaRegistry(control, Math.min(3, opts.servers.length))
+  : undefined;
+const tally = new RuleTally();
+// A shadowed failure is logged at most once a second per rule: counted always, never a flood.
+const shadowLoggedAt = new Map<string, number>();
+const stages = new Map(
+  opts.config.pipelines.map((p) => [
+    p.name,
+    pipelineStages(p, {
+      ...(schemas ? { schemas } : {}),
+      now: Date.now,
+      onRules: (r) => {
+        tally.add(r);
+        metrics.rules(r.pipeline, r.counts);
+        for (const [rule, x] of Object.entries(r.shadowExamples)) {
+          const k = `${r.pipeline}.${rule}`;
+          if (Date.now() - (shadowLoggedAt.get(k) ?? 0) < 1_000) continue;
+          shadowLoggedAt.set(k, Date.now());
+          log.info(
+            { pipeline: r.pipeline, rule, recordId: x.recordId, detail: x.detail },
+            "shadowed rule failed",
+          );
+        }
+      },
+    }),
+  ]),
+);
 const runtime = new WorkerRuntime({
   id: opts.id,
   capacity: opts.capacity,
@@ -102,6 +133,8 @@ const runtime = new WorkerRuntime({
   },
   log,
   shardsOf: (pipeline) => opts.config.pipelines.find((p) => p.name === pipeline)?.shards,
+  stagesOf: (pipeline) => stages.get(pipeline),
+  ruleCounts: () => tally.snapshot(),
   onBatchStart: (r) => metrics.batchStarted(r),
   onHistoryMismatch: (r) => metrics.historyMismatch(r.ref),
   onCommitRetry: (r) => metrics.commitRetry(r),

@@ -9,6 +9,7 @@ import { isMap, isNode, isScalar, LineCounter, parseDocument } from "yaml";
 import type { z } from "zod";
 import { ConfigSchema, checkConfig, parseConfig, type SluiceConfig } from "../contract/config.js";
 import { ErrorCode, SluiceError } from "../contract/errors.js";
+import { compileRules } from "../pipeline/stages/rules-stage.js";
 
 /** The config in `path`, or the built-in defaults when there is none. */
 export function loadConfigFile(path: string | undefined): SluiceConfig {
@@ -55,8 +56,17 @@ export function parseConfigText(text: string, name: string): SluiceConfig {
     throw new SluiceError(ErrorCode.InvalidConfig, `invalid config:\n${msgs.join("\n")}`);
   }
   try {
-    // The checks across fields (a pipeline named twice, a mode its sink cannot keep).
-    return checkConfig(checked.data);
+    // The checks across fields (a pipeline named twice, a mode its sink cannot keep), and the
+    // rules' regular expressions and CEL programs, compiled as the workers will.
+    const cfg = checkConfig(checked.data);
+    for (const p of cfg.pipelines) {
+      try {
+        compileRules(p.rules);
+      } catch (err) {
+        throw new SluiceError(ErrorCode.InvalidConfig, `pipeline '${p.name}': ${(err as Error).message}`);
+      }
+    }
+    return cfg;
   } catch (err) {
     if (err instanceof SluiceError) {
       throw new SluiceError(err.code, `${name}: ${err.message}`, { cause: err });

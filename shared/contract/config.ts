@@ -43,6 +43,41 @@ export const SinkSchema = z.discriminatedUnion("type", [
 ]);
 export type SinkConfig = z.infer<typeof SinkSchema>;
 
+/** A dotted path into a record's value: `amount`, `customer.id`. */
+const fieldPath = z.string().regex(/^[^.\s]+(\.[^.\s]+)*$/, "a field name, or names joined by dots");
+
+/**
+ * A quality rule (README "Quality rules"): exactly one check, a mode, an optional canary share.
+ * `shadow` counts and logs a failure and keeps the record; `enforce` dead-letters it with
+ * `RULE_FAILED`; `canary: P` enforces on P % of keys (by key hash) and shadows on the rest.
+ */
+export const RuleSchema = z
+  .strictObject({
+    name,
+    mode: z.enum(["off", "shadow", "enforce"]).default("enforce"),
+    canary: z.number().min(0).max(100).optional(),
+    /** The field is present and not null. */
+    notNull: fieldPath.optional(),
+    /** The field is a number within [min, max] (either bound optional). */
+    range: z
+      .strictObject({ field: fieldPath, min: z.number().optional(), max: z.number().optional() })
+      .optional(),
+    /** The field is a string matching the regular expression (JavaScript syntax, `u` flag). */
+    pattern: z.strictObject({ field: fieldPath, regex: z.string().min(1) }).optional(),
+    /** Two fields, both numbers or both strings, compare as `op` says. */
+    compare: z
+      .strictObject({ left: fieldPath, op: z.enum(["<", "<=", "==", "!=", ">=", ">"]), right: fieldPath })
+      .optional(),
+    /** A CEL expression over `record` (the value) and `key` that must be true. */
+    expression: z.string().min(1).optional(),
+  })
+  .refine(
+    (r) =>
+      [r.notNull, r.range, r.pattern, r.compare, r.expression].filter((c) => c !== undefined).length === 1,
+    { message: "a rule has exactly one check: notNull, range, pattern, compare or expression" },
+  );
+export type RuleConfig = z.infer<typeof RuleSchema>;
+
 export const PipelineSchema = z.strictObject({
   name,
   /** Number of shards; fixed for the life of the stream. */
@@ -72,6 +107,15 @@ export const PipelineSchema = z.strictObject({
    * duplicate would show), or `upsert` one row per key, the newest by source sequence.
    */
   tableMode: z.enum(["append", "upsert"]).default("append"),
+  /**
+   * Records are checked against this registry subject: its version pinned with each shard's
+   * checkpoint, or the version a record's `Sluice-Schema-Id` names, resolved to the pinned one.
+   */
+  schema: z
+    .strictObject({ subject: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, "letters, digits, _ or -") })
+    .optional(),
+  /** Quality rules, checked in order after the schema. */
+  rules: z.array(RuleSchema).default([]),
 });
 
 export const TimingSchema = z.strictObject({
@@ -141,6 +185,7 @@ export const ConfigSchema = z.strictObject({
         streams: "shared",
         durability: "replicated",
         tableMode: "append",
+        rules: [],
       },
     ]),
   /** Where pipelines commit unless they name a sink of their own. */
@@ -169,6 +214,15 @@ export function checkConfig(cfg: SluiceConfig): SluiceConfig {
     if (names.has(p.name))
       throw new SluiceError(ErrorCode.InvalidConfig, `pipeline '${p.name}' is defined twice`);
     names.add(p.name);
+    const rules = new Set<string>();
+    for (const r of p.rules) {
+      if (rules.has(r.name))
+        throw new SluiceError(
+          ErrorCode.InvalidConfig,
+          `pipeline '${p.name}': rule '${r.name}' is defined twice`,
+        );
+      rules.add(r.name);
+    }
     const sink = sinkOf(cfg, p);
     if (p.tableMode === "upsert" && sink.type === "jetstream")
       throw new SluiceError(

@@ -29,6 +29,15 @@ export const ErrorCode = {
   UnsupportedServer: "UNSUPPORTED_SERVER",
   /** A schema was refused by its subject's compatibility mode; the message names each problem. */
   SchemaIncompatible: "SCHEMA_INCOMPATIBLE",
+  /**
+   * A record failed its pipeline's schema (or named, in `Sluice-Schema-Id`, a schema that is not
+   * a version of the subject); `Sluice-Error` holds the validator's first errors.
+   */
+  SchemaViolation: "SCHEMA_VIOLATION",
+  /** A pipeline's schema subject is not registered yet: its shards wait (retryable, never a dead letter). */
+  SchemaSubjectMissing: "SCHEMA_SUBJECT_MISSING",
+  /** A record failed an enforced quality rule; the message names the rule. */
+  RuleFailed: "RULE_FAILED",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -50,6 +50,23 @@ export interface SinkTrouble {
   breaker: "closed" | "open" | "half-open";
 }
 
+/** A shard holding its records until a stage's input is there (a schema subject not registered). */
+export interface StageWait {
+  /** Since when, ms since the epoch (the worker's clock). */
+  since: number;
+  reason: string;
+}
+
+/** A quality rule's counts on one worker since it started. */
+export interface RuleCounts {
+  /** Records the rule checked. */
+  checked: number;
+  /** Failed and dead-lettered (enforced). */
+  rejected: number;
+  /** Failed but kept (shadowed). */
+  shadowed: number;
+}
+
 /** What a worker says about itself in every heartbeat. */
 export interface Heartbeat {
   worker: string;
@@ -68,4 +85,8 @@ export interface Heartbeat {
   sentAt: number;
   /** Shards whose commits keep failing, key -> since when and why (absent when none). */
   sinkTrouble?: Record<string, SinkTrouble>;
+  /** Shards waiting for a stage's input, key -> since when and why (absent when none). */
+  waiting?: Record<string, StageWait>;
+  /** Quality rules' counts, `pipeline.rule` -> counts (absent when no pipeline has rules). */
+  rules?: Record<string, RuleCounts>;
 }

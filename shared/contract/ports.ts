@@ -96,6 +96,13 @@ export interface SinkRow {
   output?: string;
 }
 
+/**
+ * What a shard's stages pin with its checkpoint, for the records after it: a schema version, a
+ * watermark. Flat JSON scalars by name (`schema:orders` → 3). Stored in the same transaction as
+ * the checkpoint, so it moves with the shard and a redelivery or a new owner decides as before.
+ */
+export type PipelineState = Readonly<Record<string, string | number | boolean>>;
+
 export interface Checkpoint {
   /** Highest epoch fenced for the shard. */
   epoch: number;
@@ -107,11 +114,15 @@ export interface Checkpoint {
    * sequence: a JetStream replica that diverged numbers the same records differently.
    */
   fingerprint?: string;
+  /** The stages' pinned inputs in force after `seq` (absent: none pinned yet). */
+  state?: PipelineState;
 }
 
 export interface CommitOptions {
   /** Fingerprint of the message at `lastSeq`, stored with the checkpoint. */
   fingerprint?: string;
+  /** The state to store with the checkpoint (absent: the stored one is kept). */
+  state?: PipelineState;
   /**
    * Reconciling after the stream's history changed: rows at or below the checkpoint's sequence
    * are written too, because the caller removed those already committed by record id. The

@@ -145,6 +145,13 @@ export const Buckets = {
   coordinator: "sluice_coordinator",
   /** The schema registry: `subject.<S>`, `id.<N>`, `ids`, `subjects` (see `pipeline/schema-registry.ts`). */
   schemas: "sluice_schemas",
+  /**
+   * `sluice dlq replay`'s marker per dead letter, key `<P>.<dlqSeq>`: `{state: "claimed",
+   * inputSeq, ...}` before its publish, `{state: "done", seq, ...}` after it (see
+   * `adapters/nats/dead-letter-store.ts`). Never deleted by sluice: it is what keeps a replay
+   * from publishing an entry twice beyond the input stream's duplicate window.
+   */
+  dlqReplays: "sluice_dlq_replays",
 } as const;
 
 export const ControlSubjects = {
@@ -178,12 +185,25 @@ export const Headers = {
    */
   key: "Sluice-Key",
   contentType: "Content-Type",
+  /**
+   * Optional: the global id of the schema the record was written with (`sluice schema list`).
+   * The record is validated against it, then resolved to the pipeline's pinned version.
+   */
+  schemaId: "Sluice-Schema-Id",
   errorCode: "Sluice-Error-Code",
   errorMessage: "Sluice-Error",
   /** The stage that rejected a dead-lettered record. */
   errorStage: "Sluice-Error-Stage",
   /** A dead letter's original `Nats-Msg-Id` (its own id is `dlq-<shard>-<seq>`). */
   originalMsgId: "Sluice-Original-Msg-Id",
+  /**
+   * The record id of a replayed dead letter, read instead of `Nats-Msg-Id` on a record whose
+   * `Nats-Msg-Id` starts with `replay-` (`REPLAY_MSG_ID_PREFIX`). A replay cannot reuse the
+   * original `Nats-Msg-Id`: the input stream holds the original message under it, so within the
+   * duplicate window the replay would be dropped as a duplicate. On any other record it is
+   * ignored.
+   */
+  recordId: "Sluice-Record-Id",
   sourceSeq: "Sluice-Source-Seq",
   /** An output record's epoch and worker: who committed it (see `OutputStreamSink`). */
   epoch: "Sluice-Epoch",
@@ -191,6 +211,16 @@ export const Headers = {
   sourceSubject: "Sluice-Source-Subject",
   shard: "Sluice-Shard",
 } as const;
+
+/** Where a record's `Nats-Msg-Id` says its id is in `Sluice-Record-Id` (`Headers.recordId`). */
+export const REPLAY_MSG_ID_PREFIX = "replay-";
+/**
+ * The `Nats-Msg-Id` with which `sluice dlq replay` publishes the dead letter at sequence `dlqSeq`
+ * of pipeline `P`'s dead-letter stream: one id per entry, so publishes of the same entry within
+ * the duplicate window are stored once, and a scan of the input stream finds an earlier one.
+ */
+export const replayMsgId = (pipeline: string, dlqSeq: number): string =>
+  `${REPLAY_MSG_ID_PREFIX}${pipeline}-${dlqSeq}`;
 
 /** FNV-1a 32-bit hash, as nats-server's `partition()` mapping computes it over the key token. */
 export function fnv1a32(input: string): number {

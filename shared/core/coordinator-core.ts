@@ -16,7 +16,13 @@
  *   shard's pause; the pause is the drain, the release and the grant.
  */
 
-import type { AssignmentEntry, Heartbeat, SinkTrouble } from "../contract/ownership.js";
+import type {
+  AssignmentEntry,
+  Heartbeat,
+  RuleCounts,
+  SinkTrouble,
+  StageWait,
+} from "../contract/ownership.js";
 import { assignShards, type MemberCapacity } from "./assignment.js";
 
 export interface CoordinatorTiming {
@@ -50,6 +56,10 @@ export interface MemberView {
   delayMs: number;
   /** Shards whose commits keep failing on the member (`Heartbeat.sinkTrouble`; diagnostics). */
   sinkTrouble?: Record<string, SinkTrouble>;
+  /** `Heartbeat.waiting` (diagnostics). */
+  waiting?: Record<string, StageWait>;
+  /** `Heartbeat.rules` (diagnostics). */
+  rules?: Record<string, RuleCounts>;
 }
 
 export interface EntryView {
@@ -169,6 +179,8 @@ export function coordinatorStep(
         prepared: hb.prepared ?? {},
         delayMs: Math.max(0, event.now - hb.sentAt),
         ...(hb.sinkTrouble ? { sinkTrouble: hb.sinkTrouble } : {}),
+        ...(hb.waiting ? { waiting: hb.waiting } : {}),
+        ...(hb.rules ? { rules: hb.rules } : {}),
       };
       for (const s of state.shards) {
         const e = state.entries[s]?.entry;

@@ -2,7 +2,7 @@
  * The rules of the fenced sink, once, for every `Sink` implementation: a fence only raises a
  * shard's epoch; a commit is accepted only at the fenced epoch; rows at or below the checkpoint
  * are redeliveries and skipped (unless the caller reconciles below it); the checkpoint never
- * moves back and its fingerprint follows its sequence.
+ * moves back, and its fingerprint and pinned state follow its sequence.
  *
  * A sink supplies storage, not rules: read the checkpoint, write rows, write the checkpoint,
  * all inside one atomic transaction of its own (`SinkTransaction`), and calls `applyFence` /
@@ -11,7 +11,7 @@
  */
 import { ErrorCode, fencedError, SluiceError } from "../contract/errors.js";
 import type { ShardRef } from "../contract/ownership.js";
-import type { Checkpoint, CommitOptions, CommitResult } from "../contract/ports.js";
+import type { Checkpoint, CommitOptions, CommitResult, PipelineState } from "../contract/ports.js";
 
 /**
  * Switches of the rules. Production runs with every rule on; the simulator's checker tests
@@ -67,11 +67,21 @@ export function advanceCheckpoint(
 ): Checkpoint {
   const moved = lastSeq >= before.seq;
   const fingerprint = moved && opts.fingerprint !== undefined ? opts.fingerprint : before.fingerprint;
+  const state = moved && opts.state !== undefined ? opts.state : before.state;
   return {
     epoch,
     seq: moved ? lastSeq : before.seq,
     ...(fingerprint === undefined ? {} : { fingerprint }),
+    ...(state === undefined ? {} : { state }),
   };
+}
+
+/** Whether two pinned states hold the same values (key order aside). */
+export function sameState(a: PipelineState | undefined, b: PipelineState | undefined): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined) return false;
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
 }
 
 /** The checkpoint to store when the shard is fenced at `epoch`; throws `Fenced` below it. */
@@ -109,7 +119,10 @@ export function planCommit<R extends SequencedRow>(
   const floor = opts.belowCheckpoint ? 0 : before.seq;
   const write = floor === 0 ? rows.slice() : rows.filter((r) => r.sourceSeq > floor);
   const checkpoint = advanceCheckpoint(before, before.epoch, lastSeq, opts);
-  const changed = checkpoint.seq !== before.seq || checkpoint.fingerprint !== before.fingerprint;
+  const changed =
+    checkpoint.seq !== before.seq ||
+    checkpoint.fingerprint !== before.fingerprint ||
+    !sameState(checkpoint.state, before.state);
   return { write, skipped: rows.length - write.length, checkpoint, changed };
 }
 

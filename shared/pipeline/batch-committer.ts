@@ -18,9 +18,11 @@ import { ErrorCode, isSluiceError } from "../contract/errors.js";
 import type { ShardRef } from "../contract/ownership.js";
 import type { BatchReport, BatchStartReport } from "../contract/pipeline-reports.js";
 import type {
+  Checkpoint,
   CommitResult,
   DeadLetter,
   DeadLetterQueue,
+  PipelineState,
   ShardFeed,
   Sink,
   SinkRow,
@@ -28,8 +30,10 @@ import type {
 } from "../contract/ports.js";
 import { type BreakerState, mayTry, onFailure, onSuccess, onTry } from "../core/circuit-breaker.js";
 import type { RunOutcome } from "../core/lease.machine.js";
+import { sameState } from "../core/sink-rules.js";
 import { BatchTrace } from "./batch-trace.js";
 import type { HistoryGuard } from "./history-guard.js";
+import type { StageContext } from "./stage.js";
 import type { StageChain } from "./stage-chain.js";
 
 /** A commit that failed for a retryable reason and will be tried again. */
@@ -41,6 +45,15 @@ export interface CommitRetryReport {
   error: string;
   /** The shard's circuit breaker after the failure. */
   breaker: BreakerState;
+}
+
+/** A shard waiting for a stage's input (a schema subject not registered yet). */
+export interface StageWaitReport {
+  ref: ShardRef;
+  epoch: number;
+  attempt: number;
+  /** Why it waits; null once it no longer does. */
+  error: string | null;
 }
 
 export interface CommitterHooks {
@@ -55,16 +68,29 @@ export interface CommitterHooks {
   breaker?: { get(): BreakerState; set(s: BreakerState): void };
   /** A commit failed and will be tried again (for logs and status). */
   onCommitRetry?(r: CommitRetryReport): void;
+  /** A stage's input is not there yet and the shard waits (`error` null: it came; see `pin`). */
+  onStageWait?(r: StageWaitReport): void;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
   /** The pipeline's shard count, for the stages' key check (undefined: keys not checked). */
   shards?: number;
+  /**
+   * Record how far dead letters may reach before publishing them (default true; see `pin`).
+   * Only the simulator's checker tests switch it off, to prove they catch what it prevents.
+   */
+  deadLetterMark?: boolean;
 }
 
 /** A committed batch: how long the sink transaction took, for the batch sizing. */
 export type CommitDone = { ok: true; commitMs: number };
 /** The run must end. */
 export type CommitEnd = { ok: false; outcome: RunOutcome };
+
+/**
+ * The state key of the highest source sequence whose dead letters may have been published: a
+ * pinned input changes only once the checkpoint has reached it (see `BatchCommitter.pin`).
+ */
+export const DEAD_LETTERED_THROUGH = "deadLetteredThrough";
 
 /** The gate of a shard without a breaker. */
 const OPEN = { ok: true } as const;
@@ -73,6 +99,11 @@ const OPEN = { ok: true } as const;
 const retryDelayMs = (attempt: number): number => Math.min(2_000, 50 * 2 ** Math.min(6, attempt - 1));
 
 export class BatchCommitter {
+  /** The checkpoint's sequence as this lease last fenced or committed it. */
+  private seq = 0;
+  /** The inputs pinned with the checkpoint, in force for the next batch. */
+  private state: PipelineState = {};
+
   constructor(
     private readonly ref: ShardRef,
     private readonly epoch: number,
@@ -88,14 +119,25 @@ export class BatchCommitter {
     return this.hooks.sleep ? this.hooks.sleep(ms) : Promise.resolve();
   }
 
+  /** The shard's checkpoint as fenced: where its pinned state starts. */
+  start(cp: Checkpoint): void {
+    this.seq = cp.seq;
+    this.state = cp.state ?? {};
+  }
+
+  private ctx(): StageContext {
+    return { ref: this.ref, shards: this.hooks.shards, state: this.state };
+  }
+
   async commit(feed: ShardFeed, batch: SourceMessage[]): Promise<CommitDone | CommitEnd> {
-    let outcome: RunOutcome | null = null;
+    const pinned = await this.pin();
+    if (pinned) return pinned;
     const last = batch[batch.length - 1]!;
     const pending = last.pending === undefined ? {} : { pending: last.pending };
     let staged: Awaited<ReturnType<StageChain["run"]>>;
     let toWrite: SinkRow[];
     try {
-      staged = await this.chain.run(batch, { ref: this.ref, shards: this.hooks.shards });
+      staged = await this.chain.run(batch, this.ctx());
       toWrite = await this.guard.filter(batch, staged.rows);
     } catch (err) {
       return { ok: false, outcome: { type: "failed", reason: `stages failed: ${(err as Error).message}` } };
@@ -113,24 +155,137 @@ export class BatchCommitter {
     this.hooks.onBatchStart?.({ ref: this.ref, epoch: this.epoch, records: batch.length, ...pending });
     // The batch's spans (no-ops unless a tracer provider is registered).
     const bt = new BatchTrace(this.ref, this.epoch, this.worker, batch);
+    let outcome: RunOutcome | null = null;
     try {
+      // Before dead letters decided by pinned inputs leave this process, the checkpoint records
+      // how far they may reach, so no later attempt re-decides those records by newer inputs.
+      const through = Number(this.state[DEAD_LETTERED_THROUGH] ?? 0);
+      if (
+        dead.length > 0 &&
+        this.chain.pinning &&
+        through < last.seq &&
+        this.hooks.deadLetterMark !== false
+      ) {
+        const marked = await this.commitState({ ...this.state, [DEAD_LETTERED_THROUGH]: last.seq });
+        if (marked) {
+          outcome = marked.outcome;
+          return marked;
+        }
+      }
       // Dead letters are stored before the checkpoint passes them, so none can vanish.
       if (dead.length > 0) await bt.deadLetter(dead.length, () => this.deadLetters.publish(dead));
       const fingerprint = messageFingerprint(last);
       const reconciling = this.guard.reconciling;
-      let t0 = this.hooks.now();
-      const b = this.hooks.breaker;
-      // Whether a failed attempt is tried again: only a retryable error, only while the lease
-      // is not stopping, only where the scheduler can wait.
-      const retrying = (err: unknown): boolean =>
-        isSluiceError(err) && err.retryable && this.hooks.sleep !== undefined && !this.hooks.stopping?.();
-      const end = (o: RunOutcome): never => {
-        outcome = o;
-        throw new AbortError(o.type);
-      };
+      const done = await this.attempts(() =>
+        bt.commit(() =>
+          this.sink.commit(
+            this.ref,
+            this.epoch,
+            this.worker,
+            toWrite,
+            last.seq,
+            reconciling ? { fingerprint, belowCheckpoint: true } : { fingerprint },
+          ),
+        ),
+      );
+      if (!done.ok) {
+        outcome = done.outcome;
+        return done;
+      }
+      const res = done.result;
+      this.seq = res.checkpoint.seq;
+      this.guard.committed(last, toWrite);
+      bt.settle(this.ref.pipeline, () => feed.ack(last));
+      const commitMs = this.hooks.now() - done.startedAt;
+      this.hooks.onBatch?.({
+        ref: this.ref,
+        epoch: this.epoch,
+        committed: res.committed,
+        skipped: res.skipped + staged.rows.length - toWrite.length,
+        deadLettered: dead.length,
+        routed: staged.routed,
+        checkpoint: res.checkpoint.seq,
+        commitMs,
+        ...pending,
+      });
+      return { ok: true, commitMs };
+    } catch (err) {
+      outcome = { type: "failed", reason: `commit failed: ${(err as Error).message}` };
+      return { ok: false, outcome };
+    } finally {
+      bt.end(outcome);
+    }
+  }
+
+  /**
+   * Before a batch is decided: whatever the stages want pinned (a newer schema version) is
+   * committed with the checkpoint first, in a commit without rows, so no record is ever decided
+   * by an input the checkpoint does not name. A stage whose input is not there yet (a schema
+   * subject not registered) holds the shard here, retrying, for as long as the lease lasts.
+   *
+   * The change waits while an earlier attempt may have dead-lettered records beyond the
+   * checkpoint (`DEAD_LETTERED_THROUGH`): those records are decided again by the same inputs, so
+   * none is dead-lettered by one attempt and committed by the next. Records that attempt judged
+   * valid left no trace (its commit did not land), so deciding them anew is safe.
+   * Returns an outcome only when the run must end.
+   */
+  private async pin(): Promise<CommitEnd | null> {
+    for (let attempt = 1; ; attempt++) {
+      let want: PipelineState | null;
+      try {
+        want = await this.chain.pin(this.ctx());
+      } catch (err) {
+        if (!isSluiceError(err) || !err.retryable || this.hooks.sleep === undefined)
+          return {
+            ok: false,
+            outcome: { type: "failed", reason: `stages failed: ${(err as Error).message}` },
+          };
+        if (this.hooks.stopping?.())
+          return { ok: false, outcome: { type: "failed", reason: "stopped while a stage waited" } };
+        this.hooks.onStageWait?.({ ref: this.ref, epoch: this.epoch, attempt, error: err.message });
+        await this.wait(retryDelayMs(attempt));
+        continue;
+      }
+      if (attempt > 1) this.hooks.onStageWait?.({ ref: this.ref, epoch: this.epoch, attempt, error: null });
+      if (!want || sameState(want, this.state)) return null;
+      if (this.seq < Number(this.state[DEAD_LETTERED_THROUGH] ?? 0)) return null;
+      return this.commitState(want);
+    }
+  }
+
+  /** Stores `state` with the checkpoint in a commit without rows; an outcome when the run must end. */
+  private async commitState(state: PipelineState): Promise<CommitEnd | null> {
+    const done = await this.attempts(() =>
+      this.sink.commit(this.ref, this.epoch, this.worker, [], this.seq, { state }),
+    );
+    if (!done.ok) return done;
+    this.seq = done.result.checkpoint.seq;
+    this.state = done.result.checkpoint.state ?? state;
+    return null;
+  }
+
+  /**
+   * One commit, tried until it succeeds, fails for good, or the lease ends: the circuit breaker
+   * paces the attempts, the lease is checked before each, and only retryable errors are retried.
+   */
+  private async attempts(
+    send: () => Promise<CommitResult>,
+  ): Promise<{ ok: true; result: CommitResult; startedAt: number } | CommitEnd> {
+    let outcome: RunOutcome | null = null;
+    let t0 = this.hooks.now();
+    const b = this.hooks.breaker;
+    // Whether a failed attempt is tried again: only a retryable error, only while the lease
+    // is not stopping, only where the scheduler can wait.
+    const retrying = (err: unknown): boolean =>
+      isSluiceError(err) && err.retryable && this.hooks.sleep !== undefined && !this.hooks.stopping?.();
+    const end = (o: RunOutcome): never => {
+      outcome = o;
+      throw new AbortError(o.type);
+    };
+    try {
       // p-retry drives the attempts but sleeps nothing itself (`maxTimeout: 0`): every wait is
       // on the scheduler's clock, so the simulator's virtual time paces the retries too.
-      const res: CommitResult = await pRetry(
+      const result: CommitResult = await pRetry(
         async () => {
           for (let gate = b ? mayTry(b.get(), this.hooks.now()) : OPEN; !gate.ok; ) {
             await this.wait(gate.waitMs);
@@ -143,16 +298,7 @@ export class BatchCommitter {
           // pulling, dead-lettering or waiting for the sink, so the lease is checked here.
           if (!this.hooks.leaseFresh()) end({ type: "stale" });
           t0 = this.hooks.now();
-          const r = await bt.commit(() =>
-            this.sink.commit(
-              this.ref,
-              this.epoch,
-              this.worker,
-              toWrite,
-              last.seq,
-              reconciling ? { fingerprint, belowCheckpoint: true } : { fingerprint },
-            ),
-          );
+          const r = await send();
           if (b) b.set(onSuccess(b.get()));
           return r;
         },
@@ -175,36 +321,21 @@ export class BatchCommitter {
           },
         },
       );
-      this.guard.committed(last, toWrite);
-      bt.settle(this.ref.pipeline, () => feed.ack(last));
-      const commitMs = this.hooks.now() - t0;
-      this.hooks.onBatch?.({
-        ref: this.ref,
-        epoch: this.epoch,
-        committed: res.committed,
-        skipped: res.skipped + staged.rows.length - toWrite.length,
-        deadLettered: dead.length,
-        routed: staged.routed,
-        checkpoint: res.checkpoint.seq,
-        commitMs,
-        ...pending,
-      });
-      return { ok: true, commitMs };
+      return { ok: true, result, startedAt: t0 };
     } catch (err) {
       // A stale lease or a stop ended the attempts (see `end`).
       if (outcome) return { ok: false, outcome };
       if (isSluiceError(err, ErrorCode.Fenced)) {
-        outcome = {
-          type: "fenced",
-          reason: err.message,
-          ...(err.fencedBy === undefined ? {} : { fencedBy: err.fencedBy }),
+        return {
+          ok: false,
+          outcome: {
+            type: "fenced",
+            reason: err.message,
+            ...(err.fencedBy === undefined ? {} : { fencedBy: err.fencedBy }),
+          },
         };
-      } else {
-        outcome = { type: "failed", reason: `commit failed: ${(err as Error).message}` };
       }
-      return { ok: false, outcome };
-    } finally {
-      bt.end(outcome);
+      return { ok: false, outcome: { type: "failed", reason: `commit failed: ${(err as Error).message}` } };
     }
   }
 }

@@ -33,6 +33,8 @@ export interface PipelineSettings {
    * producer's retry can store a record at a second position).
    */
   reconcileWindowMs?: number;
+  /** See `CommitterHooks.deadLetterMark` (simulator switch; default true). */
+  deadLetterMark?: boolean;
 }
 
 export interface PipelineHooks extends Omit<CommitterHooks, "stopping"> {

@@ -65,9 +65,19 @@ export function compileSchema(schema: unknown, ajv: Ajv = newAjv()): ValidateFun
   }
 }
 
-/** Never coerces (`"12"` is not a number); `$id`s may repeat across versions. */
-export function newAjv(): Ajv {
-  return new Ajv({ allErrors: false, coerceTypes: false, strict: false, addUsedSchema: false });
+/**
+ * Never coerces (`"12"` is not a number); `$id`s may repeat across versions. `useDefaults` fills
+ * a missing property from its `default` while validating (how a pipeline resolves a record);
+ * `allErrors` collects every error instead of stopping at the first.
+ */
+export function newAjv(opts: { useDefaults?: boolean; allErrors?: boolean } = {}): Ajv {
+  return new Ajv({
+    allErrors: opts.allErrors ?? false,
+    useDefaults: opts.useDefaults ?? false,
+    coerceTypes: false,
+    strict: false,
+    addUsedSchema: false,
+  });
 }
 
 /** Key order does not make two schemas different. */

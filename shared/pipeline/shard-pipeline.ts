@@ -63,7 +63,11 @@ export class ShardPipeline {
       ports.deadLetters,
       new StageChain(decodeStage, hooks.stages),
       this.history,
-      { ...hooks, stopping: () => this.stopping },
+      {
+        ...hooks,
+        stopping: () => this.stopping,
+        ...(settings.deadLetterMark === undefined ? {} : { deadLetterMark: settings.deadLetterMark }),
+      },
     );
     this.sizing = {
       min: settings.batchMin ?? 16,
@@ -171,6 +175,7 @@ export class ShardPipeline {
       const from = startSeq(cp);
       this.pending = null;
       this.history.expect(cp);
+      this.committer.start(cp);
       const opened = early && hint && startSeq(hint) <= from ? await early.catch(() => null) : null;
       if (opened) {
         await this.adopt(opened);

@@ -4,7 +4,7 @@
  * dead letters (rejected ones, with the stage that rejected them).
  */
 import type { Rejection } from "../contract/codec.js";
-import type { SinkRow, SourceMessage } from "../contract/ports.js";
+import type { PipelineState, SinkRow, SourceMessage } from "../contract/ports.js";
 import type { PipelineRecord, Stage, StageContext, StageDecision } from "./stage.js";
 
 export interface Rejected {
@@ -31,9 +31,30 @@ export class StageChain {
     private readonly stages: readonly Stage[] = [],
   ) {}
 
+  /** Whether a stage pins inputs with the checkpoint (see `Stage.pin`). */
+  get pinning(): boolean {
+    return this.stages.some((s) => s.pin !== undefined);
+  }
+
   /** Stage names in order, decode first. */
   get names(): string[] {
     return [this.decode.name, ...this.stages.map((s) => s.name)];
+  }
+
+  /**
+   * What the stages want pinned before the next batch (see `Stage.pin`): `ctx.state` with their
+   * changes, or null when none wants a change.
+   */
+  async pin(ctx: StageContext): Promise<PipelineState | null> {
+    let next: Record<string, string | number | boolean> | null = null;
+    for (const stage of this.stages) {
+      const want = await stage.pin?.(ctx);
+      if (want) {
+        next ??= { ...ctx.state };
+        Object.assign(next, want);
+      }
+    }
+    return next;
   }
 
   async run(batch: readonly SourceMessage[], ctx: StageContext): Promise<ChainOutcome> {

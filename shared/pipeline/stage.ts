@@ -13,7 +13,7 @@
  */
 import type { Rejection } from "../contract/codec.js";
 import type { ShardRef } from "../contract/ownership.js";
-import type { RecordValue, SourceMessage } from "../contract/ports.js";
+import type { PipelineState, RecordValue, SourceMessage } from "../contract/ports.js";
 
 /** A record on its way through the stages, once decoded. */
 export interface PipelineRecord {
@@ -36,6 +36,11 @@ export interface StageContext {
   readonly ref: ShardRef;
   /** The pipeline's shard count. */
   readonly shards: number | undefined;
+  /**
+   * The inputs pinned with the shard's checkpoint for the records after it (see `Stage.pin`);
+   * empty before anything was pinned.
+   */
+  readonly state: PipelineState;
 }
 
 /**
@@ -45,6 +50,14 @@ export interface StageContext {
 export interface Stage<In = PipelineRecord, Out = PipelineRecord> {
   /** Names the stage in dead letters, logs and metrics. */
   readonly name: string;
+  /**
+   * Before a batch: the pinned inputs this stage wants in force from now on (a newer schema
+   * version, say), or null to keep `ctx.state`. What it returns is committed with the shard's
+   * checkpoint before any record is decided by it, so a redelivery or the shard's next owner
+   * decides by the same inputs. Throws a retryable `SluiceError` when an input is not there yet
+   * (a schema subject not registered): the shard waits, it decides nothing.
+   */
+  pin?(ctx: StageContext): PipelineState | null | Promise<PipelineState | null>;
   /**
    * One decision per record of `batch`, in the same order. Must not throw for bad input: bad
    * input is a rejection. A throw means the stage itself failed (its pinned input is

@@ -7,7 +7,13 @@ import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
 import type { TimingConfig } from "../contract/config.js";
 import { ErrorCode, isSluiceError } from "../contract/errors.js";
 import type { Logger } from "../contract/logger.js";
-import { type AssignmentEntry, parseShardKey, type SinkTrouble } from "../contract/ownership.js";
+import {
+  type AssignmentEntry,
+  parseShardKey,
+  type RuleCounts,
+  type SinkTrouble,
+  type StageWait,
+} from "../contract/ownership.js";
 import type { AssignmentStore, CoordinatorControlBus, JsonStore, Scheduler } from "../contract/ports.js";
 import {
   type CoordinatorCommand,
@@ -44,6 +50,10 @@ export interface ClusterView {
       held: number;
       /** Shards whose commits keep failing on this member: the sink is unavailable to them. */
       sinkTrouble?: Record<string, SinkTrouble>;
+      /** Shards waiting on this member for a stage's input. */
+      waiting?: Record<string, StageWait>;
+      /** Quality rules' counts on this member, `pipeline.rule` -> counts. */
+      rules?: Record<string, RuleCounts>;
     }
   >;
 }
@@ -321,6 +331,8 @@ export class CoordinatorRuntime {
         heartbeatDelayMs: m.delayMs,
         held: Object.keys(m.held).length,
         ...(m.sinkTrouble ? { sinkTrouble: m.sinkTrouble } : {}),
+        ...(m.waiting ? { waiting: m.waiting } : {}),
+        ...(m.rules ? { rules: m.rules } : {}),
       };
     }
     return { leader: this.d.id, term: this.term, at: now, members };

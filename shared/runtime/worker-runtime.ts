@@ -13,7 +13,9 @@ import {
   type AssignmentEntry,
   type Heartbeat,
   parseShardKey,
+  type RuleCounts,
   type SinkTrouble,
+  type StageWait,
 } from "../contract/ownership.js";
 import type { BatchReport, BatchStartReport, HistoryMismatchReport } from "../contract/pipeline-reports.js";
 import type {
@@ -41,7 +43,7 @@ export interface WorkerDeps extends PipelinePorts {
   scheduler: Scheduler;
   timing: TimingConfig;
   /** Worker settings; `reconcileWindowMs` follows the pipelines' duplicate window. */
-  settings: WorkerConfig & { reconcileWindowMs?: number };
+  settings: WorkerConfig & { reconcileWindowMs?: number; deadLetterMark?: boolean };
   log: Logger;
   /** A pipeline's shard count, so that records with another shard's key are dead-lettered. */
   shardsOf?(pipeline: string): number | undefined;
@@ -52,6 +54,8 @@ export interface WorkerDeps extends PipelinePorts {
   onHistoryMismatch?(r: HistoryMismatchReport): void;
   onLeaseEvent?(e: LeaseEventReport): void;
   onCommitRetry?(r: CommitRetryReport): void;
+  /** Quality rules' counts since start, `pipeline.rule` -> counts, sent in heartbeats. */
+  ruleCounts?(): Record<string, RuleCounts> | undefined;
 }
 
 export interface LeaseEventReport {
@@ -73,6 +77,8 @@ export class WorkerRuntime {
   private readonly breakers = new Map<string, BreakerState>();
   /** shard -> since when its commits fail and why, until one succeeds (sent in heartbeats). */
   private readonly sinkTrouble = new Map<string, SinkTrouble>();
+  /** shard -> since when it waits for a stage's input and why (sent in heartbeats). */
+  private readonly waiting = new Map<string, StageWait>();
   /** shard -> latest entry seen from the store. */
   private readonly latest = new Map<string, AssignmentEntry | null>();
   /** shard -> KV revision of `latest`; older entries arriving late are ignored. */
@@ -130,6 +136,7 @@ export class WorkerRuntime {
       leaving: this.leaving,
       sentAt,
       ...(this.sinkTrouble.size > 0 ? { sinkTrouble: Object.fromEntries(this.sinkTrouble) } : {}),
+      ...this.diagnostics(),
     };
     void this.d.bus
       .heartbeat(hb, Math.max(100, this.d.timing.heartbeatMs * 2))
@@ -254,6 +261,16 @@ export class WorkerRuntime {
     if (!e || e.epoch < p.epoch) void this.d.source.remove(p.ref, p.epoch).catch(() => undefined);
   }
 
+  /** Waiting shards still held here, and the rules' counts, for a heartbeat. */
+  private diagnostics(): Pick<Heartbeat, "waiting" | "rules"> {
+    for (const shard of this.waiting.keys()) if (!this.leases.has(shard)) this.waiting.delete(shard);
+    const rules = this.d.ruleCounts?.();
+    return {
+      ...(this.waiting.size > 0 ? { waiting: Object.fromEntries(this.waiting) } : {}),
+      ...(rules && Object.keys(rules).length > 0 ? { rules } : {}),
+    };
+  }
+
   /** The data path of one lease, reporting to this worker. */
   private newPipeline(shard: string, epoch: number): ShardPipeline {
     const ref = parseShardKey(shard)!;
@@ -266,6 +283,7 @@ export class WorkerRuntime {
       stages: this.d.stagesOf?.(ref.pipeline),
       onBatch: (r) => {
         this.sinkTrouble.delete(shard);
+        this.waiting.delete(shard);
         this.d.onBatch?.(r);
       },
       onBatchStart: (r) => this.d.onBatchStart?.(r),
@@ -290,6 +308,19 @@ export class WorkerRuntime {
             "commit failed; the shard waits and retries",
           );
         this.d.onCommitRetry?.(r);
+      },
+      onStageWait: (r) => {
+        if (r.error === null) {
+          this.waiting.delete(shard);
+          log.info({}, "the stage input came: the shard goes on");
+          return;
+        }
+        this.waiting.set(shard, {
+          since: this.waiting.get(shard)?.since ?? this.d.scheduler.now(),
+          reason: r.error,
+        });
+        if (r.attempt === 1 || r.attempt % 20 === 0)
+          log.warn({ attempt: r.attempt, reason: r.error }, "the shard waits for a stage input");
       },
       onHistoryMismatch: (r) => {
         // Not a sluice fault but the broker's: loud, because the stream broke its own contract.

@@ -180,6 +180,8 @@ export const MetricNames = {
   sinkCommitDuration: "sluice_sink_commit_duration_seconds",
   /** Counter: commits (and fences) rejected because a higher epoch is fenced. */
   sinkFenced: "sluice_sink_fenced_total",
+  /** Counter: records a quality rule checked, by `outcome` (`passed`, `rejected`, `shadowed`). */
+  ruleRecords: "sluice_rule_records_total",
 } as const;
 
 /** Metric label keys (Prometheus labels; kept short and unprefixed on purpose). */
@@ -187,6 +189,10 @@ export const MetricLabels = {
   pipeline: "pipeline",
   shard: "shard",
   reason: "reason",
+  /** A quality rule's name. */
+  rule: "rule",
+  /** What a rule did with a record: `passed`, `rejected` (enforced) or `shadowed` (kept). */
+  outcome: "outcome",
 } as const;
 
 /** Resource attribute keys (OpenTelemetry resource semantic conventions). */

@@ -6,7 +6,7 @@
 
 import type { Attributes, Counter, Histogram, Meter, ObservableResult } from "@opentelemetry/api";
 import { ErrorCode, isSluiceError } from "../contract/errors.js";
-import type { AssignmentEntry, ShardRef } from "../contract/ownership.js";
+import type { AssignmentEntry, RuleCounts, ShardRef } from "../contract/ownership.js";
 import type { BatchReport } from "../contract/pipeline-reports.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../contract/ports.js";
 import type { HandoffReason } from "../core/coordinator-core.js";
@@ -55,6 +55,7 @@ export class WorkerMetrics {
   private readonly deadLettered: Counter;
   private readonly historyMismatches: Counter;
   private readonly commitRetries: Counter;
+  private readonly ruleRecords: Counter;
   private readonly commitSeconds: Histogram;
   private readonly batchRecords: Histogram;
   /** Shards whose lease runs here, key `P.shard`: only these report gauges. */
@@ -78,6 +79,11 @@ export class WorkerMetrics {
     });
     this.commitRetries = meter.createCounter(MetricNames.commitRetries, {
       description: "Sink commits that failed for a retryable reason and are tried again",
+    });
+    this.ruleRecords = meter.createCounter(MetricNames.ruleRecords, {
+      description:
+        "Records a quality rule checked, by outcome: passed, rejected (enforced) or shadowed (kept)",
+      unit: "{record}",
     });
     this.commitSeconds = meter.createHistogram(MetricNames.commitDuration, {
       description: "Sink commit round trip of a batch, seconds",
@@ -167,6 +173,21 @@ export class WorkerMetrics {
   }
 
   /** The stream's history changed under a shard's checkpoint (see `HistoryMismatchReport`). */
+  /** A batch's quality-rule outcomes (`RulesStage`). */
+  rules(pipeline: string, counts: Readonly<Record<string, RuleCounts>>): void {
+    for (const [rule, c] of Object.entries(counts)) {
+      const at = (outcome: string): Attributes => ({
+        [MetricLabels.pipeline]: pipeline,
+        [MetricLabels.rule]: rule,
+        [MetricLabels.outcome]: outcome,
+      });
+      const passed = c.checked - c.rejected - c.shadowed;
+      if (passed > 0) this.ruleRecords.add(passed, at("passed"));
+      if (c.rejected > 0) this.ruleRecords.add(c.rejected, at("rejected"));
+      if (c.shadowed > 0) this.ruleRecords.add(c.shadowed, at("shadowed"));
+    }
+  }
+
   historyMismatch(ref: ShardRef): void {
     this.historyMismatches.add(1, shardLabels(ref));
   }

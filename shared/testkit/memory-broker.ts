@@ -6,6 +6,7 @@
  * network in front of them.
  */
 import { ErrorCode, SluiceError } from "../contract/errors.js";
+import type { JsonStore, Versioned } from "../contract/ports.js";
 import { subjectMatches } from "../contract/wire.js";
 
 export interface StoredMessage {
@@ -179,5 +180,30 @@ export class MemoryKv {
       this.watchers.delete(onEntry);
       this.phantomSeers.delete(onEntry);
     };
+  }
+}
+
+/** A `JsonStore` straight over a `MemoryKv`, for tests that need no network between them. */
+export class MemoryJsonStore<T> implements JsonStore<T> {
+  constructor(readonly kv: MemoryKv = new MemoryKv()) {}
+
+  async get(key: string): Promise<Versioned<T>> {
+    const e = this.kv.get(key);
+    return { value: e.value === null ? null : (JSON.parse(e.value) as T), revision: e.revision };
+  }
+
+  async compareAndSet(key: string, value: T, expectedRevision: number): Promise<number> {
+    return this.kv.compareAndSet(key, JSON.stringify(value), expectedRevision);
+  }
+
+  async put(key: string, value: T): Promise<number> {
+    return this.kv.put(key, JSON.stringify(value));
+  }
+
+  async watch(onValue: (key: string, v: Versioned<T>) => void): Promise<{ stop(): void }> {
+    const stop = this.kv.watch((key, e) =>
+      onValue(key, { value: e.value === null ? null : (JSON.parse(e.value) as T), revision: e.revision }),
+    );
+    return { stop };
   }
 }

@@ -350,6 +350,7 @@ describe("parseConfig", () => {
         streams: "shared",
         durability: "replicated",
         tableMode: "append",
+        rules: [],
       },
     ]);
     expect(cfg.sink).toEqual({ type: "sqlite" });
@@ -372,6 +373,7 @@ describe("parseConfig", () => {
       streams: "shared",
       durability: "replicated",
       tableMode: "append",
+      rules: [],
     });
   });
 

@@ -55,6 +55,7 @@ describe("shardRates", () => {
 describe("sluice status --watch frame", () => {
   const report: StatusReport = {
     sink: { reachable: true, error: null, trouble: {}, healthy: true },
+    stages: { waiting: {}, rules: {} },
     leader: { holder: "c1", term: 2 },
     view: {
       leader: "c1",

@@ -18,6 +18,7 @@ import type { CoordinatorCommand, MemberView } from "../../../shared/core/coordi
 import type { LeaderRecord } from "../../../shared/core/leader-election.js";
 import { type ProgressSample, type ShardRates, shardRates } from "../../../shared/core/shard-rates.js";
 import { type SinkHealth, sinkHealth } from "../../../shared/core/sink-health.js";
+import { type StageHealth, stageHealth } from "../../../shared/core/stage-health.js";
 
 export type MemberStatus = "alive" | "leaving" | "lost";
 
@@ -66,6 +67,8 @@ export interface DashboardState {
   totals: { rate: number | null; lag: number | null; owned: number; shards: number };
   /** Whether the sink answers, and the shards that cannot commit (their circuit breakers). */
   sink: SinkHealth;
+  /** Shards waiting for a stage's input, and the quality rules' counts. */
+  stages: StageHealth;
 }
 
 export interface HistoryPoint {
@@ -253,6 +256,7 @@ export class DashboardModel {
         shards: shards.length,
       },
       sink: sinkHealth(o.members, o.sinkError, o.at),
+      stages: stageHealth(o.members, o.at),
     };
     const point: HistoryPoint = { at: o.at, rate: state.totals.rate, lag: state.totals.lag };
     this.points.push(point);

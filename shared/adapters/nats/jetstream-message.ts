@@ -9,8 +9,17 @@ import type { SourceMessage } from "../../contract/ports.js";
 import { Headers } from "../../contract/wire.js";
 import { scanHeaderValues } from "./raw-headers.js";
 
-/** The headers `decodeRecord` reads from every record, looked up together in one pass. */
-const recordHeaderNames: readonly string[] = [Headers.msgId, Headers.key, Headers.contentType];
+/**
+ * The headers the stages read from every record, looked up together in one pass: the decode
+ * stage's three, and the schema stage's writer schema id and a replay's record id.
+ */
+const recordHeaderNames: readonly string[] = [
+  Headers.msgId,
+  Headers.key,
+  Headers.contentType,
+  Headers.schemaId,
+  Headers.recordId,
+];
 const noRecordHeaders: ReadonlyArray<string | undefined> = recordHeaderNames.map(() => undefined);
 
 /**

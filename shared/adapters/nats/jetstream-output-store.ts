@@ -113,10 +113,12 @@ export class JetStreamOutputStore implements OutputStreamStore {
       });
     if (!m) return null;
     const cp = JSON.parse(dec.decode(m.data)) as OutputCheckpoint;
-    const checkpoint: Checkpoint =
-      cp.fingerprint === undefined
-        ? { epoch: cp.epoch, seq: cp.seq }
-        : { epoch: cp.epoch, seq: cp.seq, fingerprint: cp.fingerprint };
+    const checkpoint: Checkpoint = {
+      epoch: cp.epoch,
+      seq: cp.seq,
+      ...(cp.fingerprint === undefined ? {} : { fingerprint: cp.fingerprint }),
+      ...(cp.state === undefined ? {} : { state: cp.state }),
+    };
     return { checkpoint, streamSeq: m.seq };
   }
 

@@ -1,6 +1,7 @@
 /**
  * Creates (idempotently) the JetStream resources of a cluster: the input streams of each
- * pipeline (one, or one per shard) and one dead-letter stream per pipeline, and the KV buckets of the ownership protocol.
+ * pipeline (one, or one per shard) and one dead-letter stream per pipeline, and the KV buckets of
+ * the ownership protocol, the schema registry and dead-letter replays.
  */
 import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
@@ -75,6 +76,8 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
   await kvm.create(Buckets.assignments, { replicas, history: 1, allow_direct: false });
   await kvm.create(Buckets.coordinator, { replicas, history: 1, allow_direct: false });
   await kvm.create(Buckets.schemas, { replicas, history: 1, allow_direct: false });
+  // `sluice dlq replay`'s markers: a claim must see the leader's latest, like a lease.
+  await kvm.create(Buckets.dlqReplays, { replicas, history: 1, allow_direct: false });
 }
 
 type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;

@@ -137,7 +137,14 @@ export class OutputStreamSink implements Sink {
       const lastRow = chunk[chunk.length - 1];
       const cp: OutputCheckpoint = final
         ? { ...plan.checkpoint, worker }
-        : { epoch: plan.checkpoint.epoch, seq: lastRow!.sourceSeq, fingerprint: lastRow!.recordId, worker };
+        : {
+            epoch: plan.checkpoint.epoch,
+            seq: lastRow!.sourceSeq,
+            fingerprint: lastRow!.recordId,
+            // The committer changes the state only in commits without rows (`BatchCommitter.pin`).
+            ...(plan.checkpoint.state === undefined ? {} : { state: plan.checkpoint.state }),
+            worker,
+          };
       const records: OutputRecord[] = chunk.map((r) => ({ row: r, epoch: plan.checkpoint.epoch, worker }));
       const res = await this.store.append(ref, records, cp, this.expectAt(expect));
       if (!res.ok) return null;

@@ -3,7 +3,7 @@
  * sink process in between). Exactly-once rests on one transaction per fence and per commit, in
  * which the sink rules of `core/sink-rules.ts` run against these tables:
  *
- * - `sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)`: one row per
+ * - `sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, state, updated_at)`: one row per
  *   shard, locked `FOR UPDATE` by every fence and commit of the shard, so a fence and a zombie's
  *   commit are serialised and the zombie's finds the higher epoch;
  * - one table per pipeline: `append` mode (the default, the demo's) keeps every row, with an
@@ -26,7 +26,7 @@ import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
 import { type AsyncSinkTransaction, applyCommitAsync, applyFenceAsync } from "../../core/sink-rules.js";
-import { collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
+import { checkpointOf, collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
 
 export interface PostgresSinkOptions {
   /** Pipelines whose tables are created on open, and how each keeps its rows. */
@@ -166,6 +166,11 @@ export class PostgresSink implements Sink {
   init(): Promise<void> {
     this.ready ??= (async () => {
       await this.pool.query(CHECKPOINTS_DDL);
+      // Checked first: the ALTER takes the table's exclusive lock even when the column exists.
+      const cols = await this.pool.query(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = 'sluice_checkpoints' AND column_name = 'state' AND table_schema = current_schema()",
+      );
+      if (cols.rowCount === 0) await this.pool.query(CHECKPOINTS_STATE);
       for (const p of this.opts.pipelines) await this.ensureTable(p.name);
     })().catch((err: unknown) => {
       this.ready = null;
@@ -230,8 +235,8 @@ export class PostgresSink implements Sink {
   private storage(t: PgTransaction): AsyncSinkTransaction<SinkRow> {
     return {
       readCheckpoint: async (ref) => {
-        const rows = await t.simple<{ epoch: string; seq: string; fingerprint: string | null }>(
-          `SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = ${literal(ref.pipeline)} AND shard = ${int(ref.shard)} FOR UPDATE`,
+        const rows = await t.simple<CheckpointRow>(
+          `SELECT epoch, seq, fingerprint, state FROM sluice_checkpoints WHERE pipeline = ${literal(ref.pipeline)} AND shard = ${int(ref.shard)} FOR UPDATE`,
         );
         const row = rows[0];
         if (!row) return { epoch: 0, seq: 0 };
@@ -244,10 +249,10 @@ export class PostgresSink implements Sink {
       writeCheckpoint: async (ref, cp) => {
         // Sent with COMMIT: nothing in the transaction reads it back.
         t.beforeCommit(
-          `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
-           VALUES (${literal(ref.pipeline)}, ${int(ref.shard)}, ${int(cp.epoch)}, ${int(cp.seq)}, ${cp.fingerprint === undefined ? "NULL" : literal(cp.fingerprint)}, ${int(this.now())})
+          `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, state, updated_at)
+           VALUES (${literal(ref.pipeline)}, ${int(ref.shard)}, ${int(cp.epoch)}, ${int(cp.seq)}, ${cp.fingerprint === undefined ? "NULL" : literal(cp.fingerprint)}, ${cp.state === undefined ? "NULL" : literal(JSON.stringify(cp.state))}, ${int(this.now())})
            ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = EXCLUDED.epoch, seq = EXCLUDED.seq,
-             fingerprint = EXCLUDED.fingerprint, updated_at = EXCLUDED.updated_at`,
+             fingerprint = EXCLUDED.fingerprint, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at`,
         );
       },
     };
@@ -303,8 +308,8 @@ export class PostgresSink implements Sink {
     this.assertOpen();
     await this.init();
     try {
-      const r = await this.pool.query<{ epoch: string; seq: string; fingerprint: string | null }>(
-        "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = $1 AND shard = $2",
+      const r = await this.pool.query<CheckpointRow>(
+        "SELECT epoch, seq, fingerprint, state FROM sluice_checkpoints WHERE pipeline = $1 AND shard = $2",
         [ref.pipeline, ref.shard],
       );
       return r.rows[0] ? checkpointOf(r.rows[0]) : { epoch: 0, seq: 0 };
@@ -335,7 +340,11 @@ export class PostgresSink implements Sink {
 
 const CHECKPOINTS_DDL = `CREATE TABLE IF NOT EXISTS sluice_checkpoints (
   pipeline text NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,
-  fingerprint text, updated_at bigint NOT NULL, PRIMARY KEY (pipeline, shard))`;
+  fingerprint text, state text, updated_at bigint NOT NULL, PRIMARY KEY (pipeline, shard))`;
+/** A database made before checkpoints carried the stages' pinned state. */
+const CHECKPOINTS_STATE = "ALTER TABLE sluice_checkpoints ADD COLUMN IF NOT EXISTS state text";
+
+type CheckpointRow = { epoch: string; seq: string; fingerprint: string | null; state: string | null };
 
 /**
  * A pipeline's table. Both modes have the SQLite table's columns (`payload` as `jsonb`) and
@@ -353,15 +362,6 @@ export function pipelineTableDdl(table: string, mode: TableMode): string[] {
       : `CREATE TABLE IF NOT EXISTS ${t} (row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ${cols})`,
     `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${table}_shard_seq`)} ON ${t} (shard, source_seq)`,
   ];
-}
-
-function checkpointOf(row: {
-  epoch: string | number;
-  seq: string | number;
-  fingerprint: string | null;
-}): Checkpoint {
-  const base = { epoch: Number(row.epoch), seq: Number(row.seq) };
-  return row.fingerprint === null ? base : { ...base, fingerprint: row.fingerprint };
 }
 
 /**

@@ -3,6 +3,8 @@
  * side output's (a stage routed the record there) in `<pipeline>__<output>`.
  */
 
+import type { Checkpoint, PipelineState } from "../../contract/ports.js";
+
 /** A SQL identifier, double-quoted (SQLite and PostgreSQL alike). */
 export const quoteIdent = (ident: string): string => `"${ident.replaceAll('"', '""')}"`;
 
@@ -22,4 +24,20 @@ export function collapseByKey<R extends { key: string; sourceSeq: number }>(rows
     if (!cur || cur.sourceSeq < r.sourceSeq) newest.set(r.key, r);
   }
   return [...newest.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+
+/** A checkpoint row of `sluice_checkpoints` (integers may come back as text, state as JSON text). */
+export function checkpointOf(row: {
+  epoch: string | number;
+  seq: string | number;
+  fingerprint: string | null;
+  state?: string | null;
+}): Checkpoint {
+  const cp: { epoch: number; seq: number; fingerprint?: string; state?: PipelineState } = {
+    epoch: Number(row.epoch),
+    seq: Number(row.seq),
+  };
+  if (row.fingerprint !== null) cp.fingerprint = row.fingerprint;
+  if (row.state !== null && row.state !== undefined) cp.state = JSON.parse(row.state) as PipelineState;
+  return cp;
 }

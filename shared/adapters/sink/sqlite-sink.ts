@@ -18,7 +18,7 @@ import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
 import { applyCommit, applyFence, type SinkTransaction } from "../../core/sink-rules.js";
-import { collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
+import { checkpointOf, collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
 
 export interface SqliteSinkOptions {
   /** Pipelines whose tables are created on open, and how each keeps its rows (default append). */
@@ -40,7 +40,7 @@ export class SqliteSink implements Sink {
   private readonly idQueries = new Map<string, Database.Statement<[number, number], { record_id: string }>>();
   private readonly getCp: Database.Statement<
     [string, number],
-    { epoch: number; seq: number; fingerprint: string | null }
+    { epoch: number; seq: number; fingerprint: string | null; state: string | null }
   >;
   private readonly putCp: Database.Statement;
   private closed = false;
@@ -64,18 +64,21 @@ export class SqliteSink implements Sink {
       const cols = this.db.prepare("PRAGMA table_info(sluice_checkpoints)").all() as { name: string }[];
       if (!cols.some((c) => c.name === "fingerprint"))
         this.db.exec("ALTER TABLE sluice_checkpoints ADD COLUMN fingerprint TEXT");
+      if (!cols.some((c) => c.name === "state"))
+        this.db.exec("ALTER TABLE sluice_checkpoints ADD COLUMN state TEXT");
       for (const p of opts.pipelines) {
         const name = typeof p === "string" ? p : p.name;
         SqliteSink.createPipelineTable(this.db, name, this.modes.get(name));
       }
     });
     this.getCp = this.db.prepare(
-      "SELECT epoch, seq, fingerprint FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?",
+      "SELECT epoch, seq, fingerprint, state FROM sluice_checkpoints WHERE pipeline = ? AND shard = ?",
     );
     this.putCp =
-      this.db.prepare(`INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
-      seq = excluded.seq, fingerprint = excluded.fingerprint, updated_at = excluded.updated_at`);
+      this.db.prepare(`INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, state, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
+      seq = excluded.seq, fingerprint = excluded.fingerprint, state = excluded.state,
+      updated_at = excluded.updated_at`);
     this.storage = {
       readCheckpoint: (ref) => this.readCp(ref),
       writeRows: (ref, epoch, worker, rows) => {
@@ -97,7 +100,15 @@ export class SqliteSink implements Sink {
         }
       },
       writeCheckpoint: (ref, cp) =>
-        this.putCp.run(ref.pipeline, ref.shard, cp.epoch, cp.seq, cp.fingerprint ?? null, this.now()),
+        this.putCp.run(
+          ref.pipeline,
+          ref.shard,
+          cp.epoch,
+          cp.seq,
+          cp.fingerprint ?? null,
+          cp.state === undefined ? null : JSON.stringify(cp.state),
+          this.now(),
+        ),
     };
   }
 
@@ -142,9 +153,7 @@ export class SqliteSink implements Sink {
   private readCp(ref: ShardRef): Checkpoint {
     const row = this.getCp.get(ref.pipeline, ref.shard);
     if (!row) return { epoch: 0, seq: 0 };
-    return row.fingerprint === null
-      ? { epoch: row.epoch, seq: row.seq }
-      : { epoch: row.epoch, seq: row.seq, fingerprint: row.fingerprint };
+    return checkpointOf(row);
   }
 
   private withBusyRetrySync<T>(fn: () => T): T {

@@ -6,7 +6,7 @@
 import { decodePayload, headerOf, jsonContentType, type Rejection } from "../../contract/codec.js";
 import { ErrorCode } from "../../contract/errors.js";
 import type { SourceMessage } from "../../contract/ports.js";
-import { Headers, keyOfSubject, shardOf } from "../../contract/wire.js";
+import { Headers, keyOfSubject, REPLAY_MSG_ID_PREFIX, shardOf } from "../../contract/wire.js";
 import {
   keep,
   type PipelineRecord,
@@ -34,6 +34,17 @@ function missingHeader(msg: SourceMessage, code: ErrorCode, name: string): Rejec
 }
 
 /**
+ * A record's id: its `Nats-Msg-Id`, or, on a replayed dead letter (`Nats-Msg-Id`
+ * `replay-<P>-<dlqSeq>`), its original id from `Sluice-Record-Id`. Only a replay may carry an id
+ * other than its message id, so a producer's stray header changes nothing.
+ */
+function recordIdOf(msg: SourceMessage): string | undefined {
+  const msgId = headerOf(msg, Headers.msgId)?.trim();
+  if (!msgId?.startsWith(REPLAY_MSG_ID_PREFIX)) return msgId;
+  return headerOf(msg, Headers.recordId)?.trim() || msgId;
+}
+
+/**
  * The record `msg` holds, or why it holds none. Its key is its subject's last token (the key it
  * was published under, `ingest.P.<key>`), or its `Sluice-Key` header when it has one. With
  * `at`, a record whose key belongs to another shard is rejected: committing it would break the
@@ -43,7 +54,7 @@ export function decodeRecord(
   msg: SourceMessage,
   at?: ReadShard,
 ): { ok: true; record: PipelineRecord } | Rejection {
-  const recordId = headerOf(msg, Headers.msgId)?.trim();
+  const recordId = recordIdOf(msg);
   if (!recordId) return missingHeader(msg, ErrorCode.MissingId, Headers.msgId);
   const subjectKey = keyOfSubject(msg.subject);
   const headerKey = headerOf(msg, Headers.key);

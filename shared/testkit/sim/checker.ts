@@ -7,6 +7,8 @@
  *   record of the shard up to the checkpoint is committed or dead-lettered.
  * - exactly once: no record is committed twice; nothing is committed that was not published;
  *   by the end every published record is committed (or dead-lettered if malformed).
+ * - dead letters: no record is both committed and dead-lettered; one the schema may reject is
+ *   one or the other by the end.
  * - zombies: a worker resuming from a pause longer than its lease never sends a commit at an
  *   epoch superseded before it resumed (it re-checks first); a graceful hand-off never has
  *   its old owner's later commits fenced (the new owner waits for the release).
@@ -22,6 +24,8 @@ export interface PublishedRecord {
   shard: number;
   seq: number;
   malformed: boolean;
+  /** Valid or not by the schema version in force: committed or dead-lettered, never both. */
+  schemaDependent?: boolean;
 }
 
 export interface Violation {
@@ -138,7 +142,7 @@ export class Checker {
     for (const seq of this.seqsBetween(shard, e.before.seq, e.after.seq)) {
       if (written.has(seq)) continue;
       const rec = this.bySeq.get(seq);
-      if (rec && !(rec.malformed && this.isDeadLettered(e.ref, seq))) {
+      if (rec && !((rec.malformed || rec.schemaDependent) && this.isDeadLettered(e.ref, seq))) {
         this.fail(
           "checkpoint",
           `shard ${shard}: checkpoint passed seq ${seq} (${rec.id}) without committing it`,
@@ -148,6 +152,11 @@ export class Checker {
     for (const r of e.written) {
       const rec = this.published.get(r.recordId);
       if (!rec) this.fail("exactly-once", `unexpected record ${r.recordId} committed by ${e.worker}`);
+      if (this.isDeadLettered(e.ref, r.sourceSeq))
+        this.fail(
+          "dead-letter",
+          `record ${r.recordId} (shard ${shard}, seq ${r.sourceSeq}) committed by ${e.worker} at epoch ${e.epoch} after it was dead-lettered`,
+        );
       const n = (this.committed.get(r.recordId) ?? 0) + 1;
       this.committed.set(r.recordId, n);
       if (n > 1)
@@ -206,6 +215,10 @@ export class Checker {
         }
         continue;
       }
+      const dead = this.isDeadLettered({ pipeline, shard: r.shard }, r.seq);
+      if (r.schemaDependent && n > 0 && dead)
+        this.fail("dead-letter", `record ${r.id} was both committed and dead-lettered`);
+      if (r.schemaDependent && dead) continue;
       if (n === 0) {
         lost++;
         if (lost <= 3)

@@ -18,6 +18,11 @@ export interface SafetySwitches {
   leaseRecheck: boolean;
   /** A graceful hand-off waits for the old owner's release before the next epoch. */
   waitForRelease: boolean;
+  /**
+   * Before dead letters decided by a pinned schema version are published, the checkpoint
+   * records how far they reach, so a newer version is pinned only past them.
+   */
+  deadLetterMark: boolean;
 }
 
 export const allSafety: SafetySwitches = {
@@ -25,6 +30,7 @@ export const allSafety: SafetySwitches = {
   outputExpectSequence: true,
   leaseRecheck: true,
   waitForRelease: true,
+  deadLetterMark: true,
 };
 
 export interface SimOptions {
@@ -46,6 +52,12 @@ export interface SimOptions {
    * or `output-stream`, the JetStream output sink's design over an in-memory stream.
    */
   sink: "memory" | "output-stream";
+  /**
+   * Records are checked against a registry subject whose versions are registered during the
+   * run: the first after up to 1.5 s (shards wait until then), a second, which also accepts
+   * records the first rejects, at a random time during the load.
+   */
+  schema: boolean;
   trace: boolean;
   /** Worker settings; a large run polls idle shards less often. */
   worker: WorkerConfig;
@@ -62,6 +74,7 @@ export const defaultSimOptions: SimOptions = {
   maxFaults: 4,
   safety: allSafety,
   sink: "memory",
+  schema: true,
   trace: false,
   worker: {
     batchMax: 40,

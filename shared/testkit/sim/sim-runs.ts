@@ -11,6 +11,7 @@ export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Pro
   const w = new SimWorld(seed, o);
   for (let i = 1; i <= o.coordinators; i++) w.startCoordinator(`c${i}`);
   for (let i = 0; i < o.workers; i++) w.startWorker();
+  w.scheduleSchemas();
   w.scheduleLoad();
   w.scheduleFaults();
   const stopAt = o.healAt + o.livenessMs;

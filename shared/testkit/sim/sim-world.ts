@@ -12,9 +12,12 @@ import { silentLogger } from "../../contract/logger.js";
 import { type AssignmentEntry, parseShardKey } from "../../contract/ownership.js";
 import type { Checkpoint, DeadLetter, JsonStore, Sink } from "../../contract/ports.js";
 import { Headers, shardOf, shardSubject } from "../../contract/wire.js";
+import { type RegistryValue, SchemaRegistry } from "../../pipeline/schema-registry.js";
+import type { Stage } from "../../pipeline/stage.js";
+import { SchemaStage } from "../../pipeline/stages/schema-stage.js";
 import { type CoordinatorRecord, CoordinatorRuntime } from "../../runtime/coordinator-runtime.js";
 import { WorkerRuntime } from "../../runtime/worker-runtime.js";
-import { MemoryKv, MemoryStream } from "../memory-broker.js";
+import { MemoryJsonStore, MemoryKv, MemoryStream } from "../memory-broker.js";
 import { MemoryOutputStream } from "../memory-output-stream.js";
 import { Checker } from "./checker.js";
 import { ImmediateHandoffStore } from "./immediate-handoff-store.js";
@@ -37,6 +40,17 @@ import {
 
 export const PIPELINE = "sim";
 
+const SIM_SCHEMA_V1 = {
+  type: "object",
+  properties: { n: { type: "integer" }, key: { type: "string" }, amount: { type: "number" } },
+  required: ["n", "key", "amount"],
+};
+/** Backward compatible with version 1: `amount` may also be text. */
+const SIM_SCHEMA_V2 = {
+  ...SIM_SCHEMA_V1,
+  properties: { ...SIM_SCHEMA_V1.properties, amount: { type: ["number", "string"] } },
+};
+
 export class SimWorld {
   readonly loop = new SimLoop();
   readonly rng: Rng;
@@ -46,6 +60,8 @@ export class SimWorld {
   readonly stream = new MemoryStream("SLUICE_IN_sim");
   readonly kvAssign = new MemoryKv();
   readonly kvCoord = new MemoryKv();
+  /** The schema registry's bucket (`o.schema`). */
+  readonly kvSchemas = new MemoryKv();
   readonly deadLetters = new Map<string, DeadLetter>();
   readonly sink: MemorySink;
   /** The output stream workers commit to when `o.sink` is `output-stream`. */
@@ -167,6 +183,13 @@ export class SimWorld {
   }
 
   startWorker(id = `w${this.nextWorker++}`, node = new SimNode(id, this.loop)): string {
+    // The worker reads the registry over the simulated network, as a real one reads its KV bucket.
+    const registry = new SchemaRegistry(
+      new SimJsonStore<RegistryValue>(this.net, node, this.broker, this.kvSchemas),
+    );
+    const stages: Stage[] = this.o.schema
+      ? [new SchemaStage(PIPELINE, registry, { now: () => node.now() })]
+      : [];
     const runtime = new WorkerRuntime({
       id,
       capacity: 1,
@@ -177,8 +200,9 @@ export class SimWorld {
       deadLetters: new SimDeadLetterQueue(this.net, node, this.broker, this.deadLetters),
       scheduler: node,
       timing: this.timing,
-      settings: this.o.worker,
+      settings: { ...this.o.worker, deadLetterMark: this.o.safety.deadLetterMark },
       shardsOf: () => this.o.shards,
+      stagesOf: () => stages,
       log: silentLogger,
       onLeaseEvent: (e) => {
         const shard = parseShardKey(e.shard)!.shard;
@@ -231,21 +255,41 @@ export class SimWorld {
 
   // ---- load --------------------------------------------------------------------------
 
+  /** Registers the schema's versions during the run (see `SimOptions.schema`). */
+  scheduleSchemas(): void {
+    if (!this.o.schema) return;
+    const admin = new SchemaRegistry(new MemoryJsonStore<RegistryValue>(this.kvSchemas));
+    const first = this.rng.int(0, 1_500);
+    const second = this.rng.int(first, this.o.loadMs);
+    this.loop.at(first, () => {
+      void admin.register(PIPELINE, SIM_SCHEMA_V1);
+      this.log("registry: version 1 registered");
+    });
+    this.loop.at(second, () => {
+      void admin.register(PIPELINE, SIM_SCHEMA_V2);
+      this.log("registry: version 2 registered");
+    });
+  }
+
   scheduleLoad(): void {
     for (let i = 0; i < this.o.records; i++) {
       const at = this.rng.int(0, this.o.loadMs - 1);
       const malformed = this.rng.chance(0.03);
+      // Rejected by the first version, accepted by the second.
+      const schemaDependent = !malformed && this.rng.chance(0.05);
       const key = `k${this.rng.int(0, 63)}`;
       const retry = this.rng.chance(0.05);
       this.loop.at(at, () => {
         const shard = shardOf(key, this.o.shards);
         const id = `r${i}`;
-        const data = malformed ? new Uint8Array([0xff, 0xfe, 0x00]) : encodeRecord({ n: i, key });
+        const data = malformed
+          ? new Uint8Array([0xff, 0xfe, 0x00])
+          : encodeRecord({ n: i, key, amount: schemaDependent ? String(i) : i });
         const publish = () =>
           // Stored as the shared stream's subject transform stores it: the key in the subject.
           this.stream.publish(shardSubject(PIPELINE, shard, key), data, { [Headers.msgId]: id });
         const { seq } = publish();
-        this.checker.onPublish({ id, shard, seq, malformed });
+        this.checker.onPublish({ id, shard, seq, malformed, schemaDependent });
         // A producer retry of a publish that landed: the duplicate window drops it.
         if (retry) this.loop.at(at + 50, () => publish());
       });

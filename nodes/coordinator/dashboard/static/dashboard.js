@@ -141,6 +141,28 @@ function renderMembers(members) {
   byId("members").tBodies[0].replaceChildren(...rows);
 }
 
+// Quality rules' counts, and shards holding their records for a stage's input.
+function renderStages(stages) {
+  if (!stages) return;
+  const rows = Object.entries(stages.rules)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([rule, c]) =>
+      el(
+        "tr",
+        { "data-rule": rule },
+        el("td", {}, rule),
+        el("td", { class: "num" }, fmt(c.checked)),
+        el("td", { class: "num" }, fmt(c.rejected)),
+        el("td", { class: "num" }, fmt(c.shadowed)),
+      ),
+    );
+  byId("rules").tBodies[0].replaceChildren(...rows);
+  const waits = Object.entries(stages.waiting)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([shard, w]) => el("li", { "data-shard": shard }, `${shard} waits on ${w.worker}: ${w.reason}`));
+  byId("waiting").replaceChildren(...waits);
+}
+
 const LABELS = {
   "member-joined": "joined",
   "member-lost": "lost",
@@ -268,6 +290,7 @@ function applyState(s) {
   renderHeader(s);
   renderShards(s.shards, s.sink);
   renderMembers(s.members);
+  renderStages(s.stages);
   document.body.dataset.updated = String(s.at);
 }
 

@@ -1,0 +1,47 @@
+/**
+ * A pipeline's stages after decode, from its config: the schema (when it names a subject), then
+ * its quality rules. Built once per process; each stage serves every shard of the pipeline.
+ */
+import type { PipelineConfig } from "../contract/config.js";
+import { ErrorCode, SluiceError } from "../contract/errors.js";
+import type { RuleCounts } from "../contract/ownership.js";
+import { addRuleCounts } from "../core/stage-health.js";
+import type { Stage } from "./stage.js";
+import { type RulesReport, RulesStage } from "./stages/rules-stage.js";
+import { type SchemaSource, SchemaStage } from "./stages/schema-stage.js";
+
+export interface StageDeps {
+  /** The schema registry; needed when a pipeline names `schema.subject`. */
+  schemas?: SchemaSource;
+  /** Clock for the schema stage's refresh, ms. */
+  now(): number;
+  /** A batch's quality-rule outcomes. */
+  onRules?(r: RulesReport): void;
+}
+
+export function pipelineStages(p: PipelineConfig, d: StageDeps): Stage[] {
+  const stages: Stage[] = [];
+  if (p.schema) {
+    if (!d.schemas)
+      throw new SluiceError(
+        ErrorCode.InvalidConfig,
+        `pipeline '${p.name}' names a schema but no registry is open`,
+      );
+    stages.push(new SchemaStage(p.schema.subject, d.schemas, { now: d.now }));
+  }
+  if (p.rules.some((r) => r.mode !== "off")) stages.push(new RulesStage(p.name, p.rules, d.onRules));
+  return stages;
+}
+
+/** Quality-rule counts summed over batches, `pipeline.rule` -> counts (for heartbeats and status). */
+export class RuleTally {
+  private readonly counts: Record<string, RuleCounts> = {};
+
+  add(r: RulesReport): void {
+    for (const [rule, c] of Object.entries(r.counts)) addRuleCounts(this.counts, `${r.pipeline}.${rule}`, c);
+  }
+
+  snapshot(): Record<string, RuleCounts> {
+    return this.counts;
+  }
+}
