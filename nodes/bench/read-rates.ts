@@ -15,6 +15,7 @@ import type { DeadLetterQueue, ShardFeed, ShardSource } from "../../shared/contr
 import { inputStreams } from "../../shared/contract/wire.js";
 import { feedBufferMessages, shardFlow } from "../../shared/core/batch-size.js";
 import { ShardPipeline } from "../../shared/pipeline/shard-pipeline.js";
+import type { Stage } from "../../shared/pipeline/stage.js";
 import { waitUntil } from "../cli/wait.js";
 import type { Rate } from "./publish-rates.js";
 
@@ -134,13 +135,15 @@ const noDeadLetters: DeadLetterQueue = {
 
 /**
  * Runs one `ShardPipeline` per shard (the worker's data path, lease checks included) until
- * `expected` records are committed to a `DiscardSink`.
+ * `expected` records are committed to a `DiscardSink`; with `stages`, through those stages after
+ * decode (every record must pass them).
  */
 export async function pipelineReadRate(
   nc: NatsConnection,
   p: PipelineConfig,
   expected: number,
   settings: WorkerConfig,
+  stages: readonly Stage[] = [],
   deadlineMs = 120_000,
 ): Promise<Rate> {
   const sink = new DiscardSink();
@@ -167,6 +170,7 @@ export async function pipelineReadRate(
           now: () => performance.now(),
           // One process owns every shard, as one worker would: each takes its share of the budget.
           shardsOwned: () => p.shards,
+          stages,
           onBatch: () => {
             batches++;
             if (sink.discarded >= expected) finished = true;

@@ -24,6 +24,7 @@ export interface BenchReport {
     null_sink_vs_ordered_read: number;
     consumers_only_vs_ordered_read: number;
     null_sink_vs_consumers_only: number;
+    schema_vs_plain: number;
     null_sink_vs_ordered_read_one_shard: number;
     null_sink_vs_ordered_read_per_shard_streams: number;
     e2e_vs_naive: number;
@@ -44,6 +45,7 @@ export interface BenchReport {
     ordered_read_per_s: number;
     null_sink_per_s: number;
     consumers_only_per_s: number;
+    schema_rules_per_s: number;
     ordered_read_one_shard_per_s: number;
     null_sink_one_shard_per_s: number;
     ordered_read_per_shard_streams_per_s: number;
@@ -162,6 +164,7 @@ export function buildReport(r: BenchResults): BenchReport {
       null_sink_vs_ordered_read: round(t.worker.perSecond / t.ordered.perSecond, 2),
       consumers_only_vs_ordered_read: round(t.consumers.perSecond / t.ordered.perSecond, 2),
       null_sink_vs_consumers_only: round(t.worker.perSecond / t.consumers.perSecond, 2),
+      schema_vs_plain: round(t.schema.perSecond / t.worker.perSecond, 2),
       null_sink_vs_ordered_read_one_shard: round(t.one.worker.perSecond / t.one.ordered.perSecond, 2),
       null_sink_vs_ordered_read_per_shard_streams: round(
         t.perShard.worker.perSecond / t.perShard.ordered.perSecond,
@@ -194,6 +197,7 @@ export function buildReport(r: BenchResults): BenchReport {
       ordered_read_per_s: Math.round(t.ordered.perSecond),
       null_sink_per_s: Math.round(t.worker.perSecond),
       consumers_only_per_s: Math.round(t.consumers.perSecond),
+      schema_rules_per_s: Math.round(t.schema.perSecond),
       ordered_read_one_shard_per_s: Math.round(t.one.ordered.perSecond),
       null_sink_one_shard_per_s: Math.round(t.one.worker.perSecond),
       ordered_read_per_shard_streams_per_s: Math.round(t.perShard.ordered.perSecond),
@@ -300,6 +304,12 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${th.consumers_only_per_s}/s vs ${th.ordered_read_per_s}/s`,
       `${ratios.consumers_only_vs_ordered_read}x (worker path ${ratios.null_sink_vs_consumers_only}x of it)`,
       "",
+    ],
+    [
+      "worker path with schema validation and three enforced rules vs without",
+      `${th.schema_rules_per_s}/s vs ${th.null_sink_per_s}/s`,
+      `${ratios.schema_vs_plain}x`,
+      ">= 0.8x",
     ],
     [
       "same, one stream per shard (streams: per-shard)",

@@ -8,7 +8,10 @@ import {
   connectNats,
   connectNearPipelines,
 } from "../../shared/adapters/nats/connection.js";
-import { parseConfig } from "../../shared/contract/config.js";
+import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
+import { type PipelineConfig, parseConfig } from "../../shared/contract/config.js";
+import { pipelineStages } from "../../shared/pipeline/pipeline-stages.js";
+import type { Stage } from "../../shared/pipeline/stage.js";
 import { type BenchRun, best } from "./bench-run.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
 import { consumersReadRate, orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
@@ -23,12 +26,51 @@ const throughputCfg = parseConfig({
   ],
 });
 const pipelineCfg = (name: string) => throughputCfg.pipelines.find((p) => p.name === name)!;
+
+/** The bench records' schema (`makeRecords`): every field required, no extra one. */
+const BENCH_SCHEMA = {
+  type: "object",
+  properties: {
+    id: { type: "string", minLength: 1 },
+    key: { type: "string" },
+    n: { type: "integer", minimum: 0 },
+    at: { type: "integer" },
+    body: { type: "string" },
+  },
+  required: ["id", "key", "n", "at", "body"],
+  additionalProperties: false,
+};
+
+/**
+ * The worker path's stages for `ratios.schema_vs_plain`: schema validation and three enforced
+ * rules (a not-null, a pattern and a CEL expression), which every bench record passes.
+ */
+async function benchStages(nc: NatsConnection, p: PipelineConfig): Promise<Stage[]> {
+  const registry = await openSchemaRegistry(nc, p.replicas);
+  await registry.register("bench", BENCH_SCHEMA);
+  const withStages = parseConfig({
+    pipelines: [
+      {
+        name: p.name,
+        schema: { subject: "bench" },
+        rules: [
+          { name: "id_present", notNull: "id" },
+          { name: "key_format", pattern: { field: "key", regex: "^k[0-9]+$" } },
+          { name: "recent", expression: "record.at > 1600000000000 && record.n >= 0" },
+        ],
+      },
+    ],
+  }).pipelines[0]!;
+  return pipelineStages(withStages, { schemas: registry, now: () => performance.now() });
+}
 export interface ThroughputResult {
   publish: Record<string, { js: Rate; producer: Rate }>;
   tracing: TracingOverheadResult;
   ordered: Rate;
   worker: Rate;
   consumers: Rate;
+  /** The worker path with schema validation and three enforced rules (`benchStages`). */
+  schema: Rate;
   one: { ordered: Rate; worker: Rate };
   perShard: { ordered: Rate; worker: Rate };
 }
@@ -91,7 +133,8 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
           if (short > 0) await producerRate(nc, "bench_r3", makeRecords("top", short));
           const sharedRecords = await pipelineRecords(nc, pipelineCfg("bench_r3"));
           await producerRate(nc, "bench_ps", makeRecords("ps", sharedRecords));
-          const reads: Record<string, { ordered: Rate; worker: Rate; consumers?: Rate }> = {};
+          const reads: Record<string, { ordered: Rate; worker: Rate; consumers?: Rate; schema?: Rate }> = {};
+          const stages = await benchStages(nc, pipelineCfg("bench_r3"));
           for (const name of ["bench_r3", "bench_ps", "bench_one"]) {
             const p = pipelineCfg(name);
             const inStreams = await pipelineRecords(nc, p);
@@ -108,12 +151,17 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
             // On the main layout also the worker's consumers alone (no decoding, no sink): how much
             // of the gap to the ordered read is JetStream's and how much the worker's.
             const consumers: Rate[] = [];
+            // And the worker path through the schema stage and three rules, alternated with the
+            // plain one: `ratios.schema_vs_plain`.
+            const schema: Rate[] = [];
             try {
               for (let r = 0; r < run.s.rounds; r++) {
                 ordered.push(await orderedReadRate(rnc, p));
                 worker.push(await pipelineReadRate(rnc, p, inStreams, throughputCfg.worker));
-                if (name === "bench_r3")
+                if (name === "bench_r3") {
                   consumers.push(await consumersReadRate(rnc, p, inStreams, throughputCfg.worker));
+                  schema.push(await pipelineReadRate(rnc, p, inStreams, throughputCfg.worker, stages));
+                }
               }
             } finally {
               await rnc.close();
@@ -122,6 +170,7 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
               ordered: best(ordered),
               worker: best(worker),
               ...(consumers.length > 0 ? { consumers: best(consumers) } : {}),
+              ...(schema.length > 0 ? { schema: best(schema) } : {}),
             };
             run.log(
               `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s), via ${via}: ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
@@ -130,6 +179,9 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
                 `last shard's first delivery after the first's: ${worker.map((w) => `${(w.startSpreadS ?? 0).toFixed(2)} s`).join(", ")})` +
                 (consumers.length > 0
                   ? `; its consumers alone ${Math.round(best(consumers).perSecond)}/s`
+                  : "") +
+                (schema.length > 0
+                  ? `; with schema and three rules ${Math.round(best(schema).perSecond)}/s`
                   : ""),
             );
           }
@@ -140,6 +192,7 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
             ordered: main.ordered,
             worker: main.worker,
             consumers: main.consumers!,
+            schema: main.schema!,
             one: reads.bench_one!,
             perShard: reads.bench_ps!,
           };

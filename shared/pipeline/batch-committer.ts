@@ -103,6 +103,11 @@ export class BatchCommitter {
   private seq = 0;
   /** The inputs pinned with the checkpoint, in force for the next batch. */
   private state: PipelineState = {};
+  /**
+   * True while a stage's input is missing (see `pin`): the pending batch has not been decided,
+   * nothing of it was dead-lettered or committed, so the lease may end without committing it.
+   */
+  waitingForInput = false;
 
   constructor(
     private readonly ref: ShardRef,
@@ -240,12 +245,14 @@ export class BatchCommitter {
             ok: false,
             outcome: { type: "failed", reason: `stages failed: ${(err as Error).message}` },
           };
+        this.waitingForInput = true;
         if (this.hooks.stopping?.())
           return { ok: false, outcome: { type: "failed", reason: "stopped while a stage waited" } };
         this.hooks.onStageWait?.({ ref: this.ref, epoch: this.epoch, attempt, error: err.message });
         await this.wait(retryDelayMs(attempt));
         continue;
       }
+      this.waitingForInput = false;
       if (attempt > 1) this.hooks.onStageWait?.({ ref: this.ref, epoch: this.epoch, attempt, error: null });
       if (!want || sameState(want, this.state)) return null;
       if (this.seq < Number(this.state[DEAD_LETTERED_THROUGH] ?? 0)) return null;

@@ -354,7 +354,8 @@ export class ShardPipeline {
     await this.loop?.catch(() => undefined);
     const feed = this.feed;
     try {
-      if (feed && this.pending && !feed.failure) {
+      // A batch held back for a stage's missing input was never decided: nothing to finish.
+      if (feed && this.pending && !feed.failure && !this.committer.waitingForInput) {
         const outcome = await this.commitPending(feed);
         // Anything but a clean commit means this owner cannot promise it is done: no release.
         if (outcome) throw new Error(`drain did not commit its last batch: ${outcome.type}`);

@@ -163,6 +163,30 @@ export function sinkContract(name: string, h: SinkHarness): void {
       expect(await (await again()).checkpoint(REF)).toEqual({ epoch: 2, seq: 4, fingerprint: "id-4" });
     });
 
+    it("keeps the stages' pinned state with the checkpoint: set by a commit, kept by fences and by commits without it", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      const pinned = { "schema:orders": 2, deadLetteredThrough: 4 };
+      expect((await sink.commit(REF, 1, "w1", [], 0, { state: pinned })).checkpoint).toEqual({
+        epoch: 1,
+        seq: 0,
+        state: pinned,
+      });
+      await sink.commit(REF, 1, "w1", rows(1, 4), 4, { fingerprint: "id-4" });
+      expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 4, fingerprint: "id-4", state: pinned });
+      expect(await sink.fence(REF, 2)).toEqual({ epoch: 2, seq: 4, fingerprint: "id-4", state: pinned });
+      // A reconciliation batch ending below the checkpoint leaves its state, as its sequence.
+      await sink.commit(REF, 2, "w2", [], 3, { state: { "schema:orders": 9 }, belowCheckpoint: true });
+      const next = { "schema:orders": 3 };
+      await sink.commit(REF, 2, "w2", [], 4, { state: next });
+      expect(await (await again()).checkpoint(REF)).toEqual({
+        epoch: 2,
+        seq: 4,
+        fingerprint: "id-4",
+        state: next,
+      });
+    });
+
     it("writes below the checkpoint only when reconciling", async () => {
       const sink = await open();
       await sink.fence(REF, 1);

@@ -237,6 +237,42 @@ describe("schema version pinned with the checkpoint", () => {
     expect(r.checkpoint).toMatchObject({ seq: 3, state: { "schema:orders": 2 } });
   });
 
+  it("a shard whose subject is missing decides nothing, waits, and can end its lease without a commit", async () => {
+    const { stage, clock } = setup();
+    const sink = new MemorySink();
+    const dead: DeadLetter[] = [];
+    let stopping = false;
+    const waits: Array<string | null> = [];
+    const c = new BatchCommitter(
+      REF,
+      1,
+      "w1",
+      sink,
+      { publish: async (d) => void dead.push(...d) },
+      new StageChain(decodeStage, [stage]),
+      new HistoryGuard(REF, 1, 120_000, (from) => sink.recordIds(REF, from)),
+      {
+        leaseFresh: () => true,
+        now: () => clock.t,
+        stopping: () => stopping,
+        sleep: async (ms) => {
+          clock.t += ms;
+          if (waits.length >= 3) stopping = true;
+        },
+        onStageWait: (r) => waits.push(r.error),
+      },
+    );
+    c.start(await sink.fence(REF, 1));
+    const r = await c.commit({ ack: () => undefined } as never, [message(1, { id: "a", amount: "x" })]);
+    expect(r).toMatchObject({ ok: false, outcome: { reason: "stopped while a stage waited" } });
+    expect(c.waitingForInput).toBe(true);
+    expect(waits.length).toBeGreaterThanOrEqual(3);
+    expect(waits[0]).toContain('schema subject "orders" is not registered');
+    expect(dead).toEqual([]);
+    expect(sink.stored).toEqual([]);
+    expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 0 });
+  });
+
   it("without the dead-letter mark, a record is both dead-lettered and committed", async () => {
     const r = await crashThenRegister(false);
     expect(r.deadFirst).toEqual([2]);

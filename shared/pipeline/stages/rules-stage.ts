@@ -83,7 +83,7 @@ const COMPARE: Record<string, (a: number | bigint | string, b: number | bigint |
 /** The CEL environment of expressions: `record` (the value, a map) and `key` (a string). */
 function celEnvironment(): Environment {
   return new Environment({ unlistedVariablesAreDyn: false })
-    .registerVariable("record", "map")
+    .registerVariable("record", "dyn")
     .registerVariable("key", "string");
 }
 
@@ -155,13 +155,58 @@ export function compileCheck(rule: RuleConfig, env: Environment = celEnvironment
     try {
       out = program({ record: v, key });
     } catch (err) {
-      return `expression failed: ${firstLine(err)}`;
+      // Evaluated again only after a failure, so a record without such keys pays nothing.
+      try {
+        const asMaps = constructorKeysAsMaps(v);
+        if (asMaps === v) return `expression failed: ${firstLine(err)}`;
+        out = program({ record: asMaps, key });
+      } catch (again) {
+        return `expression failed: ${firstLine(again)}`;
+      }
     }
     return out === true ? null : `expression is ${show(out)}, not true`;
   };
 }
 
 const firstLine = (err: unknown): string => String((err as Error).message ?? err).split("\n")[0]!;
+
+/**
+ * `v` with every plain object that has an own `constructor` key turned into a Map of its
+ * entries; `v` itself when it has none. cel-js types a JS object by its `constructor`
+ * property, which such a key shadows: the record fails every expression ("Unsupported type").
+ * A Map is the same CEL map. Recursive: a value too deep throws RangeError, caught by the caller.
+ */
+function constructorKeysAsMaps(v: unknown): unknown {
+  if (typeof v !== "object" || v === null) return v;
+  if (Array.isArray(v)) {
+    let out: unknown[] | null = null;
+    v.forEach((x, i) => {
+      const y = constructorKeysAsMaps(x);
+      if (y !== x) (out ??= [...v])[i] = y;
+    });
+    return out ?? v;
+  }
+  if (v instanceof Map) {
+    let changed = false;
+    const entries = [...v].map(([k, x]): [unknown, unknown] => {
+      const y = constructorKeysAsMaps(x);
+      changed ||= y !== x;
+      return [k, y];
+    });
+    return changed ? new Map(entries) : v;
+  }
+  const proto: unknown = Object.getPrototypeOf(v);
+  if (proto !== Object.prototype && proto !== null) return v;
+  const shadowed = Object.hasOwn(v, "constructor");
+  let changed = shadowed;
+  const entries = Object.entries(v).map(([k, x]): [string, unknown] => {
+    const y = constructorKeysAsMaps(x);
+    changed ||= y !== x;
+    return [k, y];
+  });
+  if (!changed) return v;
+  return shadowed ? new Map(entries) : Object.fromEntries(entries);
+}
 
 /** The rules of a pipeline, compiled; `off` rules are left out. Throws on a rule that cannot compile. */
 export function compileRules(rules: readonly RuleConfig[]): CompiledRule[] {
