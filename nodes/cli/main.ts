@@ -14,6 +14,7 @@ import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
 import { addWorker, down, removeWorker, restartProcess, type UpOptions, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
+import { addRefCommands } from "./ref-commands.js";
 import { addSchemaCommands } from "./schema-commands.js";
 import { formatStatus, gatherStatus } from "./status.js";
 import { watchStatus } from "./status-watch.js";
@@ -361,6 +362,7 @@ program
   );
 
 addSchemaCommands(program);
+addRefCommands(program);
 addDlqCommands(program);
 
 const configCmd = program

@@ -5,10 +5,11 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { consumerNames } from "../../shared/adapters/nats/shard-consumers.js";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import type { AssignmentEntry } from "../../shared/contract/ownership.js";
-import type { SinkInspector } from "../../shared/contract/ports.js";
+import type { Checkpoint, SinkInspector } from "../../shared/contract/ports.js";
 import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/contract/wire.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import { type SinkHealth, sinkHealth } from "../../shared/core/sink-health.js";
+import { DUPLICATES_STATE_KEY } from "../../shared/core/sink-rules.js";
 import { formatStageHealth, type StageHealth, stageHealth } from "../../shared/core/stage-health.js";
 import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/runtime/coordinator-runtime.js";
 
@@ -23,6 +24,8 @@ export interface ShardStatus {
   fencedEpoch: number;
   /** Messages of this shard not yet acked by the owner's consumer; null when unknown. */
   lag: number | null;
+  /** Records its dedupe dropped, as counted with its checkpoint. */
+  duplicates: number;
 }
 
 export interface StatusReport {
@@ -55,7 +58,7 @@ export async function gatherStatus(
   const leader = json<LeaderRecord>((await control.get(LEADER_KEY))?.value);
   const view = json<ClusterView>((await control.get(VIEW_KEY))?.value);
   const jsm = await jetstreamManager(nc, { timeout: 3_000 });
-  const checkpoints = new Map<string, { epoch: number; seq: number }>();
+  const checkpoints = new Map<string, Checkpoint>();
   let sinkError: string | null = null;
   try {
     for (const c of await sink.checkpoints()) checkpoints.set(`${c.pipeline}.${c.shard}`, c);
@@ -104,6 +107,7 @@ export async function gatherStatus(
           committed: cp?.seq ?? 0,
           fencedEpoch: cp?.epoch ?? 0,
           lag,
+          duplicates: Number(cp?.state?.[DUPLICATES_STATE_KEY] ?? 0),
         } satisfies ShardStatus;
       }),
     );
@@ -139,6 +143,12 @@ export function formatStatus(s: StatusReport): string {
       `  ${shard.padEnd(12)} on ${x.worker}: failing ${(x.sinceMsAgo / 1000).toFixed(1)} s, circuit ${x.breaker}: ${x.error}`,
     );
   lines.push(...formatStageHealth(s.stages));
+  const dups = new Map<string, number>();
+  for (const r of s.shards) {
+    const p = r.shard.slice(0, r.shard.lastIndexOf("."));
+    if (r.duplicates > 0) dups.set(p, (dups.get(p) ?? 0) + r.duplicates);
+  }
+  for (const [p, n] of dups) lines.push(`duplicates dropped by ${p}'s dedupe: ${n}`);
   lines.push("shard        owner     epoch  phase      committed      lag");
   for (const r of s.shards) {
     lines.push(

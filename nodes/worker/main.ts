@@ -7,6 +7,7 @@ import { JetStreamDeadLetterQueue } from "../../shared/adapters/nats/jetstream-d
 import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
 import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
 import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
+import { JetStreamReferenceTables } from "../../shared/adapters/nats/reference-tables.js";
 import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
 import { openWorkerSink } from "../../shared/adapters/sink/open-sinks.js";
 import { describeSink, sinkOf } from "../../shared/contract/config.js";
@@ -85,6 +86,11 @@ const sink = openWorkerSink(opts.config, nc, opts.id);
 const schemas = opts.config.pipelines.some((p) => p.schema)
   ? await openSchemaRegistry(control, Math.min(3, opts.servers.length))
   : undefined;
+// Reference tables for enrichment: one watch and cache per table, shared by every pipeline here,
+// on the data connection so a large table's load does not queue ahead of heartbeats.
+const references = opts.config.pipelines.some((p) => p.stages.some((s) => "enrich" in s))
+  ? new JetStreamReferenceTables(nc, { log: log.child({ component: "reference-tables" }) })
+  : undefined;
 const tally = new RuleTally();
 // A shadowed failure is logged at most once a second per rule: counted always, never a flood.
 const shadowLoggedAt = new Map<string, number>();
@@ -93,6 +99,7 @@ const stages = new Map(
     p.name,
     pipelineStages(p, {
       ...(schemas ? { schemas } : {}),
+      ...(references ? { references } : {}),
       now: Date.now,
       onRules: (r) => {
         tally.add(r);
@@ -162,6 +169,7 @@ onShutdown(async () => {
   await http.stop();
   log.info({}, "draining");
   await runtime.drain();
+  await references?.close();
   await keepAlive.stop();
   await nc.drain().catch(() => undefined);
   await control.drain().catch(() => undefined);

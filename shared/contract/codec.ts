@@ -25,7 +25,8 @@ export const MAX_BIGNUM_BYTES = 128;
  * quadratic: minutes for 1 MiB). Its content must be a byte string (RFC 8949 section 3.4.3).
  */
 function bignum(content: unknown, negative: boolean): bigint {
-  if (!(content instanceof Uint8Array)) throw new Error(`bignum (tag ${negative ? 3 : 2}) is not a byte string`);
+  if (!(content instanceof Uint8Array))
+    throw new Error(`bignum (tag ${negative ? 3 : 2}) is not a byte string`);
   if (content.length > MAX_BIGNUM_BYTES)
     throw new Error(`bignum of ${content.length} bytes, more than ${MAX_BIGNUM_BYTES}`);
   const hex = Buffer.from(content.buffer, content.byteOffset, content.length).toString("hex");
@@ -190,7 +191,11 @@ export function decodePayload(data: Uint8Array, json: boolean): { ok: true; valu
   // A plain value nests at most 33 levels (`isPlainJson`): only others can be too deep.
   if (isPlainJson(value)) return { ok: true, value: value as RecordValue };
   if (deeperThan(value, MAX_DEPTH))
-    return { ok: false, code: ErrorCode.UndecodablePayload, message: `nested deeper than ${MAX_DEPTH} levels` };
+    return {
+      ok: false,
+      code: ErrorCode.UndecodablePayload,
+      message: `nested deeper than ${MAX_DEPTH} levels`,
+    };
   const rendered = renderMap(value);
   return rendered.ok ? { ok: true, value: value as RecordValue } : rendered;
 }

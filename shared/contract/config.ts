@@ -3,6 +3,7 @@
  * fails with a clear message instead of a crash deep inside a node. Reading a file is the
  * adapters' (`adapters/config-file.ts`); this is the schema and its checks.
  */
+import parseDuration from "parse-duration";
 import { z } from "zod";
 import { ErrorCode, SluiceError } from "./errors.js";
 
@@ -78,6 +79,100 @@ export const RuleSchema = z
   );
 export type RuleConfig = z.infer<typeof RuleSchema>;
 
+/** A duration as text with units (`24h`, `90s`, `1h30m`) or a number of ms; parsed to ms. */
+export const durationMs = z.union([z.number().int().min(1), z.string()]).transform((v, ctx) => {
+  if (typeof v === "number") return v;
+  const ms = /[a-zµ]/i.test(v) ? parseDuration(v) : null;
+  if (ms === null || ms === undefined || !Number.isFinite(ms) || ms < 1) {
+    ctx.addIssue({ code: "custom", message: `"${v}" is not a duration: use units, e.g. 90s, 30m, 24h, 7d` });
+    return z.NEVER;
+  }
+  return Math.round(ms);
+});
+
+/** A field name in a record (a dotted path reaches into maps). */
+const field = fieldPath;
+
+/**
+ * One normalisation step (README "Transform stages"), applied in order; each names exactly one
+ * operation. A step that cannot apply to a record dead-letters it (`NORMALISE_FAILED`).
+ */
+export const NormaliseStepSchema = z.union([
+  z.strictObject({ rename: z.strictObject({ from: field, to: field }) }),
+  z.strictObject({ drop: z.union([field, z.array(field).min(1)]) }),
+  z.strictObject({ default: z.strictObject({ field, value: z.json() }) }),
+  z.strictObject({
+    cast: z.strictObject({ field, to: z.enum(["string", "number", "integer", "boolean"]) }),
+  }),
+  z.strictObject({ trim: field }),
+  z.strictObject({ lower: field }),
+  z.strictObject({ upper: field }),
+  /** ISO-8601 text, seconds or milliseconds since the epoch, to one form. */
+  z.strictObject({
+    timestamp: z.strictObject({ field, to: z.enum(["iso", "ms"]).default("iso") }),
+  }),
+  /** Drop the field, or replace its text by `*` but its last `keep` characters. */
+  z.strictObject({
+    redact: z.strictObject({
+      field,
+      mode: z.enum(["drop", "mask"]).default("mask"),
+      keep: z.number().int().min(0).default(0),
+    }),
+  }),
+  /**
+   * A keyed HMAC-SHA-256 of the field's text (hex), the key from an environment variable or a
+   * file (never logged): the same value always gives the same pseudonym, and only the key's
+   * holder can link the two.
+   */
+  z.strictObject({
+    pseudonymise: z
+      .strictObject({ field, keyEnv: z.string().min(1).optional(), keyFile: z.string().min(1).optional() })
+      .refine((p) => (p.keyEnv === undefined) !== (p.keyFile === undefined), {
+        message: "name the key in exactly one of keyEnv or keyFile",
+      }),
+  }),
+  /** The field set to a CEL expression's value over `record` and `key`: what steps cannot say. */
+  z.strictObject({ set: z.strictObject({ field, expression: z.string().min(1) }) }),
+]);
+export type NormaliseStep = z.infer<typeof NormaliseStepSchema>;
+
+/**
+ * A lookup in a reference table kept in NATS KV (`sluice_ref_<table>`, JSON values keyed by the
+ * lookup value): the entry for the record's `key` field goes into field `into`.
+ */
+export const EnrichSchema = z.strictObject({
+  table: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "letters, digits, _ or -"),
+  key: field,
+  into: field,
+  /** `keep` the record with `into` null, or `reject` it (`ENRICH_MISSING`). */
+  onMissing: z.enum(["keep", "reject"]).default("keep"),
+});
+export type EnrichConfig = z.infer<typeof EnrichSchema>;
+
+/**
+ * Keep the first record per business key within `window` (README "Deduplication"): decided in
+ * the sink transaction, where the "seen" marks live.
+ */
+export const DedupeSchema = z
+  .strictObject({
+    /** The business key: a field, or a CEL expression over `record` and `key`. */
+    key: field.optional(),
+    keyExpression: z.string().min(1).optional(),
+    window: durationMs,
+  })
+  .refine((d) => (d.key === undefined) !== (d.keyExpression === undefined), {
+    message: "name the business key in exactly one of key or keyExpression",
+  });
+export type DedupeConfig = z.infer<typeof DedupeSchema>;
+
+/** A transform stage: one of `normalise` (steps), `enrich` or `dedupe` (at most one, last). */
+export const StageSchema = z.union([
+  z.strictObject({ normalise: z.array(NormaliseStepSchema).min(1) }),
+  z.strictObject({ enrich: EnrichSchema }),
+  z.strictObject({ dedupe: DedupeSchema }),
+]);
+export type StageConfig = z.infer<typeof StageSchema>;
+
 export const PipelineSchema = z.strictObject({
   name,
   /** Number of shards; fixed for the life of the stream. */
@@ -116,6 +211,8 @@ export const PipelineSchema = z.strictObject({
     .optional(),
   /** Quality rules, checked in order after the schema. */
   rules: z.array(RuleSchema).default([]),
+  /** Transform stages after the rules, in order (README "Transform stages"). */
+  stages: z.array(StageSchema).default([]),
 });
 
 export const TimingSchema = z.strictObject({
@@ -186,6 +283,7 @@ export const ConfigSchema = z.strictObject({
         durability: "replicated",
         tableMode: "append",
         rules: [],
+        stages: [],
       },
     ]),
   /** Where pipelines commit unless they name a sink of their own. */
@@ -223,6 +321,17 @@ export function checkConfig(cfg: SluiceConfig): SluiceConfig {
         );
       rules.add(r.name);
     }
+    const dedupes = p.stages.filter((s) => "dedupe" in s).length;
+    if (dedupes > 0 && sinkOf(cfg, p).type === "jetstream")
+      throw new SluiceError(
+        ErrorCode.InvalidConfig,
+        `pipeline '${p.name}': dedupe needs a database sink (sqlite or postgres), whose transaction holds its marks; an output stream has none`,
+      );
+    if (dedupes > 1 || (dedupes === 1 && !("dedupe" in p.stages[p.stages.length - 1]!)))
+      throw new SluiceError(
+        ErrorCode.InvalidConfig,
+        `pipeline '${p.name}': at most one dedupe stage, and it comes last (the sink decides it)`,
+      );
     const sink = sinkOf(cfg, p);
     if (p.tableMode === "upsert" && sink.type === "jetstream")
       throw new SluiceError(

@@ -38,6 +38,12 @@ export const ErrorCode = {
   SchemaSubjectMissing: "SCHEMA_SUBJECT_MISSING",
   /** A record failed an enforced quality rule; the message names the rule. */
   RuleFailed: "RULE_FAILED",
+  /** A normalisation step could not apply to a record (a cast of `"abc"` to a number); the message names the step. */
+  NormaliseFailed: "NORMALISE_FAILED",
+  /** An enrichment found no reference entry for the record's lookup value and its `onMissing` is `reject`. */
+  EnrichMissing: "ENRICH_MISSING",
+  /** A deduplicating pipeline's record has no business key (its field absent, or not text or a number). */
+  DedupeKeyMissing: "DEDUPE_KEY_MISSING",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

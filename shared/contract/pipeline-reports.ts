@@ -27,6 +27,8 @@ export interface BatchReport {
   epoch: number;
   committed: number;
   skipped: number;
+  /** Records the sink dropped as duplicates of a business key committed within the window. */
+  duplicates: number;
   deadLettered: number;
   /** Records a stage routed to a side output (committed with the batch, counted apart). */
   routed: number;

@@ -94,6 +94,17 @@ export interface SinkRow {
   value: RecordValue;
   /** The side output a stage routed the record to; absent for the pipeline's own table. */
   output?: string;
+  /**
+   * Lineage: the revision of each reference entry an enrichment used, table -> KV revision
+   * (absent when none was used). Stored with the row.
+   */
+  lineage?: Readonly<Record<string, number>>;
+  /**
+   * The record's business key and its time (ms since the epoch), when its pipeline deduplicates:
+   * the sink keeps it only if no record with the same key was committed within the window of
+   * `at` (`CommitOptions.dedupeWindowMs`), in the same transaction as the rows and checkpoint.
+   */
+  dedupe?: { readonly key: string; readonly at: number };
 }
 
 /**
@@ -124,6 +135,11 @@ export interface CommitOptions {
   /** The state to store with the checkpoint (absent: the stored one is kept). */
   state?: PipelineState;
   /**
+   * The pipeline's dedupe window, ms: rows carrying `dedupe` are kept only when no mark of
+   * their business key lies within it; absent, nothing is deduplicated.
+   */
+  dedupeWindowMs?: number;
+  /**
    * Reconciling after the stream's history changed: rows at or below the checkpoint's sequence
    * are written too, because the caller removed those already committed by record id. The
    * checkpoint still never moves back.
@@ -136,6 +152,8 @@ export interface CommitResult {
   committed: number;
   /** Rows skipped because their sequence was already committed (a redelivery). */
   skipped: number;
+  /** Rows not written because their business key was committed within the window (absent: 0). */
+  duplicates?: number;
   checkpoint: Checkpoint;
 }
 

@@ -154,6 +154,12 @@ export const Buckets = {
   dlqReplays: "sluice_dlq_replays",
 } as const;
 
+/**
+ * The KV bucket of reference table `table` (README "Enrichment"): JSON values keyed by the lookup
+ * value. Its stream is `KV_<bucket>`, a revision is a sequence of that stream.
+ */
+export const refBucket = (table: string): string => `sluice_ref_${table}`;
+
 export const ControlSubjects = {
   /** Worker heartbeats (request; the leader replies with the worker's grants). */
   heartbeat: "sluice.ctl.heartbeat",

@@ -34,6 +34,12 @@ export interface SinkTransaction<R extends SequencedRow> {
   /** Stores rows the rules accepted (possibly none), as written by `worker` at `epoch`. */
   writeRows(ref: ShardRef, epoch: number, worker: string, rows: readonly R[]): void;
   writeCheckpoint(ref: ShardRef, cp: Checkpoint): void;
+  /**
+   * Of `rows` (in sequence order), those whose business key has no mark within `windowMs`,
+   * marking each kept key at its row's time and removing marks the window has left behind;
+   * absent when the sink cannot deduplicate.
+   */
+  dedupe?(ref: ShardRef, rows: readonly R[], windowMs: number): R[];
 }
 
 /** `SinkTransaction` of a sink whose storage answers asynchronously (a database over a socket). */
@@ -41,6 +47,7 @@ export interface AsyncSinkTransaction<R extends SequencedRow> {
   readCheckpoint(ref: ShardRef): Promise<Checkpoint>;
   writeRows(ref: ShardRef, epoch: number, worker: string, rows: readonly R[]): Promise<void>;
   writeCheckpoint(ref: ShardRef, cp: Checkpoint): Promise<void>;
+  dedupe?(ref: ShardRef, rows: readonly R[], windowMs: number): Promise<R[]>;
 }
 
 /** What a commit does to a shard whose checkpoint is `before`. */
@@ -127,11 +134,79 @@ export function planCommit<R extends SequencedRow>(
 }
 
 /** The commit's answer: the checkpoint as the committing epoch sees it. */
-const result = <R>(plan: CommitPlan<R>, epoch: number): CommitResult => ({
-  committed: plan.write.length,
+const result = <R>(plan: CommitPlan<R>, epoch: number, written: number): CommitResult => ({
+  committed: written,
   skipped: plan.skipped,
+  ...(written < plan.write.length ? { duplicates: plan.write.length - written } : {}),
   checkpoint: { ...plan.checkpoint, epoch },
 });
+
+/**
+ * Marks older than the newest time a commit carries minus this many windows are removed in that
+ * commit. A mark matters to records within one window of it; the second window leaves room for
+ * a shard that lags the others (a record more than that behind the pipeline's newest may miss
+ * its key's mark).
+ */
+export const DEDUPE_EXPIRY_WINDOWS = 2;
+
+/** The time below which a commit of `rows` removes dedupe marks (see `DEDUPE_EXPIRY_WINDOWS`). */
+export function dedupeExpiry(rows: readonly { dedupe?: { at: number } }[], windowMs: number): number {
+  let newest = Number.NEGATIVE_INFINITY;
+  for (const r of rows) if (r.dedupe && r.dedupe.at > newest) newest = r.dedupe.at;
+  return newest - DEDUPE_EXPIRY_WINDOWS * windowMs;
+}
+
+/** The checkpoint state's count of the shard's duplicates, moved by the commits that drop them. */
+export const DUPLICATES_STATE_KEY = "duplicates";
+
+/** `plan` once `written` of its rows were kept: the duplicates dropped are counted with the checkpoint. */
+function countDuplicates<R>(plan: CommitPlan<R>, written: number): CommitPlan<R> {
+  const dropped = plan.write.length - written;
+  if (dropped === 0) return plan;
+  const state = plan.checkpoint.state ?? {};
+  const before = Number(state[DUPLICATES_STATE_KEY] ?? 0);
+  return {
+    ...plan,
+    checkpoint: { ...plan.checkpoint, state: { ...state, [DUPLICATES_STATE_KEY]: before + dropped } },
+    changed: true,
+  };
+}
+
+/** Whether a commit deduplicates: a window given and a row carrying a business key. */
+const dedupes = <R extends SequencedRow>(rows: readonly R[], opts?: CommitOptions): number | null =>
+  opts?.dedupeWindowMs !== undefined && rows.some((r) => (r as { dedupe?: unknown }).dedupe !== undefined)
+    ? opts.dedupeWindowMs
+    : null;
+
+/**
+ * The dedupe decision for rows of one batch, for a sink that holds its marks in memory or reads
+ * them one by one: `seen(key)` is the key's mark (ms) or undefined. A row is a duplicate when a
+ * mark lies within the window of its time, either way (a later-committed record may be older);
+ * a kept row's key is marked at the newer of the two times. Rows without a key are kept.
+ */
+export function dedupeRows<R extends SequencedRow & { dedupe?: { key: string; at: number } }>(
+  rows: readonly R[],
+  windowMs: number,
+  seen: (key: string) => number | undefined,
+  mark: (key: string, at: number) => void,
+): R[] {
+  const batch = new Map<string, number>();
+  const keep: R[] = [];
+  for (const r of rows) {
+    const d = r.dedupe;
+    if (!d) {
+      keep.push(r);
+      continue;
+    }
+    const at = batch.get(d.key) ?? seen(d.key);
+    if (at !== undefined && Math.abs(d.at - at) < windowMs) continue;
+    const next = at === undefined ? d.at : Math.max(at, d.at);
+    batch.set(d.key, next);
+    mark(d.key, next);
+    keep.push(r);
+  }
+  return keep;
+}
 
 /** Fences `ref` at `epoch` inside `tx`; returns the checkpoint the new owner starts from. */
 export function applyFence<R extends SequencedRow>(
@@ -157,9 +232,12 @@ export function applyCommit<R extends SequencedRow>(
   rules?: SinkRules,
 ): CommitResult {
   const plan = planCommit(ref, tx.readCheckpoint(ref), epoch, rows, lastSeq, opts, rules);
-  if (plan.write.length > 0) tx.writeRows(ref, epoch, worker, plan.write);
-  if (plan.changed) tx.writeCheckpoint(ref, plan.checkpoint);
-  return result(plan, epoch);
+  const window = dedupes(plan.write, opts);
+  const write = window !== null && tx.dedupe ? tx.dedupe(ref, plan.write, window) : plan.write;
+  const done = countDuplicates(plan, write.length);
+  if (write.length > 0) tx.writeRows(ref, epoch, worker, write);
+  if (done.changed) tx.writeCheckpoint(ref, done.checkpoint);
+  return result(done, epoch, write.length);
 }
 
 /** `applyFence` for an asynchronous transaction. */
@@ -186,7 +264,10 @@ export async function applyCommitAsync<R extends SequencedRow>(
   rules?: SinkRules,
 ): Promise<CommitResult> {
   const plan = planCommit(ref, await tx.readCheckpoint(ref), epoch, rows, lastSeq, opts, rules);
-  if (plan.write.length > 0) await tx.writeRows(ref, epoch, worker, plan.write);
-  if (plan.changed) await tx.writeCheckpoint(ref, plan.checkpoint);
-  return result(plan, epoch);
+  const window = dedupes(plan.write, opts);
+  const write = window !== null && tx.dedupe ? await tx.dedupe(ref, plan.write, window) : plan.write;
+  const done = countDuplicates(plan, write.length);
+  if (write.length > 0) await tx.writeRows(ref, epoch, worker, write);
+  if (done.changed) await tx.writeCheckpoint(ref, done.checkpoint);
+  return result(done, epoch, write.length);
 }

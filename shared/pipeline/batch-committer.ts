@@ -181,17 +181,14 @@ export class BatchCommitter {
       if (dead.length > 0) await bt.deadLetter(dead.length, () => this.deadLetters.publish(dead));
       const fingerprint = messageFingerprint(last);
       const reconciling = this.guard.reconciling;
+      const window = this.chain.dedupeWindowMs;
+      const opts = {
+        fingerprint,
+        ...(reconciling ? { belowCheckpoint: true } : {}),
+        ...(window === undefined ? {} : { dedupeWindowMs: window }),
+      };
       const done = await this.attempts(() =>
-        bt.commit(() =>
-          this.sink.commit(
-            this.ref,
-            this.epoch,
-            this.worker,
-            toWrite,
-            last.seq,
-            reconciling ? { fingerprint, belowCheckpoint: true } : { fingerprint },
-          ),
-        ),
+        bt.commit(() => this.sink.commit(this.ref, this.epoch, this.worker, toWrite, last.seq, opts)),
       );
       if (!done.ok) {
         outcome = done.outcome;
@@ -199,6 +196,8 @@ export class BatchCommitter {
       }
       const res = done.result;
       this.seq = res.checkpoint.seq;
+      // The sink may have moved the state too (its duplicates count): the next pin builds on it.
+      this.state = res.checkpoint.state ?? this.state;
       this.guard.committed(last, toWrite);
       bt.settle(this.ref.pipeline, () => feed.ack(last));
       const commitMs = this.hooks.now() - done.startedAt;
@@ -207,6 +206,7 @@ export class BatchCommitter {
         epoch: this.epoch,
         committed: res.committed,
         skipped: res.skipped + staged.rows.length - toWrite.length,
+        duplicates: res.duplicates ?? 0,
         deadLettered: dead.length,
         routed: staged.routed,
         checkpoint: res.checkpoint.seq,

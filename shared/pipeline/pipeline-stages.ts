@@ -7,12 +7,19 @@ import { ErrorCode, SluiceError } from "../contract/errors.js";
 import type { RuleCounts } from "../contract/ownership.js";
 import { addRuleCounts } from "../core/stage-health.js";
 import type { Stage } from "./stage.js";
+import { DedupeStage } from "./stages/dedupe-stage.js";
+import { EnrichStage, type ReferenceTables } from "./stages/enrich-stage.js";
+import { type NormaliseOptions, NormaliseStage } from "./stages/normalise-stage.js";
 import { type RulesReport, RulesStage } from "./stages/rules-stage.js";
 import { type SchemaSource, SchemaStage } from "./stages/schema-stage.js";
 
 export interface StageDeps {
   /** The schema registry; needed when a pipeline names `schema.subject`. */
   schemas?: SchemaSource;
+  /** The reference tables; needed when a pipeline enriches. */
+  references?: ReferenceTables;
+  /** Where the normalise steps read pseudonymisation keys (default: files and the environment). */
+  normalise?: NormaliseOptions;
   /** Clock for the schema stage's refresh, ms. */
   now(): number;
   /** A batch's quality-rule outcomes. */
@@ -30,6 +37,17 @@ export function pipelineStages(p: PipelineConfig, d: StageDeps): Stage[] {
     stages.push(new SchemaStage(p.schema.subject, d.schemas, { now: d.now }));
   }
   if (p.rules.some((r) => r.mode !== "off")) stages.push(new RulesStage(p.name, p.rules, d.onRules));
+  for (const s of p.stages) {
+    if ("normalise" in s) stages.push(new NormaliseStage(s.normalise, d.normalise));
+    else if ("enrich" in s) {
+      if (!d.references)
+        throw new SluiceError(
+          ErrorCode.InvalidConfig,
+          `pipeline '${p.name}' enriches from table "${s.enrich.table}" but no reference tables are open`,
+        );
+      stages.push(new EnrichStage(s.enrich, d.references, { now: d.now }));
+    } else stages.push(new DedupeStage(s.dedupe));
+  }
   return stages;
 }
 

@@ -36,6 +36,11 @@ export class StageChain {
     return this.stages.some((s) => s.pin !== undefined);
   }
 
+  /** The dedupe window the sink applies to this chain's rows, ms (undefined: no dedupe). */
+  get dedupeWindowMs(): number | undefined {
+    return this.stages.find((s) => s.dedupeWindowMs !== undefined)?.dedupeWindowMs;
+  }
+
   /** Stage names in order, decode first. */
   get names(): string[] {
     return [this.decode.name, ...this.stages.map((s) => s.name)];

@@ -24,6 +24,10 @@ export interface PipelineRecord {
   readonly value: RecordValue;
   /** The message it was read from: subject, headers, stream time. */
   readonly message: SourceMessage;
+  /** Reference entries an enrichment used, table -> revision (`SinkRow.lineage`). */
+  readonly lineage?: Readonly<Record<string, number>>;
+  /** The business key and time the sink deduplicates by (`SinkRow.dedupe`). */
+  readonly dedupe?: { readonly key: string; readonly at: number };
 }
 
 export type StageDecision<T> =
@@ -58,6 +62,8 @@ export interface Stage<In = PipelineRecord, Out = PipelineRecord> {
    * (a schema subject not registered): the shard waits, it decides nothing.
    */
   pin?(ctx: StageContext): PipelineState | null | Promise<PipelineState | null>;
+  /** Set by the dedupe stage: the window the sink deduplicates the batch's rows by, ms. */
+  readonly dedupeWindowMs?: number;
   /**
    * One decision per record of `batch`, in the same order. Must not throw for bad input: bad
    * input is a rejection. A throw means the stage itself failed (its pinned input is

@@ -139,6 +139,8 @@ export const MetricNames = {
   recordsCommitted: "sluice_records_committed_total",
   /** Counter {pipeline, shard}: records sent to the dead-letter stream. */
   recordsDeadLettered: "sluice_records_dead_lettered_total",
+  /** Counter: records the sink dropped as duplicates of a business key within the dedupe window. */
+  recordsDuplicate: "sluice_records_duplicate_total",
   /**
    * Counter {pipeline, shard}: acquisitions that found the stream no longer holding the
    * checkpoint's record at its sequence (a JetStream replica diverged) and reconciled by record id.

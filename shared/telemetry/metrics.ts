@@ -56,6 +56,7 @@ export class WorkerMetrics {
   private readonly historyMismatches: Counter;
   private readonly commitRetries: Counter;
   private readonly ruleRecords: Counter;
+  private readonly duplicates: Counter;
   private readonly commitSeconds: Histogram;
   private readonly batchRecords: Histogram;
   /** Shards whose lease runs here, key `P.shard`: only these report gauges. */
@@ -79,6 +80,11 @@ export class WorkerMetrics {
     });
     this.commitRetries = meter.createCounter(MetricNames.commitRetries, {
       description: "Sink commits that failed for a retryable reason and are tried again",
+    });
+    this.duplicates = meter.createCounter(MetricNames.recordsDuplicate, {
+      description:
+        "Records the sink dropped as duplicates of a business key committed within the dedupe window",
+      unit: "{record}",
     });
     this.ruleRecords = meter.createCounter(MetricNames.ruleRecords, {
       description:
@@ -158,6 +164,7 @@ export class WorkerMetrics {
     const perPipeline = { [MetricLabels.pipeline]: r.ref.pipeline };
     if (r.committed > 0) this.committed.add(r.committed, labels);
     if (r.deadLettered > 0) this.deadLettered.add(r.deadLettered, labels);
+    if (r.duplicates > 0) this.duplicates.add(r.duplicates, labels);
     this.commitSeconds.record(r.commitMs / 1000, perPipeline);
     this.batchRecords.record(r.committed + r.skipped + r.deadLettered, perPipeline);
     const g = this.gauges(r.ref, r.epoch);

@@ -14,6 +14,8 @@ export interface StoredMessage {
   subject: string;
   data: Uint8Array;
   headers: Record<string, string>;
+  /** When the stream stored it, ms (the caller's clock). */
+  timestampMs?: number;
 }
 
 interface ConsumerState {
@@ -48,6 +50,7 @@ export class MemoryStream {
     subject: string,
     data: Uint8Array,
     headers: Record<string, string>,
+    timestampMs?: number,
   ): { seq: number; duplicate: boolean } {
     const id = headers["Nats-Msg-Id"];
     if (id) {
@@ -55,7 +58,11 @@ export class MemoryStream {
       if (seen !== undefined) return { seq: seen, duplicate: true };
     }
     const seq = this.messages.length + 1;
-    this.messages.push({ seq, subject, data, headers });
+    this.messages.push(
+      timestampMs === undefined
+        ? { seq, subject, data, headers }
+        : { seq, subject, data, headers, timestampMs },
+    );
     if (id) this.ids.set(id, seq);
     return { seq, duplicate: false };
   }

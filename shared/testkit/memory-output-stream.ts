@@ -62,10 +62,12 @@ export class MemoryOutputStream {
       rows.push(r.row);
     }
     l.cpAt = ++this.seq;
-    l.cp =
-      cp.fingerprint === undefined
-        ? { epoch: cp.epoch, seq: cp.seq }
-        : { epoch: cp.epoch, seq: cp.seq, fingerprint: cp.fingerprint };
+    l.cp = {
+      epoch: cp.epoch,
+      seq: cp.seq,
+      ...(cp.fingerprint === undefined ? {} : { fingerprint: cp.fingerprint }),
+      ...(cp.state === undefined ? {} : { state: cp.state }),
+    };
     this.observer.onAppend?.({ ref, before, after: cp, rows });
     return { ok: true, checkpointSeq: l.cpAt };
   }

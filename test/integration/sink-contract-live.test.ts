@@ -50,6 +50,7 @@ afterAll(async () => {
       idleInTransactionTimeoutMs: 2_000,
     });
   sinkContract("PostgresSink", {
+    dedupes: true,
     open: async () => {
       url = await pgServer!.newDatabase(`contract_${++db}`);
       return sink();

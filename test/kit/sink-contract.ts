@@ -19,6 +19,8 @@ export interface SinkHarness {
   inspector(): Promise<SinkInspector | null>;
   /** Frees the storage of the last `open`. */
   cleanUp(): Promise<void>;
+  /** Whether the sink deduplicates by business key (`CommitOptions.dedupeWindowMs`). */
+  dedupes?: boolean;
 }
 
 const REF: ShardRef = { pipeline: "demo", shard: 3 };
@@ -186,6 +188,61 @@ export function sinkContract(name: string, h: SinkHarness): void {
         state: next,
       });
     });
+
+    it.runIf(h.dedupes)(
+      "keeps one record per business key and window, marks committed with the rows, none by a refused commit",
+      async () => {
+        const W = 10_000;
+        const d = (seq: number, key: string, at: number): SinkRow => ({
+          ...contractRow(seq),
+          dedupe: { key, at },
+        });
+        const sink = await open();
+        await sink.fence(REF, 2);
+        // Within one batch: the second `a` is a duplicate; an `a` past the window is kept.
+        expect(
+          await sink.commit(
+            REF,
+            2,
+            "w1",
+            [d(1, "a", 1_000), d(2, "a", 1_500), d(3, "b", 2_000), d(4, "a", 11_001)],
+            4,
+            {
+              dedupeWindowMs: W,
+            },
+          ),
+        ).toMatchObject({ committed: 3, skipped: 0, duplicates: 1 });
+        // Across batches, and through another connection: the marks are stored with the rows.
+        const other = await again();
+        expect(
+          await other.commit(REF, 2, "w1", [d(5, "b", 3_000), d(6, "c", 3_000)], 6, { dedupeWindowMs: W }),
+        ).toMatchObject({ committed: 1, duplicates: 1 });
+        // A redelivery is skipped by sequence, not counted as a duplicate.
+        expect(await other.commit(REF, 2, "w1", [d(6, "c", 3_000)], 6, { dedupeWindowMs: W })).toMatchObject({
+          committed: 0,
+          skipped: 1,
+        });
+        // A refused commit (a zombie at epoch 1) leaves no mark.
+        await expectCode(
+          other.commit(REF, 1, "w0", [d(7, "z", 3_500)], 7, { dedupeWindowMs: W }),
+          ErrorCode.Fenced,
+        );
+        expect(await other.commit(REF, 2, "w1", [d(7, "z", 3_600)], 7, { dedupeWindowMs: W })).toMatchObject({
+          committed: 1,
+        });
+        // Marks more than two windows behind the newest time committed are removed.
+        await other.commit(REF, 2, "w1", [d(8, "late", 40_000)], 8, { dedupeWindowMs: W });
+        expect(
+          await other.commit(REF, 2, "w1", [d(9, "a", 12_000), d(10, "late", 45_000)], 10, {
+            dedupeWindowMs: W,
+          }),
+        ).toMatchObject({ committed: 1, duplicates: 1 });
+        const s = await seqs();
+        if (s) expect(s).toEqual([1, 3, 4, 6, 7, 8, 9]);
+        // Counted per shard with its checkpoint, in the commits that dropped them.
+        expect((await other.checkpoint(REF)).state).toEqual({ duplicates: 3 });
+      },
+    );
 
     it("writes below the checkpoint only when reconciling", async () => {
       const sink = await open();

@@ -184,11 +184,17 @@ describe("decodeRecord", () => {
   });
 
   it("rejects a map that decodes but cannot be rendered, so no sink is handed one", () => {
-    // CBOR tags 28/29 (shared references): a map whose value is the map itself.
-    const cyclic = Buffer.from("d81ca16161d81d00", "hex");
-    const r = decodeRecord(msg({ data: cyclic }));
+    // {"x": Map {{toString: 1, valueOf: 1}: 2}} (tag 259): a key JSON cannot name.
+    const badKey = Buffer.from("a16178d90103a1a268746f537472696e67016776616c75654f660102", "hex");
+    const r = decodeRecord(msg({ data: badKey }));
     expectRejected(r, ErrorCode.UndecodablePayload);
-    expect(!r.ok && r.message).toMatch(/not representable as JSON: .*circular/i);
+    expect(!r.ok && r.message).toMatch(/not representable as JSON: Cannot convert object/i);
+    // CBOR tags 28/29 (shared references): a map whose value is the map itself is refused by
+    // the decoder, as every shared reference is.
+    const cyclic = Buffer.from("d81ca16161d81d00", "hex");
+    const c = decodeRecord(msg({ data: cyclic }));
+    expectRejected(c, ErrorCode.UndecodablePayload);
+    expect(!c.ok && c.message).toMatch(/CBOR tag 29 \(shared or packed values\) is not accepted/);
     // What a sink does with a value no decode stage checked: a typed, non-retryable error.
     const self: Record<string, unknown> = {};
     self.self = self;
@@ -351,6 +357,7 @@ describe("parseConfig", () => {
         durability: "replicated",
         tableMode: "append",
         rules: [],
+        stages: [],
       },
     ]);
     expect(cfg.sink).toEqual({ type: "sqlite" });
@@ -374,6 +381,7 @@ describe("parseConfig", () => {
       durability: "replicated",
       tableMode: "append",
       rules: [],
+      stages: [],
     });
   });
 

@@ -75,6 +75,7 @@ describe("sluice status --watch frame", () => {
         committed: 1234,
         fencedEpoch: 3,
         lag: 7,
+        duplicates: 0,
       },
       {
         shard: "demo.1",
@@ -85,6 +86,7 @@ describe("sluice status --watch frame", () => {
         committed: 0,
         fencedEpoch: 0,
         lag: null,
+        duplicates: 0,
       },
     ],
   };

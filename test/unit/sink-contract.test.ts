@@ -11,6 +11,7 @@ import { sinkContract } from "../kit/sink-contract.js";
 {
   let sink: MemorySink | null = null;
   sinkContract("MemorySink", {
+    dedupes: true,
     open: async () => {
       sink = new MemorySink();
       return sink;
@@ -28,6 +29,7 @@ import { sinkContract } from "../kit/sink-contract.js";
   const inspectors: SqliteSinkInspector[] = [];
   const file = (): string => path.join(dir, "sink.db");
   sinkContract("SqliteSink", {
+    dedupes: true,
     open: async () => {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), "sluice-contract-"));
       return new SqliteSink(file(), { pipelines: ["demo"] });

@@ -18,7 +18,14 @@ import type {
   SinkInspector,
   SinkRow,
 } from "../../contract/ports.js";
-import { applyCommit, applyFence, type SinkRules, type SinkTransaction } from "../../core/sink-rules.js";
+import {
+  applyCommit,
+  applyFence,
+  dedupeExpiry,
+  dedupeRows,
+  type SinkRules,
+  type SinkTransaction,
+} from "../../core/sink-rules.js";
 
 export interface SinkCommitEvent {
   ref: ShardRef;
@@ -29,6 +36,8 @@ export interface SinkCommitEvent {
   before: Checkpoint;
   after: Checkpoint;
   written: SinkRow[];
+  /** Rows the commit did not write because their business key was committed within the window. */
+  deduplicated?: SinkRow[];
 }
 
 export interface SinkObserver {
@@ -70,7 +79,46 @@ export class MemorySink implements Sink, SinkInspector {
       }
     },
     writeCheckpoint: (ref, cp) => void this.checkpoints_.set(shardKey(ref), { ref, cp }),
+    dedupe: (ref, rows, windowMs) => {
+      let marks = this.marks.get(ref.pipeline);
+      if (!marks) {
+        marks = new Map();
+        this.marks.set(ref.pipeline, marks);
+      }
+      const m = marks;
+      const keep = dedupeRows(
+        rows,
+        windowMs,
+        (k) => m.get(k),
+        (k, at) => m.set(k, at),
+      );
+      const expiry = dedupeExpiry(rows, windowMs);
+      for (const [k, at] of m) if (at < expiry) m.delete(k);
+      this.deduplicated.push(...rows.filter((r) => !keep.includes(r)));
+      return keep;
+    },
   };
+  /** Pipeline -> business key -> its dedupe mark, ms. */
+  private readonly marks = new Map<string, Map<string, number>>();
+  /** Rows the commit in progress dropped as duplicates (for the observer). */
+  private deduplicated: SinkRow[] = [];
+  /** Shard -> rows `markOutside` dropped, reported with the shard's next commit. */
+  private readonly droppedOutside = new Map<string, SinkRow[]>();
+
+  /**
+   * The simulator's unsafe dedupe, as a cache beside the sink decides it: `rows` are checked and
+   * marked now, when the worker sends them, whether or not their commit ever lands. Returns the
+   * rows to send (without their business key, so the commit does not decide again).
+   */
+  markOutside(ref: ShardRef, rows: readonly SinkRow[], windowMs: number): SinkRow[] {
+    const dropped = this.deduplicated;
+    this.deduplicated = [];
+    const keep = this.storage.dedupe!(ref, rows, windowMs);
+    const k = shardKey(ref);
+    this.droppedOutside.set(k, [...(this.droppedOutside.get(k) ?? []), ...this.deduplicated]);
+    this.deduplicated = dropped;
+    return keep.map(({ dedupe: _, ...r }) => r);
+  }
 
   constructor(private readonly opts: MemorySinkOptions = {}) {}
 
@@ -115,6 +163,7 @@ export class MemorySink implements Sink, SinkInspector {
     this.assertOpen();
     const before = this.cp(ref);
     this.written = [];
+    this.deduplicated = [];
     let res: CommitResult;
     try {
       res = applyCommit(this.storage, ref, epoch, worker, rows, lastSeq, opts, this.opts.rules);
@@ -125,6 +174,8 @@ export class MemorySink implements Sink, SinkInspector {
     }
     const written = this.written;
     this.written = [];
+    const outside = this.droppedOutside.get(shardKey(ref)) ?? [];
+    this.droppedOutside.delete(shardKey(ref));
     this.opts.observer?.onCommit?.({
       ref,
       epoch,
@@ -133,6 +184,7 @@ export class MemorySink implements Sink, SinkInspector {
       before,
       after: this.cp(ref),
       written,
+      deduplicated: [...this.deduplicated, ...outside],
     });
     return res;
   }

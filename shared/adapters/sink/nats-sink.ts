@@ -208,10 +208,13 @@ export class NatsSinkInspector implements SinkInspector {
  * A row as it crosses the wire: exactly the `SinkRow` fields. A row handed over by the pipeline
  * is the record object itself, which also holds its source message.
  */
-const wireRow = (r: SinkRow): SinkRow =>
-  r.output === undefined
-    ? { recordId: r.recordId, key: r.key, sourceSeq: r.sourceSeq, value: r.value }
-    : { recordId: r.recordId, key: r.key, sourceSeq: r.sourceSeq, value: r.value, output: r.output };
+function wireRow(r: SinkRow): SinkRow {
+  const w: SinkRow = { recordId: r.recordId, key: r.key, sourceSeq: r.sourceSeq, value: r.value };
+  if (r.output !== undefined) w.output = r.output;
+  if (r.lineage !== undefined) w.lineage = r.lineage;
+  if (r.dedupe !== undefined) w.dedupe = r.dedupe;
+  return w;
+}
 
 /** NATS headers carrying the active span's context, or undefined when it is not recording. */
 function traceHeaders(): MsgHdrs | undefined {

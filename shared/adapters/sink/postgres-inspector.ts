@@ -2,7 +2,7 @@
 import type { Pool } from "pg";
 import type { CommittedRow, RowQuery, ShardCheckpoint, SinkInspector } from "../../contract/ports.js";
 import { pgError } from "./postgres-sink.js";
-import { quoteIdent } from "./sink-tables.js";
+import { checkpointOf, quoteIdent } from "./sink-tables.js";
 
 interface RowRecord {
   row_id: string;
@@ -37,14 +37,9 @@ export class PostgresSinkInspector implements SinkInspector {
         epoch: string;
         seq: string;
         fingerprint: string | null;
-      }>("SELECT pipeline, shard, epoch, seq, fingerprint FROM sluice_checkpoints");
-      return r.rows.map((x) => ({
-        pipeline: x.pipeline,
-        shard: x.shard,
-        epoch: Number(x.epoch),
-        seq: Number(x.seq),
-        ...(x.fingerprint === null ? {} : { fingerprint: x.fingerprint }),
-      }));
+        state?: string | null;
+      }>("SELECT * FROM sluice_checkpoints");
+      return r.rows.map((x) => ({ pipeline: x.pipeline, shard: x.shard, ...checkpointOf(x) }));
     } catch (err) {
       throw pgError("checkpoints", err);
     }

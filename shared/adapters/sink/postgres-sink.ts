@@ -25,7 +25,13 @@ import { payloadJson } from "../../contract/codec.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
-import { type AsyncSinkTransaction, applyCommitAsync, applyFenceAsync } from "../../core/sink-rules.js";
+import {
+  type AsyncSinkTransaction,
+  applyCommitAsync,
+  applyFenceAsync,
+  dedupeExpiry,
+  dedupeRows,
+} from "../../core/sink-rules.js";
 import { checkpointOf, collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
 
 export interface PostgresSinkOptions {
@@ -166,6 +172,7 @@ export class PostgresSink implements Sink {
   init(): Promise<void> {
     this.ready ??= (async () => {
       await this.pool.query(CHECKPOINTS_DDL);
+      for (const ddl of DEDUPE_DDL) await this.pool.query(ddl);
       // Checked first: the ALTER takes the table's exclusive lock even when the column exists.
       const cols = await this.pool.query(
         "SELECT 1 FROM information_schema.columns WHERE table_name = 'sluice_checkpoints' AND column_name = 'state' AND table_schema = current_schema()",
@@ -245,6 +252,10 @@ export class PostgresSink implements Sink {
       writeRows: async (ref, epoch, worker, rows) => {
         await t.ensureBegun();
         await this.writeRows(t.client, ref, epoch, worker, rows);
+      },
+      dedupe: async (ref, rows, windowMs) => {
+        await t.ensureBegun();
+        return dedupeInPostgres(t.client, ref.pipeline, rows, windowMs);
       },
       writeCheckpoint: async (ref, cp) => {
         // Sent with COMMIT: nothing in the transaction reads it back.
@@ -336,6 +347,70 @@ export class PostgresSink implements Sink {
   async close(): Promise<void> {
     this.closed = true;
   }
+}
+
+/** Business keys committed within a pipeline's dedupe window (`dedupeInPostgres`). */
+const DEDUPE_DDL = [
+  `CREATE TABLE IF NOT EXISTS sluice_dedupe (
+    pipeline text NOT NULL, dkey text NOT NULL, seen_ms bigint NOT NULL, PRIMARY KEY (pipeline, dkey))`,
+  "CREATE INDEX IF NOT EXISTS sluice_dedupe_seen ON sluice_dedupe (pipeline, seen_ms)",
+];
+
+/**
+ * The dedupe decision inside a commit's transaction (`dedupeRows` decides; this reads and writes
+ * the marks). A key no mark holds yet is claimed first, in key order, with `INSERT … ON CONFLICT
+ * DO NOTHING`: a second transaction claiming the same key (a record of another shard with the
+ * same business key) waits on the key's index entry until the first ends, then finds its mark,
+ * so two shards never both keep a key. Marks already there are read `FOR UPDATE`; the kept keys'
+ * marks are moved to their newest time, and marks the window has left behind are removed.
+ */
+async function dedupeInPostgres(
+  c: PoolClient,
+  pipeline: string,
+  rows: readonly SinkRow[],
+  windowMs: number,
+): Promise<SinkRow[]> {
+  const first = new Map<string, number>();
+  for (const r of rows) if (r.dedupe && !first.has(r.dedupe.key)) first.set(r.dedupe.key, r.dedupe.at);
+  const keys = [...first.keys()].sort();
+  const claimed = new Set(
+    (
+      await c.query<{ dkey: string }>(
+        `INSERT INTO sluice_dedupe (pipeline, dkey, seen_ms)
+         SELECT $1, k, t FROM unnest($2::text[], $3::bigint[]) AS u(k, t) ORDER BY k
+         ON CONFLICT (pipeline, dkey) DO NOTHING RETURNING dkey`,
+        [pipeline, keys, keys.map((k) => first.get(k)!)],
+      )
+    ).rows.map((r) => r.dkey),
+  );
+  const others = keys.filter((k) => !claimed.has(k));
+  const existing = new Map<string, number>();
+  if (others.length > 0) {
+    const r = await c.query<{ dkey: string; seen_ms: string }>(
+      "SELECT dkey, seen_ms FROM sluice_dedupe WHERE pipeline = $1 AND dkey = ANY($2::text[]) ORDER BY dkey FOR UPDATE",
+      [pipeline, others],
+    );
+    for (const x of r.rows) existing.set(x.dkey, Number(x.seen_ms));
+  }
+  const marks = new Map<string, number>();
+  const keep = dedupeRows(
+    rows,
+    windowMs,
+    (k) => existing.get(k),
+    (k, at) => marks.set(k, at),
+  );
+  if (marks.size > 0) {
+    await c.query(
+      `UPDATE sluice_dedupe d SET seen_ms = u.t FROM unnest($2::text[], $3::bigint[]) AS u(k, t)
+       WHERE d.pipeline = $1 AND d.dkey = u.k`,
+      [pipeline, [...marks.keys()], [...marks.values()]],
+    );
+  }
+  await c.query("DELETE FROM sluice_dedupe WHERE pipeline = $1 AND seen_ms < $2", [
+    pipeline,
+    Math.floor(dedupeExpiry(rows, windowMs)),
+  ]);
+  return keep;
 }
 
 const CHECKPOINTS_DDL = `CREATE TABLE IF NOT EXISTS sluice_checkpoints (

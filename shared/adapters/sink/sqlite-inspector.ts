@@ -4,7 +4,7 @@
  */
 import Database from "better-sqlite3";
 import type { CommittedRow, RowQuery, ShardCheckpoint, SinkInspector } from "../../contract/ports.js";
-import { quoteIdent } from "./sink-tables.js";
+import { checkpointOf, quoteIdent } from "./sink-tables.js";
 
 interface RowRecord {
   row_id: number;
@@ -43,21 +43,19 @@ export class SqliteSinkInspector implements SinkInspector {
   async checkpoints(): Promise<ShardCheckpoint[]> {
     const db = this.open();
     if (!db || !this.hasTable(db, "sluice_checkpoints")) return [];
-    const rows = db
-      .prepare("SELECT pipeline, shard, epoch, seq, fingerprint FROM sluice_checkpoints")
-      .all() as Array<{
+    // Every column: a file from before a column was added lacks it, and reads as without.
+    const rows = db.prepare("SELECT * FROM sluice_checkpoints").all() as Array<{
       pipeline: string;
       shard: number;
       epoch: number;
       seq: number;
-      fingerprint: string | null;
+      fingerprint?: string | null;
+      state?: string | null;
     }>;
     return rows.map((r) => ({
       pipeline: r.pipeline,
       shard: r.shard,
-      epoch: r.epoch,
-      seq: r.seq,
-      ...(r.fingerprint === null ? {} : { fingerprint: r.fingerprint }),
+      ...checkpointOf({ ...r, fingerprint: r.fingerprint ?? null }),
     }));
   }
 

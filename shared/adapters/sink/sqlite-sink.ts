@@ -17,7 +17,13 @@ import { payloadJson } from "../../contract/codec.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
-import { applyCommit, applyFence, type SinkTransaction } from "../../core/sink-rules.js";
+import {
+  applyCommit,
+  applyFence,
+  dedupeExpiry,
+  dedupeRows,
+  type SinkTransaction,
+} from "../../core/sink-rules.js";
 import { checkpointOf, collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
 
 export interface SqliteSinkOptions {
@@ -66,6 +72,10 @@ export class SqliteSink implements Sink {
         this.db.exec("ALTER TABLE sluice_checkpoints ADD COLUMN fingerprint TEXT");
       if (!cols.some((c) => c.name === "state"))
         this.db.exec("ALTER TABLE sluice_checkpoints ADD COLUMN state TEXT");
+      // Business keys committed within a pipeline's dedupe window (see `dedupe`).
+      this.db.exec(`CREATE TABLE IF NOT EXISTS sluice_dedupe (
+        pipeline TEXT NOT NULL, dkey TEXT NOT NULL, seen_ms INTEGER NOT NULL, PRIMARY KEY (pipeline, dkey))`);
+      this.db.exec("CREATE INDEX IF NOT EXISTS sluice_dedupe_seen ON sluice_dedupe (pipeline, seen_ms)");
       for (const p of opts.pipelines) {
         const name = typeof p === "string" ? p : p.name;
         SqliteSink.createPipelineTable(this.db, name, this.modes.get(name));
@@ -79,7 +89,24 @@ export class SqliteSink implements Sink {
       VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, shard) DO UPDATE SET epoch = excluded.epoch,
       seq = excluded.seq, fingerprint = excluded.fingerprint, state = excluded.state,
       updated_at = excluded.updated_at`);
+    const getMark = this.db.prepare<[string, string], { seen_ms: number }>(
+      "SELECT seen_ms FROM sluice_dedupe WHERE pipeline = ? AND dkey = ?",
+    );
+    const putMark = this.db.prepare(`INSERT INTO sluice_dedupe (pipeline, dkey, seen_ms) VALUES (?, ?, ?)
+      ON CONFLICT (pipeline, dkey) DO UPDATE SET seen_ms = excluded.seen_ms`);
+    const expire = this.db.prepare("DELETE FROM sluice_dedupe WHERE pipeline = ? AND seen_ms < ?");
     this.storage = {
+      // Inside the commit's BEGIN IMMEDIATE: marks, rows and checkpoint land together or not at all.
+      dedupe: (ref, rows, windowMs) => {
+        const keep = dedupeRows(
+          rows,
+          windowMs,
+          (k) => getMark.get(ref.pipeline, k)?.seen_ms,
+          (k, at) => putMark.run(ref.pipeline, k, at),
+        );
+        expire.run(ref.pipeline, dedupeExpiry(rows, windowMs));
+        return keep;
+      },
       readCheckpoint: (ref) => this.readCp(ref),
       writeRows: (ref, epoch, worker, rows) => {
         const at = this.now();

@@ -36,7 +36,7 @@ interface CompiledRule {
 }
 
 /** Reads a dotted path through own properties only (a record's `constructor` is not Object's). */
-function getter(path: string): (v: Record<string, unknown>) => unknown {
+export function getter(path: string): (v: Record<string, unknown>) => unknown {
   const parts = path.split(".");
   return (v) => {
     let cur: unknown = v;
@@ -80,8 +80,11 @@ const COMPARE: Record<string, (a: number | bigint | string, b: number | bigint |
   ">": (a, b) => a > b,
 };
 
-/** The CEL environment of expressions: `record` (the value, a map) and `key` (a string). */
-function celEnvironment(): Environment {
+/**
+ * The CEL environment of expressions: `record` (the value, a map) and `key` (a string). Shared
+ * with the normalise stage's `set` steps, so both read a record alike.
+ */
+export function celEnvironment(): Environment {
   return new Environment({ unlistedVariablesAreDyn: false })
     .registerVariable("record", "dyn")
     .registerVariable("key", "string");
@@ -155,7 +158,8 @@ export function compileCheck(rule: RuleConfig, env: Environment = celEnvironment
     try {
       out = program({ record: v, key });
     } catch (err) {
-      // Evaluated again only after a failure, so a record without such keys pays nothing.
+      // A record with an own `constructor` key fails in cel-js (see `constructorKeysAsMaps`):
+      // evaluated again with such objects as Maps, only after a failure, so others pay nothing.
       try {
         const asMaps = constructorKeysAsMaps(v);
         if (asMaps === v) return `expression failed: ${firstLine(err)}`;
@@ -176,15 +180,11 @@ const firstLine = (err: unknown): string => String((err as Error).message ?? err
  * property, which such a key shadows: the record fails every expression ("Unsupported type").
  * A Map is the same CEL map. Recursive: a value too deep throws RangeError, caught by the caller.
  */
-function constructorKeysAsMaps(v: unknown): unknown {
+export function constructorKeysAsMaps(v: unknown): unknown {
   if (typeof v !== "object" || v === null) return v;
   if (Array.isArray(v)) {
-    let out: unknown[] | null = null;
-    v.forEach((x, i) => {
-      const y = constructorKeysAsMaps(x);
-      if (y !== x) (out ??= [...v])[i] = y;
-    });
-    return out ?? v;
+    const out = v.map(constructorKeysAsMaps);
+    return out.some((y, i) => y !== v[i]) ? out : v;
   }
   if (v instanceof Map) {
     let changed = false;

@@ -9,6 +9,8 @@
  *   by the end every published record is committed (or dead-lettered if malformed).
  * - dead letters: no record is both committed and dead-lettered; one the schema may reject is
  *   one or the other by the end.
+ * - dedupe: no business key is committed twice; by the end each key one of whose records was
+ *   not dead-lettered is committed once (its other records dropped as duplicates).
  * - zombies: a worker resuming from a pause longer than its lease never sends a commit at an
  *   epoch superseded before it resumed (it re-checks first); a graceful hand-off never has
  *   its old owner's later commits fenced (the new owner waits for the release).
@@ -26,6 +28,8 @@ export interface PublishedRecord {
   malformed: boolean;
   /** Valid or not by the schema version in force: committed or dead-lettered, never both. */
   schemaDependent?: boolean;
+  /** The business key the pipeline deduplicates by: exactly one record per key is committed. */
+  businessKey?: string;
 }
 
 export interface Violation {
@@ -46,6 +50,8 @@ export class Checker {
   private readonly shardSeqs = new Map<number, number[]>();
   private readonly bySeq = new Map<number, PublishedRecord>();
   private readonly committed = new Map<string, number>();
+  /** Business key -> records committed with it. */
+  private readonly committedKeys = new Map<string, number>();
   private readonly fenced = new Map<number, number>();
   /** `shard@epoch` -> when a higher epoch replaced it, and whether that was a graceful hand-off. */
   private readonly superseded = new Map<string, Supersession>();
@@ -139,6 +145,8 @@ export class Checker {
       this.fail("checkpoint", `shard ${shard}: checkpoint went back from ${e.before.seq} to ${e.after.seq}`);
     }
     const written = new Set(e.written.map((r) => r.sourceSeq));
+    // Dropped by the sink's dedupe in this very commit: passed, and accounted for by its key.
+    for (const r of e.deduplicated ?? []) written.add(r.sourceSeq);
     for (const seq of this.seqsBetween(shard, e.before.seq, e.after.seq)) {
       if (written.has(seq)) continue;
       const rec = this.bySeq.get(seq);
@@ -157,6 +165,16 @@ export class Checker {
           "dead-letter",
           `record ${r.recordId} (shard ${shard}, seq ${r.sourceSeq}) committed by ${e.worker} at epoch ${e.epoch} after it was dead-lettered`,
         );
+      const bk = rec?.businessKey;
+      if (bk !== undefined) {
+        const k = (this.committedKeys.get(bk) ?? 0) + 1;
+        this.committedKeys.set(bk, k);
+        if (k > 1)
+          this.fail(
+            "dedupe",
+            `business key ${bk} committed twice (last ${r.recordId} by ${e.worker} at epoch ${e.epoch})`,
+          );
+      }
       const n = (this.committed.get(r.recordId) ?? 0) + 1;
       this.committed.set(r.recordId, n);
       if (n > 1)
@@ -219,6 +237,16 @@ export class Checker {
       if (r.schemaDependent && n > 0 && dead)
         this.fail("dead-letter", `record ${r.id} was both committed and dead-lettered`);
       if (r.schemaDependent && dead) continue;
+      // Dropped as a duplicate: its key was committed by another record.
+      if (n === 0 && r.businessKey !== undefined) {
+        if ((this.committedKeys.get(r.businessKey) ?? 0) > 0) continue;
+        if (!dead) {
+          lost++;
+          if (lost <= 3)
+            this.fail("dedupe", `business key ${r.businessKey} never committed (record ${r.id} dropped)`);
+        }
+        continue;
+      }
       if (n === 0) {
         lost++;
         if (lost <= 3)

@@ -23,6 +23,8 @@ export interface SafetySwitches {
    * records how far they reach, so a newer version is pinned only past them.
    */
   deadLetterMark: boolean;
+  /** The sink decides and marks duplicates inside the commit's transaction, after its checks. */
+  dedupeInTransaction: boolean;
 }
 
 export const allSafety: SafetySwitches = {
@@ -31,6 +33,7 @@ export const allSafety: SafetySwitches = {
   leaseRecheck: true,
   waitForRelease: true,
   deadLetterMark: true,
+  dedupeInTransaction: true,
 };
 
 export interface SimOptions {
@@ -58,6 +61,11 @@ export interface SimOptions {
    * records the first rejects, at a random time during the load.
    */
   schema: boolean;
+  /**
+   * Records carry a business key, drawn so that about half repeat one under another record id,
+   * and the pipeline deduplicates by it (window one hour: the whole run). Memory sink only.
+   */
+  dedupe: boolean;
   trace: boolean;
   /** Worker settings; a large run polls idle shards less often. */
   worker: WorkerConfig;
@@ -75,6 +83,7 @@ export const defaultSimOptions: SimOptions = {
   safety: allSafety,
   sink: "memory",
   schema: true,
+  dedupe: true,
   trace: false,
   worker: {
     batchMax: 40,

@@ -220,6 +220,11 @@ export class SimSinkClient implements Sink {
     private readonly onFenced?: FencedTap,
     /** Returns true to freeze the node now, before this commit leaves it (a fault). */
     private readonly holdNextCommit?: () => boolean,
+    /**
+     * Decide duplicates when the commit is sent, against marks kept outside the transaction, as
+     * a cache beside the sink would (`SafetySwitches.dedupeInTransaction` off).
+     */
+    private readonly dedupeOutside = false,
   ) {}
 
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
@@ -240,6 +245,11 @@ export class SimSinkClient implements Sink {
     opts: CommitOptions = {},
   ): Promise<CommitResult> {
     const sentAt = this.self.loop.now;
+    if (this.dedupeOutside && opts.dedupeWindowMs !== undefined) {
+      rows = this.sink.markOutside(ref, rows, opts.dedupeWindowMs);
+      const { dedupeWindowMs: _, ...rest } = opts;
+      opts = rest;
+    }
     if (this.holdNextCommit?.()) {
       // Frozen after the lease check with the write still in the client's buffer: it leaves
       // when the process runs again (the textbook zombie write).

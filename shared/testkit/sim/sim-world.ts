@@ -14,6 +14,7 @@ import type { Checkpoint, DeadLetter, JsonStore, Sink } from "../../contract/por
 import { Headers, shardOf, shardSubject } from "../../contract/wire.js";
 import { type RegistryValue, SchemaRegistry } from "../../pipeline/schema-registry.js";
 import type { Stage } from "../../pipeline/stage.js";
+import { DedupeStage } from "../../pipeline/stages/dedupe-stage.js";
 import { SchemaStage } from "../../pipeline/stages/schema-stage.js";
 import { type CoordinatorRecord, CoordinatorRuntime } from "../../runtime/coordinator-runtime.js";
 import { WorkerRuntime } from "../../runtime/worker-runtime.js";
@@ -76,6 +77,10 @@ export class SimWorld {
   private readonly timing: TimingConfig;
   private nextWorker = 1;
   private readonly chaos = new SimFaults(this);
+  /** Dedupe runs in the transactional sink only (an output stream has no transaction for marks). */
+  private get dedupes(): boolean {
+    return this.o.dedupe && this.o.sink === "memory";
+  }
 
   constructor(
     readonly seed: number,
@@ -187,9 +192,10 @@ export class SimWorld {
     const registry = new SchemaRegistry(
       new SimJsonStore<RegistryValue>(this.net, node, this.broker, this.kvSchemas),
     );
-    const stages: Stage[] = this.o.schema
-      ? [new SchemaStage(PIPELINE, registry, { now: () => node.now() })]
-      : [];
+    const stages: Stage[] = [
+      ...(this.o.schema ? [new SchemaStage(PIPELINE, registry, { now: () => node.now() })] : []),
+      ...(this.dedupes ? [new DedupeStage({ key: "bk", window: 3_600_000 })] : []),
+    ];
     const runtime = new WorkerRuntime({
       id,
       capacity: 1,
@@ -227,8 +233,14 @@ export class SimWorld {
         this.chaos.freezeOnCommit(node),
       );
     }
-    return new SimSinkClient(this.net, node, this.sinkNode, this.sink, onFenced, () =>
-      this.chaos.freezeOnCommit(node),
+    return new SimSinkClient(
+      this.net,
+      node,
+      this.sinkNode,
+      this.sink,
+      onFenced,
+      () => this.chaos.freezeOnCommit(node),
+      !this.o.safety.dedupeInTransaction,
     );
   }
 
@@ -276,7 +288,10 @@ export class SimWorld {
       const at = this.rng.int(0, this.o.loadMs - 1);
       const malformed = this.rng.chance(0.03);
       // Rejected by the first version, accepted by the second.
-      const schemaDependent = !malformed && this.rng.chance(0.05);
+      const schemaDependent = !malformed && this.rng.chance(0.1);
+      // Drawn from as many keys as records: about a third of the records repeat a key under a
+      // record id of their own, and most keys have one record, whose loss the checker would see.
+      const businessKey = this.dedupes ? `b${this.rng.int(0, this.o.records - 1)}` : undefined;
       const key = `k${this.rng.int(0, 63)}`;
       const retry = this.rng.chance(0.05);
       this.loop.at(at, () => {
@@ -284,12 +299,29 @@ export class SimWorld {
         const id = `r${i}`;
         const data = malformed
           ? new Uint8Array([0xff, 0xfe, 0x00])
-          : encodeRecord({ n: i, key, amount: schemaDependent ? String(i) : i });
+          : encodeRecord({
+              n: i,
+              key,
+              amount: schemaDependent ? String(i) : i,
+              ...(businessKey ? { bk: businessKey } : {}),
+            });
         const publish = () =>
           // Stored as the shared stream's subject transform stores it: the key in the subject.
-          this.stream.publish(shardSubject(PIPELINE, shard, key), data, { [Headers.msgId]: id });
+          this.stream.publish(
+            shardSubject(PIPELINE, shard, key),
+            data,
+            { [Headers.msgId]: id },
+            this.loop.now,
+          );
         const { seq } = publish();
-        this.checker.onPublish({ id, shard, seq, malformed, schemaDependent });
+        this.checker.onPublish({
+          id,
+          shard,
+          seq,
+          malformed,
+          schemaDependent,
+          ...(businessKey && !malformed ? { businessKey } : {}),
+        });
         // A producer retry of a publish that landed: the duplicate window drops it.
         if (retry) this.loop.at(at + 50, () => publish());
       });
