@@ -25,6 +25,7 @@ export interface BenchReport {
     consumers_only_vs_ordered_read: number;
     null_sink_vs_consumers_only: number;
     schema_vs_plain: number;
+    stages_vs_plain: number;
     null_sink_vs_ordered_read_one_shard: number;
     null_sink_vs_ordered_read_per_shard_streams: number;
     e2e_vs_naive: number;
@@ -46,6 +47,7 @@ export interface BenchReport {
     null_sink_per_s: number;
     consumers_only_per_s: number;
     schema_rules_per_s: number;
+    transform_stages_per_s: number;
     ordered_read_one_shard_per_s: number;
     null_sink_one_shard_per_s: number;
     ordered_read_per_shard_streams_per_s: number;
@@ -165,6 +167,7 @@ export function buildReport(r: BenchResults): BenchReport {
       consumers_only_vs_ordered_read: round(t.consumers.perSecond / t.ordered.perSecond, 2),
       null_sink_vs_consumers_only: round(t.worker.perSecond / t.consumers.perSecond, 2),
       schema_vs_plain: round(t.schema.perSecond / t.worker.perSecond, 2),
+      stages_vs_plain: round(t.transform.perSecond / t.worker.perSecond, 2),
       null_sink_vs_ordered_read_one_shard: round(t.one.worker.perSecond / t.one.ordered.perSecond, 2),
       null_sink_vs_ordered_read_per_shard_streams: round(
         t.perShard.worker.perSecond / t.perShard.ordered.perSecond,
@@ -198,6 +201,7 @@ export function buildReport(r: BenchResults): BenchReport {
       null_sink_per_s: Math.round(t.worker.perSecond),
       consumers_only_per_s: Math.round(t.consumers.perSecond),
       schema_rules_per_s: Math.round(t.schema.perSecond),
+      transform_stages_per_s: Math.round(t.transform.perSecond),
       ordered_read_one_shard_per_s: Math.round(t.one.ordered.perSecond),
       null_sink_one_shard_per_s: Math.round(t.one.worker.perSecond),
       ordered_read_per_shard_streams_per_s: Math.round(t.perShard.ordered.perSecond),
@@ -310,6 +314,12 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${th.schema_rules_per_s}/s vs ${th.null_sink_per_s}/s`,
       `${ratios.schema_vs_plain}x`,
       ">= 0.8x",
+    ],
+    [
+      "worker path with five normalise steps, an enrichment and dedupe vs without",
+      `${th.transform_stages_per_s}/s vs ${th.null_sink_per_s}/s`,
+      `${ratios.stages_vs_plain}x`,
+      ">= 0.7x",
     ],
     [
       "same, one stream per shard (streams: per-shard)",

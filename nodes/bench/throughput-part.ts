@@ -8,6 +8,11 @@ import {
   connectNats,
   connectNearPipelines,
 } from "../../shared/adapters/nats/connection.js";
+import {
+  JetStreamReferenceTables,
+  loadReferences,
+  openReferenceBucket,
+} from "../../shared/adapters/nats/reference-tables.js";
 import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
 import { type PipelineConfig, parseConfig } from "../../shared/contract/config.js";
 import { pipelineStages } from "../../shared/pipeline/pipeline-stages.js";
@@ -63,6 +68,47 @@ async function benchStages(nc: NatsConnection, p: PipelineConfig): Promise<Stage
   }).pipelines[0]!;
   return pipelineStages(withStages, { schemas: registry, now: () => performance.now() });
 }
+/**
+ * The worker path's transform stages for `ratios.stages_vs_plain`: five normalise steps, one
+ * enrichment from a 1,024-entry reference table on the cluster (cached from its KV watch, as a
+ * worker does) and dedupe by the record id (every bench record is unique, so all are kept and
+ * the discarding sink marks every one).
+ */
+async function transformStages(
+  nc: NatsConnection,
+  p: PipelineConfig,
+): Promise<{ stages: Stage[]; close(): Promise<void> }> {
+  const kv = await openReferenceBucket(nc, "bench_customers", { replicas: p.replicas });
+  const entries = new Map<string, unknown>();
+  for (let i = 0; i < 1024; i++) entries.set(`k${i}`, { name: `customer ${i}`, tier: i % 3 });
+  await loadReferences(nc, kv!, "bench_customers", entries);
+  const references = new JetStreamReferenceTables(nc);
+  const withStages = parseConfig({
+    pipelines: [
+      {
+        name: p.name,
+        stages: [
+          {
+            normalise: [
+              { rename: { from: "body", to: "text" } },
+              { trim: "id" },
+              { lower: "key" },
+              { cast: { field: "n", to: "number" } },
+              { timestamp: { field: "at", to: "iso" } },
+            ],
+          },
+          { enrich: { table: "bench_customers", key: "key", into: "customer" } },
+          { dedupe: { key: "id", window: "1h" } },
+        ],
+      },
+    ],
+  }).pipelines[0]!;
+  return {
+    stages: pipelineStages(withStages, { references, now: () => performance.now() }),
+    close: () => references.close(),
+  };
+}
+
 export interface ThroughputResult {
   publish: Record<string, { js: Rate; producer: Rate }>;
   tracing: TracingOverheadResult;
@@ -71,6 +117,8 @@ export interface ThroughputResult {
   consumers: Rate;
   /** The worker path with schema validation and three enforced rules (`benchStages`). */
   schema: Rate;
+  /** The worker path with five normalise steps, an enrichment and dedupe (`transformStages`). */
+  transform: Rate;
   one: { ordered: Rate; worker: Rate };
   perShard: { ordered: Rate; worker: Rate };
 }
@@ -133,8 +181,12 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
           if (short > 0) await producerRate(nc, "bench_r3", makeRecords("top", short));
           const sharedRecords = await pipelineRecords(nc, pipelineCfg("bench_r3"));
           await producerRate(nc, "bench_ps", makeRecords("ps", sharedRecords));
-          const reads: Record<string, { ordered: Rate; worker: Rate; consumers?: Rate; schema?: Rate }> = {};
+          const reads: Record<
+            string,
+            { ordered: Rate; worker: Rate; consumers?: Rate; schema?: Rate; transform?: Rate }
+          > = {};
           const stages = await benchStages(nc, pipelineCfg("bench_r3"));
+          const transforms = await transformStages(nc, pipelineCfg("bench_r3"));
           for (const name of ["bench_r3", "bench_ps", "bench_one"]) {
             const p = pipelineCfg(name);
             const inStreams = await pipelineRecords(nc, p);
@@ -154,6 +206,8 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
             // And the worker path through the schema stage and three rules, alternated with the
             // plain one: `ratios.schema_vs_plain`.
             const schema: Rate[] = [];
+            // And through the transform stages: `ratios.stages_vs_plain`.
+            const transform: Rate[] = [];
             try {
               for (let r = 0; r < run.s.rounds; r++) {
                 ordered.push(await orderedReadRate(rnc, p));
@@ -161,6 +215,9 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
                 if (name === "bench_r3") {
                   consumers.push(await consumersReadRate(rnc, p, inStreams, throughputCfg.worker));
                   schema.push(await pipelineReadRate(rnc, p, inStreams, throughputCfg.worker, stages));
+                  transform.push(
+                    await pipelineReadRate(rnc, p, inStreams, throughputCfg.worker, transforms.stages),
+                  );
                 }
               }
             } finally {
@@ -171,6 +228,7 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
               worker: best(worker),
               ...(consumers.length > 0 ? { consumers: best(consumers) } : {}),
               ...(schema.length > 0 ? { schema: best(schema) } : {}),
+              ...(transform.length > 0 ? { transform: best(transform) } : {}),
             };
             run.log(
               `read ${inStreams} records, ${p.shards} shard(s), ${p.streams} stream(s), via ${via}: ordered consumer ${Math.round(best(ordered).perSecond)}/s, ` +
@@ -182,9 +240,13 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
                   : "") +
                 (schema.length > 0
                   ? `; with schema and three rules ${Math.round(best(schema).perSecond)}/s`
+                  : "") +
+                (transform.length > 0
+                  ? `; with five normalise steps, an enrichment and dedupe ${Math.round(best(transform).perSecond)}/s`
                   : ""),
             );
           }
+          await transforms.close();
           const main = reads.bench_r3!;
           return {
             publish,
@@ -193,6 +255,7 @@ export function measureThroughput(run: BenchRun): Promise<ThroughputResult> {
             worker: main.worker,
             consumers: main.consumers!,
             schema: main.schema!,
+            transform: main.transform!,
             one: reads.bench_one!,
             perShard: reads.bench_ps!,
           };

@@ -156,6 +156,34 @@ export function dedupeExpiry(rows: readonly { dedupe?: { at: number } }[], windo
   return newest - DEDUPE_EXPIRY_WINDOWS * windowMs;
 }
 
+/** Dedupe marks held in memory, per pipeline: the in-memory sinks' storage for `dedupeRows`. */
+export class MemoryDedupeMarks {
+  private readonly marks = new Map<string, Map<string, number>>();
+
+  /** `rows` without the duplicates, marking the kept keys and expiring old marks. */
+  apply<R extends SequencedRow & { dedupe?: { key: string; at: number } }>(
+    pipeline: string,
+    rows: readonly R[],
+    windowMs: number,
+  ): R[] {
+    let m = this.marks.get(pipeline);
+    if (!m) {
+      m = new Map();
+      this.marks.set(pipeline, m);
+    }
+    const marks = m;
+    const keep = dedupeRows(
+      rows,
+      windowMs,
+      (k) => marks.get(k),
+      (k, at) => marks.set(k, at),
+    );
+    const expiry = dedupeExpiry(rows, windowMs);
+    for (const [k, at] of marks) if (at < expiry) marks.delete(k);
+    return keep;
+  }
+}
+
 /** The checkpoint state's count of the shard's duplicates, moved by the commits that drop them. */
 export const DUPLICATES_STATE_KEY = "duplicates";
 

@@ -1,22 +1,13 @@
-/**
- * Reference tables in memory, for tests and simulation: the same cache as a worker's
- * (`ReferenceCache`) fed from an in-memory log per table the way the KV watch feeds it. A table
- * exists once created or written; with `manual` its watch delivers only on `sync`, the first of
- * which is the initial load (each key's last change, as a snapshot is), so tests can hold a
- * worker's view behind the table or keep a table loading.
- */
-import { ErrorCode, SluiceError } from "../contract/errors.js";
 import { refBucket } from "../contract/wire.js";
 import {
   entryAsOf,
-  historyGoneReason,
   loadingTableReason,
   noTableReason,
   ReferenceCache,
   type ReferenceChange,
   type ReferenceEntry,
 } from "../core/reference-cache.js";
-import type { ReferenceTable, ReferenceTables } from "../pipeline/stages/enrich-stage.js";
+import { CachedReferenceTable, type ReferenceTables } from "../pipeline/stages/enrich-stage.js";
 
 export interface MemoryReferenceTablesOptions {
   /** Deliver changes only on `sync` (default: at once). */
@@ -31,43 +22,27 @@ interface Log {
   seq: number;
 }
 
-class MemoryReferenceTable implements ReferenceTable {
-  private cache: ReferenceCache | null = null;
+class MemoryReferenceTable extends CachedReferenceTable {
   /** Changes delivered to the cache so far (an index into the log). */
   private delivered = 0;
-  private readonly waiters: (() => void)[] = [];
 
   constructor(
-    private readonly name: string,
+    name: string,
     private readonly log: () => Log | undefined,
     private readonly history: number,
-  ) {}
+  ) {
+    super(name);
+  }
 
   waiting(): string | null {
     if (this.cache) return null;
     return this.log() ? loadingTableReason(this.name) : noTableReason(this.name, refBucket(this.name));
   }
 
-  ready(): Promise<void> {
-    return this.cache ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
-  }
-
-  revision(): number {
-    return this.cache?.revision ?? 0;
-  }
-
-  lookup(key: string, asOf: number): ReferenceEntry | null | undefined {
-    return this.cache?.lookup(key, asOf);
-  }
-
   async resolve(key: string, asOf: number): Promise<ReferenceEntry | null> {
     const all = (this.log()?.changes ?? []).filter((c) => c.key === key);
     const found = entryAsOf(all.slice(-this.history), asOf, all.length <= this.history);
-    if (found === undefined)
-      throw new SluiceError(ErrorCode.Unavailable, historyGoneReason(this.name, key, asOf), {
-        retryable: true,
-      });
-    return found;
+    return found === undefined ? this.historyGone(key, asOf) : found;
   }
 
   /** Delivers what the log holds beyond what the cache has seen; the first call loads a snapshot. */
@@ -82,8 +57,7 @@ class MemoryReferenceTable implements ReferenceTable {
       for (const c of [...last.values()].sort((a, b) => a.revision - b.revision)) cache.apply(c, false);
       cache.advance(log.seq - 1);
       this.delivered = log.changes.length;
-      this.cache = cache;
-      for (const w of this.waiters.splice(0)) w();
+      this.install(cache);
       return;
     }
     for (; this.delivered < log.changes.length; this.delivered++) {

@@ -39,6 +39,7 @@ interface StoredRow {
   worker: string;
   payload: string;
   committed_at: number;
+  lineage: string | null;
 }
 
 describe("SqliteSink", () => {
@@ -87,6 +88,7 @@ describe("SqliteSink", () => {
       "worker",
       "payload",
       "committed_at",
+      "lineage",
     ]);
     // Append-only: no unique index that would silently hide a duplicate.
     const idx = reader().prepare(`PRAGMA index_list("demo")`).all() as { unique: number }[];
@@ -108,6 +110,13 @@ describe("SqliteSink", () => {
     expect(await sink.checkpoint(REF)).toEqual({ epoch: 1, seq: 0 });
   });
 
+  it("stores a row's lineage (the reference revisions an enrichment used) with it", async () => {
+    const sink = open();
+    await sink.fence(REF, 1);
+    await sink.commit(REF, 1, "w1", [{ ...row(1), lineage: { customers: 17 } }, row(2)], 2);
+    expect(table().map((r) => r.lineage)).toEqual(['{"customers":17}', null]);
+  });
+
   it("fence at 1 then commit rows: rows and checkpoint are stored together", async () => {
     const sink = open({ now: () => 4242 });
     expect(await sink.checkpoint(REF)).toEqual({ epoch: 0, seq: 0 });
@@ -127,6 +136,7 @@ describe("SqliteSink", () => {
         worker: "w1",
         payload: JSON.stringify({ seq }),
         committed_at: 4242,
+        lineage: null,
       })),
     );
   });

@@ -23,7 +23,6 @@
 import {
   DeliverPolicy,
   JetStreamApiCodes,
-  JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
   jetstream,
@@ -44,6 +43,7 @@ import {
   REPLAY_MSG_ID_PREFIX,
   replayMsgId,
 } from "../../contract/wire.js";
+import { apiCode, unavailable } from "./jetstream-errors.js";
 import { JetStreamJsonStore } from "./jetstream-json-store.js";
 
 /** One dead letter as stored. */
@@ -711,15 +711,4 @@ function planReplay(e: DeadLetterEntry): PlannedReplay | { reason: string } {
     msgId: replayMsgId(e.pipeline, e.seq),
     recordId: e.recordId,
   };
-}
-
-function apiCode(err: unknown): number | undefined {
-  return err instanceof JetStreamApiError ? err.code : undefined;
-}
-
-function unavailable(what: string, cause: unknown): SluiceError {
-  return new SluiceError(ErrorCode.Unavailable, `${what}: ${(cause as Error)?.message ?? String(cause)}`, {
-    retryable: true,
-    cause,
-  });
 }

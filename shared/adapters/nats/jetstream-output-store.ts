@@ -10,7 +10,6 @@
  */
 import {
   DeliverPolicy,
-  JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
   jetstream,
@@ -29,6 +28,7 @@ import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, OutputCheckpoint, OutputRecord, OutputStreamStore } from "../../contract/ports.js";
 import { Headers, outputCheckpointSubject, outputDataSubject, outputStream } from "../../contract/wire.js";
+import { apiCode } from "./jetstream-errors.js";
 
 /** The server's answer when a conditional write found the checkpoint subject moved. */
 const WRONG_LAST_SEQUENCE = new Set([10071, 10164]);
@@ -37,12 +37,6 @@ const BATCH_DUPLICATE = 10201;
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-function apiCode(err: unknown): number | undefined {
-  if (err instanceof JetStreamApiError) return err.code;
-  const e = err as { api_error?: { err_code?: number }; code?: number };
-  return e?.api_error?.err_code ?? (typeof e?.code === "number" ? e.code : undefined);
-}
 
 interface BatchMessage {
   subject: string;

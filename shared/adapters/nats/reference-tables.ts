@@ -19,7 +19,6 @@
 import {
   DeliverPolicy,
   JetStreamApiCodes,
-  JetStreamApiError,
   type JetStreamManager,
   jetstream,
   jetstreamManager,
@@ -27,12 +26,10 @@ import {
 } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import { type Logger, silentLogger } from "../../contract/logger.js";
 import { refBucket } from "../../contract/wire.js";
 import {
   entryAsOf,
-  historyGoneReason,
   loadingTableReason,
   noTableReason,
   ReferenceCache,
@@ -40,7 +37,12 @@ import {
   type ReferenceEntry,
   type RetainedChange,
 } from "../../core/reference-cache.js";
-import type { ReferenceTable, ReferenceTables } from "../../pipeline/stages/enrich-stage.js";
+import {
+  CachedReferenceTable,
+  type ReferenceTable,
+  type ReferenceTables,
+} from "../../pipeline/stages/enrich-stage.js";
+import { apiCode, unavailable } from "./jetstream-errors.js";
 
 /**
  * Changes a reference bucket keeps per key (the KV history): how far back a lookup the cache
@@ -52,17 +54,6 @@ const refStream = (bucket: string): string => `KV_${bucket}`;
 const refPrefix = (bucket: string): string => `$KV.${bucket}.`;
 const dec = new TextDecoder();
 const enc = new TextEncoder();
-
-function apiCode(err: unknown): number | undefined {
-  return err instanceof JetStreamApiError ? err.code : undefined;
-}
-
-function unavailable(what: string, cause: unknown): SluiceError {
-  return new SluiceError(ErrorCode.Unavailable, `${what}: ${(cause as Error)?.message ?? String(cause)}`, {
-    retryable: true,
-    cause,
-  });
-}
 
 /** A stored message of a reference bucket, as a consumer or a message read gives it. */
 interface RefMessage {
@@ -161,13 +152,10 @@ export interface JetStreamReferenceTablesOptions {
   retryMs?: number;
 }
 
-class JetStreamReferenceTable implements ReferenceTable {
+class JetStreamReferenceTable extends CachedReferenceTable {
   private readonly bucket: string;
   private readonly stream: string;
-  /** The cache lookups read; null until the first snapshot is in. */
-  private cache: ReferenceCache | null = null;
   private why: string;
-  private readonly waiters: (() => void)[] = [];
   private stopped = false;
   private stopWatch: (() => void) | null = null;
   /** Ends the pause between two attempts at once (on stop). */
@@ -175,11 +163,12 @@ class JetStreamReferenceTable implements ReferenceTable {
   private readonly finished: Promise<void>;
 
   constructor(
-    private readonly name: string,
+    name: string,
     private readonly nc: NatsConnection,
     private readonly jsm: Promise<JetStreamManager>,
     private readonly opts: Required<JetStreamReferenceTablesOptions>,
   ) {
+    super(name);
     this.bucket = refBucket(name);
     this.stream = refStream(this.bucket);
     this.why = loadingTableReason(name);
@@ -190,25 +179,9 @@ class JetStreamReferenceTable implements ReferenceTable {
     return this.cache ? null : this.why;
   }
 
-  ready(): Promise<void> {
-    return this.cache ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
-  }
-
-  revision(): number {
-    return this.cache?.revision ?? 0;
-  }
-
-  lookup(key: string, asOf: number): ReferenceEntry | null | undefined {
-    return this.cache?.lookup(key, asOf);
-  }
-
   async resolve(key: string, asOf: number): Promise<ReferenceEntry | null> {
     const found = await readAsOf(await this.jsm, this.name, key, asOf);
-    if (found === undefined)
-      throw new SluiceError(ErrorCode.Unavailable, historyGoneReason(this.name, key, asOf), {
-        retryable: true,
-      });
-    return found;
+    return found === undefined ? this.historyGone(key, asOf) : found;
   }
 
   async stop(): Promise<void> {
@@ -244,11 +217,6 @@ class JetStreamReferenceTable implements ReferenceTable {
         });
       this.wake = null;
     }
-  }
-
-  private install(cache: ReferenceCache): void {
-    this.cache = cache;
-    for (const w of this.waiters.splice(0)) w();
   }
 
   /**

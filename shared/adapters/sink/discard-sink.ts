@@ -7,7 +7,7 @@
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import { type ShardRef, shardKey } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
-import { applyCommit, applyFence, type SinkTransaction } from "../../core/sink-rules.js";
+import { applyCommit, applyFence, MemoryDedupeMarks, type SinkTransaction } from "../../core/sink-rules.js";
 
 export class DiscardSink implements Sink {
   private readonly checkpoints = new Map<string, Checkpoint>();
@@ -19,7 +19,10 @@ export class DiscardSink implements Sink {
       this.discarded += rows.length;
     },
     writeCheckpoint: (ref, cp) => void this.checkpoints.set(shardKey(ref), cp),
+    // The marks are kept, like the checkpoints, so a deduplicating pipeline pays its real cost.
+    dedupe: (ref, rows, windowMs) => this.marks.apply(ref.pipeline, rows, windowMs),
   };
+  private readonly marks = new MemoryDedupeMarks();
 
   private closed = false;
 

@@ -21,8 +21,7 @@ import type {
 import {
   applyCommit,
   applyFence,
-  dedupeExpiry,
-  dedupeRows,
+  MemoryDedupeMarks,
   type SinkRules,
   type SinkTransaction,
 } from "../../core/sink-rules.js";
@@ -80,26 +79,13 @@ export class MemorySink implements Sink, SinkInspector {
     },
     writeCheckpoint: (ref, cp) => void this.checkpoints_.set(shardKey(ref), { ref, cp }),
     dedupe: (ref, rows, windowMs) => {
-      let marks = this.marks.get(ref.pipeline);
-      if (!marks) {
-        marks = new Map();
-        this.marks.set(ref.pipeline, marks);
-      }
-      const m = marks;
-      const keep = dedupeRows(
-        rows,
-        windowMs,
-        (k) => m.get(k),
-        (k, at) => m.set(k, at),
-      );
-      const expiry = dedupeExpiry(rows, windowMs);
-      for (const [k, at] of m) if (at < expiry) m.delete(k);
-      this.deduplicated.push(...rows.filter((r) => !keep.includes(r)));
+      const keep = this.marks.apply(ref.pipeline, rows, windowMs);
+      const kept = new Set(keep);
+      this.deduplicated.push(...rows.filter((r) => !kept.has(r)));
       return keep;
     },
   };
-  /** Pipeline -> business key -> its dedupe mark, ms. */
-  private readonly marks = new Map<string, Map<string, number>>();
+  private readonly marks = new MemoryDedupeMarks();
   /** Rows the commit in progress dropped as duplicates (for the observer). */
   private deduplicated: SinkRow[] = [];
   /** Shard -> rows `markOutside` dropped, reported with the shard's next commit. */

@@ -430,12 +430,18 @@ export function pipelineTableDdl(table: string, mode: TableMode): string[] {
   const t = quoteIdent(table);
   const cols = `record_id text NOT NULL, key text NOT NULL, shard integer NOT NULL,
     source_seq bigint NOT NULL, epoch bigint NOT NULL, worker text NOT NULL, payload jsonb NOT NULL,
-    committed_at bigint NOT NULL`;
+    committed_at bigint NOT NULL, lineage jsonb`;
+  // A table made before rows carried lineage gets the column; checked first, since the ALTER
+  // takes the table's exclusive lock even when the column exists.
+  const addLineage = `DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = ${pg.escapeLiteral(table)} AND column_name = 'lineage')
+    THEN ALTER TABLE ${t} ADD COLUMN lineage jsonb; END IF; END $$`;
   return [
     mode === "upsert"
       ? `CREATE TABLE IF NOT EXISTS ${t} (row_id bigint GENERATED ALWAYS AS IDENTITY, ${cols}, version bigint NOT NULL, PRIMARY KEY (key))`
       : `CREATE TABLE IF NOT EXISTS ${t} (row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ${cols})`,
     `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${table}_shard_seq`)} ON ${t} (shard, source_seq)`,
+    addLineage,
   ];
 }
 
@@ -456,29 +462,29 @@ async function insertRows(
   const t = quoteIdent(table);
   const upsert = mode === "upsert";
   const list = upsert ? collapseByKey(rows) : rows;
-  const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""})
-     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}
-     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]) WITH ORDINALITY AS u(r, k, s, p, o) ORDER BY o
+  // The lineage column only in batches that carry some: the common statement stays as it is.
+  const lineage = list.some((r) => r.lineage !== undefined);
+  const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""}${lineage ? ", lineage" : ""})
+     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}${lineage ? ", l::jsonb" : ""}
+     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]${lineage ? ", $9::text[]" : ""}) WITH ORDINALITY AS u(r, k, s, p, ${lineage ? "l, " : ""}o) ORDER BY o
      ${
        upsert
          ? `ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
        source_seq = EXCLUDED.source_seq, epoch = EXCLUDED.epoch, worker = EXCLUDED.worker,
-       payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version
+       payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version${lineage ? ", lineage = EXCLUDED.lineage" : ""}
      WHERE ${t}.version < EXCLUDED.version`
          : ""
      }`;
-  await c.query({
-    name: statementName(text),
-    text,
-    values: [
-      list.map((r) => r.recordId),
-      list.map((r) => r.key),
-      shard,
-      meta.epoch,
-      meta.worker,
-      meta.at,
-      list.map((r) => r.sourceSeq),
-      list.map((r) => payloadJson(r.value)),
-    ],
-  });
+  const values: unknown[] = [
+    list.map((r) => r.recordId),
+    list.map((r) => r.key),
+    shard,
+    meta.epoch,
+    meta.worker,
+    meta.at,
+    list.map((r) => r.sourceSeq),
+    list.map((r) => payloadJson(r.value)),
+  ];
+  if (lineage) values.push(list.map((r) => (r.lineage === undefined ? null : JSON.stringify(r.lineage))));
+  await c.query({ name: statementName(text), text, values });
 }

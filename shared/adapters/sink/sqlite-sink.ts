@@ -123,6 +123,7 @@ export class SqliteSink implements Sink {
             worker,
             payloadJson(r.value),
             at,
+            r.lineage === undefined ? null : JSON.stringify(r.lineage),
           );
         }
       },
@@ -149,7 +150,12 @@ export class SqliteSink implements Sink {
     db.exec(`CREATE TABLE IF NOT EXISTS ${quoteIdent(pipeline)} (
       row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL${mode === "upsert" ? " UNIQUE" : ""},
       shard INTEGER NOT NULL, source_seq INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL,
-      payload TEXT NOT NULL, committed_at INTEGER NOT NULL${mode === "upsert" ? ", version INTEGER NOT NULL" : ""})`);
+      payload TEXT NOT NULL, committed_at INTEGER NOT NULL${mode === "upsert" ? ", version INTEGER NOT NULL" : ""},
+      lineage TEXT)`);
+    // A table made before rows carried lineage (the reference revisions an enrichment used).
+    const cols = db.prepare(`PRAGMA table_info(${quoteIdent(pipeline)})`).all() as { name: string }[];
+    if (!cols.some((c) => c.name === "lineage"))
+      db.exec(`ALTER TABLE ${quoteIdent(pipeline)} ADD COLUMN lineage TEXT`);
     db.exec(
       `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${pipeline}_shard_seq`)} ON ${quoteIdent(pipeline)} (shard, source_seq)`,
     );
@@ -164,14 +170,15 @@ export class SqliteSink implements Sink {
       st =
         mode === "upsert"
           ? this.db.prepare(`INSERT INTO ${t}
-        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, version)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?4)
+        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage, version)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?4)
         ON CONFLICT (key) DO UPDATE SET record_id = excluded.record_id, shard = excluded.shard,
           source_seq = excluded.source_seq, epoch = excluded.epoch, worker = excluded.worker,
-          payload = excluded.payload, committed_at = excluded.committed_at, version = excluded.version
+          payload = excluded.payload, committed_at = excluded.committed_at, lineage = excluded.lineage,
+          version = excluded.version
         WHERE ${t}.version < excluded.version`)
           : this.db.prepare(`INSERT INTO ${t}
-        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
+        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`);
       this.inserts.set(table, st);
     }
     return st;

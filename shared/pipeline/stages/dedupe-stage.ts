@@ -51,8 +51,17 @@ export class DedupeStage implements Stage {
           code: ErrorCode.DedupeKeyMissing,
           message: `dedupe: no business key (${this.what} is ${k === undefined ? "absent" : typeof k})`,
         });
-      const at = r.message.timestampMs ?? 0;
-      return keep({ ...r, dedupe: { key: text, at } });
+      // A literal of fixed shape, not a spread: one allocation per record on the hot path.
+      const out: PipelineRecord = {
+        recordId: r.recordId,
+        key: r.key,
+        sourceSeq: r.sourceSeq,
+        value: r.value,
+        message: r.message,
+        dedupe: { key: text, at: r.message.timestampMs ?? 0 },
+        ...(r.lineage === undefined ? {} : { lineage: r.lineage }),
+      };
+      return keep(out);
     });
   }
 }

@@ -19,7 +19,12 @@
 import type { EnrichConfig } from "../../contract/config.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { PipelineState } from "../../contract/ports.js";
-import { isReferenceKey, type ReferenceEntry } from "../../core/reference-cache.js";
+import {
+  historyGoneReason,
+  isReferenceKey,
+  type ReferenceCache,
+  type ReferenceEntry,
+} from "../../core/reference-cache.js";
 import {
   keep,
   type PipelineRecord,
@@ -58,6 +63,46 @@ export interface ReferenceTable {
 /** The reference tables of a worker: one cache, and one watch, per table for every stage. */
 export interface ReferenceTables {
   table(name: string): ReferenceTable;
+}
+
+/**
+ * A table answered from a `ReferenceCache` its owner installs (`install`): what every
+ * implementation shares. The owner says why it waits (`waiting`) and reads older entries
+ * (`resolve`).
+ */
+export abstract class CachedReferenceTable implements ReferenceTable {
+  protected cache: ReferenceCache | null = null;
+  private readonly waiters: (() => void)[] = [];
+
+  constructor(protected readonly name: string) {}
+
+  abstract waiting(): string | null;
+  abstract resolve(key: string, asOf: number): Promise<ReferenceEntry | null>;
+
+  ready(): Promise<void> {
+    return this.cache ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  revision(): number {
+    return this.cache?.revision ?? 0;
+  }
+
+  lookup(key: string, asOf: number): ReferenceEntry | null | undefined {
+    return this.cache?.lookup(key, asOf);
+  }
+
+  /** Answers from `cache` from now on, and wakes whoever waited for the table. */
+  protected install(cache: ReferenceCache): void {
+    this.cache = cache;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** The bucket no longer holds the entry as of `asOf`: the batch waits, it never guesses. */
+  protected historyGone(key: string, asOf: number): never {
+    throw new SluiceError(ErrorCode.Unavailable, historyGoneReason(this.name, key, asOf), {
+      retryable: true,
+    });
+  }
 }
 
 export interface EnrichStageOptions {
