@@ -156,9 +156,17 @@ export function dedupeExpiry(rows: readonly { dedupe?: { at: number } }[], windo
   return newest - DEDUPE_EXPIRY_WINDOWS * windowMs;
 }
 
+/** One pipeline's marks in memory, with the order they were set in, oldest first. */
+interface MarkTable {
+  marks: Map<string, number>;
+  /** Every mark as set, in setting order; `head` is the first not yet expired or superseded. */
+  order: Array<{ key: string; at: number }>;
+  head: number;
+}
+
 /** Dedupe marks held in memory, per pipeline: the in-memory sinks' storage for `dedupeRows`. */
 export class MemoryDedupeMarks {
-  private readonly marks = new Map<string, Map<string, number>>();
+  private readonly tables = new Map<string, MarkTable>();
 
   /** `rows` without the duplicates, marking the kept keys and expiring old marks. */
   apply<R extends SequencedRow & { dedupe?: { key: string; at: number } }>(
@@ -166,20 +174,32 @@ export class MemoryDedupeMarks {
     rows: readonly R[],
     windowMs: number,
   ): R[] {
-    let m = this.marks.get(pipeline);
-    if (!m) {
-      m = new Map();
-      this.marks.set(pipeline, m);
+    let t = this.tables.get(pipeline);
+    if (!t) {
+      t = { marks: new Map(), order: [], head: 0 };
+      this.tables.set(pipeline, t);
     }
-    const marks = m;
+    const { marks, order } = t;
     const keep = dedupeRows(
       rows,
       windowMs,
       (k) => marks.get(k),
-      (k, at) => marks.set(k, at),
+      (k, at) => {
+        marks.set(k, at);
+        order.push({ key: k, at });
+      },
     );
+    // Marks are set in roughly rising time: expire from the oldest end only, so a commit costs
+    // what it expires, not the size of the table. A mark set again later stays (its newer entry).
     const expiry = dedupeExpiry(rows, windowMs);
-    for (const [k, at] of marks) if (at < expiry) marks.delete(k);
+    while (t.head < order.length && order[t.head]!.at < expiry) {
+      const { key, at } = order[t.head++]!;
+      if (marks.get(key) === at) marks.delete(key);
+    }
+    if (t.head > 4_096 && t.head * 2 > order.length) {
+      order.splice(0, t.head);
+      t.head = 0;
+    }
     return keep;
   }
 }

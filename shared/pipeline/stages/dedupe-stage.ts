@@ -11,7 +11,7 @@
  */
 import type { DedupeConfig } from "../../contract/config.js";
 import { ErrorCode } from "../../contract/errors.js";
-import { keep, type PipelineRecord, reject, type Stage, type StageDecision } from "../stage.js";
+import { keep, type PipelineRecord, recordWith, reject, type Stage, type StageDecision } from "../stage.js";
 import { celEnvironment, getter } from "./rules-stage.js";
 
 export class DedupeStage implements Stage {
@@ -51,17 +51,7 @@ export class DedupeStage implements Stage {
           code: ErrorCode.DedupeKeyMissing,
           message: `dedupe: no business key (${this.what} is ${k === undefined ? "absent" : typeof k})`,
         });
-      // A literal of fixed shape, not a spread: one allocation per record on the hot path.
-      const out: PipelineRecord = {
-        recordId: r.recordId,
-        key: r.key,
-        sourceSeq: r.sourceSeq,
-        value: r.value,
-        message: r.message,
-        dedupe: { key: text, at: r.message.timestampMs ?? 0 },
-        ...(r.lineage === undefined ? {} : { lineage: r.lineage }),
-      };
-      return keep(out);
+      return keep(recordWith(r, r.value, r.lineage, { key: text, at: r.message.timestampMs ?? 0 }));
     });
   }
 }

@@ -28,6 +28,7 @@ import {
 import {
   keep,
   type PipelineRecord,
+  recordWith,
   reject,
   type Stage,
   type StageContext,
@@ -271,11 +272,11 @@ export class EnrichStage implements Stage {
     const value = this.setInto(r.value, entry === null ? null : entry.value);
     if (typeof value === "string")
       return reject({ ok: false, code: ErrorCode.EnrichMissing, message: value });
-    return keep({
-      ...r,
-      value,
-      lineage: { ...r.lineage, [this.cfg.table]: entry === null ? 0 : entry.revision },
-    });
+    const revision = entry === null ? 0 : entry.revision;
+    // One table's lineage, the common case, without a spread of the record's.
+    const lineage =
+      r.lineage === undefined ? { [this.cfg.table]: revision } : { ...r.lineage, [this.cfg.table]: revision };
+    return keep(recordWith(r, value, lineage));
   }
 
   /**

@@ -28,7 +28,7 @@ import { MAX_BIGNUM_BYTES } from "../../contract/codec.js";
 import type { NormaliseStep } from "../../contract/config.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { RecordValue } from "../../contract/ports.js";
-import { keep, type PipelineRecord, reject, type Stage, type StageDecision } from "../stage.js";
+import { keep, type PipelineRecord, recordWith, reject, type Stage, type StageDecision } from "../stage.js";
 import { celEnvironment, constructorKeysAsMaps } from "./rules-stage.js";
 
 export interface NormaliseOptions {
@@ -98,9 +98,19 @@ function setChild(c: Container, k: string, v: unknown): void {
   else c[k] = v;
 }
 
-function deleteChild(c: Container, k: string): void {
-  if (c instanceof Map) c.delete(k);
-  else delete c[k];
+/**
+ * A copy of `c` without `k`. An object is rebuilt rather than `delete`d from: a delete turns it
+ * into a dictionary, and every later read and its JSON rendering pay for that.
+ */
+function copyWithout(c: Container, k: string): Container {
+  if (c instanceof Map) {
+    const m = new Map(c);
+    m.delete(k);
+    return m;
+  }
+  const o: Obj = {};
+  for (const key of Object.keys(c)) if (key !== k) setChild(o, key, c[key]);
+  return o;
 }
 
 /** A shallow copy; spreading defines own properties, `__proto__` included. */
@@ -168,12 +178,20 @@ function removePath(w: Work, path: Path): void {
   let cur: unknown = w.root;
   for (let i = 0; i < last; i++) cur = isContainer(cur) ? getChild(cur, parts[i]!) : undefined;
   if (!isContainer(cur) || !hasChild(cur, leaf)) return;
+  if (last === 0) {
+    w.root = copyWithout(w.root, leaf);
+    w.owned.add(w.root);
+    return;
+  }
   let parent = ownRoot(w);
-  for (let i = 0; i < last; i++) {
+  for (let i = 0; i < last - 1; i++) {
     const k = parts[i]!;
     parent = ownChild(w, parent, k, getChild(parent, k) as Container);
   }
-  deleteChild(parent, leaf);
+  const k = parts[last - 1]!;
+  const copy = copyWithout(getChild(parent, k) as Container, leaf);
+  w.owned.add(copy);
+  setChild(parent, k, copy);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -822,7 +840,7 @@ export class NormaliseStage implements Stage {
         if (why !== null) return this.rejection(i, why);
       }
       const value = w.root as RecordValue;
-      return value === r.value ? keep(r) : keep({ ...r, value });
+      return value === r.value ? keep(r) : keep(recordWith(r, value));
     } catch (err) {
       // Not a record's fault the steps foresaw (a value nested too deep for a CEL result, say):
       // still the record's, never the batch's.

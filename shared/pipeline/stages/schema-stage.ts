@@ -23,6 +23,7 @@ import { compileSchema, newAjv } from "../schema-registry.js";
 import {
   keep,
   type PipelineRecord,
+  recordWith,
   reject,
   type Stage,
   type StageContext,
@@ -155,7 +156,7 @@ export class SchemaStage implements Stage {
       }
     }
     if (!reader.validate(value)) return violation(this.errors(reader, value));
-    return keep(value === r.value ? r : { ...r, value: value as PipelineRecord["value"] });
+    return keep(value === r.value ? r : recordWith(r, value as PipelineRecord["value"]));
   }
 
   /** The version a `Sluice-Schema-Id` names, if it is one of this subject's up to `upTo`. */
