@@ -159,8 +159,12 @@ export function dedupeExpiry(rows: readonly { dedupe?: { at: number } }[], windo
 /** One pipeline's marks in memory, with the order they were set in, oldest first. */
 interface MarkTable {
   marks: Map<string, number>;
-  /** Every mark as set, in setting order; `head` is the first not yet expired or superseded. */
-  order: Array<{ key: string; at: number }>;
+  /**
+   * Every mark as set, in setting order, as two columns (no object per mark); `head` is the
+   * first not yet expired or superseded.
+   */
+  keys: string[];
+  ats: number[];
   head: number;
 }
 
@@ -176,28 +180,31 @@ export class MemoryDedupeMarks {
   ): R[] {
     let t = this.tables.get(pipeline);
     if (!t) {
-      t = { marks: new Map(), order: [], head: 0 };
+      t = { marks: new Map(), keys: [], ats: [], head: 0 };
       this.tables.set(pipeline, t);
     }
-    const { marks, order } = t;
+    const { marks, keys, ats } = t;
     const keep = dedupeRows(
       rows,
       windowMs,
       (k) => marks.get(k),
       (k, at) => {
         marks.set(k, at);
-        order.push({ key: k, at });
+        keys.push(k);
+        ats.push(at);
       },
     );
     // Marks are set in roughly rising time: expire from the oldest end only, so a commit costs
     // what it expires, not the size of the table. A mark set again later stays (its newer entry).
     const expiry = dedupeExpiry(rows, windowMs);
-    while (t.head < order.length && order[t.head]!.at < expiry) {
-      const { key, at } = order[t.head++]!;
-      if (marks.get(key) === at) marks.delete(key);
+    while (t.head < keys.length && ats[t.head]! < expiry) {
+      const key = keys[t.head]!;
+      if (marks.get(key) === ats[t.head]) marks.delete(key);
+      t.head++;
     }
-    if (t.head > 4_096 && t.head * 2 > order.length) {
-      order.splice(0, t.head);
+    if (t.head > 4_096 && t.head * 2 > keys.length) {
+      keys.splice(0, t.head);
+      ats.splice(0, t.head);
       t.head = 0;
     }
     return keep;

@@ -31,6 +31,16 @@ export interface PipelineRecord {
 }
 
 /**
+ * A shallow copy of the plain object `o` to add fields to. A spread's copy takes V8's slow path
+ * for every field added to it afterwards (about 1 µs a record); `Object.assign` into a fresh
+ * literal does not. `assign` sets fields, so an own `__proto__` (JSON can make one) would set
+ * the copy's prototype: such an object is spread instead.
+ */
+export function copyForAdding<T extends object>(o: T): T {
+  return Object.hasOwn(o, "__proto__") ? { ...o } : Object.assign({}, o);
+}
+
+/**
  * `r` with a new value (and lineage, or dedupe key): always this one literal shape. Spreading a
  * record and adding a field takes V8's slow path, 1.3-2 µs a record against 0.1-0.2 µs here.
  */

@@ -9,6 +9,7 @@ import {
   type AckNumbers,
   JetStreamSourceMessage,
   readAckNumbers,
+  readAckTimestampMs,
 } from "../../shared/adapters/nats/jetstream-message.js";
 import { scanHeaderValues } from "../../shared/adapters/nats/raw-headers.js";
 import { messageFingerprint } from "../../shared/contract/codec.js";
@@ -26,7 +27,12 @@ const jetstreamLib = dirname(requireHere.resolve("@nats-io/jetstream"));
 const requireJs = createRequire(join(jetstreamLib, "mod.js"));
 const { toJsMsg, parseInfo } = requireJs(join(jetstreamLib, "jsmsg.js")) as {
   toJsMsg(m: unknown, ackTimeout?: number): JsMsg;
-  parseInfo(s: string): { streamSequence: number; deliverySequence: number; pending: number };
+  parseInfo(s: string): {
+    streamSequence: number;
+    deliverySequence: number;
+    pending: number;
+    timestampNanos: number;
+  };
 };
 const { MsgImpl } = requireJs("@nats-io/nats-core/internal") as {
   MsgImpl: new (
@@ -174,6 +180,31 @@ describe("scanHeaderValues", () => {
       }),
       { numRuns: 2_000 },
     );
+  });
+});
+
+describe("readAckTimestampMs", () => {
+  const ms = (reply: string): number => readAckTimestampMs(enc.encode(reply));
+
+  it("reads whole milliseconds off the nanosecond token, exactly, in both forms", () => {
+    expect(ms("$JS.ACK.S.C.1.42.17.1712345678901999999.9")).toBe(1712345678901);
+    expect(ms("$JS.ACK._.HASH.S.C.2.42.17.1712345678901234567.0.rnd")).toBe(1712345678901);
+    expect(ms("$JS.ACK.S.C.1.42.17.999999.9")).toBe(0);
+    expect(ms("$JS.ACK.S.C.1.42.17.1000000.9")).toBe(1);
+  });
+
+  it("agrees with parseInfo's timestamp and declines what is no ack subject", () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: 4_000_000_000_000_000_000n / 1000n }), (ns) => {
+        const reply = `$JS.ACK.S.C.1.2.3.${ns}.4`;
+        expect(ms(reply)).toBe(Number(ns / 1_000_000n));
+        expect(Math.abs(ms(reply) - Math.floor(parseInfo(reply).timestampNanos / 1e6))).toBeLessThanOrEqual(
+          1,
+        );
+      }),
+    );
+    for (const reply of ["$JS.ACK.S.C.1.2.3.4", "$JS.ACK.S.C.1.2.3.x5.4", "$JS.ACK.S.C.1.2.3..4", "_INBOX.a"])
+      expect(ms(reply)).toBe(-1);
   });
 });
 

@@ -4,12 +4,18 @@
  * one record failing mid-chain while the rest of its batch passes.
  */
 import { createHmac } from "node:crypto";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import { type NormaliseStep, NormaliseStepSchema } from "../../shared/contract/config.js";
 import { ErrorCode, isSluiceError } from "../../shared/contract/errors.js";
 import type { PipelineRecord, StageDecision } from "../../shared/pipeline/stage.js";
-import { mask, NormaliseStage, normaliseStage } from "../../shared/pipeline/stages/normalise-stage.js";
+import {
+  isoOfMs,
+  mask,
+  NormaliseStage,
+  normaliseStage,
+} from "../../shared/pipeline/stages/normalise-stage.js";
 
 function record(seq: number, value: Record<string, unknown>, key = `k${seq}`): PipelineRecord {
   return {
@@ -248,6 +254,21 @@ describe("normalise: timestamp", () => {
       if (!(expected >= -62_167_219_200_000 && expected <= 253_402_300_799_999)) continue;
       expect(s.process([record(i, { t: text })])[0]).toMatchObject({ record: { value: { t: expected } } });
     }
+  });
+});
+
+describe("normalise: isoOfMs", () => {
+  it("writes what Date's toISOString writes, for every year 0000 to 9999", () => {
+    const MIN = -62_167_219_200_000;
+    const MAX = 253_402_300_799_999;
+    for (const ms of [MIN, MAX, 0, -1, 951_782_400_000, 951_868_799_999, 4_107_542_400_000])
+      expect(isoOfMs(ms)).toBe(new Date(ms).toISOString());
+    fc.assert(
+      fc.property(fc.integer({ min: MIN, max: MAX }), (ms) => {
+        expect(isoOfMs(ms)).toBe(new Date(ms).toISOString());
+      }),
+      { numRuns: 20_000 },
+    );
   });
 });
 

@@ -91,28 +91,58 @@ export interface AckNumbers {
  * lets `parseInfo` decide (it throws, or yields what `parseInt` makes of the token).
  */
 export function readAckNumbers(reply: Uint8Array, out: AckNumbers): boolean {
+  const first = ackTokens(reply);
+  if (first < 0) return false;
+  const streamSequence = digitsAt(reply, dots[first - 1]! + 1, dots[first]!);
+  const deliverySequence = digitsAt(reply, dots[first]! + 1, dots[first + 1]!);
+  // Pending is the last token of a 9-token subject.
+  const pending = digitsAt(
+    reply,
+    dots[first + 2]! + 1,
+    dotCount > first + 3 ? dots[first + 3]! : reply.length,
+  );
+  if (streamSequence < 0 || deliverySequence < 0 || pending < 0) return false;
+  out.streamSequence = streamSequence;
+  out.deliverySequence = deliverySequence;
+  out.pending = pending;
+  return true;
+}
+
+/**
+ * The stream time of the ack subject `reply` in whole milliseconds (its nanosecond token without
+ * the last six digits: exact, where a double of the nanoseconds is not), or -1 when the subject
+ * is not one `readAckNumbers` reads or the token is not plain digits.
+ */
+export function readAckTimestampMs(reply: Uint8Array): number {
+  const first = ackTokens(reply);
+  if (first < 0) return -1;
+  const a = dots[first + 1]! + 1;
+  const b = dots[first + 2]!;
+  if (b <= a) return -1;
+  for (let i = a; i < b; i++) if (reply[i]! < 48 || reply[i]! > 57) return -1;
+  return b - a <= 6 ? 0 : digitsAt(reply, a, b - 6);
+}
+
+/** Dots counted by the last `ackTokens`, and their offsets (the first 11) in `dots`. */
+let dotCount = 0;
+
+/**
+ * Finds the dots of the ack subject `reply`: the index of its stream-sequence token (the delivery
+ * sequence, the timestamp and pending follow it), or -1 when it is no ack subject.
+ */
+function ackTokens(reply: Uint8Array): number {
   const length = reply.length;
-  if (length < ackPrefix.length) return false;
-  for (let i = 0; i < ackPrefix.length; i++) if (reply[i] !== ackPrefix[i]) return false;
+  if (length < ackPrefix.length) return -1;
+  for (let i = 0; i < ackPrefix.length; i++) if (reply[i] !== ackPrefix[i]) return -1;
   let n = 0;
   for (let i = 0; i < length; i++) {
     if (reply[i] !== DOT) continue;
     if (n < dots.length) dots[n] = i;
     n++;
   }
+  dotCount = n;
   const tokens = n + 1;
-  // Index of the stream-sequence token; the delivery sequence follows it, pending is 3 after it.
-  const first = tokens === 9 ? 5 : tokens >= 11 ? 7 : -1;
-  if (first < 0) return false;
-  const streamSequence = digitsAt(reply, dots[first - 1]! + 1, dots[first]!);
-  const deliverySequence = digitsAt(reply, dots[first]! + 1, dots[first + 1]!);
-  // Pending is the last token of a 9-token subject.
-  const pending = digitsAt(reply, dots[first + 2]! + 1, first + 3 < n ? dots[first + 3]! : length);
-  if (streamSequence < 0 || deliverySequence < 0 || pending < 0) return false;
-  out.streamSequence = streamSequence;
-  out.deliverySequence = deliverySequence;
-  out.pending = pending;
-  return true;
+  return tokens === 9 ? 5 : tokens >= 11 ? 7 : -1;
 }
 
 const ackScratch: AckNumbers = { streamSequence: 0, deliverySequence: 0, pending: 0 };
@@ -148,7 +178,10 @@ export class JetStreamSourceMessage implements SourceMessage {
   }
 
   get timestampMs(): number {
-    return Math.floor(this.token.info.timestampNanos / 1e6);
+    // Read off the ack subject's bytes like the sequences: nats.js's `info` splits it into strings.
+    const reply = (this.token as { msg?: RawMsg }).msg?._msg?.reply;
+    const ms = reply instanceof Uint8Array ? readAckTimestampMs(reply) : -1;
+    return ms >= 0 ? ms : Math.floor(this.token.info.timestampNanos / 1e6);
   }
 
   /**

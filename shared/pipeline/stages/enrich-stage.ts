@@ -26,6 +26,7 @@ import {
   type ReferenceEntry,
 } from "../../core/reference-cache.js";
 import {
+  copyForAdding,
   keep,
   type PipelineRecord,
   recordWith,
@@ -136,9 +137,14 @@ function show(v: unknown): string {
   return String(v);
 }
 
-/** Sets an own property, even one named `__proto__`. */
+/**
+ * Sets an own property, even one named `__proto__`. Plain assignment otherwise: it hits V8's
+ * inline cache, where `defineProperty` is a call into the runtime for every record.
+ */
 const define = (o: Record<string, unknown>, k: string, v: unknown): void => {
-  Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
+  if (k === "__proto__")
+    Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
+  else o[k] = v;
 };
 
 export class EnrichStage implements Stage {
@@ -284,7 +290,7 @@ export class EnrichStage implements Stage {
    * changed in place); a missing map on the way is made. A string: why it cannot be set.
    */
   private setInto(root: Record<string, unknown>, v: unknown): Record<string, unknown> | string {
-    const out: Record<string, unknown> = { ...root };
+    const out = copyForAdding(root);
     let cur = out;
     const last = this.intoPath.length - 1;
     for (let i = 0; i < last; i++) {
@@ -292,7 +298,7 @@ export class EnrichStage implements Stage {
       const next = Object.hasOwn(cur, p) ? cur[p] : undefined;
       let copy: Record<string, unknown>;
       if (next === undefined || next === null) copy = {};
-      else if (isPlainObject(next)) copy = { ...next };
+      else if (isPlainObject(next)) copy = copyForAdding(next);
       else
         return `table "${this.cfg.table}": cannot set ${this.cfg.into}: ${this.intoPath.slice(0, i + 1).join(".")} is ${show(next)}, not a map`;
       define(cur, p, copy);

@@ -28,7 +28,15 @@ import { MAX_BIGNUM_BYTES } from "../../contract/codec.js";
 import type { NormaliseStep } from "../../contract/config.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { RecordValue } from "../../contract/ports.js";
-import { keep, type PipelineRecord, recordWith, reject, type Stage, type StageDecision } from "../stage.js";
+import {
+  copyForAdding,
+  keep,
+  type PipelineRecord,
+  recordWith,
+  reject,
+  type Stage,
+  type StageDecision,
+} from "../stage.js";
 import { celEnvironment, constructorKeysAsMaps } from "./rules-stage.js";
 
 export interface NormaliseOptions {
@@ -113,8 +121,8 @@ function copyWithout(c: Container, k: string): Container {
   return o;
 }
 
-/** A shallow copy; spreading defines own properties, `__proto__` included. */
-const copyContainer = (c: Container): Container => (c instanceof Map ? new Map(c) : { ...c });
+/** A shallow copy, own `__proto__` included (`copyForAdding`). */
+const copyContainer = (c: Container): Container => (c instanceof Map ? new Map(c) : copyForAdding(c));
 
 /** The value at `parts` from `root`, or undefined when a map on the way or the field is absent. */
 function readPath(root: Container, parts: readonly string[]): unknown {
@@ -417,6 +425,41 @@ function timestampMs(v: unknown): number | Failure {
   return ms === 0 ? 0 : ms; // never -0
 }
 
+const TWO_DIGITS = Array.from({ length: 100 }, (_, i) => String(i).padStart(2, "0"));
+const THREE_DIGITS = Array.from({ length: 1000 }, (_, i) => String(i).padStart(3, "0"));
+const MS_PER_DAY = 86_400_000;
+
+/**
+ * `new Date(ms).toISOString()` for `MIN_MS <= ms <= MAX_MS` (four-digit years), about five times
+ * faster: the day number becomes a civil date arithmetically (H. Hinnant's `civil_from_days`,
+ * proleptic Gregorian like `Date`) and the digits come from tables.
+ */
+export function isoOfMs(ms: number): string {
+  const days = Math.floor(ms / MS_PER_DAY);
+  let t = ms - days * MS_PER_DAY;
+  const z = days + 719_468;
+  const era = Math.floor(z / 146_097);
+  const doe = z - era * 146_097;
+  const yoe = Math.floor(
+    (doe - Math.floor(doe / 1460) + Math.floor(doe / 36_524) - Math.floor(doe / 146_096)) / 365,
+  );
+  const doy = doe - (365 * yoe + Math.floor(yoe / 4) - Math.floor(yoe / 100));
+  const mp = Math.floor((5 * doy + 2) / 153);
+  const day = doy - Math.floor((153 * mp + 2) / 5) + 1;
+  const month = mp < 10 ? mp + 3 : mp - 9;
+  const year = yoe + era * 400 + (month <= 2 ? 1 : 0);
+  const milli = t % 1000;
+  t = (t - milli) / 1000;
+  const sec = t % 60;
+  t = (t - sec) / 60;
+  const min = t % 60;
+  const hour = (t - min) / 60;
+  return (
+    `${TWO_DIGITS[Math.floor(year / 100)]}${TWO_DIGITS[year % 100]}-${TWO_DIGITS[month]}-${TWO_DIGITS[day]}` +
+    `T${TWO_DIGITS[hour]}:${TWO_DIGITS[min]}:${TWO_DIGITS[sec]}.${THREE_DIGITS[milli]}Z`
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Redaction and pseudonyms.
 
@@ -691,7 +734,7 @@ function compileStep(
       apply: valueStep(path, (v) => {
         const ms = timestampMs(v);
         if (ms instanceof Failure) return ms;
-        return iso ? new Date(ms).toISOString() : ms;
+        return iso ? isoOfMs(ms) : ms;
       }),
     };
   }
