@@ -109,6 +109,10 @@ export interface BenchReport {
     shards: number;
     seconds: number;
     records: number;
+    /** The run's pipeline stages: five normalise steps, an enrichment and dedupe. */
+    stages: string;
+    /** Rows in the sink at the end (the worker worked through its stages). */
+    committed: number;
     rss_start_mib: number;
     rss_end_mib: number;
     rss_max_mib: number;
@@ -262,6 +266,8 @@ export function buildReport(r: BenchResults): BenchReport {
       shards: 64,
       seconds: Math.round(memory.seconds),
       records: memory.records,
+      stages: "normalise x5, enrich, dedupe",
+      committed: memory.committed,
       rss_start_mib: round(memory.startMiB, 1),
       rss_end_mib: round(memory.endMiB, 1),
       rss_max_mib: round(memory.maxMiB, 1),

@@ -8,16 +8,10 @@ import {
   connectNats,
   connectNearPipelines,
 } from "../../shared/adapters/nats/connection.js";
-import {
-  JetStreamReferenceTables,
-  loadReferences,
-  openReferenceBucket,
-} from "../../shared/adapters/nats/reference-tables.js";
-import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
-import { type PipelineConfig, parseConfig } from "../../shared/contract/config.js";
-import { pipelineStages } from "../../shared/pipeline/pipeline-stages.js";
+import { parseConfig } from "../../shared/contract/config.js";
 import type { Stage } from "../../shared/pipeline/stage.js";
 import { type BenchRun, best } from "./bench-run.js";
+import { benchStages, transformStages } from "./bench-stages.js";
 import { jsPublishRate, makeRecords, producerRate, type Rate } from "./publish-rates.js";
 import { consumersReadRate, orderedReadRate, pipelineReadRate, pipelineRecords } from "./read-rates.js";
 import { measureTracingOverhead, type TracingOverheadResult } from "./tracing-overhead.js";
@@ -31,83 +25,6 @@ const throughputCfg = parseConfig({
   ],
 });
 const pipelineCfg = (name: string) => throughputCfg.pipelines.find((p) => p.name === name)!;
-
-/** The bench records' schema (`makeRecords`): every field required, no extra one. */
-const BENCH_SCHEMA = {
-  type: "object",
-  properties: {
-    id: { type: "string", minLength: 1 },
-    key: { type: "string" },
-    n: { type: "integer", minimum: 0 },
-    at: { type: "integer" },
-    body: { type: "string" },
-  },
-  required: ["id", "key", "n", "at", "body"],
-  additionalProperties: false,
-};
-
-/**
- * The worker path's stages for `ratios.schema_vs_plain`: schema validation and three enforced
- * rules (a not-null, a pattern and a CEL expression), which every bench record passes.
- */
-async function benchStages(nc: NatsConnection, p: PipelineConfig): Promise<Stage[]> {
-  const registry = await openSchemaRegistry(nc, p.replicas);
-  await registry.register("bench", BENCH_SCHEMA);
-  const withStages = parseConfig({
-    pipelines: [
-      {
-        name: p.name,
-        schema: { subject: "bench" },
-        rules: [
-          { name: "id_present", notNull: "id" },
-          { name: "key_format", pattern: { field: "key", regex: "^k[0-9]+$" } },
-          { name: "recent", expression: "record.at > 1600000000000 && record.n >= 0" },
-        ],
-      },
-    ],
-  }).pipelines[0]!;
-  return pipelineStages(withStages, { schemas: registry, now: () => performance.now() });
-}
-/**
- * The worker path's transform stages for `ratios.stages_vs_plain`: five normalise steps, one
- * enrichment from a 1,024-entry reference table on the cluster (cached from its KV watch, as a
- * worker does) and dedupe by the record id (every bench record is unique, so all are kept and
- * the discarding sink marks every one).
- */
-async function transformStages(
-  nc: NatsConnection,
-  p: PipelineConfig,
-): Promise<{ stages: Stage[]; close(): Promise<void> }> {
-  const kv = await openReferenceBucket(nc, "bench_customers", { replicas: p.replicas });
-  const entries = new Map<string, unknown>();
-  for (let i = 0; i < 1024; i++) entries.set(`k${i}`, { name: `customer ${i}`, tier: i % 3 });
-  await loadReferences(nc, kv!, "bench_customers", entries);
-  const references = new JetStreamReferenceTables(nc);
-  const withStages = parseConfig({
-    pipelines: [
-      {
-        name: p.name,
-        stages: [
-          {
-            normalise: [
-              { rename: { from: "body", to: "text" } },
-              { trim: "id" },
-              { lower: "key" },
-              { cast: { field: "n", to: "number" } },
-              { timestamp: { field: "at", to: "iso" } },
-            ],
-          },
-          { enrich: { table: "bench_customers", key: "key", into: "customer" } },
-          { dedupe: { key: "id", window: "1h" } },
-        ],
-      },
-    ],
-  }).pipelines[0]!;
-  return {
-    stages: pipelineStages(withStages, { references, now: () => performance.now() }),
-    close: () => references.close(),
-  };
-}
 
 export interface ThroughputResult {
   publish: Record<string, { js: Rate; producer: Rate }>;

@@ -254,6 +254,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         v.duplicated - div.duplicated === 0 &&
         v.unexpected === 0 &&
         v.order_violations === 0 &&
+        (v.audit === null || v.audit.rows === v.rows) &&
         faults.every((f) => f.script_exit === 0),
       duplicated: v.duplicated,
       unexpected: v.unexpected,

@@ -5,10 +5,12 @@
  *   lost       = acknowledged and not in the sink
  *   duplicated = more than one row
  *   unexpected = in the sink but never attempted
- * An indeterminate publish may be absent, but never duplicated.
+ * An indeterminate publish may be absent, but never duplicated. Where the sink keeps an audit
+ * row per commit (`sluice_batches`), the rows those rows say were written must be the rows the
+ * table holds (both are written in one transaction; for append tables without side outputs).
  */
 import { readFileSync } from "node:fs";
-import type { CommittedRow, SinkInspector } from "../../shared/contract/ports.js";
+import type { AuditedBatch, CommittedRow, SinkInspector } from "../../shared/contract/ports.js";
 
 export interface VerifyReport {
   pipeline: string;
@@ -23,6 +25,14 @@ export interface VerifyReport {
   indeterminate_committed: number;
   /** Records committed before an earlier record of the same key (by source sequence). */
   order_violations: number;
+  /** The audit table's account of the pipeline; null when the sink keeps none (or none yet). */
+  audit: {
+    batches: number;
+    /** Rows the batches say they wrote; equals `rows` when the audit agrees with the table. */
+    rows: number;
+    dead_lettered: number;
+    deduplicated: number;
+  } | null;
   examples: { lost: string[]; duplicated: string[]; unexpected: string[] };
   ok: boolean;
 }
@@ -57,6 +67,7 @@ export async function verify(
 ): Promise<VerifyReport> {
   const log = readAckLog(ackLogPath);
   const rows = await sink.rows(pipeline);
+  const batches = (await sink.batches?.(pipeline)) ?? [];
   const inSink = new Map<string, number>();
   for (const r of rows) inSink.set(r.recordId, (inSink.get(r.recordId) ?? 0) + 1);
   const r: VerifyReport = {
@@ -71,6 +82,7 @@ export async function verify(
     unexpected: 0,
     indeterminate_committed: 0,
     order_violations: orderViolations(rows),
+    audit: batches.length === 0 ? null : auditOf(batches),
     examples: { lost: [], duplicated: [], unexpected: [] },
     ok: false,
   };
@@ -90,8 +102,20 @@ export async function verify(
     if (n > 1) note("duplicated", id);
   }
   for (const id of inSink.keys()) if (!log.has(id)) note("unexpected", id);
-  r.ok = r.lost === 0 && r.duplicated === 0 && r.unexpected === 0 && r.order_violations === 0;
+  const auditAgrees = r.audit === null || r.audit.rows === r.rows;
+  r.ok = r.lost === 0 && r.duplicated === 0 && r.unexpected === 0 && r.order_violations === 0 && auditAgrees;
   return r;
+}
+
+/** What a pipeline's audit rows add up to (`VerifyReport.audit`). */
+export function auditOf(batches: readonly AuditedBatch[]): NonNullable<VerifyReport["audit"]> {
+  const a = { batches: batches.length, rows: 0, dead_lettered: 0, deduplicated: 0 };
+  for (const b of batches) {
+    a.rows += b.rows;
+    a.dead_lettered += b.deadLettered;
+    a.deduplicated += b.deduplicated;
+  }
+  return a;
 }
 
 export function formatVerify(r: VerifyReport): string {
@@ -99,6 +123,11 @@ export function formatVerify(r: VerifyReport): string {
     `pipeline ${r.pipeline}: attempted ${r.attempted}, acknowledged ${r.acknowledged}, indeterminate ${r.indeterminate} (${r.indeterminate_committed} committed)`,
     `sink: ${r.rows} rows, ${r.committed} distinct records`,
     `lost ${r.lost}, duplicated ${r.duplicated}, unexpected ${r.unexpected}, per-key order violations ${r.order_violations}`,
+    ...(r.audit
+      ? [
+          `audit: ${r.audit.batches} batches wrote ${r.audit.rows} rows (${r.audit.rows === r.rows ? "as the table holds" : `the table holds ${r.rows}`}), dead-lettered ${r.audit.dead_lettered}, deduplicated ${r.audit.deduplicated}`,
+        ]
+      : []),
     ...(r.examples.lost.length ? [`  lost e.g. ${r.examples.lost.join(", ")}`] : []),
     ...(r.examples.duplicated.length ? [`  duplicated e.g. ${r.examples.duplicated.join(", ")}`] : []),
     ...(r.examples.unexpected.length ? [`  unexpected e.g. ${r.examples.unexpected.join(", ")}`] : []),

@@ -10,7 +10,7 @@ import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bu
 import { JetStreamReferenceTables } from "../../shared/adapters/nats/reference-tables.js";
 import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
 import { openWorkerSink } from "../../shared/adapters/sink/open-sinks.js";
-import { describeSink, sinkOf } from "../../shared/contract/config.js";
+import { configRevision, describeSink, sinkOf } from "../../shared/contract/config.js";
 import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
@@ -94,6 +94,7 @@ const references = opts.config.pipelines.some((p) => p.stages.some((s) => "enric
 const tally = new RuleTally();
 // A shadowed failure is logged at most once a second per rule: counted always, never a flood.
 const shadowLoggedAt = new Map<string, number>();
+const revisions = new Map(opts.config.pipelines.map((p) => [p.name, configRevision(p)]));
 const stages = new Map(
   opts.config.pipelines.map((p) => [
     p.name,
@@ -141,6 +142,7 @@ const runtime = new WorkerRuntime({
   log,
   shardsOf: (pipeline) => opts.config.pipelines.find((p) => p.name === pipeline)?.shards,
   stagesOf: (pipeline) => stages.get(pipeline),
+  configRevisionOf: (pipeline) => revisions.get(pipeline),
   ruleCounts: () => tally.snapshot(),
   onBatchStart: (r) => metrics.batchStarted(r),
   onHistoryMismatch: (r) => metrics.historyMismatch(r.ref),
@@ -161,6 +163,8 @@ log.info(
   {
     servers: opts.servers,
     sinks: opts.config.pipelines.map((p) => `${p.name}: ${describeSink(sinkOf(opts.config, p))}`),
+    // What each batch's audit row names (`sluice_batches.config_revision`).
+    configRevisions: Object.fromEntries(revisions),
   },
   "worker started",
 );

@@ -3,6 +3,7 @@
  * fails with a clear message instead of a crash deep inside a node. Reading a file is the
  * adapters' (`adapters/config-file.ts`); this is the schema and its checks.
  */
+import { createHash } from "node:crypto";
 import parseDuration from "parse-duration";
 import { z } from "zod";
 import { ErrorCode, SluiceError } from "./errors.js";
@@ -360,6 +361,28 @@ export function describeSink(s: SinkConfig): string {
 
 /** The sink a pipeline commits to: its own, or the cluster's. */
 export const sinkOf = (cfg: SluiceConfig, p: PipelineConfig): SinkConfig => p.sink ?? cfg.sink;
+
+/** `v` as JSON with every object's keys sorted: the same text for the same config, however written. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (typeof v === "object" && v !== null) {
+    const o = v as Record<string, unknown>;
+    const keys = Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(v) ?? "null";
+}
+
+/**
+ * A pipeline config's revision: the first 16 hex digits of the SHA-256 of its canonical JSON,
+ * defaults filled. Every worker running the same config names the same revision, which each
+ * batch's audit row records; any change to the pipeline's settings or stages changes it.
+ */
+export function configRevision(p: PipelineConfig): string {
+  return createHash("sha256").update(canonicalJson(p)).digest("hex").slice(0, 16);
+}
 
 export function pipelineOf(cfg: SluiceConfig, pipeline: string): PipelineConfig {
   const p = cfg.pipelines.find((x) => x.name === pipeline);

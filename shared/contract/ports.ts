@@ -145,6 +145,48 @@ export interface CommitOptions {
    * checkpoint still never moves back.
    */
   belowCheckpoint?: boolean;
+  /** The batch's identity for the sink's audit table (`sluice_batches`); absent: no audit row. */
+  audit?: BatchAudit;
+}
+
+/** What the worker knows of a batch that the sink's audit row records beside its own counts. */
+export interface BatchAudit {
+  /** Source sequence of the batch's first message. */
+  firstSeq: number;
+  /** Records of the batch the stages dead-lettered. */
+  deadLettered: number;
+  /** Records of the batch that came late by their event time. */
+  late: number;
+  /** Revision of the pipeline's config the batch was processed under (`configRevision`). */
+  configRevision: string;
+}
+
+/**
+ * One commit's row in the audit table: which records of which shard, at which epoch and by whom,
+ * and what became of them. Written in the commit's transaction, only by commits that take in
+ * records (not by fences, nor by commits that only move the stages' pinned state).
+ */
+export interface BatchAuditRow {
+  epoch: number;
+  worker: string;
+  /** First and last source sequence the commit took in (the part above the checkpoint). */
+  firstSeq: number;
+  lastSeq: number;
+  /** Rows written: kept and routed records, duplicates not. */
+  rows: number;
+  late: number;
+  deadLettered: number;
+  /** Records not written because their business key was committed within the window. */
+  deduplicated: number;
+  configRevision: string;
+}
+
+/** A commit's audit row as the sink stores it (`sluice_batches`). */
+export interface AuditedBatch extends BatchAuditRow {
+  pipeline: string;
+  shard: number;
+  /** When the sink committed it, ms since the epoch (the sink's clock). */
+  committedAt: number;
 }
 
 export interface CommitResult {
@@ -261,6 +303,11 @@ export interface SinkInspector {
   rowCount(pipeline: string): Promise<number>;
   /** Rows committed for a pipeline, in commit order, filtered by `q`. */
   rows(pipeline: string, q?: RowQuery): Promise<CommittedRow[]>;
+  /**
+   * A pipeline's audit rows in commit order, one shard's with `q.shard`; absent when the sink
+   * keeps no audit table.
+   */
+  batches?(pipeline: string, q?: { shard?: number }): Promise<AuditedBatch[]>;
   close(): Promise<void>;
 }
 

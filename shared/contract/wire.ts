@@ -175,10 +175,11 @@ export const SinkSubjects = {
   commit: "sluice.sink.commit",
   checkpoint: "sluice.sink.checkpoint",
   recordIds: "sluice.sink.record-ids",
-  /** The inspector's reads (`SinkInspector`): every checkpoint, a row count, rows. */
+  /** The inspector's reads (`SinkInspector`): every checkpoint, a row count, rows, audit rows. */
   checkpoints: "sluice.sink.inspect.checkpoints",
   rowCount: "sluice.sink.inspect.row-count",
   rows: "sluice.sink.inspect.rows",
+  batches: "sluice.sink.inspect.batches",
 } as const;
 
 export const Headers = {

@@ -11,7 +11,13 @@
  */
 import { ErrorCode, fencedError, SluiceError } from "../contract/errors.js";
 import type { ShardRef } from "../contract/ownership.js";
-import type { Checkpoint, CommitOptions, CommitResult, PipelineState } from "../contract/ports.js";
+import type {
+  BatchAuditRow,
+  Checkpoint,
+  CommitOptions,
+  CommitResult,
+  PipelineState,
+} from "../contract/ports.js";
 
 /**
  * Switches of the rules. Production runs with every rule on; the simulator's checker tests
@@ -40,6 +46,8 @@ export interface SinkTransaction<R extends SequencedRow> {
    * absent when the sink cannot deduplicate.
    */
   dedupe?(ref: ShardRef, rows: readonly R[], windowMs: number): R[];
+  /** Appends the commit's audit row; absent when the sink keeps no audit table. */
+  writeBatch?(ref: ShardRef, row: BatchAuditRow): void;
 }
 
 /** `SinkTransaction` of a sink whose storage answers asynchronously (a database over a socket). */
@@ -48,6 +56,7 @@ export interface AsyncSinkTransaction<R extends SequencedRow> {
   writeRows(ref: ShardRef, epoch: number, worker: string, rows: readonly R[]): Promise<void>;
   writeCheckpoint(ref: ShardRef, cp: Checkpoint): Promise<void>;
   dedupe?(ref: ShardRef, rows: readonly R[], windowMs: number): Promise<R[]>;
+  writeBatch?(ref: ShardRef, row: BatchAuditRow): Promise<void>;
 }
 
 /** What a commit does to a shard whose checkpoint is `before`. */
@@ -131,6 +140,35 @@ export function planCommit<R extends SequencedRow>(
     checkpoint.fingerprint !== before.fingerprint ||
     !sameState(checkpoint.state, before.state);
   return { write, skipped: rows.length - write.length, checkpoint, changed };
+}
+
+/**
+ * The audit row of a commit from `before` that wrote `written` rows, or null when it records
+ * none: no audit asked for, or a commit that took in no record (a redelivery at or below the
+ * checkpoint, a commit of pinned state only).
+ */
+export function auditRow<R>(
+  before: Checkpoint,
+  plan: CommitPlan<R>,
+  epoch: number,
+  worker: string,
+  lastSeq: number,
+  written: number,
+  opts?: CommitOptions,
+): BatchAuditRow | null {
+  const a = opts?.audit;
+  if (!a || (plan.checkpoint.seq <= before.seq && plan.write.length === 0)) return null;
+  return {
+    epoch,
+    worker,
+    firstSeq: opts?.belowCheckpoint ? a.firstSeq : Math.max(a.firstSeq, before.seq + 1),
+    lastSeq,
+    rows: written,
+    late: a.late,
+    deadLettered: a.deadLettered,
+    deduplicated: plan.write.length - written,
+    configRevision: a.configRevision,
+  };
 }
 
 /** The commit's answer: the checkpoint as the committing epoch sees it. */
@@ -286,12 +324,15 @@ export function applyCommit<R extends SequencedRow>(
   opts?: CommitOptions,
   rules?: SinkRules,
 ): CommitResult {
-  const plan = planCommit(ref, tx.readCheckpoint(ref), epoch, rows, lastSeq, opts, rules);
+  const before = tx.readCheckpoint(ref);
+  const plan = planCommit(ref, before, epoch, rows, lastSeq, opts, rules);
   const window = dedupes(plan.write, opts);
   const write = window !== null && tx.dedupe ? tx.dedupe(ref, plan.write, window) : plan.write;
   const done = countDuplicates(plan, write.length);
   if (write.length > 0) tx.writeRows(ref, epoch, worker, write);
   if (done.changed) tx.writeCheckpoint(ref, done.checkpoint);
+  const audit = tx.writeBatch && auditRow(before, plan, epoch, worker, lastSeq, write.length, opts);
+  if (audit) tx.writeBatch!(ref, audit);
   return result(done, epoch, write.length);
 }
 
@@ -318,11 +359,14 @@ export async function applyCommitAsync<R extends SequencedRow>(
   opts?: CommitOptions,
   rules?: SinkRules,
 ): Promise<CommitResult> {
-  const plan = planCommit(ref, await tx.readCheckpoint(ref), epoch, rows, lastSeq, opts, rules);
+  const before = await tx.readCheckpoint(ref);
+  const plan = planCommit(ref, before, epoch, rows, lastSeq, opts, rules);
   const window = dedupes(plan.write, opts);
   const write = window !== null && tx.dedupe ? await tx.dedupe(ref, plan.write, window) : plan.write;
   const done = countDuplicates(plan, write.length);
   if (write.length > 0) await tx.writeRows(ref, epoch, worker, write);
   if (done.changed) await tx.writeCheckpoint(ref, done.checkpoint);
+  const audit = tx.writeBatch && auditRow(before, plan, epoch, worker, lastSeq, write.length, opts);
+  if (audit) await tx.writeBatch!(ref, audit);
   return result(done, epoch, write.length);
 }

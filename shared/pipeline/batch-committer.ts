@@ -75,6 +75,11 @@ export interface CommitterHooks {
   /** The pipeline's shard count, for the stages' key check (undefined: keys not checked). */
   shards?: number;
   /**
+   * The pipeline config's revision (`configRevision`): given, every commit that takes in
+   * records asks the sink for an audit row (`CommitOptions.audit`).
+   */
+  configRevision?: string;
+  /**
    * Record how far dead letters may reach before publishing them (default true; see `pin`).
    * Only the simulator's checker tests switch it off, to prove they catch what it prevents.
    */
@@ -186,6 +191,16 @@ export class BatchCommitter {
         fingerprint,
         ...(reconciling ? { belowCheckpoint: true } : {}),
         ...(window === undefined ? {} : { dedupeWindowMs: window }),
+        ...(this.hooks.configRevision === undefined
+          ? {}
+          : {
+              audit: {
+                firstSeq: batch[0]!.seq,
+                deadLettered: dead.length,
+                late: 0,
+                configRevision: this.hooks.configRevision,
+              },
+            }),
       };
       const done = await this.attempts(() =>
         bt.commit(() => this.sink.commit(this.ref, this.epoch, this.worker, toWrite, last.seq, opts)),

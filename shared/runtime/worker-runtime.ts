@@ -49,6 +49,8 @@ export interface WorkerDeps extends PipelinePorts {
   shardsOf?(pipeline: string): number | undefined;
   /** A pipeline's stages after decode (none: decode only). */
   stagesOf?(pipeline: string): readonly Stage[] | undefined;
+  /** A pipeline's config revision, recorded in each batch's audit row (none: no audit rows). */
+  configRevisionOf?(pipeline: string): string | undefined;
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
   onHistoryMismatch?(r: HistoryMismatchReport): void;
@@ -281,6 +283,7 @@ export class WorkerRuntime {
       shardsOwned: () => this.shardsOwned(),
       shards: this.d.shardsOf?.(ref.pipeline),
       stages: this.d.stagesOf?.(ref.pipeline),
+      configRevision: this.d.configRevisionOf?.(ref.pipeline),
       onBatch: (r) => {
         this.sinkTrouble.delete(shard);
         this.waiting.delete(shard);

@@ -83,5 +83,9 @@ describe("dedupe by business key (real 3-node NATS cluster)", () => {
     expect(checkpoints).toEqual({ rows: ORDERS, dups: ORDERS });
     const s = await tc.status();
     expect(s.shards.reduce((n, r) => n + r.duplicates, 0)).toBe(ORDERS);
+    // And in the audit rows of the batches that dropped them, beside the rows they wrote.
+    const batches = (await tc.sink.batches?.("orders")) ?? [];
+    expect(batches.reduce((n, b) => n + b.deduplicated, 0)).toBe(ORDERS);
+    expect(batches.reduce((n, b) => n + b.rows, 0)).toBe(ORDERS);
   }, 240_000);
 });

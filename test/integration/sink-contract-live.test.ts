@@ -51,6 +51,7 @@ afterAll(async () => {
     });
   sinkContract("PostgresSink", {
     dedupes: true,
+    audits: true,
     open: async () => {
       url = await pgServer!.newDatabase(`contract_${++db}`);
       return sink();

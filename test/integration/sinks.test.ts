@@ -61,6 +61,9 @@ describe.each(["postgres", "jetstream"] as const)("the %s sink (real 3-node NATS
       acknowledged: summary.acked,
     });
     expect(report.rows).toBe(summary.acked);
+    // PostgreSQL keeps an audit row per commit, in the commit's transaction; the output stream none.
+    if (sink === "postgres") expect(report.audit).toMatchObject({ rows: summary.acked });
+    else expect(report.audit).toBeNull();
   });
 });
 
@@ -142,6 +145,8 @@ describe("faults of PostgreSQL itself (real 3-node NATS cluster, private Postgre
     const report = await tc.verify(load.ackLog);
     expect(report).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, order_violations: 0 });
     expect(report.rows).toBe(summary.acked);
+    // Through the stopped database and killed connections, the audit table agrees with the rows.
+    expect(report.audit).toMatchObject({ rows: summary.acked, dead_lettered: 0, deduplicated: 0 });
     // The workers said why their shards waited.
     const logs = tc
       .file()

@@ -21,6 +21,8 @@ export interface SinkHarness {
   cleanUp(): Promise<void>;
   /** Whether the sink deduplicates by business key (`CommitOptions.dedupeWindowMs`). */
   dedupes?: boolean;
+  /** Whether the sink keeps an audit row per commit (`CommitOptions.audit`, `sluice_batches`). */
+  audits?: boolean;
 }
 
 const REF: ShardRef = { pipeline: "demo", shard: 3 };
@@ -241,6 +243,77 @@ export function sinkContract(name: string, h: SinkHarness): void {
         if (s) expect(s).toEqual([1, 3, 4, 6, 7, 8, 9]);
         // Counted per shard with its checkpoint, in the commits that dropped them.
         expect((await other.checkpoint(REF)).state).toEqual({ duplicates: 3 });
+      },
+    );
+
+    it.runIf(h.audits)(
+      "writes one audit row per commit that takes in records, none for a redelivery, a state pin or a refused commit",
+      async () => {
+        const audit = (firstSeq: number, deadLettered = 0) => ({
+          audit: { firstSeq, deadLettered, late: 0, configRevision: "rev-1" },
+        });
+        const sink = await open();
+        await sink.fence(REF, 1);
+        await sink.commit(REF, 1, "w1", rows(1, 3), 3, audit(1));
+        // A redelivery at or below the checkpoint takes in nothing.
+        await sink.commit(REF, 1, "w1", rows(2, 3), 3, audit(2));
+        // Dead letters only: the checkpoint moves, no row is written.
+        await sink.commit(REF, 1, "w1", [], 5, audit(4, 2));
+        // A batch partly below the checkpoint: the row names the part taken in.
+        await sink.commit(REF, 1, "w1", rows(4, 8), 8, audit(4));
+        // Pinned state only, and a commit that asks for no audit row.
+        await sink.commit(REF, 1, "w1", [], 0, { state: { "schema:x": 1 } });
+        await sink.commit(REF, 1, "w1", rows(9, 9), 9);
+        const next = await again();
+        await next.fence(REF, 2);
+        await expectCode(sink.commit(REF, 1, "w1", rows(10, 11), 11, audit(10)), ErrorCode.Fenced);
+        const dedupe = h.dedupes
+          ? {
+              dedupeWindowMs: 60_000,
+            }
+          : {};
+        const d = (seq: number, key: string): SinkRow => ({
+          ...contractRow(seq),
+          dedupe: { key, at: 1_000 },
+        });
+        await next.commit(REF, 2, "w2", [d(10, "a"), d(11, "a"), d(12, "b")], 12, {
+          ...audit(10, 1),
+          ...dedupe,
+        });
+        const i = await h.inspector();
+        const got = (await i!.batches!(REF.pipeline, { shard: REF.shard })).map(
+          ({ committedAt, pipeline, shard, ...b }) => {
+            expect(committedAt).toBeGreaterThan(0);
+            expect([pipeline, shard]).toEqual([REF.pipeline, REF.shard]);
+            return b;
+          },
+        );
+        const row = (
+          epoch: number,
+          worker: string,
+          firstSeq: number,
+          lastSeq: number,
+          n: number,
+          dead = 0,
+          dup = 0,
+        ) => ({
+          epoch,
+          worker,
+          firstSeq,
+          lastSeq,
+          rows: n,
+          late: 0,
+          deadLettered: dead,
+          deduplicated: dup,
+          configRevision: "rev-1",
+        });
+        expect(got).toEqual([
+          row(1, "w1", 1, 3, 3),
+          row(1, "w1", 4, 5, 0, 2),
+          row(1, "w1", 6, 8, 3),
+          h.dedupes ? row(2, "w2", 10, 12, 2, 1, 1) : row(2, "w2", 10, 12, 3, 1),
+        ]);
+        expect(await i!.batches!("other")).toEqual([]);
       },
     );
 

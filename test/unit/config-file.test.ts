@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadConfigFile, parseConfigText } from "../../shared/adapters/config-file.js";
-import { parseConfig } from "../../shared/contract/config.js";
+import { configRevision, parseConfig } from "../../shared/contract/config.js";
 
 const dir = mkdtempSync(join(tmpdir(), "sluice-config-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -95,5 +95,29 @@ describe("config file", () => {
     }
     expect(status).toBe(1);
     expect(stderr).toContain(`${bad}:3:13: pipelines[0].shards:`);
+  });
+});
+
+describe("configRevision", () => {
+  const revision = (p: unknown) => configRevision(parseConfig({ pipelines: [p] }).pipelines[0]!);
+
+  it("is the same however the config is written, defaults filled", () => {
+    const a = revision({ name: "orders", shards: 8, stages: [{ dedupe: { key: "id", window: "1h" } }] });
+    const b = revision({
+      stages: [{ dedupe: { window: "60m", key: "id" } }],
+      shards: 8,
+      name: "orders",
+      replicas: 3,
+    });
+    expect(a).toMatch(/^[0-9a-f]{16}$/);
+    expect(b).toBe(a);
+  });
+
+  it("changes with any setting or stage", () => {
+    const base = { name: "orders", shards: 8, stages: [{ dedupe: { key: "id", window: "1h" } }] };
+    const a = revision(base);
+    expect(revision({ ...base, shards: 4 })).not.toBe(a);
+    expect(revision({ ...base, stages: [{ dedupe: { key: "id", window: "2h" } }] })).not.toBe(a);
+    expect(revision({ ...base, rules: [{ name: "r", notNull: "id" }] })).not.toBe(a);
   });
 });

@@ -475,3 +475,39 @@ describe("ShardPipeline: a sink that fails for a while", () => {
     await expect(p.acquire()).rejects.toMatchObject({ code: ErrorCode.Fenced });
   });
 });
+
+describe("ShardPipeline: the audit row of every batch", () => {
+  it("names each commit's sequences, epoch, worker, rows, dead letters and config revision", async () => {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    // The third record has no id: dead-lettered, and counted in its batch's row.
+    source.view = ["r1", "r2", "", "r4", "r5", "r6", "r7"];
+    const dead: number[] = [];
+    const p = new ShardPipeline(
+      REF,
+      4,
+      "w4",
+      { sink, source, deadLetters: { publish: async (d) => void dead.push(...d.map((x) => x.seq)) } },
+      { batchMax: 3, pullWaitMs: 5, reconcileWindowMs: 1_000 },
+      { leaseFresh: () => true, now: () => Date.now(), configRevision: "rev-x" },
+    );
+    await p.acquire();
+    await runToCheckpoint(p, sink, 7);
+    expect(dead).toEqual([3]);
+    const row = (firstSeq: number, lastSeq: number, rows: number, deadLettered = 0) => ({
+      pipeline: "demo",
+      shard: 0,
+      epoch: 4,
+      worker: "w4",
+      firstSeq,
+      lastSeq,
+      rows,
+      late: 0,
+      deadLettered,
+      deduplicated: 0,
+      configRevision: "rev-x",
+      committedAt: expect.any(Number),
+    });
+    expect(sink.audit).toEqual([row(1, 3, 2, 1), row(4, 6, 3), row(7, 7, 1)]);
+  });
+});

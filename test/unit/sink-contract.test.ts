@@ -12,6 +12,7 @@ import { sinkContract } from "../kit/sink-contract.js";
   let sink: MemorySink | null = null;
   sinkContract("MemorySink", {
     dedupes: true,
+    audits: true,
     open: async () => {
       sink = new MemorySink();
       return sink;
@@ -30,6 +31,7 @@ import { sinkContract } from "../kit/sink-contract.js";
   const file = (): string => path.join(dir, "sink.db");
   sinkContract("SqliteSink", {
     dedupes: true,
+    audits: true,
     open: async () => {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), "sluice-contract-"));
       return new SqliteSink(file(), { pipelines: ["demo"] });

@@ -8,6 +8,7 @@
 import { ErrorCode, isSluiceError, SluiceError } from "../../contract/errors.js";
 import { type ShardRef, shardKey } from "../../contract/ownership.js";
 import type {
+  AuditedBatch,
   Checkpoint,
   CommitOptions,
   CommitResult,
@@ -64,6 +65,8 @@ export interface StoredRow extends SinkRow {
 export class MemorySink implements Sink, SinkInspector {
   /** Every row written, in commit order. */
   readonly stored: StoredRow[] = [];
+  /** Every commit's audit row (`sluice_batches`), in commit order. */
+  readonly audit: AuditedBatch[] = [];
   private readonly checkpoints_ = new Map<string, { ref: ShardRef; cp: Checkpoint }>();
   private closed = false;
   /** Rows written by the commit in progress (for the observer). */
@@ -78,6 +81,14 @@ export class MemorySink implements Sink, SinkInspector {
       }
     },
     writeCheckpoint: (ref, cp) => void this.checkpoints_.set(shardKey(ref), { ref, cp }),
+    writeBatch: (ref, row) => {
+      this.audit.push({
+        ...row,
+        pipeline: ref.pipeline,
+        shard: ref.shard,
+        committedAt: (this.opts.now ?? Date.now)(),
+      });
+    },
     dedupe: (ref, rows, windowMs) => {
       const keep = this.marks.apply(ref.pipeline, rows, windowMs);
       const kept = new Set(keep);
@@ -205,6 +216,12 @@ export class MemorySink implements Sink, SinkInspector {
 
   async rowCount(pipeline: string): Promise<number> {
     return this.stored.filter((r) => r.pipeline === pipeline && r.output === undefined).length;
+  }
+
+  async batches(pipeline: string, q: { shard?: number } = {}): Promise<AuditedBatch[]> {
+    return this.audit.filter(
+      (b) => b.pipeline === pipeline && (q.shard === undefined || b.shard === q.shard),
+    );
   }
 
   async rows(pipeline: string, q: RowQuery = {}): Promise<CommittedRow[]> {

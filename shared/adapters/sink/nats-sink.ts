@@ -20,6 +20,7 @@ import pRetry from "p-retry";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type {
+  AuditedBatch,
   Checkpoint,
   CommitOptions,
   CommitResult,
@@ -201,6 +202,10 @@ export class NatsSinkInspector implements SinkInspector {
     );
   }
 
+  batches(pipeline: string, q?: { shard?: number }): Promise<AuditedBatch[]> {
+    return call(this.nc, SinkSubjects.batches, { pipeline, ...(q ? { q } : {}) }, this.timeouts);
+  }
+
   async close(): Promise<void> {}
 }
 
@@ -248,6 +253,10 @@ export class NatsSinkServer {
     this.serve<unknown, ShardCheckpoint[]>(SinkSubjects.checkpoints, () => inspector.checkpoints());
     this.serve<{ pipeline: string }, number>(SinkSubjects.rowCount, (r) => inspector.rowCount(r.pipeline));
     this.serve<RowsRequest, CommittedRow[]>(SinkSubjects.rows, (r) => inspector.rows(r.pipeline, r.q));
+    this.serve<{ pipeline: string; q?: { shard?: number } }, AuditedBatch[]>(
+      SinkSubjects.batches,
+      async (r) => (await inspector.batches?.(r.pipeline, r.q)) ?? [],
+    );
   }
 
   private serve<Req, Res>(subject: string, handle: (req: Req) => Promise<Res>): void {

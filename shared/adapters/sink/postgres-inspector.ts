@@ -1,8 +1,14 @@
 /** The read side of the PostgreSQL sink (`SinkInspector`), over a pool of its own. */
 import type { Pool } from "pg";
-import type { CommittedRow, RowQuery, ShardCheckpoint, SinkInspector } from "../../contract/ports.js";
+import type {
+  AuditedBatch,
+  CommittedRow,
+  RowQuery,
+  ShardCheckpoint,
+  SinkInspector,
+} from "../../contract/ports.js";
 import { pgError } from "./postgres-sink.js";
-import { checkpointOf, quoteIdent } from "./sink-tables.js";
+import { auditedBatch, type BatchRecord, checkpointOf, quoteIdent } from "./sink-tables.js";
 
 interface RowRecord {
   row_id: string;
@@ -52,6 +58,19 @@ export class PostgresSinkInspector implements SinkInspector {
       return Number(r.rows[0]?.n ?? 0);
     } catch (err) {
       throw pgError("row count", err);
+    }
+  }
+
+  async batches(pipeline: string, q: { shard?: number } = {}): Promise<AuditedBatch[]> {
+    try {
+      if (!(await this.hasTable("sluice_batches"))) return [];
+      const r = await this.pool.query<BatchRecord>(
+        `SELECT * FROM sluice_batches WHERE pipeline = $1${q.shard === undefined ? "" : " AND shard = $2"} ORDER BY batch_id`,
+        q.shard === undefined ? [pipeline] : [pipeline, q.shard],
+      );
+      return r.rows.map(auditedBatch);
+    } catch (err) {
+      throw pgError("batches", err);
     }
   }
 

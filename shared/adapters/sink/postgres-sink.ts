@@ -172,7 +172,7 @@ export class PostgresSink implements Sink {
   init(): Promise<void> {
     this.ready ??= (async () => {
       await this.pool.query(CHECKPOINTS_DDL);
-      for (const ddl of DEDUPE_DDL) await this.pool.query(ddl);
+      for (const ddl of [...DEDUPE_DDL, ...BATCHES_DDL]) await this.pool.query(ddl);
       // Checked first: the ALTER takes the table's exclusive lock even when the column exists.
       const cols = await this.pool.query(
         "SELECT 1 FROM information_schema.columns WHERE table_name = 'sluice_checkpoints' AND column_name = 'state' AND table_schema = current_schema()",
@@ -256,6 +256,14 @@ export class PostgresSink implements Sink {
       dedupe: async (ref, rows, windowMs) => {
         await t.ensureBegun();
         return dedupeInPostgres(t.client, ref.pipeline, rows, windowMs);
+      },
+      writeBatch: async (ref, b) => {
+        // Sent with COMMIT, like the checkpoint.
+        t.beforeCommit(
+          `INSERT INTO sluice_batches (pipeline, shard, epoch, worker, first_seq, last_seq, rows_written,
+             late, dead_lettered, deduplicated, config_revision, committed_at)
+           VALUES (${literal(ref.pipeline)}, ${int(ref.shard)}, ${int(b.epoch)}, ${literal(b.worker)}, ${int(b.firstSeq)}, ${int(b.lastSeq)}, ${int(b.rows)}, ${int(b.late)}, ${int(b.deadLettered)}, ${int(b.deduplicated)}, ${literal(b.configRevision)}, ${int(this.now())})`,
+        );
       },
       writeCheckpoint: async (ref, cp) => {
         // Sent with COMMIT: nothing in the transaction reads it back.
@@ -412,6 +420,17 @@ async function dedupeInPostgres(
   ]);
   return keep;
 }
+
+/** The audit table (see the SQLite sink's): one row per commit that took in records. */
+const BATCHES_DDL = [
+  `CREATE TABLE IF NOT EXISTS sluice_batches (
+    batch_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, pipeline text NOT NULL,
+    shard integer NOT NULL, epoch bigint NOT NULL, worker text NOT NULL, first_seq bigint NOT NULL,
+    last_seq bigint NOT NULL, rows_written integer NOT NULL, late integer NOT NULL,
+    dead_lettered integer NOT NULL, deduplicated integer NOT NULL, config_revision text NOT NULL,
+    committed_at bigint NOT NULL)`,
+  "CREATE INDEX IF NOT EXISTS sluice_batches_shard_seq ON sluice_batches (pipeline, shard, last_seq)",
+];
 
 const CHECKPOINTS_DDL = `CREATE TABLE IF NOT EXISTS sluice_checkpoints (
   pipeline text NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,

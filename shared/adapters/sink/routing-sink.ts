@@ -6,6 +6,7 @@
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type {
+  AuditedBatch,
   Checkpoint,
   CommitOptions,
   CommitResult,
@@ -73,6 +74,10 @@ export class RoutingSinkInspector implements SinkInspector {
 
   rows(pipeline: string, q?: RowQuery): Promise<CommittedRow[]> {
     return route(this.byPipeline, pipeline).rows(pipeline, q);
+  }
+
+  async batches(pipeline: string, q?: { shard?: number }): Promise<AuditedBatch[]> {
+    return (await route(this.byPipeline, pipeline).batches?.(pipeline, q)) ?? [];
   }
 
   async close(): Promise<void> {

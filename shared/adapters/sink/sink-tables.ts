@@ -3,7 +3,7 @@
  * side output's (a stage routed the record there) in `<pipeline>__<output>`.
  */
 
-import type { Checkpoint, PipelineState } from "../../contract/ports.js";
+import type { AuditedBatch, Checkpoint, PipelineState } from "../../contract/ports.js";
 
 /** A SQL identifier, double-quoted (SQLite and PostgreSQL alike). */
 export const quoteIdent = (ident: string): string => `"${ident.replaceAll('"', '""')}"`;
@@ -41,3 +41,34 @@ export function checkpointOf(row: {
   if (row.state !== null && row.state !== undefined) cp.state = JSON.parse(row.state) as PipelineState;
   return cp;
 }
+
+/** A row of `sluice_batches` as a driver returns it (PostgreSQL's bigints as text). */
+export interface BatchRecord {
+  pipeline: string;
+  shard: number;
+  epoch: string | number;
+  worker: string;
+  first_seq: string | number;
+  last_seq: string | number;
+  rows_written: number;
+  late: number;
+  dead_lettered: number;
+  deduplicated: number;
+  config_revision: string;
+  committed_at: string | number;
+}
+
+export const auditedBatch = (r: BatchRecord): AuditedBatch => ({
+  pipeline: r.pipeline,
+  shard: r.shard,
+  epoch: Number(r.epoch),
+  worker: r.worker,
+  firstSeq: Number(r.first_seq),
+  lastSeq: Number(r.last_seq),
+  rows: r.rows_written,
+  late: r.late,
+  deadLettered: r.dead_lettered,
+  deduplicated: r.deduplicated,
+  configRevision: r.config_revision,
+  committedAt: Number(r.committed_at),
+});

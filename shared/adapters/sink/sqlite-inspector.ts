@@ -3,8 +3,14 @@
  * read while the sink process writes (WAL mode lets readers and the writer run at once).
  */
 import Database from "better-sqlite3";
-import type { CommittedRow, RowQuery, ShardCheckpoint, SinkInspector } from "../../contract/ports.js";
-import { checkpointOf, quoteIdent } from "./sink-tables.js";
+import type {
+  AuditedBatch,
+  CommittedRow,
+  RowQuery,
+  ShardCheckpoint,
+  SinkInspector,
+} from "../../contract/ports.js";
+import { auditedBatch, type BatchRecord, checkpointOf, quoteIdent } from "./sink-tables.js";
 
 interface RowRecord {
   row_id: number;
@@ -63,6 +69,17 @@ export class SqliteSinkInspector implements SinkInspector {
     const db = this.open();
     if (!db || !this.hasTable(db, pipeline)) return 0;
     return (db.prepare(`SELECT COUNT(*) AS n FROM ${quoteIdent(pipeline)}`).get() as { n: number }).n;
+  }
+
+  async batches(pipeline: string, q: { shard?: number } = {}): Promise<AuditedBatch[]> {
+    const db = this.open();
+    if (!db || !this.hasTable(db, "sluice_batches")) return [];
+    const rows = db
+      .prepare(
+        `SELECT * FROM sluice_batches WHERE pipeline = ?${q.shard === undefined ? "" : " AND shard = ?"} ORDER BY rowid`,
+      )
+      .all(...(q.shard === undefined ? [pipeline] : [pipeline, q.shard])) as BatchRecord[];
+    return rows.map(auditedBatch);
   }
 
   async rows(pipeline: string, q: RowQuery = {}): Promise<CommittedRow[]> {

@@ -76,6 +76,7 @@ export class SqliteSink implements Sink {
       this.db.exec(`CREATE TABLE IF NOT EXISTS sluice_dedupe (
         pipeline TEXT NOT NULL, dkey TEXT NOT NULL, seen_ms INTEGER NOT NULL, PRIMARY KEY (pipeline, dkey))`);
       this.db.exec("CREATE INDEX IF NOT EXISTS sluice_dedupe_seen ON sluice_dedupe (pipeline, seen_ms)");
+      this.db.exec(SQLITE_BATCHES_DDL);
       for (const p of opts.pipelines) {
         const name = typeof p === "string" ? p : p.name;
         SqliteSink.createPipelineTable(this.db, name, this.modes.get(name));
@@ -95,7 +96,25 @@ export class SqliteSink implements Sink {
     const putMark = this.db.prepare(`INSERT INTO sluice_dedupe (pipeline, dkey, seen_ms) VALUES (?, ?, ?)
       ON CONFLICT (pipeline, dkey) DO UPDATE SET seen_ms = excluded.seen_ms`);
     const expire = this.db.prepare("DELETE FROM sluice_dedupe WHERE pipeline = ? AND seen_ms < ?");
+    const putBatch = this.db.prepare(`INSERT INTO sluice_batches (pipeline, shard, epoch, worker,
+      first_seq, last_seq, rows_written, late, dead_lettered, deduplicated, config_revision, committed_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
     this.storage = {
+      writeBatch: (ref, b) =>
+        void putBatch.run(
+          ref.pipeline,
+          ref.shard,
+          b.epoch,
+          b.worker,
+          b.firstSeq,
+          b.lastSeq,
+          b.rows,
+          b.late,
+          b.deadLettered,
+          b.deduplicated,
+          b.configRevision,
+          this.now(),
+        ),
       // Inside the commit's BEGIN IMMEDIATE: marks, rows and checkpoint land together or not at all.
       dedupe: (ref, rows, windowMs) => {
         const keep = dedupeRows(
@@ -281,3 +300,14 @@ function isBusy(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   return code === "SQLITE_BUSY" || code === "SQLITE_LOCKED" || code === "SQLITE_BUSY_SNAPSHOT";
 }
+
+/**
+ * The audit table: one row per commit that took in records (`BatchAuditRow`), in the commit's
+ * transaction. With a row's (pipeline, shard, source_seq) every output row traces to its batch.
+ */
+const SQLITE_BATCHES_DDL = `CREATE TABLE IF NOT EXISTS sluice_batches (
+  pipeline TEXT NOT NULL, shard INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL,
+  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, rows_written INTEGER NOT NULL,
+  late INTEGER NOT NULL, dead_lettered INTEGER NOT NULL, deduplicated INTEGER NOT NULL,
+  config_revision TEXT NOT NULL, committed_at INTEGER NOT NULL);
+  CREATE INDEX IF NOT EXISTS sluice_batches_shard_seq ON sluice_batches (pipeline, shard, last_seq)`;
