@@ -282,6 +282,8 @@ export interface CommittedRow {
   order: number;
   /** The stored value, when asked for (`RowQuery.values`). */
   value?: RecordValue;
+  /** The reference entries an enrichment used (`SinkRow.lineage`), with the value when it has any. */
+  lineage?: Readonly<Record<string, number>>;
 }
 
 export interface RowQuery {

@@ -217,6 +217,8 @@ export const Headers = {
   worker: "Sluice-Worker",
   sourceSubject: "Sluice-Source-Subject",
   shard: "Sluice-Shard",
+  /** An output record's lineage as JSON, `{"<table>": <revision>}` (`SinkRow.lineage`); absent: none. */
+  lineage: "Sluice-Lineage",
 } as const;
 
 /** Where a record's `Nats-Msg-Id` says its id is in `Sluice-Record-Id` (`Headers.recordId`). */

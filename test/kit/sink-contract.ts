@@ -317,6 +317,25 @@ export function sinkContract(name: string, h: SinkHarness): void {
       },
     );
 
+    it("stores each row's lineage with it, and none for a row without", async () => {
+      const sink = await open();
+      await sink.fence(REF, 1);
+      await sink.commit(
+        REF,
+        1,
+        "w1",
+        [{ ...contractRow(1), lineage: { customers: 17, "fx-rates": 3 } }, contractRow(2)],
+        2,
+      );
+      const i = await h.inspector();
+      if (!i) return;
+      const got = await i.rows(REF.pipeline, { shard: REF.shard, values: true });
+      expect(got.map((r) => [r.sourceSeq, r.lineage])).toEqual([
+        [1, { customers: 17, "fx-rates": 3 }],
+        [2, undefined],
+      ]);
+    });
+
     it("writes below the checkpoint only when reconciling", async () => {
       const sink = await open();
       await sink.fence(REF, 1);

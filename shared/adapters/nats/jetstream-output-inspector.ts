@@ -85,6 +85,9 @@ export class JetStreamOutputInspector implements SinkInspector {
           committedAt,
           order: m.seq,
           ...(q.values ? { value: JSON.parse(dec.decode(m.data)) as Record<string, unknown> } : {}),
+          ...(q.values && h?.has(Headers.lineage)
+            ? { lineage: JSON.parse(h.get(Headers.lineage)) as Record<string, number> }
+            : {}),
         });
       }
       if (seen >= total) break;

@@ -74,6 +74,7 @@ function recordHeaders(r: OutputRecord, shard: number): MsgHdrs {
   h.set(Headers.shard, String(shard));
   h.set(Headers.epoch, String(r.epoch));
   h.set(Headers.worker, r.worker);
+  if (r.row.lineage !== undefined) h.set(Headers.lineage, JSON.stringify(r.row.lineage));
   return h;
 }
 

@@ -250,6 +250,7 @@ function inspectRows(rows: readonly StoredRow[], pipeline: string, q: RowQuery):
       committedAt: r.committedAt,
       order,
       ...(q.values ? { value: r.value } : {}),
+      ...(q.values && r.lineage !== undefined ? { lineage: r.lineage } : {}),
     });
   });
   return out;

@@ -20,6 +20,7 @@ interface RowRecord {
   worker: string;
   committed_at: string;
   payload?: Record<string, unknown>;
+  lineage?: Record<string, number> | null;
 }
 
 export class PostgresSinkInspector implements SinkInspector {
@@ -87,7 +88,7 @@ export class PostgresSinkInspector implements SinkInspector {
         args.push(q.sinceMs);
         where.push(`committed_at >= $${args.length}`);
       }
-      const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload" : ""}`;
+      const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload, lineage" : ""}`;
       const r = await this.pool.query<RowRecord>(
         `SELECT ${cols} FROM ${quoteIdent(pipeline)}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY row_id`,
         args,
@@ -102,6 +103,7 @@ export class PostgresSinkInspector implements SinkInspector {
         committedAt: Number(x.committed_at),
         order: Number(x.row_id),
         ...(x.payload === undefined ? {} : { value: x.payload }),
+        ...(x.lineage ? { lineage: x.lineage } : {}),
       }));
     } catch (err) {
       throw pgError("rows", err);

@@ -22,6 +22,7 @@ interface RowRecord {
   worker: string;
   committed_at: number;
   payload?: string;
+  lineage?: string | null;
 }
 
 export class SqliteSinkInspector implements SinkInspector {
@@ -95,7 +96,7 @@ export class SqliteSinkInspector implements SinkInspector {
       where.push("committed_at >= ?");
       args.push(q.sinceMs);
     }
-    const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload" : ""}`;
+    const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload, lineage" : ""}`;
     const sql = `SELECT ${cols} FROM ${quoteIdent(pipeline)}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY row_id`;
     return (db.prepare(sql).all(...args) as RowRecord[]).map((r) => ({
       recordId: r.record_id,
@@ -107,6 +108,7 @@ export class SqliteSinkInspector implements SinkInspector {
       committedAt: r.committed_at,
       order: r.row_id,
       ...(r.payload === undefined ? {} : { value: JSON.parse(r.payload) as Record<string, unknown> }),
+      ...(typeof r.lineage === "string" ? { lineage: JSON.parse(r.lineage) as Record<string, number> } : {}),
     }));
   }
 
