@@ -231,6 +231,7 @@ export class MemoryDedupeMarks {
         keys.push(k);
         ats.push(at);
       },
+      true,
     );
     // Marks are set in roughly rising time: expire from the oldest end only, so a commit costs
     // what it expires, not the size of the table. A mark set again later stays (its newer entry).
@@ -276,14 +277,17 @@ const dedupes = <R extends SequencedRow>(rows: readonly R[], opts?: CommitOption
  * them one by one: `seen(key)` is the key's mark (ms) or undefined. A row is a duplicate when a
  * mark lies within the window of its time, either way (a later-committed record may be older);
  * a kept row's key is marked at the newer of the two times. Rows without a key are kept.
+ * `marksSeen`: `seen` answers with what `mark` set in this batch already (marks held in memory),
+ * so the batch's own marks need no map of their own.
  */
 export function dedupeRows<R extends SequencedRow & { dedupe?: { key: string; at: number } }>(
   rows: readonly R[],
   windowMs: number,
   seen: (key: string) => number | undefined,
   mark: (key: string, at: number) => void,
+  marksSeen = false,
 ): R[] {
-  const batch = new Map<string, number>();
+  const batch = marksSeen ? null : new Map<string, number>();
   const keep: R[] = [];
   for (const r of rows) {
     const d = r.dedupe;
@@ -291,10 +295,10 @@ export function dedupeRows<R extends SequencedRow & { dedupe?: { key: string; at
       keep.push(r);
       continue;
     }
-    const at = batch.get(d.key) ?? seen(d.key);
+    const at = batch === null ? seen(d.key) : (batch.get(d.key) ?? seen(d.key));
     if (at !== undefined && Math.abs(d.at - at) < windowMs) continue;
     const next = at === undefined ? d.at : Math.max(at, d.at);
-    batch.set(d.key, next);
+    batch?.set(d.key, next);
     mark(d.key, next);
     keep.push(r);
   }

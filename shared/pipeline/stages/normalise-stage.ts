@@ -57,8 +57,8 @@ interface Work {
   /** The record's value as the steps so far left it. */
   root: Container;
   key: string;
-  /** Maps this stage copied for the current record: written in place, nobody else holds them. */
-  readonly owned: Set<object>;
+  /** Maps this stage copied for the current record (a few: a list beats a set): written in place, nobody else holds them. */
+  readonly owned: object[];
 }
 
 /** Applies a step to the record in `w`: null when it applied (or had nothing to do), else why not. */
@@ -136,18 +136,18 @@ function readPath(root: Container, parts: readonly string[]): unknown {
 
 /** The record's top-level map, copied first if this record has not copied it yet. */
 function ownRoot(w: Work): Container {
-  if (!w.owned.has(w.root)) {
+  if (!w.owned.includes(w.root)) {
     w.root = copyContainer(w.root);
-    w.owned.add(w.root);
+    w.owned.push(w.root);
   }
   return w.root;
 }
 
 /** `parent[k]`, a map, copied into `parent` first unless this record already owns it. */
 function ownChild(w: Work, parent: Container, k: string, child: Container): Container {
-  if (w.owned.has(child)) return child;
+  if (w.owned.includes(child)) return child;
   const copy = copyContainer(child);
-  w.owned.add(copy);
+  w.owned.push(copy);
   setChild(parent, k, copy);
   return copy;
 }
@@ -165,7 +165,7 @@ function writePath(w: Work, path: Path, value: unknown): string | null {
     const child = getChild(parent, k);
     if (child === undefined) {
       const made: Obj = {};
-      w.owned.add(made);
+      w.owned.push(made);
       setChild(parent, k, made);
       parent = made;
     } else if (isContainer(child)) {
@@ -188,7 +188,7 @@ function removePath(w: Work, path: Path): void {
   if (!isContainer(cur) || !hasChild(cur, leaf)) return;
   if (last === 0) {
     w.root = copyWithout(w.root, leaf);
-    w.owned.add(w.root);
+    w.owned.push(w.root);
     return;
   }
   let parent = ownRoot(w);
@@ -198,7 +198,7 @@ function removePath(w: Work, path: Path): void {
   }
   const k = parts[last - 1]!;
   const copy = copyWithout(getChild(parent, k) as Container, leaf);
-  w.owned.add(copy);
+  w.owned.push(copy);
   setChild(parent, k, copy);
 }
 
@@ -833,7 +833,7 @@ function compileStep(
         if (value instanceof Failure) return value.why;
         // The result may share maps this record owns (`record.customer`, `record` itself): from
         // here on, they are copied again before any write.
-        if (typeof value === "object" && value !== null) w.owned.clear();
+        if (typeof value === "object" && value !== null) w.owned.length = 0;
         return writePath(w, path, value);
       },
     };
@@ -858,7 +858,7 @@ const EMPTY: Container = Object.freeze({});
 export class NormaliseStage implements Stage {
   readonly name = "normalise";
   private readonly steps: readonly CompiledStep[];
-  private readonly work: Work = { root: EMPTY, key: "", owned: new Set() };
+  private readonly work: Work = { root: EMPTY, key: "", owned: [] };
 
   constructor(steps: readonly NormaliseStep[], opts: NormaliseOptions = {}) {
     this.steps = compileSteps(steps, opts);
@@ -890,7 +890,7 @@ export class NormaliseStage implements Stage {
       return this.rejection(i, firstLine(err));
     } finally {
       w.root = EMPTY;
-      w.owned.clear();
+      w.owned.length = 0;
     }
   }
 
