@@ -214,6 +214,20 @@ export const PipelineSchema = z.strictObject({
   rules: z.array(RuleSchema).default([]),
   /** Transform stages after the rules, in order (README "Transform stages"). */
   stages: z.array(StageSchema).default([]),
+  /**
+   * The field holding a record's event time: milliseconds since the epoch (a number, or a CBOR
+   * integer of any width) or ISO-8601 text. Read after the transform stages, before dedupe
+   * (which then goes by it); a record without one is dead-lettered (`EVENT_TIME_INVALID`).
+   */
+  eventTime: z
+    .string()
+    .regex(/^[^.]+(\.[^.]+)*$/, "a field name, or a dotted path")
+    .optional(),
+  /**
+   * Late records: a record whose event time is strictly below the shard's watermark (the highest
+   * event time before it in the shard's stream order, less `allowed`) is late. Needs `eventTime`.
+   */
+  lateness: z.strictObject({ allowed: durationMs }).optional(),
 });
 
 export const TimingSchema = z.strictObject({
@@ -333,7 +347,17 @@ export function checkConfig(cfg: SluiceConfig): SluiceConfig {
         ErrorCode.InvalidConfig,
         `pipeline '${p.name}': at most one dedupe stage, and it comes last (the sink decides it)`,
       );
+    if (p.lateness && p.eventTime === undefined)
+      throw new SluiceError(
+        ErrorCode.InvalidConfig,
+        `pipeline '${p.name}': lateness needs eventTime (the field the watermark is computed from)`,
+      );
     const sink = sinkOf(cfg, p);
+    if (p.lateness && sink.type === "jetstream")
+      throw new SluiceError(
+        ErrorCode.InvalidConfig,
+        `pipeline '${p.name}': lateness needs a database sink (sqlite or postgres), whose late table records each late record; an output stream has none`,
+      );
     if (p.tableMode === "upsert" && sink.type === "jetstream")
       throw new SluiceError(
         ErrorCode.InvalidConfig,

@@ -44,6 +44,8 @@ export const ErrorCode = {
   EnrichMissing: "ENRICH_MISSING",
   /** A deduplicating pipeline's record has no business key (its field absent, or not text or a number). */
   DedupeKeyMissing: "DEDUPE_KEY_MISSING",
+  /** A record of a pipeline with `eventTime` has no readable event time (absent, not a number of ms nor ISO-8601 text). */
+  EventTimeInvalid: "EVENT_TIME_INVALID",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -105,6 +105,18 @@ export interface SinkRow {
    * `at` (`CommitOptions.dedupeWindowMs`), in the same transaction as the rows and checkpoint.
    */
   dedupe?: { readonly key: string; readonly at: number };
+  /**
+   * Present on a record late by its event time (README "Event time and late records"): its
+   * event time and the shard's watermark that made it late, both ms since the epoch. The row is
+   * stored with its late flag set, and recorded in the sink's late table (`sluice_late`).
+   */
+  late?: LateMark;
+}
+
+/** Why a record is late: its event time lies strictly below the watermark in force. */
+export interface LateMark {
+  readonly eventTime: number;
+  readonly watermark: number;
 }
 
 /**
@@ -179,6 +191,17 @@ export interface BatchAuditRow {
   /** Records not written because their business key was committed within the window. */
   deduplicated: number;
   configRevision: string;
+}
+
+/** A record committed late by its event time, as the sink's late table holds it (`sluice_late`). */
+export interface LateRecord extends LateMark {
+  pipeline: string;
+  shard: number;
+  sourceSeq: number;
+  recordId: string;
+  /** Whether it was applied since (by a reconciliation). */
+  reconciled: boolean;
+  committedAt: number;
 }
 
 /** A commit's audit row as the sink stores it (`sluice_batches`). */
@@ -284,6 +307,8 @@ export interface CommittedRow {
   value?: RecordValue;
   /** The reference entries an enrichment used (`SinkRow.lineage`), with the value when it has any. */
   lineage?: Readonly<Record<string, number>>;
+  /** True for a record committed late by its event time, with the value (absent: on time). */
+  late?: boolean;
 }
 
 export interface RowQuery {
@@ -310,6 +335,8 @@ export interface SinkInspector {
    * keeps no audit table.
    */
   batches?(pipeline: string, q?: { shard?: number }): Promise<AuditedBatch[]>;
+  /** A pipeline's late records (`sluice_late`) by shard and sequence; absent when the sink keeps none. */
+  lateRecords?(pipeline: string): Promise<LateRecord[]>;
   close(): Promise<void>;
 }
 

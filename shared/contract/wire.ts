@@ -180,6 +180,7 @@ export const SinkSubjects = {
   rowCount: "sluice.sink.inspect.row-count",
   rows: "sluice.sink.inspect.rows",
   batches: "sluice.sink.inspect.batches",
+  lateRecords: "sluice.sink.inspect.late-records",
 } as const;
 
 export const Headers = {

@@ -145,9 +145,11 @@ export class BatchCommitter {
     const last = batch[batch.length - 1]!;
     const pending = last.pending === undefined ? {} : { pending: last.pending };
     let staged: Awaited<ReturnType<StageChain["run"]>>;
+    // What the stages move with this batch (a watermark), committed with its rows.
+    const next: Record<string, string | number | boolean> = {};
     let toWrite: SinkRow[];
     try {
-      staged = await this.chain.run(batch, this.ctx());
+      staged = await this.chain.run(batch, { ...this.ctx(), next });
       toWrite = await this.guard.filter(batch, staged.rows);
     } catch (err) {
       return { ok: false, outcome: { type: "failed", reason: `stages failed: ${(err as Error).message}` } };
@@ -187,8 +189,12 @@ export class BatchCommitter {
       const fingerprint = messageFingerprint(last);
       const reconciling = this.guard.reconciling;
       const window = this.chain.dedupeWindowMs;
+      const moved = Object.keys(next).length > 0;
+      let late = 0;
+      for (const r of toWrite) if (r.late !== undefined) late++;
       const opts = {
         fingerprint,
+        ...(moved ? { state: { ...this.state, ...next } } : {}),
         ...(reconciling ? { belowCheckpoint: true } : {}),
         ...(window === undefined ? {} : { dedupeWindowMs: window }),
         ...(this.hooks.configRevision === undefined
@@ -197,7 +203,7 @@ export class BatchCommitter {
               audit: {
                 firstSeq: batch[0]!.seq,
                 deadLettered: dead.length,
-                late: 0,
+                late,
                 configRevision: this.hooks.configRevision,
               },
             }),

@@ -1,6 +1,7 @@
 /**
- * A pipeline's stages after decode, from its config: the schema (when it names a subject), then
- * its quality rules. Built once per process; each stage serves every shard of the pipeline.
+ * A pipeline's stages after decode, from its config: the schema (when it names a subject), its
+ * quality rules, its transform stages, and the event time (when it names one) before dedupe,
+ * which goes by it. Built once per process; each stage serves every shard of the pipeline.
  */
 import type { PipelineConfig } from "../contract/config.js";
 import { ErrorCode, SluiceError } from "../contract/errors.js";
@@ -9,6 +10,7 @@ import { addRuleCounts } from "../core/stage-health.js";
 import type { Stage } from "./stage.js";
 import { DedupeStage } from "./stages/dedupe-stage.js";
 import { EnrichStage, type ReferenceTables } from "./stages/enrich-stage.js";
+import { EventTimeStage } from "./stages/event-time-stage.js";
 import { type NormaliseOptions, NormaliseStage } from "./stages/normalise-stage.js";
 import { type RulesReport, RulesStage } from "./stages/rules-stage.js";
 import { type SchemaSource, SchemaStage } from "./stages/schema-stage.js";
@@ -37,7 +39,9 @@ export function pipelineStages(p: PipelineConfig, d: StageDeps): Stage[] {
     stages.push(new SchemaStage(p.schema.subject, d.schemas, { now: d.now }));
   }
   if (p.rules.some((r) => r.mode !== "off")) stages.push(new RulesStage(p.name, p.rules, d.onRules));
+  const eventTime = p.eventTime === undefined ? null : new EventTimeStage(p.eventTime, p.lateness?.allowed);
   for (const s of p.stages) {
+    if ("dedupe" in s && eventTime) stages.push(eventTime);
     if ("normalise" in s) stages.push(new NormaliseStage(s.normalise, d.normalise));
     else if ("enrich" in s) {
       if (!d.references)
@@ -48,6 +52,7 @@ export function pipelineStages(p: PipelineConfig, d: StageDeps): Stage[] {
       stages.push(new EnrichStage(s.enrich, d.references, { now: d.now }));
     } else stages.push(new DedupeStage(s.dedupe));
   }
+  if (eventTime && !stages.includes(eventTime)) stages.push(eventTime);
   return stages;
 }
 

@@ -13,7 +13,7 @@
  */
 import type { Rejection } from "../contract/codec.js";
 import type { ShardRef } from "../contract/ownership.js";
-import type { PipelineState, RecordValue, SourceMessage } from "../contract/ports.js";
+import type { LateMark, PipelineState, RecordValue, SourceMessage } from "../contract/ports.js";
 
 /** A record on its way through the stages, once decoded. */
 export interface PipelineRecord {
@@ -28,6 +28,10 @@ export interface PipelineRecord {
   readonly lineage?: Readonly<Record<string, number>>;
   /** The business key and time the sink deduplicates by (`SinkRow.dedupe`). */
   readonly dedupe?: { readonly key: string; readonly at: number };
+  /** The record's event time, ms since the epoch, once the event-time stage read it. */
+  readonly eventTime?: number;
+  /** Set when the record is late by its event time (`SinkRow.late`). */
+  readonly late?: LateMark;
 }
 
 /**
@@ -49,6 +53,8 @@ export function recordWith(
   value: RecordValue,
   lineage: PipelineRecord["lineage"] = r.lineage,
   dedupe: PipelineRecord["dedupe"] = r.dedupe,
+  eventTime: PipelineRecord["eventTime"] = r.eventTime,
+  late: PipelineRecord["late"] = r.late,
 ): PipelineRecord {
   return {
     recordId: r.recordId,
@@ -58,6 +64,8 @@ export function recordWith(
     message: r.message,
     lineage,
     dedupe,
+    eventTime,
+    late,
   };
 }
 
@@ -76,6 +84,11 @@ export interface StageContext {
    * empty before anything was pinned.
    */
   readonly state: PipelineState;
+  /**
+   * State the batch moves, committed with its rows and checkpoint (a watermark): a stage writes
+   * what it computed from `state` and the batch here. Absent where nothing commits (a probe).
+   */
+  readonly next?: Record<string, string | number | boolean>;
 }
 
 /**

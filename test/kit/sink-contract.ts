@@ -317,6 +317,61 @@ export function sinkContract(name: string, h: SinkHarness): void {
       },
     );
 
+    it.runIf(h.audits)(
+      "stores a late row with its flag and in the late table, in the commit; a refused commit records none",
+      async () => {
+        const sink = await open();
+        await sink.fence(REF, 2);
+        const late = (seq: number, eventTime: number, watermark: number): SinkRow => ({
+          ...contractRow(seq),
+          late: { eventTime, watermark },
+        });
+        await expectCode(sink.commit(REF, 1, "w0", [late(1, 5, 9)], 1), ErrorCode.Fenced);
+        await sink.commit(
+          REF,
+          2,
+          "w1",
+          [contractRow(1), late(2, 80, 90), contractRow(3), late(4, 1, 140)],
+          4,
+        );
+        // A redelivery records nothing twice.
+        await sink.commit(REF, 2, "w1", [late(4, 1, 140)], 4);
+        const i = (await h.inspector())!;
+        const rowsNow = await i.rows(REF.pipeline, { shard: REF.shard, values: true });
+        expect(rowsNow.map((r) => [r.sourceSeq, r.late ?? false])).toEqual([
+          [1, false],
+          [2, true],
+          [3, false],
+          [4, true],
+        ]);
+        expect(
+          (await i.lateRecords!(REF.pipeline)).map(({ committedAt, ...l }) => {
+            expect(committedAt).toBeGreaterThan(0);
+            return l;
+          }),
+        ).toEqual([
+          {
+            pipeline: REF.pipeline,
+            shard: REF.shard,
+            sourceSeq: 2,
+            recordId: "id-2",
+            eventTime: 80,
+            watermark: 90,
+            reconciled: false,
+          },
+          {
+            pipeline: REF.pipeline,
+            shard: REF.shard,
+            sourceSeq: 4,
+            recordId: "id-4",
+            eventTime: 1,
+            watermark: 140,
+            reconciled: false,
+          },
+        ]);
+      },
+    );
+
     it("stores each row's lineage with it, and none for a row without", async () => {
       const sink = await open();
       await sink.fence(REF, 1);

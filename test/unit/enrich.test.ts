@@ -22,6 +22,7 @@ import { StageChain } from "../../shared/pipeline/stage-chain.js";
 import { decodeStage } from "../../shared/pipeline/stages/decode-stage.js";
 import { EnrichStage, refStateKey } from "../../shared/pipeline/stages/enrich-stage.js";
 import { MemoryReferenceTables } from "../../shared/testkit/memory-reference-tables.js";
+import { CrashOnce } from "../kit/crash-once-sink.js";
 
 const REF: ShardRef = { pipeline: "orders", shard: 0 };
 const KEY = refStateKey("customers");
@@ -398,23 +399,6 @@ describe("sluice ref load files", () => {
     expect(() => readReferenceFile("id,name\nc1,a,extra\n", "csv", "id")).toThrow(/not CSV/);
   });
 });
-
-/** A sink whose next commit with rows fails once, as a crash between dead letters and commit would. */
-class CrashOnce implements Sink {
-  crash = false;
-  constructor(private readonly inner: MemorySink) {}
-  fence = (ref: ShardRef, epoch: number) => this.inner.fence(ref, epoch);
-  checkpoint = (ref: ShardRef) => this.inner.checkpoint(ref);
-  recordIds = (ref: ShardRef, from: number) => this.inner.recordIds(ref, from);
-  close = () => this.inner.close();
-  commit: Sink["commit"] = (ref, epoch, worker, rows, lastSeq, opts) => {
-    if (this.crash && rows.length > 0) {
-      this.crash = false;
-      return Promise.reject(new Error("worker crashed"));
-    }
-    return this.inner.commit(ref, epoch, worker, rows, lastSeq, opts);
-  };
-}
 
 describe("enrich: a crashed batch decided alike by the shard's next owner", () => {
   it("dead-letters the same record again although its entry was written since, then enriches the next batch with it", async () => {

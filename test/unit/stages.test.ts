@@ -20,6 +20,7 @@ import { decodeStage } from "../../shared/pipeline/stages/decode-stage.js";
 import { compileRules, inCanary, RulesStage } from "../../shared/pipeline/stages/rules-stage.js";
 import { SchemaStage, schemaStateKey } from "../../shared/pipeline/stages/schema-stage.js";
 import { MemoryJsonStore } from "../../shared/testkit/memory-broker.js";
+import { CrashOnce } from "../kit/crash-once-sink.js";
 
 const REF: ShardRef = { pipeline: "orders", shard: 0 };
 
@@ -149,23 +150,6 @@ describe("schema stage", () => {
     expect(out[4]).toMatchObject({ kind: "keep" });
   });
 });
-
-/** A sink whose next commit with rows fails once, as a crash between dead letters and commit would. */
-class CrashOnce implements Sink {
-  crash = false;
-  constructor(private readonly inner: MemorySink) {}
-  fence = (ref: ShardRef, epoch: number) => this.inner.fence(ref, epoch);
-  checkpoint = (ref: ShardRef) => this.inner.checkpoint(ref);
-  recordIds = (ref: ShardRef, from: number) => this.inner.recordIds(ref, from);
-  close = () => this.inner.close();
-  commit: Sink["commit"] = (ref, epoch, worker, rows, lastSeq, opts) => {
-    if (this.crash && rows.length > 0) {
-      this.crash = false;
-      return Promise.reject(new Error("worker crashed"));
-    }
-    return this.inner.commit(ref, epoch, worker, rows, lastSeq, opts);
-  };
-}
 
 /**
  * A shard whose first attempt at a batch dead-letters a record and crashes before its commit;

@@ -13,6 +13,7 @@ import type {
   CommitOptions,
   CommitResult,
   CommittedRow,
+  LateRecord,
   RowQuery,
   ShardCheckpoint,
   Sink,
@@ -218,6 +219,21 @@ export class MemorySink implements Sink, SinkInspector {
     return this.stored.filter((r) => r.pipeline === pipeline && r.output === undefined).length;
   }
 
+  async lateRecords(pipeline: string): Promise<LateRecord[]> {
+    return this.stored
+      .filter((r) => r.pipeline === pipeline && r.late !== undefined && r.output === undefined)
+      .map((r) => ({
+        pipeline,
+        shard: r.shard,
+        sourceSeq: r.sourceSeq,
+        recordId: r.recordId,
+        ...r.late!,
+        reconciled: false,
+        committedAt: r.committedAt,
+      }))
+      .sort((a, b) => a.shard - b.shard || a.sourceSeq - b.sourceSeq);
+  }
+
   async batches(pipeline: string, q: { shard?: number } = {}): Promise<AuditedBatch[]> {
     return this.audit.filter(
       (b) => b.pipeline === pipeline && (q.shard === undefined || b.shard === q.shard),
@@ -251,6 +267,7 @@ function inspectRows(rows: readonly StoredRow[], pipeline: string, q: RowQuery):
       order,
       ...(q.values ? { value: r.value } : {}),
       ...(q.values && r.lineage !== undefined ? { lineage: r.lineage } : {}),
+      ...(q.values && r.late !== undefined ? { late: true } : {}),
     });
   });
   return out;

@@ -25,6 +25,7 @@ import type {
   CommitOptions,
   CommitResult,
   CommittedRow,
+  LateRecord,
   RowQuery,
   ShardCheckpoint,
   Sink,
@@ -202,6 +203,10 @@ export class NatsSinkInspector implements SinkInspector {
     );
   }
 
+  lateRecords(pipeline: string): Promise<LateRecord[]> {
+    return call(this.nc, SinkSubjects.lateRecords, { pipeline }, this.timeouts);
+  }
+
   batches(pipeline: string, q?: { shard?: number }): Promise<AuditedBatch[]> {
     return call(this.nc, SinkSubjects.batches, { pipeline, ...(q ? { q } : {}) }, this.timeouts);
   }
@@ -218,6 +223,7 @@ function wireRow(r: SinkRow): SinkRow {
   if (r.output !== undefined) w.output = r.output;
   if (r.lineage !== undefined) w.lineage = r.lineage;
   if (r.dedupe !== undefined) w.dedupe = r.dedupe;
+  if (r.late !== undefined) w.late = r.late;
   return w;
 }
 
@@ -256,6 +262,10 @@ export class NatsSinkServer {
     this.serve<{ pipeline: string; q?: { shard?: number } }, AuditedBatch[]>(
       SinkSubjects.batches,
       async (r) => (await inspector.batches?.(r.pipeline, r.q)) ?? [],
+    );
+    this.serve<{ pipeline: string }, LateRecord[]>(
+      SinkSubjects.lateRecords,
+      async (r) => (await inspector.lateRecords?.(r.pipeline)) ?? [],
     );
   }
 

@@ -3,12 +3,20 @@ import type { Pool } from "pg";
 import type {
   AuditedBatch,
   CommittedRow,
+  LateRecord,
   RowQuery,
   ShardCheckpoint,
   SinkInspector,
 } from "../../contract/ports.js";
 import { pgError } from "./postgres-sink.js";
-import { auditedBatch, type BatchRecord, checkpointOf, quoteIdent } from "./sink-tables.js";
+import {
+  auditedBatch,
+  type BatchRecord,
+  checkpointOf,
+  type LateRow,
+  lateRecord,
+  quoteIdent,
+} from "./sink-tables.js";
 
 interface RowRecord {
   row_id: string;
@@ -21,6 +29,7 @@ interface RowRecord {
   committed_at: string;
   payload?: Record<string, unknown>;
   lineage?: Record<string, number> | null;
+  late?: boolean;
 }
 
 export class PostgresSinkInspector implements SinkInspector {
@@ -62,6 +71,19 @@ export class PostgresSinkInspector implements SinkInspector {
     }
   }
 
+  async lateRecords(pipeline: string): Promise<LateRecord[]> {
+    try {
+      if (!(await this.hasTable("sluice_late"))) return [];
+      const r = await this.pool.query<LateRow>(
+        "SELECT * FROM sluice_late WHERE pipeline = $1 ORDER BY shard, source_seq",
+        [pipeline],
+      );
+      return r.rows.map(lateRecord);
+    } catch (err) {
+      throw pgError("late records", err);
+    }
+  }
+
   async batches(pipeline: string, q: { shard?: number } = {}): Promise<AuditedBatch[]> {
     try {
       if (!(await this.hasTable("sluice_batches"))) return [];
@@ -88,7 +110,7 @@ export class PostgresSinkInspector implements SinkInspector {
         args.push(q.sinceMs);
         where.push(`committed_at >= $${args.length}`);
       }
-      const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload, lineage" : ""}`;
+      const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload, lineage, late" : ""}`;
       const r = await this.pool.query<RowRecord>(
         `SELECT ${cols} FROM ${quoteIdent(pipeline)}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY row_id`,
         args,
@@ -104,6 +126,7 @@ export class PostgresSinkInspector implements SinkInspector {
         order: Number(x.row_id),
         ...(x.payload === undefined ? {} : { value: x.payload }),
         ...(x.lineage ? { lineage: x.lineage } : {}),
+        ...(x.late ? { late: true } : {}),
       }));
     } catch (err) {
       throw pgError("rows", err);

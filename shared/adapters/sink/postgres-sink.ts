@@ -172,7 +172,7 @@ export class PostgresSink implements Sink {
   init(): Promise<void> {
     this.ready ??= (async () => {
       await this.pool.query(CHECKPOINTS_DDL);
-      for (const ddl of [...DEDUPE_DDL, ...BATCHES_DDL]) await this.pool.query(ddl);
+      for (const ddl of [...DEDUPE_DDL, ...BATCHES_DDL, ...LATE_DDL]) await this.pool.query(ddl);
       // Checked first: the ALTER takes the table's exclusive lock even when the column exists.
       const cols = await this.pool.query(
         "SELECT 1 FROM information_schema.columns WHERE table_name = 'sluice_checkpoints' AND column_name = 'state' AND table_schema = current_schema()",
@@ -301,6 +301,7 @@ export class PostgresSink implements Sink {
       const mode = this.modes.get(ref.pipeline) ?? "append";
       await insertRows(c, mode, table, ref.shard, { epoch, worker, at }, list);
     }
+    await insertLate(c, ref, at, rows);
   }
 
   async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
@@ -422,6 +423,15 @@ async function dedupeInPostgres(
 }
 
 /** The audit table (see the SQLite sink's): one row per commit that took in records. */
+/** The late table (see the SQLite sink's): one row per record committed late by its event time. */
+const LATE_DDL = [
+  `CREATE TABLE IF NOT EXISTS sluice_late (
+    pipeline text NOT NULL, shard integer NOT NULL, source_seq bigint NOT NULL, record_id text NOT NULL,
+    event_time bigint NOT NULL, watermark bigint NOT NULL, reconciled boolean NOT NULL DEFAULT false,
+    committed_at bigint NOT NULL)`,
+  "CREATE INDEX IF NOT EXISTS sluice_late_pending ON sluice_late (pipeline, reconciled, shard, source_seq)",
+];
+
 const BATCHES_DDL = [
   `CREATE TABLE IF NOT EXISTS sluice_batches (
     batch_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, pipeline text NOT NULL,
@@ -449,12 +459,15 @@ export function pipelineTableDdl(table: string, mode: TableMode): string[] {
   const t = quoteIdent(table);
   const cols = `record_id text NOT NULL, key text NOT NULL, shard integer NOT NULL,
     source_seq bigint NOT NULL, epoch bigint NOT NULL, worker text NOT NULL, payload jsonb NOT NULL,
-    committed_at bigint NOT NULL, lineage jsonb`;
-  // A table made before rows carried lineage gets the column; checked first, since the ALTER
-  // takes the table's exclusive lock even when the column exists.
+    committed_at bigint NOT NULL, lineage jsonb, late boolean NOT NULL DEFAULT false`;
+  // A table made before rows carried lineage or a late flag gets the columns; checked first, since
+  // the ALTER takes the table's exclusive lock even when the column exists.
   const addLineage = `DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns
     WHERE table_schema = current_schema() AND table_name = ${pg.escapeLiteral(table)} AND column_name = 'lineage')
-    THEN ALTER TABLE ${t} ADD COLUMN lineage jsonb; END IF; END $$`;
+    THEN ALTER TABLE ${t} ADD COLUMN lineage jsonb; END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = ${pg.escapeLiteral(table)} AND column_name = 'late')
+    THEN ALTER TABLE ${t} ADD COLUMN late boolean NOT NULL DEFAULT false; END IF; END $$`;
   return [
     mode === "upsert"
       ? `CREATE TABLE IF NOT EXISTS ${t} (row_id bigint GENERATED ALWAYS AS IDENTITY, ${cols}, version bigint NOT NULL, PRIMARY KEY (key))`
@@ -481,16 +494,19 @@ async function insertRows(
   const t = quoteIdent(table);
   const upsert = mode === "upsert";
   const list = upsert ? collapseByKey(rows) : rows;
-  // The lineage column only in batches that carry some: the common statement stays as it is.
+  // The lineage and late columns only in batches that carry some (an upsert always sets late,
+  // which a newer row may clear): the common statement stays as it is.
   const lineage = list.some((r) => r.lineage !== undefined);
-  const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""}${lineage ? ", lineage" : ""})
-     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}${lineage ? ", l::jsonb" : ""}
-     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]${lineage ? ", $9::text[]" : ""}) WITH ORDINALITY AS u(r, k, s, p, ${lineage ? "l, " : ""}o) ORDER BY o
+  const late = upsert || list.some((r) => r.late !== undefined);
+  const lateParam = lineage ? 10 : 9;
+  const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""}${lineage ? ", lineage" : ""}${late ? ", late" : ""})
+     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}${lineage ? ", l::jsonb" : ""}${late ? ", lt" : ""}
+     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]${lineage ? ", $9::text[]" : ""}${late ? `, $${lateParam}::boolean[]` : ""}) WITH ORDINALITY AS u(r, k, s, p, ${lineage ? "l, " : ""}${late ? "lt, " : ""}o) ORDER BY o
      ${
        upsert
          ? `ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
        source_seq = EXCLUDED.source_seq, epoch = EXCLUDED.epoch, worker = EXCLUDED.worker,
-       payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version${lineage ? ", lineage = EXCLUDED.lineage" : ""}
+       payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version, late = EXCLUDED.late${lineage ? ", lineage = EXCLUDED.lineage" : ""}
      WHERE ${t}.version < EXCLUDED.version`
          : ""
      }`;
@@ -505,5 +521,25 @@ async function insertRows(
     list.map((r) => payloadJson(r.value)),
   ];
   if (lineage) values.push(list.map((r) => (r.lineage === undefined ? null : JSON.stringify(r.lineage))));
+  if (late) values.push(list.map((r) => r.late !== undefined));
   await c.query({ name: statementName(text), text, values });
+}
+
+/** Records `rows`' late ones in `sluice_late`, in the commit's transaction. */
+async function insertLate(c: PoolClient, ref: ShardRef, at: number, rows: readonly SinkRow[]): Promise<void> {
+  const late = rows.filter((r) => r.late !== undefined);
+  if (late.length === 0) return;
+  await c.query(
+    `INSERT INTO sluice_late (pipeline, shard, source_seq, record_id, event_time, watermark, reconciled, committed_at)
+     SELECT $1, $2, s, r, e, w, false, $3 FROM unnest($4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) AS u(s, r, e, w)`,
+    [
+      ref.pipeline,
+      ref.shard,
+      at,
+      late.map((r) => r.sourceSeq),
+      late.map((r) => r.recordId),
+      late.map((r) => r.late!.eventTime),
+      late.map((r) => r.late!.watermark),
+    ],
+  );
 }

@@ -11,6 +11,7 @@ import type {
   CommitOptions,
   CommitResult,
   CommittedRow,
+  LateRecord,
   RowQuery,
   ShardCheckpoint,
   Sink,
@@ -74,6 +75,10 @@ export class RoutingSinkInspector implements SinkInspector {
 
   rows(pipeline: string, q?: RowQuery): Promise<CommittedRow[]> {
     return route(this.byPipeline, pipeline).rows(pipeline, q);
+  }
+
+  async lateRecords(pipeline: string): Promise<LateRecord[]> {
+    return (await route(this.byPipeline, pipeline).lateRecords?.(pipeline)) ?? [];
   }
 
   async batches(pipeline: string, q?: { shard?: number }): Promise<AuditedBatch[]> {

@@ -3,7 +3,7 @@
  * side output's (a stage routed the record there) in `<pipeline>__<output>`.
  */
 
-import type { AuditedBatch, Checkpoint, PipelineState } from "../../contract/ports.js";
+import type { AuditedBatch, Checkpoint, LateRecord, PipelineState } from "../../contract/ports.js";
 
 /** A SQL identifier, double-quoted (SQLite and PostgreSQL alike). */
 export const quoteIdent = (ident: string): string => `"${ident.replaceAll('"', '""')}"`;
@@ -70,5 +70,28 @@ export const auditedBatch = (r: BatchRecord): AuditedBatch => ({
   deadLettered: r.dead_lettered,
   deduplicated: r.deduplicated,
   configRevision: r.config_revision,
+  committedAt: Number(r.committed_at),
+});
+
+/** A row of `sluice_late` as a driver returns it (SQLite's booleans as 0/1, bigints as text). */
+export interface LateRow {
+  pipeline: string;
+  shard: number;
+  source_seq: string | number;
+  record_id: string;
+  event_time: string | number;
+  watermark: string | number;
+  reconciled: boolean | number;
+  committed_at: string | number;
+}
+
+export const lateRecord = (r: LateRow): LateRecord => ({
+  pipeline: r.pipeline,
+  shard: r.shard,
+  sourceSeq: Number(r.source_seq),
+  recordId: r.record_id,
+  eventTime: Number(r.event_time),
+  watermark: Number(r.watermark),
+  reconciled: r.reconciled === true || r.reconciled === 1,
   committedAt: Number(r.committed_at),
 });

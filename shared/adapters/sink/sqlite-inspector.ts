@@ -6,11 +6,19 @@ import Database from "better-sqlite3";
 import type {
   AuditedBatch,
   CommittedRow,
+  LateRecord,
   RowQuery,
   ShardCheckpoint,
   SinkInspector,
 } from "../../contract/ports.js";
-import { auditedBatch, type BatchRecord, checkpointOf, quoteIdent } from "./sink-tables.js";
+import {
+  auditedBatch,
+  type BatchRecord,
+  checkpointOf,
+  type LateRow,
+  lateRecord,
+  quoteIdent,
+} from "./sink-tables.js";
 
 interface RowRecord {
   row_id: number;
@@ -23,6 +31,7 @@ interface RowRecord {
   committed_at: number;
   payload?: string;
   lineage?: string | null;
+  late?: number;
 }
 
 export class SqliteSinkInspector implements SinkInspector {
@@ -72,6 +81,15 @@ export class SqliteSinkInspector implements SinkInspector {
     return (db.prepare(`SELECT COUNT(*) AS n FROM ${quoteIdent(pipeline)}`).get() as { n: number }).n;
   }
 
+  async lateRecords(pipeline: string): Promise<LateRecord[]> {
+    const db = this.open();
+    if (!db || !this.hasTable(db, "sluice_late")) return [];
+    const rows = db
+      .prepare("SELECT * FROM sluice_late WHERE pipeline = ? ORDER BY shard, source_seq")
+      .all(pipeline) as LateRow[];
+    return rows.map(lateRecord);
+  }
+
   async batches(pipeline: string, q: { shard?: number } = {}): Promise<AuditedBatch[]> {
     const db = this.open();
     if (!db || !this.hasTable(db, "sluice_batches")) return [];
@@ -96,7 +114,7 @@ export class SqliteSinkInspector implements SinkInspector {
       where.push("committed_at >= ?");
       args.push(q.sinceMs);
     }
-    const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload, lineage" : ""}`;
+    const cols = `row_id, record_id, key, shard, source_seq, epoch, worker, committed_at${q.values ? ", payload, lineage, late" : ""}`;
     const sql = `SELECT ${cols} FROM ${quoteIdent(pipeline)}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY row_id`;
     return (db.prepare(sql).all(...args) as RowRecord[]).map((r) => ({
       recordId: r.record_id,
@@ -109,6 +127,7 @@ export class SqliteSinkInspector implements SinkInspector {
       order: r.row_id,
       ...(r.payload === undefined ? {} : { value: JSON.parse(r.payload) as Record<string, unknown> }),
       ...(typeof r.lineage === "string" ? { lineage: JSON.parse(r.lineage) as Record<string, number> } : {}),
+      ...(r.late ? { late: true } : {}),
     }));
   }
 

@@ -77,6 +77,7 @@ export class SqliteSink implements Sink {
         pipeline TEXT NOT NULL, dkey TEXT NOT NULL, seen_ms INTEGER NOT NULL, PRIMARY KEY (pipeline, dkey))`);
       this.db.exec("CREATE INDEX IF NOT EXISTS sluice_dedupe_seen ON sluice_dedupe (pipeline, seen_ms)");
       this.db.exec(SQLITE_BATCHES_DDL);
+      this.db.exec(SQLITE_LATE_DDL);
       for (const p of opts.pipelines) {
         const name = typeof p === "string" ? p : p.name;
         SqliteSink.createPipelineTable(this.db, name, this.modes.get(name));
@@ -99,6 +100,8 @@ export class SqliteSink implements Sink {
     const putBatch = this.db.prepare(`INSERT INTO sluice_batches (pipeline, shard, epoch, worker,
       first_seq, last_seq, rows_written, late, dead_lettered, deduplicated, config_revision, committed_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+    const putLate = this.db.prepare(`INSERT INTO sluice_late (pipeline, shard, source_seq, record_id,
+      event_time, watermark, reconciled, committed_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)`);
     this.storage = {
       writeBatch: (ref, b) =>
         void putBatch.run(
@@ -143,7 +146,18 @@ export class SqliteSink implements Sink {
             payloadJson(r.value),
             at,
             r.lineage === undefined ? null : JSON.stringify(r.lineage),
+            r.late === undefined ? 0 : 1,
           );
+          if (r.late !== undefined)
+            putLate.run(
+              ref.pipeline,
+              ref.shard,
+              r.sourceSeq,
+              r.recordId,
+              r.late.eventTime,
+              r.late.watermark,
+              at,
+            );
         }
       },
       writeCheckpoint: (ref, cp) =>
@@ -170,11 +184,14 @@ export class SqliteSink implements Sink {
       row_id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, key TEXT NOT NULL${mode === "upsert" ? " UNIQUE" : ""},
       shard INTEGER NOT NULL, source_seq INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL,
       payload TEXT NOT NULL, committed_at INTEGER NOT NULL${mode === "upsert" ? ", version INTEGER NOT NULL" : ""},
-      lineage TEXT)`);
-    // A table made before rows carried lineage (the reference revisions an enrichment used).
+      lineage TEXT, late INTEGER NOT NULL DEFAULT 0)`);
+    // A table made before rows carried lineage (the reference revisions an enrichment used) or a
+    // late flag (true for a record late by its event time).
     const cols = db.prepare(`PRAGMA table_info(${quoteIdent(pipeline)})`).all() as { name: string }[];
     if (!cols.some((c) => c.name === "lineage"))
       db.exec(`ALTER TABLE ${quoteIdent(pipeline)} ADD COLUMN lineage TEXT`);
+    if (!cols.some((c) => c.name === "late"))
+      db.exec(`ALTER TABLE ${quoteIdent(pipeline)} ADD COLUMN late INTEGER NOT NULL DEFAULT 0`);
     db.exec(
       `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${pipeline}_shard_seq`)} ON ${quoteIdent(pipeline)} (shard, source_seq)`,
     );
@@ -189,15 +206,15 @@ export class SqliteSink implements Sink {
       st =
         mode === "upsert"
           ? this.db.prepare(`INSERT INTO ${t}
-        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage, version)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?4)
+        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage, late, version)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?4)
         ON CONFLICT (key) DO UPDATE SET record_id = excluded.record_id, shard = excluded.shard,
           source_seq = excluded.source_seq, epoch = excluded.epoch, worker = excluded.worker,
           payload = excluded.payload, committed_at = excluded.committed_at, lineage = excluded.lineage,
-          version = excluded.version
+          late = excluded.late, version = excluded.version
         WHERE ${t}.version < excluded.version`)
           : this.db.prepare(`INSERT INTO ${t}
-        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+        (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
       this.inserts.set(table, st);
     }
     return st;
@@ -305,6 +322,17 @@ function isBusy(err: unknown): boolean {
  * The audit table: one row per commit that took in records (`BatchAuditRow`), in the commit's
  * transaction. With a row's (pipeline, shard, source_seq) every output row traces to its batch.
  */
+/**
+ * The late table: one row per record committed late by its event time, in the commit's
+ * transaction: where it is (pipeline, shard, source_seq), its record id, its event time and the
+ * watermark that made it late (ms), and whether it was reconciled since.
+ */
+const SQLITE_LATE_DDL = `CREATE TABLE IF NOT EXISTS sluice_late (
+  pipeline TEXT NOT NULL, shard INTEGER NOT NULL, source_seq INTEGER NOT NULL,
+  record_id TEXT NOT NULL, event_time INTEGER NOT NULL, watermark INTEGER NOT NULL,
+  reconciled INTEGER NOT NULL DEFAULT 0, committed_at INTEGER NOT NULL);
+  CREATE INDEX IF NOT EXISTS sluice_late_pending ON sluice_late (pipeline, reconciled, shard, source_seq)`;
+
 const SQLITE_BATCHES_DDL = `CREATE TABLE IF NOT EXISTS sluice_batches (
   pipeline TEXT NOT NULL, shard INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL,
   first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, rows_written INTEGER NOT NULL,

@@ -5,7 +5,8 @@
  * written exactly when its record is, so a fenced or failed commit leaves none, and a crash, a
  * pause or a shard move between two duplicates changes nothing.
  *
- * The time is the record's stream time (when JetStream stored it), fixed at publish, so a
+ * The time is the record's event time when its pipeline names one (the event-time stage runs
+ * just before), else its stream time (when JetStream stored it); both are fixed at publish, so a
  * redelivery carries the same one. A record without a readable business key is rejected with
  * `DEDUPE_KEY_MISSING`: keeping it would let its duplicates through unseen.
  */
@@ -51,7 +52,8 @@ export class DedupeStage implements Stage {
           code: ErrorCode.DedupeKeyMissing,
           message: `dedupe: no business key (${this.what} is ${k === undefined ? "absent" : typeof k})`,
         });
-      return keep(recordWith(r, r.value, r.lineage, { key: text, at: r.message.timestampMs ?? 0 }));
+      const at = r.eventTime ?? r.message.timestampMs ?? 0;
+      return keep(recordWith(r, r.value, r.lineage, { key: text, at }));
     });
   }
 }

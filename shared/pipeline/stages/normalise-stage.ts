@@ -344,8 +344,8 @@ const CASTS: Record<"string" | "number" | "integer" | "boolean", (v: unknown) =>
  */
 export const SECONDS_BELOW = 1e11;
 /** The timestamps accepted: years 0000 to 9999, so the ISO form always has four year digits. */
-const MIN_MS = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
-const MAX_MS = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+export const MIN_MS = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+export const MAX_MS = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
 
 /**
  * ISO-8601 extended format: a date, or a date and a time (`T`, `t` or a space between them) with
@@ -368,7 +368,7 @@ const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
 const isLeap = (y: number): boolean => (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
 
 /** Milliseconds since the epoch of ISO-8601 text; null when it is not (a valid) one. */
-function parseIso(s: string): number | null {
+export function parseIso(s: string): number | null {
   const m = ISO_8601.exec(s);
   if (m === null) return null;
   const year = +m[1]!;
