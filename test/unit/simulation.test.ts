@@ -82,6 +82,7 @@ describe("deterministic simulation of the ownership protocol", () => {
     ["waitForRelease", "graceful-handoff", 10, {}],
     ["deadLetterMark", "dead-letter", 100, { dedupe: false }],
     ["dedupeInTransaction", "dedupe", 100, {}],
+    ["watermarkInCheckpoint", "watermark", 100, {}],
   ] as const)(
     "catches the missing %s (invariant %s) within %i seeds",
     async (mechanism, invariant, bound, more) => {

@@ -49,17 +49,25 @@ export function eventTimeOf(v: unknown): number | string {
 export class EventTimeStage implements Stage {
   readonly name = "event-time";
   private readonly get: (v: Record<string, unknown>) => unknown;
+  /**
+   * Shard -> highest event time processed, when the watermark is kept in this process instead of
+   * with the checkpoint: the simulator's unsafe variant (`SafetySwitches.watermarkInCheckpoint`),
+   * as an engine that does not checkpoint its watermarks behaves. Null: kept with the checkpoint.
+   */
+  private readonly inMemory: Map<number, number> | null;
 
   constructor(
     private readonly field: string,
     /** Allowed lateness, ms; undefined: event times are read, no record is late. */
     private readonly allowedMs: number | undefined,
+    opts: { watermarkInCheckpoint?: boolean } = {},
   ) {
     this.get = getter(field);
+    this.inMemory = opts.watermarkInCheckpoint === false ? new Map() : null;
   }
 
   process(batch: readonly PipelineRecord[], ctx: StageContext): StageDecision<PipelineRecord>[] {
-    const stored = ctx.state[EVENT_TIME_MAX_KEY];
+    const stored = this.inMemory ? this.inMemory.get(ctx.ref.shard) : ctx.state[EVENT_TIME_MAX_KEY];
     let max = typeof stored === "number" ? stored : null;
     const allowed = this.allowedMs;
     const out = batch.map((r): StageDecision<PipelineRecord> => {
@@ -78,7 +86,10 @@ export class EventTimeStage implements Stage {
       }
       return keep(recordWith(r, r.value, r.lineage, r.dedupe, t, late));
     });
-    if (allowed !== undefined && max !== null && ctx.next) ctx.next[EVENT_TIME_MAX_KEY] = max;
+    if (allowed !== undefined && max !== null) {
+      if (this.inMemory) this.inMemory.set(ctx.ref.shard, max);
+      else if (ctx.next) ctx.next[EVENT_TIME_MAX_KEY] = max;
+    }
     return out;
   }
 }

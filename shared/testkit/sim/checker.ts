@@ -11,6 +11,9 @@
  *   one or the other by the end.
  * - dedupe: no business key is committed twice; by the end each key one of whose records was
  *   not dead-lettered is committed once (its other records dropped as duplicates).
+ * - watermark: a committed record is flagged late exactly when its event time lies strictly
+ *   below the highest event time of the records before it in its shard's stream order (those
+ *   not dead-lettered) less the allowed lateness.
  * - zombies: a worker resuming from a pause longer than its lease never sends a commit at an
  *   epoch superseded before it resumed (it re-checks first); a graceful hand-off never has
  *   its old owner's later commits fenced (the new owner waits for the release).
@@ -30,6 +33,8 @@ export interface PublishedRecord {
   schemaDependent?: boolean;
   /** The business key the pipeline deduplicates by: exactly one record per key is committed. */
   businessKey?: string;
+  /** The record's event time, ms, when the pipeline reads one. */
+  eventTime?: number;
 }
 
 export interface Violation {
@@ -50,6 +55,8 @@ export class Checker {
   private readonly shardSeqs = new Map<number, number[]>();
   private readonly bySeq = new Map<number, PublishedRecord>();
   private readonly committed = new Map<string, number>();
+  /** Record id -> whether it was committed flagged late. */
+  private readonly lateFlags = new Map<string, boolean>();
   /** Business key -> records committed with it. */
   private readonly committedKeys = new Map<string, number>();
   private readonly fenced = new Map<number, number>();
@@ -66,6 +73,8 @@ export class Checker {
     private readonly now: () => number,
     private readonly leaseTtlMs: number,
     private readonly isDeadLettered: (ref: ShardRef, seq: number) => boolean,
+    /** The pipeline's allowed lateness, ms, when it marks late records. */
+    private readonly allowedLatenessMs?: number,
   ) {}
 
   private fail(invariant: string, detail: string): void {
@@ -177,6 +186,7 @@ export class Checker {
       }
       const n = (this.committed.get(r.recordId) ?? 0) + 1;
       this.committed.set(r.recordId, n);
+      this.lateFlags.set(r.recordId, r.late !== undefined);
       if (n > 1)
         this.fail(
           "exactly-once",
@@ -218,8 +228,30 @@ export class Checker {
     for (let i = lo; i < seqs.length && seqs[i]! <= upTo; i++) yield seqs[i]!;
   }
 
+  /** End of run: each committed record's late flag is what the watermark rule says. */
+  private checkLateness(pipeline: string, allowed: number): void {
+    let wrong = 0;
+    for (const [shard, seqs] of this.shardSeqs) {
+      let max: number | null = null;
+      for (const seq of seqs) {
+        const r = this.bySeq.get(seq);
+        if (!r || r.malformed || r.eventTime === undefined) continue;
+        if (this.isDeadLettered({ pipeline, shard }, seq)) continue;
+        const late = max !== null && r.eventTime < max - allowed;
+        const flagged = this.lateFlags.get(r.id);
+        if (flagged !== undefined && flagged !== late && ++wrong <= 3)
+          this.fail(
+            "watermark",
+            `record ${r.id} (shard ${shard}, seq ${seq}, event time ${r.eventTime}) committed ${flagged ? "late" : "on time"}, but the watermark before it is ${max === null ? "none" : max - allowed}`,
+          );
+        if (max === null || r.eventTime > max) max = r.eventTime;
+      }
+    }
+  }
+
   /** End of run: everything published is committed exactly once or dead-lettered. */
   finalCheck(pipeline: string): { lost: number; duplicated: number } {
+    if (this.allowedLatenessMs !== undefined) this.checkLateness(pipeline, this.allowedLatenessMs);
     let lost = 0;
     let duplicated = 0;
     for (const r of this.published.values()) {

@@ -25,6 +25,8 @@ export interface SafetySwitches {
   deadLetterMark: boolean;
   /** The sink decides and marks duplicates inside the commit's transaction, after its checks. */
   dedupeInTransaction: boolean;
+  /** A shard's watermark (its highest event time) is committed with its checkpoint. */
+  watermarkInCheckpoint: boolean;
 }
 
 export const allSafety: SafetySwitches = {
@@ -34,6 +36,7 @@ export const allSafety: SafetySwitches = {
   waitForRelease: true,
   deadLetterMark: true,
   dedupeInTransaction: true,
+  watermarkInCheckpoint: true,
 };
 
 export interface SimOptions {
@@ -66,6 +69,11 @@ export interface SimOptions {
    * and the pipeline deduplicates by it (window one hour: the whole run). Memory sink only.
    */
   dedupe: boolean;
+  /**
+   * Records carry an event time up to 3 s before their publish time, and the pipeline marks
+   * those below its shard's watermark late (allowed lateness 1 s). Memory sink only.
+   */
+  eventTime: boolean;
   trace: boolean;
   /** Worker settings; a large run polls idle shards less often. */
   worker: WorkerConfig;
@@ -84,6 +92,7 @@ export const defaultSimOptions: SimOptions = {
   sink: "memory",
   schema: true,
   dedupe: true,
+  eventTime: true,
   trace: false,
   worker: {
     batchMax: 40,

@@ -15,6 +15,7 @@ import { Headers, shardOf, shardSubject } from "../../contract/wire.js";
 import { type RegistryValue, SchemaRegistry } from "../../pipeline/schema-registry.js";
 import type { Stage } from "../../pipeline/stage.js";
 import { DedupeStage } from "../../pipeline/stages/dedupe-stage.js";
+import { EventTimeStage } from "../../pipeline/stages/event-time-stage.js";
 import { SchemaStage } from "../../pipeline/stages/schema-stage.js";
 import { type CoordinatorRecord, CoordinatorRuntime } from "../../runtime/coordinator-runtime.js";
 import { WorkerRuntime } from "../../runtime/worker-runtime.js";
@@ -40,6 +41,8 @@ import {
 } from "./sim-ports.js";
 
 export const PIPELINE = "sim";
+/** The simulated pipeline's allowed lateness (`SimOptions.eventTime`), ms. */
+export const SIM_ALLOWED_LATENESS_MS = 1_000;
 
 const SIM_SCHEMA_V1 = {
   type: "object",
@@ -55,6 +58,7 @@ const SIM_SCHEMA_V2 = {
 export class SimWorld {
   readonly loop = new SimLoop();
   readonly rng: Rng;
+  private readonly eventRng: Rng;
   readonly net: SimNet;
   readonly broker: SimNode;
   readonly sinkNode: SimNode;
@@ -78,6 +82,10 @@ export class SimWorld {
   private nextWorker = 1;
   private readonly chaos = new SimFaults(this);
   /** Dedupe runs in the transactional sink only (an output stream has no transaction for marks). */
+  private get lateness(): boolean {
+    return this.o.eventTime && this.o.sink === "memory";
+  }
+
   private get dedupes(): boolean {
     return this.o.dedupe && this.o.sink === "memory";
   }
@@ -87,6 +95,8 @@ export class SimWorld {
     readonly o: SimOptions,
   ) {
     this.rng = new Rng(seed);
+    // Event times come from a generator of their own, so every other draw of a seed is as it was.
+    this.eventRng = new Rng(seed ^ 0x5eed_e7);
     this.net = new SimNet(this.loop, this.rng);
     this.broker = new SimNode(BROKER, this.loop);
     this.sinkNode = new SimNode(SINK, this.loop);
@@ -99,6 +109,7 @@ export class SimWorld {
       () => this.loop.now,
       simTiming.leaseTtlMs,
       (ref, seq) => this.deadLetters.has(`${ref.pipeline}.${ref.shard}.${seq}`),
+      o.eventTime && o.sink === "memory" ? SIM_ALLOWED_LATENESS_MS : undefined,
     );
     this.sink = new MemorySink({
       rules: { fence: o.safety.sinkFence },
@@ -194,6 +205,13 @@ export class SimWorld {
     );
     const stages: Stage[] = [
       ...(this.o.schema ? [new SchemaStage(PIPELINE, registry, { now: () => node.now() })] : []),
+      ...(this.lateness
+        ? [
+            new EventTimeStage("at", SIM_ALLOWED_LATENESS_MS, {
+              watermarkInCheckpoint: this.o.safety.watermarkInCheckpoint,
+            }),
+          ]
+        : []),
       ...(this.dedupes ? [new DedupeStage({ key: "bk", window: 3_600_000 })] : []),
     ];
     const runtime = new WorkerRuntime({
@@ -294,6 +312,8 @@ export class SimWorld {
       const businessKey = this.dedupes ? `b${this.rng.int(0, this.o.records - 1)}` : undefined;
       const key = `k${this.rng.int(0, 63)}`;
       const retry = this.rng.chance(0.05);
+      // Up to 3 s before its publish: with 1 s allowed, a good share of the records come late.
+      const eventTime = this.lateness ? at - this.eventRng.int(0, 3_000) : undefined;
       this.loop.at(at, () => {
         const shard = shardOf(key, this.o.shards);
         const id = `r${i}`;
@@ -304,6 +324,7 @@ export class SimWorld {
               key,
               amount: schemaDependent ? String(i) : i,
               ...(businessKey ? { bk: businessKey } : {}),
+              ...(eventTime === undefined ? {} : { at: eventTime }),
             });
         const publish = () =>
           // Stored as the shared stream's subject transform stores it: the key in the subject.
@@ -321,6 +342,7 @@ export class SimWorld {
           malformed,
           schemaDependent,
           ...(businessKey && !malformed ? { businessKey } : {}),
+          ...(eventTime === undefined || malformed ? {} : { eventTime }),
         });
         // A producer retry of a publish that landed: the duplicate window drops it.
         if (retry) this.loop.at(at + 50, () => publish());
