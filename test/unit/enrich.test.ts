@@ -13,7 +13,7 @@ import { encodeRecord } from "../../shared/contract/codec.js";
 import { type EnrichConfig, parseConfig } from "../../shared/contract/config.js";
 import { ErrorCode, isSluiceError, type SluiceError } from "../../shared/contract/errors.js";
 import type { ShardRef } from "../../shared/contract/ownership.js";
-import type { DeadLetter, Sink, SourceMessage } from "../../shared/contract/ports.js";
+import type { DeadLetter, SourceMessage } from "../../shared/contract/ports.js";
 import { entryAsOf, isReferenceKey, ReferenceCache } from "../../shared/core/reference-cache.js";
 import { BatchCommitter } from "../../shared/pipeline/batch-committer.js";
 import { HistoryGuard } from "../../shared/pipeline/history-guard.js";

@@ -9,7 +9,7 @@ import { encodeRecord } from "../../shared/contract/codec.js";
 import { parseConfig, type RuleConfig } from "../../shared/contract/config.js";
 import { ErrorCode, isSluiceError, SluiceError } from "../../shared/contract/errors.js";
 import type { ShardRef } from "../../shared/contract/ownership.js";
-import type { DeadLetter, Sink, SourceMessage } from "../../shared/contract/ports.js";
+import type { DeadLetter, SourceMessage } from "../../shared/contract/ports.js";
 import { BatchCommitter } from "../../shared/pipeline/batch-committer.js";
 import { HistoryGuard } from "../../shared/pipeline/history-guard.js";
 import { pipelineStages } from "../../shared/pipeline/pipeline-stages.js";
