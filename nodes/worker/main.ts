@@ -10,7 +10,7 @@ import { NatsWorkerControlBus } from "../../shared/adapters/nats/nats-control-bu
 import { JetStreamReferenceTables } from "../../shared/adapters/nats/reference-tables.js";
 import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
 import { openWorkerSink } from "../../shared/adapters/sink/open-sinks.js";
-import { configRevision, describeSink, sinkOf } from "../../shared/contract/config.js";
+import { configRevision, describeSink, mergeOf, sinkOf } from "../../shared/contract/config.js";
 import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
@@ -99,6 +99,7 @@ const stages = new Map(
   opts.config.pipelines.map((p) => [
     p.name,
     pipelineStages(p, {
+      merge: mergeOf(opts.config, p),
       ...(schemas ? { schemas } : {}),
       ...(references ? { references } : {}),
       now: Date.now,

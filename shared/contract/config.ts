@@ -228,7 +228,29 @@ export const PipelineSchema = z.strictObject({
    * event time before it in the shard's stream order, less `allowed`) is late. Needs `eventTime`.
    */
   lateness: z.strictObject({ allowed: durationMs }).optional(),
+  /**
+   * This pipeline is a branch of the merge `into` (see `merges`): each on-time record is also
+   * applied to the merge's table, in the same transaction, by the merge's policy; `priority`
+   * ranks the branches (higher wins where the policy compares it).
+   */
+  merge: z.strictObject({ into: name, priority: z.number().int().default(0) }).optional(),
 });
+
+/**
+ * A merge point of parallel branches (README "Merges"): one row per key in a table named after
+ * it, the record with the highest (event time, branch priority, record id) under `latest`, the
+ * highest (branch priority, event time, record id) under `priority`.
+ */
+export const MergeSchema = z.strictObject({
+  name,
+  /** A field every branch record must carry, equal to the key it was published under. */
+  key: z
+    .string()
+    .regex(/^[^.]+(\.[^.]+)*$/, "a field name, or a dotted path")
+    .optional(),
+  policy: z.enum(["latest", "priority"]).default("latest"),
+});
+export type MergeConfig = z.infer<typeof MergeSchema>;
 
 export const TimingSchema = z.strictObject({
   /** Worker heartbeat interval, ms. */
@@ -301,6 +323,8 @@ export const ConfigSchema = z.strictObject({
         stages: [],
       },
     ]),
+  /** Merge points of pipelines that name them in `merge.into`. */
+  merges: z.array(MergeSchema).default([]),
   /** Where pipelines commit unless they name a sink of their own. */
   sink: SinkSchema.default({ type: "sqlite" }),
   timing: TimingSchema.default(TimingSchema.parse({})),
@@ -364,7 +388,52 @@ export function checkConfig(cfg: SluiceConfig): SluiceConfig {
         `pipeline '${p.name}': tableMode upsert needs a database sink (sqlite or postgres), not jetstream`,
       );
   }
+  checkMerges(cfg);
   return cfg;
+}
+
+/** The merge a pipeline is a branch of, if any. */
+export function mergeOf(cfg: SluiceConfig, p: PipelineConfig): MergeConfig | undefined {
+  return p.merge ? cfg.merges.find((m) => m.name === p.merge!.into) : undefined;
+}
+
+/** A merge's branches: the pipelines that name it in `merge.into`. */
+export function branchesOf(cfg: SluiceConfig, merge: string): PipelineConfig[] {
+  return cfg.pipelines.filter((p) => p.merge?.into === merge);
+}
+
+function checkMerges(cfg: SluiceConfig): void {
+  const fail = (why: string): never => {
+    throw new SluiceError(ErrorCode.InvalidConfig, why);
+  };
+  const names = new Set<string>();
+  for (const m of cfg.merges) {
+    if (names.has(m.name)) fail(`merge '${m.name}' is defined twice`);
+    names.add(m.name);
+    if (cfg.pipelines.some((p) => p.name === m.name))
+      fail(`merge '${m.name}' has a pipeline's name: its table would be the pipeline's`);
+    const branches = branchesOf(cfg, m.name);
+    if (branches.length === 0) fail(`merge '${m.name}' has no branches (no pipeline names it in merge.into)`);
+    const shards = new Set(branches.map((p) => p.shards));
+    if (shards.size > 1)
+      fail(
+        `merge '${m.name}': its branches must have the same shard count (${branches.map((p) => `${p.name}: ${p.shards}`).join(", ")})`,
+      );
+    const sinks = new Set(branches.map((p) => JSON.stringify(sinkOf(cfg, p))));
+    if (sinks.size > 1)
+      fail(`merge '${m.name}': its branches must commit to the same sink, which holds its table`);
+    for (const p of branches) {
+      if (p.eventTime === undefined)
+        fail(`pipeline '${p.name}': a branch of merge '${m.name}' needs eventTime (the policy orders by it)`);
+      if (sinkOf(cfg, p).type === "jetstream")
+        fail(
+          `pipeline '${p.name}': merge '${m.name}' needs a database sink (sqlite or postgres), whose transaction applies its rows; an output stream has none`,
+        );
+    }
+  }
+  for (const p of cfg.pipelines)
+    if (p.merge && !names.has(p.merge.into))
+      fail(`pipeline '${p.name}': merge.into names '${p.merge.into}', which merges does not define`);
 }
 
 /** A URL with any password in it replaced, fit for logs, status and error messages. */

@@ -46,6 +46,8 @@ export const ErrorCode = {
   DedupeKeyMissing: "DEDUPE_KEY_MISSING",
   /** A record of a pipeline with `eventTime` has no readable event time (absent, not a number of ms nor ISO-8601 text). */
   EventTimeInvalid: "EVENT_TIME_INVALID",
+  /** A merge branch's record whose merge `key` field is not the key it was published under. */
+  MergeKeyMismatch: "MERGE_KEY_MISMATCH",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -111,6 +111,37 @@ export interface SinkRow {
    * stored with its late flag set, and recorded in the sink's late table (`sluice_late`).
    */
   late?: LateMark;
+  /**
+   * Present on an on-time record of a merge's branch: the sink applies it to the merge's table
+   * in the same transaction, where it replaces the key's row only if it ranks higher by the
+   * policy (`mergeRank`).
+   */
+  merge?: MergeApply;
+}
+
+/** How a branch record applies to its merge's table. */
+export interface MergeApply {
+  /** The merge, and its table. */
+  readonly into: string;
+  readonly policy: "latest" | "priority";
+  /** The branch's priority. */
+  readonly priority: number;
+  /** The record's event time, ms. */
+  readonly eventTime: number;
+}
+
+/** A row of a merge's table: the key's winning branch record, and where it came from. */
+export interface MergeRow {
+  key: string;
+  recordId: string;
+  /** The winning branch. */
+  pipeline: string;
+  shard: number;
+  sourceSeq: number;
+  eventTime: number;
+  priority: number;
+  value: RecordValue;
+  updatedAt: number;
 }
 
 /** Why a record is late: its event time lies strictly below the watermark in force. */
@@ -337,6 +368,8 @@ export interface SinkInspector {
   batches?(pipeline: string, q?: { shard?: number }): Promise<AuditedBatch[]>;
   /** A pipeline's late records (`sluice_late`) by shard and sequence; absent when the sink keeps none. */
   lateRecords?(pipeline: string): Promise<LateRecord[]>;
+  /** A merge's rows in key order (byte order); absent when the sink keeps no merges. */
+  mergeRows?(merge: string): Promise<MergeRow[]>;
   close(): Promise<void>;
 }
 

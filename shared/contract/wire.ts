@@ -181,6 +181,7 @@ export const SinkSubjects = {
   rows: "sluice.sink.inspect.rows",
   batches: "sluice.sink.inspect.batches",
   lateRecords: "sluice.sink.inspect.late-records",
+  mergeRows: "sluice.sink.inspect.merge-rows",
 } as const;
 
 export const Headers = {

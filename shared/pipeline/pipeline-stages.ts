@@ -3,7 +3,7 @@
  * quality rules, its transform stages, and the event time (when it names one) before dedupe,
  * which goes by it. Built once per process; each stage serves every shard of the pipeline.
  */
-import type { PipelineConfig } from "../contract/config.js";
+import type { MergeConfig, PipelineConfig } from "../contract/config.js";
 import { ErrorCode, SluiceError } from "../contract/errors.js";
 import type { RuleCounts } from "../contract/ownership.js";
 import { addRuleCounts } from "../core/stage-health.js";
@@ -11,6 +11,7 @@ import type { Stage } from "./stage.js";
 import { DedupeStage } from "./stages/dedupe-stage.js";
 import { EnrichStage, type ReferenceTables } from "./stages/enrich-stage.js";
 import { EventTimeStage } from "./stages/event-time-stage.js";
+import { MergeStage } from "./stages/merge-stage.js";
 import { type NormaliseOptions, NormaliseStage } from "./stages/normalise-stage.js";
 import { type RulesReport, RulesStage } from "./stages/rules-stage.js";
 import { type SchemaSource, SchemaStage } from "./stages/schema-stage.js";
@@ -26,6 +27,8 @@ export interface StageDeps {
   now(): number;
   /** A batch's quality-rule outcomes. */
   onRules?(r: RulesReport): void;
+  /** The merge the pipeline is a branch of (`mergeOf`), if any. */
+  merge?: MergeConfig;
 }
 
 export function pipelineStages(p: PipelineConfig, d: StageDeps): Stage[] {
@@ -40,8 +43,11 @@ export function pipelineStages(p: PipelineConfig, d: StageDeps): Stage[] {
   }
   if (p.rules.some((r) => r.mode !== "off")) stages.push(new RulesStage(p.name, p.rules, d.onRules));
   const eventTime = p.eventTime === undefined ? null : new EventTimeStage(p.eventTime, p.lateness?.allowed);
+  const merge = d.merge && p.merge ? new MergeStage(d.merge, p.merge.priority) : null;
+  // Event time (and the merge, which goes by it) just before dedupe, else last.
+  const timed = ([eventTime, merge] as Array<Stage | null>).filter((s): s is Stage => s !== null);
   for (const s of p.stages) {
-    if ("dedupe" in s && eventTime) stages.push(eventTime);
+    if ("dedupe" in s) stages.push(...timed);
     if ("normalise" in s) stages.push(new NormaliseStage(s.normalise, d.normalise));
     else if ("enrich" in s) {
       if (!d.references)
@@ -52,7 +58,7 @@ export function pipelineStages(p: PipelineConfig, d: StageDeps): Stage[] {
       stages.push(new EnrichStage(s.enrich, d.references, { now: d.now }));
     } else stages.push(new DedupeStage(s.dedupe));
   }
-  if (eventTime && !stages.includes(eventTime)) stages.push(eventTime);
+  if (timed.length > 0 && !stages.includes(timed[0]!)) stages.push(...timed);
   return stages;
 }
 

@@ -13,7 +13,7 @@
  */
 import type { Rejection } from "../contract/codec.js";
 import type { ShardRef } from "../contract/ownership.js";
-import type { LateMark, PipelineState, RecordValue, SourceMessage } from "../contract/ports.js";
+import type { LateMark, MergeApply, PipelineState, RecordValue, SourceMessage } from "../contract/ports.js";
 
 /** A record on its way through the stages, once decoded. */
 export interface PipelineRecord {
@@ -32,6 +32,8 @@ export interface PipelineRecord {
   readonly eventTime?: number;
   /** Set when the record is late by its event time (`SinkRow.late`). */
   readonly late?: LateMark;
+  /** Set on an on-time record of a merge's branch (`SinkRow.merge`). */
+  readonly merge?: MergeApply;
 }
 
 /**
@@ -55,6 +57,7 @@ export function recordWith(
   dedupe: PipelineRecord["dedupe"] = r.dedupe,
   eventTime: PipelineRecord["eventTime"] = r.eventTime,
   late: PipelineRecord["late"] = r.late,
+  merge: PipelineRecord["merge"] = r.merge,
 ): PipelineRecord {
   return {
     recordId: r.recordId,
@@ -66,6 +69,7 @@ export function recordWith(
     dedupe,
     eventTime,
     late,
+    merge,
   };
 }
 

@@ -372,6 +372,63 @@ export function sinkContract(name: string, h: SinkHarness): void {
       },
     );
 
+    it.runIf(h.audits)(
+      "applies branch records to a merge's table by its policy in the commit: the highest wins, an older one never overwrites it",
+      async () => {
+        const sink = await open();
+        const A: ShardRef = { pipeline: "demo", shard: 3 };
+        const B: ShardRef = { pipeline: "orders", shard: 3 };
+        await sink.fence(A, 1);
+        await sink.fence(B, 1);
+        const m = (
+          seq: number,
+          key: string,
+          eventTime: number,
+          priority: number,
+          id = `id-${seq}`,
+        ): SinkRow => ({
+          recordId: id,
+          key,
+          sourceSeq: seq,
+          value: { key, eventTime, priority },
+          merge: { into: "merged", policy: "latest", priority, eventTime },
+        });
+        await sink.commit(
+          A,
+          1,
+          "w1",
+          [m(1, "a", 100, 2), m(2, "b", 200, 2), m(3, "c", 50, 2), m(4, "a", 90, 2)],
+          4,
+        );
+        // Later in time wins; a tie in time goes to the higher priority, then the higher record id.
+        await sink.commit(
+          B,
+          1,
+          "w2",
+          [m(1, "a", 150, 1), m(2, "b", 200, 1), m(3, "d", 7, 1, "x-9"), m(4, "d", 7, 1, "x-10")],
+          4,
+        );
+        // Older again, and a redelivery: nothing changes.
+        await sink.commit(A, 1, "w1", [m(5, "a", 120, 2), m(6, "late", 1, 2)], 6);
+        await sink.commit(B, 1, "w2", [m(4, "d", 7, 1, "x-10")], 4);
+        // A row without the merge mark (a late record) is not applied.
+        await sink.commit(B, 1, "w2", [{ ...contractRow(7, "a"), value: { late: true } }], 7);
+        const i = (await h.inspector())!;
+        const got = (await i.mergeRows!("merged")).map((r) => {
+          expect(r.updatedAt).toBeGreaterThan(0);
+          return [r.key, r.recordId, r.pipeline, r.shard, r.sourceSeq, r.eventTime, r.priority, r.value];
+        });
+        expect(got).toEqual([
+          ["a", "id-1", "orders", 3, 1, 150, 1, { key: "a", eventTime: 150, priority: 1 }],
+          ["b", "id-2", "demo", 3, 2, 200, 2, { key: "b", eventTime: 200, priority: 2 }],
+          ["c", "id-3", "demo", 3, 3, 50, 2, { key: "c", eventTime: 50, priority: 2 }],
+          ["d", "x-9", "orders", 3, 3, 7, 1, { key: "d", eventTime: 7, priority: 1 }],
+          ["late", "id-6", "demo", 3, 6, 1, 2, { key: "late", eventTime: 1, priority: 2 }],
+        ]);
+        expect(await i.mergeRows!("other")).toEqual([]);
+      },
+    );
+
     it("stores each row's lineage with it, and none for a row without", async () => {
       const sink = await open();
       await sink.fence(REF, 1);

@@ -14,12 +14,14 @@ import type {
   CommitResult,
   CommittedRow,
   LateRecord,
+  MergeRow,
   RowQuery,
   ShardCheckpoint,
   Sink,
   SinkInspector,
   SinkRow,
 } from "../../contract/ports.js";
+import { compareCodePoints, compareMerge } from "../../core/merge-policy.js";
 import {
   applyCommit,
   applyFence,
@@ -79,6 +81,7 @@ export class MemorySink implements Sink, SinkInspector {
       for (const r of rows) {
         this.written.push(r);
         this.stored.push({ ...r, shard: ref.shard, pipeline: ref.pipeline, epoch, worker, committedAt });
+        if (r.merge !== undefined && r.output === undefined) this.applyMerge(ref, r, committedAt);
       }
     },
     writeCheckpoint: (ref, cp) => void this.checkpoints_.set(shardKey(ref), { ref, cp }),
@@ -119,6 +122,27 @@ export class MemorySink implements Sink, SinkInspector {
   }
 
   constructor(private readonly opts: MemorySinkOptions = {}) {}
+
+  /** Merge -> key -> its row (`SinkRow.merge`). */
+  private readonly mergeTables = new Map<string, Map<string, MergeRow>>();
+
+  private applyMerge(ref: ShardRef, r: SinkRow, at: number): void {
+    const m = r.merge!;
+    let table = this.mergeTables.get(m.into);
+    if (!table) this.mergeTables.set(m.into, (table = new Map()));
+    const cur = table.get(r.key);
+    const next = { recordId: r.recordId, eventTime: m.eventTime, priority: m.priority };
+    if (cur && compareMerge(m.policy, next, cur) <= 0) return;
+    table.set(r.key, {
+      key: r.key,
+      ...next,
+      pipeline: ref.pipeline,
+      shard: ref.shard,
+      sourceSeq: r.sourceSeq,
+      value: r.value,
+      updatedAt: at,
+    });
+  }
 
   private cp(ref: ShardRef): Checkpoint {
     return this.checkpoints_.get(shardKey(ref))?.cp ?? { epoch: 0, seq: 0 };
@@ -217,6 +241,10 @@ export class MemorySink implements Sink, SinkInspector {
 
   async rowCount(pipeline: string): Promise<number> {
     return this.stored.filter((r) => r.pipeline === pipeline && r.output === undefined).length;
+  }
+
+  async mergeRows(merge: string): Promise<MergeRow[]> {
+    return [...(this.mergeTables.get(merge)?.values() ?? [])].sort((a, b) => compareCodePoints(a.key, b.key));
   }
 
   async lateRecords(pipeline: string): Promise<LateRecord[]> {

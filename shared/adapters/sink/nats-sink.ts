@@ -26,6 +26,7 @@ import type {
   CommitResult,
   CommittedRow,
   LateRecord,
+  MergeRow,
   RowQuery,
   ShardCheckpoint,
   Sink,
@@ -203,6 +204,10 @@ export class NatsSinkInspector implements SinkInspector {
     );
   }
 
+  mergeRows(merge: string): Promise<MergeRow[]> {
+    return call(this.nc, SinkSubjects.mergeRows, { merge }, this.timeouts);
+  }
+
   lateRecords(pipeline: string): Promise<LateRecord[]> {
     return call(this.nc, SinkSubjects.lateRecords, { pipeline }, this.timeouts);
   }
@@ -262,6 +267,10 @@ export class NatsSinkServer {
     this.serve<{ pipeline: string; q?: { shard?: number } }, AuditedBatch[]>(
       SinkSubjects.batches,
       async (r) => (await inspector.batches?.(r.pipeline, r.q)) ?? [],
+    );
+    this.serve<{ merge: string }, MergeRow[]>(
+      SinkSubjects.mergeRows,
+      async (r) => (await inspector.mergeRows?.(r.merge)) ?? [],
     );
     this.serve<{ pipeline: string }, LateRecord[]>(
       SinkSubjects.lateRecords,

@@ -4,6 +4,7 @@ import type {
   AuditedBatch,
   CommittedRow,
   LateRecord,
+  MergeRow,
   RowQuery,
   ShardCheckpoint,
   SinkInspector,
@@ -15,6 +16,8 @@ import {
   checkpointOf,
   type LateRow,
   lateRecord,
+  type MergeRecord,
+  mergeRow,
   quoteIdent,
 } from "./sink-tables.js";
 
@@ -68,6 +71,16 @@ export class PostgresSinkInspector implements SinkInspector {
       return Number(r.rows[0]?.n ?? 0);
     } catch (err) {
       throw pgError("row count", err);
+    }
+  }
+
+  async mergeRows(merge: string): Promise<MergeRow[]> {
+    try {
+      if (!(await this.hasTable(merge))) return [];
+      const r = await this.pool.query<MergeRecord>(`SELECT * FROM ${quoteIdent(merge)} ORDER BY key`);
+      return r.rows.map(mergeRow);
+    } catch (err) {
+      throw pgError("merge rows", err);
     }
   }
 

@@ -24,7 +24,15 @@ import pg, { type Pool, type PoolClient, type QueryResultRow } from "pg";
 import { payloadJson } from "../../contract/codec.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
-import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
+import type {
+  Checkpoint,
+  CommitOptions,
+  CommitResult,
+  MergeApply,
+  Sink,
+  SinkRow,
+} from "../../contract/ports.js";
+import { collapseForMerge } from "../../core/merge-policy.js";
 import {
   type AsyncSinkTransaction,
   applyCommitAsync,
@@ -193,6 +201,72 @@ export class PostgresSink implements Sink {
     this.created.add(table);
   }
 
+  /**
+   * Applies the rows bound for a merge to its table (`MergeApply`): collapsed to the highest
+   * per key and applied in key order in one statement, each replacing the key's row only if it
+   * ranks higher, so two branches' transactions lock keys in the same order and never deadlock.
+   */
+  private async applyMerges(
+    c: PoolClient,
+    ref: ShardRef,
+    at: number,
+    rows: readonly SinkRow[],
+  ): Promise<void> {
+    const byMerge = new Map<string, Array<SinkRow & { merge: MergeApply }>>();
+    for (const r of rows) {
+      if (r.merge === undefined || r.output !== undefined) continue;
+      const k = `${r.merge.into}\u0000${r.merge.policy}`;
+      let list = byMerge.get(k);
+      if (!list) byMerge.set(k, (list = []));
+      list.push(r as SinkRow & { merge: MergeApply });
+    }
+    for (const list of byMerge.values()) {
+      const { into, policy } = list[0]!.merge;
+      if (!this.created.has(into)) {
+        await this.pool.query(postgresMergeTableDdl(into));
+        this.created.add(into);
+      }
+      const best = collapseForMerge(
+        policy,
+        list.map((r) => ({
+          key: r.key,
+          recordId: r.recordId,
+          eventTime: r.merge.eventTime,
+          priority: r.merge.priority,
+          r,
+        })),
+      ).map((x) => x.r);
+      const t = quoteIdent(into);
+      const rank = (x: string) =>
+        policy === "latest"
+          ? `(${x}.event_time, ${x}.priority, ${x}.record_id)`
+          : `(${x}.priority, ${x}.event_time, ${x}.record_id)`;
+      const text = `INSERT INTO ${t} (key, record_id, pipeline, shard, source_seq, event_time, priority, payload, updated_at)
+        SELECT k, r, $1, $2, s, e, p, d::jsonb, $3
+        FROM unnest($4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::integer[], $9::text[]) WITH ORDINALITY AS u(k, r, s, e, p, d, o)
+        ORDER BY o
+        ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, pipeline = EXCLUDED.pipeline,
+          shard = EXCLUDED.shard, source_seq = EXCLUDED.source_seq, event_time = EXCLUDED.event_time,
+          priority = EXCLUDED.priority, payload = EXCLUDED.payload, updated_at = EXCLUDED.updated_at
+        WHERE ${rank("EXCLUDED")} > ${rank(t)}`;
+      await c.query({
+        name: statementName(text),
+        text,
+        values: [
+          ref.pipeline,
+          ref.shard,
+          at,
+          best.map((r) => r.key),
+          best.map((r) => r.recordId),
+          best.map((r) => r.sourceSeq),
+          best.map((r) => r.merge.eventTime),
+          best.map((r) => r.merge.priority),
+          best.map((r) => payloadJson(r.value)),
+        ],
+      });
+    }
+  }
+
   private assertOpen(): void {
     if (this.closed) throw new SluiceError(ErrorCode.Unavailable, "sink is closed", { retryable: false });
   }
@@ -302,6 +376,7 @@ export class PostgresSink implements Sink {
       await insertRows(c, mode, table, ref.shard, { epoch, worker, at }, list);
     }
     await insertLate(c, ref, at, rows);
+    await this.applyMerges(c, ref, at, rows);
   }
 
   async fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
@@ -423,6 +498,17 @@ async function dedupeInPostgres(
 }
 
 /** The audit table (see the SQLite sink's): one row per commit that took in records. */
+/**
+ * A merge's table (see the SQLite sink's). Key and record id compare byte by byte (`COLLATE
+ * "C"`), as the policy's order and the key order of its statements need.
+ */
+export const postgresMergeTableDdl = (
+  table: string,
+): string => `CREATE TABLE IF NOT EXISTS ${quoteIdent(table)} (
+  key text COLLATE "C" PRIMARY KEY, record_id text COLLATE "C" NOT NULL, pipeline text NOT NULL,
+  shard integer NOT NULL, source_seq bigint NOT NULL, event_time bigint NOT NULL,
+  priority integer NOT NULL, payload jsonb NOT NULL, updated_at bigint NOT NULL)`;
+
 /** The late table (see the SQLite sink's): one row per record committed late by its event time. */
 const LATE_DDL = [
   `CREATE TABLE IF NOT EXISTS sluice_late (

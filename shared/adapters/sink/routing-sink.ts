@@ -12,6 +12,7 @@ import type {
   CommitResult,
   CommittedRow,
   LateRecord,
+  MergeRow,
   RowQuery,
   ShardCheckpoint,
   Sink,
@@ -75,6 +76,15 @@ export class RoutingSinkInspector implements SinkInspector {
 
   rows(pipeline: string, q?: RowQuery): Promise<CommittedRow[]> {
     return route(this.byPipeline, pipeline).rows(pipeline, q);
+  }
+
+  async mergeRows(merge: string): Promise<MergeRow[]> {
+    // The merge's table is in its branches' sink: the first that holds rows of it answers.
+    for (const i of new Set(this.byPipeline.values())) {
+      const rows = (await i.mergeRows?.(merge)) ?? [];
+      if (rows.length > 0) return rows;
+    }
+    return [];
   }
 
   async lateRecords(pipeline: string): Promise<LateRecord[]> {

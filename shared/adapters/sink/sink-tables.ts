@@ -3,7 +3,7 @@
  * side output's (a stage routed the record there) in `<pipeline>__<output>`.
  */
 
-import type { AuditedBatch, Checkpoint, LateRecord, PipelineState } from "../../contract/ports.js";
+import type { AuditedBatch, Checkpoint, LateRecord, MergeRow, PipelineState } from "../../contract/ports.js";
 
 /** A SQL identifier, double-quoted (SQLite and PostgreSQL alike). */
 export const quoteIdent = (ident: string): string => `"${ident.replaceAll('"', '""')}"`;
@@ -94,4 +94,29 @@ export const lateRecord = (r: LateRow): LateRecord => ({
   watermark: Number(r.watermark),
   reconciled: r.reconciled === true || r.reconciled === 1,
   committedAt: Number(r.committed_at),
+});
+
+/** A row of a merge's table as a driver returns it (bigints as text, SQLite's payload as text). */
+export interface MergeRecord {
+  key: string;
+  record_id: string;
+  pipeline: string;
+  shard: number;
+  source_seq: string | number;
+  event_time: string | number;
+  priority: number;
+  payload: string | Record<string, unknown>;
+  updated_at: string | number;
+}
+
+export const mergeRow = (r: MergeRecord): MergeRow => ({
+  key: r.key,
+  recordId: r.record_id,
+  pipeline: r.pipeline,
+  shard: r.shard,
+  sourceSeq: Number(r.source_seq),
+  eventTime: Number(r.event_time),
+  priority: r.priority,
+  value: (typeof r.payload === "string" ? JSON.parse(r.payload) : r.payload) as MergeRow["value"],
+  updatedAt: Number(r.updated_at),
 });

@@ -7,6 +7,7 @@ import type {
   AuditedBatch,
   CommittedRow,
   LateRecord,
+  MergeRow,
   RowQuery,
   ShardCheckpoint,
   SinkInspector,
@@ -17,6 +18,8 @@ import {
   checkpointOf,
   type LateRow,
   lateRecord,
+  type MergeRecord,
+  mergeRow,
   quoteIdent,
 } from "./sink-tables.js";
 
@@ -79,6 +82,14 @@ export class SqliteSinkInspector implements SinkInspector {
     const db = this.open();
     if (!db || !this.hasTable(db, pipeline)) return 0;
     return (db.prepare(`SELECT COUNT(*) AS n FROM ${quoteIdent(pipeline)}`).get() as { n: number }).n;
+  }
+
+  async mergeRows(merge: string): Promise<MergeRow[]> {
+    const db = this.open();
+    if (!db || !this.hasTable(db, merge)) return [];
+    return (db.prepare(`SELECT * FROM ${quoteIdent(merge)} ORDER BY key`).all() as MergeRecord[]).map(
+      mergeRow,
+    );
   }
 
   async lateRecords(pipeline: string): Promise<LateRecord[]> {

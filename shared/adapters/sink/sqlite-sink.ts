@@ -17,6 +17,7 @@ import { payloadJson } from "../../contract/codec.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../../contract/ports.js";
+import type { MergePolicy } from "../../core/merge-policy.js";
 import {
   applyCommit,
   applyFence,
@@ -42,6 +43,8 @@ export class SqliteSink implements Sink {
   private readonly now: () => number;
   private readonly lockDeadlineMs: number;
   private readonly inserts = new Map<string, Database.Statement>();
+  /** Merge table and policy -> its upsert. */
+  private readonly merges = new Map<string, Database.Statement>();
   private readonly modes = new Map<string, TableMode>();
   private readonly idQueries = new Map<string, Database.Statement<[number, number], { record_id: string }>>();
   private readonly getCp: Database.Statement<
@@ -159,6 +162,7 @@ export class SqliteSink implements Sink {
               at,
             );
         }
+        this.applyMerges(ref, rows, at);
       },
       writeCheckpoint: (ref, cp) =>
         this.putCp.run(
@@ -195,6 +199,48 @@ export class SqliteSink implements Sink {
     db.exec(
       `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${pipeline}_shard_seq`)} ON ${quoteIdent(pipeline)} (shard, source_seq)`,
     );
+  }
+
+  /** Applies the rows bound for a merge to its table, each only if it ranks higher (`MergeApply`). */
+  private applyMerges(ref: ShardRef, rows: readonly SinkRow[], at: number): void {
+    for (const r of rows) {
+      const m = r.merge;
+      if (m === undefined || r.output !== undefined) continue;
+      this.mergeUpsert(m.into, m.policy).run(
+        r.key,
+        r.recordId,
+        ref.pipeline,
+        ref.shard,
+        r.sourceSeq,
+        m.eventTime,
+        m.priority,
+        payloadJson(r.value),
+        at,
+      );
+    }
+  }
+
+  private mergeUpsert(table: string, policy: MergePolicy): Database.Statement {
+    const k = `${table}\u0000${policy}`;
+    let st = this.merges.get(k);
+    if (!st) {
+      const t = quoteIdent(table);
+      this.db.exec(sqliteMergeTableDdl(table));
+      // The policy's order as a row value: SQLite compares them left to right, text as bytes.
+      const rank = (x: string) =>
+        policy === "latest"
+          ? `(${x}.event_time, ${x}.priority, ${x}.record_id)`
+          : `(${x}.priority, ${x}.event_time, ${x}.record_id)`;
+      st = this.db.prepare(`INSERT INTO ${t}
+        (key, record_id, pipeline, shard, source_seq, event_time, priority, payload, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (key) DO UPDATE SET record_id = excluded.record_id, pipeline = excluded.pipeline,
+          shard = excluded.shard, source_seq = excluded.source_seq, event_time = excluded.event_time,
+          priority = excluded.priority, payload = excluded.payload, updated_at = excluded.updated_at
+        WHERE ${rank("excluded")} > ${rank(t)}`);
+      this.merges.set(k, st);
+    }
+    return st;
   }
 
   private insertFor(table: string, pipeline = table): Database.Statement {
@@ -332,6 +378,17 @@ const SQLITE_LATE_DDL = `CREATE TABLE IF NOT EXISTS sluice_late (
   record_id TEXT NOT NULL, event_time INTEGER NOT NULL, watermark INTEGER NOT NULL,
   reconciled INTEGER NOT NULL DEFAULT 0, committed_at INTEGER NOT NULL);
   CREATE INDEX IF NOT EXISTS sluice_late_pending ON sluice_late (pipeline, reconciled, shard, source_seq)`;
+
+/**
+ * A merge's table: one row per key, the branch record ranked highest by the merge's policy, and
+ * where it came from (branch pipeline, shard, source sequence, record id).
+ */
+export const sqliteMergeTableDdl = (
+  table: string,
+): string => `CREATE TABLE IF NOT EXISTS ${quoteIdent(table)} (
+  key TEXT PRIMARY KEY, record_id TEXT NOT NULL, pipeline TEXT NOT NULL, shard INTEGER NOT NULL,
+  source_seq INTEGER NOT NULL, event_time INTEGER NOT NULL, priority INTEGER NOT NULL,
+  payload TEXT NOT NULL, updated_at INTEGER NOT NULL)`;
 
 const SQLITE_BATCHES_DDL = `CREATE TABLE IF NOT EXISTS sluice_batches (
   pipeline TEXT NOT NULL, shard INTEGER NOT NULL, epoch INTEGER NOT NULL, worker TEXT NOT NULL,
