@@ -129,7 +129,10 @@ export class MemorySink implements Sink, SinkInspector {
   private applyMerge(ref: ShardRef, r: SinkRow, at: number): void {
     const m = r.merge!;
     let table = this.mergeTables.get(m.into);
-    if (!table) this.mergeTables.set(m.into, (table = new Map()));
+    if (!table) {
+      table = new Map();
+      this.mergeTables.set(m.into, table);
+    }
     const cur = table.get(r.key);
     const next = { recordId: r.recordId, eventTime: m.eventTime, priority: m.priority };
     if (cur && compareMerge(m.policy, next, cur) <= 0) return;

@@ -217,7 +217,10 @@ export class PostgresSink implements Sink {
       if (r.merge === undefined || r.output !== undefined) continue;
       const k = `${r.merge.into}\u0000${r.merge.policy}`;
       let list = byMerge.get(k);
-      if (!list) byMerge.set(k, (list = []));
+      if (!list) {
+        list = [];
+        byMerge.set(k, list);
+      }
       list.push(r as SinkRow & { merge: MergeApply });
     }
     for (const list of byMerge.values()) {
