@@ -229,6 +229,7 @@ function wireRow(r: SinkRow): SinkRow {
   if (r.lineage !== undefined) w.lineage = r.lineage;
   if (r.dedupe !== undefined) w.dedupe = r.dedupe;
   if (r.late !== undefined) w.late = r.late;
+  if (r.merge !== undefined) w.merge = r.merge;
   return w;
 }
 
