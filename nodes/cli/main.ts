@@ -13,6 +13,7 @@ import { addDlqCommands } from "./dlq-commands.js";
 import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
 import { addWorker, down, removeWorker, restartProcess, type UpOptions, up } from "./local-cluster.js";
+import { addMergeCommands } from "./merge-commands.js";
 import { waitSettled } from "./readiness.js";
 import { addRefCommands } from "./ref-commands.js";
 import { addSchemaCommands } from "./schema-commands.js";
@@ -364,6 +365,7 @@ program
 addSchemaCommands(program);
 addRefCommands(program);
 addDlqCommands(program);
+addMergeCommands(program);
 
 const configCmd = program
   .command("config")

@@ -19,6 +19,7 @@ import { postgresPool } from "../../shared/adapters/sink/postgres-pool.js";
 import { PostgresSink } from "../../shared/adapters/sink/postgres-sink.js";
 import { parseConfig } from "../../shared/contract/config.js";
 import { outputStream, outputSubjects } from "../../shared/contract/wire.js";
+import { reconcileScenario } from "../kit/merge-scenarios.js";
 import { startTestPostgres, type TestPostgres } from "../kit/postgres.js";
 import { sinkContract } from "../kit/sink-contract.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
@@ -63,6 +64,25 @@ afterAll(async () => {
     },
   });
 }
+
+describe("PostgresSink: late records reconciled into a merge", () => {
+  it("leaves the merge's table as the policy over every record; a second run changes nothing", async () => {
+    const url = await pgServer!.newDatabase("reconcile_late");
+    const pool = postgresPool(parseConfig({ sink: { type: "postgres", url } }).sink as never, { max: 2 });
+    const inspectorPool = postgresPool(parseConfig({ sink: { type: "postgres", url } }).sink as never, {
+      max: 1,
+    });
+    try {
+      await reconcileScenario(
+        new PostgresSink(pool, { pipelines: [{ name: "crm" }, { name: "billing" }] }),
+        new PostgresSinkInspector(inspectorPool),
+      );
+    } finally {
+      await pool.end();
+      await inspectorPool.end();
+    }
+  });
+});
 
 describe("startPostgres", () => {
   it("refuses a port that another PostgreSQL server answers on, rather than use its data", async () => {

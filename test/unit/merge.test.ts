@@ -15,6 +15,7 @@ import { compareCodePoints, compareMerge, type MergePolicy } from "../../shared/
 import { pipelineStages } from "../../shared/pipeline/pipeline-stages.js";
 import type { PipelineRecord } from "../../shared/pipeline/stage.js";
 import { MergeStage } from "../../shared/pipeline/stages/merge-stage.js";
+import { reconcileScenario } from "../kit/merge-scenarios.js";
 
 const sign = (n: number) => Math.sign(n);
 
@@ -277,6 +278,22 @@ describe("a merge's table does not depend on arrival order, interleaving or rede
         { numRuns: 40 },
       );
     } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("late records reconciled into the merge", () => {
+  it("in SQLite: the table then equals the policy over every record; a second run changes nothing", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sluice-reconcile-"));
+    const file = path.join(dir, "sink.db");
+    const sink = new SqliteSink(file, { pipelines: ["crm", "billing"] });
+    const inspector = new SqliteSinkInspector(file);
+    try {
+      await reconcileScenario(sink, inspector);
+    } finally {
+      await inspector.close();
+      await sink.close();
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -40,7 +40,17 @@ import {
   dedupeExpiry,
   dedupeRows,
 } from "../../core/sink-rules.js";
-import { checkpointOf, collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
+import {
+  checkpointOf,
+  collapseByKey,
+  lateAsMergeRows,
+  type MergeBranches,
+  type PendingLate,
+  quoteIdent,
+  type ReconcileReport,
+  sideOutputTable,
+  type TableMode,
+} from "./sink-tables.js";
 
 export interface PostgresSinkOptions {
   /** Pipelines whose tables are created on open, and how each keeps its rows. */
@@ -400,6 +410,37 @@ export class PostgresSink implements Sink {
     return this.tx("commit", (t) =>
       applyCommitAsync(this.storage(t), ref, epoch, worker, rows, lastSeq, opts),
     );
+  }
+
+  /** See `SqliteSink.reconcileLate`: the pending late rows are locked first (`FOR UPDATE`). */
+  async reconcileLate(m: MergeBranches): Promise<ReconcileReport> {
+    return this.tx("reconcile late records", async (t) => {
+      await t.ensureBegun();
+      let reconciled = 0;
+      const at = this.now();
+      for (const b of m.branches) {
+        await this.ensureTable(b.pipeline);
+        const pending = (
+          await t.client.query<PendingLate>(
+            `SELECT l.shard, l.source_seq, l.record_id, l.event_time, r.key, r.payload
+             FROM sluice_late l JOIN ${quoteIdent(b.pipeline)} r
+               ON r.shard = l.shard AND r.source_seq = l.source_seq AND r.record_id = l.record_id
+             WHERE l.pipeline = $1 AND NOT l.reconciled ORDER BY l.shard, l.source_seq FOR UPDATE OF l`,
+            [b.pipeline],
+          )
+        ).rows;
+        for (const [shard, rows] of lateAsMergeRows(m, b.priority, pending))
+          await this.applyMerges(t.client, { pipeline: b.pipeline, shard }, at, rows);
+        // Only the rows read and locked: a late record a commit adds meanwhile stays pending.
+        await t.client.query(
+          `UPDATE sluice_late l SET reconciled = true FROM unnest($2::integer[], $3::bigint[]) AS u(shard, seq)
+           WHERE l.pipeline = $1 AND l.shard = u.shard AND l.source_seq = u.seq AND NOT l.reconciled`,
+          [b.pipeline, pending.map((l) => l.shard), pending.map((l) => Number(l.source_seq))],
+        );
+        reconciled += pending.length;
+      }
+      return { merge: m.merge, reconciled };
+    });
   }
 
   async checkpoint(ref: ShardRef): Promise<Checkpoint> {

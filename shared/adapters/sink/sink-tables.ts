@@ -3,7 +3,14 @@
  * side output's (a stage routed the record there) in `<pipeline>__<output>`.
  */
 
-import type { AuditedBatch, Checkpoint, LateRecord, MergeRow, PipelineState } from "../../contract/ports.js";
+import type {
+  AuditedBatch,
+  Checkpoint,
+  LateRecord,
+  MergeRow,
+  PipelineState,
+  SinkRow,
+} from "../../contract/ports.js";
 
 /** A SQL identifier, double-quoted (SQLite and PostgreSQL alike). */
 export const quoteIdent = (ident: string): string => `"${ident.replaceAll('"', '""')}"`;
@@ -120,3 +127,50 @@ export const mergeRow = (r: MergeRecord): MergeRow => ({
   value: (typeof r.payload === "string" ? JSON.parse(r.payload) : r.payload) as MergeRow["value"],
   updatedAt: Number(r.updated_at),
 });
+
+/** A merge to reconcile, and its branches with their priorities (`sluice late reconcile`). */
+export interface MergeBranches {
+  merge: string;
+  policy: "latest" | "priority";
+  branches: ReadonlyArray<{ pipeline: string; priority: number }>;
+}
+
+/** What a reconciliation did: late records applied by the policy (a lower one changes nothing). */
+export interface ReconcileReport {
+  merge: string;
+  reconciled: number;
+}
+
+/** A pending late record with its committed row's key and payload (the reconciliation's input). */
+export interface PendingLate {
+  shard: number;
+  source_seq: string | number;
+  record_id: string;
+  event_time: string | number;
+  key: string;
+  payload: string | Record<string, unknown>;
+}
+
+/** The pending late records of one branch as rows bound for the merge, grouped by shard. */
+export function lateAsMergeRows(
+  m: MergeBranches,
+  priority: number,
+  pending: readonly PendingLate[],
+): Map<number, SinkRow[]> {
+  const byShard = new Map<number, SinkRow[]>();
+  for (const l of pending) {
+    let rows = byShard.get(l.shard);
+    if (!rows) {
+      rows = [];
+      byShard.set(l.shard, rows);
+    }
+    rows.push({
+      recordId: l.record_id,
+      key: l.key,
+      sourceSeq: Number(l.source_seq),
+      value: (typeof l.payload === "string" ? JSON.parse(l.payload) : l.payload) as SinkRow["value"],
+      merge: { into: m.merge, policy: m.policy, priority, eventTime: Number(l.event_time) },
+    });
+  }
+  return byShard;
+}

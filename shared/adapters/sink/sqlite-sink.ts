@@ -25,7 +25,17 @@ import {
   dedupeRows,
   type SinkTransaction,
 } from "../../core/sink-rules.js";
-import { checkpointOf, collapseByKey, quoteIdent, sideOutputTable, type TableMode } from "./sink-tables.js";
+import {
+  checkpointOf,
+  collapseByKey,
+  lateAsMergeRows,
+  type MergeBranches,
+  type PendingLate,
+  quoteIdent,
+  type ReconcileReport,
+  sideOutputTable,
+  type TableMode,
+} from "./sink-tables.js";
 
 export interface SqliteSinkOptions {
   /** Pipelines whose tables are created on open, and how each keeps its rows (default append). */
@@ -337,6 +347,36 @@ export class SqliteSink implements Sink {
   async checkpoint(ref: ShardRef): Promise<Checkpoint> {
     this.assertOpen();
     return this.readCp(ref);
+  }
+
+  /**
+   * Applies every pending late record of the merge's branches to its table by the policy and
+   * marks it reconciled, in one transaction. After it the table is what it would be had every
+   * record come on time (the policy is a total order); a second run finds nothing pending.
+   */
+  async reconcileLate(m: MergeBranches): Promise<ReconcileReport> {
+    return this.tx(() => {
+      let reconciled = 0;
+      const at = this.now();
+      for (const b of m.branches) {
+        this.insertFor(b.pipeline);
+        const pending = this.db
+          .prepare(
+            `SELECT l.shard, l.source_seq, l.record_id, l.event_time, t.key, t.payload
+             FROM sluice_late l JOIN ${quoteIdent(b.pipeline)} t
+               ON t.shard = l.shard AND t.source_seq = l.source_seq AND t.record_id = l.record_id
+             WHERE l.pipeline = ? AND l.reconciled = 0`,
+          )
+          .all(b.pipeline) as PendingLate[];
+        for (const [shard, rows] of lateAsMergeRows(m, b.priority, pending))
+          this.applyMerges({ pipeline: b.pipeline, shard }, rows, at);
+        this.db
+          .prepare("UPDATE sluice_late SET reconciled = 1 WHERE pipeline = ? AND reconciled = 0")
+          .run(b.pipeline);
+        reconciled += pending.length;
+      }
+      return { merge: m.merge, reconciled };
+    });
   }
 
   async recordIds(ref: ShardRef, fromSeq: number): Promise<string[]> {
