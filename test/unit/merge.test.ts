@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { formatMergeStatus, mergeStatus } from "../../nodes/cli/merge-commands.js";
 import { MemorySink } from "../../shared/adapters/sink/memory-sink.js";
 import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
 import { SqliteSink } from "../../shared/adapters/sink/sqlite-sink.js";
@@ -296,5 +297,64 @@ describe("late records reconciled into the merge", () => {
       await sink.close();
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("merge status", () => {
+  it("is final below the lowest watermark over the branches' shards, none until every shard has one", () => {
+    const cfg = parseConfig({
+      pipelines: [
+        {
+          name: "crm",
+          shards: 2,
+          eventTime: "t",
+          lateness: { allowed: 10 },
+          merge: { into: "m", priority: 2 },
+        },
+        {
+          name: "billing",
+          shards: 2,
+          eventTime: "t",
+          lateness: { allowed: 10 },
+          merge: { into: "m", priority: 1 },
+        },
+      ],
+      merges: [{ name: "m" }],
+    });
+    const cp = (pipeline: string, shard: number, max?: number) => ({
+      pipeline,
+      shard,
+      epoch: 1,
+      seq: 1,
+      ...(max === undefined ? {} : { state: { eventTimeMax: max } }),
+    });
+    const late = new Map([["billing", [{ reconciled: false }, { reconciled: true }] as never]]);
+    const partial = mergeStatus(
+      cfg,
+      cfg.merges[0]!,
+      [cp("crm", 0, 500), cp("crm", 1, 400), cp("billing", 0, 300)],
+      7,
+      late,
+    );
+    expect(partial.convergence).toBeNull();
+    expect(partial.branches.map((b) => [b.pipeline, b.watermark, b.lagMs, b.pendingLate])).toEqual([
+      ["crm", 390, 0, 0],
+      ["billing", null, null, 1],
+    ]);
+    const all = mergeStatus(
+      cfg,
+      cfg.merges[0]!,
+      [cp("crm", 0, 500), cp("crm", 1, 400), cp("billing", 0, 300), cp("billing", 1, 350)],
+      7,
+      late,
+    );
+    expect(all.convergence).toBe(290);
+    expect(all.branches.map((b) => [b.pipeline, b.watermark, b.lagMs])).toEqual([
+      ["crm", 390, 0],
+      ["billing", 290, 100],
+    ]);
+    expect(formatMergeStatus(all)).toContain(
+      "billing (priority 1): watermark 1970-01-01T00:00:00.290Z (290), lag 100 ms",
+    );
   });
 });
