@@ -89,6 +89,7 @@ describe("SqliteSink", () => {
       "payload",
       "committed_at",
       "lineage",
+      "late",
     ]);
     // Append-only: no unique index that would silently hide a duplicate.
     const idx = reader().prepare(`PRAGMA index_list("demo")`).all() as { unique: number }[];
@@ -137,6 +138,7 @@ describe("SqliteSink", () => {
         payload: JSON.stringify({ seq }),
         committed_at: 4242,
         lineage: null,
+        late: 0,
       })),
     );
   });
