@@ -26,13 +26,7 @@ import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
 import { Producer, type PublishResult } from "../../shared/producer/producer.js";
 import { countCommitted } from "../cli/verify.js";
 import { waitUntil } from "../cli/wait.js";
-import { makeRecords, producerRate, type Rate } from "./publish-rates.js";
-
-const rate = (records: number, ms: number): Rate => ({
-  records,
-  seconds: ms / 1000,
-  perSecond: records / (ms / 1000),
-});
+import { makeRecords, producerRate, type Rate, rate } from "./publish-rates.js";
 
 const body = "x".repeat(192);
 

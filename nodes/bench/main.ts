@@ -13,6 +13,7 @@ import { BenchRun } from "./bench-run.js";
 import { measureCluster } from "./cluster-part.js";
 import { measureDurability } from "./durability-part.js";
 import { measureMemory } from "./memory-part.js";
+import { measureMerge } from "./merge-part.js";
 import { buildReport, reportTable } from "./report.js";
 import { measureSinks } from "./sinks-part.js";
 import { measureThroughput } from "./throughput-part.js";
@@ -62,6 +63,7 @@ const cluster = await measureCluster(run);
 const memory = await measureMemory(run);
 const durability = await measureDurability(run);
 const sinks = await measureSinks(run);
+const merge = await measureMerge(run);
 const results = {
   settings: run.s,
   startedAt,
@@ -71,6 +73,7 @@ const results = {
   memory,
   durability,
   sinks,
+  merge,
   steal: run.steal,
 };
 const report = buildReport(results);

@@ -44,7 +44,8 @@ export interface Rate {
   startSpreadS?: number;
 }
 
-const rate = (records: number, ms: number): Rate => ({
+/** `records` over `ms` milliseconds. */
+export const rate = (records: number, ms: number): Rate => ({
   records,
   seconds: ms / 1000,
   perSecond: records / (ms / 1000),

@@ -17,13 +17,7 @@ import { feedBufferMessages, shardFlow } from "../../shared/core/batch-size.js";
 import { ShardPipeline } from "../../shared/pipeline/shard-pipeline.js";
 import type { Stage } from "../../shared/pipeline/stage.js";
 import { waitUntil } from "../cli/wait.js";
-import type { Rate } from "./publish-rates.js";
-
-const rate = (records: number, ms: number): Rate => ({
-  records,
-  seconds: ms / 1000,
-  perSecond: records / (ms / 1000),
-});
+import { type Rate, rate } from "./publish-rates.js";
 
 /** Records held by the pipeline's input streams, in total. */
 export async function pipelineRecords(nc: NatsConnection, p: PipelineConfig): Promise<number> {

@@ -9,6 +9,7 @@ import type { ClusterResult } from "./cluster-part.js";
 import type { DurabilityResult } from "./durability-part.js";
 import { stealText } from "./host-cpu.js";
 import type { MemoryResult } from "./memory-part.js";
+import type { MergeResult } from "./merge-part.js";
 import type { SinksResult } from "./sinks-part.js";
 import type { ThroughputResult } from "./throughput-part.js";
 
@@ -37,6 +38,8 @@ export interface BenchReport {
     e2e_jetstream_vs_publish_r3: number;
     /** End to end into PostgreSQL against a naive pipeline (a statement and an ack per record). */
     e2e_postgres_vs_naive: number;
+    /** Two branches' commits into SQLite also applied to a merge, against appended only. */
+    merge_vs_append: number;
   };
   throughput: {
     js_publish_r1_per_s: number;
@@ -60,6 +63,8 @@ export interface BenchReport {
     postgres_e2e_per_s: number;
     publish_r3_postgres_cluster_per_s: number;
     naive_postgres_e2e_per_s: number;
+    sqlite_append_per_s: number;
+    sqlite_merge_per_s: number;
     jetstream_e2e_per_s: number;
     publish_r3_jetstream_cluster_per_s: number;
   };
@@ -139,6 +144,7 @@ export interface BenchResults {
   memory: MemoryResult;
   durability: DurabilityResult;
   sinks: SinksResult;
+  merge: MergeResult;
   steal: Record<string, number | null>;
 }
 
@@ -195,6 +201,7 @@ export function buildReport(r: BenchResults): BenchReport {
         r.sinks.postgres.e2e.perSecond / (r.sinks.postgres.naive?.perSecond ?? Number.NaN),
         2,
       ),
+      merge_vs_append: round(r.merge.merge.perSecond / r.merge.append.perSecond, 2),
     },
     throughput: {
       js_publish_r1_per_s: Math.round(r1.js.perSecond),
@@ -217,6 +224,8 @@ export function buildReport(r: BenchResults): BenchReport {
       postgres_e2e_per_s: Math.round(r.sinks.postgres.e2e.perSecond),
       publish_r3_postgres_cluster_per_s: Math.round(r.sinks.postgres.publish.perSecond),
       naive_postgres_e2e_per_s: Math.round(r.sinks.postgres.naive?.perSecond ?? 0),
+      sqlite_append_per_s: Math.round(r.merge.append.perSecond),
+      sqlite_merge_per_s: Math.round(r.merge.merge.perSecond),
       jetstream_e2e_per_s: Math.round(r.sinks.jetstream.e2e.perSecond),
       publish_r3_jetstream_cluster_per_s: Math.round(r.sinks.jetstream.publish.perSecond),
     },
@@ -350,6 +359,12 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${th.sluice_e2e_per_s}/s vs ${th.publish_r3_sqlite_cluster_per_s}/s`,
       `${ratios.e2e_sqlite_vs_publish_r3}x`,
       "",
+    ],
+    [
+      "two branches into SQLite also merged (policy latest) vs appended only",
+      `${th.sqlite_merge_per_s}/s vs ${th.sqlite_append_per_s}/s`,
+      `${ratios.merge_vs_append}x`,
+      ">= 0.6x",
     ],
     [
       "end to end into PostgreSQL vs naive (INSERT and ack per record)",

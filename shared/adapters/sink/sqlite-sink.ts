@@ -149,6 +149,7 @@ export class SqliteSink implements Sink {
         // Upsert: the newest row per key, in key order (see `collapseByKey`); one statement each.
         for (const r of upsert ? collapseByKey(rows) : rows) {
           const table = r.output === undefined ? ref.pipeline : sideOutputTable(ref.pipeline, r.output);
+          const payload = payloadJson(r.value);
           this.insertFor(table, ref.pipeline).run(
             r.recordId,
             r.key,
@@ -156,7 +157,7 @@ export class SqliteSink implements Sink {
             r.sourceSeq,
             epoch,
             worker,
-            payloadJson(r.value),
+            payload,
             at,
             r.lineage === undefined ? null : JSON.stringify(r.lineage),
             r.late === undefined ? 0 : 1,
@@ -171,8 +172,10 @@ export class SqliteSink implements Sink {
               r.late.watermark,
               at,
             );
+          // The merge gets every record of the batch, so an upsert's collapsed ones go after.
+          if (!upsert) this.applyMerge(ref, r, at, payload);
         }
-        this.applyMerges(ref, rows, at);
+        if (upsert) for (const r of rows) this.applyMerge(ref, r, at);
       },
       writeCheckpoint: (ref, cp) =>
         this.putCp.run(
@@ -213,21 +216,24 @@ export class SqliteSink implements Sink {
 
   /** Applies the rows bound for a merge to its table, each only if it ranks higher (`MergeApply`). */
   private applyMerges(ref: ShardRef, rows: readonly SinkRow[], at: number): void {
-    for (const r of rows) {
-      const m = r.merge;
-      if (m === undefined || r.output !== undefined) continue;
-      this.mergeUpsert(m.into, m.policy).run(
-        r.key,
-        r.recordId,
-        ref.pipeline,
-        ref.shard,
-        r.sourceSeq,
-        m.eventTime,
-        m.priority,
-        payloadJson(r.value),
-        at,
-      );
-    }
+    for (const r of rows) this.applyMerge(ref, r, at);
+  }
+
+  /** `r` applied to its merge's table (when it is bound for one), `payload` its value's JSON. */
+  private applyMerge(ref: ShardRef, r: SinkRow, at: number, payload?: string): void {
+    const m = r.merge;
+    if (m === undefined || r.output !== undefined) return;
+    this.mergeUpsert(m.into, m.policy).run(
+      r.key,
+      r.recordId,
+      ref.pipeline,
+      ref.shard,
+      r.sourceSeq,
+      m.eventTime,
+      m.priority,
+      payload ?? payloadJson(r.value),
+      at,
+    );
   }
 
   private mergeUpsert(table: string, policy: MergePolicy): Database.Statement {
