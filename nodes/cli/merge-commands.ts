@@ -137,19 +137,36 @@ export function formatMergeStatus(s: MergeStatus): string {
   ].join("\n");
 }
 
+interface MergeCommandOptions {
+  dir: string;
+  merge?: string;
+  json?: boolean;
+}
+
+/** A command's options, `--dir`, `--merge` and `--json`, and its cluster's file and config. */
+function mergeCommand(
+  cmd: Command,
+  mergeHelp: string,
+  action: (o: MergeCommandOptions, c: ClusterFile, cfg: SluiceConfig) => Promise<void>,
+): Command {
+  return cmd
+    .option("--dir <dir>", "cluster directory", ".sluice")
+    .option("--merge <m>", mergeHelp)
+    .option("--json", "JSON output")
+    .action(async (o: MergeCommandOptions) => {
+      const c = readClusterFile(o.dir);
+      await action(o, c, readClusterConfig(c));
+    });
+}
+
 export function addMergeCommands(program: Command): void {
   const late = program
     .command("late")
     .description("records late by their event time, and their reconciliation");
-  late
-    .command("list")
-    .description("per branch: late records pending and reconciled, and the newest few")
-    .option("--dir <dir>", "cluster directory", ".sluice")
-    .option("--merge <m>", "only this merge's branches (default: every pipeline with lateness)")
-    .option("--json", "JSON output")
-    .action(async (o: { dir: string; merge?: string; json?: boolean }) => {
-      const c = readClusterFile(o.dir);
-      const cfg = readClusterConfig(c);
+  mergeCommand(
+    late.command("list").description("per branch: late records pending and reconciled, and the newest few"),
+    "only this merge's branches (default: every pipeline with lateness)",
+    async (o, c, cfg) => {
       const pipelines = o.merge
         ? branchesOf(cfg, mergesOf(cfg, o.merge)[0]!.name).map((p) => p.name)
         : cfg.pipelines.filter((p) => p.lateness).map((p) => p.name);
@@ -170,32 +187,28 @@ export function addMergeCommands(program: Command): void {
             `  shard ${l.shard} seq ${l.sourceSeq} ${l.recordId}: event time ${iso(l.eventTime)} below watermark ${iso(l.watermark)}`,
           );
       }
-    });
-  late
-    .command("reconcile")
-    .description("apply every pending late record to its merge by the policy, and mark it reconciled")
-    .option("--dir <dir>", "cluster directory", ".sluice")
-    .option("--merge <m>", "only this merge (default: every merge)")
-    .option("--json", "JSON output")
-    .action(async (o: { dir: string; merge?: string; json?: boolean }) => {
-      const c = readClusterFile(o.dir);
-      const cfg = readClusterConfig(c);
+    },
+  );
+  mergeCommand(
+    late
+      .command("reconcile")
+      .description("apply every pending late record to its merge by the policy, and mark it reconciled"),
+    "only this merge (default: every merge)",
+    async (o, c, cfg) => {
       const reports: ReconcileReport[] = [];
       for (const m of mergesOf(cfg, o.merge)) reports.push(await reconcile(c, cfg, m));
       if (o.json) console.log(JSON.stringify(reports, null, 2));
       else for (const r of reports) console.log(`${r.merge}: reconciled ${r.reconciled} late record(s)`);
-    });
-  program
-    .command("merge")
-    .description("merges of parallel branches")
-    .command("status")
-    .description("each merge's convergence watermark (its rows are final below it) and each branch's lag")
-    .option("--dir <dir>", "cluster directory", ".sluice")
-    .option("--merge <m>", "only this merge (default: every merge)")
-    .option("--json", "JSON output")
-    .action(async (o: { dir: string; merge?: string; json?: boolean }) => {
-      const c = readClusterFile(o.dir);
-      const cfg = readClusterConfig(c);
+    },
+  );
+  mergeCommand(
+    program
+      .command("merge")
+      .description("merges of parallel branches")
+      .command("status")
+      .description("each merge's convergence watermark (its rows are final below it) and each branch's lag"),
+    "only this merge (default: every merge)",
+    async (o, c, cfg) => {
       const statuses = await withInspector(c, async (i) => {
         const checkpoints = await i.checkpoints();
         const out: MergeStatus[] = [];
@@ -208,5 +221,6 @@ export function addMergeCommands(program: Command): void {
         return out;
       });
       console.log(o.json ? JSON.stringify(statuses, null, 2) : statuses.map(formatMergeStatus).join("\n"));
-    });
+    },
+  );
 }
