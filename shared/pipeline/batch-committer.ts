@@ -136,7 +136,7 @@ export class BatchCommitter {
   }
 
   private ctx(): StageContext {
-    return { ref: this.ref, shards: this.hooks.shards, state: this.state };
+    return { ref: this.ref, shards: this.hooks.shards, state: this.state, committedSeq: this.seq };
   }
 
   async commit(feed: ShardFeed, batch: SourceMessage[]): Promise<CommitDone | CommitEnd> {

@@ -93,6 +93,12 @@ export interface StageContext {
    * what it computed from `state` and the batch here. Absent where nothing commits (a probe).
    */
   readonly next?: Record<string, string | number | boolean>;
+  /**
+   * The shard's committed source sequence: a record at or below it is a redelivery (an ack the
+   * server did not get), which the sink skips. A stage keeping state over the shard's stream
+   * must not count it again: it was counted, or dead-lettered, when first committed.
+   */
+  readonly committedSeq?: number;
 }
 
 /**

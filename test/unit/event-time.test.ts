@@ -105,6 +105,23 @@ describe("event-time stage", () => {
     expect(run(stage, [100, 50], { [EVENT_TIME_MAX_KEY]: 120 })).toEqual(first);
   });
 
+  it("counts no redelivery at or below the committed sequence: it was counted, or dead-lettered, before", () => {
+    const stage = new EventTimeStage("at", 5);
+    const next: Record<string, string | number | boolean> = {};
+    const out = stage.process([record(7, { at: 500 }), record(8, { at: 100 })], {
+      ref: REF,
+      shards: undefined,
+      state: { [EVENT_TIME_MAX_KEY]: 120 },
+      next,
+      committedSeq: 7,
+    });
+    expect(out.map((d) => (d.kind === "keep" ? (d.record.late ? "late" : "on time") : d.kind))).toEqual([
+      "on time",
+      "late",
+    ]);
+    expect(next).toEqual({ [EVENT_TIME_MAX_KEY]: 120 });
+  });
+
   it("dead-letters a record without a readable event time, which moves nothing", () => {
     const stage = new EventTimeStage("at", 5);
     const out = stage.process([record(1, { at: "soon" }), record(2, {})], {

@@ -79,7 +79,9 @@ export class EventTimeStage implements Stage {
           message: `event time ${this.field}: ${t}`,
         });
       let late: PipelineRecord["late"];
-      if (allowed !== undefined) {
+      // A redelivery below the checkpoint moves nothing (see `StageContext.committedSeq`).
+      const redelivered = ctx.committedSeq !== undefined && r.sourceSeq <= ctx.committedSeq;
+      if (allowed !== undefined && !redelivered) {
         const watermark = max === null ? null : max - allowed;
         if (watermark !== null && t < watermark) late = { eventTime: t, watermark };
         if (max === null || t > max) max = t;
