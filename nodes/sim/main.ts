@@ -1,8 +1,9 @@
 /**
- * `npm run sim -- --seeds N [--start S] [--sink memory|output-stream]` runs N seeded simulations
- * of the whole ownership protocol across worker threads, committing to a transactional sink
- * (`memory`, as SQLite and PostgreSQL) or through the JetStream output sink's design
- * (`output-stream`); `npm run sim -- --seed X` replays one with its trace.
+ * `npm run sim -- --seeds N [--start S] [--sink memory|output-stream] [--merge]` runs N seeded
+ * simulations of the whole ownership protocol across worker threads, committing to a
+ * transactional sink (`memory`, as SQLite and PostgreSQL) or through the JetStream output sink's
+ * design (`output-stream`); `--merge` runs two branches into a merge (memory sink).
+ * `npm run sim -- --seed X` replays one with its trace.
  * Exit 1 if any seed breaks an invariant; each failure prints the command that replays it.
  */
 import { availableParallelism } from "node:os";
@@ -15,6 +16,7 @@ type SimSink = "memory" | "output-stream";
 
 interface Job {
   sink: SimSink;
+  merge: boolean;
   start: number;
   count: number;
   stride: number;
@@ -28,7 +30,7 @@ type Report = Pick<
 
 async function runJob(job: Job, onResult: (r: Report) => void): Promise<void> {
   for (let i = job.offset; i < job.count; i += job.stride) {
-    const r = await runSeed(job.start + i, { sink: job.sink });
+    const r = await runSeed(job.start + i, { sink: job.sink, merge: job.merge });
     onResult({
       seed: r.seed,
       ok: r.ok,
@@ -60,14 +62,17 @@ if (!isMainThread) {
       "memory (a transactional sink) or output-stream (the JetStream output sink)",
       "memory",
     )
+    .option("--merge", "two branches into a merge, reconciled at the end (memory sink)", false)
     .parse(process.argv)
-    .opts<{ seeds: number; start: number; seed?: number; threads: number; sink: string }>();
+    .opts<{ seeds: number; start: number; seed?: number; threads: number; sink: string; merge: boolean }>();
   if (o.sink !== "memory" && o.sink !== "output-stream")
     throw new InvalidArgumentError("--sink must be memory or output-stream");
   const sink: SimSink = o.sink;
+  if (o.merge && sink !== "memory") throw new InvalidArgumentError("--merge needs --sink memory");
+  const merge: boolean = o.merge;
 
   if (o.seed !== undefined) {
-    const r = await runSeed(o.seed, { trace: true, sink });
+    const r = await runSeed(o.seed, { trace: true, sink, merge });
     console.log(r.trace.join("\n"));
     console.log(`\nseed ${r.seed}: ${r.ok ? "OK" : "VIOLATED"}; faults: ${r.faults.join("; ") || "none"}`);
     console.log(
@@ -93,14 +98,14 @@ if (!isMainThread) {
         failures.push(r);
         console.log(`seed ${r.seed} FAILED: [${r.violations[0]?.invariant}] ${r.violations[0]?.detail}`);
         console.log(`  faults: ${r.faults.join("; ")}`);
-        console.log(`  replay: npm run sim -- --seed ${r.seed} --sink ${sink}`);
+        console.log(`  replay: npm run sim -- --seed ${r.seed} --sink ${sink}${merge ? " --merge" : ""}`);
       }
       if (done % 1000 === 0) console.log(`${done}/${o.seeds} seeds, ${failures.length} failed`);
     };
     const threads = Math.max(1, Math.min(o.threads, o.seeds));
     await Promise.all(
       Array.from({ length: threads }, (_, offset) => {
-        const job: Job = { sink, start: o.start, count: o.seeds, stride: threads, offset };
+        const job: Job = { sink, merge, start: o.start, count: o.seeds, stride: threads, offset };
         return new Promise<void>((resolve, reject) => {
           const w = new Worker(new URL(import.meta.url), { workerData: job });
           w.on("message", onResult);
@@ -111,7 +116,7 @@ if (!isMainThread) {
     );
     const secs = (Date.now() - t0) / 1000;
     console.log(
-      `simulated ${done} seeds (${o.start}..${o.start + o.seeds - 1}, sink ${sink}) in ${secs.toFixed(1)} s: ${(done / secs).toFixed(0)} seeds/s on ${threads} threads; ${faults} faults, ${records} records, ${steps} steps, ${fenced} zombie commits fenced`,
+      `simulated ${done} seeds (${o.start}..${o.start + o.seeds - 1}, sink ${sink}${merge ? ", two branches into a merge" : ""}) in ${secs.toFixed(1)} s: ${(done / secs).toFixed(0)} seeds/s on ${threads} threads; ${faults} faults, ${records} records, ${steps} steps, ${fenced} zombie commits fenced`,
     );
     console.log(`sim: ${done - failures.length} passed, ${failures.length} failed`);
     process.exitCode = failures.length === 0 ? 0 : 1;

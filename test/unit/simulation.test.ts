@@ -54,6 +54,22 @@ describe("deterministic simulation of the ownership protocol", () => {
     expect(again.violations[0]).toEqual(r!.violations[0]);
   }, 120_000);
 
+  it("keeps every invariant over 60 seeds of two branches into a merge, reconciled at the end", async () => {
+    const failed: string[] = [];
+    const policies = new Set<string>();
+    let committed = 0;
+    for (let seed = 1; seed <= 60; seed++) {
+      const r = await runSeed(seed, { merge: true });
+      committed += r.committed;
+      if (r.merge) policies.add(r.merge.policy);
+      if (!r.ok) failed.push(`seed ${seed}: ${r.violations[0]?.invariant} ${r.violations[0]?.detail}`);
+    }
+    expect(failed).toEqual([]);
+    // Both branches commit (each publishes 300), under both policies.
+    expect(committed).toBeGreaterThan(60 * 300);
+    expect([...policies].sort()).toEqual(["latest", "priority"]);
+  }, 120_000);
+
   // Seeds that once broke an invariant, kept as regressions.
   it.each([
     // A worker paused while a move was announced and revoked took the stale `active` entry of
@@ -86,6 +102,7 @@ describe("deterministic simulation of the ownership protocol", () => {
     ["deadLetterMark", "dead-letter", 100, { dedupe: false }],
     ["dedupeInTransaction", "dedupe", 100, {}],
     ["watermarkInCheckpoint", "watermark", 100, {}],
+    ["mergeByPolicy", "merge", 10, { merge: true }],
   ] as const)(
     "catches the missing %s (invariant %s) within %i seeds",
     async (mechanism, invariant, bound, more) => {

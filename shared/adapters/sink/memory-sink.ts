@@ -30,6 +30,7 @@ import {
   type SinkTransaction,
 } from "../../core/sink-rules.js";
 
+import type { MergeBranches, ReconcileReport } from "./sink-tables.js";
 export interface SinkCommitEvent {
   ref: ShardRef;
   epoch: number;
@@ -55,6 +56,11 @@ export interface MemorySinkOptions {
   observer?: SinkObserver;
   /** Wall clock for `committedAt`, ms. */
   now?: () => number;
+  /**
+   * The simulator's unsafe merge: the last record to arrive replaces the key's row, whatever
+   * the policy ranks (an upsert without a version check). Production never sets it.
+   */
+  mergeByArrival?: boolean;
 }
 
 export interface StoredRow extends SinkRow {
@@ -135,7 +141,7 @@ export class MemorySink implements Sink, SinkInspector {
     }
     const cur = table.get(r.key);
     const next = { recordId: r.recordId, eventTime: m.eventTime, priority: m.priority };
-    if (cur && compareMerge(m.policy, next, cur) <= 0) return;
+    if (cur && !this.opts.mergeByArrival && compareMerge(m.policy, next, cur) <= 0) return;
     table.set(r.key, {
       key: r.key,
       ...next,
@@ -246,6 +252,26 @@ export class MemorySink implements Sink, SinkInspector {
     return this.stored.filter((r) => r.pipeline === pipeline && r.output === undefined).length;
   }
 
+  /** Late rows `reconcileLate` applied to their merge. */
+  private readonly reconciled = new Set<StoredRow>();
+
+  /** See `SqliteSink.reconcileLate`. */
+  async reconcileLate(m: MergeBranches): Promise<ReconcileReport> {
+    this.assertOpen();
+    const at = (this.opts.now ?? Date.now)();
+    let reconciled = 0;
+    for (const b of m.branches)
+      for (const r of this.stored) {
+        if (r.pipeline !== b.pipeline || r.late === undefined || r.output !== undefined) continue;
+        if (this.reconciled.has(r)) continue;
+        const merge = { into: m.merge, policy: m.policy, priority: b.priority, eventTime: r.late.eventTime };
+        this.applyMerge({ pipeline: r.pipeline, shard: r.shard }, { ...r, merge }, at);
+        this.reconciled.add(r);
+        reconciled++;
+      }
+    return { merge: m.merge, reconciled };
+  }
+
   async mergeRows(merge: string): Promise<MergeRow[]> {
     return [...(this.mergeTables.get(merge)?.values() ?? [])].sort((a, b) => compareCodePoints(a.key, b.key));
   }
@@ -259,7 +285,7 @@ export class MemorySink implements Sink, SinkInspector {
         sourceSeq: r.sourceSeq,
         recordId: r.recordId,
         ...r.late!,
-        reconciled: false,
+        reconciled: this.reconciled.has(r),
         committedAt: r.committedAt,
       }))
       .sort((a, b) => a.shard - b.shard || a.sourceSeq - b.sourceSeq);

@@ -27,6 +27,11 @@ export interface SafetySwitches {
   dedupeInTransaction: boolean;
   /** A shard's watermark (its highest event time) is committed with its checkpoint. */
   watermarkInCheckpoint: boolean;
+  /**
+   * The sink keeps a merge row only if the policy ranks the incoming record higher; off, the
+   * last record to arrive wins (an upsert without a version check).
+   */
+  mergeByPolicy: boolean;
 }
 
 export const allSafety: SafetySwitches = {
@@ -37,6 +42,7 @@ export const allSafety: SafetySwitches = {
   deadLetterMark: true,
   dedupeInTransaction: true,
   watermarkInCheckpoint: true,
+  mergeByPolicy: true,
 };
 
 export interface SimOptions {
@@ -74,6 +80,13 @@ export interface SimOptions {
    * those below its shard's watermark late (allowed lateness 1 s). Memory sink only.
    */
   eventTime: boolean;
+  /**
+   * A second pipeline, `sim2`, with the same shards and a load of its own, and both as branches
+   * of one merge (priorities 2 and 1; policy `latest` on even seeds, `priority` on odd ones). Event
+   * times fall on 250 ms ticks, so the policy's ties are common. At the end the late records are
+   * reconciled. Needs `eventTime`; memory sink only.
+   */
+  merge: boolean;
   trace: boolean;
   /** Worker settings; a large run polls idle shards less often. */
   worker: WorkerConfig;
@@ -93,6 +106,7 @@ export const defaultSimOptions: SimOptions = {
   schema: true,
   dedupe: true,
   eventTime: true,
+  merge: false,
   trace: false,
   worker: {
     batchMax: 40,
@@ -127,4 +141,6 @@ export interface SeedResult {
   steps: number;
   virtualMs: number;
   trace: string[];
+  /** With `merge`: its policy, its rows, and the late records the reconciliation applied. */
+  merge?: { policy: "latest" | "priority"; rows: number; reconciled: number };
 }

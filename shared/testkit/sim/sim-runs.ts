@@ -4,7 +4,7 @@
  */
 import type { AssignmentEntry } from "../../contract/ownership.js";
 import { defaultSimOptions, type SeedResult, type SimOptions } from "./sim-options.js";
-import { PIPELINE, SimWorld } from "./sim-world.js";
+import { SimWorld } from "./sim-world.js";
 
 export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Promise<SeedResult> {
   const o = { ...defaultSimOptions, ...opts };
@@ -32,7 +32,25 @@ export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Pro
       detail: `not settled ${o.livenessMs} ms after healing: ${w.settled()}`,
     });
   }
-  if (w.checker.ok) w.checker.finalCheck(PIPELINE);
+  if (w.checker.ok) w.checker.finalCheck();
+  let merge: SeedResult["merge"];
+  if (w.checker.ok && w.merge) {
+    const m = w.merge;
+    w.checker.checkMerge(m, await w.sink.mergeRows(m.name), false);
+    const branches = [...m.priorities].map(([pipeline, priority]) => ({ pipeline, priority }));
+    const first = await w.sink.reconcileLate({ merge: m.name, policy: m.policy, branches });
+    merge = { policy: m.policy, rows: (await w.sink.mergeRows(m.name)).length, reconciled: first.reconciled };
+    w.checker.checkMerge(m, await w.sink.mergeRows(m.name), true);
+    // A second reconciliation finds nothing pending and changes nothing.
+    const again = await w.sink.reconcileLate({ merge: m.name, policy: m.policy, branches });
+    if (again.reconciled !== 0)
+      w.checker.violations.push({
+        at: w.loop.now,
+        invariant: "merge",
+        detail: `a second reconciliation applied ${again.reconciled} late record(s)`,
+      });
+    w.checker.checkMerge(m, await w.sink.mergeRows(m.name), true);
+  }
   return {
     seed,
     ok: w.checker.ok,
@@ -44,6 +62,7 @@ export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Pro
     steps: w.loop.steps,
     virtualMs: w.loop.now,
     trace: w.trace,
+    ...(merge ? { merge } : {}),
   };
 }
 

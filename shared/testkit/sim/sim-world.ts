@@ -9,19 +9,20 @@ import { OutputStreamSink } from "../../adapters/sink/output-stream-sink.js";
 import { encodeRecord } from "../../contract/codec.js";
 import type { TimingConfig } from "../../contract/config.js";
 import { silentLogger } from "../../contract/logger.js";
-import { type AssignmentEntry, parseShardKey } from "../../contract/ownership.js";
+import { type AssignmentEntry, parseShardKey, type ShardRef } from "../../contract/ownership.js";
 import type { Checkpoint, DeadLetter, JsonStore, Sink } from "../../contract/ports.js";
 import { Headers, shardOf, shardSubject } from "../../contract/wire.js";
 import { type RegistryValue, SchemaRegistry } from "../../pipeline/schema-registry.js";
 import type { Stage } from "../../pipeline/stage.js";
 import { DedupeStage } from "../../pipeline/stages/dedupe-stage.js";
 import { EventTimeStage } from "../../pipeline/stages/event-time-stage.js";
+import { MergeStage } from "../../pipeline/stages/merge-stage.js";
 import { SchemaStage } from "../../pipeline/stages/schema-stage.js";
 import { type CoordinatorRecord, CoordinatorRuntime } from "../../runtime/coordinator-runtime.js";
 import { WorkerRuntime } from "../../runtime/worker-runtime.js";
 import { MemoryJsonStore, MemoryKv, MemoryStream } from "../memory-broker.js";
 import { MemoryOutputStream } from "../memory-output-stream.js";
-import { Checker } from "./checker.js";
+import { Checker, type SimMerge } from "./checker.js";
 import { ImmediateHandoffStore } from "./immediate-handoff-store.js";
 import { Rng } from "./rng.js";
 import { type CoordinatorProc, SimFaults, type WorkerProc } from "./sim-faults.js";
@@ -41,8 +42,17 @@ import {
 } from "./sim-ports.js";
 
 export const PIPELINE = "sim";
+/** The second branch of the simulated merge (`SimOptions.merge`); `sim` is the first. */
+export const BRANCH = "sim2";
+/** The merge both branches converge into. */
+export const MERGE = "simmerge";
 /** The simulated pipeline's allowed lateness (`SimOptions.eventTime`), ms. */
 export const SIM_ALLOWED_LATENESS_MS = 1_000;
+/**
+ * With a merge, event times are whole multiples of this, ms: ties between branches and within
+ * one are common, so the policy's later keys (priority, record id) decide too.
+ */
+const MERGE_TICK_MS = 250;
 
 const SIM_SCHEMA_V1 = {
   type: "object",
@@ -62,6 +72,10 @@ export class SimWorld {
   readonly net: SimNet;
   readonly broker: SimNode;
   readonly sinkNode: SimNode;
+  /**
+   * The input stream. With two branches it holds both pipelines' subjects (each shard's consumer
+   * filters its own): their sequences never collide, so the checker finds any record by one.
+   */
   readonly stream = new MemoryStream("SLUICE_IN_sim");
   readonly kvAssign = new MemoryKv();
   readonly kvCoord = new MemoryKv();
@@ -76,6 +90,10 @@ export class SimWorld {
   readonly workers = new Map<string, WorkerProc>();
   readonly coordinators = new Map<string, CoordinatorProc>();
   readonly shards: string[];
+  /** The pipelines running: `sim`, and `sim2` when two branches merge. */
+  readonly pipelines: string[];
+  /** The merge of the two branches, when `o.merge`. */
+  readonly merge: SimMerge | null;
   readonly trace: string[] = [];
   readonly faults: string[] = [];
   private readonly timing: TimingConfig;
@@ -90,6 +108,11 @@ export class SimWorld {
     return this.o.dedupe && this.o.sink === "memory";
   }
 
+  /** A merge needs event times, and the transactional sink for its table. */
+  private get merges(): boolean {
+    return this.o.merge && this.lateness;
+  }
+
   constructor(
     readonly seed: number,
     readonly o: SimOptions,
@@ -100,7 +123,19 @@ export class SimWorld {
     this.net = new SimNet(this.loop, this.rng);
     this.broker = new SimNode(BROKER, this.loop);
     this.sinkNode = new SimNode(SINK, this.loop);
-    this.shards = Array.from({ length: o.shards }, (_, i) => `${PIPELINE}.${i}`);
+    this.pipelines = this.merges ? [PIPELINE, BRANCH] : [PIPELINE];
+    this.shards = this.pipelines.flatMap((p) => Array.from({ length: o.shards }, (_, i) => `${p}.${i}`));
+    // Even seeds merge by `latest`, odd ones by `priority`: no draw, so every other one is as it was.
+    this.merge = this.merges
+      ? {
+          name: MERGE,
+          policy: seed % 2 === 0 ? "latest" : "priority",
+          priorities: new Map([
+            [PIPELINE, 2],
+            [BRANCH, 1],
+          ]),
+        }
+      : null;
     this.timing = {
       ...simTiming,
       leaseTtlMs: o.safety.leaseRecheck ? simTiming.leaseTtlMs : Number.POSITIVE_INFINITY,
@@ -113,6 +148,7 @@ export class SimWorld {
     );
     this.sink = new MemorySink({
       rules: { fence: o.safety.sinkFence },
+      mergeByArrival: !o.safety.mergeByPolicy,
       now: () => this.loop.now,
       observer: {
         onFence: (ref, _epoch, after) => this.checker.onFence(ref, after),
@@ -150,7 +186,7 @@ export class SimWorld {
     this.kvAssign.watch((key, e) => {
       const ref = parseShardKey(key);
       const entry = e.value ? (JSON.parse(e.value) as AssignmentEntry) : null;
-      if (ref && entry) this.checker.onAssignment(ref.shard, entry.epoch, this.loop.now);
+      if (ref && entry) this.checker.onAssignment(key, entry.epoch, this.loop.now);
       if (o.trace && entry)
         this.log(
           `kv: ${key} -> ${entry.owner ?? "-"}@${entry.epoch} ${entry.phase}${entry.next ? ` next ${entry.next}` : ""}`,
@@ -183,11 +219,10 @@ export class SimWorld {
       tickMs: 100,
       onCommand: (c) => {
         if (c.type !== "write") return;
-        const ref = parseShardKey(c.shard);
         // A converted revoke becomes an immediate graceful hand-off at epoch + 1.
         const epoch =
           c.entry.phase === "revoking" && !this.o.safety.waitForRelease ? c.entry.epoch + 1 : c.entry.epoch;
-        if (ref) this.checker.reasons.set(`${ref.shard}@${epoch}`, c.reason);
+        this.checker.reasons.set(`${c.shard}@${epoch}`, c.reason);
         this.log(
           `${id}: ${c.reason} ${c.shard} -> ${c.entry.owner ?? "-"}@${c.entry.epoch} ${c.entry.phase}`,
         );
@@ -203,7 +238,8 @@ export class SimWorld {
     const registry = new SchemaRegistry(
       new SimJsonStore<RegistryValue>(this.net, node, this.broker, this.kvSchemas),
     );
-    const stages: Stage[] = [
+    // Both branches validate against the `sim` registry subject. The order is the builder's.
+    const stagesOf = (pipeline: string): Stage[] => [
       ...(this.o.schema ? [new SchemaStage(PIPELINE, registry, { now: () => node.now() })] : []),
       ...(this.lateness
         ? [
@@ -212,8 +248,17 @@ export class SimWorld {
             }),
           ]
         : []),
+      ...(this.merge
+        ? [
+            new MergeStage(
+              { name: this.merge.name, policy: this.merge.policy, key: "key" },
+              this.merge.priorities.get(pipeline)!,
+            ),
+          ]
+        : []),
       ...(this.dedupes ? [new DedupeStage({ key: "bk", window: 3_600_000 })] : []),
     ];
+    const stages = new Map(this.pipelines.map((p) => [p, stagesOf(p)]));
     const runtime = new WorkerRuntime({
       id,
       capacity: 1,
@@ -226,12 +271,11 @@ export class SimWorld {
       timing: this.timing,
       settings: { ...this.o.worker, deadLetterMark: this.o.safety.deadLetterMark },
       shardsOf: () => this.o.shards,
-      stagesOf: () => stages,
+      stagesOf: (pipeline) => stages.get(pipeline),
       log: silentLogger,
       onLeaseEvent: (e) => {
-        const shard = parseShardKey(e.shard)!.shard;
-        if (e.event === "acquiring") this.checker.onLeaseStart(id, shard, e.epoch);
-        if (e.event === "released" || e.event === "fenced") this.checker.onLeaseEnd(id, shard, e.epoch);
+        if (e.event === "acquiring") this.checker.onLeaseStart(id, e.shard, e.epoch);
+        if (e.event === "released" || e.event === "fenced") this.checker.onLeaseEnd(id, e.shard, e.epoch);
         this.log(`${id}: lease ${e.shard}@${e.epoch} ${e.event}${e.reason ? ` (${e.reason})` : ""}`);
       },
     });
@@ -263,8 +307,7 @@ export class SimWorld {
   }
 
   /** A shard's checkpoint where workers commit. */
-  checkpointOf(shard: number): Checkpoint {
-    const ref = { pipeline: PIPELINE, shard };
+  checkpointOf(ref: ShardRef): Checkpoint {
     if (this.o.sink === "output-stream")
       return this.output.lastCheckpoint(ref)?.checkpoint ?? { epoch: 0, seq: 0 };
     return this.sink.checkpointSync(ref);
@@ -302,21 +345,30 @@ export class SimWorld {
   }
 
   scheduleLoad(): void {
+    this.loadOf(PIPELINE, "r", this.rng, this.eventRng);
+    // The second branch draws from generators of its own: the first's load is as without it.
+    if (this.merge) this.loadOf(BRANCH, "q", new Rng(this.seed ^ 0xb2a_2c4), new Rng(this.seed ^ 0xe7_b2));
+  }
+
+  /** `o.records` records of one pipeline, with ids `<prefix><n>`. */
+  private loadOf(pipeline: string, prefix: string, rng: Rng, eventRng: Rng): void {
     for (let i = 0; i < this.o.records; i++) {
-      const at = this.rng.int(0, this.o.loadMs - 1);
-      const malformed = this.rng.chance(0.03);
+      const at = rng.int(0, this.o.loadMs - 1);
+      const malformed = rng.chance(0.03);
       // Rejected by the first version, accepted by the second.
-      const schemaDependent = !malformed && this.rng.chance(0.1);
+      const schemaDependent = !malformed && rng.chance(0.1);
       // Drawn from as many keys as records: about a third of the records repeat a key under a
       // record id of their own, and most keys have one record, whose loss the checker would see.
-      const businessKey = this.dedupes ? `b${this.rng.int(0, this.o.records - 1)}` : undefined;
-      const key = `k${this.rng.int(0, 63)}`;
-      const retry = this.rng.chance(0.05);
+      const businessKey = this.dedupes ? `b${rng.int(0, this.o.records - 1)}` : undefined;
+      const key = `k${rng.int(0, 63)}`;
+      const retry = rng.chance(0.05);
       // Up to 3 s before its publish: with 1 s allowed, a good share of the records come late.
-      const eventTime = this.lateness ? at - this.eventRng.int(0, 3_000) : undefined;
+      const drawn = this.lateness ? at - eventRng.int(0, 3_000) : undefined;
+      const eventTime =
+        drawn !== undefined && this.merge ? Math.floor(drawn / MERGE_TICK_MS) * MERGE_TICK_MS : drawn;
       this.loop.at(at, () => {
         const shard = shardOf(key, this.o.shards);
-        const id = `r${i}`;
+        const id = `${prefix}${i}`;
         const data = malformed
           ? new Uint8Array([0xff, 0xfe, 0x00])
           : encodeRecord({
@@ -329,7 +381,7 @@ export class SimWorld {
         const publish = () =>
           // Stored as the shared stream's subject transform stores it: the key in the subject.
           this.stream.publish(
-            shardSubject(PIPELINE, shard, key),
+            shardSubject(pipeline, shard, key),
             data,
             { [Headers.msgId]: id },
             this.loop.now,
@@ -337,6 +389,8 @@ export class SimWorld {
         const { seq } = publish();
         this.checker.onPublish({
           id,
+          pipeline,
+          key,
           shard,
           seq,
           malformed,
@@ -368,14 +422,14 @@ export class SimWorld {
     const counts = new Map<string, number>();
     for (const s of this.shards) {
       const e = this.kvAssign.get(s);
+      const ref = parseShardKey(s)!;
       const entry = e.value ? (JSON.parse(e.value) as AssignmentEntry) : null;
       if (!entry?.owner || !live.has(entry.owner) || entry.phase !== "active")
         return `${s} not owned by a live worker`;
       counts.set(entry.owner, (counts.get(entry.owner) ?? 0) + 1);
-      const shard = parseShardKey(s)!.shard;
-      const cp = this.checkpointOf(shard);
-      if (cp.seq < this.checker.lastSeqOf(shard))
-        return `${s} committed to ${cp.seq} of ${this.checker.lastSeqOf(shard)}`;
+      const cp = this.checkpointOf(ref);
+      if (cp.seq < this.checker.lastSeqOf(s))
+        return `${s} committed to ${cp.seq} of ${this.checker.lastSeqOf(s)}`;
       if (cp.epoch !== entry.epoch) return `${s} not fenced at epoch ${entry.epoch}`;
     }
     const values = [...live].map((id) => counts.get(id) ?? 0);
