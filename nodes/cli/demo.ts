@@ -6,7 +6,10 @@ import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { connectForPublishing } from "../../shared/adapters/nats/connection.js";
 import { pipelineOf } from "../../shared/contract/config.js";
+import { parseShardKey } from "../../shared/contract/ownership.js";
+import type { SinkInspector } from "../../shared/contract/ports.js";
 import {
+  type ClusterFile,
   isOurProcess,
   openSinkInspector,
   readClusterConfig,
@@ -17,7 +20,7 @@ import { measureFailover } from "./failover.js";
 import { runLoad } from "./load.js";
 import { addWorker, down, type UpOptions, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
-import { gatherStatus } from "./status.js";
+import { gatherStatus, type StatusReport } from "./status.js";
 import { countCommitted, formatVerify, verify } from "./verify.js";
 import { waitUntil } from "./wait.js";
 
@@ -29,8 +32,11 @@ export interface DemoOptions extends Pick<UpOptions, "sink" | "postgresUrl"> {
   keep: boolean;
 }
 
-export async function runDemo(o: DemoOptions): Promise<boolean> {
-  const dir = resolve(o.dir);
+export const say = (s: string): void => console.log(`[demo] ${s}`);
+
+/** The demo's directory, emptied; refused while a cluster started there still runs. */
+export function wipeDemoDir(given: string): string {
+  const dir = resolve(given);
   if (existsSync(join(dir, "cluster.json"))) {
     const old = readClusterFile(dir);
     if (
@@ -38,11 +44,84 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
         isOurProcess(p.pid, dir),
       )
     ) {
-      throw new Error(`a cluster is still running in ${dir}; stop it with 'npx sluice down --dir ${o.dir}'`);
+      throw new Error(`a cluster is still running in ${dir}; stop it with 'npx sluice down --dir ${given}'`);
     }
     rmSync(dir, { recursive: true, force: true });
   }
-  const say = (s: string): void => console.log(`[demo] ${s}`);
+  return dir;
+}
+
+/**
+ * The demo's worker churn: called with the records sent so far, it SIGKILLs the first worker at
+ * 30 % of `total` (noting its shards, from `sluice status`) and adds a worker at 50 %.
+ */
+export class WorkerChurn {
+  readonly victim: ClusterFile["workers"][number];
+  killedAt = 0;
+  killedShards: Array<{ pipeline: string; shard: number }> = [];
+  private killing: Promise<void> | null = null;
+  private joined = false;
+
+  constructor(
+    private readonly c: ClusterFile,
+    private readonly total: number,
+    private readonly status: () => Promise<StatusReport>,
+  ) {
+    this.victim = c.workers[0]!;
+  }
+
+  step(sent: number): void {
+    if (!this.killing && sent >= this.total * 0.3) {
+      this.killing = this.status().then((st) => {
+        this.killedShards = st.shards
+          .filter((r) => r.owner === this.victim.id)
+          .map((r) => parseShardKey(r.shard)!);
+        this.killedAt = Date.now();
+        try {
+          process.kill(this.victim.pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+        const cf = readClusterFile(this.c.dir);
+        cf.workers = cf.workers.filter((w) => w.id !== this.victim.id);
+        writeClusterFile(cf);
+        say(
+          `SIGKILL worker ${this.victim.id} (pid ${this.victim.pid}, ${this.killedShards.length} shards) at ${sent} records`,
+        );
+      });
+    }
+    if (!this.joined && sent >= this.total * 0.5) {
+      this.joined = true;
+      const w = addWorker(this.c.dir);
+      say(`added worker ${w.id} (pid ${w.pid}) at ${sent} records`);
+    }
+  }
+
+  /** Resolves once the kill (if begun) is done. */
+  async settled(): Promise<void> {
+    await this.killing;
+  }
+
+  /** Kill time to the first commit elsewhere of the victim's shards, over `pipelines`. */
+  async failover(sink: SinkInspector, pipelines: readonly string[]): Promise<string> {
+    let slowest: number | null = 0;
+    const counts: string[] = [];
+    for (const p of pipelines) {
+      const shards = this.killedShards.filter((r) => r.pipeline === p).map((r) => r.shard);
+      counts.push(`${p} ${shards.length}`);
+      if (shards.length === 0) continue;
+      const f = await measureFailover(sink, p, shards, this.victim.id, this.killedAt);
+      slowest = f.maxMs === null || slowest === null ? null : Math.max(slowest, f.maxMs);
+    }
+    const which = pipelines.length > 1 ? ` (${counts.join(", ")})` : "";
+    return `failover: ${this.killedShards.length} shards${which} of ${this.victim.id} committing elsewhere ${
+      slowest === null ? "(not all yet)" : `${(slowest / 1000).toFixed(2)} s`
+    } after SIGKILL`;
+  }
+}
+
+export async function runDemo(o: DemoOptions): Promise<boolean> {
+  const dir = wipeDemoDir(o.dir);
   say(
     `starting a local cluster in ${dir}: 3 NATS nodes (JetStream R3), 2 coordinators, 3 workers; sink ${o.sink ?? "sqlite"}${o.sink === "postgres" && !o.postgresUrl ? " (a private PostgreSQL server)" : ""}`,
   );
@@ -72,11 +151,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       `cluster ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; NATS at ${c.nats.map((n) => n.url).join(", ")}`,
     );
     const ackLog = join(dir, "demo-acks.jsonl");
-    const victim = c.workers[0]!;
-    let killedAt = 0;
-    let killedShards: number[] = [];
-    let joined = false;
-    let killing: Promise<void> | null = null;
+    const churn = new WorkerChurn(c, o.count, () => gatherStatus(nc, cfg, sink));
     const tty = process.stdout.isTTY;
     let lastLine = 0;
     const loadStart = Date.now();
@@ -95,30 +170,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       ackLog,
       keys: 1000,
       onProgress: (p) => {
-        if (!killing && p.sent >= o.count * 0.3) {
-          killing = gatherStatus(nc, cfg, sink).then((st) => {
-            killedShards = st.shards
-              .filter((r) => r.owner === victim.id)
-              .map((r) => Number(r.shard.split(".")[1]));
-            killedAt = Date.now();
-            try {
-              process.kill(victim.pid, "SIGKILL");
-            } catch {
-              // already gone
-            }
-            const cf = readClusterFile(dir);
-            cf.workers = cf.workers.filter((w) => w.id !== victim.id);
-            writeClusterFile(cf);
-            say(
-              `SIGKILL worker ${victim.id} (pid ${victim.pid}, ${killedShards.length} shards) at ${p.sent} records`,
-            );
-          });
-        }
-        if (!joined && p.sent >= o.count * 0.5) {
-          joined = true;
-          const w = addWorker(dir);
-          say(`added worker ${w.id} (pid ${w.pid}) at ${p.sent} records`);
-        }
+        churn.step(p.sent);
         const now = Date.now();
         if (now - lastLine >= (tty ? 250 : 2000)) {
           lastLine = now;
@@ -131,7 +183,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     });
     clearInterval(committedPoll);
     if (tty) process.stdout.write("\n");
-    await killing;
+    await churn.settled();
     say(
       `load done: ${summary.acked} acked, ${summary.failed} failed, ${summary.timeout} timed out in ${(summary.elapsedMs / 1000).toFixed(1)} s`,
     );
@@ -150,12 +202,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     );
     const report = await verify(sink, pipeline, ackLog);
     console.log(formatVerify(report));
-    const f = await measureFailover(sink, pipeline, killedShards, victim.id, killedAt);
-    say(
-      `failover: ${killedShards.length} shards of ${victim.id} committing elsewhere ${
-        f.maxMs === null ? "(not all yet)" : `${(f.maxMs / 1000).toFixed(2)} s`
-      } after SIGKILL`,
-    );
+    say(await churn.failover(sink, [pipeline]));
     ok = report.ok;
   } finally {
     clearInterval(committedPoll);

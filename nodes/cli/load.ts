@@ -18,6 +18,8 @@ export interface LoadOptions {
   onProgress?(p: LoadProgress): void;
   /** Set to stop early (the records already sent are still confirmed and logged). */
   signal?: AbortSignal;
+  /** The i-th record (default: a unique id, key `k<i mod keys>` and a small map). */
+  record?(i: number): { id: string; key: string; data: Uint8Array };
 }
 
 export interface LoadProgress {
@@ -56,9 +58,13 @@ export async function runLoad(nc: NatsConnection, o: LoadOptions): Promise<LoadS
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
     // A loader behind schedule would otherwise chain microtasks and starve timers and I/O.
     else if (i % 128 === 0) await new Promise((r) => setImmediate(r));
-    const id = `${runId}-${i}`;
-    const key = `k${i % o.keys}`;
-    const record = { id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) };
+    let record: { id: string; key: string; data: Uint8Array };
+    if (o.record) record = o.record(i);
+    else {
+      const id = `${runId}-${i}`;
+      const key = `k${i % o.keys}`;
+      record = { id, key, data: encodeRecord({ id, key, n: i, at: Date.now(), body }) };
+    }
     // `offer` does not yield while the window has room, so consecutive publishes share a write.
     while (!producer.offer(record, onResult)) await producer.ready();
     p.sent++;

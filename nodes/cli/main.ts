@@ -9,6 +9,7 @@ import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
 import { isOurProcess, openSinkInspector, readClusterConfig, readClusterFile } from "./cluster-file.js";
 import { runDemo } from "./demo.js";
+import { runMergeDemo } from "./demo-merge.js";
 import { addDlqCommands } from "./dlq-commands.js";
 import { intOption } from "./int-option.js";
 import { runLoad } from "./load.js";
@@ -334,30 +335,40 @@ program
     "local cluster + 100k records + a SIGKILLed worker + a new worker, then the exactly-once check",
   )
   .option("--dir <dir>", "cluster directory (wiped first)", ".sluice-demo")
-  .option("--count <n>", "records", int("--count"), 100_000)
+  .option("--count <n>", "records (default 100,000; 40,000 with --merge, half per branch)", int("--count"))
   .option("--rate <r>", "records per second", int("--rate"), 5_000)
   .option("--port-base <port>", "first NATS client port", int("--port-base"), 14222)
   .option("--sink <type>", "where the demo commits: sqlite|postgres|jetstream", "sqlite")
   .option("--postgres-url <url>", "with --sink postgres: an existing database (default: a private server)")
+  .option(
+    "--merge",
+    "two branches (crm, billing) merged into 'customers' by policy latest, with late records; checks the merge too",
+  )
+  .option("--seed <x>", "with --merge: seed of the records' keys and event times", int("--seed"), 1)
   .option("--keep", "leave the cluster running afterwards")
   .action(
     async (o: {
       dir: string;
-      count: number;
+      count?: number;
       rate: number;
       portBase: number;
       sink?: string;
       postgresUrl?: string;
+      merge?: boolean;
+      seed: number;
       keep?: boolean;
     }) => {
-      const ok = await runDemo({
+      if (o.merge && o.sink === "jetstream")
+        throw new InvalidArgumentError("--merge needs a database sink: --sink sqlite or postgres");
+      const opts = {
         dir: o.dir,
-        count: o.count,
+        count: o.count ?? (o.merge ? 40_000 : 100_000),
         rate: o.rate,
         portBase: o.portBase,
         ...sinkOptions(o),
         keep: !!o.keep,
-      });
+      };
+      const ok = o.merge ? await runMergeDemo({ ...opts, seed: o.seed }) : await runDemo(opts);
       process.exitCode = ok ? 0 : 1;
     },
   );

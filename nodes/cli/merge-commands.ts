@@ -11,7 +11,11 @@ import { SqliteSink } from "../../shared/adapters/sink/sqlite-sink.js";
 import { branchesOf, type MergeConfig, type SluiceConfig, sinkOf } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { LateRecord, ShardCheckpoint, SinkInspector } from "../../shared/contract/ports.js";
-import { EVENT_TIME_MAX_KEY } from "../../shared/pipeline/stages/event-time-stage.js";
+import {
+  checkpointLookup,
+  mergeStatus as convergenceOf,
+  type MergeStatus,
+} from "../../shared/core/merge-convergence.js";
 import { type ClusterFile, openSinkInspector, readClusterConfig, readClusterFile } from "./cluster-file.js";
 
 /** The merges `--merge` names (all of them without it). */
@@ -42,7 +46,11 @@ async function withInspector<T>(c: ClusterFile, fn: (i: SinkInspector) => Promis
 }
 
 /** Applies a merge's pending late records in its branches' sink (SQLite's file, or PostgreSQL). */
-async function reconcile(c: ClusterFile, cfg: SluiceConfig, m: MergeConfig): Promise<ReconcileReport> {
+export async function reconcileMerge(
+  c: ClusterFile,
+  cfg: SluiceConfig,
+  m: MergeConfig,
+): Promise<ReconcileReport> {
   const branches = branchesFor(cfg, m);
   const sink = sinkOf(cfg, branchesOf(cfg, m.name)[0]!);
   if (sink.type === "sqlite") {
@@ -64,23 +72,6 @@ async function reconcile(c: ClusterFile, cfg: SluiceConfig, m: MergeConfig): Pro
   throw new SluiceError(ErrorCode.InvalidConfig, `merge '${m.name}': an output stream holds no merge`);
 }
 
-export interface MergeStatus {
-  merge: string;
-  policy: string;
-  /** The lowest watermark over the branches' shards, ms: rows are final below it (null: a shard has none yet). */
-  convergence: number | null;
-  rows: number;
-  branches: Array<{
-    pipeline: string;
-    priority: number;
-    /** The branch's lowest shard watermark, ms (null: a shard has none yet). */
-    watermark: number | null;
-    /** How far its watermark trails the most advanced branch's, ms. */
-    lagMs: number | null;
-    pendingLate: number;
-  }>;
-}
-
 /** A merge's convergence from its branches' checkpoints (the watermark each holds). */
 export function mergeStatus(
   cfg: SluiceConfig,
@@ -89,50 +80,42 @@ export function mergeStatus(
   rows: number,
   late: ReadonlyMap<string, readonly LateRecord[]>,
 ): MergeStatus {
-  const branches = branchesOf(cfg, m.name).map((p) => {
-    let lowest: number | null = null;
-    let missing = false;
-    for (let shard = 0; shard < p.shards; shard++) {
-      const cp = checkpoints.find((x) => x.pipeline === p.name && x.shard === shard);
-      const max = cp?.state?.[EVENT_TIME_MAX_KEY];
-      if (typeof max !== "number") {
-        missing = true;
-        continue;
-      }
-      const w = max - (p.lateness?.allowed ?? 0);
-      if (lowest === null || w < lowest) lowest = w;
-    }
-    return {
-      pipeline: p.name,
-      priority: p.merge!.priority,
-      watermark: missing ? null : lowest,
-      pendingLate: (late.get(p.name) ?? []).filter((l) => !l.reconciled).length,
-    };
-  });
-  const known = branches.map((b) => b.watermark).filter((w): w is number => w !== null);
-  const highest = known.length > 0 ? Math.max(...known) : null;
-  const convergence = known.length === branches.length && known.length > 0 ? Math.min(...known) : null;
-  return {
-    merge: m.name,
-    policy: m.policy,
-    convergence,
-    rows,
-    branches: branches.map((b) => ({
-      ...b,
-      lagMs: b.watermark === null || highest === null ? null : highest - b.watermark,
-    })),
-  };
+  return convergenceOf(cfg, m, checkpointLookup(checkpoints), rows, late);
+}
+
+/**
+ * Every merge's status read through the sink's inspector: checkpoints (unless given), each
+ * branch's late records and the merge's rows.
+ */
+export async function gatherMergeStatus(
+  cfg: SluiceConfig,
+  i: SinkInspector,
+  merges: readonly MergeConfig[] = cfg.merges,
+  checkpoints?: readonly ShardCheckpoint[],
+): Promise<MergeStatus[]> {
+  if (merges.length === 0) return [];
+  const cps = checkpoints ?? (await i.checkpoints());
+  const out: MergeStatus[] = [];
+  for (const m of merges) {
+    const late = new Map<string, LateRecord[]>();
+    for (const p of branchesOf(cfg, m.name)) late.set(p.name, (await i.lateRecords?.(p.name)) ?? []);
+    const rows = ((await i.mergeRows?.(m.name)) ?? []).length;
+    out.push(mergeStatus(cfg, m, cps, rows, late));
+  }
+  return out;
 }
 
 const iso = (ms: number | null): string =>
   ms === null ? "none yet" : `${new Date(ms).toISOString()} (${ms})`;
 
+export type { MergeStatus };
+
 export function formatMergeStatus(s: MergeStatus): string {
   return [
-    `merge ${s.merge} (${s.policy}): ${s.rows} rows, final below ${iso(s.convergence)}`,
+    `merge ${s.merge} (${s.policy}): ${s.rows === null ? "" : `${s.rows} rows, `}final below ${iso(s.convergence)}`,
     ...s.branches.map(
       (b) =>
-        `  ${b.pipeline} (priority ${b.priority}): watermark ${iso(b.watermark)}, lag ${b.lagMs === null ? "-" : `${b.lagMs} ms`}, ${b.pendingLate} late record(s) pending`,
+        `  ${b.pipeline} (priority ${b.priority}): watermark ${iso(b.watermark)}, lag ${b.lagMs === null ? "-" : `${b.lagMs} ms`}${b.pendingLate === null ? "" : `, ${b.pendingLate} late record(s) pending`}`,
     ),
   ].join("\n");
 }
@@ -196,7 +179,7 @@ export function addMergeCommands(program: Command): void {
     "only this merge (default: every merge)",
     async (o, c, cfg) => {
       const reports: ReconcileReport[] = [];
-      for (const m of mergesOf(cfg, o.merge)) reports.push(await reconcile(c, cfg, m));
+      for (const m of mergesOf(cfg, o.merge)) reports.push(await reconcileMerge(c, cfg, m));
       if (o.json) console.log(JSON.stringify(reports, null, 2));
       else for (const r of reports) console.log(`${r.merge}: reconciled ${r.reconciled} late record(s)`);
     },
@@ -209,17 +192,7 @@ export function addMergeCommands(program: Command): void {
       .description("each merge's convergence watermark (its rows are final below it) and each branch's lag"),
     "only this merge (default: every merge)",
     async (o, c, cfg) => {
-      const statuses = await withInspector(c, async (i) => {
-        const checkpoints = await i.checkpoints();
-        const out: MergeStatus[] = [];
-        for (const m of mergesOf(cfg, o.merge)) {
-          const late = new Map<string, LateRecord[]>();
-          for (const p of branchesOf(cfg, m.name)) late.set(p.name, (await i.lateRecords?.(p.name)) ?? []);
-          const rows = ((await i.mergeRows?.(m.name)) ?? []).length;
-          out.push(mergeStatus(cfg, m, checkpoints, rows, late));
-        }
-        return out;
-      });
+      const statuses = await withInspector(c, (i) => gatherMergeStatus(cfg, i, mergesOf(cfg, o.merge)));
       console.log(o.json ? JSON.stringify(statuses, null, 2) : statuses.map(formatMergeStatus).join("\n"));
     },
   );

@@ -10,6 +10,7 @@ import { parseShardKey } from "../../shared/contract/ownership.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
 import { epochConsumer } from "../../shared/contract/wire.js";
 import { type ProgressSample, type ShardRates, shardRates } from "../../shared/core/shard-rates.js";
+import { formatMergeStatus } from "./merge-commands.js";
 import { gatherStatus, type StatusReport } from "./status.js";
 
 const ESC = "\x1b[";
@@ -48,6 +49,7 @@ export function formatWatchFrame(s: StatusReport, rates: ShardRates | null, meta
       `  ${id.padEnd(8)} shards ${String(m.held).padStart(4)}  last heartbeat ${String(m.lastSeenMsAgo).padStart(5)} ms ago${m.leaving ? "  (leaving)" : ""}`,
     );
   }
+  for (const m of s.merges) lines.push(formatMergeStatus(m));
   lines.push("shard        owner     epoch  phase      committed      lag   records/s");
   for (const r of s.shards) {
     lines.push(

@@ -1,17 +1,22 @@
-/** `sluice status`: members, leader, and every shard's owner, epoch, committed sequence and lag. */
+/**
+ * `sluice status`: members, leader, every shard's owner, epoch, committed sequence and lag, and
+ * each merge's convergence watermark.
+ */
 import { type ConsumerInfo, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { consumerNames } from "../../shared/adapters/nats/shard-consumers.js";
-import type { SluiceConfig } from "../../shared/contract/config.js";
+import { branchesOf, type SluiceConfig } from "../../shared/contract/config.js";
 import type { AssignmentEntry } from "../../shared/contract/ownership.js";
-import type { Checkpoint, SinkInspector } from "../../shared/contract/ports.js";
+import type { Checkpoint, LateRecord, SinkInspector } from "../../shared/contract/ports.js";
 import { Buckets, consumerName, epochConsumer, inputStream } from "../../shared/contract/wire.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
+import { type MergeStatus, mergeStatus } from "../../shared/core/merge-convergence.js";
 import { type SinkHealth, sinkHealth } from "../../shared/core/sink-health.js";
 import { DUPLICATES_STATE_KEY } from "../../shared/core/sink-rules.js";
 import { formatStageHealth, type StageHealth, stageHealth } from "../../shared/core/stage-health.js";
 import { type ClusterView, LEADER_KEY, VIEW_KEY } from "../../shared/runtime/coordinator-runtime.js";
+import { formatMergeStatus } from "./merge-commands.js";
 
 export interface ShardStatus {
   shard: string;
@@ -35,6 +40,8 @@ export interface StatusReport {
   sink: SinkHealth;
   /** Shards waiting for a stage's input, and the quality rules' counts. */
   stages: StageHealth;
+  /** Each merge's convergence from the checkpoints (`rows` not read: null). */
+  merges: MergeStatus[];
 }
 
 const dec = new TextDecoder();
@@ -119,7 +126,30 @@ export async function gatherStatus(
     shards,
     sink: sinkHealth(view?.members ?? {}, sinkError, Date.now()),
     stages: stageHealth(view?.members ?? {}, Date.now()),
+    merges: await mergesOf(cfg, sink, checkpoints),
   };
+}
+
+/** The merges' convergence; pending late records unknown (null) when the sink does not answer. */
+async function mergesOf(
+  cfg: SluiceConfig,
+  sink: SinkInspector,
+  checkpoints: ReadonlyMap<string, Checkpoint>,
+): Promise<MergeStatus[]> {
+  if (cfg.merges.length === 0) return [];
+  let late: Map<string, LateRecord[]> | null = null;
+  if (sink.lateRecords) {
+    try {
+      late = new Map();
+      for (const p of cfg.merges.flatMap((m) => branchesOf(cfg, m.name)))
+        late.set(p.name, await sink.lateRecords(p.name));
+    } catch {
+      late = null;
+    }
+  }
+  return cfg.merges.map((m) =>
+    mergeStatus(cfg, m, (pipeline, shard) => checkpoints.get(`${pipeline}.${shard}`), null, late),
+  );
 }
 
 export function formatStatus(s: StatusReport): string {
@@ -149,6 +179,7 @@ export function formatStatus(s: StatusReport): string {
     if (r.duplicates > 0) dups.set(p, (dups.get(p) ?? 0) + r.duplicates);
   }
   for (const [p, n] of dups) lines.push(`duplicates dropped by ${p}'s dedupe: ${n}`);
+  for (const m of s.merges) lines.push(formatMergeStatus(m));
   lines.push("shard        owner     epoch  phase      committed      lag");
   for (const r of s.shards) {
     lines.push(

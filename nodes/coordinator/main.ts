@@ -38,6 +38,7 @@ const metrics = new CoordinatorMetrics(telemetry.meter, {
       writeTimeoutMs: 2_000,
     }).length,
   isLeader: () => runtime.isLeader,
+  merges: () => dashboard.model.state?.merges ?? [],
 });
 const nc = await connectNats({ servers: opts.servers, name: `sluice-coordinator-${opts.id}` });
 const kvm = new Kvm(nc);
@@ -50,6 +51,7 @@ const dashboard = new DashboardServer({
   shards: allShardKeys(opts.config),
   pipelines: opts.config.pipelines.map((p) => p.name),
   failureTimeoutMs: opts.config.timing.failureTimeoutMs,
+  config: opts.config,
   state: () => runtime.state,
   readLeader: async () => ((await control.get(LEADER_KEY)).value as LeaderRecord | null) ?? null,
   listConsumers: (pipeline) => listShardConsumers(nc, jsm, pipelineOf(opts.config, pipeline)),

@@ -398,7 +398,7 @@ export function mergeOf(cfg: SluiceConfig, p: PipelineConfig): MergeConfig | und
 }
 
 /** A merge's branches: the pipelines that name it in `merge.into`. */
-export function branchesOf(cfg: SluiceConfig, merge: string): PipelineConfig[] {
+export function branchesOf(cfg: Pick<SluiceConfig, "pipelines">, merge: string): PipelineConfig[] {
   return cfg.pipelines.filter((p) => p.merge?.into === merge);
 }
 

@@ -175,6 +175,17 @@ export const MetricNames = {
   members: "sluice_members",
   /** Gauge: 1 while this coordinator is leader, else 0. */
   isLeader: "sluice_is_leader",
+  /**
+   * Gauge {merge}, ms since the epoch: the merge's convergence watermark (its rows are final
+   * below it); absent until every branch shard has one.
+   */
+  mergeConvergenceWatermark: "sluice_merge_convergence_watermark_ms",
+  /** Gauge {merge, pipeline}, ms since the epoch: the branch's lowest shard watermark; absent until every shard has one. */
+  mergeBranchWatermark: "sluice_merge_branch_watermark_ms",
+  /** Gauge {merge, pipeline}, ms: how far the branch's watermark trails the most advanced branch's. */
+  mergeBranchLag: "sluice_merge_branch_lag_ms",
+  /** Gauge {merge, pipeline}: the branch's late records not yet reconciled into the merge. */
+  mergeLatePending: "sluice_merge_late_pending_records",
   // sink
   /** Counter: commits the sink applied. */
   sinkCommits: "sluice_sink_commits_total",
@@ -195,6 +206,8 @@ export const MetricLabels = {
   rule: "rule",
   /** What a rule did with a record: `passed`, `rejected` (enforced) or `shadowed` (kept). */
   outcome: "outcome",
+  /** A merge's name (`merges[].name`). */
+  merge: "merge",
 } as const;
 
 /** Resource attribute keys (OpenTelemetry resource semantic conventions). */

@@ -10,6 +10,7 @@ import type { AssignmentEntry, RuleCounts, ShardRef } from "../contract/ownershi
 import type { BatchReport } from "../contract/pipeline-reports.js";
 import type { Checkpoint, CommitOptions, CommitResult, Sink, SinkRow } from "../contract/ports.js";
 import type { HandoffReason } from "../core/coordinator-core.js";
+import type { MergeStatus } from "../core/merge-convergence.js";
 import { MetricLabels, MetricNames } from "./attributes.js";
 
 /** Sink and worker commit round trips: 0.5 ms to 10 s. */
@@ -223,7 +224,12 @@ export class CoordinatorMetrics {
 
   constructor(
     meter: Meter,
-    state: { members(): number; isLeader(): boolean },
+    state: {
+      members(): number;
+      isLeader(): boolean;
+      /** The merges' convergence as last observed (the dashboard's poll); none when absent. */
+      merges?(): readonly MergeStatus[];
+    },
     private readonly now: () => number = () => performance.now(),
   ) {
     this.assignments = meter.createCounter(MetricNames.assignments, {
@@ -258,6 +264,7 @@ export class CoordinatorMetrics {
     meter
       .createObservableGauge(MetricNames.isLeader, { description: "1 while this coordinator is leader" })
       .addCallback((r) => r.observe(state.isLeader() ? 1 : 0));
+    if (state.merges) observeMerges(meter, state.merges.bind(state));
   }
 
   /** An assignment write the KV accepted. */
@@ -286,6 +293,50 @@ export class CoordinatorMetrics {
     // A new leader cannot know when the old one began a hand-off.
     else this.revokingSince.clear();
   }
+}
+
+/** A value, or null for unknown: an unknown one is left out of the scrape, not exported as 0. */
+type MergeSeries = (m: MergeStatus) => Array<{ value: number | null; labels: Attributes }>;
+
+/** The merges' convergence gauges, observed from `merges()` at each scrape. */
+function observeMerges(meter: Meter, merges: () => readonly MergeStatus[]): void {
+  const gauge = (name: string, description: string, unit: string, series: MergeSeries): void => {
+    meter.createObservableGauge(name, { description, unit }).addCallback((r) => {
+      for (const m of merges())
+        for (const { value, labels } of series(m)) if (value !== null) r.observe(value, labels);
+    });
+  };
+  const perBranch =
+    (pick: (b: MergeStatus["branches"][number]) => number | null): MergeSeries =>
+    (m) =>
+      m.branches.map((b) => ({
+        value: pick(b),
+        labels: { [MetricLabels.merge]: m.merge, [MetricLabels.pipeline]: b.pipeline },
+      }));
+  gauge(
+    MetricNames.mergeConvergenceWatermark,
+    "The merge's convergence watermark, ms since the epoch: its rows are final for event times below it",
+    "ms",
+    (m) => [{ value: m.convergence, labels: { [MetricLabels.merge]: m.merge } }],
+  );
+  gauge(
+    MetricNames.mergeBranchWatermark,
+    "The branch's lowest shard watermark, ms since the epoch",
+    "ms",
+    perBranch((b) => b.watermark),
+  );
+  gauge(
+    MetricNames.mergeBranchLag,
+    "How far the branch's watermark trails the merge's most advanced branch, ms",
+    "ms",
+    perBranch((b) => b.lagMs),
+  );
+  gauge(
+    MetricNames.mergeLatePending,
+    "The branch's late records not yet reconciled into the merge",
+    "{record}",
+    perBranch((b) => b.pendingLate),
+  );
 }
 
 /** Sink: wraps the sink the process serves, counting and timing commits and fence rejections. */

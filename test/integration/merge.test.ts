@@ -11,6 +11,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
+import type { DashboardState } from "../../nodes/coordinator/dashboard/dashboard-model.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import { parseConfig } from "../../shared/contract/config.js";
 import type { CommittedRow } from "../../shared/contract/ports.js";
@@ -182,5 +183,25 @@ describe("merge of two branches (real 3-node NATS cluster)", () => {
     );
     expect(status[0]).toMatchObject({ merge: "customers", rows: CUSTOMERS });
     expect(status[0].convergence).toBeGreaterThan(base);
+
+    // The same convergence in `sluice status`, on every coordinator's dashboard and in its metrics.
+    const overall = JSON.parse((await run("node", [MAIN, "status", "--dir", tc.dir, "--json"])).stdout);
+    expect(overall.merges[0]).toMatchObject({ merge: "customers", convergence: status[0].convergence });
+    for (const c of tc.file().coordinators) {
+      await expect
+        .poll(
+          async () => {
+            const s = (await (await fetch(`${c.http}/api/state`)).json()) as DashboardState;
+            return s.merges.map((m) => [m.merge, m.convergence, m.branches.map((b) => b.pendingLate)]);
+          },
+          { timeout: 10_000 },
+        )
+        .toEqual([["customers", status[0].convergence, [0, 0]]]);
+      const metrics = await (await fetch(`${c.http}/metrics`)).text();
+      expect(metrics).toContain(
+        `sluice_merge_convergence_watermark_ms{merge="customers"} ${status[0].convergence}`,
+      );
+      expect(metrics).toMatch(/^sluice_merge_branch_lag_ms\{merge="customers",pipeline="crm"\} \d+$/m);
+    }
   }, 300_000);
 });

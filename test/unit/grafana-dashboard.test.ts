@@ -29,6 +29,10 @@ const METRICS: Record<string, { kind: "counter" | "gauge" | "histogram"; labels:
   sluice_leader_changes_total: { kind: "counter", labels: [] },
   sluice_members: { kind: "gauge", labels: [] },
   sluice_is_leader: { kind: "gauge", labels: [] },
+  sluice_merge_convergence_watermark_ms: { kind: "gauge", labels: ["merge"] },
+  sluice_merge_branch_watermark_ms: { kind: "gauge", labels: ["merge", "pipeline"] },
+  sluice_merge_branch_lag_ms: { kind: "gauge", labels: ["merge", "pipeline"] },
+  sluice_merge_late_pending_records: { kind: "gauge", labels: ["merge", "pipeline"] },
   // sink
   sluice_sink_commits_total: { kind: "counter", labels: [] },
   sluice_sink_commit_duration_seconds: { kind: "histogram", labels: [] },

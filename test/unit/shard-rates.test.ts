@@ -56,6 +56,7 @@ describe("sluice status --watch frame", () => {
   const report: StatusReport = {
     sink: { reachable: true, error: null, trouble: {}, healthy: true },
     stages: { waiting: {}, rules: {} },
+    merges: [],
     leader: { holder: "c1", term: 2 },
     view: {
       leader: "c1",

@@ -11,11 +11,13 @@
  */
 
 import { consumerLag, type ShardConsumerInfo } from "../../../shared/adapters/nats/shard-consumers.js";
+import type { SluiceConfig } from "../../../shared/contract/config.js";
 import { type AssignmentEntry, parseShardKey } from "../../../shared/contract/ownership.js";
-import type { Checkpoint } from "../../../shared/contract/ports.js";
+import type { Checkpoint, LateRecord } from "../../../shared/contract/ports.js";
 import { epochConsumer } from "../../../shared/contract/wire.js";
 import type { CoordinatorCommand, MemberView } from "../../../shared/core/coordinator-core.js";
 import type { LeaderRecord } from "../../../shared/core/leader-election.js";
+import { type MergeStatus, mergeStatus } from "../../../shared/core/merge-convergence.js";
 import { type ProgressSample, type ShardRates, shardRates } from "../../../shared/core/shard-rates.js";
 import { type SinkHealth, sinkHealth } from "../../../shared/core/sink-health.js";
 import { type StageHealth, stageHealth } from "../../../shared/core/stage-health.js";
@@ -69,6 +71,11 @@ export interface DashboardState {
   sink: SinkHealth;
   /** Shards waiting for a stage's input, and the quality rules' counts. */
   stages: StageHealth;
+  /**
+   * Each merge's convergence watermark and its branches' watermarks, lags and pending late
+   * records, from this observation's checkpoints (`rows` is not read here: null).
+   */
+  merges: MergeStatus[];
 }
 
 export interface HistoryPoint {
@@ -105,12 +112,16 @@ export interface Observation {
   checkpoints: Record<string, Checkpoint | null>;
   /** Why the sink's read side did not answer this observation; null when it did. */
   sinkError: string | null;
+  /** Merge branch -> its late records; null or absent when they were not read. */
+  late?: ReadonlyMap<string, readonly LateRecord[]> | null;
 }
 
 export interface DashboardModelOptions {
   self: string;
   shards: readonly string[];
   failureTimeoutMs: number;
+  /** The pipelines and merges, for the merges' convergence (none without). */
+  config?: Pick<SluiceConfig, "pipelines" | "merges">;
   /** Points of throughput and lag kept (one per observation). Default 300 (5 min at 1/s). */
   historyLimit?: number;
   /** Events kept for newly opened pages. Default 200. */
@@ -257,12 +268,21 @@ export class DashboardModel {
       },
       sink: sinkHealth(o.members, o.sinkError, o.at),
       stages: stageHealth(o.members, o.at),
+      merges: this.merges(o),
     };
     const point: HistoryPoint = { at: o.at, rate: state.totals.rate, lag: state.totals.lag };
     this.points.push(point);
     if (this.points.length > (this.o.historyLimit ?? 300)) this.points.shift();
     this.current = state;
     return { state, point };
+  }
+
+  private merges(o: Observation): MergeStatus[] {
+    const cfg = this.o.config;
+    if (!cfg) return [];
+    const checkpoint = (pipeline: string, shard: number): Checkpoint | null | undefined =>
+      o.checkpoints[`${pipeline}.${shard}`];
+    return cfg.merges.map((m) => mergeStatus(cfg, m, checkpoint, null, o.late ?? null));
   }
 
   private members(o: Observation): DashboardMember[] {

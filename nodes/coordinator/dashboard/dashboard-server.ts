@@ -16,8 +16,9 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ShardConsumerInfo } from "../../../shared/adapters/nats/shard-consumers.js";
+import { branchesOf, type SluiceConfig } from "../../../shared/contract/config.js";
 import type { Logger } from "../../../shared/contract/logger.js";
-import type { Checkpoint, SinkInspector } from "../../../shared/contract/ports.js";
+import type { Checkpoint, LateRecord, SinkInspector } from "../../../shared/contract/ports.js";
 import type { CoordinatorCommand, CoordinatorState } from "../../../shared/core/coordinator-core.js";
 import type { LeaderRecord } from "../../../shared/core/leader-election.js";
 import type { NodeHttpServer } from "../../node-http.js";
@@ -47,12 +48,14 @@ export interface DashboardDeps {
   shards: readonly string[];
   pipelines: readonly string[];
   failureTimeoutMs: number;
+  /** The pipelines and merges, for the merges' convergence (none without). */
+  config?: Pick<SluiceConfig, "pipelines" | "merges">;
   /** The runtime's own view of members and entries (kept warm on standbys too). */
   state(): CoordinatorState;
   readLeader(): Promise<LeaderRecord | null>;
   listConsumers(pipeline: string): Promise<Map<string, ShardConsumerInfo>>;
-  /** The sink's read side; only its checkpoints are read. */
-  sink: Pick<SinkInspector, "checkpoints">;
+  /** The sink's read side: its checkpoints, and the merge branches' late records. */
+  sink: Pick<SinkInspector, "checkpoints" | "lateRecords">;
   log: Logger;
   /** Default 1000. */
   pollMs?: number;
@@ -73,6 +76,7 @@ export class DashboardServer {
       self: d.self,
       shards: d.shards,
       failureTimeoutMs: d.failureTimeoutMs,
+      ...(d.config ? { config: d.config } : {}),
       onEvent: (e) => this.broadcast("cluster", e),
     });
   }
@@ -138,7 +142,7 @@ export class DashboardServer {
   /** One observation: the slow parts (NATS requests) first, then the runtime's view at that moment. */
   async poll(): Promise<DashboardState> {
     let sinkError: string | null = null;
-    const [leader, consumers, checkpoints] = await Promise.all([
+    const [leader, consumers, checkpoints, late] = await Promise.all([
       this.d.readLeader().catch(() => undefined),
       Promise.all(this.d.pipelines.map(async (p) => [p, await this.d.listConsumers(p)] as const))
         .then((pairs) => new Map(pairs))
@@ -157,6 +161,7 @@ export class DashboardServer {
           return Object.fromEntries(this.d.shards.map((shard) => [shard, null] as const));
         },
       ),
+      this.lateRecords(),
     ]);
     const st = this.d.state();
     const entries = Object.fromEntries(Object.entries(st.entries).map(([k, v]) => [k, v.entry]));
@@ -168,9 +173,23 @@ export class DashboardServer {
       consumers,
       checkpoints,
       sinkError,
+      late,
     });
     this.broadcast("state", state);
     return state;
+  }
+
+  /** The merge branches' late records (null when there is no merge or the sink did not answer). */
+  private async lateRecords(): Promise<Map<string, LateRecord[]> | null> {
+    const cfg = this.d.config;
+    const read = this.d.sink.lateRecords?.bind(this.d.sink);
+    if (!cfg || cfg.merges.length === 0 || !read) return null;
+    const branches = cfg.merges.flatMap((m) => branchesOf(cfg, m.name).map((p) => p.name));
+    try {
+      return new Map(await Promise.all(branches.map(async (p) => [p, await read(p)] as const)));
+    } catch {
+      return null;
+    }
   }
 
   /** The latest state; the first request may come before the first poll finished. */

@@ -11,6 +11,7 @@
  * Nothing here reads the wall clock, so an idle shard holds its watermark and stalls nothing.
  */
 import { ErrorCode } from "../../contract/errors.js";
+import { EVENT_TIME_MAX_KEY } from "../../core/merge-convergence.js";
 import {
   keep,
   type PipelineRecord,
@@ -23,8 +24,8 @@ import {
 import { MAX_MS, MIN_MS, parseIso } from "./normalise-stage.js";
 import { getter } from "./rules-stage.js";
 
-/** State key of the shard's highest event time so far (ms); absent before its first record. */
-export const EVENT_TIME_MAX_KEY = "eventTimeMax";
+// Defined in the core, which reads it from checkpoints to compute merges' convergence.
+export { EVENT_TIME_MAX_KEY };
 
 /** The event time `v` names, ms since the epoch, or why it names none. */
 export function eventTimeOf(v: unknown): number | string {

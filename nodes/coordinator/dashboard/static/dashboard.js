@@ -1,5 +1,5 @@
 // The dashboard page: one Server-Sent Events stream from the coordinator (`/api/events`) feeds
-// the shard map, the members, two time-series charts (inline SVG) and the event log. No
+// the shard map, the members, the merges, two time-series charts (inline SVG) and the event log. No
 // framework and no network access beyond this coordinator (its Content-Security-Policy says so).
 
 const HISTORY_MS = 5 * 60_000;
@@ -163,6 +163,63 @@ function renderStages(stages) {
   byId("waiting").replaceChildren(...waits);
 }
 
+/** ms since the epoch as ISO-8601 UTC, or "none yet" while a shard has no watermark. */
+function isoTime(ms) {
+  return ms === null || ms === undefined ? "none yet" : new Date(ms).toISOString();
+}
+
+// Each merge: its convergence watermark, and per branch its watermark, lag and pending late records.
+function renderMerges(merges) {
+  const panel = byId("merges-panel");
+  if (!merges || merges.length === 0) {
+    panel.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  const tables = merges.map((m) =>
+    el(
+      "table",
+      { class: "merge", "data-merge": m.merge, "data-convergence": m.convergence ?? "" },
+      el(
+        "caption",
+        {},
+        el("strong", {}, m.merge),
+        ` (${m.policy}) · final below `,
+        el("time", { class: "convergence" }, isoTime(m.convergence)),
+      ),
+      el(
+        "thead",
+        {},
+        el(
+          "tr",
+          {},
+          el("th", {}, "branch"),
+          el("th", {}, "priority"),
+          el("th", {}, "watermark"),
+          el("th", {}, "lag"),
+          el("th", {}, "late pending"),
+        ),
+      ),
+      el(
+        "tbody",
+        {},
+        ...m.branches.map((b) =>
+          el(
+            "tr",
+            { "data-pipeline": b.pipeline, "data-lag": b.lagMs ?? "" },
+            el("td", {}, b.pipeline),
+            el("td", { class: "num" }, String(b.priority)),
+            el("td", {}, isoTime(b.watermark)),
+            el("td", { class: "num" }, b.lagMs === null ? "-" : `${fmt(b.lagMs)} ms`),
+            el("td", { class: "num" }, fmt(b.pendingLate)),
+          ),
+        ),
+      ),
+    ),
+  );
+  byId("merges").replaceChildren(...tables);
+}
+
 const LABELS = {
   "member-joined": "joined",
   "member-lost": "lost",
@@ -291,6 +348,7 @@ function applyState(s) {
   renderShards(s.shards, s.sink);
   renderMembers(s.members);
   renderStages(s.stages);
+  renderMerges(s.merges);
   document.body.dataset.updated = String(s.at);
 }
 
