@@ -88,7 +88,8 @@ async function commitRate(records: number, merge: boolean): Promise<Rate> {
 }
 
 export async function measureMerge(run: BenchRun): Promise<MergeResult> {
-  const records = Math.max(32_000, run.s.records);
+  // At least 200,000 (under a second a variant): shorter runs measure the JIT's warm-up.
+  const records = Math.max(200_000, run.s.records);
   const append: Rate[] = [];
   const merge: Rate[] = [];
   for (let r = 0; r < run.s.rounds; r++) {
