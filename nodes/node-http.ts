@@ -1,7 +1,8 @@
 /**
- * The one HTTP endpoint of a node process, on 127.0.0.1: `/healthz` (alive) and `/metrics`
- * (Prometheus) on every node, the dashboard and its API on coordinators. Routes are registered by path; a node
- * started without `--http-port` serves nothing.
+ * The one HTTP endpoint of a node process (127.0.0.1 unless `--http-bind` says otherwise):
+ * `/healthz` (alive), `/readyz` (ready for work: 200, or 503 with the reason) and `/metrics`
+ * (Prometheus) on every node, the dashboard and its API on coordinators. Routes are registered
+ * by path; a node started without `--http-port` serves nothing.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -12,6 +13,7 @@ export class NodeHttpServer {
   private readonly routes = new Map<string, HttpHandler>();
   private readonly prefixes: Array<[string, HttpHandler]> = [];
   private server: Server | null = null;
+  private notReady: () => string | null = () => null;
 
   constructor() {
     // Alive: the process has started and its event loop answers.
@@ -19,6 +21,18 @@ export class NodeHttpServer {
       "/healthz",
       (_req, res) => void res.writeHead(200, { "content-type": "text/plain" }).end("ok\n"),
     );
+    this.route("/readyz", (_req, res) => {
+      const why = this.notReady();
+      res
+        .writeHead(why === null ? 200 : 503, { "content-type": "text/plain" })
+        .end(why === null ? "ready\n" : `not ready: ${why}\n`);
+    });
+  }
+
+  /** What `/readyz` asks: null when ready, else why not. Ready by default. */
+  readiness(check: () => string | null): this {
+    this.notReady = check;
+    return this;
   }
 
   /** An exact path (`/metrics`), or a prefix when it ends with `/*` (`/assets/*`). */
@@ -28,8 +42,8 @@ export class NodeHttpServer {
     return this;
   }
 
-  /** Listens on 127.0.0.1:`port` (0 picks a free port); resolves with the bound port. */
-  async start(port: number): Promise<number> {
+  /** Listens on `host`:`port` (0 picks a free port); resolves with the bound port. */
+  async start(port: number, host = "127.0.0.1"): Promise<number> {
     if (this.server) return (this.server.address() as AddressInfo).port;
     const server = createServer((req, res) => {
       const path = new URL(req.url ?? "/", "http://localhost").pathname;
@@ -46,7 +60,7 @@ export class NodeHttpServer {
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(port, "127.0.0.1", () => resolve());
+      server.listen(port, host, () => resolve());
     });
     return (server.address() as AddressInfo).port;
   }

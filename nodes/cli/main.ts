@@ -5,6 +5,8 @@ import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { connectForPublishing, connectNats } from "../../shared/adapters/nats/connection.js";
 import { describeSink, pipelineOf, sinkOf } from "../../shared/contract/config.js";
 import { isSluiceError } from "../../shared/contract/errors.js";
+import { natsAccountsBlock, type Role, Roles } from "../../shared/contract/permissions.js";
+import { partitionMapping } from "../../shared/contract/wire.js";
 import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
 import { isOurProcess, openSinkInspector, readClusterConfig, readClusterFile } from "./cluster-file.js";
@@ -391,6 +393,24 @@ configCmd
       (p) => `${p.name} (${p.shards} shards, sink ${describeSink(sinkOf(cfg, p))})`,
     );
     console.log(`${file}: ok; pipelines: ${pipelines.join(", ")}`);
+  });
+configCmd
+  .command("permissions")
+  .description(
+    "print the NATS server's accounts block for a config: account SLUICE, one user per role with least privilege",
+  )
+  .argument("[file]", "config file (default: the built-in config)")
+  .action((file: string | undefined) => {
+    const cfg = loadConfigFile(file);
+    // Placeholders: the operator puts each role's password, or its bcrypt hash (`nats server passwd`).
+    const passwords = Object.fromEntries(Roles.map((r) => [r, `<${r} password or bcrypt hash>`])) as Record<
+      Role,
+      string
+    >;
+    const mappings = cfg.pipelines
+      .filter((p) => p.streams === "per-shard")
+      .map((p) => partitionMapping(p.name, p.shards));
+    process.stdout.write(natsAccountsBlock(cfg, passwords, mappings));
   });
 
 try {

@@ -40,7 +40,11 @@ const metrics = new CoordinatorMetrics(telemetry.meter, {
   isLeader: () => runtime.isLeader,
   merges: () => dashboard.model.state?.merges ?? [],
 });
-const nc = await connectNats({ servers: opts.servers, name: `sluice-coordinator-${opts.id}` });
+const nc = await connectNats({
+  servers: opts.servers,
+  name: `sluice-coordinator-${opts.id}`,
+  auth: opts.auth,
+});
 const kvm = new Kvm(nc);
 const control = new JetStreamJsonStore<CoordinatorRecord>(await openBucket(kvm, Buckets.coordinator));
 const jsm = await jetstreamManager(nc, { timeout: 3_000, checkAPI: false });
@@ -78,14 +82,18 @@ const runtime = new CoordinatorRuntime({
   onHeartbeat: (_worker, delayMs) => metrics.heartbeat(delayMs),
 });
 await runtime.start();
+// Ready once it takes part in the leader election (started; a stopping one is not).
+let stopping = false;
+http.readiness(() => (stopping ? "stopping" : null));
 if (opts.httpPort > 0) {
   // The dashboard polls only where a page can be served.
   dashboard.mount(http).start();
-  await http.start(opts.httpPort);
+  await http.start(opts.httpPort, opts.httpBind);
 }
 log.info({ servers: opts.servers }, "coordinator started");
 
 onShutdown(async () => {
+  stopping = true;
   await dashboard.stop();
   await http.stop();
   await runtime.stop();

@@ -21,13 +21,13 @@ const pipelines = opts.config.pipelines.filter((p) => sinkOf(opts.config, p).typ
 const sink = new SqliteSink(opts.sink, {
   pipelines: pipelines.map((p) => ({ name: p.name, mode: p.tableMode })),
 });
-const nc = await connectNats({ servers: opts.servers, name: `sluice-sink-${opts.id}` });
+const nc = await connectNats({ servers: opts.servers, name: `sluice-sink-${opts.id}`, auth: opts.auth });
 const inspector = new SqliteSinkInspector(opts.sink);
 const server = new NatsSinkServer(nc, instrumentSink(sink, telemetry.meter), inspector, (err) =>
   log.error({ err }, "sink request failed"),
 );
 server.start();
-if (opts.httpPort > 0) await http.start(opts.httpPort);
+if (opts.httpPort > 0) await http.start(opts.httpPort, opts.httpBind);
 log.info({ sink: opts.sink }, "sink started");
 
 onShutdown(async () => {

@@ -22,12 +22,15 @@
 import { Worker } from "node:worker_threads";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { Heartbeat } from "../../shared/contract/ownership.js";
+import type { RoleCredentials } from "../../shared/contract/permissions.js";
 
 export interface KeepAliveOptions {
   /** NATS servers for the thread's own connection. */
   servers: string[];
   /** The connection's name, as the servers show it. */
   name: string;
+  /** The worker role's credentials, when the cluster has them. */
+  auth?: RoleCredentials | undefined;
   /** The worker's heartbeat interval, ms. */
   heartbeatMs: number;
   /**
@@ -59,6 +62,7 @@ export interface StallReport {
 export interface KeepAliveThreadData {
   servers: string[];
   name: string;
+  auth?: RoleCredentials | undefined;
   heartbeatMs: number;
   stallLimitMs: number;
 }
@@ -84,6 +88,7 @@ export class HeartbeatKeepAlive {
       const data: KeepAliveThreadData = {
         servers: this.o.servers,
         name: this.o.name,
+        auth: this.o.auth,
         heartbeatMs: this.o.heartbeatMs,
         stallLimitMs: this.o.stallLimitMs,
       };

@@ -54,18 +54,24 @@ const metrics = new WorkerMetrics(telemetry.meter);
 const nc = await connectNearPipelines({
   servers: opts.servers,
   name: `sluice-worker-${opts.id}`,
+  auth: opts.auth,
   pipelines: opts.config.pipelines,
 });
 // Heartbeats and assignments on a connection of their own: on the data connection they queue
 // behind the records a full backlog pours into every shard's consumer (64 shards pulling at
 // once are ~65k records), and the coordinator heard nothing from a busy, healthy worker for
 // over a second and moved all its shards.
-const control = await connectNats({ servers: opts.servers, name: `sluice-worker-${opts.id}-control` });
+const control = await connectNats({
+  servers: opts.servers,
+  name: `sluice-worker-${opts.id}-control`,
+  auth: opts.auth,
+});
 // Heartbeats while the event loop is stalled by batch work (see `HeartbeatKeepAlive`). A loop
 // silent for three failure timeouts is treated as dead.
 const keepAlive = new HeartbeatKeepAlive({
   servers: opts.servers,
   name: `sluice-worker-${opts.id}-keep-alive`,
+  auth: opts.auth,
   heartbeatMs: opts.config.timing.heartbeatMs,
   stallLimitMs: 3 * opts.config.timing.failureTimeoutMs,
   onStall: (s) => {
@@ -159,7 +165,8 @@ const runtime = new WorkerRuntime({
   },
 });
 await runtime.start();
-if (opts.httpPort > 0) await http.start(opts.httpPort);
+http.readiness(() => runtime.notReady());
+if (opts.httpPort > 0) await http.start(opts.httpPort, opts.httpBind);
 log.info(
   {
     servers: opts.servers,

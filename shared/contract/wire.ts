@@ -85,6 +85,9 @@ export function inputStreams(p: PipelineStreams & { shards: number }): Map<strin
   return out;
 }
 export const deadLetterStream = (pipeline: string): string => `SLUICE_DLQ_${pipeline}`;
+/** The server's advisory of a stream's new leader (`*`: every stream's), which workers follow. */
+export const streamLeaderElected = (stream: string): string =>
+  `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.${stream}`;
 
 /** The output stream of a pipeline whose sink is `jetstream` (see `OutputStreamSink`). */
 export const outputStream = (pipeline: string): string => `SLUICE_OUT_${pipeline}`;

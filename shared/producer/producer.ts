@@ -126,7 +126,7 @@ function invalidRecord(r: OutgoingRecord): string | null {
 export const defaultProducerOptions: ProducerOptions = { window: 2048, retries: 5, timeoutMs: 3_000 };
 
 export class Producer {
-  private readonly inbox = createInbox();
+  private readonly inbox: string;
   private readonly sub: Subscription;
   private readonly pending = new Map<string, Pending>();
   private readonly waiters: Array<() => void> = [];
@@ -144,6 +144,8 @@ export class Producer {
     private readonly pipeline: string,
     private readonly opts: ProducerOptions = defaultProducerOptions,
   ) {
+    // Under the connection's inbox prefix: a producer user may read its own role's inbox only.
+    this.inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
     this.destinationTemplate = `ingest.${pipeline}.*`;
     this.spanName = messagingSpanName(SpanNames.publishPrefix, this.destinationTemplate);
     this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, m) => (err ? undefined : this.onAck(m)) });

@@ -102,11 +102,27 @@ export class WorkerRuntime {
   private stopped: Promise<void> | null = null;
   /** Time of the last heartbeat a leader answered. */
   private lastLeaderReply = 0;
+  /** A leader has answered a heartbeat of this worker: it is a member, its grants known. */
+  private joined = false;
 
   constructor(private readonly d: WorkerDeps) {}
 
   get id(): string {
     return this.d.id;
+  }
+
+  /**
+   * Why the worker is not ready for work (`/readyz`), or null when it is: started, not
+   * draining, and answered by a leader within the failure timeout, so it is a member and runs
+   * the leases the leader grants it.
+   */
+  notReady(): string | null {
+    if (!this.started) return "not started";
+    if (this.stopped || this.leaving) return "draining";
+    if (!this.joined) return "no leader has answered a heartbeat yet";
+    const silentMs = this.d.scheduler.now() - this.lastLeaderReply;
+    if (silentMs > this.d.timing.failureTimeoutMs) return `no leader has answered for ${silentMs} ms`;
+    return null;
   }
 
   heldShards(): Record<string, number> {
@@ -145,6 +161,7 @@ export class WorkerRuntime {
       .then((g) => {
         if (!g) return;
         this.lastLeaderReply = this.d.scheduler.now();
+        this.joined = true;
         for (const [shard, epoch] of Object.entries(g.grants)) {
           const h = this.leases.get(shard);
           if (h && h.epoch === epoch) this.confirm(shard, epoch, sentAt);

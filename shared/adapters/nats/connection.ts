@@ -2,18 +2,27 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import { atLeastVersion, NATS_SERVER_FLOOR, NATS_SERVER_INSTALL_HINT } from "../../contract/nats-server.js";
+import type { RoleCredentials } from "../../contract/permissions.js";
 import { inputStream, type PipelineStreams } from "../../contract/wire.js";
 
 export interface ConnectOptions {
   servers: string[];
   name: string;
+  /** A role's user, password and inbox prefix (README "Security"); none on an open cluster. */
+  auth?: RoleCredentials | undefined;
 }
 
-async function connectWith(servers: string[], name: string, noRandomize: boolean): Promise<NatsConnection> {
+async function connectWith(
+  servers: string[],
+  name: string,
+  noRandomize: boolean,
+  auth: RoleCredentials | undefined,
+): Promise<NatsConnection> {
   const nc = await connect({
     servers,
     name,
     noRandomize,
+    ...(auth ? { user: auth.user, pass: auth.password, inboxPrefix: auth.inboxPrefix } : {}),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     // A server that stops answering (paused, cut off) is left after two unanswered pings,
@@ -45,7 +54,7 @@ function checkServerVersion(nc: NatsConnection): void {
  * the protocol's timeouts, not the client, decide when something is lost.
  */
 export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
-  return connectWith(opts.servers, opts.name, false);
+  return connectWith(opts.servers, opts.name, false, opts.auth);
 }
 
 /**
@@ -68,7 +77,7 @@ export async function connectNearStream(opts: ConnectOptions & { stream: string 
   for (const url of opts.servers) {
     // The other servers stay in the list for reconnects, after this one.
     const servers = [url, ...opts.servers.filter((s) => s !== url)];
-    const candidate = await connectWith(servers, opts.name, true).catch(() => null);
+    const candidate = await connectWith(servers, opts.name, true, opts.auth).catch(() => null);
     if (candidate === null) continue;
     if (candidate.info?.server_name === leader) {
       await nc.close();
@@ -92,7 +101,12 @@ export function connectNearPipelines(
 ): Promise<NatsConnection> {
   const shared = opts.pipelines.find((p) => p.streams !== "per-shard");
   return shared
-    ? connectNearStream({ servers: opts.servers, name: opts.name, stream: inputStream(shared, 0) })
+    ? connectNearStream({
+        servers: opts.servers,
+        name: opts.name,
+        auth: opts.auth,
+        stream: inputStream(shared, 0),
+      })
     : connectNats(opts);
 }
 
@@ -100,5 +114,10 @@ export function connectNearPipelines(
 export function connectForPublishing(
   opts: ConnectOptions & { pipeline: PipelineStreams },
 ): Promise<NatsConnection> {
-  return connectNearPipelines({ servers: opts.servers, name: opts.name, pipelines: [opts.pipeline] });
+  return connectNearPipelines({
+    servers: opts.servers,
+    name: opts.name,
+    auth: opts.auth,
+    pipelines: [opts.pipeline],
+  });
 }

@@ -14,9 +14,7 @@
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-
-/** Subject of the advisory a stream's newly elected leader publishes (2.9: `leader` is its name). */
-const leaderElected = (stream: string): string => `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.${stream}`;
+import { streamLeaderElected } from "../../contract/wire.js";
 
 export type LeaderChange = (stream: string, leader: string) => void;
 
@@ -43,7 +41,7 @@ export class JetStreamStreamLeaders {
       }, this.refreshMs);
       this.timer.unref?.();
     }
-    this.sub = this.nc.subscribe(leaderElected("*"), {
+    this.sub = this.nc.subscribe(streamLeaderElected("*"), {
       callback: (err, m) => {
         if (err) return;
         let a: { stream?: unknown; leader?: unknown };
