@@ -113,16 +113,24 @@ export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: 
   };
 }
 
-/** Runs `stop` once on SIGTERM/SIGINT, then exits; a second signal exits at once. */
-export function onShutdown(stop: () => Promise<void>): void {
+/**
+ * Runs `stop` once on SIGTERM/SIGINT, then exits; a second signal exits at once. A stop that
+ * outlasts `deadlineMs` (a drain that cannot reach NATS or the sink, whose commits then retry
+ * forever) exits with status 1: told to stop, a node stops. The deadline covers a worker's
+ * drain (30 s) and its connections' (5 s); a deployment's grace period must be longer.
+ */
+export function onShutdown(stop: () => Promise<void>, deadlineMs = 40_000): void {
   let stopping = false;
   const handler = (sig: NodeJS.Signals): void => {
     if (stopping) process.exit(130);
     stopping = true;
+    setTimeout(() => {
+      console.error(`sluice: still stopping after ${deadlineMs} ms (${sig}); exiting`);
+      process.exit(1);
+    }, deadlineMs).unref();
     void stop()
       .then(() => process.exit(0))
       .catch(() => process.exit(1));
-    void sig;
   };
   process.on("SIGTERM", handler);
   process.on("SIGINT", handler);

@@ -1,7 +1,7 @@
 /** The coordinator process: NATS adapters around the CoordinatorRuntime. */
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { connectNats, drainWithin } from "../../shared/adapters/nats/connection.js";
 import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
 import { NatsCoordinatorControlBus } from "../../shared/adapters/nats/nats-control-bus.js";
 import { listShardConsumers } from "../../shared/adapters/nats/shard-consumers.js";
@@ -97,7 +97,7 @@ onShutdown(async () => {
   await dashboard.stop();
   await http.stop();
   await runtime.stop();
-  await nc.drain().catch(() => undefined);
+  await drainWithin(nc);
   await telemetry.shutdown();
   log.info({}, "stopped");
 });

@@ -1,6 +1,6 @@
 /** The sink process: owns the SQLite file and serves fenced commits to the workers. */
 
-import { connectNats } from "../../shared/adapters/nats/connection.js";
+import { connectNats, drainWithin } from "../../shared/adapters/nats/connection.js";
 import { NatsSinkServer } from "../../shared/adapters/sink/nats-sink.js";
 import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
 import { SqliteSink } from "../../shared/adapters/sink/sqlite-sink.js";
@@ -33,7 +33,7 @@ log.info({ sink: opts.sink }, "sink started");
 onShutdown(async () => {
   await http.stop();
   await server.stop();
-  await nc.drain().catch(() => undefined);
+  await drainWithin(nc);
   await inspector.close();
   await sink.close();
   await telemetry.shutdown();

@@ -2,7 +2,7 @@
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Kvm } from "@nats-io/kv";
-import { connectNats, connectNearPipelines } from "../../shared/adapters/nats/connection.js";
+import { connectNats, connectNearPipelines, drainWithin } from "../../shared/adapters/nats/connection.js";
 import { JetStreamDeadLetterQueue } from "../../shared/adapters/nats/jetstream-dead-letter-queue.js";
 import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
 import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
@@ -183,8 +183,7 @@ onShutdown(async () => {
   await runtime.drain();
   await references?.close();
   await keepAlive.stop();
-  await nc.drain().catch(() => undefined);
-  await control.drain().catch(() => undefined);
+  await Promise.all([drainWithin(nc), drainWithin(control)]);
   await sink.close();
   await telemetry.shutdown();
   log.info({}, "stopped");

@@ -121,3 +121,24 @@ export function connectForPublishing(
     pipelines: [opts.pipeline],
   });
 }
+
+/**
+ * Drains `nc` (its subscriptions' pending messages handled, its publishes flushed), closing it
+ * instead once `withinMs` has passed: with every server gone a drain never finishes, and a node
+ * told to stop must exit all the same.
+ */
+export async function drainWithin(nc: NatsConnection, withinMs = 5_000): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) => {
+    timer = setTimeout(() => resolve("late"), withinMs);
+  });
+  const done = await Promise.race([
+    nc.drain().then(
+      () => "drained" as const,
+      () => "failed" as const,
+    ),
+    late,
+  ]);
+  clearTimeout(timer);
+  if (done !== "drained") await nc.close().catch(() => undefined);
+}
