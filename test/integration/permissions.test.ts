@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -84,11 +84,12 @@ ${natsAccountsBlock(cfg, passwords)}`,
     await provision(await as("admin"), cfg, 1);
     writeFileSync(join(dir, "config.json"), JSON.stringify(cfg));
     const node = (role: "sink" | "coordinator" | "worker", script: string, extra: string[] = []): void => {
+      const log = openSync(join(dir, `${role}.log`), "a");
       const child = spawn(
         process.execPath,
         [script, "--id", `${role}-1`, "--config", join(dir, "config.json"), ...extra],
         {
-          stdio: "ignore",
+          stdio: ["ignore", log, log],
           env: {
             ...process.env,
             SLUICE_SERVERS: url,
@@ -213,6 +214,22 @@ ${natsAccountsBlock(cfg, passwords)}`,
     expect(await refused(nc, `ingest.${p.name}.k1`)).toMatch(/permission/i);
     expect(await refused(nc, `$KV.${Buckets.assignments}.${p.name}.0`)).toMatch(/permission/i);
   }, 30_000);
+
+  it("writes no password to any log", async () => {
+    const logs = [
+      ...readdirSync(dir)
+        .filter((f) => f.endsWith(".log"))
+        .map((f) => join(dir, f)),
+      join(dir, "nats", "n1.log"),
+    ];
+    expect(logs.length).toBe(4);
+    for (const file of logs) {
+      const text = readFileSync(file, "utf8");
+      expect(text.length, file).toBeGreaterThan(0);
+      for (const role of Roles)
+        expect(text.includes(passwords[role]), `${role}'s password in ${file}`).toBe(false);
+    }
+  });
 
   it("refuses the reader any publish of records, and a client without credentials", async () => {
     const nc = await as("reader");
