@@ -11,6 +11,7 @@ import { allShardKeys, pipelineOf } from "../../shared/contract/config.js";
 import type { AssignmentEntry } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
+import { backlogByPipeline, initialScaling, scaleStep, scalingPolicy } from "../../shared/core/autoscale.js";
 import { liveMembers } from "../../shared/core/coordinator-core.js";
 import type { LeaderRecord } from "../../shared/core/leader-election.js";
 import {
@@ -26,6 +27,8 @@ import { onShutdown, parseNodeOptions } from "../node-options.js";
 import { DashboardServer } from "./dashboard/dashboard-server.js";
 
 const opts = parseNodeOptions("coordinator", process.argv);
+const policy = scalingPolicy(opts.config.autoscale);
+let scaling = initialScaling(policy);
 const log = createLogger(opts.id, "coordinator");
 const http = new NodeHttpServer();
 // /metrics on the node's endpoint; traces only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set.
@@ -39,6 +42,19 @@ const metrics = new CoordinatorMetrics(telemetry.meter, {
     }).length,
   isLeader: () => runtime.isLeader,
   merges: () => dashboard.model.state?.merges ?? [],
+  scaling: () => {
+    // From the dashboard's last poll: with a shard's lag unknown, the count stays as it was.
+    const backlog = backlogByPipeline(dashboard.model.state?.shards ?? []);
+    const known = [...backlog.values()];
+    if (known.length > 0 && known.every((n) => n !== null))
+      scaling = scaleStep(
+        scaling,
+        known.reduce((a, n) => a + n!, 0),
+        Date.now(),
+        policy,
+      );
+    return { backlog, desiredWorkers: scaling.samples.length > 0 ? scaling.desired : null };
+  },
 });
 const nc = await connectNats({
   servers: opts.servers,

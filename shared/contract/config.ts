@@ -306,6 +306,25 @@ export const WorkerSchema = z
     path: ["maxAckPending"],
   });
 
+/**
+ * The worker count the backlog asks for (README "Autoscaling"; `shared/core/autoscale.ts`):
+ * ceil(backlog / recordsPerWorker) within [minWorkers, maxWorkers], up once a higher target held
+ * for `scaleUpAfter`, down once every target stayed lower for `scaleDownAfter`.
+ */
+export const AutoscaleSchema = z
+  .strictObject({
+    recordsPerWorker: z.number().int().min(1).default(100_000),
+    minWorkers: z.number().int().min(1).default(1),
+    maxWorkers: z.number().int().min(1).default(16),
+    scaleUpAfter: durationMs.default(30_000),
+    scaleDownAfter: durationMs.default(300_000),
+  })
+  .refine((a) => a.maxWorkers >= a.minWorkers, {
+    message: "autoscale.maxWorkers must be at least autoscale.minWorkers",
+    path: ["maxWorkers"],
+  });
+export type AutoscaleConfig = z.infer<typeof AutoscaleSchema>;
+
 export const ConfigSchema = z.strictObject({
   pipelines: z
     .array(PipelineSchema)
@@ -329,6 +348,7 @@ export const ConfigSchema = z.strictObject({
   sink: SinkSchema.default({ type: "sqlite" }),
   timing: TimingSchema.default(TimingSchema.parse({})),
   worker: WorkerSchema.default(WorkerSchema.parse({})),
+  autoscale: AutoscaleSchema.default(AutoscaleSchema.parse({})),
 });
 
 export type PipelineConfig = z.infer<typeof PipelineSchema>;

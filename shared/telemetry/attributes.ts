@@ -186,6 +186,10 @@ export const MetricNames = {
   mergeBranchLag: "sluice_merge_branch_lag_ms",
   /** Gauge {merge, pipeline}: the branch's late records not yet reconciled into the merge. */
   mergeLatePending: "sluice_merge_late_pending_records",
+  /** Gauge {pipeline}: records in the pipeline's streams not yet committed (its shards' lag summed); absent while a shard's is unknown. */
+  pipelineBacklog: "sluice_pipeline_backlog_records",
+  /** Gauge: the worker count the backlog asks for, with hysteresis (README "Autoscaling"). */
+  desiredWorkers: "sluice_desired_workers",
   // sink
   /** Counter: commits the sink applied. */
   sinkCommits: "sluice_sink_commits_total",

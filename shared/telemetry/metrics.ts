@@ -229,6 +229,11 @@ export class CoordinatorMetrics {
       isLeader(): boolean;
       /** The merges' convergence as last observed (the dashboard's poll); none when absent. */
       merges?(): readonly MergeStatus[];
+      /**
+       * Each pipeline's backlog (null: unknown) and the worker count it asks for, as last
+       * observed; read once per scrape.
+       */
+      scaling?(): { backlog: ReadonlyMap<string, number | null>; desiredWorkers: number | null };
     },
     private readonly now: () => number = () => performance.now(),
   ) {
@@ -265,6 +270,24 @@ export class CoordinatorMetrics {
       .createObservableGauge(MetricNames.isLeader, { description: "1 while this coordinator is leader" })
       .addCallback((r) => r.observe(state.isLeader() ? 1 : 0));
     if (state.merges) observeMerges(meter, state.merges.bind(state));
+    if (state.scaling) {
+      const backlog = meter.createObservableGauge(MetricNames.pipelineBacklog, {
+        description: "Records in the pipeline's streams not yet committed: its shards' lag summed",
+        unit: "{record}",
+      });
+      const desired = meter.createObservableGauge(MetricNames.desiredWorkers, {
+        description: "The worker count the backlog asks for, with hysteresis (autoscale in the config)",
+      });
+      meter.addBatchObservableCallback(
+        (r) => {
+          const s = state.scaling!();
+          for (const [pipeline, n] of s.backlog)
+            if (n !== null) r.observe(backlog, n, { [MetricLabels.pipeline]: pipeline });
+          if (s.desiredWorkers !== null) r.observe(desired, s.desiredWorkers);
+        },
+        [backlog, desired],
+      );
+    }
   }
 
   /** An assignment write the KV accepted. */

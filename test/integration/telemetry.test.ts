@@ -310,6 +310,18 @@ describe("telemetry (real 3-node NATS cluster, OTLP receiver in the test)", () =
     expect(samples(coord, MetricNames.isLeader)).toEqual([1]);
     expect(sum(samples(coord, MetricNames.leaderChanges))).toBeGreaterThanOrEqual(1);
     expect(sum(samples(coord, `${MetricNames.heartbeatDelay}_count`))).toBeGreaterThan(0);
+    // The backlog and the worker count it asks for (the dashboard's poll feeds them).
+    const scaling = await waitUntil(
+      "the scaling gauges",
+      10_000,
+      async () => {
+        const t = await scrape(coordinatorUrl);
+        return samples(t, MetricNames.desiredWorkers).length > 0 ? t : undefined;
+      },
+      200,
+    );
+    expect(samples(scaling, MetricNames.pipelineBacklog, { pipeline: "demo" })).toHaveLength(1);
+    expect(samples(scaling, MetricNames.desiredWorkers)).toEqual([1]);
 
     // --- a graceful hand-off: spans on both sides, hand-off counters and durations ---
     addWorker(tc.dir, "w3");
