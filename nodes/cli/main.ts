@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** The `sluice` command line. */
+import { pathToFileURL } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { connectForPublishing, connectNats } from "../../shared/adapters/nats/connection.js";
@@ -9,7 +10,15 @@ import { natsAccountsBlock, type Role, Roles } from "../../shared/contract/permi
 import { partitionMapping } from "../../shared/contract/wire.js";
 import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
-import { isOurProcess, openSinkInspector, readClusterConfig, readClusterFile } from "./cluster-file.js";
+import {
+  coordinatorScript,
+  isOurProcess,
+  openSinkInspector,
+  readClusterConfig,
+  readClusterFile,
+  sinkScript,
+  workerScript,
+} from "./cluster-file.js";
 import { runDemo } from "./demo.js";
 import { runMergeDemo } from "./demo-merge.js";
 import { addDlqCommands } from "./dlq-commands.js";
@@ -136,7 +145,45 @@ program
     console.log(`stopped the cluster in ${o.dir}`);
   });
 
-const worker = program.command("worker").description("add or remove a worker of a running local cluster");
+/**
+ * Runs one node in this process against any NATS cluster (README "Security", node options):
+ * the rest of the command line goes to the node's own options (`nodes/node-options.ts`).
+ */
+function nodeCommand(
+  parent: Command,
+  name: string,
+  script: string,
+  description: string,
+  isDefault = false,
+): void {
+  parent
+    .command(name, { isDefault })
+    .description(description)
+    .helpOption(false)
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .argument(
+      "[options...]",
+      "the node's options (--id, --servers, --config, --credentials, ...; or SLUICE_* variables)",
+    )
+    .action(async (args: string[]) => {
+      process.argv = [process.argv[0]!, script, ...args];
+      await import(pathToFileURL(script).href);
+    });
+}
+
+const worker = program
+  .command("worker")
+  .description("run a worker node (options or SLUICE_* variables), or add or remove one of a local cluster");
+nodeCommand(
+  worker,
+  "run",
+  workerScript,
+  "run a worker node against any NATS cluster (the default: `sluice worker --id w1 --servers ...`)",
+  true,
+);
+nodeCommand(program, "coordinator", coordinatorScript, "run a coordinator node against any NATS cluster");
+nodeCommand(program, "sink", sinkScript, "run the SQLite sink node against any NATS cluster");
 worker
   .command("add")
   .option("--dir <dir>", "cluster directory", ".sluice")
