@@ -8,7 +8,7 @@ import { Command, Option } from "commander";
 import { loadConfigFile } from "../shared/adapters/config-file.js";
 import type { SluiceConfig } from "../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../shared/contract/errors.js";
-import { inboxPrefixOf, type RoleCredentials } from "../shared/contract/permissions.js";
+import { inboxPrefixOf, type Role, type RoleCredentials } from "../shared/contract/permissions.js";
 
 export interface NodeOptions {
   id: string;
@@ -29,7 +29,7 @@ export interface NodeOptions {
  * `sluice up` writes them), or a user with a password from a file or the environment.
  */
 export function credentialsFrom(
-  role: "worker" | "coordinator" | "sink",
+  role: Role,
   o: { credentials?: string; user?: string; passwordFile?: string; password?: string; inboxPrefix?: string },
 ): RoleCredentials | undefined {
   if (o.credentials !== undefined) {

@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 /** The `sluice` command line. */
 import { pathToFileURL } from "node:url";
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { connectForPublishing, connectNats } from "../../shared/adapters/nats/connection.js";
+import { provision } from "../../shared/adapters/nats/provision.js";
 import { describeSink, pipelineOf, sinkOf } from "../../shared/contract/config.js";
 import { isSluiceError } from "../../shared/contract/errors.js";
 import { natsAccountsBlock, type Role, Roles } from "../../shared/contract/permissions.js";
-import { partitionMapping } from "../../shared/contract/wire.js";
+import { inputStreams, partitionMapping } from "../../shared/contract/wire.js";
+import { credentialsFrom } from "../node-options.js";
 import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
 import {
@@ -183,6 +185,54 @@ nodeCommand(
   true,
 );
 nodeCommand(program, "coordinator", coordinatorScript, "run a coordinator node against any NATS cluster");
+
+program
+  .command("provision")
+  .description(
+    "create a config's streams and buckets on any NATS cluster (admin credentials), or say what differs from a live stream instead of changing its layout",
+  )
+  .addOption(
+    new Option("--servers <urls>", "comma-separated NATS URLs").env("SLUICE_SERVERS").makeOptionMandatory(),
+  )
+  .addOption(new Option("--config <file>", "cluster config (YAML or JSON)").env("SLUICE_CONFIG"))
+  .addOption(new Option("--credentials <file>", "the admin's credentials file").env("SLUICE_CREDENTIALS"))
+  .addOption(
+    new Option("--user <user>", "NATS user (password from SLUICE_PASSWORD or --password-file)").env(
+      "SLUICE_USER",
+    ),
+  )
+  .addOption(
+    new Option("--password-file <file>", "file holding the user's password").env("SLUICE_PASSWORD_FILE"),
+  )
+  .option("--replicas <n>", "stream and bucket replicas (at most each pipeline's own)", int("--replicas"), 3)
+  .action(
+    async (o: {
+      servers: string;
+      config?: string;
+      credentials?: string;
+      user?: string;
+      passwordFile?: string;
+      replicas: number;
+    }) => {
+      const cfg = loadConfigFile(o.config);
+      const password = process.env.SLUICE_PASSWORD;
+      const auth = credentialsFrom("admin", { ...o, ...(password === undefined ? {} : { password }) });
+      const nc = await connectNats({
+        servers: o.servers.split(",").filter(Boolean),
+        name: "sluice-provision",
+        auth,
+      });
+      try {
+        await provision(nc, cfg, o.replicas);
+      } finally {
+        await nc.close();
+      }
+      const names = cfg.pipelines.map(
+        (p) => `${p.name} (${[...inputStreams(p).keys()].length} input stream(s))`,
+      );
+      console.log(`provisioned: ${names.join(", ")}; dead-letter streams and the buckets are in place`);
+    },
+  );
 nodeCommand(program, "sink", sinkScript, "run the SQLite sink node against any NATS cluster");
 worker
   .command("add")

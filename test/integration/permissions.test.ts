@@ -5,7 +5,7 @@
  * (from `SLUICE_*` variables) and commit what a producer with its own publishes; then each role
  * tries what it must not do.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -19,7 +19,6 @@ import { startNats } from "../../nodes/cli/nats-nodes.js";
 import { waitHttpOk } from "../../nodes/cli/node-processes.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { connectNats } from "../../shared/adapters/nats/connection.js";
-import { provision } from "../../shared/adapters/nats/provision.js";
 import { NatsSinkInspector } from "../../shared/adapters/sink/nats-sink.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import { inboxPrefixOf, natsAccountsBlock, type Role, Roles } from "../../shared/contract/permissions.js";
@@ -64,6 +63,24 @@ describe("least privilege per role on a real server", () => {
     return err!.message;
   };
 
+  const provisionWith = (config: string) =>
+    spawnSync(
+      process.execPath,
+      [
+        cliScript,
+        "provision",
+        "--servers",
+        url,
+        "--config",
+        config,
+        "--credentials",
+        join(dir, "admin.json"),
+        "--replicas",
+        "1",
+      ],
+      { encoding: "utf8", timeout: 30_000 },
+    );
+
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "sluice-it-perm-"));
     const base = await freePortBase();
@@ -81,9 +98,12 @@ ${natsAccountsBlock(cfg, passwords)}`,
     const nats = startNats(conf, join(dir, "nats", "n1.log"), "n1");
     children.push(nats);
     await waitHttpOk(`http://127.0.0.1:${base + 4000}/healthz`, 20_000);
-    // The admin creates the streams and buckets; no other role could.
-    await provision(await as("admin"), cfg, 1);
+    // The admin creates the streams and buckets (`sluice provision`); no other role could.
     writeFileSync(join(dir, "config.json"), JSON.stringify(cfg));
+    writeFileSync(join(dir, "admin.json"), JSON.stringify(auth("admin")), { mode: 0o600 });
+    const provisioned = provisionWith(join(dir, "config.json"));
+    expect(provisioned.status, provisioned.stderr).toBe(0);
+    expect(provisioned.stdout).toContain("provisioned: demo");
     // Started as `sluice <role> …`, the way an image runs a node.
     const node = (role: "sink" | "coordinator" | "worker", extra: string[] = []): void => {
       const log = openSync(join(dir, `${role}.log`), "a");
@@ -216,6 +236,18 @@ ${natsAccountsBlock(cfg, passwords)}`,
     expect(await refused(nc, `ingest.${p.name}.k1`)).toMatch(/permission/i);
     expect(await refused(nc, `$KV.${Buckets.assignments}.${p.name}.0`)).toMatch(/permission/i);
   }, 30_000);
+
+  it("provisions again as it is, and says what differs instead of changing a live stream's layout", () => {
+    const again = provisionWith(join(dir, "config.json"));
+    expect(again.status, again.stderr).toBe(0);
+    const other = join(dir, "other.json");
+    writeFileSync(other, JSON.stringify({ ...cfg, pipelines: [{ ...p, shards: 8 }] }));
+    const differs = provisionWith(other);
+    expect(differs.status).toBe(1);
+    expect(differs.stderr).toMatch(
+      /stream SLUICE_IN_demo captures .*partition\(16,1\).*not .*partition\(8,1\)/,
+    );
+  }, 60_000);
 
   it("writes no password to any log", async () => {
     const logs = [
