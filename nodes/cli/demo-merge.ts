@@ -15,9 +15,9 @@ import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { CommittedRow, SinkInspector } from "../../shared/contract/ports.js";
 import { checkpointLookup, mergeStatus } from "../../shared/core/merge-convergence.js";
 import { openSinkInspector, readClusterConfig } from "./cluster-file.js";
-import { type DemoOptions, say, WorkerChurn, wipeDemoDir } from "./demo.js";
+import { type DemoOptions, endDemo, say, WorkerChurn, wipeDemoDir } from "./demo.js";
 import { type LoadSummary, runLoad } from "./load.js";
-import { down, up } from "./local-cluster.js";
+import { up } from "./local-cluster.js";
 import { reconcileMerge } from "./merge-commands.js";
 import { waitSettled } from "./readiness.js";
 import { gatherStatus } from "./status.js";
@@ -332,11 +332,6 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
     clearInterval(poll);
     await sink.close();
     await nc.close().catch(() => undefined);
-    if (!o.keep) {
-      say("stopping the cluster");
-      await down(dir);
-    } else {
-      say(`cluster left running; stop it with: npx sluice down --dir ${o.dir}`);
-    }
+    await endDemo(o, dir);
   }
 }

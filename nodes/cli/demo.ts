@@ -208,12 +208,17 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     clearInterval(committedPoll);
     await sink.close();
     await nc.close().catch(() => undefined);
-    if (!o.keep) {
-      say("stopping the cluster");
-      await down(dir);
-    } else {
-      say(`cluster left running; stop it with: npx sluice down --dir ${o.dir}`);
-    }
+    await endDemo(o, dir);
   }
   return ok;
+}
+
+/** Stops the demo's cluster, or with `--keep` leaves it running and says how to stop it. */
+export async function endDemo(o: Pick<DemoOptions, "keep" | "dir">, dir: string): Promise<void> {
+  if (o.keep) {
+    say(`cluster left running; stop it with: npx sluice down --dir ${o.dir}`);
+    return;
+  }
+  say("stopping the cluster");
+  await down(dir);
 }
