@@ -12,6 +12,7 @@ missing=()
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # Headless browser of the dashboard's integration test (driven by playwright-core).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # PostgreSQL server binaries: `sluice up --sink postgres` and the tests start private servers

@@ -6,6 +6,7 @@
 import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { loadConfigFile } from "../shared/adapters/config-file.js";
+import type { TlsFiles } from "../shared/adapters/nats/connection.js";
 import type { SluiceConfig } from "../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../shared/contract/errors.js";
 import { inboxPrefixOf, type Role, type RoleCredentials } from "../shared/contract/permissions.js";
@@ -22,6 +23,20 @@ export interface NodeOptions {
   httpBind: string;
   /** The role's NATS credentials; none on an open cluster. */
   auth?: RoleCredentials;
+  /** TLS files, when the servers serve TLS (`tls://` URLs). */
+  tls?: TlsFiles;
+}
+
+/** TLS files from options: a CA, and a client certificate and key if the servers verify clients. */
+export function tlsFrom(o: { tlsCa?: string; tlsCert?: string; tlsKey?: string }): TlsFiles | undefined {
+  if (o.tlsCa === undefined) {
+    if (o.tlsCert !== undefined || o.tlsKey !== undefined)
+      throw new SluiceError(ErrorCode.InvalidConfig, "--tls-cert and --tls-key need --tls-ca");
+    return undefined;
+  }
+  if ((o.tlsCert === undefined) !== (o.tlsKey === undefined))
+    throw new SluiceError(ErrorCode.InvalidConfig, "--tls-cert and --tls-key go together");
+  return { caFile: o.tlsCa, certFile: o.tlsCert, keyFile: o.tlsKey };
 }
 
 /**
@@ -75,6 +90,11 @@ export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: 
       opt("--http-bind <address>", "address the HTTP endpoint binds to", "SLUICE_HTTP_BIND", "127.0.0.1"),
     )
     .addOption(opt("--credentials <file>", "the role's credentials file", "SLUICE_CREDENTIALS"))
+    .addOption(opt("--tls-ca <file>", "CA certificate (PEM) of the servers' TLS", "SLUICE_TLS_CA"))
+    .addOption(
+      opt("--tls-cert <file>", "client certificate (PEM), if the servers verify clients", "SLUICE_TLS_CERT"),
+    )
+    .addOption(opt("--tls-key <file>", "the client certificate's key (PEM)", "SLUICE_TLS_KEY"))
     .addOption(opt("--user <user>", "NATS user", "SLUICE_USER"))
     .addOption(opt("--password-file <file>", "file holding the NATS user's password", "SLUICE_PASSWORD_FILE"))
     .addOption(
@@ -97,10 +117,14 @@ export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: 
     user?: string;
     passwordFile?: string;
     inboxPrefix?: string;
+    tlsCa?: string;
+    tlsCert?: string;
+    tlsKey?: string;
   }>();
   // A password on the command line would show in `ps`: only a file or the environment.
   const password = process.env.SLUICE_PASSWORD;
   const auth = credentialsFrom(role, { ...o, ...(password === undefined ? {} : { password }) });
+  const tls = tlsFrom(o);
   return {
     id: o.id,
     servers: o.servers.split(",").filter(Boolean),
@@ -110,6 +134,7 @@ export function parseNodeOptions(role: "worker" | "coordinator" | "sink", argv: 
     httpPort: Number.isInteger(Number(o.httpPort)) && Number(o.httpPort) > 0 ? Number(o.httpPort) : 0,
     httpBind: o.httpBind,
     ...(auth ? { auth } : {}),
+    ...(tls ? { tls } : {}),
   };
 }
 

@@ -9,7 +9,7 @@ import { describeSink, pipelineOf, sinkOf } from "../../shared/contract/config.j
 import { isSluiceError } from "../../shared/contract/errors.js";
 import { natsAccountsBlock, type Role, Roles } from "../../shared/contract/permissions.js";
 import { inputStreams, partitionMapping } from "../../shared/contract/wire.js";
-import { credentialsFrom } from "../node-options.js";
+import { credentialsFrom, tlsFrom } from "../node-options.js";
 import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
 import {
@@ -204,6 +204,13 @@ program
   .addOption(
     new Option("--password-file <file>", "file holding the user's password").env("SLUICE_PASSWORD_FILE"),
   )
+  .addOption(new Option("--tls-ca <file>", "CA certificate (PEM) of the servers' TLS").env("SLUICE_TLS_CA"))
+  .addOption(
+    new Option("--tls-cert <file>", "client certificate (PEM), if the servers verify clients").env(
+      "SLUICE_TLS_CERT",
+    ),
+  )
+  .addOption(new Option("--tls-key <file>", "the client certificate's key (PEM)").env("SLUICE_TLS_KEY"))
   .option("--replicas <n>", "stream and bucket replicas (at most each pipeline's own)", int("--replicas"), 3)
   .action(
     async (o: {
@@ -212,6 +219,9 @@ program
       credentials?: string;
       user?: string;
       passwordFile?: string;
+      tlsCa?: string;
+      tlsCert?: string;
+      tlsKey?: string;
       replicas: number;
     }) => {
       const cfg = loadConfigFile(o.config);
@@ -221,6 +231,7 @@ program
         servers: o.servers.split(",").filter(Boolean),
         name: "sluice-provision",
         auth,
+        tls: tlsFrom(o),
       });
       try {
         await provision(nc, cfg, o.replicas);

@@ -60,6 +60,7 @@ const nc = await connectNats({
   servers: opts.servers,
   name: `sluice-coordinator-${opts.id}`,
   auth: opts.auth,
+  tls: opts.tls,
 });
 const kvm = new Kvm(nc);
 const control = new JetStreamJsonStore<CoordinatorRecord>(await openBucket(kvm, Buckets.coordinator));

@@ -21,7 +21,12 @@ const pipelines = opts.config.pipelines.filter((p) => sinkOf(opts.config, p).typ
 const sink = new SqliteSink(opts.sink, {
   pipelines: pipelines.map((p) => ({ name: p.name, mode: p.tableMode })),
 });
-const nc = await connectNats({ servers: opts.servers, name: `sluice-sink-${opts.id}`, auth: opts.auth });
+const nc = await connectNats({
+  servers: opts.servers,
+  name: `sluice-sink-${opts.id}`,
+  auth: opts.auth,
+  tls: opts.tls,
+});
 const inspector = new SqliteSinkInspector(opts.sink);
 const server = new NatsSinkServer(nc, instrumentSink(sink, telemetry.meter), inspector, (err) =>
   log.error({ err }, "sink request failed"),

@@ -20,6 +20,7 @@
  * thread adds to them.
  */
 import { Worker } from "node:worker_threads";
+import type { TlsFiles } from "../../shared/adapters/nats/connection.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { Heartbeat } from "../../shared/contract/ownership.js";
 import type { RoleCredentials } from "../../shared/contract/permissions.js";
@@ -31,6 +32,8 @@ export interface KeepAliveOptions {
   name: string;
   /** The worker role's credentials, when the cluster has them. */
   auth?: RoleCredentials | undefined;
+  /** TLS files, when the servers serve TLS. */
+  tls?: TlsFiles | undefined;
   /** The worker's heartbeat interval, ms. */
   heartbeatMs: number;
   /**
@@ -63,6 +66,7 @@ export interface KeepAliveThreadData {
   servers: string[];
   name: string;
   auth?: RoleCredentials | undefined;
+  tls?: TlsFiles | undefined;
   heartbeatMs: number;
   stallLimitMs: number;
 }
@@ -89,6 +93,7 @@ export class HeartbeatKeepAlive {
         servers: this.o.servers,
         name: this.o.name,
         auth: this.o.auth,
+        tls: this.o.tls,
         heartbeatMs: this.o.heartbeatMs,
         stallLimitMs: this.o.stallLimitMs,
       };

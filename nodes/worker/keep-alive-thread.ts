@@ -14,7 +14,7 @@ const o = workerData as KeepAliveThreadData;
 const post = (m: FromKeepAlive): void => port.postMessage(m);
 
 try {
-  const nc = await connectNats({ servers: o.servers, name: o.name, auth: o.auth });
+  const nc = await connectNats({ servers: o.servers, name: o.name, auth: o.auth, tls: o.tls });
   const bus = new NatsWorkerControlBus(nc);
   let last: Heartbeat | null = null;
   const clock = { lastBeatAt: Date.now(), lastKeepAliveAt: 0 };

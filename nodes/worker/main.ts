@@ -55,6 +55,7 @@ const nc = await connectNearPipelines({
   servers: opts.servers,
   name: `sluice-worker-${opts.id}`,
   auth: opts.auth,
+  tls: opts.tls,
   pipelines: opts.config.pipelines,
 });
 // Heartbeats and assignments on a connection of their own: on the data connection they queue
@@ -65,6 +66,7 @@ const control = await connectNats({
   servers: opts.servers,
   name: `sluice-worker-${opts.id}-control`,
   auth: opts.auth,
+  tls: opts.tls,
 });
 // Heartbeats while the event loop is stalled by batch work (see `HeartbeatKeepAlive`). A loop
 // silent for three failure timeouts is treated as dead.
@@ -72,6 +74,7 @@ const keepAlive = new HeartbeatKeepAlive({
   servers: opts.servers,
   name: `sluice-worker-${opts.id}-keep-alive`,
   auth: opts.auth,
+  tls: opts.tls,
   heartbeatMs: opts.config.timing.heartbeatMs,
   stallLimitMs: 3 * opts.config.timing.failureTimeoutMs,
   onStall: (s) => {

@@ -59,6 +59,30 @@ describe("node options from flags and SLUICE_* variables", () => {
   });
 });
 
+describe("TLS files from options", () => {
+  it("takes a CA alone or with a client certificate and its key, and refuses half a pair", () => {
+    const base = ["--id", "w1", "--servers", "tls://127.0.0.1:1"];
+    expect(parseNodeOptions("worker", argv(...base, "--tls-ca", "/ca.pem")).tls).toEqual({
+      caFile: "/ca.pem",
+      certFile: undefined,
+      keyFile: undefined,
+    });
+    process.env.SLUICE_TLS_CA = "/env-ca.pem";
+    process.env.SLUICE_TLS_CERT = "/w.pem";
+    process.env.SLUICE_TLS_KEY = "/w-key.pem";
+    expect(parseNodeOptions("worker", argv(...base)).tls).toEqual({
+      caFile: "/env-ca.pem",
+      certFile: "/w.pem",
+      keyFile: "/w-key.pem",
+    });
+    delete process.env.SLUICE_TLS_KEY;
+    expect(() => parseNodeOptions("worker", argv(...base))).toThrow(/go together/);
+    delete process.env.SLUICE_TLS_CA;
+    delete process.env.SLUICE_TLS_CERT;
+    expect(parseNodeOptions("worker", argv(...base)).tls).toBeUndefined();
+  });
+});
+
 describe("a node's /healthz and /readyz", () => {
   it("is alive at once, and ready only when its check says so", async () => {
     let why: string | null = "no leader has answered a heartbeat yet";

@@ -10,19 +10,37 @@ export interface ConnectOptions {
   name: string;
   /** A role's user, password and inbox prefix (README "Security"); none on an open cluster. */
   auth?: RoleCredentials | undefined;
+  /** TLS: the CA that signed the servers' certificates, and a client certificate if they ask. */
+  tls?: TlsFiles | undefined;
+}
+
+/** Files (PEM) of a TLS connection to NATS. */
+export interface TlsFiles {
+  caFile: string;
+  certFile?: string | undefined;
+  keyFile?: string | undefined;
 }
 
 async function connectWith(
   servers: string[],
   name: string,
   noRandomize: boolean,
-  auth: RoleCredentials | undefined,
+  { auth, tls }: Pick<ConnectOptions, "auth" | "tls">,
 ): Promise<NatsConnection> {
   const nc = await connect({
     servers,
     name,
     noRandomize,
     ...(auth ? { user: auth.user, pass: auth.password, inboxPrefix: auth.inboxPrefix } : {}),
+    ...(tls
+      ? {
+          tls: {
+            caFile: tls.caFile,
+            ...(tls.certFile ? { certFile: tls.certFile } : {}),
+            ...(tls.keyFile ? { keyFile: tls.keyFile } : {}),
+          },
+        }
+      : {}),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     // A server that stops answering (paused, cut off) is left after two unanswered pings,
@@ -54,7 +72,7 @@ function checkServerVersion(nc: NatsConnection): void {
  * the protocol's timeouts, not the client, decide when something is lost.
  */
 export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
-  return connectWith(opts.servers, opts.name, false, opts.auth);
+  return connectWith(opts.servers, opts.name, false, opts);
 }
 
 /**
@@ -77,7 +95,7 @@ export async function connectNearStream(opts: ConnectOptions & { stream: string 
   for (const url of opts.servers) {
     // The other servers stay in the list for reconnects, after this one.
     const servers = [url, ...opts.servers.filter((s) => s !== url)];
-    const candidate = await connectWith(servers, opts.name, true, opts.auth).catch(() => null);
+    const candidate = await connectWith(servers, opts.name, true, opts).catch(() => null);
     if (candidate === null) continue;
     if (candidate.info?.server_name === leader) {
       await nc.close();
@@ -105,6 +123,7 @@ export function connectNearPipelines(
         servers: opts.servers,
         name: opts.name,
         auth: opts.auth,
+        tls: opts.tls,
         stream: inputStream(shared, 0),
       })
     : connectNats(opts);
@@ -118,6 +137,7 @@ export function connectForPublishing(
     servers: opts.servers,
     name: opts.name,
     auth: opts.auth,
+    tls: opts.tls,
     pipelines: [opts.pipeline],
   });
 }
