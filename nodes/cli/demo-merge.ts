@@ -15,9 +15,8 @@ import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { CommittedRow, SinkInspector } from "../../shared/contract/ports.js";
 import { checkpointLookup, mergeStatus } from "../../shared/core/merge-convergence.js";
 import { openSinkInspector, readClusterConfig } from "./cluster-file.js";
-import { type DemoOptions, endDemo, say, WorkerChurn, wipeDemoDir } from "./demo.js";
+import { type DemoOptions, endDemo, say, startDemoCluster, WorkerChurn } from "./demo.js";
 import { type LoadSummary, runLoad } from "./load.js";
-import { up } from "./local-cluster.js";
 import { reconcileMerge } from "./merge-commands.js";
 import { waitSettled } from "./readiness.js";
 import { gatherStatus } from "./status.js";
@@ -142,23 +141,11 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
       ErrorCode.InvalidConfig,
       "--merge needs a database sink (sqlite or postgres): an output stream holds no merge",
     );
-  const dir = wipeDemoDir(o.dir);
-  say(
-    `starting a local cluster in ${dir}: 3 NATS nodes (JetStream R3), 2 coordinators, 3 workers; sink ${o.sink ?? "sqlite"}${o.sink === "postgres" && !o.postgresUrl ? " (a private PostgreSQL server)" : ""}`,
-  );
-  say(
+  const { dir, c, t0 } = await startDemoCluster(
+    o,
+    mergeDemoConfig(),
     `branches crm (priority 2) and billing (priority 1), ${SHARDS} shards each, event time updated_at, lateness allowed ${ALLOWED_MS / 1000} s, merged into '${MERGE}' by key customer_id, policy latest`,
   );
-  const t0 = Date.now();
-  const c = await up({
-    dir,
-    workers: 3,
-    coordinators: 2,
-    portBase: o.portBase,
-    config: mergeDemoConfig(),
-    ...(o.sink ? { sink: o.sink } : {}),
-    ...(o.postgresUrl ? { postgresUrl: o.postgresUrl } : {}),
-  });
   const cfg = readClusterConfig(c);
   const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-demo" });
   const sink = openSinkInspector(c, nc);

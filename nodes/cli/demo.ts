@@ -5,7 +5,7 @@
 import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { connectForPublishing } from "../../shared/adapters/nats/connection.js";
-import { pipelineOf } from "../../shared/contract/config.js";
+import { pipelineOf, type SluiceConfig } from "../../shared/contract/config.js";
 import { parseShardKey } from "../../shared/contract/ownership.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
 import {
@@ -120,20 +120,36 @@ export class WorkerChurn {
   }
 }
 
-export async function runDemo(o: DemoOptions): Promise<boolean> {
+/**
+ * A demo's cluster in a fresh `o.dir`: 3 NATS nodes, 2 coordinators, 3 workers, the chosen sink
+ * and `config` (the built-in one when absent). `about` says what the demo runs, after the line
+ * that says what starts.
+ */
+export async function startDemoCluster(
+  o: DemoOptions,
+  config?: SluiceConfig,
+  about?: string,
+): Promise<{ dir: string; c: ClusterFile; t0: number }> {
   const dir = wipeDemoDir(o.dir);
   say(
     `starting a local cluster in ${dir}: 3 NATS nodes (JetStream R3), 2 coordinators, 3 workers; sink ${o.sink ?? "sqlite"}${o.sink === "postgres" && !o.postgresUrl ? " (a private PostgreSQL server)" : ""}`,
   );
+  if (about) say(about);
   const t0 = Date.now();
   const c = await up({
     dir,
     workers: 3,
     coordinators: 2,
     portBase: o.portBase,
+    ...(config ? { config } : {}),
     ...(o.sink ? { sink: o.sink } : {}),
     ...(o.postgresUrl ? { postgresUrl: o.postgresUrl } : {}),
   });
+  return { dir, c, t0 };
+}
+
+export async function runDemo(o: DemoOptions): Promise<boolean> {
+  const { dir, c, t0 } = await startDemoCluster(o);
   const cfg = readClusterConfig(c);
   const pipeline = "demo";
   // Near the stream leader: the load's publishes skip a route hop.

@@ -32,30 +32,17 @@ function openssl(args: string[], cwd: string): void {
   }
 }
 
+/** A new P-256 key in `keyFile` (mode 0600) with a request for `cn`: `extra` makes it the CA itself. */
+function newKey(dir: string, keyFile: string, out: string, cn: string, extra: string[] = []): void {
+  const curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  openssl(["req", ...extra, ...curve, "-keyout", keyFile, "-out", out, "-subj", `/CN=${cn}`], dir);
+  chmodSync(keyFile, 0o600);
+}
+
 /** Writes a CA and one certificate per name under `dir` (created mode 0700). */
 export function makeTlsFiles(dir: string, names: readonly string[]): TlsFiles {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  openssl(
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      "ca-key.pem",
-      "-out",
-      "ca.pem",
-      "-days",
-      DAYS,
-      "-subj",
-      "/CN=sluice local CA",
-    ],
-    dir,
-  );
-  chmodSync(join(dir, "ca-key.pem"), 0o600);
+  newKey(dir, join(dir, "ca-key.pem"), "ca.pem", "sluice local CA", ["-x509", "-days", DAYS]);
   const ext = join(dir, "server.ext");
   writeFileSync(
     ext,
@@ -65,42 +52,17 @@ export function makeTlsFiles(dir: string, names: readonly string[]): TlsFiles {
   for (const name of names) {
     const keyFile = join(dir, `${name}-key.pem`);
     const certFile = join(dir, `${name}.pem`);
+    const csr = join(dir, `${name}.csr`);
+    newKey(dir, keyFile, csr, name);
     openssl(
-      [
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        keyFile,
-        "-out",
-        join(dir, `${name}.csr`),
-        "-subj",
-        `/CN=${name}`,
-      ],
-      dir,
-    );
-    chmodSync(keyFile, 0o600);
-    openssl(
-      [
-        "x509",
-        "-req",
-        "-in",
-        join(dir, `${name}.csr`),
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
+      ["x509", "-req", "-in", csr, "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial"].concat([
         "-out",
         certFile,
         "-days",
         DAYS,
         "-extfile",
         ext,
-      ],
+      ]),
       dir,
     );
     servers.set(name, { certFile, keyFile });
