@@ -38,11 +38,20 @@ export function postgresPassword(
   return undefined;
 }
 
+/**
+ * The URL with `password` in it, for `pg` only: `pg` takes every field of a connection string
+ * over the same field given beside it, so a URL without a password would drop the one given.
+ */
+function withPassword(url: string, password: string): string {
+  const u = new URL(url);
+  u.password = encodeURIComponent(password);
+  return u.toString();
+}
+
 export function postgresPool(c: PostgresSinkConfig, opts: { max?: number; name?: string } = {}): pg.Pool {
   const password = postgresPassword(c);
   const pool = new pg.Pool({
-    connectionString: c.url,
-    ...(password === undefined ? {} : { password }),
+    connectionString: password === undefined ? c.url : withPassword(c.url, password),
     max: opts.max ?? c.poolSize,
     connectionTimeoutMillis: 5_000,
     idleTimeoutMillis: 30_000,
