@@ -1,3 +1,4 @@
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../shared/contract/config.js";
 import {
@@ -65,6 +66,75 @@ describe("the worker count the backlog asks for", () => {
     expect([at(339), at(340), at(464), at(465), at(564)]).toEqual([8, 5, 5, 2, 2]);
     const changes = after.filter((x, i) => i > 0 && x.desired !== after[i - 1]!.desired);
     expect(changes.map((x) => x.desired)).toEqual([5, 2]);
+  });
+
+  it("goes up only to the lowest target of the window: a backlog that wavers gets what it always asked for", () => {
+    // Targets alternate between 5 and 7 each second for 40 s: every sample asked for at least 5.
+    let s = initialScaling(policy);
+    const seen: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      s = scaleStep(s, i % 2 === 0 ? 500_000 : 700_000, i * 1_000, policy);
+      seen.push(s.desired);
+    }
+    expect(seen.slice(0, 30)).toEqual(Array(30).fill(2));
+    expect(seen.slice(30)).toEqual(Array(10).fill(5));
+  });
+
+  it("decides on the samples' own times: irregular scrapes count by the clock, a gap restarts the window", () => {
+    // Scrapes 7 s, 11 s, 13 s apart: the count goes up at the first sample 30 s after the first high one.
+    let s = run(initialScaling(policy), 0, 0, 10).at(-1)!;
+    const times = [20_000, 27_000, 38_000, 51_000, 58_000, 69_000];
+    const desired: number[] = [];
+    for (const at of times) {
+      s = scaleStep(s, 400_000, at, policy);
+      desired.push(s.desired);
+    }
+    expect(desired).toEqual([2, 2, 2, 4, 4, 4]);
+    // No sample for longer than the longer window (Prometheus down): the history is gone, so the
+    // first sample after it decides nothing, however low.
+    s = scaleStep(s, 0, 69_000 + 400_000, policy);
+    expect(s.desired).toBe(4);
+    expect(s.samples).toHaveLength(1);
+  });
+
+  it("moves only as the windows allow, for any backlog history (checked against the samples themselves)", () => {
+    const history = fc.array(
+      fc.record({
+        gapMs: fc.integer({ min: 500, max: 40_000 }),
+        backlog: fc.integer({ min: 0, max: 1_200_000 }),
+      }),
+      { minLength: 1, maxLength: 200 },
+    );
+    fc.assert(
+      fc.property(history, (h) => {
+        let s = initialScaling(policy);
+        let at = 0;
+        const seen: Array<{ at: number; target: number }> = [];
+        for (const { gapMs, backlog } of h) {
+          at += gapMs;
+          const before = s.desired;
+          s = scaleStep(s, backlog, at, policy);
+          seen.push({ at, target: scalingTarget(backlog, policy) });
+          expect(s.desired).toBeGreaterThanOrEqual(policy.minWorkers);
+          expect(s.desired).toBeLessThanOrEqual(policy.maxWorkers);
+          // Retained samples reach back to the window's start (none older than the longer window).
+          const since = (windowMs: number) => seen.filter((x) => x.at >= at - windowMs);
+          const covered = (windowMs: number) =>
+            s.samples.length > 0 && s.samples[0]!.at <= at - windowMs && since(windowMs).length > 0;
+          if (s.desired > before) {
+            // Up: the samples cover scaleUpAfter and every one of them asked for at least this many.
+            expect(covered(policy.scaleUpAfterMs)).toBe(true);
+            for (const x of since(policy.scaleUpAfterMs)) expect(x.target).toBeGreaterThanOrEqual(s.desired);
+          }
+          if (s.desired < before) {
+            // Down: the samples cover scaleDownAfter and none of them asked for more.
+            expect(covered(policy.scaleDownAfterMs)).toBe(true);
+            for (const x of since(policy.scaleDownAfterMs)) expect(x.target).toBeLessThanOrEqual(s.desired);
+          }
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it("decides the same from the same samples: a pure function of its inputs", () => {
