@@ -35,6 +35,14 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; 
   command -v dockerd >/dev/null 2>&1 || die "docker.io installed but dockerd is still not on PATH"
 fi
 
+# docker-compose runs the stack in deploy/compose (its integration test); Debian's 1.29 is enough.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "[setup-docker] installing docker-compose with apt-get"
+  as_root apt-get update -qq || die "apt-get update failed"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
+    || die "apt-get install docker-compose failed"
+fi
+
 if docker_ok; then
   echo "[setup-docker] docker daemon already running"
   exit 0
