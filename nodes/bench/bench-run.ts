@@ -62,7 +62,7 @@ export class BenchRun {
     name: string,
     opts: { workers: number; coordinators: number; config: SluiceConfig; portBase: number } & Pick<
       UpOptions,
-      "sink" | "postgresUrl"
+      "sink" | "postgresUrl" | "insecure"
     >,
     fn: (c: ClusterFile) => Promise<T>,
   ): Promise<T> {
@@ -70,7 +70,9 @@ export class BenchRun {
     rmSync(d, { recursive: true, force: true });
     mkdirSync(d, { recursive: true });
     this.log(`starting cluster '${name}': ${opts.workers} workers, ${opts.coordinators} coordinators`);
-    const c = await up({ dir: d, ...opts });
+    // Plain NATS unless a part asks otherwise: the parts compare sluice with baselines on the
+    // same cluster, and the security part measures what TLS and encryption cost.
+    const c = await up({ dir: d, insecure: true, ...opts });
     try {
       return await fn(c);
     } finally {

@@ -15,6 +15,7 @@ import { measureDurability } from "./durability-part.js";
 import { measureMemory } from "./memory-part.js";
 import { measureMerge } from "./merge-part.js";
 import { buildReport, reportTable } from "./report.js";
+import { measureSecurity } from "./security-part.js";
 import { measureSinks } from "./sinks-part.js";
 import { measureThroughput } from "./throughput-part.js";
 
@@ -64,6 +65,7 @@ const memory = await measureMemory(run);
 const durability = await measureDurability(run);
 const sinks = await measureSinks(run);
 const merge = await measureMerge(run);
+const security = await measureSecurity(run);
 const results = {
   settings: run.s,
   startedAt,
@@ -74,6 +76,7 @@ const results = {
   durability,
   sinks,
   merge,
+  security,
   steal: run.steal,
 };
 const report = buildReport(results);

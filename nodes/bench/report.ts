@@ -10,6 +10,7 @@ import type { DurabilityResult } from "./durability-part.js";
 import { stealText } from "./host-cpu.js";
 import type { MemoryResult } from "./memory-part.js";
 import type { MergeResult } from "./merge-part.js";
+import { type SecurityResult, securedRatio } from "./security-part.js";
 import type { SinksResult } from "./sinks-part.js";
 import type { ThroughputResult } from "./throughput-part.js";
 
@@ -40,6 +41,10 @@ export interface BenchReport {
     e2e_postgres_vs_naive: number;
     /** Two branches' commits into SQLite also applied to a merge, against appended only. */
     merge_vs_append: number;
+    /** The producer on the secured cluster (TLS, users, encrypted store) against `--insecure`. */
+    producer_secured_vs_insecure: number;
+    /** End to end into SQLite on the secured cluster against `--insecure`. */
+    e2e_secured_vs_insecure: number;
   };
   throughput: {
     js_publish_r1_per_s: number;
@@ -145,6 +150,7 @@ export interface BenchResults {
   durability: DurabilityResult;
   sinks: SinksResult;
   merge: MergeResult;
+  security: SecurityResult;
   steal: Record<string, number | null>;
 }
 
@@ -202,6 +208,8 @@ export function buildReport(r: BenchResults): BenchReport {
         2,
       ),
       merge_vs_append: round(r.merge.merge.perSecond / r.merge.append.perSecond, 2),
+      producer_secured_vs_insecure: round(securedRatio(r.security.producer), 2),
+      e2e_secured_vs_insecure: round(securedRatio(r.security.e2e), 2),
     },
     throughput: {
       js_publish_r1_per_s: Math.round(r1.js.perSecond),
@@ -388,6 +396,12 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       "producer into R3 with fsync before each PubAck vs without",
       `${rep.durability.producer_fsync_per_s}/s vs ${rep.durability.producer_replicated_per_s}/s`,
       `${ratios.producer_fsync_vs_replicated}x`,
+      "",
+    ],
+    [
+      "secured cluster (TLS, users, encrypted store) vs --insecure: producer / end to end",
+      `${Math.round(median(r.security.producer.secured))}/s vs ${Math.round(median(r.security.producer.insecure))}/s; ${Math.round(median(r.security.e2e.secured))}/s vs ${Math.round(median(r.security.e2e.insecure))}/s`,
+      `${ratios.producer_secured_vs_insecure}x, ${ratios.e2e_secured_vs_insecure}x`,
       "",
     ],
     [

@@ -7,7 +7,6 @@
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { Rng } from "../../shared/testkit/sim/rng.js";
 import {
   countGoneFromStream,
@@ -20,6 +19,7 @@ import {
 } from "./chaos-analysis.js";
 import { applicableFaults, type FaultRecord, plan, runScript, targetFor } from "./chaos-faults.js";
 import {
+  connectCluster,
   isOurProcess,
   type NatsRuntime,
   openSinkInspector,
@@ -119,7 +119,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const c0 = readClusterFile(dir);
   const cfg = readClusterConfig(c0);
   const pipeline = cfg.pipelines[0]!.name;
-  const nc: NatsConnection = await connectNats({ servers: c0.nats.map((n) => n.url), name: "sluice-chaos" });
+  // The load publishes as the producer; the checks read status, the sink and the stream as admin.
+  const nc: NatsConnection = await connectCluster(c0, "admin", "sluice-chaos");
+  const pub: NatsConnection = await connectCluster(c0, "producer", "sluice-chaos-load");
   const timeline: string[] = [];
   const t0 = Date.now();
   const mark = (line: string): void => {
@@ -140,7 +142,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const ackLog = join(dir, `chaos-${o.seed}-${Date.now()}.jsonl`);
     const ac = new AbortController();
     mark(`load: ${o.rate} records/s into '${pipeline}' (ack log ${ackLog})`);
-    const load = runLoad(nc, {
+    const load = runLoad(pub, {
       pipeline,
       count: Number.MAX_SAFE_INTEGER,
       rate: o.rate,
@@ -266,6 +268,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     return report;
   } finally {
     await sink.close();
+    await pub.close().catch(() => undefined);
     await nc.close().catch(() => undefined);
     if (started && !o.keep) await down(dir);
   }

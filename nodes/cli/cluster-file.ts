@@ -11,11 +11,20 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
+import {
+  type ConnectOptions,
+  connectForPublishing,
+  connectNats,
+} from "../../shared/adapters/nats/connection.js";
 import { openInspector } from "../../shared/adapters/sink/open-sinks.js";
 import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import type { Role } from "../../shared/contract/permissions.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
+import type { PipelineStreams } from "../../shared/contract/wire.js";
+import { credentialsFrom } from "../node-options.js";
+import { type ClusterSecurity, clientTls, readCredentials } from "./cluster-secrets.js";
 
 export interface ProcessRecord {
   /** The port a server listens on, when the record is one (the private PostgreSQL server). */
@@ -61,6 +70,11 @@ export interface ClusterFile {
   config: string;
   /** First port of the nodes' HTTP endpoints; each node keeps its port across restarts. */
   httpPortBase?: number;
+  /**
+   * Where the credentials and the CA are when the cluster is secured (TLS, one user per role,
+   * encrypted store); absent on a cluster started with `--insecure`.
+   */
+  security?: ClusterSecurity;
 }
 
 // Node processes always run the compiled code, also when this module is loaded from source (tests).
@@ -84,6 +98,61 @@ export function openSinkInspector(c: ClusterFile, nc?: NatsConnection): SinkInsp
     sqlite: () => new SqliteSinkInspector(c.sqlite),
     ...(nc ? { nc } : {}),
   });
+}
+
+/** How `role` connects to the cluster: its servers and, when secured, its credentials and the CA. */
+export function clusterConnectOptions(c: ClusterFile, role: Role, name: string): ConnectOptions {
+  const servers = c.nats.map((n) => n.url);
+  return c.security
+    ? { servers, name, auth: readCredentials(c.security, role), tls: clientTls(c.security) }
+    : { servers, name };
+}
+
+/** A connection to the cluster as `role` (see `clusterConnectOptions`). */
+export function connectCluster(c: ClusterFile, role: Role, name: string): Promise<NatsConnection> {
+  return connectNats(clusterConnectOptions(c, role, name));
+}
+
+/**
+ * A connection to publish `pipeline`'s records as the producer. On an open cluster it goes to
+ * the server that leads the pipeline's stream (`connectForPublishing`); the producer's user may
+ * only publish records, so on a secured cluster it cannot ask which server that is.
+ */
+export function connectProducer(
+  c: ClusterFile,
+  pipeline: PipelineStreams,
+  name: string,
+): Promise<NatsConnection> {
+  const opts = clusterConnectOptions(c, "producer", name);
+  return c.security ? connectNats(opts) : connectForPublishing({ ...opts, pipeline });
+}
+
+/**
+ * A connection for a CLI command that names its cluster by `--dir D` (the local cluster's
+ * servers, and when secured `role`'s credentials and the CA) or by `--servers` (any cluster:
+ * credentials from `SLUICE_CREDENTIALS`, or `SLUICE_USER` with `SLUICE_PASSWORD[_FILE]`, and the
+ * CA from `SLUICE_TLS_CA`, as the nodes take them). `servers` counts the cluster's nodes.
+ */
+export async function connectTarget(
+  o: { dir: string; servers?: string | undefined },
+  role: Role,
+  name: string,
+): Promise<{ nc: NatsConnection; servers: string[] }> {
+  if (!o.servers) {
+    const c = readClusterFile(o.dir);
+    return { nc: await connectCluster(c, role, name), servers: c.nats.map((n) => n.url) };
+  }
+  const servers = o.servers.split(",").filter(Boolean);
+  const env = process.env;
+  const auth = credentialsFrom(role, {
+    ...(env.SLUICE_CREDENTIALS ? { credentials: env.SLUICE_CREDENTIALS } : {}),
+    ...(env.SLUICE_USER ? { user: env.SLUICE_USER } : {}),
+    ...(env.SLUICE_PASSWORD_FILE ? { passwordFile: env.SLUICE_PASSWORD_FILE } : {}),
+    ...(env.SLUICE_PASSWORD ? { password: env.SLUICE_PASSWORD } : {}),
+    ...(env.SLUICE_INBOX_PREFIX ? { inboxPrefix: env.SLUICE_INBOX_PREFIX } : {}),
+  });
+  const tls = env.SLUICE_TLS_CA ? { caFile: env.SLUICE_TLS_CA } : undefined;
+  return { nc: await connectNats({ servers, name, auth, tls }), servers };
 }
 
 export function readClusterFile(dir: string): ClusterFile {

@@ -8,13 +8,12 @@
  * the records published — before reconciling over the on-time records, after it over all.
  */
 import { join } from "node:path";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import { parseConfig, type SluiceConfig } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { CommittedRow, SinkInspector } from "../../shared/contract/ports.js";
 import { checkpointLookup, mergeStatus } from "../../shared/core/merge-convergence.js";
-import { openSinkInspector, readClusterConfig } from "./cluster-file.js";
+import { connectCluster, openSinkInspector, readClusterConfig } from "./cluster-file.js";
 import { type DemoOptions, endDemo, say, startDemoCluster, WorkerChurn } from "./demo.js";
 import { type LoadSummary, runLoad } from "./load.js";
 import { reconcileMerge } from "./merge-commands.js";
@@ -147,7 +146,8 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
     `branches crm (priority 2) and billing (priority 1), ${SHARDS} shards each, event time updated_at, lateness allowed ${ALLOWED_MS / 1000} s, merged into '${MERGE}' by key customer_id, policy latest`,
   );
   const cfg = readClusterConfig(c);
-  const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-demo" });
+  const nc = await connectCluster(c, "reader", "sluice-demo");
+  const pub = await connectCluster(c, "producer", "sluice-demo-load");
   const sink = openSinkInspector(c, nc);
   let poll: ReturnType<typeof setInterval> | undefined;
   try {
@@ -195,7 +195,7 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
     const summaries: LoadSummary[] = await Promise.all(
       BRANCHES.map((b) => {
         const plan = plans.get(b.name)!;
-        return runLoad(nc, {
+        return runLoad(pub, {
           pipeline: b.name,
           count: perBranch,
           rate: Math.max(1, Math.round(o.rate / BRANCHES.length)),
@@ -318,6 +318,7 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
   } finally {
     clearInterval(poll);
     await sink.close();
+    await pub.close().catch(() => undefined);
     await nc.close().catch(() => undefined);
     await endDemo(o, dir);
   }

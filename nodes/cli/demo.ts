@@ -4,12 +4,13 @@
  */
 import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { connectForPublishing } from "../../shared/adapters/nats/connection.js";
 import { pipelineOf, type SluiceConfig } from "../../shared/contract/config.js";
 import { parseShardKey } from "../../shared/contract/ownership.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
 import {
   type ClusterFile,
+  connectCluster,
+  connectProducer,
   isOurProcess,
   openSinkInspector,
   readClusterConfig,
@@ -153,11 +154,9 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   const cfg = readClusterConfig(c);
   const pipeline = "demo";
   // Near the stream leader: the load's publishes skip a route hop.
-  const nc = await connectForPublishing({
-    servers: c.nats.map((n) => n.url),
-    name: "sluice-demo",
-    pipeline: pipelineOf(cfg, pipeline),
-  });
+  const pub = await connectProducer(c, pipelineOf(cfg, pipeline), "sluice-demo-load");
+  // Status and the sink are read as the reader: the demo uses each role as a user would.
+  const nc = await connectCluster(c, "reader", "sluice-demo");
   const sink = openSinkInspector(c, nc);
   let ok = false;
   let committedPoll: ReturnType<typeof setInterval> | undefined;
@@ -179,7 +178,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
         committed = n;
       });
     }, 250);
-    const summary = await runLoad(nc, {
+    const summary = await runLoad(pub, {
       pipeline,
       count: o.count,
       rate: o.rate,
@@ -223,6 +222,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   } finally {
     clearInterval(committedPoll);
     await sink.close();
+    await pub.close().catch(() => undefined);
     await nc.close().catch(() => undefined);
     await endDemo(o, dir);
   }

@@ -5,7 +5,6 @@
  */
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import {
   type DeadLetterFilter,
   DeadLetterStore,
@@ -15,7 +14,7 @@ import {
 } from "../../shared/adapters/nats/dead-letter-store.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import { Headers } from "../../shared/contract/wire.js";
-import { readClusterFile } from "./cluster-file.js";
+import { connectTarget } from "./cluster-file.js";
 import { intOption } from "./int-option.js";
 
 interface Target {
@@ -55,8 +54,7 @@ const sinceOption = (v: string): number => {
 };
 
 async function withStore<T>(o: Target, fn: (s: DeadLetterStore) => Promise<T>): Promise<T> {
-  const servers = o.servers ? o.servers.split(",") : readClusterFile(o.dir).nats.map((n) => n.url);
-  const nc = await connectNats({ servers, name: "sluice-dlq" });
+  const { nc, servers } = await connectTarget(o, "admin", "sluice-dlq");
   try {
     return await fn(new DeadLetterStore(nc, Math.min(3, servers.length)));
   } finally {

@@ -4,11 +4,10 @@
  * `cluster-file.ts`). `up` starts one, `down` stops it; workers are added, removed and any
  * process restarted while it runs.
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import pRetry from "p-retry";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { provision } from "../../shared/adapters/nats/provision.js";
 import { usesSqlite } from "../../shared/adapters/sink/open-sinks.js";
 import { parseConfig, redactUrl, type SluiceConfig } from "../../shared/contract/config.js";
@@ -16,6 +15,7 @@ import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import {
   type ClusterFile,
   clusterFilePath,
+  connectCluster,
   isOurProcess,
   type NatsRecord,
   type NatsRuntime,
@@ -23,8 +23,9 @@ import {
   readClusterFile,
   writeClusterFile,
 } from "./cluster-file.js";
+import { type ClusterSecurity, caFile, ensureClusterSecrets } from "./cluster-secrets.js";
 import { containerPid, ensureNatsImage, removeContainer, restartContainer } from "./nats-containers.js";
-import { natsConfig, startNats, startNatsNode, waitMetaLeader } from "./nats-nodes.js";
+import { natsConfig, natsUid, startNats, startNatsNode, waitMetaLeader } from "./nats-nodes.js";
 import { type StartEnv, startNodeProcess, stopProcess, waitExit, waitHttpOk } from "./node-processes.js";
 import { startPostgres, stopPostgres } from "./postgres-server.js";
 
@@ -48,10 +49,30 @@ export interface UpOptions {
   sink?: "sqlite" | "postgres" | "jetstream";
   /** An existing PostgreSQL database for `sink: postgres`; password from the config's options. */
   postgresUrl?: string;
+  /**
+   * Plain NATS: no TLS, no users, no encryption at rest. Off by default: the cluster serves TLS,
+   * each role connects with its own credentials, and the store is encrypted (README "Security").
+   */
+  insecure?: boolean;
 }
 
 /** The private PostgreSQL server's port: client port base + 7000 (see `UpOptions.portBase`). */
 export const postgresPort = (portBase: number): number => portBase + 7000;
+
+/**
+ * Writes a NATS node's config, readable by that node only: when secured it holds every role's
+ * password and the store's key. The node's own key goes to its user too (see `natsUid`).
+ * Returns the TLS files the config names, which a container mounts.
+ */
+function writeNatsConfig(conf: string, text: string, id: string, security?: ClusterSecurity): string[] {
+  writeFileSync(conf, text, { mode: 0o600 });
+  chmodSync(conf, 0o600);
+  if (!security) return [];
+  const key = join(security.tlsDir, `${id}-key.pem`);
+  const uid = natsUid(id);
+  if (uid !== null) for (const f of [conf, key]) chownSync(f, uid, uid);
+  return [caFile(security), join(security.tlsDir, `${id}.pem`), key];
+}
 
 export async function up(o: UpOptions): Promise<ClusterFile> {
   const dir = resolve(o.dir);
@@ -104,18 +125,21 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
       : cfg.sink.type === "jetstream"
         ? { type: "jetstream" }
         : { type: "sqlite", path: c.sqlite };
-  writeFileSync(c.config, `${JSON.stringify(cfg, null, 2)}\n`);
+  // Owner-only: a PostgreSQL URL in it may carry a password.
+  writeFileSync(c.config, `${JSON.stringify(cfg, null, 2)}\n`, { mode: 0o600 });
+  chmodSync(c.config, 0o600);
+  const ids = Array.from({ length: n }, (_, i) => `n${i + 1}`);
+  if (!o.insecure) c.security = ensureClusterSecrets(dir, ids);
   if (o.natsRuntime === "container") await ensureNatsImage();
   const started = await Promise.all(
-    Array.from({ length: n }, async (_, i) => {
-      const id = `n${i + 1}`;
+    ids.map(async (id, i) => {
       const conf = join(dir, "nats", `${id}.conf`);
-      writeFileSync(conf, natsConfig(dir, i, n, o.portBase, cfg));
-      const node = await startNatsNode(dir, conf, id, o.natsRuntime ?? "process");
+      const files = writeNatsConfig(conf, natsConfig(dir, i, n, o.portBase, cfg, c.security), id, c.security);
+      const node = await startNatsNode(dir, conf, id, o.natsRuntime ?? "process", files);
       return {
         id,
         ...node,
-        url: `nats://127.0.0.1:${o.portBase + i}`,
+        url: `${c.security ? "tls" : "nats"}://127.0.0.1:${o.portBase + i}`,
         monitor: `http://127.0.0.1:${o.portBase + 4000 + i}`,
       } satisfies NatsRecord;
     }),
@@ -134,7 +158,7 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
   );
   // Health comes before the JetStream meta leader; an API call before it waits out its timeout.
   await waitMetaLeader(c.nats[0]!.monitor, 20_000);
-  const nc = await connectNats({ servers: c.nats.map((s) => s.url), name: "sluice-up" });
+  const nc = await connectCluster(c, "admin", "sluice-up");
   try {
     // The JetStream meta leader is elected a moment after the servers answer health checks.
     await pRetry(() => provision(nc, cfg, Math.min(3, n)), {

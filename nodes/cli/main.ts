@@ -3,16 +3,20 @@
 import { pathToFileURL } from "node:url";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
-import { connectForPublishing, connectNats } from "../../shared/adapters/nats/connection.js";
+import { commandActor } from "../../shared/adapters/nats/audit-log.js";
+import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { provision } from "../../shared/adapters/nats/provision.js";
 import { describeSink, pipelineOf, sinkOf } from "../../shared/contract/config.js";
 import { isSluiceError } from "../../shared/contract/errors.js";
 import { natsAccountsBlock, type Role, Roles } from "../../shared/contract/permissions.js";
 import { inputStreams, partitionMapping } from "../../shared/contract/wire.js";
 import { credentialsFrom, tlsFrom } from "../node-options.js";
+import { addAuditCommands } from "./audit-commands.js";
 import { formatChaos, runChaos } from "./chaos.js";
 import { FAULTS, parseScenario } from "./chaos-faults.js";
 import {
+  connectCluster,
+  connectProducer,
   coordinatorScript,
   isOurProcess,
   openSinkInspector,
@@ -80,6 +84,7 @@ program
     "with --sink postgres: an existing database (default: a private server under the cluster directory)",
   )
   .option("--detach", "return once the cluster is ready, leaving it running")
+  .option("--insecure", "plain NATS: no TLS, no users, no encryption at rest (default: all three)")
   .action(
     async (o: {
       dir: string;
@@ -91,6 +96,7 @@ program
       sink?: string;
       postgresUrl?: string;
       detach?: boolean;
+      insecure?: boolean;
     }) => {
       if (o.natsRuntime !== "process" && o.natsRuntime !== "container") {
         throw new InvalidArgumentError("--nats-runtime must be process or container");
@@ -102,10 +108,11 @@ program
         coordinators: o.coordinators,
         portBase: o.portBase,
         configFile: o.config,
+        insecure: o.insecure === true,
         ...sinkOptions(o),
       });
       const cfg = readClusterConfig(c);
-      const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-up" });
+      const nc = await connectCluster(c, "reader", "sluice-up");
       const sink = openSinkInspector(c, nc);
       try {
         await waitSettled(nc, cfg, sink, 60_000);
@@ -234,7 +241,8 @@ program
         tls: tlsFrom(o),
       });
       try {
-        await provision(nc, cfg, o.replicas);
+        // Config changes are recorded in the audit stream as this command, with the admin's user.
+        await provision(nc, cfg, o.replicas, commandActor("admin", auth?.user));
       } finally {
         await nc.close();
       }
@@ -320,11 +328,7 @@ program
       keys: number;
     }) => {
       const c = readClusterFile(o.dir);
-      const nc = await connectForPublishing({
-        servers: c.nats.map((n) => n.url),
-        name: "sluice-load",
-        pipeline: pipelineOf(readClusterConfig(c), o.pipeline),
-      });
+      const nc = await connectProducer(c, pipelineOf(readClusterConfig(c), o.pipeline), "sluice-load");
       // A publish span per record, exported only when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set
       // (imported here: the OpenTelemetry SDK is not worth loading for the other commands).
       const { startTelemetry } = await import("../../shared/telemetry/telemetry.js");
@@ -350,7 +354,7 @@ program
   .option("--json", "JSON output")
   .action(async (o: { dir: string; pipeline: string; ackLog: string; json?: boolean }) => {
     const c = readClusterFile(o.dir);
-    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-verify" });
+    const nc = await connectCluster(c, "reader", "sluice-verify");
     const sink = openSinkInspector(c, nc);
     const r = await verify(sink, o.pipeline, o.ackLog).finally(async () => {
       await sink.close();
@@ -374,7 +378,7 @@ program
       return;
     }
     const c = readClusterFile(o.dir);
-    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-status" });
+    const nc = await connectCluster(c, "reader", "sluice-status");
     const sink = openSinkInspector(c);
     try {
       if (o.watch) {
@@ -484,6 +488,7 @@ program
   );
 
 addSchemaCommands(program);
+addAuditCommands(program);
 addRefCommands(program);
 addDlqCommands(program);
 addMergeCommands(program);

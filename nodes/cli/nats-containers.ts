@@ -160,6 +160,8 @@ export interface NatsContainerSpec {
   logFile: string;
   /** "uid:gid" to run the server as (a per-node uid lets iptables match one node's traffic). */
   user?: string;
+  /** Absolute host paths the config refers to (TLS files), bind-mounted read-only at the same path. */
+  readOnly?: string[];
 }
 
 /**
@@ -224,6 +226,7 @@ export async function startNatsContainer(spec: NatsContainerSpec): Promise<{ con
       .withBindMounts([
         { source: spec.configFile, target: spec.configFile, mode: "ro" },
         { source: spec.storeDir, target: spec.storeDir, mode: "rw" },
+        ...(spec.readOnly ?? []).map((p) => ({ source: p, target: p, mode: "ro" as const })),
       ])
       .withCommand(["-c", spec.configFile])
       .withUser(spec.user ?? "0:0")

@@ -9,13 +9,23 @@ import { chownSync, existsSync, mkdirSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type { SluiceConfig } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
+import { natsAccountsBlock } from "../../shared/contract/permissions.js";
 import { partitionMapping } from "../../shared/contract/wire.js";
 import type { NatsRuntime } from "./cluster-file.js";
+import { type ClusterSecurity, caFile, jetstreamKey, rolePasswords } from "./cluster-secrets.js";
 import { checkedNatsServer } from "./nats-binary.js";
 import { containerPid, startNatsContainer } from "./nats-containers.js";
 import { spawnLogged } from "./node-processes.js";
 
-export function natsConfig(dir: string, i: number, n: number, base: number, cfg: SluiceConfig): string {
+export function natsConfig(
+  dir: string,
+  i: number,
+  n: number,
+  base: number,
+  cfg: SluiceConfig,
+  security?: ClusterSecurity,
+): string {
+  const id = `n${i + 1}`;
   const routes = Array.from({ length: n }, (_, k) => `"nats-route://127.0.0.1:${base + 2000 + k}"`).join(
     ", ",
   );
@@ -23,29 +33,38 @@ export function natsConfig(dir: string, i: number, n: number, base: number, cfg:
   // subjects; a shared stream does it itself (its subject transform).
   const mappings = cfg.pipelines
     .filter((p) => p.streams === "per-shard")
-    .map((p) => partitionMapping(p.name, p.shards))
-    .map(([from, to]) => `  "${from}": "${to}"`)
-    .join("\n");
+    .map((p) => partitionMapping(p.name, p.shards));
   // fsync before every PubAck: server-wide, so on when any pipeline asks for it.
   const sync = cfg.pipelines.some((p) => p.durability === "fsync") ? "\n  sync_interval: always" : "";
-  return `server_name: n${i + 1}
+  // Secured: TLS on client connections (clients check the server against the CA), mutual TLS on
+  // routes (a server joins only with a certificate from the CA), users per role in account
+  // SLUICE (the mappings move there: top-level ones apply to the global account only), and the
+  // store encrypted with AES-GCM under the cluster's key.
+  const tls = security
+    ? {
+        client: `tls {\n  cert_file: "${join(security.tlsDir, `${id}.pem`)}"\n  key_file: "${join(security.tlsDir, `${id}-key.pem`)}"\n  ca_file: "${caFile(security)}"\n  timeout: 2\n}\n`,
+        route: `  tls {\n    cert_file: "${join(security.tlsDir, `${id}.pem`)}"\n    key_file: "${join(security.tlsDir, `${id}-key.pem`)}"\n    ca_file: "${caFile(security)}"\n    verify: true\n    timeout: 2\n  }\n`,
+        cipher: `\n  cipher: aes\n  key: "${jetstreamKey(security)}"`,
+      }
+    : { client: "", route: "", cipher: "" };
+  const accounts = security
+    ? natsAccountsBlock(cfg, rolePasswords(security), mappings)
+    : `mappings = {\n${mappings.map(([from, to]) => `  "${from}": "${to}"`).join("\n")}\n}\n`;
+  return `server_name: ${id}
 listen: 127.0.0.1:${base + i}
 http: 127.0.0.1:${base + 4000 + i}
 max_payload: 1MB
-jetstream {
-  store_dir: "${join(dir, "nats", `n${i + 1}`)}"
+${tls.client}jetstream {
+  store_dir: "${join(dir, "nats", id)}"
   max_memory_store: 268435456
-  max_file_store: 8589934592${sync}
+  max_file_store: 8589934592${sync}${tls.cipher}
 }
 cluster {
   name: sluice
   listen: 127.0.0.1:${base + 2000 + i}
-  routes: [${routes}]
+${tls.route}  routes: [${routes}]
 }
-mappings = {
-${mappings}
-}
-`;
+${accounts}`;
 }
 
 export async function waitMetaLeader(monitor: string, deadlineMs: number): Promise<void> {
@@ -80,6 +99,8 @@ export async function startNatsNode(
   conf: string,
   id: string,
   runtime: NatsRuntime,
+  /** Files or folders outside the store the config names (TLS files), for a container's mounts. */
+  readOnly: string[] = [],
 ): Promise<{ pid: number; container?: string }> {
   const log = join(dir, "logs", `${id}.log`);
   if (runtime === "container") {
@@ -93,6 +114,7 @@ export async function startNatsNode(
       storeDir: store,
       logFile: log,
       ...(uid === null ? {} : { user: `${uid}:${uid}` }),
+      readOnly,
     });
     return { pid: await containerPid(containerId), container: containerId };
   }

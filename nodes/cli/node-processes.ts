@@ -11,6 +11,7 @@ import {
   sinkScript,
   workerScript,
 } from "./cluster-file.js";
+import { caFile, credentialsFile } from "./cluster-secrets.js";
 
 /** Extra environment of a started process; `faketime` runs it with a skewed wall clock. */
 export interface StartEnv {
@@ -109,6 +110,9 @@ export function startNodeProcess(
     "--capacity",
     String(capacity),
     ...(http ? ["--http-port", new URL(http).port] : []),
+    ...(c.security
+      ? ["--credentials", credentialsFile(c.security, role), "--tls-ca", caFile(c.security)]
+      : []),
   ];
   // SLUICE_PROFILE_DIR: every node writes a V8 CPU profile there when it exits.
   const profile = process.env.SLUICE_PROFILE_DIR

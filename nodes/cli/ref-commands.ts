@@ -12,18 +12,19 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { parse as parseCsv } from "csv-parse/sync";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import {
   getReference,
   loadReferences,
   openReferenceBucket,
-  putReference,
+  putReferenceChange,
   readAsOf,
 } from "../../shared/adapters/nats/reference-tables.js";
+import type { AuditChange } from "../../shared/contract/audit.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import { refBucket } from "../../shared/contract/wire.js";
 import { isReferenceKey } from "../../shared/core/reference-cache.js";
-import { readClusterFile } from "./cluster-file.js";
+import { recordChange } from "./audit-commands.js";
+import { connectTarget } from "./cluster-file.js";
 import { intOption } from "./int-option.js";
 
 interface Target {
@@ -52,10 +53,9 @@ function keyOption(v: string): string {
 async function withTable<T>(
   o: Target,
   create: boolean,
-  fn: (kv: KV, nc: NatsConnection) => Promise<T>,
+  fn: (kv: KV, nc: NatsConnection, record: (c: AuditChange) => Promise<void>) => Promise<T>,
 ): Promise<T> {
-  const servers = o.servers ? o.servers.split(",") : readClusterFile(o.dir).nats.map((n) => n.url);
-  const nc = await connectNats({ servers, name: "sluice-ref" });
+  const { nc, servers } = await connectTarget(o, "admin", "sluice-ref");
   try {
     const kv = await openReferenceBucket(
       nc,
@@ -63,7 +63,7 @@ async function withTable<T>(
       create ? { replicas: Math.min(3, servers.length) } : undefined,
     );
     if (!kv) throw invalid(`no reference table "${o.table}" (no KV bucket ${refBucket(o.table)})`);
-    return await fn(kv, nc);
+    return await fn(kv, nc, (c) => recordChange(nc, o, servers, c));
   } finally {
     await nc.close();
   }
@@ -169,8 +169,16 @@ export function addRefCommands(program: Command): void {
       } catch (err) {
         throw invalid(`--value is not JSON: ${(err as Error).message}`);
       }
-      const rev = await withTable(o, true, (kv) => putReference(kv, o.key, value));
-      console.log(`table ${o.table}: ${o.key} at revision ${rev}`);
+      await withTable(o, true, async (kv, _nc, record) => {
+        const w = await putReferenceChange(kv, o.key, value);
+        console.log(`table ${o.table}: ${o.key} at revision ${w.revision}`);
+        await record({
+          kind: "ref",
+          target: { table: o.table, key: o.key },
+          before: w.previous === 0 ? null : { revision: w.previous },
+          after: { revision: w.revision },
+        });
+      });
     });
 
   target(ref.command("get"))
@@ -219,9 +227,22 @@ export function addRefCommands(program: Command): void {
         throw new SluiceError(ErrorCode.InvalidConfig, `cannot read ${o.file}`, { cause });
       }
       const entries = readReferenceFile(text, format, o.keyField);
-      const s = await withTable(o, true, (kv, nc) => loadReferences(nc, kv, o.table, entries));
-      console.log(
-        `table ${o.table}: ${entries.size} entries from ${o.file}: ${s.added} added, ${s.changed} changed, ${s.unchanged} unchanged${s.revision > 0 ? `; revision ${s.revision}` : ""}`,
-      );
+      await withTable(o, true, async (kv, nc, record) => {
+        // The table's revision before the load: its stream's last sequence (0: never written).
+        const before = (await kv.status()).streamInfo.state.last_seq;
+        const s = await loadReferences(nc, kv, o.table, entries);
+        console.log(
+          `table ${o.table}: ${entries.size} entries from ${o.file}: ${s.added} added, ${s.changed} changed, ${s.unchanged} unchanged${s.revision > 0 ? `; revision ${s.revision}` : ""}`,
+        );
+        // A load that wrote nothing changed nothing: nothing to record.
+        if (s.revision === 0) return;
+        await record({
+          kind: "ref",
+          target: { table: o.table },
+          before: before === 0 ? null : { revision: before },
+          after: { revision: s.revision },
+          detail: { file: o.file, added: s.added, changed: s.changed, unchanged: s.unchanged },
+        });
+      });
     });
 }

@@ -6,12 +6,13 @@ import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { parse as parseYaml } from "yaml";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { openSchemaRegistry } from "../../shared/adapters/nats/schema-store.js";
+import type { AuditChange } from "../../shared/contract/audit.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import { type CompatibilityMode, isCompatibilityMode } from "../../shared/core/schema-compat.js";
 import type { SchemaRegistry } from "../../shared/pipeline/schema-registry.js";
-import { readClusterFile } from "./cluster-file.js";
+import { recordChange } from "./audit-commands.js";
+import { connectTarget } from "./cluster-file.js";
 import { intOption } from "./int-option.js";
 
 interface Target {
@@ -47,11 +48,16 @@ function readSchemaFile(file: string): unknown {
   }
 }
 
-async function withRegistry<T>(o: Target, fn: (r: SchemaRegistry) => Promise<T>): Promise<T> {
-  const servers = o.servers ? o.servers.split(",") : readClusterFile(o.dir).nats.map((n) => n.url);
-  const nc = await connectNats({ servers, name: "sluice-schema" });
+/** `record` appends to the audit stream what a command changed (see `recordChange`). */
+async function withRegistry<T>(
+  o: Target,
+  fn: (r: SchemaRegistry, record: (c: AuditChange) => Promise<void>) => Promise<T>,
+): Promise<T> {
+  const { nc, servers } = await connectTarget(o, "admin", "sluice-schema");
   try {
-    return await fn(await openSchemaRegistry(nc, Math.min(3, servers.length)));
+    return await fn(await openSchemaRegistry(nc, Math.min(3, servers.length)), (c) =>
+      recordChange(nc, o, servers, c),
+    );
   } finally {
     await nc.close();
   }
@@ -77,8 +83,12 @@ export function addSchemaCommands(program: Command): void {
     )
     .action(async (o: Target & { subject: string; file: string; compat?: CompatibilityMode }) => {
       const s = readSchemaFile(o.file);
-      const r = await withRegistry(o, (reg) => reg.register(o.subject, s, o.compat));
-      console.log(`subject ${r.subject}: version ${r.version}, id ${r.id}`);
+      await withRegistry(o, async (reg, record) => {
+        const r = await reg.register(o.subject, s, o.compat);
+        console.log(`subject ${r.subject}: version ${r.version}, id ${r.id}`);
+        // Registering a schema already there (with its mode) changed nothing: nothing to record.
+        if (r.change) await record({ kind: "schema", target: { subject: r.subject }, ...r.change });
+      });
     });
 
   target(schema.command("check"))

@@ -2,6 +2,7 @@
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Kvm } from "@nats-io/kv";
+import { AuditLog } from "../../shared/adapters/nats/audit-log.js";
 import { connectNats, connectNearPipelines, drainWithin } from "../../shared/adapters/nats/connection.js";
 import { JetStreamDeadLetterQueue } from "../../shared/adapters/nats/jetstream-dead-letter-queue.js";
 import { JetStreamJsonStore, openBucket } from "../../shared/adapters/nats/jetstream-json-store.js";
@@ -14,6 +15,7 @@ import { configRevision, describeSink, mergeOf, sinkOf } from "../../shared/cont
 import { type AssignmentEntry, parseShardKey } from "../../shared/contract/ownership.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
 import { Buckets } from "../../shared/contract/wire.js";
+import { fenceAuditEntry } from "../../shared/core/audit-entries.js";
 import { feedBufferMessages } from "../../shared/core/batch-size.js";
 import { pipelineStages, RuleTally } from "../../shared/pipeline/pipeline-stages.js";
 import { WorkerRuntime } from "../../shared/runtime/worker-runtime.js";
@@ -128,6 +130,9 @@ const stages = new Map(
     }),
   ]),
 );
+// Every fence is recorded in the audit stream, without the lease waiting for it (see `appendQuietly`).
+const audit = new AuditLog(nc, log.child({ component: "audit" }));
+const auditWho = { role: "worker", id: opts.id, ...(opts.auth ? { user: opts.auth.user } : {}) };
 const runtime = new WorkerRuntime({
   id: opts.id,
   capacity: opts.capacity,
@@ -154,6 +159,12 @@ const runtime = new WorkerRuntime({
   stagesOf: (pipeline) => stages.get(pipeline),
   configRevisionOf: (pipeline) => revisions.get(pipeline),
   ruleCounts: () => tally.snapshot(),
+  onFence: (f) =>
+    audit.appendQuietly(
+      fenceAuditEntry({ ...f.ref, epoch: f.epoch, previous: f.previous }, auditWho, Date.now()),
+      // A second report of the same fence (none is expected) is stored once.
+      `fence-${f.ref.pipeline}-${f.ref.shard}-${f.epoch}-${opts.id}`,
+    ),
   onBatchStart: (r) => metrics.batchStarted(r),
   onHistoryMismatch: (r) => metrics.historyMismatch(r.ref),
   onCommitRetry: (r) => metrics.commitRetry(r),

@@ -12,6 +12,9 @@
  */
 import { type PipelineConfig, type SluiceConfig, sinkOf } from "./config.js";
 import {
+  AUDIT_STREAM,
+  AUDIT_SUBJECTS,
+  auditKindSubjects,
   Buckets,
   ControlSubjects,
   deadLetterStream,
@@ -69,6 +72,17 @@ function consumeStream(stream: string): string[] {
   ];
 }
 
+/** Watching a stream's consumers (their lag): what `status` and the dashboard show. */
+const inspectStream = (stream: string): string[] => [
+  `${JS_API}.STREAM.INFO.${stream}`,
+  `${JS_API}.CONSUMER.NAMES.${stream}`,
+  `${JS_API}.CONSUMER.INFO.${stream}.>`,
+];
+
+/** Output streams the pipelines commit to: their checkpoints and records are the sink's state. */
+const outputStreamsOf = (cfg: SluiceConfig): string[] =>
+  cfg.pipelines.filter((p) => sinkOf(cfg, p).type === "jetstream").map((p) => outputStream(p.name));
+
 /** Reading a KV bucket (gets and watches) without writing it. */
 const readBucket = (bucket: string): string[] => consumeStream(`KV_${bucket}`);
 
@@ -123,6 +137,8 @@ export function rolePermissions(role: Role, cfg: SluiceConfig): RolePermissions 
         SinkSubjects.commit,
         SinkSubjects.checkpoint,
         SinkSubjects.recordIds,
+        // Its fences, into the audit stream (README "Security").
+        auditKindSubjects("fence"),
       ];
       return {
         publish: sorted(publish),
@@ -134,8 +150,9 @@ export function rolePermissions(role: Role, cfg: SluiceConfig): RolePermissions 
     case "coordinator": {
       const publish = [
         `${JS_API}.INFO`,
-        ...inputs.map((s) => `${JS_API}.STREAM.INFO.${s}`),
+        ...inputs.flatMap(inspectStream),
         ...cfg.pipelines.map((p) => `${JS_API}.STREAM.INFO.${deadLetterStream(p.name)}`),
+        ...outputStreamsOf(cfg).flatMap(consumeStream),
         ...writeBucket(Buckets.assignments),
         ...writeBucket(Buckets.coordinator),
         ControlSubjects.assigned,
@@ -153,17 +170,29 @@ export function rolePermissions(role: Role, cfg: SluiceConfig): RolePermissions 
     case "reader": {
       const publish = [
         `${JS_API}.INFO`,
-        ...inputs.map((s) => `${JS_API}.STREAM.INFO.${s}`),
+        ...inputs.flatMap(inspectStream),
         ...cfg.pipelines.map((p) => `${JS_API}.STREAM.INFO.${deadLetterStream(p.name)}`),
+        ...outputStreamsOf(cfg).flatMap(consumeStream),
         ...readBucket(Buckets.assignments),
         ...readBucket(Buckets.coordinator),
         `sluice.sink.inspect.>`,
+        // `sluice audit`.
+        ...consumeStream(AUDIT_STREAM),
       ];
       return { publish: sorted(publish), subscribe: [inbox], allowResponses: false };
     }
     case "admin":
       return {
-        publish: [`${JS_API}.>`, "$KV.>", "$JS.ACK.>", "$JS.FC.>"],
+        // The ingest subjects: `sluice dlq replay` publishes dead letters back into a pipeline.
+        publish: [
+          `${JS_API}.>`,
+          "$KV.>",
+          "$JS.ACK.>",
+          "$JS.FC.>",
+          // Its commands' entries in the audit stream (config, schema and reference changes).
+          AUDIT_SUBJECTS,
+          ...sorted(cfg.pipelines.flatMap(ingestOf)),
+        ],
         subscribe: [inbox],
         allowResponses: false,
       };

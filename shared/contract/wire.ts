@@ -163,6 +163,26 @@ export const Buckets = {
  */
 export const refBucket = (table: string): string => `sluice_ref_${table}`;
 
+/**
+ * The audit stream (README "Security"): one JSON entry (`AuditEntry`, `contract/audit.ts`) per
+ * config, schema or reference-data change and per sink fence, on `sluice.audit.<kind>.<target…>`.
+ */
+export const AUDIT_STREAM = "SLUICE_AUDIT";
+/** What the audit stream records, each kind under its own subject token. */
+export const AuditKinds = ["config", "schema", "ref", "fence"] as const;
+export type AuditKind = (typeof AuditKinds)[number];
+/** Every audit subject: what the stream captures. */
+export const AUDIT_SUBJECTS = "sluice.audit.>";
+/** Every audit subject of one kind (a reader's filter; a writer's permission). */
+export const auditKindSubjects = (kind: AuditKind): string => `sluice.audit.${kind}.>`;
+/**
+ * Where an entry is stored: config `<pipeline>`, schema `<subject>`, ref `<table>`, fence
+ * `<pipeline>.<shard>` (each name is one subject token, as the config and registry require), so
+ * the last entry of one target is a last-by-subject read.
+ */
+export const auditSubject = (kind: AuditKind, ...target: (string | number)[]): string =>
+  `sluice.audit.${kind}.${target.join(".")}`;
+
 export const ControlSubjects = {
   /** Worker heartbeats (request; the leader replies with the worker's grants). */
   heartbeat: "sluice.ctl.heartbeat",

@@ -1,6 +1,6 @@
 /** What a shard's pipeline is given: its ports, its settings, and the hooks it reports through. */
 import type { BatchReport, BatchStartReport, HistoryMismatchReport } from "../contract/pipeline-reports.js";
-import type { DeadLetterQueue, ShardSource, Sink } from "../contract/ports.js";
+import type { Checkpoint, DeadLetterQueue, ShardSource, Sink } from "../contract/ports.js";
 import type { CommitterHooks } from "./batch-committer.js";
 import type { Stage } from "./stage.js";
 
@@ -53,4 +53,10 @@ export interface PipelineHooks extends Omit<CommitterHooks, "stopping"> {
   shards?: number;
   /** The pipeline's stages after decode, in order (none: decode only). */
   stages?: readonly Stage[];
+  /**
+   * The sink was fenced at this lease's epoch: called once per lease, after its first fence that
+   * succeeded (a re-acquisition at the same epoch fences again but changes nothing), with the
+   * checkpoint the fence returned. Must not block: it runs on the lease's acquisition path.
+   */
+  onFenced?(cp: Checkpoint): void;
 }

@@ -28,6 +28,18 @@ export interface RegisteredSchema {
   schema: JsonSchema;
 }
 
+/**
+ * A registration's outcome. `change` is set when it wrote the subject (a new version, or a new
+ * compatibility mode), for the audit stream: the subject before (null: new) and after, with its
+ * KV revisions; `after.version` is the version registered.
+ */
+export interface Registration extends RegisteredSchema {
+  change?: {
+    before: { version: number; compat: CompatibilityMode; revision: number } | null;
+    after: { version: number; id: number; compat: CompatibilityMode; revision: number };
+  };
+}
+
 interface SubjectEntry {
   compat: CompatibilityMode;
   versions: Array<{ version: number; id: number; schema: JsonSchema }>;
@@ -119,7 +131,7 @@ export class SchemaRegistry {
    * the same schema. `compat` sets the subject's mode first (default for a new subject:
    * `BACKWARD`). Refused with `SCHEMA_INCOMPATIBLE`, naming every problem.
    */
-  async register(subject: string, schema: unknown, compat?: CompatibilityMode): Promise<RegisteredSchema> {
+  async register(subject: string, schema: unknown, compat?: CompatibilityMode): Promise<Registration> {
     compileSchema(schema);
     for (let attempt = 0; attempt < 20; attempt++) {
       const { entry, revision } = await this.subjectEntry(subject);
@@ -139,15 +151,25 @@ export class SchemaRegistry {
           ? (entry?.versions ?? [])
           : [...(entry?.versions ?? []), { version, id, schema: schema as JsonSchema }],
       };
+      let written: number;
       try {
-        await this.store.compareAndSet(`subject.${subject}`, next, revision);
+        written = await this.store.compareAndSet(`subject.${subject}`, next, revision);
       } catch (err) {
         if ((err as SluiceError).code === ErrorCode.Conflict) continue;
         throw err;
       }
       if (!v.existing) await this.store.put(`id.${id}`, { subject, version });
       await this.index(subject);
-      return { subject, version, id, schema: schema as JsonSchema };
+      const before = entry
+        ? { version: entry.versions.at(-1)?.version ?? 0, compat: entry.compat, revision }
+        : null;
+      return {
+        subject,
+        version,
+        id,
+        schema: schema as JsonSchema,
+        change: { before, after: { version, id, compat: next.compat, revision: written } },
+      };
     }
     throw new SluiceError(ErrorCode.Conflict, `subject "${subject}": too many concurrent registrations`, {
       retryable: true,

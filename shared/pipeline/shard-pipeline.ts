@@ -39,6 +39,8 @@ export class ShardPipeline {
   private earlyFence: Promise<Checkpoint> | undefined;
   /** Deliveries below this sequence were committed before the fence: dropped (see `acquire`). */
   private skipBelow = 0;
+  /** `hooks.onFenced` was called: once per lease. */
+  private fenceReported = false;
   /** This lease's in-flight bounds, set at acquisition (undefined: the source's defaults). */
   private flow: FeedFlow | undefined;
   private readonly history: HistoryGuard;
@@ -168,6 +170,10 @@ export class ShardPipeline {
       throw err;
     }
     const t1 = this.hooks.now();
+    if (!this.fenceReported) {
+      this.fenceReported = true;
+      this.hooks.onFenced?.(cp);
+    }
     let overlapped = false;
     if (!this.stopping) {
       // Start at the checkpoint's own record when the sink knows its fingerprint, so the first

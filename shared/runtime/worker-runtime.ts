@@ -14,6 +14,7 @@ import {
   type Heartbeat,
   parseShardKey,
   type RuleCounts,
+  type ShardRef,
   type SinkTrouble,
   type StageWait,
 } from "../contract/ownership.js";
@@ -58,6 +59,22 @@ export interface WorkerDeps extends PipelinePorts {
   onCommitRetry?(r: CommitRetryReport): void;
   /** Quality rules' counts since start, `pipeline.rule` -> counts, sent in heartbeats. */
   ruleCounts?(): Record<string, RuleCounts> | undefined;
+  /**
+   * This worker fenced a shard's sink at a new lease's epoch (once per lease; for the audit
+   * stream). Called on the acquisition path: it must return at once and never throw.
+   */
+  onFence?(r: FenceReport): void;
+}
+
+/** A fence of a shard's sink by a lease of this worker (see `WorkerDeps.onFence`). */
+export interface FenceReport {
+  ref: ShardRef;
+  epoch: number;
+  /**
+   * The epoch of the shard's previous assignment below `epoch` and its owner, as this worker saw
+   * them; null when it saw none (it started after that assignment was written).
+   */
+  previous: { epoch: number; owner: string | null } | null;
 }
 
 export interface LeaseEventReport {
@@ -66,6 +83,9 @@ export interface LeaseEventReport {
   event: "acquiring" | "active" | "released" | "fenced" | "verifying" | "draining";
   reason?: string | null;
 }
+
+/** Epochs per shard whose owner a worker remembers (`WorkerRuntime.epochsSeen`). */
+const EPOCHS_KEPT = 4;
 
 interface Held {
   epoch: number;
@@ -83,6 +103,11 @@ export class WorkerRuntime {
   private readonly waiting = new Map<string, StageWait>();
   /** shard -> latest entry seen from the store. */
   private readonly latest = new Map<string, AssignmentEntry | null>();
+  /**
+   * shard -> epoch -> owner of the entries seen, the last `EPOCHS_KEPT` epochs: what a fence
+   * report names as the epoch it fenced out.
+   */
+  private readonly epochsSeen = new Map<string, Map<number, string | null>>();
   /** shard -> KV revision of `latest`; older entries arriving late are ignored. */
   private readonly revisions = new Map<string, number>();
   /** shard -> { epoch, time from which the lease is confirmed }. */
@@ -221,6 +246,7 @@ export class WorkerRuntime {
     if (!acceptEntry(known, e, v.revision, held?.epoch)) return;
     this.revisions.set(shard, v.revision);
     this.latest.set(shard, e);
+    if (e) this.noteEpoch(shard, e);
     this.noteMove(shard, e);
     const action = entryAction(this.d.id, e, held?.epoch, this.leaving);
     switch (action.type) {
@@ -239,6 +265,23 @@ export class WorkerRuntime {
       case "none":
         break;
     }
+  }
+
+  private noteEpoch(shard: string, e: AssignmentEntry): void {
+    const seen = this.epochsSeen.get(shard) ?? new Map<number, string | null>();
+    this.epochsSeen.set(shard, seen);
+    if (seen.has(e.epoch)) return;
+    seen.set(e.epoch, e.owner);
+    if (seen.size > EPOCHS_KEPT) seen.delete(Math.min(...seen.keys()));
+  }
+
+  /** The highest epoch below `epoch` seen for `shard`, with its owner (see `FenceReport`). */
+  private epochBefore(shard: string, epoch: number): FenceReport["previous"] {
+    let best: FenceReport["previous"] = null;
+    for (const [e, owner] of this.epochsSeen.get(shard) ?? []) {
+      if (e < epoch && (best === null || e > best.epoch)) best = { epoch: e, owner };
+    }
+    return best;
   }
 
   /**
@@ -301,6 +344,13 @@ export class WorkerRuntime {
       shards: this.d.shardsOf?.(ref.pipeline),
       stages: this.d.stagesOf?.(ref.pipeline),
       configRevision: this.d.configRevisionOf?.(ref.pipeline),
+      onFenced: () => {
+        try {
+          this.d.onFence?.({ ref, epoch, previous: this.epochBefore(shard, epoch) });
+        } catch (err) {
+          log.warn({ err: (err as Error).message }, "fence report failed");
+        }
+      },
       onBatch: (r) => {
         this.sinkTrouble.delete(shard);
         this.waiting.delete(shard);

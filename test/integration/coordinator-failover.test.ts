@@ -11,7 +11,7 @@ describe("coordinator failover (real 3-node NATS cluster)", () => {
   });
 
   it("SIGKILL of the leader: workers keep committing, the standby takes over and acts", async () => {
-    tc = await startTestCluster({ workers: 3, coordinators: 2 });
+    tc = await startTestCluster({ workers: 3, coordinators: 2, secured: true });
     const s0 = await waitSettled(tc);
     const leader = s0.leader!;
     const standby = leader.holder === "c1" ? "c2" : "c1";

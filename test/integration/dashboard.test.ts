@@ -48,7 +48,7 @@ describe.skipIf(!CHROMIUM)("web dashboard in headless Chromium (real 3-node NATS
   });
 
   it("shows every shard with its owner, and a SIGKILLed worker's shards moving", async () => {
-    tc = await startTestCluster({ workers: 3 });
+    tc = await startTestCluster({ workers: 3, secured: true });
     const settled = await waitSettled(tc, 30_000, ["w1", "w2", "w3"]);
     const leader = settled.leader?.holder;
     const base = tc.file().coordinators.find((c) => c.id === leader)?.http;

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import {
   type ClusterFile,
+  connectCluster,
   isOurProcess,
   openSinkInspector,
   readClusterConfig,
@@ -20,7 +21,6 @@ import { isSettled } from "../../nodes/cli/readiness.js";
 import { gatherStatus, type StatusReport } from "../../nodes/cli/status.js";
 import { countCommitted, type VerifyReport, verify } from "../../nodes/cli/verify.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { parseConfig, type SluiceConfig } from "../../shared/contract/config.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
 
@@ -90,6 +90,12 @@ export async function startTestCluster(
     workers?: number;
     coordinators?: number;
     config?: SluiceConfig;
+    /**
+     * The default cluster of `sluice up`: TLS, a user per role, encrypted store. `nc` is then
+     * the reader's connection and loads publish as the producer. Off, `nc` may do anything
+     * (tests that reach into the control plane need that).
+     */
+    secured?: boolean;
   } & Pick<UpOptions, "sink" | "postgresUrl">,
 ): Promise<TestCluster> {
   const dir = mkdtempSync(join(tmpdir(), "sluice-it-"));
@@ -99,12 +105,14 @@ export async function startTestCluster(
     coordinators: opts.coordinators ?? 2,
     portBase: await freePortBase(),
     config: opts.config ?? testConfig(),
+    insecure: opts.secured !== true,
     ...(opts.sink ? { sink: opts.sink } : {}),
     ...(opts.postgresUrl ? { postgresUrl: opts.postgresUrl } : {}),
   });
   // As the nodes read it: with the sink `up` chose.
   const cfg = readClusterConfig(c);
-  const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "sluice-test" });
+  const nc = await connectCluster(c, "reader", "sluice-test");
+  const pub = c.security ? await connectCluster(c, "producer", "sluice-test-load") : nc;
   const sink = openSinkInspector(c, nc);
   let loads = 0;
   const stoppers: Array<() => void> = [];
@@ -119,7 +127,7 @@ export async function startTestCluster(
       const ac = new AbortController();
       stoppers.push(() => ac.abort());
       return {
-        done: runLoad(nc, { pipeline: "demo", count, rate, ackLog, keys: 500, signal: ac.signal }),
+        done: runLoad(pub, { pipeline: "demo", count, rate, ackLog, keys: 500, signal: ac.signal }),
         ackLog,
         abort: () => ac.abort(),
       };
@@ -150,6 +158,7 @@ export async function startTestCluster(
     async stop() {
       for (const s of stoppers) s();
       await sink.close();
+      if (pub !== nc) await pub.close().catch(() => undefined);
       await nc.close().catch(() => undefined);
       // A test may leave a process stopped with SIGSTOP: continue it so it can exit.
       const f = readClusterFile(dir);

@@ -8,10 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
-import { openSinkInspector } from "../../nodes/cli/cluster-file.js";
+import { connectCluster, openSinkInspector } from "../../nodes/cli/cluster-file.js";
 import { down, up } from "../../nodes/cli/local-cluster.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
-import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import { freePortBase, testConfig } from "./harness.js";
 
@@ -37,7 +36,9 @@ describe("a cluster in a private folder (real 3-node NATS cluster)", () => {
       portBase: await freePortBase(),
       config: testConfig(),
     });
-    const nc = await connectNats({ servers: c.nats.map((n) => n.url), name: "private-folder-test" });
+    // Secured (the default): the servers read their 0600 keys and configs from the private folder.
+    expect(c.security).toBeDefined();
+    const nc = await connectCluster(c, "producer", "private-folder-test");
     const sink = openSinkInspector(c, nc);
     try {
       const ack = await jetstream(nc).publish("ingest.demo.alice", encodeRecord({ n: 1 }), {

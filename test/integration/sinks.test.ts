@@ -38,7 +38,7 @@ describe.each(["postgres", "jetstream"] as const)("the %s sink (real 3-node NATS
   });
 
   it("a worker SIGKILLed and another SIGSTOPped past its lease under load: nothing lost or doubled", async () => {
-    tc = await startTestCluster({ workers: 3, sink });
+    tc = await startTestCluster({ workers: 3, sink, secured: true });
     await waitSettled(tc);
     const load = tc.load(9_000, 1_500);
     await tc.waitCommitted(1_500);

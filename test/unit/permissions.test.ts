@@ -8,6 +8,9 @@ import {
   rolePermissions,
 } from "../../shared/contract/permissions.js";
 import {
+  AUDIT_STREAM,
+  AUDIT_SUBJECTS,
+  auditKindSubjects,
   Buckets,
   ControlSubjects,
   ingestSubjects,
@@ -84,6 +87,22 @@ describe("permissions per role, generated from the wire contract", () => {
     expect(w).toContain("sluice.out.clicks.>");
     expect(w).not.toContain("sluice.out.orders.>");
     expect(w).toContain("$JS.API.CONSUMER.MSG.NEXT.SLUICE_IN_clicks_3.>");
+  });
+
+  it("lets workers append their fences to the audit stream, the admin every entry, and the reader read it", () => {
+    expect(rolePermissions("worker", cfg).publish).toContain(auditKindSubjects("fence"));
+    expect(rolePermissions("worker", cfg).publish).not.toContain(AUDIT_SUBJECTS);
+    expect(rolePermissions("admin", cfg).publish).toContain(AUDIT_SUBJECTS);
+    const reader = rolePermissions("reader", cfg).publish;
+    expect(reader).toEqual(
+      expect.arrayContaining([
+        `$JS.API.STREAM.INFO.${AUDIT_STREAM}`,
+        `$JS.API.CONSUMER.CREATE.${AUDIT_STREAM}.>`,
+        `$JS.API.CONSUMER.MSG.NEXT.${AUDIT_STREAM}.>`,
+      ]),
+    );
+    for (const role of ["reader", "producer", "sink", "coordinator"] as const)
+      expect(rolePermissions(role, cfg).publish.filter((s) => s.startsWith("sluice.audit."))).toEqual([]);
   });
 
   it("writes one user per role in the account block", () => {

@@ -15,7 +15,7 @@ import type {
   Versioned,
 } from "../../shared/contract/ports.js";
 import { systemScheduler } from "../../shared/contract/ports.js";
-import { WorkerRuntime } from "../../shared/runtime/worker-runtime.js";
+import { type FenceReport, WorkerRuntime } from "../../shared/runtime/worker-runtime.js";
 
 const SHARD = "demo.3";
 
@@ -84,6 +84,7 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     let announce: ((n: AssignedNotice) => void) | undefined;
     const active: string[] = [];
     const released: ReleasedNotice[] = [];
+    const fences: FenceReport[] = [];
     const sink = new MemorySink({ observer: { onFence: (_ref, epoch) => fenced.push(epoch) } });
     runtime = new WorkerRuntime({
       id: "w2",
@@ -114,6 +115,7 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
       onLeaseEvent: (e) => {
         if (e.event === "active") active.push(`${e.shard}@${e.epoch}`);
       },
+      onFence: (f) => fences.push(f),
     });
     return {
       assignments,
@@ -124,6 +126,7 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
       active,
       released,
       heartbeats,
+      fences,
       started: runtime.start(),
     };
   }
@@ -186,6 +189,18 @@ describe("WorkerRuntime: a graceful hand-off is prepared while the previous owne
     // Active: the acquisition has finished, and it fenced nothing more.
     await waitUntil("the lease active", 3_000, () => active.includes(`${SHARD}@5`) || undefined, 2);
     expect(fenced).toEqual([5]);
+  });
+
+  it("reports a lease's fence once, naming the epoch and owner it fenced out (the audit stream's)", async () => {
+    const { assignments, fences, active, started } = start();
+    await started;
+    assignments.emit(SHARD, { owner: "w1", epoch: 4, phase: "active", at: 0 });
+    // w1 failed: the shard comes here at a higher epoch, without a hand-off.
+    assignments.emit(SHARD, { owner: "w2", epoch: 6, phase: "active", at: 0 });
+    await waitUntil("the lease active", 3_000, () => active.includes(`${SHARD}@6`) || undefined, 2);
+    expect(fences).toEqual([
+      { ref: { pipeline: "demo", shard: 3 }, epoch: 6, previous: { epoch: 4, owner: "w1" } },
+    ]);
   });
 
   it("drops the prepared consumer when the move is called off", async () => {

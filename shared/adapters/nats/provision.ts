@@ -1,11 +1,13 @@
 /**
  * Creates (idempotently) the JetStream resources of a cluster: the input streams of each
  * pipeline (one, or one per shard) and one dead-letter stream per pipeline, and the KV buckets of
- * the ownership protocol, the schema registry and dead-letter replays.
+ * the ownership protocol, the schema registry and dead-letter replays, and the audit stream, in
+ * which it then records each pipeline's config when it differs from the last one recorded.
  */
 import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, nanos } from "@nats-io/transport-node";
+import type { AuditActor } from "../../contract/audit.js";
 import { type SluiceConfig, sinkOf } from "../../contract/config.js";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import {
@@ -18,11 +20,18 @@ import {
   outputStream,
   outputSubjects,
 } from "../../contract/wire.js";
+import { auditStreamConfig, commandActor, recordConfigChanges } from "./audit-log.js";
 
 /** Streams created at once: each is a Raft group whose creation the meta leader serialises. */
 const createConcurrency = 16;
 
-export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas: number): Promise<void> {
+/** `who` is recorded in the audit stream with each config change (default: this command, as admin). */
+export async function provision(
+  nc: NatsConnection,
+  cfg: SluiceConfig,
+  replicas: number,
+  who: AuditActor = commandActor(),
+): Promise<void> {
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   for (const p of cfg.pipelines) {
     const r = Math.min(p.replicas, replicas);
@@ -78,6 +87,9 @@ export async function provision(nc: NatsConnection, cfg: SluiceConfig, replicas:
   await kvm.create(Buckets.schemas, { replicas, history: 1, allow_direct: false });
   // `sluice dlq replay`'s markers: a claim must see the leader's latest, like a lease.
   await kvm.create(Buckets.dlqReplays, { replicas, history: 1, allow_direct: false });
+  // Operators' record of changes and fences (README "Security").
+  await ensureStream(jsm, auditStreamConfig(replicas));
+  await recordConfigChanges(nc, cfg, who);
 }
 
 type Jsm = Awaited<ReturnType<typeof jetstreamManager>>;

@@ -367,12 +367,25 @@ const isWrongLastSequence = (err: unknown): boolean =>
  * first), read again and retried when another writer came first. Returns the new revision.
  */
 export async function putReference(kv: KV, key: string, value: unknown, expected?: number): Promise<number> {
+  return (await putReferenceChange(kv, key, value, expected)).revision;
+}
+
+/**
+ * `putReference`, also naming the key's revision the write replaced (0: none), for the audit
+ * stream.
+ */
+export async function putReferenceChange(
+  kv: KV,
+  key: string,
+  value: unknown,
+  expected?: number,
+): Promise<{ revision: number; previous: number }> {
   const data = enc.encode(JSON.stringify(value));
   let previous = expected;
   for (let attempt = 1; ; attempt++) {
     previous ??= (await kv.get(key))?.revision ?? 0;
     try {
-      return await kv.put(key, data, { previousSeq: previous });
+      return { revision: await kv.put(key, data, { previousSeq: previous }), previous };
     } catch (err) {
       if (!isWrongLastSequence(err) || attempt >= 10) throw err;
       previous = undefined;
