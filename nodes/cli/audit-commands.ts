@@ -4,7 +4,6 @@
  * `D/cluster.json`; `--servers` names any NATS cluster). Also how the writing commands (`schema
  * register`, `ref put|load`) record what they changed.
  */
-import { readFileSync } from "node:fs";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
@@ -16,7 +15,6 @@ import {
   type StoredAudit,
 } from "../../shared/adapters/nats/audit-log.js";
 import {
-  type AuditActor,
   type AuditChange,
   auditChangeText,
   auditEntry,
@@ -26,7 +24,7 @@ import {
 import { durationMs } from "../../shared/contract/config.js";
 import type { Role } from "../../shared/contract/permissions.js";
 import { AUDIT_STREAM, type AuditKind, AuditKinds } from "../../shared/contract/wire.js";
-import { clusterConnectOptions, connectTarget, readClusterFile } from "./cluster-file.js";
+import { connectTarget } from "./cluster-file.js";
 import { intOption } from "./int-option.js";
 
 interface Target {
@@ -34,21 +32,9 @@ interface Target {
   servers?: string;
 }
 
-/**
- * Who a command is in the audit stream: this OS user on this host, as `role`, with the NATS user
- * it connects as (from the cluster's credentials, or `SLUICE_USER`/`SLUICE_CREDENTIALS`).
- */
-export function commandWho(o: Target, role: Role): AuditActor {
-  let user: string | undefined;
-  try {
-    if (!o.servers) user = clusterConnectOptions(readClusterFile(o.dir), role, "audit").auth?.user;
-    else if (process.env.SLUICE_USER) user = process.env.SLUICE_USER;
-    else if (process.env.SLUICE_CREDENTIALS)
-      user = (JSON.parse(readFileSync(process.env.SLUICE_CREDENTIALS, "utf8")) as { user?: string }).user;
-  } catch {
-    // The connection itself says what is wrong with the credentials; here they only name the user.
-  }
-  return commandActor(role, user);
+/** The user a connection authenticated as (none on an open cluster): who a command is. */
+function connectionUser(nc: NatsConnection): string | undefined {
+  return (nc as { options?: { user?: string } }).options?.user;
 }
 
 /**
@@ -58,14 +44,13 @@ export function commandWho(o: Target, role: Role): AuditActor {
  */
 export async function recordChange(
   nc: NatsConnection,
-  o: Target,
   servers: readonly string[],
   change: AuditChange,
   role: Role = "admin",
 ): Promise<void> {
   try {
     await ensureAuditStream(nc, Math.min(3, servers.length));
-    await new AuditLog(nc).append(auditEntry(change, commandWho(o, role), Date.now()));
+    await new AuditLog(nc).append(auditEntry(change, commandActor(role, connectionUser(nc)), Date.now()));
   } catch (err) {
     console.error(
       `sluice: the change is made but not recorded in ${AUDIT_STREAM}: ${(err as Error).message}`,

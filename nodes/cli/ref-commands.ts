@@ -63,7 +63,7 @@ async function withTable<T>(
       create ? { replicas: Math.min(3, servers.length) } : undefined,
     );
     if (!kv) throw invalid(`no reference table "${o.table}" (no KV bucket ${refBucket(o.table)})`);
-    return await fn(kv, nc, (c) => recordChange(nc, o, servers, c));
+    return await fn(kv, nc, (c) => recordChange(nc, servers, c));
   } finally {
     await nc.close();
   }

@@ -56,7 +56,7 @@ async function withRegistry<T>(
   const { nc, servers } = await connectTarget(o, "admin", "sluice-schema");
   try {
     return await fn(await openSchemaRegistry(nc, Math.min(3, servers.length)), (c) =>
-      recordChange(nc, o, servers, c),
+      recordChange(nc, servers, c),
     );
   } finally {
     await nc.close();

@@ -7,7 +7,7 @@ import { execFile } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { connect } from "@nats-io/transport-node";
+import { type ConnectionOptions, connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cliScript, readClusterFile } from "../../nodes/cli/cluster-file.js";
 import { caFile, credentialsFile, jetstreamKeyFile } from "../../nodes/cli/cluster-secrets.js";
@@ -78,32 +78,19 @@ describe("secured local cluster (TLS, users per role, encrypted store)", () => {
     // Refused: no credentials; a server certificate the client cannot check; a producer
     // fencing the sink.
     const url = c.nats[0]!.url;
-    const anonymous = await connect({
-      servers: [url],
-      tls: { caFile: caFile(sec) },
-      timeout: 3_000,
-      reconnect: false,
-    }).then(
-      (nc) => nc.close().then(() => "connected"),
-      (e: Error) => e.message,
-    );
-    expect(anonymous).not.toBe("connected");
+    // "connected", or why the connection was refused.
+    const attempt = (opts: Omit<ConnectionOptions, "servers" | "timeout" | "reconnect">) =>
+      connect({ servers: [url], timeout: 3_000, reconnect: false, ...opts }).then(
+        (nc) => nc.close().then(() => "connected"),
+        (e: Error) => e.message,
+      );
+    expect(await attempt({ tls: { caFile: caFile(sec) } })).not.toBe("connected");
     const producer = JSON.parse(readFileSync(credentialsFile(sec, "producer"), "utf8")) as {
       user: string;
       password: string;
       inboxPrefix: string;
     };
-    const untrusted = await connect({
-      servers: [url],
-      user: producer.user,
-      pass: producer.password,
-      timeout: 3_000,
-      reconnect: false,
-    }).then(
-      (nc) => nc.close().then(() => "connected"),
-      (e: Error) => e.message,
-    );
-    expect(untrusted).not.toBe("connected");
+    expect(await attempt({ user: producer.user, pass: producer.password })).not.toBe("connected");
     const nc = await connect({
       servers: [url],
       user: producer.user,
