@@ -10,8 +10,9 @@ import type { DurabilityResult } from "./durability-part.js";
 import { stealText } from "./host-cpu.js";
 import type { MemoryResult } from "./memory-part.js";
 import type { MergeResult } from "./merge-part.js";
+import { roleText } from "./process-cpu.js";
 import { type SecurityResult, securedRatio } from "./security-part.js";
-import type { SinksResult } from "./sinks-part.js";
+import type { SinkE2E, SinksResult } from "./sinks-part.js";
 import type { ThroughputResult } from "./throughput-part.js";
 
 export interface BenchReport {
@@ -133,6 +134,11 @@ export interface BenchReport {
     worker_lost: number;
     samples: Array<[number, number]>;
   };
+  /**
+   * CPU per record (µs) of each role on the sink parts' clusters, while the producer alone
+   * published into R3 and end to end: what limits the end-to-end rates on shared cores.
+   */
+  cpu_us_per_record: Record<"postgres" | "jetstream", SinkE2E["cpu"]>;
   /**
    * What the hypervisor took from this machine in each part: figures of a part with high steal
    * were measured on a host that stalled every process at once.
@@ -294,6 +300,7 @@ export function buildReport(r: BenchResults): BenchReport {
       worker_lost: memory.lost,
       samples: memory.samples.map((s) => [round(s.s, 1), round(s.rssMiB, 1)]),
     },
+    cpu_us_per_record: { postgres: r.sinks.postgres.cpu, jetstream: r.sinks.jetstream.cpu },
     host_steal_pct: Object.fromEntries(
       Object.entries(r.steal).map(([k, v]) => [k, v === null ? null : round(v, 1)]),
     ),
@@ -387,9 +394,21 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       ">= 0.5x",
     ],
     [
+      "  CPU per record, end to end into PostgreSQL vs the producer alone",
+      `${rep.cpu_us_per_record.postgres.e2e.total} vs ${rep.cpu_us_per_record.postgres.publish.total} µs`,
+      roleText(rep.cpu_us_per_record.postgres.e2e),
+      "",
+    ],
+    [
       "end to end into a JetStream output stream vs the producer alone into R3",
       `${th.jetstream_e2e_per_s}/s vs ${th.publish_r3_jetstream_cluster_per_s}/s`,
       `${ratios.e2e_jetstream_vs_publish_r3}x`,
+      "",
+    ],
+    [
+      "  CPU per record, end to end into the output stream vs the producer alone",
+      `${rep.cpu_us_per_record.jetstream.e2e.total} vs ${rep.cpu_us_per_record.jetstream.publish.total} µs`,
+      roleText(rep.cpu_us_per_record.jetstream.e2e),
       "",
     ],
     [
