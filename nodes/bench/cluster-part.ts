@@ -17,7 +17,7 @@ import {
   scaleOutTrials,
   workerKillTrials,
 } from "./cluster-trials.js";
-import { naiveEndToEndRate, naiveSqlite, publishOnlyRate, sluiceEndToEndRate } from "./end-to-end.js";
+import { type EndToEndPair, naiveEndToEndRate, naiveSqlite, publishThenEndToEnd } from "./end-to-end.js";
 import { stealText } from "./host-cpu.js";
 import { type Latency, publishToCommitLatency } from "./latency-memory.js";
 import type { Rate } from "./publish-rates.js";
@@ -27,6 +27,8 @@ export interface ClusterResult {
   sluice: Rate;
   /** The producer alone into an R3 stream of the same layout, same cluster. */
   publish: Rate;
+  /** CPU per record and role (µs) of the producer-alone and the end-to-end rounds. */
+  cpu: EndToEndPair["cpu"];
   latency: Latency;
   kills: number[];
   scale: ScaleOutTrial[];
@@ -45,7 +47,7 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
       const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink, pipeline: "demo" };
       try {
         await waitSettled(nc, clusterCfg, sink, 60_000);
-        const { naive, sluice, publish } = await run.measuringSteal("end_to_end", async () => {
+        const { naive, sluice, publish, cpu } = await run.measuringSteal("end_to_end", async () => {
           // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
           const naive = await naiveEndToEndRate(
             nc,
@@ -55,11 +57,13 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
             3,
           );
           run.log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
-          const publish = await publishOnlyRate(nc, e2eRecords, "sqlite");
-          run.log(`producer alone into an R3 stream: ${Math.round(publish.perSecond)}/s`);
-          const sluice = await sluiceEndToEndRate(nc, "demo", sink, e2eRecords, "e2e");
-          run.log(`sluice: ${Math.round(sluice.perSecond)}/s end to end into SQLite`);
-          return { naive, sluice, publish };
+          const pair = await publishThenEndToEnd(c, nc, sink, e2eRecords, {
+            publishPrefix: "sqlite",
+            e2ePrefix: "e2e",
+            into: "SQLite",
+            log: run.log,
+          });
+          return { naive, sluice: pair.e2e, publish: pair.publish, cpu: pair.cpu };
         });
         const latencyRate = run.s.quick ? 2_000 : 5_000;
         const latency = await run.measuringSteal("latency", () =>
@@ -102,7 +106,7 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
           run.log(
             `host CPU steal: worker kills ${stealText(run.steal.worker_kill)}, scale-outs ${stealText(run.steal.scale_out)}, leader kills ${stealText(run.steal.leader_kill)}`,
           );
-          return { naive, sluice, publish, latency, kills, scale, leader };
+          return { naive, sluice, publish, cpu, latency, kills, scale, leader };
         } finally {
           load.kill("SIGKILL");
         }

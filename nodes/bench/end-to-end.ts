@@ -24,8 +24,10 @@ import {
 } from "../../shared/contract/wire.js";
 import { decodeRecord } from "../../shared/pipeline/stages/decode-stage.js";
 import { Producer, type PublishResult } from "../../shared/producer/producer.js";
+import type { ClusterFile } from "../cli/cluster-file.js";
 import { countCommitted } from "../cli/verify.js";
 import { waitUntil } from "../cli/wait.js";
+import { clusterCpu, cpuPerRecord, cpuText, type RoleCpu } from "./process-cpu.js";
 import { makeRecords, producerRate, type Rate, rate } from "./publish-rates.js";
 
 const body = "x".repeat(192);
@@ -209,4 +211,35 @@ export async function publishOnlyRate(nc: NatsConnection, count: number, prefix:
   } finally {
     await jsm.streams.delete(inputStream(p, 0)).catch(() => false);
   }
+}
+
+/** An end-to-end rate with its baseline, and the CPU per record and role (µs) of each. */
+export interface EndToEndPair {
+  publish: Rate;
+  e2e: Rate;
+  cpu: { publish: RoleCpu & { total: number }; e2e: RoleCpu & { total: number } };
+}
+
+/**
+ * The producer alone into an R3 stream (`publishOnlyRate`), then `records` end to end into the
+ * demo pipeline's sink (`sluiceEndToEndRate`), on cluster `c`, with the CPU every role of the
+ * cluster spent per record in each: on shared cores the rates' ratio is about the inverse of
+ * the CPU ratio, so the roles say what limits the end-to-end rate.
+ */
+export async function publishThenEndToEnd(
+  c: ClusterFile,
+  nc: NatsConnection,
+  sink: SinkInspector,
+  records: number,
+  o: { publishPrefix: string; e2ePrefix: string; into: string; log: (line: string) => void },
+): Promise<EndToEndPair> {
+  const cpu0 = clusterCpu(c);
+  const publish = await publishOnlyRate(nc, records, o.publishPrefix);
+  const cpu1 = clusterCpu(c);
+  const publishCpu = cpuPerRecord(cpu0, cpu1, records);
+  o.log(`producer alone into an R3 stream: ${Math.round(publish.perSecond)}/s; ${cpuText(publishCpu)}`);
+  const e2e = await sluiceEndToEndRate(nc, "demo", sink, records, o.e2ePrefix);
+  const e2eCpu = cpuPerRecord(cpu1, clusterCpu(c), records);
+  o.log(`sluice: ${Math.round(e2e.perSecond)}/s end to end into ${o.into}; ${cpuText(e2eCpu)}`);
+  return { publish, e2e, cpu: { publish: publishCpu, e2e: e2eCpu } };
 }

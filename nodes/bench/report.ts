@@ -7,12 +7,13 @@ import { cpus, totalmem } from "node:os";
 import { type BenchSettings, median, round } from "./bench-run.js";
 import type { ClusterResult } from "./cluster-part.js";
 import type { DurabilityResult } from "./durability-part.js";
+import type { EndToEndPair } from "./end-to-end.js";
 import { stealText } from "./host-cpu.js";
 import type { MemoryResult } from "./memory-part.js";
 import type { MergeResult } from "./merge-part.js";
 import { roleText } from "./process-cpu.js";
 import { type SecurityResult, securedRatio } from "./security-part.js";
-import type { SinkE2E, SinksResult } from "./sinks-part.js";
+import type { SinksResult } from "./sinks-part.js";
 import type { ThroughputResult } from "./throughput-part.js";
 
 export interface BenchReport {
@@ -135,10 +136,11 @@ export interface BenchReport {
     samples: Array<[number, number]>;
   };
   /**
-   * CPU per record (µs) of each role on the sink parts' clusters, while the producer alone
-   * published into R3 and end to end: what limits the end-to-end rates on shared cores.
+   * CPU per record (µs) of each role on the end-to-end clusters (SQLite, PostgreSQL, output
+   * stream), while the producer alone published into R3 and end to end: what limits the
+   * end-to-end rates on shared cores.
    */
-  cpu_us_per_record: Record<"postgres" | "jetstream", SinkE2E["cpu"]>;
+  cpu_us_per_record: Record<"sqlite" | "postgres" | "jetstream", EndToEndPair["cpu"]>;
   /**
    * What the hypervisor took from this machine in each part: figures of a part with high steal
    * were measured on a host that stalled every process at once.
@@ -300,7 +302,11 @@ export function buildReport(r: BenchResults): BenchReport {
       worker_lost: memory.lost,
       samples: memory.samples.map((s) => [round(s.s, 1), round(s.rssMiB, 1)]),
     },
-    cpu_us_per_record: { postgres: r.sinks.postgres.cpu, jetstream: r.sinks.jetstream.cpu },
+    cpu_us_per_record: {
+      sqlite: r.cluster.cpu,
+      postgres: r.sinks.postgres.cpu,
+      jetstream: r.sinks.jetstream.cpu,
+    },
     host_steal_pct: Object.fromEntries(
       Object.entries(r.steal).map(([k, v]) => [k, v === null ? null : round(v, 1)]),
     ),
@@ -308,6 +314,14 @@ export function buildReport(r: BenchResults): BenchReport {
 }
 
 /** The report as the table the benchmark prints: figure, measurement, ratio or result, target. */
+/** The table row under an end-to-end figure: CPU per record of both rounds, and by role end to end. */
+const cpuRow = (into: string, x: EndToEndPair["cpu"]): [string, string, string, string] => [
+  `  CPU per record, end to end into ${into} vs the producer alone`,
+  `${x.e2e.total} vs ${x.publish.total} µs`,
+  roleText(x.e2e),
+  "",
+];
+
 export function reportTable(rep: BenchReport, r: BenchResults): string {
   const t = r.throughput;
   const ratios = rep.ratios;
@@ -375,6 +389,7 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${ratios.e2e_sqlite_vs_publish_r3}x`,
       "",
     ],
+    cpuRow("SQLite", rep.cpu_us_per_record.sqlite),
     [
       "two branches into SQLite also merged (policy latest) vs appended only",
       `${th.sqlite_merge_per_s}/s vs ${th.sqlite_append_per_s}/s`,
@@ -393,24 +408,14 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${ratios.e2e_postgres_vs_publish_r3}x`,
       ">= 0.5x",
     ],
-    [
-      "  CPU per record, end to end into PostgreSQL vs the producer alone",
-      `${rep.cpu_us_per_record.postgres.e2e.total} vs ${rep.cpu_us_per_record.postgres.publish.total} µs`,
-      roleText(rep.cpu_us_per_record.postgres.e2e),
-      "",
-    ],
+    cpuRow("PostgreSQL", rep.cpu_us_per_record.postgres),
     [
       "end to end into a JetStream output stream vs the producer alone into R3",
       `${th.jetstream_e2e_per_s}/s vs ${th.publish_r3_jetstream_cluster_per_s}/s`,
       `${ratios.e2e_jetstream_vs_publish_r3}x`,
       "",
     ],
-    [
-      "  CPU per record, end to end into the output stream vs the producer alone",
-      `${rep.cpu_us_per_record.jetstream.e2e.total} vs ${rep.cpu_us_per_record.jetstream.publish.total} µs`,
-      roleText(rep.cpu_us_per_record.jetstream.e2e),
-      "",
-    ],
+    cpuRow("the output stream", rep.cpu_us_per_record.jetstream),
     [
       "producer into R3 with fsync before each PubAck vs without",
       `${rep.durability.producer_fsync_per_s}/s vs ${rep.durability.producer_replicated_per_s}/s`,

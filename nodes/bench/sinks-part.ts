@@ -9,17 +9,12 @@ import { parseConfig } from "../../shared/contract/config.js";
 import { openSinkInspector, readClusterConfig } from "../cli/cluster-file.js";
 import { waitSettled } from "../cli/readiness.js";
 import type { BenchRun } from "./bench-run.js";
-import { naiveEndToEndRate, naivePostgres, publishOnlyRate, sluiceEndToEndRate } from "./end-to-end.js";
-import { clusterCpu, cpuPerRecord, cpuText, type RoleCpu } from "./process-cpu.js";
+import { type EndToEndPair, naiveEndToEndRate, naivePostgres, publishThenEndToEnd } from "./end-to-end.js";
 import type { Rate } from "./publish-rates.js";
 
-export interface SinkE2E {
-  e2e: Rate;
-  publish: Rate;
+export interface SinkE2E extends EndToEndPair {
   /** PostgreSQL only: the naive pipeline into the same database. */
   naive?: Rate;
-  /** CPU per record and role (µs) while the producer alone published, and end to end. */
-  cpu: { publish: RoleCpu & { total: number }; e2e: RoleCpu & { total: number } };
 }
 
 export interface SinksResult {
@@ -42,16 +37,12 @@ async function measureSink(
       try {
         const cfg = readClusterConfig(c);
         await waitSettled(nc, cfg, inspector, 60_000);
-        const cpu0 = clusterCpu(c);
-        const publish = await publishOnlyRate(nc, records, sink);
-        const cpu1 = clusterCpu(c);
-        const publishCpu = cpuPerRecord(cpu0, cpu1, records);
-        run.log(
-          `producer alone into an R3 stream: ${Math.round(publish.perSecond)}/s; ${cpuText(publishCpu)}`,
-        );
-        const e2e = await sluiceEndToEndRate(nc, "demo", inspector, records, `e2e_${sink}`);
-        const e2eCpu = cpuPerRecord(cpu1, clusterCpu(c), records);
-        run.log(`sluice: ${Math.round(e2e.perSecond)}/s end to end into ${sink}; ${cpuText(e2eCpu)}`);
+        const pair = await publishThenEndToEnd(c, nc, inspector, records, {
+          publishPrefix: sink,
+          e2ePrefix: `e2e_${sink}`,
+          into: sink,
+          log: run.log,
+        });
         let naive: Rate | undefined;
         if (cfg.sink.type === "postgres") {
           naive = await naiveEndToEndRate(
@@ -63,7 +54,7 @@ async function measureSink(
           );
           run.log(`naive pipeline into PostgreSQL: ${Math.round(naive.perSecond)}/s end to end`);
         }
-        return { e2e, publish, ...(naive ? { naive } : {}), cpu: { publish: publishCpu, e2e: e2eCpu } };
+        return { ...pair, ...(naive ? { naive } : {}) };
       } finally {
         await inspector.close();
         await nc.close();
