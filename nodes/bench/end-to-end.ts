@@ -27,7 +27,7 @@ import { Producer, type PublishResult } from "../../shared/producer/producer.js"
 import type { ClusterFile } from "../cli/cluster-file.js";
 import { countCommitted } from "../cli/verify.js";
 import { waitUntil } from "../cli/wait.js";
-import { clusterCpu, cpuPerRecord, cpuText, type RoleCpu } from "./process-cpu.js";
+import { clusterCpu, cpuPerRecord, cpuText, type RoleCpuPerRecord } from "./process-cpu.js";
 import { makeRecords, producerRate, type Rate, rate } from "./publish-rates.js";
 
 const body = "x".repeat(192);
@@ -217,7 +217,7 @@ export async function publishOnlyRate(nc: NatsConnection, count: number, prefix:
 export interface EndToEndPair {
   publish: Rate;
   e2e: Rate;
-  cpu: { publish: RoleCpu & { total: number }; e2e: RoleCpu & { total: number } };
+  cpu: { publish: RoleCpuPerRecord; e2e: RoleCpuPerRecord };
 }
 
 /**

@@ -11,6 +11,8 @@ import type { ClusterFile } from "../cli/cluster-file.js";
 export const CPU_ROLES = ["nats", "workers", "sink", "coordinators", "producer"] as const;
 export type CpuRole = (typeof CPU_ROLES)[number];
 export type RoleCpu = Record<CpuRole, number>;
+/** CPU per record by role and in all, µs. */
+export type RoleCpuPerRecord = RoleCpu & { total: number };
 
 /** Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, 100 on Linux everywhere). */
 const TICKS_PER_S = 100;
@@ -80,8 +82,8 @@ export function clusterCpu(c: ClusterFile): RoleCpu {
 }
 
 /** Microseconds of CPU per record and role between two readings, and their total. */
-export function cpuPerRecord(before: RoleCpu, after: RoleCpu, records: number): RoleCpu & { total: number } {
-  const out = { total: 0 } as RoleCpu & { total: number };
+export function cpuPerRecord(before: RoleCpu, after: RoleCpu, records: number): RoleCpuPerRecord {
+  const out = { total: 0 } as RoleCpuPerRecord;
   for (const r of CPU_ROLES) {
     out[r] = Math.round((1e6 * Math.max(0, after[r] - before[r])) / records);
     out.total += out[r];
@@ -94,5 +96,4 @@ export const roleText = (x: RoleCpu): string =>
   `servers ${x.nats}, workers ${x.workers}, sink ${x.sink}, coordinators ${x.coordinators}, producer ${x.producer}`;
 
 /** `servers 62, …, producer 9 (total 160) µs per record`. */
-export const cpuText = (x: RoleCpu & { total: number }): string =>
-  `${roleText(x)} (total ${x.total}) µs per record`;
+export const cpuText = (x: RoleCpuPerRecord): string => `${roleText(x)} (total ${x.total}) µs per record`;

@@ -313,7 +313,6 @@ export function buildReport(r: BenchResults): BenchReport {
   };
 }
 
-/** The report as the table the benchmark prints: figure, measurement, ratio or result, target. */
 /** The table row under an end-to-end figure: CPU per record of both rounds, and by role end to end. */
 const cpuRow = (into: string, x: EndToEndPair["cpu"]): [string, string, string, string] => [
   `  CPU per record, end to end into ${into} vs the producer alone`,
@@ -322,6 +321,7 @@ const cpuRow = (into: string, x: EndToEndPair["cpu"]): [string, string, string, 
   "",
 ];
 
+/** The report as the table the benchmark prints: figure, measurement, ratio or result, target. */
 export function reportTable(rep: BenchReport, r: BenchResults): string {
   const t = r.throughput;
   const ratios = rep.ratios;
