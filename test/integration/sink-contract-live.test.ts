@@ -139,6 +139,50 @@ describe("PostgresSink: a writer frozen inside its transaction", () => {
   });
 });
 
+describe("PostgresSink: group commit", () => {
+  it("shares one transaction among shards' concurrent commits; a shard whose rows fail the statement fails alone", async () => {
+    const url = await pgServer!.newDatabase("group_commit");
+    const pool = postgresPool(parseConfig({ sink: { type: "postgres", url } }).sink as never, { max: 4 });
+    const sink = new PostgresSink(pool, { pipelines: [{ name: "demo" }] });
+    const refs = Array.from({ length: 8 }, (_, shard) => ({ pipeline: "demo", shard }));
+    const rows = (shard: number, from: number, bad = false) =>
+      Array.from({ length: 5 }, (_, i) => ({
+        recordId: `s${shard}-${from + i}`,
+        // PostgreSQL's text cannot hold NUL: the statement fails, and no retry can cure it.
+        key: bad && i === 2 ? "k\u0000" : `k${shard}-${from + i}`,
+        sourceSeq: from + i,
+        value: { shard, i },
+      }));
+    const commitAll = (from: number, bad = -1) =>
+      Promise.allSettled(
+        refs.map((r) => sink.commit(r, 1, "w1", rows(r.shard, from, r.shard === bad), from + 4)),
+      );
+    try {
+      for (const r of refs) await sink.fence(r, 1);
+      for (const res of await commitAll(1))
+        expect(res).toMatchObject({ status: "fulfilled", value: { committed: 5 } });
+      // Rows one transaction wrote carry its id (xmin): eight shards' commits, fewer transactions.
+      const tx = await pool.query<{ txs: string }>("SELECT count(DISTINCT xmin::text) AS txs FROM demo");
+      expect(Number(tx.rows[0]!.txs)).toBeLessThan(8);
+      for (const [i, res] of (await commitAll(6, 6)).entries()) {
+        if (i === 6) expect(res).toMatchObject({ status: "rejected", reason: { retryable: false } });
+        else expect(res).toMatchObject({ status: "fulfilled", value: { committed: 5 } });
+      }
+      expect(await sink.checkpoint(refs[6]!)).toEqual({ epoch: 1, seq: 5 });
+      expect((await pool.query("SELECT 1 FROM demo WHERE shard = 6")).rowCount).toBe(5);
+      // The shard's rows mended, it commits; the others' redelivery writes nothing twice.
+      const again = await commitAll(6);
+      expect(again.map((r) => (r.status === "fulfilled" ? r.value.committed : r.reason))).toEqual([
+        0, 0, 0, 0, 0, 0, 5, 0,
+      ]);
+      expect((await pool.query("SELECT 1 FROM demo")).rowCount).toBe(80);
+    } finally {
+      await sink.close();
+      await pool.end().catch(() => undefined);
+    }
+  });
+});
+
 {
   const pipelines = [
     { name: "demo", shards: 10 },

@@ -105,6 +105,46 @@ export function sinkContract(name: string, h: SinkHarness): void {
       if (s) expect(s).toEqual([1, 2]);
     });
 
+    it("commits of many shards at once keep their own outcomes: a fenced one and one before its fence are refused alone", async () => {
+      const sink = await open();
+      const refs = Array.from({ length: 6 }, (_, shard): ShardRef => ({ pipeline: "demo", shard }));
+      for (const r of refs.slice(0, 5)) await sink.fence(r, 1);
+      await sink.fence(refs[2]!, 2);
+      // Record ids are unique across shards, as a stream's are.
+      const commit = (of = refs) =>
+        of.map((r) =>
+          sink.commit(
+            r,
+            1,
+            "w1",
+            rows(1, 4).map((x) => ({ ...x, recordId: `${x.recordId}-s${r.shard}` })),
+            4,
+          ),
+        );
+      const first = await Promise.allSettled(commit());
+      for (const [i, res] of first.entries()) {
+        if (i === 2) expect(res).toMatchObject({ status: "rejected", reason: { code: ErrorCode.Fenced } });
+        else if (i === 5)
+          expect(res).toMatchObject({ status: "rejected", reason: { code: ErrorCode.Conflict } });
+        else
+          expect(res).toEqual({
+            status: "fulfilled",
+            value: { committed: 4, skipped: 0, checkpoint: { epoch: 1, seq: 4 } },
+          });
+      }
+      // Redelivered together: every row skipped, none written twice.
+      const again = await Promise.allSettled(commit(refs.filter((_, i) => i !== 2 && i !== 5)));
+      for (const res of again)
+        expect(res).toMatchObject({ status: "fulfilled", value: { committed: 0, skipped: 4 } });
+      for (const [i, r] of refs.entries()) {
+        expect(await sink.checkpoint(r)).toEqual(
+          i === 2 ? { epoch: 2, seq: 0 } : i === 5 ? { epoch: 0, seq: 0 } : { epoch: 1, seq: 4 },
+        );
+        const s = await seqs(r);
+        if (s) expect(s).toEqual(i === 2 || i === 5 ? [] : [1, 2, 3, 4]);
+      }
+    });
+
     it("refuses a fence below the stored one with FENCED and keeps the fence", async () => {
       const sink = await open();
       await sink.fence(REF, 5);

@@ -1,7 +1,8 @@
 /**
  * The PostgreSQL sink: workers write straight to the database through a pool of their own (no
- * sink process in between). Exactly-once rests on one transaction per fence and per commit, in
- * which the sink rules of `core/sink-rules.ts` run against these tables:
+ * sink process in between). Exactly-once rests on transactions in which the sink rules of
+ * `core/sink-rules.ts` run against these tables: one per fence, and one per group of commits,
+ * in which every shard's commit is checked and applied as if alone (see `commit`):
  *
  * - `sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, state, updated_at)`: one row per
  *   shard, locked `FOR UPDATE` by every fence and commit of the shard, so a fence and a zombie's
@@ -14,15 +15,15 @@
  *   and never deadlock, and `WHERE stored.version < incoming.version` keeps an older record from
  *   overwriting a newer one on a redelivery or a replay.
  *
- * Rows go in with one set-based statement per table (`INSERT … SELECT FROM unnest(…)`), never
- * one per record. A statement that fails for a reason a retry can cure (the server restarting,
+ * Rows go in with one set-based statement per table and transaction (`INSERT … SELECT FROM
+ * json_to_recordset(…)`, every row in one JSON array), never one per record. A statement that fails for a reason a retry can cure (the server restarting,
  * a killed connection, a statement timeout, a serialisation failure) surfaces as `UNAVAILABLE`,
  * retryable; the pipeline retries the commit (see `BatchCommitter`) and the shard stalls rather
  * than skips.
  */
 import pg, { type Pool, type PoolClient, type QueryResultRow } from "pg";
 import { payloadJson } from "../../contract/codec.js";
-import { ErrorCode, SluiceError } from "../../contract/errors.js";
+import { ErrorCode, isSluiceError, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
 import type {
   Checkpoint,
@@ -105,8 +106,9 @@ export function pgError(what: string, err: unknown): SluiceError {
 
 /**
  * One transaction on one connection, in as few round trips as the sink rules allow: `BEGIN`
- * (with its timeouts) goes out with the checkpoint's `SELECT … FOR UPDATE`, the rows in one
- * prepared statement, and the checkpoint's write with `COMMIT`: three round trips per commit.
+ * (with its timeouts) goes out with the checkpoints' `SELECT … FOR UPDATE`, the rows in one
+ * prepared statement per table, and the checkpoints' writes with `COMMIT`: three round trips
+ * per group of commits.
  * Statements sent as simple queries carry only literals made by `literal` and `int`.
  */
 class PgTransaction {
@@ -161,6 +163,69 @@ function statementName(text: string): string {
   return name;
 }
 
+/**
+ * Transactions of group commits a sink runs at once. One: while it commits, the next group
+ * gathers every shard that finished its batch meanwhile, so groups grow with the load, and a
+ * worker keeps one PostgreSQL backend busy, whose cost per row rises with the number of
+ * concurrent committers (two at a time measured 15–25 % slower end to end; docs/performance.md).
+ */
+const COMMIT_GROUPS = 1;
+/** Most rows one group's transaction takes (a commit larger than this goes alone). */
+const GROUP_MAX_ROWS = 5_000;
+
+/** One shard's commit waiting for its transaction (`PostgresSink.commit`). */
+interface WaitingCommit {
+  ref: ShardRef;
+  epoch: number;
+  worker: string;
+  rows: SinkRow[];
+  lastSeq: number;
+  opts: CommitOptions;
+  resolve(r: CommitResult): void;
+  reject(err: unknown): void;
+}
+
+type GroupOutcome = { ok: true; result: CommitResult } | { ok: false; error: unknown };
+
+const shardKey = (r: { pipeline: string; shard: number }): string => `${r.pipeline}\u0000${r.shard}`;
+
+/**
+ * Whether a commit takes locks beyond its own shard's rows (dedupe marks, merge keys), each
+ * statement in key order but not in one order across shards: such a commit goes alone, so two
+ * groups never take those locks in opposite orders and deadlock.
+ */
+export const goesAlone = (q: { rows: readonly SinkRow[]; opts: CommitOptions }): boolean =>
+  q.opts.dedupeWindowMs !== undefined || q.rows.some((r) => r.merge !== undefined);
+
+/**
+ * Takes the next group off `waiting` (oldest first): at most one commit per shard and
+ * `GROUP_MAX_ROWS` rows, always at least one commit, and a commit that `goesAlone` by itself.
+ * The rest stay waiting, in order.
+ */
+export function takeGroup<Q extends { ref: ShardRef; rows: readonly SinkRow[]; opts: CommitOptions }>(
+  waiting: Q[],
+): Q[] {
+  const group: Q[] = [];
+  const rest: Q[] = [];
+  const shards = new Set<string>();
+  let rows = 0;
+  let sealed = false;
+  for (const q of waiting) {
+    const k = shardKey(q.ref);
+    const alone = goesAlone(q);
+    if (group.length > 0 && (sealed || alone || shards.has(k) || rows + q.rows.length > GROUP_MAX_ROWS)) {
+      rest.push(q);
+      continue;
+    }
+    group.push(q);
+    shards.add(k);
+    rows += q.rows.length;
+    sealed = alone;
+  }
+  waiting.splice(0, waiting.length, ...rest);
+  return group;
+}
+
 export class PostgresSink implements Sink {
   private readonly now: () => number;
   private readonly modes = new Map<string, TableMode>();
@@ -169,6 +234,9 @@ export class PostgresSink implements Sink {
   /** `BEGIN` and the transaction's timeouts, sent as one simple query: one round trip. */
   private readonly begin: string;
   private closed = false;
+  /** Commits waiting for a transaction (see `commit`), oldest first. */
+  private waiting: WaitingCommit[] = [];
+  private groupsRunning = 0;
 
   constructor(
     private readonly pool: Pool,
@@ -325,10 +393,29 @@ export class PostgresSink implements Sink {
     }
   }
 
-  /** This database's storage for the sink rules, on one transaction. */
-  private storage(t: PgTransaction): AsyncSinkTransaction<SinkRow> {
+  /**
+   * This database's storage for the sink rules, on one transaction. With `locked`, the
+   * checkpoints were read and locked already (`applyGroup`). Rows for the pipelines' tables are
+   * gathered in `inserts` and go in at the end of the transaction (`insertGathered`); `broken`
+   * hears of any statement that failed, which aborts the whole transaction.
+   */
+  private storage(
+    t: PgTransaction,
+    inserts: GatheredRows,
+    locked?: ReadonlyMap<string, Checkpoint>,
+    broken?: (err: unknown) => void,
+  ): AsyncSinkTransaction<SinkRow> {
+    const sql = async <T>(run: () => Promise<T>): Promise<T> => {
+      try {
+        return await run();
+      } catch (err) {
+        broken?.(err);
+        throw err;
+      }
+    };
     return {
       readCheckpoint: async (ref) => {
+        if (locked) return locked.get(shardKey(ref)) ?? { epoch: 0, seq: 0 };
         const rows = await t.simple<CheckpointRow>(
           `SELECT epoch, seq, fingerprint, state FROM sluice_checkpoints WHERE pipeline = ${literal(ref.pipeline)} AND shard = ${int(ref.shard)} FOR UPDATE`,
         );
@@ -336,14 +423,16 @@ export class PostgresSink implements Sink {
         if (!row) return { epoch: 0, seq: 0 };
         return checkpointOf(row);
       },
-      writeRows: async (ref, epoch, worker, rows) => {
-        await t.ensureBegun();
-        await this.writeRows(t.client, ref, epoch, worker, rows);
-      },
-      dedupe: async (ref, rows, windowMs) => {
-        await t.ensureBegun();
-        return dedupeInPostgres(t.client, ref.pipeline, rows, windowMs);
-      },
+      writeRows: (ref, epoch, worker, rows) =>
+        sql(async () => {
+          await t.ensureBegun();
+          await this.writeRows(t.client, ref, epoch, worker, rows, inserts);
+        }),
+      dedupe: (ref, rows, windowMs) =>
+        sql(async () => {
+          await t.ensureBegun();
+          return dedupeInPostgres(t.client, ref.pipeline, rows, windowMs);
+        }),
       writeBatch: async (ref, b) => {
         // Sent with COMMIT, like the checkpoint.
         t.beforeCommit(
@@ -364,30 +453,32 @@ export class PostgresSink implements Sink {
     };
   }
 
+  /**
+   * A commit's rows: those for the pipelines' tables are gathered in `inserts` (one statement
+   * per table at the end of the transaction, for every shard in it); late records and merges
+   * are written at once.
+   */
   private async writeRows(
     c: PoolClient,
     ref: ShardRef,
     epoch: number,
     worker: string,
     rows: readonly SinkRow[],
+    inserts: GatheredRows,
   ): Promise<void> {
-    const byTable = new Map<string, SinkRow[]>();
+    const mode = this.modes.get(ref.pipeline) ?? "append";
     for (const r of rows) {
-      const t = r.output === undefined ? ref.pipeline : sideOutputTable(ref.pipeline, r.output);
-      let list = byTable.get(t);
-      if (!list) {
-        list = [];
-        byTable.set(t, list);
-      }
-      list.push(r);
-    }
-    const at = this.now();
-    for (const [table, list] of byTable) {
+      const table = r.output === undefined ? ref.pipeline : sideOutputTable(ref.pipeline, r.output);
       // A side output's table is made on its first row (outside this transaction's locks).
       if (!this.created.has(table)) await this.ensureTable(table, ref.pipeline);
-      const mode = this.modes.get(ref.pipeline) ?? "append";
-      await insertRows(c, mode, table, ref.shard, { epoch, worker, at }, list);
+      let g = inserts.get(table);
+      if (!g) {
+        g = { mode, rows: [] };
+        inserts.set(table, g);
+      }
+      g.rows.push({ r, key: r.key, sourceSeq: r.sourceSeq, shard: ref.shard, epoch, worker });
     }
+    const at = this.now();
     await insertLate(c, ref, at, rows);
     await this.applyMerges(c, ref, at, rows);
   }
@@ -396,9 +487,20 @@ export class PostgresSink implements Sink {
     // The shard's row exists before it is locked, so two first fences serialise on it too.
     const prelude = `INSERT INTO sluice_checkpoints (pipeline, shard, epoch, seq, fingerprint, updated_at)
        VALUES (${literal(ref.pipeline)}, ${int(ref.shard)}, 0, 0, NULL, ${int(this.now())}) ON CONFLICT (pipeline, shard) DO NOTHING`;
-    return this.tx("fence", (t) => applyFenceAsync(this.storage(t), ref, epoch), prelude);
+    return this.tx("fence", (t) => applyFenceAsync(this.storage(t, new Map()), ref, epoch), prelude);
   }
 
+  /**
+   * Commits one shard's batch in a transaction it may share with other shards' commits of this
+   * worker (group commit): a commit that arrives while `COMMIT_GROUPS` transactions are running
+   * waits, and the next transaction takes every commit waiting then. Each shard still gets
+   * exactly its own transaction's guarantees: its checkpoint row is locked (all of them in
+   * shard order, so two groups never deadlock), its epoch checked and its checkpoint moved with
+   * its rows, atomically; a fenced shard is refused alone and the others commit. A keeping-up
+   * worker's shards each bring a few dozen records per commit; together they make one
+   * transaction of a few hundred, which costs the database and the client about half as much
+   * per row (docs/performance.md).
+   */
   async commit(
     ref: ShardRef,
     epoch: number,
@@ -407,9 +509,87 @@ export class PostgresSink implements Sink {
     lastSeq: number,
     opts: CommitOptions = {},
   ): Promise<CommitResult> {
-    return this.tx("commit", (t) =>
-      applyCommitAsync(this.storage(t), ref, epoch, worker, rows, lastSeq, opts),
-    );
+    this.assertOpen();
+    return new Promise<CommitResult>((resolve, reject) => {
+      this.waiting.push({ ref, epoch, worker, rows, lastSeq, opts, resolve, reject });
+      this.startGroups();
+    });
+  }
+
+  private startGroups(): void {
+    while (this.groupsRunning < COMMIT_GROUPS && this.waiting.length > 0) {
+      const group = takeGroup(this.waiting);
+      this.groupsRunning++;
+      // The next group starts a turn of the event loop later: the shards this one answered
+      // pull and stage their next batch meanwhile and join it, rather than wait a whole
+      // transaction for the one after.
+      void this.runGroup(group).finally(() =>
+        setImmediate(() => {
+          this.groupsRunning--;
+          this.startGroups();
+        }),
+      );
+    }
+  }
+
+  /**
+   * One transaction for `group`. When it fails as a whole for a reason a retry cannot cure (a
+   * statement one shard's rows made fail), each commit is tried alone, so only that shard's
+   * fails; a retryable failure goes back to every commit, and each pipeline retries its own.
+   */
+  private async runGroup(group: WaitingCommit[]): Promise<void> {
+    let outcomes: GroupOutcome[];
+    try {
+      outcomes = await this.tx("commit", (t) => this.applyGroup(t, group));
+    } catch (err) {
+      if (group.length > 1 && !(isSluiceError(err) && err.retryable)) {
+        for (const q of group) await this.runGroup([q]);
+        return;
+      }
+      for (const q of group) q.reject(err);
+      return;
+    }
+    group.forEach((q, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) q.resolve(o.result);
+      else q.reject(o.error);
+    });
+  }
+
+  /**
+   * The sink rules for each commit of `group`, after its checkpoint rows were locked in one
+   * statement (with `BEGIN`, in shard order); the rows of all of them go in with one statement
+   * per table, the checkpoints with `COMMIT`: three round trips for the whole group. A commit
+   * the rules refuse (fenced) is that commit's outcome; a failed statement ends the transaction.
+   */
+  private async applyGroup(t: PgTransaction, group: readonly WaitingCommit[]): Promise<GroupOutcome[]> {
+    const refs = [...new Map(group.map((q) => [shardKey(q.ref), q.ref])).values()];
+    const list = refs.map((r) => `(${literal(r.pipeline)}, ${int(r.shard)})`).join(", ");
+    const locked = new Map<string, Checkpoint>();
+    for (const row of await t.simple<CheckpointRow & { pipeline: string; shard: number }>(
+      `SELECT pipeline, shard, epoch, seq, fingerprint, state FROM sluice_checkpoints
+       WHERE (pipeline, shard) IN (${list}) ORDER BY pipeline, shard FOR UPDATE`,
+    ))
+      locked.set(shardKey(row), checkpointOf(row));
+    const inserts: GatheredRows = new Map();
+    let failed: { err: unknown } | null = null;
+    const store = this.storage(t, inserts, locked, (err) => {
+      failed ??= { err };
+    });
+    const out: GroupOutcome[] = [];
+    for (const q of group) {
+      try {
+        out.push({
+          ok: true,
+          result: await applyCommitAsync(store, q.ref, q.epoch, q.worker, q.rows, q.lastSeq, q.opts),
+        });
+      } catch (error) {
+        if (failed) throw (failed as { err: unknown }).err;
+        out.push({ ok: false, error });
+      }
+    }
+    await insertGathered(t.client, inserts, this.now());
+    return out;
   }
 
   /** See `SqliteSink.reconcileLate`: the pending late rows are locked first (`FOR UPDATE`). */
@@ -607,52 +787,63 @@ export function pipelineTableDdl(table: string, mode: TableMode): string[] {
   ];
 }
 
+/** One row for a pipeline's table, with the commit it came in (`GatheredRows`). */
+interface TableRow {
+  r: SinkRow;
+  key: string;
+  sourceSeq: number;
+  shard: number;
+  epoch: number;
+  worker: string;
+}
+
+/** A transaction's rows for the pipelines' tables, by table, in the order the commits gave them. */
+type GatheredRows = Map<string, { mode: TableMode; rows: TableRow[] }>;
+
+/** Every gathered row, one statement per table. */
+async function insertGathered(c: PoolClient, inserts: GatheredRows, at: number): Promise<void> {
+  for (const [table, g] of inserts) await insertRows(c, g.mode, table, at, g.rows);
+}
+
 /**
- * Every row in one statement: the columns as arrays, unnested in the order given. Upsert mode
- * first collapses the batch by key (newest wins) in key order, so a statement touches each row
- * once and two transactions lock keys in the same order; a stored row is replaced only by a
- * newer version.
+ * Every row in one statement, sent as one JSON array (`json_to_recordset`) and inserted in the
+ * order given: the client joins each row's JSON text once, where column arrays would be escaped
+ * element by element into array literals. Upsert mode first collapses the rows by key (newest
+ * wins) in key order, so a statement touches each row once and two transactions lock keys in
+ * the same order; a stored row is replaced only by a newer version. A key belongs to one shard,
+ * so rows of several shards collapse the same way.
  */
 async function insertRows(
   c: PoolClient,
   mode: TableMode,
   table: string,
-  shard: number,
-  meta: { epoch: number; worker: string; at: number },
-  rows: readonly SinkRow[],
+  at: number,
+  rows: readonly TableRow[],
 ): Promise<void> {
   const t = quoteIdent(table);
   const upsert = mode === "upsert";
   const list = upsert ? collapseByKey(rows) : rows;
-  // The lineage and late columns only in batches that carry some (an upsert always sets late,
-  // which a newer row may clear): the common statement stays as it is.
-  const lineage = list.some((r) => r.lineage !== undefined);
-  const late = upsert || list.some((r) => r.late !== undefined);
-  const lateParam = lineage ? 10 : 9;
-  const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at${upsert ? ", version" : ""}${lineage ? ", lineage" : ""}${late ? ", late" : ""})
-     SELECT r, k, $3, s, $4, $5, p::jsonb, $6${upsert ? ", s" : ""}${lineage ? ", l::jsonb" : ""}${late ? ", lt" : ""}
-     FROM unnest($1::text[], $2::text[], $7::bigint[], $8::text[]${lineage ? ", $9::text[]" : ""}${late ? `, $${lateParam}::boolean[]` : ""}) WITH ORDINALITY AS u(r, k, s, p, ${lineage ? "l, " : ""}${late ? "lt, " : ""}o) ORDER BY o
+  const parts: string[] = [];
+  for (const x of list) {
+    const lineage = x.r.lineage === undefined ? "" : `,"l":${JSON.stringify(x.r.lineage)}`;
+    parts.push(
+      `{"r":${JSON.stringify(x.r.recordId)},"k":${JSON.stringify(x.key)},"sh":${int(x.shard)},"s":${int(x.sourceSeq)},"e":${int(x.epoch)},"w":${JSON.stringify(x.worker)},"lt":${x.r.late !== undefined},"p":${payloadJson(x.r.value)}${lineage}}`,
+    );
+  }
+  const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage, late${upsert ? ", version" : ""})
+     SELECT r, k, sh, s, e, w, p, $1, l, lt${upsert ? ", s" : ""}
+     FROM ROWS FROM (json_to_recordset($2::json) AS (r text, k text, sh integer, s bigint, e bigint, w text, lt boolean, p jsonb, l jsonb))
+       WITH ORDINALITY AS u(r, k, sh, s, e, w, lt, p, l, o) ORDER BY o
      ${
        upsert
          ? `ON CONFLICT (key) DO UPDATE SET record_id = EXCLUDED.record_id, shard = EXCLUDED.shard,
        source_seq = EXCLUDED.source_seq, epoch = EXCLUDED.epoch, worker = EXCLUDED.worker,
-       payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version, late = EXCLUDED.late${lineage ? ", lineage = EXCLUDED.lineage" : ""}
+       payload = EXCLUDED.payload, committed_at = EXCLUDED.committed_at, version = EXCLUDED.version,
+       late = EXCLUDED.late, lineage = EXCLUDED.lineage
      WHERE ${t}.version < EXCLUDED.version`
          : ""
      }`;
-  const values: unknown[] = [
-    list.map((r) => r.recordId),
-    list.map((r) => r.key),
-    shard,
-    meta.epoch,
-    meta.worker,
-    meta.at,
-    list.map((r) => r.sourceSeq),
-    list.map((r) => payloadJson(r.value)),
-  ];
-  if (lineage) values.push(list.map((r) => (r.lineage === undefined ? null : JSON.stringify(r.lineage))));
-  if (late) values.push(list.map((r) => r.late !== undefined));
-  await c.query({ name: statementName(text), text, values });
+  await c.query({ name: statementName(text), text, values: [at, `[${parts.join(",")}]`] });
 }
 
 /** Records `rows`' late ones in `sluice_late`, in the commit's transaction. */
