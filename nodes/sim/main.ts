@@ -1,8 +1,10 @@
 /**
- * `npm run sim -- --seeds N [--start S] [--sink memory|output-stream] [--merge]` runs N seeded
- * simulations of the whole ownership protocol across worker threads, committing to a
- * transactional sink (`memory`, as SQLite and PostgreSQL) or through the JetStream output sink's
- * design (`output-stream`); `--merge` runs two branches into a merge (memory sink).
+ * `npm run sim -- --seeds N [--start S] [--sink memory|output-stream] [--merge] [--group-commit]`
+ * runs N seeded simulations of the whole ownership protocol across worker threads, committing to
+ * a transactional sink (`memory`, as SQLite and PostgreSQL) or through the JetStream output
+ * sink's design (`output-stream`); `--merge` runs two branches into a merge, and
+ * `--group-commit` shares each worker's commits among requests as PostgreSQL's group commit
+ * shares transactions (memory sink).
  * `npm run sim -- --seed X` replays one with its trace.
  * Exit 1 if any seed breaks an invariant; each failure prints the command that replays it.
  */
@@ -17,6 +19,7 @@ type SimSink = "memory" | "output-stream";
 interface Job {
   sink: SimSink;
   merge: boolean;
+  groupCommit: boolean;
   start: number;
   count: number;
   stride: number;
@@ -25,12 +28,16 @@ interface Job {
 
 type Report = Pick<
   SeedResult,
-  "seed" | "ok" | "violations" | "faults" | "records" | "steps" | "fencedRejects"
+  "seed" | "ok" | "violations" | "faults" | "records" | "steps" | "fencedRejects" | "sharedCommits"
 >;
 
 async function runJob(job: Job, onResult: (r: Report) => void): Promise<void> {
   for (let i = job.offset; i < job.count; i += job.stride) {
-    const r = await runSeed(job.start + i, { sink: job.sink, merge: job.merge });
+    const r = await runSeed(job.start + i, {
+      sink: job.sink,
+      merge: job.merge,
+      groupCommit: job.groupCommit,
+    });
     onResult({
       seed: r.seed,
       ok: r.ok,
@@ -39,6 +46,7 @@ async function runJob(job: Job, onResult: (r: Report) => void): Promise<void> {
       records: r.records,
       steps: r.steps,
       fencedRejects: r.fencedRejects,
+      sharedCommits: r.sharedCommits,
     });
   }
 }
@@ -63,16 +71,33 @@ if (!isMainThread) {
       "memory",
     )
     .option("--merge", "two branches into a merge, reconciled at the end (memory sink)", false)
+    .option(
+      "--group-commit",
+      "workers' commits share requests, as PostgreSQL's group commit (memory sink)",
+      false,
+    )
     .parse(process.argv)
-    .opts<{ seeds: number; start: number; seed?: number; threads: number; sink: string; merge: boolean }>();
+    .opts<{
+      seeds: number;
+      start: number;
+      seed?: number;
+      threads: number;
+      sink: string;
+      merge: boolean;
+      groupCommit: boolean;
+    }>();
   if (o.sink !== "memory" && o.sink !== "output-stream")
     throw new InvalidArgumentError("--sink must be memory or output-stream");
   const sink: SimSink = o.sink;
   if (o.merge && sink !== "memory") throw new InvalidArgumentError("--merge needs --sink memory");
   const merge: boolean = o.merge;
+  if (o.groupCommit && sink !== "memory")
+    throw new InvalidArgumentError("--group-commit needs --sink memory");
+  const groupCommit: boolean = o.groupCommit;
+  const flags = `${merge ? " --merge" : ""}${groupCommit ? " --group-commit" : ""}`;
 
   if (o.seed !== undefined) {
-    const r = await runSeed(o.seed, { trace: true, sink, merge });
+    const r = await runSeed(o.seed, { trace: true, sink, merge, groupCommit });
     console.log(r.trace.join("\n"));
     console.log(`\nseed ${r.seed}: ${r.ok ? "OK" : "VIOLATED"}; faults: ${r.faults.join("; ") || "none"}`);
     console.log(
@@ -87,25 +112,35 @@ if (!isMainThread) {
     let records = 0;
     let steps = 0;
     let fenced = 0;
+    let shared = 0;
     let faults = 0;
     const onResult = (r: Report): void => {
       done++;
       records += r.records;
       steps += r.steps;
       fenced += r.fencedRejects;
+      shared += r.sharedCommits;
       faults += r.faults.length;
       if (!r.ok) {
         failures.push(r);
         console.log(`seed ${r.seed} FAILED: [${r.violations[0]?.invariant}] ${r.violations[0]?.detail}`);
         console.log(`  faults: ${r.faults.join("; ")}`);
-        console.log(`  replay: npm run sim -- --seed ${r.seed} --sink ${sink}${merge ? " --merge" : ""}`);
+        console.log(`  replay: npm run sim -- --seed ${r.seed} --sink ${sink}${flags}`);
       }
       if (done % 1000 === 0) console.log(`${done}/${o.seeds} seeds, ${failures.length} failed`);
     };
     const threads = Math.max(1, Math.min(o.threads, o.seeds));
     await Promise.all(
       Array.from({ length: threads }, (_, offset) => {
-        const job: Job = { sink, merge, start: o.start, count: o.seeds, stride: threads, offset };
+        const job: Job = {
+          sink,
+          merge,
+          groupCommit,
+          start: o.start,
+          count: o.seeds,
+          stride: threads,
+          offset,
+        };
         return new Promise<void>((resolve, reject) => {
           const w = new Worker(new URL(import.meta.url), { workerData: job });
           w.on("message", onResult);
@@ -116,7 +151,7 @@ if (!isMainThread) {
     );
     const secs = (Date.now() - t0) / 1000;
     console.log(
-      `simulated ${done} seeds (${o.start}..${o.start + o.seeds - 1}, sink ${sink}${merge ? ", two branches into a merge" : ""}) in ${secs.toFixed(1)} s: ${(done / secs).toFixed(0)} seeds/s on ${threads} threads; ${faults} faults, ${records} records, ${steps} steps, ${fenced} zombie commits fenced`,
+      `simulated ${done} seeds (${o.start}..${o.start + o.seeds - 1}, sink ${sink}${merge ? ", two branches into a merge" : ""}${groupCommit ? ", group commit" : ""}) in ${secs.toFixed(1)} s: ${(done / secs).toFixed(0)} seeds/s on ${threads} threads; ${faults} faults, ${records} records, ${steps} steps, ${fenced} zombie commits fenced${groupCommit ? `, ${shared} commits shared a request` : ""}`,
     );
     console.log(`sim: ${done - failures.length} passed, ${failures.length} failed`);
     process.exitCode = failures.length === 0 ? 0 : 1;

@@ -54,6 +54,22 @@ describe("deterministic simulation of the ownership protocol", () => {
     expect(again.violations[0]).toEqual(r!.violations[0]);
   }, 120_000);
 
+  it("keeps every invariant over 150 seeds with group commit (a worker's commits share requests, each checked as if alone)", async () => {
+    const failed: string[] = [];
+    let fenced = 0;
+    let shared = 0;
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = await runSeed(seed, { groupCommit: true });
+      fenced += r.fencedRejects;
+      shared += r.sharedCommits;
+      if (!r.ok) failed.push(`seed ${seed}: ${r.violations[0]?.invariant} ${r.violations[0]?.detail}`);
+    }
+    expect(failed).toEqual([]);
+    // Commits did share requests, and zombies' commits were there to refuse.
+    expect(shared).toBeGreaterThan(150);
+    expect(fenced).toBeGreaterThan(0);
+  }, 120_000);
+
   it("keeps every invariant over 60 seeds of two branches into a merge, reconciled at the end", async () => {
     const failed: string[] = [];
     const policies = new Set<string>();
@@ -103,6 +119,7 @@ describe("deterministic simulation of the ownership protocol", () => {
     ["dedupeInTransaction", "dedupe", 100, {}],
     ["watermarkInCheckpoint", "watermark", 100, {}],
     ["mergeByPolicy", "merge", 10, { merge: true }],
+    ["groupFencePerShard", "epoch", 100, { groupCommit: true }],
   ] as const)(
     "catches the missing %s (invariant %s) within %i seeds",
     async (mechanism, invariant, bound, more) => {

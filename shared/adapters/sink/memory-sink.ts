@@ -190,6 +190,8 @@ export class MemorySink implements Sink, SinkInspector {
     rows: SinkRow[],
     lastSeq: number,
     opts: CommitOptions = {},
+    /** The simulator's switches for this commit only (see `SimSinkClient`'s group commit). */
+    rules: SinkRules | undefined = this.opts.rules,
   ): CommitResult {
     this.assertOpen();
     const before = this.cp(ref);
@@ -197,7 +199,7 @@ export class MemorySink implements Sink, SinkInspector {
     this.deduplicated = [];
     let res: CommitResult;
     try {
-      res = applyCommit(this.storage, ref, epoch, worker, rows, lastSeq, opts, this.opts.rules);
+      res = applyCommit(this.storage, ref, epoch, worker, rows, lastSeq, opts, rules);
     } catch (err) {
       if (isSluiceError(err, ErrorCode.Fenced) || isSluiceError(err, ErrorCode.Conflict))
         this.opts.observer?.onReject?.(ref, epoch, worker, before.epoch);

@@ -33,6 +33,7 @@ import type {
   Sink,
   SinkRow,
 } from "../../contract/ports.js";
+import { takeGroup } from "../../core/commit-group.js";
 import { collapseForMerge } from "../../core/merge-policy.js";
 import {
   type AsyncSinkTransaction,
@@ -170,9 +171,6 @@ function statementName(text: string): string {
  * concurrent committers (two at a time measured 15–25 % slower end to end; docs/performance.md).
  */
 const COMMIT_GROUPS = 1;
-/** Most rows one group's transaction takes (a commit larger than this goes alone). */
-const GROUP_MAX_ROWS = 5_000;
-
 /** One shard's commit waiting for its transaction (`PostgresSink.commit`). */
 interface WaitingCommit {
   ref: ShardRef;
@@ -188,43 +186,6 @@ interface WaitingCommit {
 type GroupOutcome = { ok: true; result: CommitResult } | { ok: false; error: unknown };
 
 const shardKey = (r: { pipeline: string; shard: number }): string => `${r.pipeline}\u0000${r.shard}`;
-
-/**
- * Whether a commit takes locks beyond its own shard's rows (dedupe marks, merge keys), each
- * statement in key order but not in one order across shards: such a commit goes alone, so two
- * groups never take those locks in opposite orders and deadlock.
- */
-export const goesAlone = (q: { rows: readonly SinkRow[]; opts: CommitOptions }): boolean =>
-  q.opts.dedupeWindowMs !== undefined || q.rows.some((r) => r.merge !== undefined);
-
-/**
- * Takes the next group off `waiting` (oldest first): at most one commit per shard and
- * `GROUP_MAX_ROWS` rows, always at least one commit, and a commit that `goesAlone` by itself.
- * The rest stay waiting, in order.
- */
-export function takeGroup<Q extends { ref: ShardRef; rows: readonly SinkRow[]; opts: CommitOptions }>(
-  waiting: Q[],
-): Q[] {
-  const group: Q[] = [];
-  const rest: Q[] = [];
-  const shards = new Set<string>();
-  let rows = 0;
-  let sealed = false;
-  for (const q of waiting) {
-    const k = shardKey(q.ref);
-    const alone = goesAlone(q);
-    if (group.length > 0 && (sealed || alone || shards.has(k) || rows + q.rows.length > GROUP_MAX_ROWS)) {
-      rest.push(q);
-      continue;
-    }
-    group.push(q);
-    shards.add(k);
-    rows += q.rows.length;
-    sealed = alone;
-  }
-  waiting.splice(0, waiting.length, ...rest);
-  return group;
-}
 
 export class PostgresSink implements Sink {
   private readonly now: () => number;

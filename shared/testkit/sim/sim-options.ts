@@ -32,6 +32,8 @@ export interface SafetySwitches {
    * last record to arrive wins (an upsert without a version check).
    */
   mergeByPolicy: boolean;
+  /** In a group commit, every shard's commit is checked against its own fence, as if alone. */
+  groupFencePerShard: boolean;
 }
 
 export const allSafety: SafetySwitches = {
@@ -43,6 +45,7 @@ export const allSafety: SafetySwitches = {
   dedupeInTransaction: true,
   watermarkInCheckpoint: true,
   mergeByPolicy: true,
+  groupFencePerShard: true,
 };
 
 export interface SimOptions {
@@ -87,6 +90,12 @@ export interface SimOptions {
    * reconciled. Needs `eventTime`; memory sink only.
    */
   merge: boolean;
+  /**
+   * Workers' commits to the transactional sink share requests, as `PostgresSink`'s group commit
+   * shares transactions (see `SimSinkClient`). Memory sink only; leaves dedupe out (a commit
+   * that dedupes goes alone).
+   */
+  groupCommit: boolean;
   trace: boolean;
   /** Worker settings; a large run polls idle shards less often. */
   worker: WorkerConfig;
@@ -107,6 +116,7 @@ export const defaultSimOptions: SimOptions = {
   dedupe: true,
   eventTime: true,
   merge: false,
+  groupCommit: false,
   trace: false,
   worker: {
     batchMax: 40,
@@ -138,6 +148,8 @@ export interface SeedResult {
   records: number;
   committed: number;
   fencedRejects: number;
+  /** With `groupCommit`: commits that shared a request with another shard's. */
+  sharedCommits: number;
   steps: number;
   virtualMs: number;
   trace: string[];

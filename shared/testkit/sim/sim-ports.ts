@@ -29,6 +29,7 @@ import type {
   WorkerControlBus,
 } from "../../contract/ports.js";
 import { consumerEpoch, consumerName, shardFilter } from "../../contract/wire.js";
+import { takeGroup } from "../../core/commit-group.js";
 import type { MemoryKv, MemoryStream } from "../memory-broker.js";
 import type { SimNode } from "./sim-loop.js";
 import type { SimNet } from "./sim-net.js";
@@ -208,6 +209,19 @@ export class SimDeadLetterQueue implements DeadLetterQueue {
   }
 }
 
+/** A commit waiting for its group's request (`SimSinkClient`'s group commit). */
+interface WaitingCommit {
+  sentAt: number;
+  ref: ShardRef;
+  epoch: number;
+  worker: string;
+  rows: SinkRow[];
+  lastSeq: number;
+  opts: CommitOptions;
+  resolve(r: CommitResult): void;
+  reject(err: unknown): void;
+}
+
 /** Called on the sink side when the fence rejects a commit, with the time it was sent. */
 export type FencedTap = (sentAt: number, ref: ShardRef, epoch: number, worker: string) => void;
 
@@ -225,7 +239,17 @@ export class SimSinkClient implements Sink {
      * a cache beside the sink would (`SafetySwitches.dedupeInTransaction` off).
      */
     private readonly dedupeOutside = false,
+    /**
+     * Group commit, as `PostgresSink` does it: while one request is in flight, commits wait,
+     * and the next request carries every commit waiting then (`takeGroup`), applied in one
+     * step on the sink node, each by the sink rules as if alone. `fencePerShard` off (a safety
+     * switch): only the group's first commit is checked against its shard's fence.
+     */
+    private readonly group?: { fencePerShard: boolean; onGroup?: (commits: number) => void },
   ) {}
+
+  private waiting: WaitingCommit[] = [];
+  private groupInFlight = false;
 
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
     return this.net.request(
@@ -269,6 +293,12 @@ export class SimSinkClient implements Sink {
     lastSeq: number,
     opts: CommitOptions,
   ): Promise<CommitResult> {
+    if (this.group) {
+      return new Promise<CommitResult>((resolve, reject) => {
+        this.waiting.push({ sentAt, ref, epoch, worker, rows, lastSeq, opts, resolve, reject });
+        this.sendGroup();
+      });
+    }
     return this.net.request(
       this.self,
       this.sinkNode,
@@ -282,6 +312,50 @@ export class SimSinkClient implements Sink {
       },
       2 * REQUEST_TIMEOUT_MS,
     );
+  }
+
+  /** Sends the next group when none is in flight; each commit gets its own outcome. */
+  private sendGroup(): void {
+    if (this.groupInFlight || this.waiting.length === 0) return;
+    const group = takeGroup(this.waiting);
+    this.group?.onGroup?.(group.length);
+    this.groupInFlight = true;
+    const checkAll = this.group?.fencePerShard !== false;
+    this.net
+      .request(
+        this.self,
+        this.sinkNode,
+        () =>
+          group.map((q, i): { ok: true; r: CommitResult } | { ok: false; err: unknown } => {
+            try {
+              const rules = checkAll || i === 0 ? undefined : { fence: false };
+              return {
+                ok: true,
+                r: this.sink.commitSync(q.ref, q.epoch, q.worker, q.rows, q.lastSeq, q.opts, rules),
+              };
+            } catch (err) {
+              if (isSluiceError(err, ErrorCode.Fenced)) this.onFenced?.(q.sentAt, q.ref, q.epoch, q.worker);
+              return { ok: false, err };
+            }
+          }),
+        2 * REQUEST_TIMEOUT_MS,
+      )
+      .then(
+        (outcomes) => {
+          group.forEach((q, i) => {
+            const o = outcomes[i]!;
+            if (o.ok) q.resolve(o.r);
+            else q.reject(o.err);
+          });
+        },
+        (err: unknown) => {
+          for (const q of group) q.reject(err);
+        },
+      )
+      .finally(() => {
+        this.groupInFlight = false;
+        this.sendGroup();
+      });
   }
 
   checkpoint(ref: ShardRef): Promise<Checkpoint> {

@@ -59,6 +59,7 @@ export async function runSeed(seed: number, opts: Partial<SimOptions> = {}): Pro
     records: w.checker.published.size,
     committed: w.committedCount(),
     fencedRejects: w.checker.fencedRejects,
+    sharedCommits: w.sharedCommits,
     steps: w.loop.steps,
     virtualMs: w.loop.now,
     trace: w.trace,

@@ -104,9 +104,13 @@ export class SimWorld {
     return this.o.eventTime && this.o.sink === "memory";
   }
 
+  /** A group-commit run leaves dedupe out: a commit that dedupes always goes alone (`goesAlone`). */
   private get dedupes(): boolean {
-    return this.o.dedupe && this.o.sink === "memory";
+    return this.o.dedupe && this.o.sink === "memory" && !this.o.groupCommit;
   }
+
+  /** Commits that shared a request with another shard's (group commit). */
+  sharedCommits = 0;
 
   /** A merge needs event times, and the transactional sink for its table. */
   private get merges(): boolean {
@@ -303,6 +307,14 @@ export class SimWorld {
       onFenced,
       () => this.chaos.freezeOnCommit(node),
       !this.o.safety.dedupeInTransaction,
+      this.o.groupCommit
+        ? {
+            fencePerShard: this.o.safety.groupFencePerShard,
+            onGroup: (n) => {
+              if (n > 1) this.sharedCommits += n;
+            },
+          }
+        : undefined,
     );
   }
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { goesAlone, takeGroup } from "../../shared/adapters/sink/postgres-sink.js";
 import type { CommitOptions, SinkRow } from "../../shared/contract/ports.js";
+import { goesAlone, takeGroup } from "../../shared/core/commit-group.js";
 
 const row = (seq: number, extra: Partial<SinkRow> = {}): SinkRow => ({
   recordId: `id-${seq}`,
