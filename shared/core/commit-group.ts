@@ -3,7 +3,7 @@
  * a pure decision over the queue of one worker's commits, also used by the simulator.
  */
 import type { ShardRef } from "../contract/ownership.js";
-import type { CommitOptions, SinkRow } from "../contract/ports.js";
+import type { CommitOptions, CommitResult, SinkRow } from "../contract/ports.js";
 
 /** Most rows one group's transaction takes (a commit larger than this goes alone). */
 export const GROUP_MAX_ROWS = 5_000;
@@ -13,6 +13,16 @@ export interface GroupableCommit {
   ref: ShardRef;
   rows: readonly SinkRow[];
   opts: CommitOptions;
+}
+
+/** One shard's commit waiting for its group, answered when the group's transaction ends. */
+export interface WaitingCommit extends GroupableCommit {
+  epoch: number;
+  worker: string;
+  rows: SinkRow[];
+  lastSeq: number;
+  resolve(r: CommitResult): void;
+  reject(err: unknown): void;
 }
 
 /**

@@ -33,7 +33,7 @@ import type {
   Sink,
   SinkRow,
 } from "../../contract/ports.js";
-import { takeGroup } from "../../core/commit-group.js";
+import { takeGroup, type WaitingCommit } from "../../core/commit-group.js";
 import { collapseForMerge } from "../../core/merge-policy.js";
 import {
   type AsyncSinkTransaction,
@@ -171,17 +171,6 @@ function statementName(text: string): string {
  * concurrent committers (two at a time measured 15–25 % slower end to end; docs/performance.md).
  */
 const COMMIT_GROUPS = 1;
-/** One shard's commit waiting for its transaction (`PostgresSink.commit`). */
-interface WaitingCommit {
-  ref: ShardRef;
-  epoch: number;
-  worker: string;
-  rows: SinkRow[];
-  lastSeq: number;
-  opts: CommitOptions;
-  resolve(r: CommitResult): void;
-  reject(err: unknown): void;
-}
 
 type GroupOutcome = { ok: true; result: CommitResult } | { ok: false; error: unknown };
 

@@ -29,7 +29,7 @@ import type {
   WorkerControlBus,
 } from "../../contract/ports.js";
 import { consumerEpoch, consumerName, shardFilter } from "../../contract/wire.js";
-import { takeGroup } from "../../core/commit-group.js";
+import { takeGroup, type WaitingCommit } from "../../core/commit-group.js";
 import type { MemoryKv, MemoryStream } from "../memory-broker.js";
 import type { SimNode } from "./sim-loop.js";
 import type { SimNet } from "./sim-net.js";
@@ -209,17 +209,9 @@ export class SimDeadLetterQueue implements DeadLetterQueue {
   }
 }
 
-/** A commit waiting for its group's request (`SimSinkClient`'s group commit). */
-interface WaitingCommit {
+/** A commit waiting for its group's request (`SimSinkClient`'s group commit), sent at `sentAt`. */
+interface SimWaitingCommit extends WaitingCommit {
   sentAt: number;
-  ref: ShardRef;
-  epoch: number;
-  worker: string;
-  rows: SinkRow[];
-  lastSeq: number;
-  opts: CommitOptions;
-  resolve(r: CommitResult): void;
-  reject(err: unknown): void;
 }
 
 /** Called on the sink side when the fence rejects a commit, with the time it was sent. */
@@ -248,7 +240,7 @@ export class SimSinkClient implements Sink {
     private readonly group?: { fencePerShard: boolean; onGroup?: (commits: number) => void },
   ) {}
 
-  private waiting: WaitingCommit[] = [];
+  private waiting: SimWaitingCommit[] = [];
   private groupInFlight = false;
 
   fence(ref: ShardRef, epoch: number): Promise<Checkpoint> {
