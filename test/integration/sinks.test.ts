@@ -90,7 +90,8 @@ describe("faults of PostgreSQL itself (real 3-node NATS cluster, private Postgre
     const page = await browser.newPage();
     await page.goto(`${tc.file().coordinators[0]?.http}/`);
     await page.locator('#sink[data-healthy="true"]').waitFor({ timeout: 15_000 });
-    const load = tc.load(30_000, 1_000);
+    // 45 s of load: it still runs when the last fault (the lock) comes, on a slow machine too.
+    const load = tc.load(45_000, 1_000);
     await tc.waitCommitted(2_000);
 
     // 1. The server stopped for 10 s: status reports the sink unhealthy, shards wait.
@@ -112,7 +113,13 @@ describe("faults of PostgreSQL itself (real 3-node NATS cluster, private Postgre
     // 2. Every connection killed, mid-transaction where a commit runs, each second for 3 s.
     expect(await chaos("postgres-kill-connections", tc.dir, 3)).toBe(0);
 
-    // 3. A statement timeout: the checkpoint table locked for 2 s; commits time out at 0.5 s.
+    // 3. A statement timeout: the checkpoint table locked (2 s, and until a worker has reported
+    // a commit timing out, at most 15 s); commits time out at 0.5 s.
+    const workerLogs = (): string =>
+      tc!
+        .file()
+        .workers.map((w) => tc!.logOf(w.id))
+        .join("\n");
     const locker = new pg.Client({
       host: "127.0.0.1",
       port: pgRec!.port,
@@ -124,6 +131,9 @@ describe("faults of PostgreSQL itself (real 3-node NATS cluster, private Postgre
       await locker.query("BEGIN");
       await locker.query("LOCK TABLE sluice_checkpoints IN ACCESS EXCLUSIVE MODE");
       await new Promise((r) => setTimeout(r, 2_000));
+      await waitUntil("a commit to time out", 13_000, () =>
+        workerLogs().includes("canceling statement due to statement timeout") ? true : undefined,
+      );
       await locker.query("COMMIT");
     } finally {
       await locker.end();
@@ -148,10 +158,7 @@ describe("faults of PostgreSQL itself (real 3-node NATS cluster, private Postgre
     // Through the stopped database and killed connections, the audit table agrees with the rows.
     expect(report.audit).toMatchObject({ rows: summary.acked, dead_lettered: 0, deduplicated: 0 });
     // The workers said why their shards waited.
-    const logs = tc
-      .file()
-      .workers.map((w) => tc!.logOf(w.id))
-      .join("\n");
+    const logs = workerLogs();
     expect(logs).toContain("commit failed; the shard waits and retries");
     expect(logs).toContain("canceling statement due to statement timeout");
   });
