@@ -58,6 +58,8 @@ describe.skipIf(!CHROMIUM)("web dashboard in headless Chromium (real 3-node NATS
     tc.load(60_000, 1_000);
 
     // The JSON API the page is built from (refreshed once a second, so it may trail the settle).
+    // A shard shows a committed position only after its first commit, which waits for the
+    // load's first record hashed to it: up to 30 s on a loaded CI machine.
     const state = async (): Promise<DashboardState> =>
       (await (await fetch(`${base}/api/state`)).json()) as DashboardState;
     await expect
@@ -72,7 +74,7 @@ describe.skipIf(!CHROMIUM)("web dashboard in headless Chromium (real 3-node NATS
             members: s.members.map((m) => `${m.id}:${m.status}`),
           };
         },
-        { timeout: 10_000 },
+        { timeout: 30_000 },
       )
       .toEqual({
         coordinator: leader,

@@ -183,6 +183,61 @@ describe("PostgresSink: group commit", () => {
   });
 });
 
+describe("PostgresSink: a transaction's rows beyond maxStatementChars", () => {
+  it("go in several statements of the same transaction, in order, in both table modes", async () => {
+    const url = await pgServer!.newDatabase("statement_chars");
+    const pool = postgresPool(parseConfig({ sink: { type: "postgres", url } }).sink as never, { max: 2 });
+    // Counts the row inserts every pooled connection sends.
+    let inserts = 0;
+    pool.on("connect", (client) => {
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        const text = typeof a[0] === "string" ? a[0] : (a[0] as { text?: string } | undefined)?.text;
+        if (text?.includes("jsonb_to_recordset")) inserts++;
+        return query(...a);
+      };
+    });
+    const sink = new PostgresSink(pool, {
+      pipelines: [{ name: "demo" }, { name: "latest", mode: "upsert" }],
+      maxStatementChars: 2_000,
+    });
+    const rows = (from: number, n: number) =>
+      Array.from({ length: n }, (_, i) => ({
+        recordId: `r-${from + i}`,
+        // Upsert: 40 keys, each written twice in one batch; the newer version wins.
+        key: `k${(from + i) % 40}`,
+        sourceSeq: from + i,
+        value: { n: from + i, body: "x".repeat(40) },
+      }));
+    try {
+      for (const pipeline of ["demo", "latest"]) await sink.fence({ pipeline, shard: 0 }, 1);
+      await expect(
+        sink.commit({ pipeline: "demo", shard: 0 }, 1, "w1", rows(1, 80), 80),
+      ).resolves.toMatchObject({
+        committed: 80,
+      });
+      expect(inserts).toBeGreaterThan(3);
+      const demo = await pool.query<{ source_seq: string; tx: string }>(
+        "SELECT source_seq, xmin::text AS tx FROM demo ORDER BY row_id",
+      );
+      expect(demo.rows.map((r) => Number(r.source_seq))).toEqual(Array.from({ length: 80 }, (_, i) => i + 1));
+      expect(new Set(demo.rows.map((r) => r.tx)).size, "one transaction").toBe(1);
+      inserts = 0;
+      await sink.commit({ pipeline: "latest", shard: 0 }, 1, "w1", rows(1, 80), 80);
+      expect(inserts).toBeGreaterThan(1);
+      const latest = await pool.query<{ key: string; source_seq: string }>(
+        "SELECT key, source_seq FROM latest",
+      );
+      expect(latest.rowCount).toBe(40);
+      for (const r of latest.rows) expect(Number(r.source_seq)).toBeGreaterThan(40);
+      expect(await sink.checkpoint({ pipeline: "latest", shard: 0 })).toEqual({ epoch: 1, seq: 80 });
+    } finally {
+      await sink.close();
+      await pool.end().catch(() => undefined);
+    }
+  });
+});
+
 {
   const pipelines = [
     { name: "demo", shards: 10 },

@@ -16,8 +16,9 @@
  *   overwriting a newer one on a redelivery or a replay.
  *
  * Rows go in with one set-based statement per table and transaction (`INSERT … SELECT FROM
- * json_to_recordset(…)`, every row in one JSON array), never one per record. A statement that fails for a reason a retry can cure (the server restarting,
- * a killed connection, a statement timeout, a serialisation failure) surfaces as `UNAVAILABLE`,
+ * jsonb_to_recordset(…)`, every row in one JSON array; a transaction whose rows' text passes
+ * `maxStatementChars` takes several), never one per record. A statement that fails for a
+ * reason a retry can cure (the server restarting, a killed connection, a statement timeout, a serialisation failure) surfaces as `UNAVAILABLE`,
  * retryable; the pipeline retries the commit (see `BatchCommitter`) and the shard stalls rather
  * than skips.
  */
@@ -68,7 +69,19 @@ export interface PostgresSinkOptions {
    * for as long as the freeze lasts. The server ends such a session; the zombie's commit fails.
    */
   idleInTransactionTimeoutMs?: number;
+  /**
+   * Most characters of row text one insert statement carries (default `MAX_STATEMENT_CHARS`);
+   * a transaction with more rows' text splits them over several statements, in order.
+   */
+  maxStatementChars?: number;
 }
+
+/**
+ * Most characters of JSON row text in one insert statement: well below PostgreSQL's limit on
+ * one `jsonb` value (255 MiB) and V8's on one string (512 MiB), which a group of large records
+ * (up to `GROUP_MAX_ROWS` of up to NATS's payload limit) could otherwise pass.
+ */
+export const MAX_STATEMENT_CHARS = 32 * 1024 * 1024;
 
 /** SQLSTATE classes and codes a retry can cure: connection loss, shutdown, timeouts, conflicts. */
 const RETRYABLE_STATES = new Set(["40001", "40P01", "57014", "57P01", "57P02", "57P03", "55P03", "53300"]);
@@ -538,7 +551,7 @@ export class PostgresSink implements Sink {
         out.push({ ok: false, error });
       }
     }
-    await insertGathered(t.client, inserts, this.now());
+    await insertGathered(t.client, inserts, this.now(), this.opts.maxStatementChars ?? MAX_STATEMENT_CHARS);
     return out;
   }
 
@@ -750,18 +763,26 @@ interface TableRow {
 /** A transaction's rows for the pipelines' tables, by table, in the order the commits gave them. */
 type GatheredRows = Map<string, { mode: TableMode; rows: TableRow[] }>;
 
-/** Every gathered row, one statement per table. */
-async function insertGathered(c: PoolClient, inserts: GatheredRows, at: number): Promise<void> {
-  for (const [table, g] of inserts) await insertRows(c, g.mode, table, at, g.rows);
+/** Every gathered row, one statement per table (more where its text passes `maxChars`). */
+async function insertGathered(
+  c: PoolClient,
+  inserts: GatheredRows,
+  at: number,
+  maxChars: number,
+): Promise<void> {
+  for (const [table, g] of inserts) await insertRows(c, g.mode, table, at, g.rows, maxChars);
 }
 
 /**
- * Every row in one statement, sent as one JSON array (`json_to_recordset`) and inserted in the
+ * Every row in one statement, sent as one JSON array (`jsonb_to_recordset`) and inserted in the
  * order given: the client joins each row's JSON text once, where column arrays would be escaped
- * element by element into array literals. Upsert mode first collapses the rows by key (newest
- * wins) in key order, so a statement touches each row once and two transactions lock keys in
- * the same order; a stored row is replaced only by a newer version. A key belongs to one shard,
- * so rows of several shards collapse the same way.
+ * element by element into array literals. The array is parsed as `jsonb`: `json_to_recordset`
+ * re-parses each row's payload into the `jsonb` column and, measured on this database, cost up
+ * to 1.8x the backend CPU per row (docs/performance.md). Rows whose text passes `maxChars` go in
+ * several statements, in order. Upsert mode first collapses the rows by key (newest wins) in
+ * key order, so a statement touches each row once and two transactions lock keys in the same
+ * order; a stored row is replaced only by a newer version. A key belongs to one shard, so rows
+ * of several shards collapse the same way.
  */
 async function insertRows(
   c: PoolClient,
@@ -769,20 +790,14 @@ async function insertRows(
   table: string,
   at: number,
   rows: readonly TableRow[],
+  maxChars: number,
 ): Promise<void> {
   const t = quoteIdent(table);
   const upsert = mode === "upsert";
   const list = upsert ? collapseByKey(rows) : rows;
-  const parts: string[] = [];
-  for (const x of list) {
-    const lineage = x.r.lineage === undefined ? "" : `,"l":${JSON.stringify(x.r.lineage)}`;
-    parts.push(
-      `{"r":${JSON.stringify(x.r.recordId)},"k":${JSON.stringify(x.key)},"sh":${int(x.shard)},"s":${int(x.sourceSeq)},"e":${int(x.epoch)},"w":${JSON.stringify(x.worker)},"lt":${x.r.late !== undefined},"p":${payloadJson(x.r.value)}${lineage}}`,
-    );
-  }
   const text = `INSERT INTO ${t} (record_id, key, shard, source_seq, epoch, worker, payload, committed_at, lineage, late${upsert ? ", version" : ""})
      SELECT r, k, sh, s, e, w, p, $1, l, lt${upsert ? ", s" : ""}
-     FROM ROWS FROM (json_to_recordset($2::json) AS (r text, k text, sh integer, s bigint, e bigint, w text, lt boolean, p jsonb, l jsonb))
+     FROM ROWS FROM (jsonb_to_recordset($2::jsonb) AS (r text, k text, sh integer, s bigint, e bigint, w text, lt boolean, p jsonb, l jsonb))
        WITH ORDINALITY AS u(r, k, sh, s, e, w, lt, p, l, o) ORDER BY o
      ${
        upsert
@@ -793,7 +808,22 @@ async function insertRows(
      WHERE ${t}.version < EXCLUDED.version`
          : ""
      }`;
-  await c.query({ name: statementName(text), text, values: [at, `[${parts.join(",")}]`] });
+  const name = statementName(text);
+  let parts: string[] = [];
+  let chars = 0;
+  const flush = async (): Promise<void> => {
+    await c.query({ name, text, values: [at, `[${parts.join(",")}]`] });
+    parts = [];
+    chars = 0;
+  };
+  for (const x of list) {
+    const lineage = x.r.lineage === undefined ? "" : `,"l":${JSON.stringify(x.r.lineage)}`;
+    const part = `{"r":${JSON.stringify(x.r.recordId)},"k":${JSON.stringify(x.key)},"sh":${int(x.shard)},"s":${int(x.sourceSeq)},"e":${int(x.epoch)},"w":${JSON.stringify(x.worker)},"lt":${x.r.late !== undefined},"p":${payloadJson(x.r.value)}${lineage}}`;
+    if (parts.length > 0 && chars + part.length > maxChars) await flush();
+    parts.push(part);
+    chars += part.length + 1;
+  }
+  if (parts.length > 0) await flush();
 }
 
 /** Records `rows`' late ones in `sluice_late`, in the commit's transaction. */
