@@ -18,9 +18,9 @@
  * Rows go in with one set-based statement per table and transaction (`INSERT … SELECT FROM
  * jsonb_to_recordset(…)`, every row in one JSON array; a transaction whose rows' text passes
  * `maxStatementChars` takes several), never one per record. A statement that fails for a
- * reason a retry can cure (the server restarting, a killed connection, a statement timeout, a serialisation failure) surfaces as `UNAVAILABLE`,
- * retryable; the pipeline retries the commit (see `BatchCommitter`) and the shard stalls rather
- * than skips.
+ * reason a retry can cure (the server restarting, a killed connection, a statement timeout, a
+ * serialisation failure) surfaces as `UNAVAILABLE`, retryable; the pipeline retries the commit
+ * (see `BatchCommitter`) and the shard stalls rather than skips.
  */
 import pg, { type Pool, type PoolClient, type QueryResultRow } from "pg";
 import { payloadJson } from "../../contract/codec.js";
@@ -78,8 +78,9 @@ export interface PostgresSinkOptions {
 
 /**
  * Most characters of JSON row text in one insert statement: well below PostgreSQL's limit on
- * one `jsonb` value (255 MiB) and V8's on one string (512 MiB), which a group of large records
- * (up to `GROUP_MAX_ROWS` of up to NATS's payload limit) could otherwise pass.
+ * one `jsonb` value (255 MiB, a character taking up to 3 bytes) and V8's on one string (2^29
+ * characters), which a group of large records (up to `GROUP_MAX_ROWS` of up to NATS's payload
+ * limit) could otherwise pass.
  */
 export const MAX_STATEMENT_CHARS = 32 * 1024 * 1024;
 
