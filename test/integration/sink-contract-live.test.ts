@@ -4,13 +4,14 @@
  * 3-node NATS cluster).
  */
 
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, realpathSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
-import type { Pool } from "pg";
+import pg, { type Pool } from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startPostgres } from "../../nodes/cli/postgres-server.js";
+import { postgresUrl, socketDirFor, startPostgres, stopPostgres } from "../../nodes/cli/postgres-server.js";
 import { JetStreamOutputInspector } from "../../shared/adapters/nats/jetstream-output-inspector.js";
 import { JetStreamOutputStore } from "../../shared/adapters/nats/jetstream-output-store.js";
 import { OutputStreamSink } from "../../shared/adapters/sink/output-stream-sink.js";
@@ -95,6 +96,43 @@ describe("startPostgres", () => {
         message: expect.stringMatching(/is taken by another PostgreSQL server/),
       });
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it("names its Unix socket in the URL it gives, with TCP beside it; a data directory too deep for a socket path gets TCP only", async () => {
+    expect(pgServer!.server.url).toMatch(/^postgres:\/\/sluice@127\.0\.0\.1:\d+\/sluice\?host=%2F/);
+    const viaSocket = new pg.Client({ connectionString: pgServer!.server.url });
+    await viaSocket.connect();
+    try {
+      // A Unix-socket connection has no client address.
+      const r = await viaSocket.query<{ addr: string | null; dir: string }>(
+        "SELECT inet_client_addr()::text AS addr, current_setting('data_directory') AS dir",
+      );
+      expect(r.rows[0]).toEqual({ addr: null, dir: realpathSync(pgServer!.server.dataDir) });
+    } finally {
+      await viaSocket.end();
+    }
+    expect(socketDirFor("/tmp/d", 5432)).toBe("/tmp/d");
+    expect(socketDirFor("/tmp/with space", 5432)).toBeNull();
+    const dir = mkdtempSync(join(tmpdir(), "sluice-pg-deep-"));
+    const dataDir = join(dir, "d".repeat(100));
+    expect(socketDirFor(dataDir, 5432)).toBeNull();
+    const port = await new Promise<number>((resolvePort) => {
+      const probe = createServer().listen(0, "127.0.0.1", () => {
+        const p = (probe.address() as { port: number }).port;
+        probe.close(() => resolvePort(p));
+      });
+    });
+    const deep = await startPostgres({ dataDir, port, log: join(dir, "pg.log") });
+    try {
+      expect(deep.url).toBe(postgresUrl(port));
+      const viaTcp = new pg.Client({ connectionString: deep.url });
+      await viaTcp.connect();
+      await expect(viaTcp.query("SELECT 1 AS one")).resolves.toMatchObject({ rows: [{ one: 1 }] });
+      await viaTcp.end();
+    } finally {
+      await stopPostgres(deep.pid);
       rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
