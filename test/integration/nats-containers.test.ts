@@ -6,7 +6,6 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -28,23 +27,10 @@ import {
   unpauseContainer,
 } from "../../nodes/cli/nats-containers.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
+import { freePort } from "../kit/free-port.js";
 
 const available = await dockerAvailable();
 const run = promisify(execFile);
-
-/** A port the kernel just handed out on 127.0.0.1 (free at the time of the call). */
-async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const addr = s.address();
-      s.close(() =>
-        typeof addr === "object" && addr ? resolvePort(addr.port) : reject(new Error("no port")),
-      );
-    });
-  });
-}
 
 /** HTTP status of the monitor's /healthz; rejects if nothing answers within timeoutMs. */
 async function healthz(monitorPort: number, timeoutMs: number, query = ""): Promise<number> {

@@ -5,7 +5,6 @@
  */
 
 import { mkdtempSync, realpathSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
@@ -20,6 +19,7 @@ import { postgresPool } from "../../shared/adapters/sink/postgres-pool.js";
 import { PostgresSink } from "../../shared/adapters/sink/postgres-sink.js";
 import { parseConfig } from "../../shared/contract/config.js";
 import { outputStream, outputSubjects } from "../../shared/contract/wire.js";
+import { freePort } from "../kit/free-port.js";
 import { reconcileScenario } from "../kit/merge-scenarios.js";
 import { startTestPostgres, type TestPostgres } from "../kit/postgres.js";
 import { sinkContract } from "../kit/sink-contract.js";
@@ -118,12 +118,7 @@ describe("startPostgres", () => {
     const dir = mkdtempSync(join(tmpdir(), "sluice-pg-deep-"));
     const dataDir = join(dir, "d".repeat(100));
     expect(socketDirFor(dataDir, 5432)).toBeNull();
-    const port = await new Promise<number>((resolvePort) => {
-      const probe = createServer().listen(0, "127.0.0.1", () => {
-        const p = (probe.address() as { port: number }).port;
-        probe.close(() => resolvePort(p));
-      });
-    });
+    const port = await freePort();
     const deep = await startPostgres({ dataDir, port, log: join(dir, "pg.log") });
     try {
       expect(deep.url).toBe(postgresUrl(port));

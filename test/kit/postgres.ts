@@ -4,7 +4,6 @@
  * a server with another test file or with anything outside the test.
  */
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -15,17 +14,7 @@ import {
   startPostgres,
   stopPostgres,
 } from "../../nodes/cli/postgres-server.js";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+import { freePort } from "./free-port.js";
 
 export interface TestPostgres {
   server: PostgresServer;
