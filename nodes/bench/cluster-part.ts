@@ -29,6 +29,9 @@ export interface ClusterResult {
   publish: Rate;
   /** CPU per record and role (µs) of the producer-alone and the end-to-end rounds. */
   cpu: EndToEndPair["cpu"];
+  /** Every round of the end-to-end comparison, and the records sent before them. */
+  rounds: EndToEndPair["rounds"];
+  warmup: number;
   latency: Latency;
   kills: number[];
   scale: ScaleOutTrial[];
@@ -47,24 +50,35 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
       const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink, pipeline: "demo" };
       try {
         await waitSettled(nc, clusterCfg, sink, 60_000);
-        const { naive, sluice, publish, cpu } = await run.measuringSteal("end_to_end", async () => {
-          // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
-          const naive = await naiveEndToEndRate(
-            nc,
-            naiveSqlite(join(c.dir, "naive.db")),
-            run.s.quick ? 2_000 : 20_000,
-            "n1",
-            3,
-          );
-          run.log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
-          const pair = await publishThenEndToEnd(c, nc, sink, e2eRecords, {
-            publishPrefix: "sqlite",
-            e2ePrefix: "e2e",
-            into: "SQLite",
-            log: run.log,
-          });
-          return { naive, sluice: pair.e2e, publish: pair.publish, cpu: pair.cpu };
-        });
+        const { naive, sluice, publish, cpu, rounds, warmup } = await run.measuringSteal(
+          "end_to_end",
+          async () => {
+            // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
+            const naive = await naiveEndToEndRate(
+              nc,
+              naiveSqlite(join(c.dir, "naive.db")),
+              run.s.quick ? 2_000 : 20_000,
+              "n1",
+              3,
+            );
+            run.log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
+            const pair = await publishThenEndToEnd(c, nc, sink, e2eRecords, {
+              publishPrefix: "sqlite",
+              e2ePrefix: "e2e",
+              into: "SQLite",
+              rounds: run.s.rounds,
+              log: run.log,
+            });
+            return {
+              naive,
+              sluice: pair.e2e,
+              publish: pair.publish,
+              cpu: pair.cpu,
+              rounds: pair.rounds,
+              warmup: pair.warmup,
+            };
+          },
+        );
         const latencyRate = run.s.quick ? 2_000 : 5_000;
         const latency = await run.measuringSteal("latency", () =>
           publishToCommitLatency(
@@ -106,7 +120,7 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
           run.log(
             `host CPU steal: worker kills ${stealText(run.steal.worker_kill)}, scale-outs ${stealText(run.steal.scale_out)}, leader kills ${stealText(run.steal.leader_kill)}`,
           );
-          return { naive, sluice, publish, cpu, latency, kills, scale, leader };
+          return { naive, sluice, publish, cpu, rounds, warmup, latency, kills, scale, leader };
         } finally {
           load.kill("SIGKILL");
         }

@@ -213,33 +213,83 @@ export async function publishOnlyRate(nc: NatsConnection, count: number, prefix:
   }
 }
 
+/** One round of a comparison: the producer alone, then end to end, records/s. */
+export interface EndToEndRound {
+  publish: number;
+  e2e: number;
+}
+
 /** An end-to-end rate with its baseline, and the CPU per record and role (µs) of each. */
 export interface EndToEndPair {
+  /** The rates and CPU of the round whose ratio is the median (the lower one of two middles). */
   publish: Rate;
   e2e: Rate;
   cpu: { publish: RoleCpuPerRecord; e2e: RoleCpuPerRecord };
+  /** Every round, in the order run. */
+  rounds: EndToEndRound[];
+  /** Records sent end to end before the first round and not measured. */
+  warmup: number;
 }
 
 /**
- * The producer alone into an R3 stream (`publishOnlyRate`), then `records` end to end into the
- * demo pipeline's sink (`sluiceEndToEndRate`), on cluster `c`, with the CPU every role of the
- * cluster spent per record in each: on shared cores the rates' ratio is about the inverse of
- * the CPU ratio, so the roles say what limits the end-to-end rate.
+ * The round whose ratio of end-to-end to producer-alone rate is the median: the lower of the two
+ * middle ones for an even count, so that two rounds give the worse one.
+ */
+export function medianRound<T extends { publish: Rate; e2e: Rate }>(rounds: readonly T[]): T {
+  if (rounds.length === 0) throw new Error("no rounds");
+  const ratio = (m: T): number => m.e2e.perSecond / m.publish.perSecond;
+  const sorted = [...rounds].sort((a, b) => ratio(a) - ratio(b));
+  return sorted[Math.floor((sorted.length - 1) / 2)]!;
+}
+
+/**
+ * End to end against the producer alone on cluster `c`, in `rounds` alternating rounds after a
+ * warm-up: each round the producer alone into an R3 stream (`publishOnlyRate`), then `records`
+ * end to end into the demo pipeline's sink (`sluiceEndToEndRate`), with the CPU every role of the
+ * cluster spent per record in each. On shared cores the rates' ratio is about the inverse of the
+ * CPU ratio, so the roles say what limits the end-to-end rate.
+ *
+ * The warm-up (a fifth of `records`, at least 5,000) runs the workers' code through V8's
+ * optimising compiler and fills the sink's caches first: the workers start with the cluster, so
+ * without it the first round measures their start-up against a producer already warm from the
+ * parts before. The figure is the round with the median ratio; two rounds side by side cancel the
+ * drift of a shared host's speed, which moves both rates of a round alike.
  */
 export async function publishThenEndToEnd(
   c: ClusterFile,
   nc: NatsConnection,
   sink: SinkInspector,
   records: number,
-  o: { publishPrefix: string; e2ePrefix: string; into: string; log: (line: string) => void },
+  o: {
+    publishPrefix: string;
+    e2ePrefix: string;
+    into: string;
+    rounds: number;
+    log: (line: string) => void;
+  },
 ): Promise<EndToEndPair> {
-  const cpu0 = clusterCpu(c);
-  const publish = await publishOnlyRate(nc, records, o.publishPrefix);
-  const cpu1 = clusterCpu(c);
-  const publishCpu = cpuPerRecord(cpu0, cpu1, records);
-  o.log(`producer alone into an R3 stream: ${Math.round(publish.perSecond)}/s; ${cpuText(publishCpu)}`);
-  const e2e = await sluiceEndToEndRate(nc, "demo", sink, records, o.e2ePrefix);
-  const e2eCpu = cpuPerRecord(cpu1, clusterCpu(c), records);
-  o.log(`sluice: ${Math.round(e2e.perSecond)}/s end to end into ${o.into}; ${cpuText(e2eCpu)}`);
-  return { publish, e2e, cpu: { publish: publishCpu, e2e: e2eCpu } };
+  const warmup = Math.max(5_000, Math.round(records / 5));
+  const warm = await sluiceEndToEndRate(nc, "demo", sink, warmup, `${o.e2ePrefix}_warm`);
+  o.log(`warm-up: ${warmup} records end to end into ${o.into} at ${Math.round(warm.perSecond)}/s`);
+  const measured: Array<Omit<EndToEndPair, "rounds" | "warmup">> = [];
+  for (let r = 0; r < Math.max(1, o.rounds); r++) {
+    const cpu0 = clusterCpu(c);
+    const publish = await publishOnlyRate(nc, records, `${o.publishPrefix}${r}`);
+    const cpu1 = clusterCpu(c);
+    const publishCpu = cpuPerRecord(cpu0, cpu1, records);
+    o.log(
+      `round ${r + 1}: producer alone into an R3 stream: ${Math.round(publish.perSecond)}/s; ${cpuText(publishCpu)}`,
+    );
+    const e2e = await sluiceEndToEndRate(nc, "demo", sink, records, `${o.e2ePrefix}${r}`);
+    const e2eCpu = cpuPerRecord(cpu1, clusterCpu(c), records);
+    o.log(
+      `round ${r + 1}: sluice: ${Math.round(e2e.perSecond)}/s end to end into ${o.into} (${(e2e.perSecond / publish.perSecond).toFixed(2)}x); ${cpuText(e2eCpu)}`,
+    );
+    measured.push({ publish, e2e, cpu: { publish: publishCpu, e2e: e2eCpu } });
+  }
+  return {
+    ...medianRound(measured),
+    rounds: measured.map((m) => ({ publish: m.publish.perSecond, e2e: m.e2e.perSecond })),
+    warmup,
+  };
 }

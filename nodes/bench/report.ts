@@ -142,6 +142,14 @@ export interface BenchReport {
    */
   cpu_us_per_record: Record<"sqlite" | "postgres" | "jetstream", EndToEndPair["cpu"]>;
   /**
+   * Every round of each end-to-end comparison (the figures above are the round with the median
+   * ratio), and the records sent end to end before the first round to warm the cluster up.
+   */
+  e2e_rounds: Record<
+    "sqlite" | "postgres" | "jetstream",
+    { warmup_records: number; rounds: Array<{ publish_per_s: number; e2e_per_s: number; ratio: number }> }
+  >;
+  /**
    * What the hypervisor took from this machine in each part: figures of a part with high steal
    * were measured on a host that stalled every process at once.
    */
@@ -307,11 +315,26 @@ export function buildReport(r: BenchResults): BenchReport {
       postgres: r.sinks.postgres.cpu,
       jetstream: r.sinks.jetstream.cpu,
     },
+    e2e_rounds: {
+      sqlite: roundsOf(r.cluster),
+      postgres: roundsOf(r.sinks.postgres),
+      jetstream: roundsOf(r.sinks.jetstream),
+    },
     host_steal_pct: Object.fromEntries(
       Object.entries(r.steal).map(([k, v]) => [k, v === null ? null : round(v, 1)]),
     ),
   };
 }
+
+/** An end-to-end comparison's rounds as the report lists them. */
+const roundsOf = (p: Pick<EndToEndPair, "rounds" | "warmup">): BenchReport["e2e_rounds"]["sqlite"] => ({
+  warmup_records: p.warmup,
+  rounds: p.rounds.map((x) => ({
+    publish_per_s: Math.round(x.publish),
+    e2e_per_s: Math.round(x.e2e),
+    ratio: round(x.e2e / x.publish, 2),
+  })),
+});
 
 /** The table row under an end-to-end figure: CPU per record of both rounds, and by role end to end. */
 const cpuRow = (into: string, x: EndToEndPair["cpu"]): [string, string, string, string] => [

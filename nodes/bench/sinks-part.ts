@@ -41,6 +41,7 @@ async function measureSink(
           publishPrefix: sink,
           e2ePrefix: `e2e_${sink}`,
           into: sink,
+          rounds: run.s.rounds,
           log: run.log,
         });
         let naive: Rate | undefined;
