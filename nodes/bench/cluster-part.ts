@@ -22,16 +22,13 @@ import { stealText } from "./host-cpu.js";
 import { type Latency, publishToCommitLatency } from "./latency-memory.js";
 import type { Rate } from "./publish-rates.js";
 
-export interface ClusterResult {
+/**
+ * The cluster part: end to end into SQLite against the producer alone into an R3 stream of the
+ * same layout on the same cluster (`EndToEndPair`) and against the naive pipeline, then latency,
+ * failover and rebalance.
+ */
+export interface ClusterResult extends EndToEndPair {
   naive: Rate;
-  sluice: Rate;
-  /** The producer alone into an R3 stream of the same layout, same cluster. */
-  publish: Rate;
-  /** CPU per record and role (µs) of the producer-alone and the end-to-end rounds. */
-  cpu: EndToEndPair["cpu"];
-  /** Every round of the end-to-end comparison, and the records sent before them. */
-  rounds: EndToEndPair["rounds"];
-  warmup: number;
   latency: Latency;
   kills: number[];
   scale: ScaleOutTrial[];
@@ -50,35 +47,25 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
       const h: ClusterHandle = { dir: c.dir, nc, cfg: clusterCfg, sink, pipeline: "demo" };
       try {
         await waitSettled(nc, clusterCfg, sink, 60_000);
-        const { naive, sluice, publish, cpu, rounds, warmup } = await run.measuringSteal(
-          "end_to_end",
-          async () => {
-            // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
-            const naive = await naiveEndToEndRate(
-              nc,
-              naiveSqlite(join(c.dir, "naive.db")),
-              run.s.quick ? 2_000 : 20_000,
-              "n1",
-              3,
-            );
-            run.log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
-            const pair = await publishThenEndToEnd(c, nc, sink, e2eRecords, {
-              publishPrefix: "sqlite",
-              e2ePrefix: "e2e",
-              into: "SQLite",
-              rounds: run.s.rounds,
-              log: run.log,
-            });
-            return {
-              naive,
-              sluice: pair.e2e,
-              publish: pair.publish,
-              cpu: pair.cpu,
-              rounds: pair.rounds,
-              warmup: pair.warmup,
-            };
-          },
-        );
+        const endToEnd = await run.measuringSteal("end_to_end", async () => {
+          // The naive pipeline runs at a few hundred records/s: fewer records measure it as well.
+          const naive = await naiveEndToEndRate(
+            nc,
+            naiveSqlite(join(c.dir, "naive.db")),
+            run.s.quick ? 2_000 : 20_000,
+            "n1",
+            3,
+          );
+          run.log(`naive pipeline: ${Math.round(naive.perSecond)}/s end to end`);
+          const pair = await publishThenEndToEnd(c, nc, sink, e2eRecords, {
+            publishPrefix: "sqlite",
+            e2ePrefix: "e2e",
+            into: "SQLite",
+            rounds: run.s.rounds,
+            log: run.log,
+          });
+          return { naive, ...pair };
+        });
         const latencyRate = run.s.quick ? 2_000 : 5_000;
         const latency = await run.measuringSteal("latency", () =>
           publishToCommitLatency(
@@ -120,7 +107,7 @@ export function measureCluster(run: BenchRun): Promise<ClusterResult> {
           run.log(
             `host CPU steal: worker kills ${stealText(run.steal.worker_kill)}, scale-outs ${stealText(run.steal.scale_out)}, leader kills ${stealText(run.steal.leader_kill)}`,
           );
-          return { naive, sluice, publish, cpu, rounds, warmup, latency, kills, scale, leader };
+          return { ...endToEnd, latency, kills, scale, leader };
         } finally {
           load.kill("SIGKILL");
         }

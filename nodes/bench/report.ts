@@ -205,12 +205,12 @@ export function buildReport(r: BenchResults): BenchReport {
         t.perShard.worker.perSecond / t.perShard.ordered.perSecond,
         2,
       ),
-      e2e_vs_naive: round(cluster.sluice.perSecond / cluster.naive.perSecond, 2),
+      e2e_vs_naive: round(cluster.e2e.perSecond / cluster.naive.perSecond, 2),
       producer_fsync_vs_replicated: round(
         r.durability.fsync.perSecond / r.durability.replicated.perSecond,
         2,
       ),
-      e2e_sqlite_vs_publish_r3: round(cluster.sluice.perSecond / cluster.publish.perSecond, 2),
+      e2e_sqlite_vs_publish_r3: round(cluster.e2e.perSecond / cluster.publish.perSecond, 2),
       e2e_postgres_vs_publish_r3: round(
         r.sinks.postgres.e2e.perSecond / r.sinks.postgres.publish.perSecond,
         2,
@@ -243,7 +243,7 @@ export function buildReport(r: BenchResults): BenchReport {
       null_sink_per_shard_streams_per_s: Math.round(t.perShard.worker.perSecond),
       null_sink_start_spread_s: round(t.worker.startSpreadS ?? 0),
       naive_e2e_per_s: Math.round(cluster.naive.perSecond),
-      sluice_e2e_per_s: Math.round(cluster.sluice.perSecond),
+      sluice_e2e_per_s: Math.round(cluster.e2e.perSecond),
       publish_r3_sqlite_cluster_per_s: Math.round(cluster.publish.perSecond),
       postgres_e2e_per_s: Math.round(r.sinks.postgres.e2e.perSecond),
       publish_r3_postgres_cluster_per_s: Math.round(r.sinks.postgres.publish.perSecond),
