@@ -1,6 +1,7 @@
 /**
  * The server floor: versions compare numerically, a node refuses a server below the floor at
- * connect (a fake server that only speaks INFO/PING), and `sluice up` refuses an old binary.
+ * connect (a fake server that only speaks INFO/PING), a server nobody listens on fails the first
+ * connection with a message naming it, and `sluice up` refuses an old binary.
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
@@ -51,6 +52,22 @@ describe("nats-server versions", () => {
       expect((err as Error).message).toContain(`v${NATS_SERVER_FLOOR}`);
       expect((err as Error).message).toContain("install-nats-server.sh");
     });
+  });
+
+  it("a server nobody listens on fails the first connection with UNAVAILABLE, naming where", async () => {
+    // A port just released: nothing listens on it, so the connection is refused at once.
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    const url = `nats://127.0.0.1:${port}`;
+    const err = await connectNats({ servers: [url], name: "no-server-test" }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(isSluiceError(err, ErrorCode.Unavailable)).toBe(true);
+    expect((err as Error).message).toContain(url);
+    expect((err as Error).message).toMatch(/refused/i);
   });
 
   it("sluice up refuses a nats-server binary below the floor", () => {

@@ -27,6 +27,8 @@ async function connectWith(
   noRandomize: boolean,
   { auth, tls }: Pick<ConnectOptions, "auth" | "tls">,
 ): Promise<NatsConnection> {
+  // The first connection has no reconnects: a cluster that is down, a wrong port or refused
+  // credentials fail here, and the caller (often a person at a CLI) gets where and why.
   const nc = await connect({
     servers,
     name,
@@ -48,6 +50,12 @@ async function connectWith(
     pingInterval: 1_000,
     maxPingOut: 2,
     timeout: 5_000,
+  }).catch((err: unknown) => {
+    throw new SluiceError(
+      ErrorCode.Unavailable,
+      `cannot connect to NATS at ${servers.join(", ")}: ${err instanceof Error ? err.message : String(err)}`,
+      { retryable: true, cause: err },
+    );
   });
   checkServerVersion(nc);
   return nc;
