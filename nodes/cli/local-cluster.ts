@@ -6,11 +6,18 @@
  */
 import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
 import pRetry from "p-retry";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { provision } from "../../shared/adapters/nats/provision.js";
 import { usesSqlite } from "../../shared/adapters/sink/open-sinks.js";
-import { parseConfig, redactUrl, type SluiceConfig } from "../../shared/contract/config.js";
+import {
+  describeSink,
+  parseConfig,
+  redactUrl,
+  type SluiceConfig,
+  sinkOf,
+} from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import {
   type ClusterFile,
@@ -19,10 +26,12 @@ import {
   isOurProcess,
   type NatsRecord,
   type NatsRuntime,
+  openSinkInspector,
   type ProcessRecord,
   readClusterFile,
   writeClusterFile,
 } from "./cluster-file.js";
+import { checkSecurityMode, foreignCheckpoints, foreignCheckpointsError } from "./cluster-guards.js";
 import { type ClusterSecurity, caFile, ensureClusterSecrets } from "./cluster-secrets.js";
 import { containerPid, ensureNatsImage, removeContainer, restartContainer } from "./nats-containers.js";
 import { natsConfig, natsUid, startNats, startNatsNode, waitMetaLeader } from "./nats-nodes.js";
@@ -88,6 +97,7 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
       );
     }
   }
+  checkSecurityMode(dir, !o.insecure, o.dir);
   const n = o.natsNodes ?? 3;
   for (const sub of ["logs", "nats"]) mkdirSync(join(dir, sub), { recursive: true });
   let cfg = o.config ?? loadConfigFile(o.configFile);
@@ -167,8 +177,26 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
       maxTimeout: 1000,
       factor: 1.2,
     });
+    const inspector = openSinkInspector(c, nc);
+    const foreign = await foreignCheckpoints(
+      await jetstreamManager(nc, { timeout: 10_000 }),
+      cfg,
+      inspector,
+    ).finally(() => inspector.close());
+    if (foreign.length > 0) {
+      const p = cfg.pipelines.find((x) => x.name === foreign[0]!.pipeline)!;
+      const s = sinkOf(cfg, p);
+      const err = foreignCheckpointsError(foreign, {
+        type: s.type,
+        name: s.type === "sqlite" ? `sqlite ${c.sqlite}` : describeSink(s),
+      });
+      // Nothing of this cluster may run on: its workers would take the shards at those checkpoints.
+      await nc.close();
+      await down(dir);
+      throw err;
+    }
   } finally {
-    await nc.close();
+    if (!nc.isClosed()) await nc.close();
   }
   // The sink process owns the SQLite file: started only when a pipeline commits there.
   if (usesSqlite(cfg)) c.sinks.push(startNodeProcess(c, "sink", "s1"));

@@ -21,6 +21,18 @@ export interface HistoryMismatchReport {
   rewindToMs?: number;
 }
 
+/**
+ * A lease's checkpoint lies past the last record its stream ever stored: the sink was written
+ * from another stream (this one deleted and made again, or another cluster's). The consumer
+ * waits at the checkpoint, so what the stream stores below it is not read.
+ */
+export interface StreamBehindReport {
+  ref: ShardRef;
+  epoch: number;
+  checkpointSeq: number;
+  streamLastSeq: number;
+}
+
 /** A batch committed and acked. */
 export interface BatchReport {
   ref: ShardRef;

@@ -76,6 +76,12 @@ export interface ShardSource {
   removeOlderEpochs(ref: ShardRef, epoch: number): Promise<void>;
   /** Delete this epoch's consumer (after a graceful release). */
   remove(ref: ShardRef, epoch: number): Promise<void>;
+  /**
+   * The sequence of the last record the shard's stream ever stored (0: none). It never goes
+   * down while the stream lives, so a checkpoint past it was taken from another stream.
+   * Optional: a source that cannot tell leaves it out.
+   */
+  lastSeq?(ref: ShardRef): Promise<number>;
 }
 
 /** A record's value: a map of field names to values, as decoded and left by the stages. */

@@ -1,5 +1,10 @@
 /** What a shard's pipeline is given: its ports, its settings, and the hooks it reports through. */
-import type { BatchReport, BatchStartReport, HistoryMismatchReport } from "../contract/pipeline-reports.js";
+import type {
+  BatchReport,
+  BatchStartReport,
+  HistoryMismatchReport,
+  StreamBehindReport,
+} from "../contract/pipeline-reports.js";
 import type { Checkpoint, DeadLetterQueue, ShardSource, Sink } from "../contract/ports.js";
 import type { CommitterHooks } from "./batch-committer.js";
 import type { Stage } from "./stage.js";
@@ -43,6 +48,8 @@ export interface PipelineHooks extends Omit<CommitterHooks, "stopping"> {
   onBatch?(r: BatchReport): void;
   onBatchStart?(r: BatchStartReport): void;
   onHistoryMismatch?(r: HistoryMismatchReport): void;
+  /** See `StreamBehindReport`: checked once per acquisition, off its path, when the source can tell. */
+  onStreamBehind?(r: StreamBehindReport): void;
   now(): number;
   /** Shards the worker owns or is about to own, this one included; sizes the shard's share. */
   shardsOwned?(): number;

@@ -16,6 +16,9 @@ import type { PipelineHooks, PipelinePorts, PipelineSettings } from "./pipeline-
 import { StageChain } from "./stage-chain.js";
 import { decodeStage } from "./stages/decode-stage.js";
 
+/** How long after a first sighting a stream behind its checkpoint is asked again, ms. */
+const streamBehindRecheckMs = 2_000;
+
 /** Closes a feed still being opened (a prepared one not used), whenever it opens. */
 function closeWhenOpen(feed: Promise<ShardFeed | null>): void {
   void feed.then((f) => f?.close()).catch(() => undefined);
@@ -200,6 +203,7 @@ export class ShardPipeline {
     }
     const openMs = this.hooks.now() - (overlapped ? t0 : t1);
     void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
+    if (cp.seq > 0 && !this.stopping) void this.checkStreamEnd(cp.seq);
     return {
       checkpoint: cp.seq,
       fenceMs: t1 - t0,
@@ -208,6 +212,25 @@ export class ShardPipeline {
       fencedEarly: earlyFence !== undefined,
       ...(this.flow ? { maxAckPending: this.flow.maxAckPending } : {}),
     };
+  }
+
+  /**
+   * Reports a checkpoint past the last record the shard's stream ever stored (see
+   * `StreamBehindReport`): nothing else would tell, since the consumer waits at the checkpoint
+   * with nothing pending and the shard looks caught up. Asked twice, `streamBehindRecheckMs`
+   * apart, because a stream leader elected a moment ago may not have applied every record yet.
+   * Only a report: the shard waits either way.
+   */
+  private async checkStreamEnd(checkpointSeq: number): Promise<void> {
+    const behind = async (): Promise<number | null> => {
+      const last = await this.ports.source.lastSeq?.(this.ref).catch(() => null);
+      return last !== undefined && last !== null && last < checkpointSeq && !this.stopping ? last : null;
+    };
+    if ((await behind()) === null || !this.hooks.sleep) return;
+    await this.hooks.sleep(streamBehindRecheckMs);
+    const last = await behind();
+    if (last !== null)
+      this.hooks.onStreamBehind?.({ ref: this.ref, epoch: this.epoch, checkpointSeq, streamLastSeq: last });
   }
 
   /**

@@ -406,6 +406,11 @@ export class WorkerRuntime {
         );
         this.d.onHistoryMismatch?.(r);
       },
+      onStreamBehind: (r) => {
+        const reason = `checkpoint at ${r.checkpointSeq}, but the stream ends at ${r.streamLastSeq}: the sink was written from another stream (deleted and made again, or another cluster's); what this one stores below ${r.checkpointSeq} is not read`;
+        log.error({ checkpointSeq: r.checkpointSeq, streamLastSeq: r.streamLastSeq }, reason);
+        this.waiting.set(shard, { since: this.waiting.get(shard)?.since ?? this.d.scheduler.now(), reason });
+      },
     });
   }
 

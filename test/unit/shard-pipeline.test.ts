@@ -5,7 +5,7 @@ import { MemorySink } from "../../shared/adapters/sink/memory-sink.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { ShardRef } from "../../shared/contract/ownership.js";
-import type { HistoryMismatchReport } from "../../shared/contract/pipeline-reports.js";
+import type { HistoryMismatchReport, StreamBehindReport } from "../../shared/contract/pipeline-reports.js";
 import type {
   FeedFlow,
   FeedStart,
@@ -77,6 +77,9 @@ class ReplicaSource implements ShardSource {
   }
   async removeOlderEpochs(): Promise<void> {}
   async remove(): Promise<void> {}
+  async lastSeq(): Promise<number> {
+    return this.view.length;
+  }
 }
 
 async function runUntil(
@@ -162,6 +165,47 @@ describe("ShardPipeline: the checkpoint's record is checked before its sequence 
     const committed = committedIds(blind);
     expect(committed).not.toContain("r7");
     expect(committed.filter((x) => x === "r6")).toHaveLength(2);
+  });
+});
+
+describe("ShardPipeline: a checkpoint past the end of its stream", () => {
+  /** Acquires epoch 2 over `view` after epoch 1 committed six records; the reports it made. */
+  async function acquireOver(view: View): Promise<StreamBehindReport[]> {
+    const sink = new MemorySink();
+    const source = new ReplicaSource();
+    source.view = ids(6);
+    await runUntil(1, sink, source, 6);
+    source.view = view;
+    const reports: StreamBehindReport[] = [];
+    const p = new ShardPipeline(
+      REF,
+      2,
+      "w2",
+      { sink, source, deadLetters: { publish: async () => {} } },
+      { batchMax: 3, pullWaitMs: 5 },
+      {
+        leaseFresh: () => true,
+        now: () => Date.now(),
+        sleep: async () => {},
+        onStreamBehind: (r) => reports.push(r),
+      },
+    );
+    await p.acquire();
+    // The check runs off the acquisition's path: give it its turns.
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    await p.drain();
+    return reports;
+  }
+
+  it("is reported when the stream holds fewer records than the sink committed (another stream)", async () => {
+    expect(await acquireOver(ids(2, "new"))).toEqual([
+      { ref: REF, epoch: 2, checkpointSeq: 6, streamLastSeq: 2 },
+    ]);
+  });
+
+  it("is not reported for the stream that wrote the checkpoint, caught up or grown", async () => {
+    expect(await acquireOver(ids(6))).toEqual([]);
+    expect(await acquireOver(ids(9))).toEqual([]);
   });
 });
 

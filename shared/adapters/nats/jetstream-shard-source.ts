@@ -124,6 +124,11 @@ export class JetStreamShardSource implements ShardSource {
     return this.jsm;
   }
 
+  async lastSeq(ref: ShardRef): Promise<number> {
+    const jsm = await this.manager();
+    return (await jsm.streams.info(this.streamOf(ref))).state.last_seq;
+  }
+
   async open(ref: ShardRef, epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed> {
     const jsm = await this.manager();
     const p = this.pipelineOf(ref);
