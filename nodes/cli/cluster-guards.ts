@@ -1,5 +1,6 @@
 /**
- * What `sluice up` checks before it hands a directory's streams and a sink to workers. A sink's
+ * What `sluice up` (and `sluice provision`, for the sinks it reaches) checks before a directory's
+ * streams and a sink go to workers. A sink's
  * checkpoints are sequences of one particular stream; against any other stream (empty, or
  * numbered from 1 again) a shard would wait at the checkpoint for records that never come and
  * count as caught up, while what the new stream receives goes unwritten. Two ways to get there
@@ -12,8 +13,11 @@
  */
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import type { JetStreamManager } from "@nats-io/jetstream";
-import type { SluiceConfig } from "../../shared/contract/config.js";
+import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { openInspector } from "../../shared/adapters/sink/open-sinks.js";
+import { SqliteSinkInspector } from "../../shared/adapters/sink/sqlite-inspector.js";
+import { describeSink, type SluiceConfig, sinkOf } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { SinkInspector } from "../../shared/contract/ports.js";
 import { inputStream } from "../../shared/contract/wire.js";
@@ -127,4 +131,36 @@ export function foreignCheckpointsError(found: ForeignCheckpoint[], sink: SinkNa
     ErrorCode.InvalidConfig,
     `the sink (${sink.name}) holds checkpoints of other streams than this cluster's: ${first.pipeline} shard ${first.shard} is committed up to sequence ${first.checkpointSeq}, but its stream ${first.stream} ends at ${first.streamLastSeq}${more}. The sink was written by another cluster, or by this one before its NATS store was removed; its shards would wait at those checkpoints while new records went unwritten. ${remedy}, or start the cluster on the NATS store that wrote the sink.`,
   );
+}
+
+/**
+ * Throws `foreignCheckpointsError` when a sink of `cfg`'s pipelines is committed past the ends of
+ * their streams. SQLite pipelines are checked only where their file is (`sqlitePath`): `sluice
+ * up` has it, `sluice provision` on a deployment's cluster does not.
+ */
+export async function checkCheckpointsAgainstStreams(
+  nc: NatsConnection,
+  cfg: SluiceConfig,
+  sqlitePath?: string,
+): Promise<void> {
+  const pipelines =
+    sqlitePath === undefined ? cfg.pipelines.filter((p) => sinkOf(cfg, p).type !== "sqlite") : cfg.pipelines;
+  if (pipelines.length === 0) return;
+  const scoped: SluiceConfig = { ...cfg, pipelines };
+  const inspector = openInspector(scoped, {
+    sqlite: () => new SqliteSinkInspector(sqlitePath ?? ""),
+    nc,
+  });
+  let found: ForeignCheckpoint[];
+  try {
+    found = await foreignCheckpoints(await jetstreamManager(nc, { timeout: 10_000 }), scoped, inspector);
+  } finally {
+    await inspector.close();
+  }
+  if (found.length === 0) return;
+  const sink = sinkOf(cfg, scoped.pipelines.find((p) => p.name === found[0]!.pipeline)!);
+  throw foreignCheckpointsError(found, {
+    type: sink.type,
+    name: sink.type === "sqlite" ? `sqlite ${sqlitePath}` : describeSink(sink),
+  });
 }

@@ -6,18 +6,11 @@
  */
 import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { jetstreamManager } from "@nats-io/jetstream";
 import pRetry from "p-retry";
 import { loadConfigFile } from "../../shared/adapters/config-file.js";
 import { provision } from "../../shared/adapters/nats/provision.js";
 import { usesSqlite } from "../../shared/adapters/sink/open-sinks.js";
-import {
-  describeSink,
-  parseConfig,
-  redactUrl,
-  type SluiceConfig,
-  sinkOf,
-} from "../../shared/contract/config.js";
+import { parseConfig, redactUrl, type SluiceConfig } from "../../shared/contract/config.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import {
   type ClusterFile,
@@ -26,12 +19,11 @@ import {
   isOurProcess,
   type NatsRecord,
   type NatsRuntime,
-  openSinkInspector,
   type ProcessRecord,
   readClusterFile,
   writeClusterFile,
 } from "./cluster-file.js";
-import { checkSecurityMode, foreignCheckpoints, foreignCheckpointsError } from "./cluster-guards.js";
+import { checkCheckpointsAgainstStreams, checkSecurityMode } from "./cluster-guards.js";
 import { type ClusterSecurity, caFile, ensureClusterSecrets } from "./cluster-secrets.js";
 import { containerPid, ensureNatsImage, removeContainer, restartContainer } from "./nats-containers.js";
 import { natsConfig, natsUid, startNats, startNatsNode, waitMetaLeader } from "./nats-nodes.js";
@@ -177,19 +169,9 @@ export async function up(o: UpOptions): Promise<ClusterFile> {
       maxTimeout: 1000,
       factor: 1.2,
     });
-    const inspector = openSinkInspector(c, nc);
-    const foreign = await foreignCheckpoints(
-      await jetstreamManager(nc, { timeout: 10_000 }),
-      cfg,
-      inspector,
-    ).finally(() => inspector.close());
-    if (foreign.length > 0) {
-      const p = cfg.pipelines.find((x) => x.name === foreign[0]!.pipeline)!;
-      const s = sinkOf(cfg, p);
-      const err = foreignCheckpointsError(foreign, {
-        type: s.type,
-        name: s.type === "sqlite" ? `sqlite ${c.sqlite}` : describeSink(s),
-      });
+    try {
+      await checkCheckpointsAgainstStreams(nc, cfg, c.sqlite);
+    } catch (err) {
       // Nothing of this cluster may run on: its workers would take the shards at those checkpoints.
       await nc.close();
       await down(dir);

@@ -25,6 +25,7 @@ import {
   sinkScript,
   workerScript,
 } from "./cluster-file.js";
+import { checkCheckpointsAgainstStreams } from "./cluster-guards.js";
 import { runDemo } from "./demo.js";
 import { runMergeDemo } from "./demo-merge.js";
 import { addDlqCommands } from "./dlq-commands.js";
@@ -243,6 +244,7 @@ program
       try {
         // Config changes are recorded in the audit stream as this command, with the admin's user.
         await provision(nc, cfg, o.replicas, commandActor("admin", auth?.user));
+        await checkCheckpointsAgainstStreams(nc, cfg);
       } finally {
         await nc.close();
       }

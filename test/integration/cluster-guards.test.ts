@@ -4,11 +4,13 @@
  * while new records went unwritten. Refused, it leaves nothing running; started the way its
  * data was made, it serves every record as before.
  */
+import { execFile } from "node:child_process";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
-import { connectCluster, openSinkInspector } from "../../nodes/cli/cluster-file.js";
+import { cliScript, connectCluster, openSinkInspector } from "../../nodes/cli/cluster-file.js";
 import { down, up } from "../../nodes/cli/local-cluster.js";
 import { verify } from "../../nodes/cli/verify.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
@@ -120,6 +122,44 @@ describe("sluice up on a directory whose streams or sink belong to another clust
       );
       for (const w of Object.values(waiting))
         expect(w.reason).toMatch(/^checkpoint at \d+, but the stream ends at 0: /);
+    } finally {
+      await tc.stop();
+    }
+  }, 180_000);
+
+  it("sluice provision refuses an output stream sink committed past the input stream's end", async () => {
+    const tc = await startTestCluster({ workers: 1, coordinators: 1, sink: "jetstream" });
+    try {
+      const load = tc.load(300, 0);
+      await load.done;
+      await tc.waitCommitted(300);
+      const provisionCli = () =>
+        promisify(execFile)(
+          process.execPath,
+          [
+            cliScript,
+            "provision",
+            "--servers",
+            tc
+              .file()
+              .nats.map((n) => n.url)
+              .join(","),
+            "--config",
+            tc.file().config,
+          ],
+          { timeout: 60_000 },
+        ).then(
+          () => ({ code: 0, stderr: "" }),
+          (e: { code: number; stderr: string }) => e,
+        );
+      // The cluster as it is: its sink and streams agree.
+      expect(await provisionCli()).toEqual({ code: 0, stderr: "" });
+      await (await jetstreamManager(tc.nc)).streams.delete(inputStream(tc.cfg.pipelines[0]!, 0));
+      const refused = await provisionCli();
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(
+        /the sink \(jetstream\) holds checkpoints of other streams .*\[INVALID_CONFIG\]/,
+      );
     } finally {
       await tc.stop();
     }
