@@ -1,10 +1,10 @@
 /**
- * What `sluice up` (and `sluice provision`, for the sinks it reaches) checks before a directory's
- * streams and a sink go to workers. A sink's
- * checkpoints are sequences of one particular stream; against any other stream (empty, or
- * numbered from 1 again) a shard would wait at the checkpoint for records that never come and
- * count as caught up, while what the new stream receives goes unwritten. Two ways to get there
- * are refused here, each with what to do instead:
+ * What `sluice up` (and `sluice provision`, for the sinks it reaches) checks before a
+ * directory's streams and a sink go to workers. A sink's checkpoints are sequences of one
+ * particular stream; against any other stream (empty, or numbered from 1 again) a shard would
+ * wait at the checkpoint for records that never come and count as caught up, while what the new
+ * stream receives goes unwritten. Two ways to get there are refused here, each with what to do
+ * instead:
  *  - starting a directory in the other security mode than its streams were made in: a plain
  *    cluster keeps its streams in NATS's global account, a secured one in account `SLUICE`, so
  *    the switch starts an empty set of streams beside the old ones;
