@@ -11,7 +11,7 @@
  *  - a sink whose checkpoints lie beyond the ends of this cluster's streams: a database (or a
  *    kept `sink.db`) written by another cluster, or by this one before its store was removed.
  */
-import { existsSync, readdirSync } from "node:fs";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -25,19 +25,25 @@ import { inputStream } from "../../shared/contract/wire.js";
 /** The NATS account holding a local cluster's streams: the global one when plain, else `SLUICE`. */
 export const streamAccount = (secured: boolean): string => (secured ? "SLUICE" : "$G");
 
-/** The accounts that hold at least one stream in any node's JetStream store under `dir/nats`. */
+/**
+ * The accounts that hold at least one stream in any node's JetStream store under `dir/nats`.
+ * A folder this user may not read (a store written by a container's own user) counts as none.
+ */
 export function accountsWithStreams(dir: string): Set<string> {
   const found = new Set<string>();
-  const nats = join(dir, "nats");
-  if (!existsSync(nats)) return found;
-  for (const node of readdirSync(nats, { withFileTypes: true })) {
+  const entries = (path: string) => {
+    try {
+      return readdirSync(path, { withFileTypes: true });
+    } catch {
+      return [];
+    }
+  };
+  for (const node of entries(join(dir, "nats"))) {
     if (!node.isDirectory()) continue;
-    const js = join(nats, node.name, "jetstream");
-    if (!existsSync(js)) continue;
-    for (const account of readdirSync(js, { withFileTypes: true })) {
+    for (const account of entries(join(dir, "nats", node.name, "jetstream"))) {
       if (!account.isDirectory() || account.name === "$SYS") continue;
-      const streams = join(js, account.name, "streams");
-      if (existsSync(streams) && readdirSync(streams).length > 0) found.add(account.name);
+      if (entries(join(dir, "nats", node.name, "jetstream", account.name, "streams")).length > 0)
+        found.add(account.name);
     }
   }
   return found;
