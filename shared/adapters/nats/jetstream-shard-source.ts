@@ -124,9 +124,20 @@ export class JetStreamShardSource implements ShardSource {
     return this.jsm;
   }
 
-  async lastSeq(ref: ShardRef): Promise<number> {
-    const jsm = await this.manager();
-    return (await jsm.streams.info(this.streamOf(ref))).state.last_seq;
+  /** Stream info requests in flight, by stream: the shards of a shared stream opened together share one. */
+  private readonly lastSeqs = new Map<string, Promise<number>>();
+
+  lastSeq(ref: ShardRef): Promise<number> {
+    const stream = this.streamOf(ref);
+    let asked = this.lastSeqs.get(stream);
+    if (!asked) {
+      asked = this.manager()
+        .then((jsm) => jsm.streams.info(stream))
+        .then((si) => si.state.last_seq)
+        .finally(() => this.lastSeqs.delete(stream));
+      this.lastSeqs.set(stream, asked);
+    }
+    return asked;
   }
 
   async open(ref: ShardRef, epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed> {
