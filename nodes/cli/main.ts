@@ -7,7 +7,7 @@ import { commandActor } from "../../shared/adapters/nats/audit-log.js";
 import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { provision } from "../../shared/adapters/nats/provision.js";
 import { describeSink, pipelineOf, sinkOf } from "../../shared/contract/config.js";
-import { isSluiceError } from "../../shared/contract/errors.js";
+import { ErrorCode, isSluiceError, SluiceError } from "../../shared/contract/errors.js";
 import { natsAccountsBlock, type Role, Roles } from "../../shared/contract/permissions.js";
 import { inputStreams, partitionMapping } from "../../shared/contract/wire.js";
 import { credentialsFrom, tlsFrom } from "../node-options.js";
@@ -320,6 +320,12 @@ program
   .option("--rate <r>", "records per second (0: unlimited)", int("--rate"), 0)
   .requiredOption("--ack-log <file>", "one JSON line per publish: {id, status, seq}")
   .option("--keys <n>", "distinct keys", int("--keys"), 1000)
+  .option(
+    "--stall-timeout <ms>",
+    "stop when records have waited this long with no PubAck (0: never)",
+    int("--stall-timeout"),
+    30_000,
+  )
   .action(
     async (o: {
       dir: string;
@@ -328,6 +334,7 @@ program
       rate: number;
       ackLog: string;
       keys: number;
+      stallTimeout: number;
     }) => {
       const c = readClusterFile(o.dir);
       const nc = await connectProducer(c, pipelineOf(readClusterConfig(c), o.pipeline), "sluice-load");
@@ -335,12 +342,39 @@ program
       // (imported here: the OpenTelemetry SDK is not worth loading for the other commands).
       const { startTelemetry } = await import("../../shared/telemetry/telemetry.js");
       const telemetry = startTelemetry({ serviceName: "sluice-load", nodeId: `load-${process.pid}` });
+      // Ctrl-C (or SIGTERM) stops sending and waits for the records in flight, so the ack log
+      // names every record that reached the stream; a second one stops waiting and logs those
+      // still in flight as timed out. Either way `verify` finds no record it was not told of.
+      const interrupt = new AbortController();
+      const abandon = new AbortController();
+      const onSignal = (): void => {
+        if (!interrupt.signal.aborted) {
+          console.error("sluice load: interrupted; confirming the records in flight (again to stop waiting)");
+          interrupt.abort();
+        } else abandon.abort();
+      };
+      process.on("SIGINT", onSignal);
+      process.on("SIGTERM", onSignal);
       try {
-        const s = await runLoad(nc, { ...o, keys: Math.max(1, o.keys) });
+        const s = await runLoad(nc, {
+          ...o,
+          keys: Math.max(1, o.keys),
+          stallMs: o.stallTimeout,
+          signal: interrupt.signal,
+          abandonSignal: abandon.signal,
+        });
         console.log(
           `published ${s.sent}: ${s.acked} acked, ${s.failed} failed, ${s.timeout} timed out in ${(s.elapsedMs / 1000).toFixed(1)} s (${Math.round((s.sent * 1000) / Math.max(1, s.elapsedMs))} rec/s)`,
         );
+        if (s.stopped === "stalled")
+          throw new SluiceError(
+            ErrorCode.Unavailable,
+            `load: no PubAck for ${o.stallTimeout} ms; stopped after sending ${s.sent} of ${o.count} records; those still waiting are logged as timed out (stored or not, verify counts neither as lost nor as unexpected)`,
+          );
+        if (s.stopped === "aborted") process.exitCode = 130;
       } finally {
+        process.off("SIGINT", onSignal);
+        process.off("SIGTERM", onSignal);
         await nc.close();
         await telemetry.shutdown();
       }

@@ -205,6 +205,10 @@ export class Producer {
   }
 
   private start(r: OutgoingRecord, onResult: (res: PublishResult) => void): void {
+    if (this.closed) {
+      onResult({ id: r.id, status: "failed", error: "the producer is closed", code: ErrorCode.Unavailable });
+      return;
+    }
     const invalid = invalidRecord(r);
     if (invalid !== null) {
       // Nothing a re-send could fix: refused now, never sent, never a silent time-out.
@@ -348,6 +352,22 @@ export class Producer {
   /** Flushes, then stops listening. Idempotent. */
   async close(): Promise<void> {
     await this.flush();
+    this.stop();
+  }
+
+  /**
+   * Gives up on every outstanding record now, for a caller that cannot wait out the re-sends
+   * (a load the user interrupted twice, a cluster that stopped answering): each is reported
+   * `timeout`, since the stream may have stored it or may not, and the producer stops. A
+   * record offered afterwards fails at once. Idempotent.
+   */
+  abandon(reason: string): void {
+    this.stop();
+    for (const [token, p] of [...this.pending])
+      this.settle(token, p, { id: p.record.id, status: "timeout", error: reason });
+  }
+
+  private stop(): void {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.sweeper);

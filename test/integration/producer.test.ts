@@ -96,7 +96,30 @@ describe("producer (real 3-node NATS cluster)", () => {
       expect(refused[1]!.error).toContain("not one subject token");
       expect(producer.inFlight).toBe(0);
       await producer.close();
+      // A record offered to a closed producer fails at once instead of waiting forever.
+      const late: PublishResult[] = [];
+      expect(
+        producer.offer({ id: `${run}-late`, key: "k", data: new Uint8Array(1) }, (res) => late.push(res)),
+      ).toBe(true);
+      expect(late.map((r) => [r.status, r.code])).toEqual([["failed", ErrorCode.Unavailable]]);
+      expect(producer.inFlight).toBe(0);
       expect((await jsm.streams.info(stream)).state.messages).toBe(before);
+
+      // Abandoned, a record still waiting for its PubAck is reported timed out at once. With its
+      // stream deleted no PubAck comes, and it would otherwise wait out its re-sends.
+      const waiting = new Producer(nc, p.name, { window: 16, retries: 5, timeoutMs: 60_000 });
+      const abandoned: PublishResult[] = [];
+      await jsm.streams.delete(stream);
+      waiting.offer({ id: `${run}-abandoned`, key: "k", data: new Uint8Array(1) }, (res) =>
+        abandoned.push(res),
+      );
+      expect(waiting.inFlight).toBe(1);
+      waiting.abandon("test");
+      expect(abandoned.map((r) => [r.id, r.status, r.error])).toEqual([
+        [`${run}-abandoned`, "timeout", "test"],
+      ]);
+      expect(waiting.inFlight).toBe(0);
+      await waiting.close();
     } finally {
       await nc.close();
     }
