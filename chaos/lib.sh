@@ -85,13 +85,17 @@ on_heal() {
 }
 
 do_heal() {
+  if [ -n "$HOLD_PID" ]; then kill "$HOLD_PID" 2>/dev/null || true; fi
   if [ "$INJECTED" = 1 ] && [ "$HEALED" = 0 ]; then
     HEALED=1
     "$HEAL_FN" || echo "$FAULT: heal failed" >&2
   fi
 }
 
-hold() { sleep "$DURATION"; }
+# In the background and waited for: bash runs a trap only once its foreground command ends, so
+# an interrupted script heals at once instead of after the rest of the hold.
+HOLD_PID=""
+hold() { sleep "$DURATION" & HOLD_PID=$!; wait "$HOLD_PID"; HOLD_PID=""; }
 
 # kill_then_restart: crash $TARGET now (SIGKILL, or `docker kill` for a containerised NATS
 # node), hold --duration, then start it again with `sluice restart`; also when interrupted.

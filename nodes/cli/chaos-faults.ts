@@ -59,11 +59,18 @@ export function runScript(
   dir: string,
   durationS: number,
   target: string | undefined,
+  /** Aborted: the script is sent SIGINT, and its trap heals the fault at once. */
+  signal?: AbortSignal,
 ): Promise<{ events: Array<{ event: string; target: string; at: number }>; code: number; stderr: string }> {
   return new Promise((resolvePromise) => {
     const args = [join(chaosDir, `${fault}.sh`), "--dir", dir, "--duration", String(durationS)];
     if (target) args.push("--target", target);
     const child = spawn("bash", args, { stdio: ["ignore", "pipe", "pipe"] });
+    const interrupt = (): void => {
+      child.kill("SIGINT");
+    };
+    if (signal?.aborted) interrupt();
+    signal?.addEventListener("abort", interrupt, { once: true });
     let out = "";
     let err = "";
     child.stdout.on("data", (d) => {
@@ -73,6 +80,7 @@ export function runScript(
       err += d;
     });
     child.on("close", (code) => {
+      signal?.removeEventListener("abort", interrupt);
       const events = out
         .split("\n")
         .filter((l) => l.startsWith("{"))

@@ -26,6 +26,7 @@ import {
   readClusterConfig,
   readClusterFile,
 } from "./cluster-file.js";
+import { type Interrupt, Interrupted } from "./interrupt.js";
 import { runLoad } from "./load.js";
 import { down, type UpOptions, up } from "./local-cluster.js";
 import { isSettled } from "./readiness.js";
@@ -53,6 +54,12 @@ export interface ChaosOptions {
   postgresUrl?: string;
   /** Leave the cluster running at the end (when chaos started it). */
   keep: boolean;
+  /**
+   * Ctrl-C: the fault being injected is healed at once (its script is interrupted and runs its
+   * heal), the load stops, and the cluster chaos started is stopped (unless `keep`); `runChaos`
+   * then rejects with `Interrupted`, with no verdict.
+   */
+  interrupt?: Interrupt;
   log: (line: string) => void;
 }
 
@@ -133,11 +140,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   // The sink's file (or server) stays where it is across every fault, so one inspector serves.
   const sink = openSinkInspector(c0, nc);
   try {
-    await waitUntil(
-      "a settled cluster",
-      60_000,
-      async () => (isSettled(await gatherStatus(nc, cfg, sink)) ? true : undefined),
-      200,
+    const guard = <T>(p: Promise<T>): Promise<T> => (o.interrupt ? o.interrupt.guard(p) : p);
+    await guard(
+      waitUntil(
+        "a settled cluster",
+        60_000,
+        async () => (isSettled(await gatherStatus(nc, cfg, sink)) ? true : undefined),
+        200,
+      ),
     );
     const ackLog = join(dir, `chaos-${o.seed}-${Date.now()}.jsonl`);
     const ac = new AbortController();
@@ -150,11 +160,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       keys: 1000,
       signal: ac.signal,
     });
+    o.interrupt?.signal.addEventListener("abort", () => ac.abort(), { once: true });
     const end = Date.now() + o.durationS * 1000;
     const queue = plan(o.scenario, rng, applicableFaults(c0));
     await new Promise((r) => setTimeout(r, 2_000));
     for (const fault of queue) {
-      if (Date.now() >= end) break;
+      if (Date.now() >= end || o.interrupt?.signal.aborted) break;
       const c = readClusterFile(dir);
       const target = targetFor(fault, c, rng);
       const hold = fault === "rolling-restart" ? 2 : rng.int(3, 6);
@@ -164,7 +175,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         .filter((r) => !touchesWorker || r.owner === target)
         .map((r) => r.shard);
       mark(`inject ${fault}${target ? ` on ${target}` : ""} for ${hold} s`);
-      const res = await runScript(fault, dir, hold, target);
+      const res = await runScript(fault, dir, hold, target, o.interrupt?.signal);
       const inj = res.events.find((e) => e.event === "inject");
       const heal = res.events.find((e) => e.event === "heal");
       if (res.code !== 0)
@@ -181,6 +192,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       };
       faults.push(rec);
       mark(`  healed ${fault}`);
+      if (o.interrupt?.signal.aborted) break;
       const settled = await waitUntil(
         "the cluster to settle",
         60_000,
@@ -199,6 +211,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     mark(
       `load stopped: ${summary.sent} sent, ${summary.acked} acked, ${summary.timeout + summary.failed} indeterminate`,
     );
+    if (o.interrupt?.signal.aborted) throw new Interrupted();
     await waitUntil(
       "every acknowledged record to be read",
       120_000,

@@ -14,7 +14,8 @@ import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { CommittedRow, SinkInspector } from "../../shared/contract/ports.js";
 import { checkpointLookup, mergeStatus } from "../../shared/core/merge-convergence.js";
 import { connectCluster, openSinkInspector, readClusterConfig } from "./cluster-file.js";
-import { type DemoOptions, endDemo, say, startDemoCluster, WorkerChurn } from "./demo.js";
+import { type DemoOptions, endDemo, guarded, say, startDemoCluster, WorkerChurn } from "./demo.js";
+import { Interrupted } from "./interrupt.js";
 import { type LoadSummary, runLoad } from "./load.js";
 import { reconcileMerge } from "./merge-commands.js";
 import { waitSettled } from "./readiness.js";
@@ -150,8 +151,9 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
   const pub = await connectCluster(c, "producer", "sluice-demo-load");
   const sink = openSinkInspector(c, nc);
   let poll: ReturnType<typeof setInterval> | undefined;
+  const guard = guarded(o);
   try {
-    await waitSettled(nc, cfg, sink, 60_000);
+    await guard(waitSettled(nc, cfg, sink, 60_000));
     say(
       `cluster ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; NATS at ${c.nats.map((n) => n.url).join(", ")}`,
     );
@@ -201,6 +203,7 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
           rate: Math.max(1, Math.round(o.rate / BRANCHES.length)),
           ackLog: join(dir, `demo-${b.name}-acks.jsonl`),
           keys,
+          ...(o.interrupt ? { signal: o.interrupt.signal } : {}),
           record: (i) => {
             const r = plan[i]!;
             return {
@@ -217,20 +220,23 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
         });
       }),
     );
+    if (summaries.some((s) => s.stopped === "aborted")) throw new Interrupted();
     await churn.settled();
     const acked = summaries.reduce((n, s) => n + s.acked, 0);
     say(
       `load done: ${acked} acked, ${summaries.reduce((n, s) => n + s.failed, 0)} failed, ${summaries.reduce((n, s) => n + s.timeout, 0)} timed out`,
     );
-    await waitUntil(
-      "the sink to catch up",
-      120_000,
-      async () => {
-        const counts = await Promise.all(BRANCHES.map((b) => countCommitted(sink, b.name)));
-        return counts.every((n, i) => n >= summaries[i]!.acked) ? true : undefined;
-      },
-      250,
-    ).catch(() => undefined);
+    await guard(
+      waitUntil(
+        "the sink to catch up",
+        120_000,
+        async () => {
+          const counts = await Promise.all(BRANCHES.map((b) => countCommitted(sink, b.name)));
+          return counts.every((n, i) => n >= summaries[i]!.acked) ? true : undefined;
+        },
+        250,
+      ).catch(() => undefined),
+    );
     clearInterval(poll);
     committed = (await Promise.all(BRANCHES.map((b) => countCommitted(sink, b.name)))).reduce(
       (a, b) => a + b,
@@ -315,6 +321,11 @@ export async function runMergeDemo(o: MergeDemoOptions): Promise<boolean> {
         : `verdict: FAILED (${failures.join("; ")})`,
     );
     return ok;
+  } catch (err) {
+    if (!(err instanceof Interrupted)) throw err;
+    if (process.stdout.isTTY) process.stdout.write("\n");
+    say("interrupted: no verdict");
+    return false;
   } finally {
     clearInterval(poll);
     await sink.close();

@@ -18,6 +18,7 @@ import {
   writeClusterFile,
 } from "./cluster-file.js";
 import { measureFailover } from "./failover.js";
+import { type Interrupt, Interrupted } from "./interrupt.js";
 import { runLoad } from "./load.js";
 import { addWorker, down, type UpOptions, up } from "./local-cluster.js";
 import { waitSettled } from "./readiness.js";
@@ -31,7 +32,15 @@ export interface DemoOptions extends Pick<UpOptions, "sink" | "postgresUrl"> {
   rate: number;
   portBase: number;
   keep: boolean;
+  /** Ctrl-C: stops the load and the checks, then the cluster (unless `keep`). */
+  interrupt?: Interrupt;
 }
+
+/** `p`, or an `Interrupted` rejection once the demo is interrupted. */
+export const guarded =
+  (o: Pick<DemoOptions, "interrupt">) =>
+  <T>(p: Promise<T>): Promise<T> =>
+    o.interrupt ? o.interrupt.guard(p) : p;
 
 export const say = (s: string): void => console.log(`[demo] ${s}`);
 
@@ -160,8 +169,9 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   const sink = openSinkInspector(c, nc);
   let ok = false;
   let committedPoll: ReturnType<typeof setInterval> | undefined;
+  const guard = guarded(o);
   try {
-    await waitSettled(nc, cfg, sink, 60_000);
+    await guard(waitSettled(nc, cfg, sink, 60_000));
     say(
       `cluster ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; NATS at ${c.nats.map((n) => n.url).join(", ")}`,
     );
@@ -184,6 +194,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       rate: o.rate,
       ackLog,
       keys: 1000,
+      ...(o.interrupt ? { signal: o.interrupt.signal } : {}),
       onProgress: (p) => {
         churn.step(p.sent);
         const now = Date.now();
@@ -198,27 +209,33 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     });
     clearInterval(committedPoll);
     if (tty) process.stdout.write("\n");
+    if (summary.stopped === "aborted") throw new Interrupted();
     await churn.settled();
     say(
       `load done: ${summary.acked} acked, ${summary.failed} failed, ${summary.timeout} timed out in ${(summary.elapsedMs / 1000).toFixed(1)} s`,
     );
-    const drained = await waitUntil(
-      "the sink to catch up",
-      120_000,
-      async () => {
-        const n = await countCommitted(sink, pipeline);
-        return n >= summary.acked ? n : undefined;
-      },
-      250,
-    ).catch(() => countCommitted(sink, pipeline));
+    const drained = await guard(
+      waitUntil(
+        "the sink to catch up",
+        120_000,
+        async () => {
+          const n = await countCommitted(sink, pipeline);
+          return n >= summary.acked ? n : undefined;
+        },
+        250,
+      ).catch(() => countCommitted(sink, pipeline)),
+    );
     const elapsed = (Date.now() - loadStart) / 1000;
     say(
       `sink has ${drained} rows; end-to-end ${(drained / elapsed).toFixed(0)} records/s over ${elapsed.toFixed(1)} s`,
     );
-    const report = await verify(sink, pipeline, ackLog);
+    const report = await guard(verify(sink, pipeline, ackLog));
     console.log(formatVerify(report));
-    say(await churn.failover(sink, [pipeline]));
+    say(await guard(churn.failover(sink, [pipeline])));
     ok = report.ok;
+  } catch (err) {
+    if (!(err instanceof Interrupted)) throw err;
+    say("interrupted: no verdict");
   } finally {
     clearInterval(committedPoll);
     await sink.close();

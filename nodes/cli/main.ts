@@ -30,6 +30,7 @@ import { runDemo } from "./demo.js";
 import { runMergeDemo } from "./demo-merge.js";
 import { addDlqCommands } from "./dlq-commands.js";
 import { intOption } from "./int-option.js";
+import { Interrupted, onInterrupt } from "./interrupt.js";
 import { runLoad } from "./load.js";
 import { addWorker, down, removeWorker, restartProcess, type UpOptions, up } from "./local-cluster.js";
 import { addMergeCommands } from "./merge-commands.js";
@@ -462,20 +463,33 @@ program
       } catch (err) {
         throw new InvalidArgumentError((err as Error).message);
       }
-      const report = await runChaos({
-        dir: o.dir,
-        scenario: o.scenario,
-        durationS: o.duration,
-        seed: o.seed,
-        rate: o.rate,
-        portBase: o.portBase,
-        natsRuntime: o.natsRuntime === "container" ? "container" : "process",
-        ...sinkOptions(o),
-        keep: !!o.keep,
-        log: o.json ? (l) => console.error(l) : (l) => console.log(l),
-      });
-      console.log(o.json ? JSON.stringify(report, null, 2) : formatChaos(report));
-      process.exitCode = report.ok ? 0 : 1;
+      const interrupt = onInterrupt(
+        `sluice chaos: interrupted; healing the fault${o.keep ? "" : " and stopping the cluster it started"} (again to exit at once)`,
+        "sluice chaos: exiting; a cluster it started may still run: npx sluice down",
+      );
+      try {
+        const report = await runChaos({
+          dir: o.dir,
+          scenario: o.scenario,
+          durationS: o.duration,
+          seed: o.seed,
+          rate: o.rate,
+          portBase: o.portBase,
+          natsRuntime: o.natsRuntime === "container" ? "container" : "process",
+          ...sinkOptions(o),
+          keep: !!o.keep,
+          log: o.json ? (l) => console.error(l) : (l) => console.log(l),
+          interrupt,
+        });
+        console.log(o.json ? JSON.stringify(report, null, 2) : formatChaos(report));
+        process.exitCode = report.ok ? 0 : 1;
+      } catch (err) {
+        if (!(err instanceof Interrupted)) throw err;
+        console.error("sluice chaos: interrupted: no verdict");
+        process.exitCode = 130;
+      } finally {
+        interrupt.dispose();
+      }
     },
   );
 
@@ -510,6 +524,10 @@ program
     }) => {
       if (o.merge && o.sink === "jetstream")
         throw new InvalidArgumentError("--merge needs a database sink: --sink sqlite or postgres");
+      const interrupt = onInterrupt(
+        `[demo] interrupted; ${o.keep ? "stopping the load" : "stopping the load and the cluster"} (again to exit at once)`,
+        `[demo] exiting; the cluster may still run: npx sluice down --dir ${o.dir}`,
+      );
       const opts = {
         dir: o.dir,
         count: o.count ?? (o.merge ? 40_000 : 100_000),
@@ -517,9 +535,14 @@ program
         portBase: o.portBase,
         ...sinkOptions(o),
         keep: !!o.keep,
+        interrupt,
       };
-      const ok = o.merge ? await runMergeDemo({ ...opts, seed: o.seed }) : await runDemo(opts);
-      process.exitCode = ok ? 0 : 1;
+      try {
+        const ok = o.merge ? await runMergeDemo({ ...opts, seed: o.seed }) : await runDemo(opts);
+        process.exitCode = interrupt.signal.aborted ? 130 : ok ? 0 : 1;
+      } finally {
+        interrupt.dispose();
+      }
     },
   );
 

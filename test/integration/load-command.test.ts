@@ -3,36 +3,15 @@
  * logs every record it sent, so `verify` finds none it was not told of; against a cluster that
  * stops answering it gives up after `--stall-timeout` instead of timing out record by record.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cliScript } from "../../nodes/cli/cluster-file.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { inputStream } from "../../shared/contract/wire.js";
+import { runCli } from "../kit/cli-process.js";
 import { startTestCluster, type TestCluster } from "./harness.js";
-
-interface Run {
-  child: ChildProcess;
-  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
-}
-
-function runCli(args: string[]): Run {
-  const child = spawn(process.execPath, [cliScript, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout?.on("data", (b: Buffer) => {
-    stdout += b.toString();
-  });
-  child.stderr?.on("data", (b: Buffer) => {
-    stderr += b.toString();
-  });
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
-    child.on("exit", (code) => resolve({ code, stdout, stderr })),
-  );
-  return { child, done };
-}
 
 const lines = (path: string): Array<{ id: string; status: string }> =>
   existsSync(path)
