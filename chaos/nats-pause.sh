@@ -12,6 +12,8 @@ heal() {
   emit heal "$TARGET"
 }
 on_heal heal
+# Set first: interrupted during the pause, the heal must still run (it tolerates no pause).
+INJECTED=1
 if [ -n "$CONTAINER" ] && [ "$CONTAINER" != undefined ]; then docker pause "$CONTAINER" >/dev/null; else kill -STOP "$PID"; fi
-INJECTED=1; emit inject "$TARGET" "\"container\":$([ -n "$CONTAINER" ] && [ "$CONTAINER" != undefined ] && echo true || echo false)"
+emit inject "$TARGET" "\"container\":$([ -n "$CONTAINER" ] && [ "$CONTAINER" != undefined ] && echo true || echo false)"
 hold

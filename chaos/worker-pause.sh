@@ -6,5 +6,6 @@ TARGET="${TARGET:-$(first_running workers)}"
 PID="$(pid_of "$TARGET")"
 heal() { kill -CONT "$PID" 2>/dev/null || true; emit heal "$TARGET"; }
 on_heal heal
-kill -STOP "$PID"; INJECTED=1; emit inject "$TARGET"
+# Set first: interrupted right after the SIGSTOP, the heal must still run.
+INJECTED=1; kill -STOP "$PID"; emit inject "$TARGET"
 hold
