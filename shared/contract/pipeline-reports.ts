@@ -33,6 +33,23 @@ export interface StreamBehindReport {
   streamLastSeq: number;
 }
 
+/**
+ * A lease's checkpoint lies before the first record its stream still holds: the stream's limits
+ * (`max_age`, `max_msgs`, `max_bytes`) or a purge removed records the shard had not committed
+ * (sequences `checkpointSeq + 1` to `streamFirstSeq - 1`, of every shard of a shared stream), or
+ * only the checkpoint's own record when `removedAfterCheckpoint` is 0. Those of the shard's
+ * records are lost; the first delivery will not be the checkpoint's record either, so a history
+ * mismatch follows, which reconciles harmlessly.
+ */
+export interface StreamTrimmedReport {
+  ref: ShardRef;
+  epoch: number;
+  checkpointSeq: number;
+  streamFirstSeq: number;
+  /** Sequences after the checkpoint the stream no longer holds. */
+  removedAfterCheckpoint: number;
+}
+
 /** A batch committed and acked. */
 export interface BatchReport {
   ref: ShardRef;

@@ -77,11 +77,24 @@ export interface ShardSource {
   /** Delete this epoch's consumer (after a graceful release). */
   remove(ref: ShardRef, epoch: number): Promise<void>;
   /**
-   * The sequence of the last record the shard's stream ever stored (0: none). It never goes
-   * down while the stream lives, so a checkpoint past it was taken from another stream.
-   * Optional: a source that cannot tell leaves it out.
+   * The sequences the shard's stream holds now. Optional: a source that cannot tell leaves it
+   * out.
    */
-  lastSeq?(ref: ShardRef): Promise<number>;
+  bounds?(ref: ShardRef): Promise<StreamBounds>;
+}
+
+/** The sequences a stream holds: `firstSeq` to `lastSeq` (an empty stream: `lastSeq + 1` and `lastSeq`). */
+export interface StreamBounds {
+  /**
+   * The first record it still holds. Its limits (`max_age`, `max_msgs`, `max_bytes`) and purges
+   * remove records from the front, so it only grows.
+   */
+  firstSeq: number;
+  /**
+   * The last record it ever stored (0: none). It never goes down while the stream lives, so a
+   * checkpoint past it was taken from another stream.
+   */
+  lastSeq: number;
 }
 
 /** A record's value: a map of field names to values, as decoded and left by the stages. */

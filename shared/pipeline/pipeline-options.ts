@@ -4,6 +4,7 @@ import type {
   BatchStartReport,
   HistoryMismatchReport,
   StreamBehindReport,
+  StreamTrimmedReport,
 } from "../contract/pipeline-reports.js";
 import type { Checkpoint, DeadLetterQueue, ShardSource, Sink } from "../contract/ports.js";
 import type { CommitterHooks } from "./batch-committer.js";
@@ -50,6 +51,8 @@ export interface PipelineHooks extends Omit<CommitterHooks, "stopping"> {
   onHistoryMismatch?(r: HistoryMismatchReport): void;
   /** See `StreamBehindReport`: checked once per acquisition, off its path, when the source can tell. */
   onStreamBehind?(r: StreamBehindReport): void;
+  /** See `StreamTrimmedReport`: checked with `onStreamBehind`. */
+  onStreamTrimmed?(r: StreamTrimmedReport): void;
   now(): number;
   /** Shards the worker owns or is about to own, this one included; sizes the shard's share. */
   shardsOwned?(): number;

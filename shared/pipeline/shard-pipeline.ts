@@ -203,7 +203,7 @@ export class ShardPipeline {
     }
     const openMs = this.hooks.now() - (overlapped ? t0 : t1);
     void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
-    if (cp.seq > 0 && !this.stopping) void this.checkStreamEnd(cp.seq);
+    if (cp.seq > 0 && !this.stopping) void this.checkStreamBounds(cp.seq);
     return {
       checkpoint: cp.seq,
       fenceMs: t1 - t0,
@@ -215,22 +215,42 @@ export class ShardPipeline {
   }
 
   /**
-   * Reports a checkpoint past the last record the shard's stream ever stored (see
-   * `StreamBehindReport`): nothing else would tell, since the consumer waits at the checkpoint
-   * with nothing pending and the shard looks caught up. Asked twice, `streamBehindRecheckMs`
-   * apart, because a stream leader elected a moment ago may not have applied every record yet.
-   * Only a report: the shard waits either way.
+   * Reports a checkpoint outside the records the shard's stream holds. Past the last one ever
+   * stored (`StreamBehindReport`): nothing else would tell, since the consumer waits at the
+   * checkpoint with nothing pending and the shard looks caught up; asked twice,
+   * `streamBehindRecheckMs` apart, because a stream leader elected a moment ago may not have
+   * applied every record yet. Before the first one still held (`StreamTrimmedReport`): records
+   * were removed before the shard committed them, which the history check that follows would
+   * only call a changed history. Only reports: the shard goes on either way.
    */
-  private async checkStreamEnd(checkpointSeq: number): Promise<void> {
-    const behind = async (): Promise<number | null> => {
-      const last = await this.ports.source.lastSeq?.(this.ref).catch(() => null);
-      return last !== undefined && last !== null && last < checkpointSeq && !this.stopping ? last : null;
+  private async checkStreamBounds(checkpointSeq: number): Promise<void> {
+    const ask = async () => {
+      const b = await this.ports.source.bounds?.(this.ref).catch(() => null);
+      return b && !this.stopping ? b : null;
     };
-    if ((await behind()) === null || !this.hooks.sleep) return;
+    const first = await ask();
+    if (!first) return;
+    if (first.lastSeq >= checkpointSeq) {
+      if (first.firstSeq > checkpointSeq)
+        this.hooks.onStreamTrimmed?.({
+          ref: this.ref,
+          epoch: this.epoch,
+          checkpointSeq,
+          streamFirstSeq: first.firstSeq,
+          removedAfterCheckpoint: first.firstSeq - checkpointSeq - 1,
+        });
+      return;
+    }
+    if (!this.hooks.sleep) return;
     await this.hooks.sleep(streamBehindRecheckMs);
-    const last = await behind();
-    if (last !== null)
-      this.hooks.onStreamBehind?.({ ref: this.ref, epoch: this.epoch, checkpointSeq, streamLastSeq: last });
+    const again = await ask();
+    if (again && again.lastSeq < checkpointSeq)
+      this.hooks.onStreamBehind?.({
+        ref: this.ref,
+        epoch: this.epoch,
+        checkpointSeq,
+        streamLastSeq: again.lastSeq,
+      });
   }
 
   /**

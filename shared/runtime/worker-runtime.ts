@@ -411,6 +411,19 @@ export class WorkerRuntime {
         log.error({ checkpointSeq: r.checkpointSeq, streamLastSeq: r.streamLastSeq }, reason);
         this.waiting.set(shard, { since: this.waiting.get(shard)?.since ?? this.d.scheduler.now(), reason });
       },
+      onStreamTrimmed: (r) => {
+        const fields = { checkpointSeq: r.checkpointSeq, streamFirstSeq: r.streamFirstSeq };
+        if (r.removedAfterCheckpoint === 0)
+          log.info(
+            fields,
+            "the stream's limits removed the checkpoint's own record, and nothing after it: the history check that follows reconciles by record id",
+          );
+        else
+          log.error(
+            { ...fields, removedAfterCheckpoint: r.removedAfterCheckpoint },
+            `the stream no longer holds sequences ${r.checkpointSeq + 1} to ${r.streamFirstSeq - 1}, after this shard's checkpoint: its limits (max_age, max_msgs, max_bytes) or a purge removed them before they were committed, and this shard's records among them are lost`,
+          );
+      },
     });
   }
 

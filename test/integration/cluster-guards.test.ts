@@ -11,7 +11,7 @@ import { promisify } from "node:util";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { afterEach, describe, expect, it } from "vitest";
 import { cliScript, connectCluster, openSinkInspector } from "../../nodes/cli/cluster-file.js";
-import { down, up } from "../../nodes/cli/local-cluster.js";
+import { addWorker, down, removeWorker, up } from "../../nodes/cli/local-cluster.js";
 import { verify } from "../../nodes/cli/verify.js";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { provision } from "../../shared/adapters/nats/provision.js";
@@ -122,6 +122,61 @@ describe("sluice up on a directory whose streams or sink belong to another clust
       );
       for (const w of Object.values(waiting))
         expect(w.reason).toMatch(/^checkpoint at \d+, but the stream ends at 0: /);
+    } finally {
+      await tc.stop();
+    }
+  }, 180_000);
+
+  it("records the stream's limits removed before they were committed are reported by the shards' next owner", async () => {
+    const tc = await startTestCluster({ workers: 1, coordinators: 1 });
+    try {
+      await tc.load(300, 0).done;
+      await tc.waitCommitted(300);
+      // No owner while 300 more records arrive; then all but the last 100 are purged, as a
+      // stream's max_age or max_msgs would remove them.
+      await removeWorker(tc.dir, "w1");
+      await tc.load(300, 0).done;
+      const jsm = await jetstreamManager(tc.nc);
+      const p = tc.cfg.pipelines[0]!;
+      await jsm.streams.purge(inputStream(p, 0), { keep: 100 });
+      const { firstSeq } = await jsm.streams
+        .info(inputStream(p, 0))
+        .then((si) => ({ firstSeq: si.state.first_seq }));
+      expect(firstSeq).toBe(501);
+      const w = addWorker(tc.dir);
+      const reports = await waitUntil(
+        "every shard's report of the removed records",
+        60_000,
+        async () => {
+          const lines = tc
+            .logOf(w.id)
+            .split("\n")
+            .filter((l) => l.includes("the stream no longer holds sequences"))
+            .map(
+              (l) =>
+                JSON.parse(l) as {
+                  shard: string;
+                  checkpointSeq: number;
+                  streamFirstSeq: number;
+                  msg: string;
+                },
+            );
+          return lines.length >= p.shards ? lines : undefined;
+        },
+        200,
+      );
+      for (const r of reports) {
+        expect(r.streamFirstSeq).toBe(501);
+        expect(r.checkpointSeq).toBeLessThanOrEqual(300);
+        expect(r.msg).toMatch(
+          new RegExp(
+            `^the stream no longer holds sequences ${r.checkpointSeq + 1} to 500, after this shard's checkpoint`,
+          ),
+        );
+      }
+      expect(new Set(reports.map((r) => r.shard)).size).toBe(p.shards);
+      // The shards go on from the first record the stream holds.
+      await tc.waitCommitted(400);
     } finally {
       await tc.stop();
     }

@@ -5,13 +5,18 @@ import { MemorySink } from "../../shared/adapters/sink/memory-sink.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import { ErrorCode, SluiceError } from "../../shared/contract/errors.js";
 import type { ShardRef } from "../../shared/contract/ownership.js";
-import type { HistoryMismatchReport, StreamBehindReport } from "../../shared/contract/pipeline-reports.js";
+import type {
+  HistoryMismatchReport,
+  StreamBehindReport,
+  StreamTrimmedReport,
+} from "../../shared/contract/pipeline-reports.js";
 import type {
   FeedFlow,
   FeedStart,
   ShardFeed,
   ShardSource,
   SourceMessage,
+  StreamBounds,
 } from "../../shared/contract/ports.js";
 import { type BreakerState, closedBreaker } from "../../shared/core/circuit-breaker.js";
 import { ShardPipeline } from "../../shared/pipeline/shard-pipeline.js";
@@ -45,6 +50,8 @@ class ReplicaSource implements ShardSource {
   largestPull = 0;
   /** Most records a feed delivers unacknowledged, like a consumer's max_ack_pending. */
   maxAckPending = Number.POSITIVE_INFINITY;
+  /** The first sequence the stream reports holding (its limits removed the ones before). */
+  firstSeq = 1;
 
   async open(_ref: ShardRef, _epoch: number, start: FeedStart, flow?: FeedFlow): Promise<ShardFeed> {
     this.opened.push(start);
@@ -77,8 +84,8 @@ class ReplicaSource implements ShardSource {
   }
   async removeOlderEpochs(): Promise<void> {}
   async remove(): Promise<void> {}
-  async lastSeq(): Promise<number> {
-    return this.view.length;
+  async bounds(): Promise<StreamBounds> {
+    return { firstSeq: this.firstSeq, lastSeq: this.view.length };
   }
 }
 
@@ -168,15 +175,22 @@ describe("ShardPipeline: the checkpoint's record is checked before its sequence 
   });
 });
 
-describe("ShardPipeline: a checkpoint past the end of its stream", () => {
-  /** Acquires epoch 2 over `view` after epoch 1 committed six records; the reports it made. */
-  async function acquireOver(view: View): Promise<StreamBehindReport[]> {
+describe("ShardPipeline: a checkpoint outside the records its stream holds", () => {
+  /**
+   * Acquires epoch 2 over `view` (its first `firstSeq - 1` records removed) after epoch 1
+   * committed six records; the reports it made.
+   */
+  async function acquireOver(
+    view: View,
+    firstSeq = 1,
+  ): Promise<Array<StreamBehindReport | StreamTrimmedReport>> {
     const sink = new MemorySink();
     const source = new ReplicaSource();
     source.view = ids(6);
     await runUntil(1, sink, source, 6);
     source.view = view;
-    const reports: StreamBehindReport[] = [];
+    source.firstSeq = firstSeq;
+    const reports: Array<StreamBehindReport | StreamTrimmedReport> = [];
     const p = new ShardPipeline(
       REF,
       2,
@@ -188,6 +202,7 @@ describe("ShardPipeline: a checkpoint past the end of its stream", () => {
         now: () => Date.now(),
         sleep: async () => {},
         onStreamBehind: (r) => reports.push(r),
+        onStreamTrimmed: (r) => reports.push(r),
       },
     );
     await p.acquire();
@@ -206,6 +221,22 @@ describe("ShardPipeline: a checkpoint past the end of its stream", () => {
   it("is not reported for the stream that wrote the checkpoint, caught up or grown", async () => {
     expect(await acquireOver(ids(6))).toEqual([]);
     expect(await acquireOver(ids(9))).toEqual([]);
+    // Trimmed below the checkpoint only: nothing the shard had not committed is gone.
+    expect(await acquireOver(ids(9), 6)).toEqual([]);
+  });
+
+  it("reports the records the stream's limits removed before the shard committed them", async () => {
+    expect(await acquireOver(ids(9), 9)).toEqual([
+      { ref: REF, epoch: 2, checkpointSeq: 6, streamFirstSeq: 9, removedAfterCheckpoint: 2 },
+    ]);
+    // Only the checkpoint's own record: reported, with nothing lost.
+    expect(await acquireOver(ids(9), 7)).toEqual([
+      { ref: REF, epoch: 2, checkpointSeq: 6, streamFirstSeq: 7, removedAfterCheckpoint: 0 },
+    ]);
+    // Everything, the stream purged: first = last + 1.
+    expect(await acquireOver(ids(9), 10)).toEqual([
+      { ref: REF, epoch: 2, checkpointSeq: 6, streamFirstSeq: 10, removedAfterCheckpoint: 3 },
+    ]);
   });
 });
 

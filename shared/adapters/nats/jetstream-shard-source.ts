@@ -20,7 +20,7 @@ import {
 import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import { ErrorCode, SluiceError } from "../../contract/errors.js";
 import type { ShardRef } from "../../contract/ownership.js";
-import type { FeedFlow, FeedStart, ShardFeed, ShardSource } from "../../contract/ports.js";
+import type { FeedFlow, FeedStart, ShardFeed, ShardSource, StreamBounds } from "../../contract/ports.js";
 import {
   CONSUMER_CANDIDATES,
   consumerEpoch,
@@ -125,17 +125,17 @@ export class JetStreamShardSource implements ShardSource {
   }
 
   /** Stream info requests in flight, by stream: the shards of a shared stream opened together share one. */
-  private readonly lastSeqs = new Map<string, Promise<number>>();
+  private readonly asking = new Map<string, Promise<StreamBounds>>();
 
-  lastSeq(ref: ShardRef): Promise<number> {
+  bounds(ref: ShardRef): Promise<StreamBounds> {
     const stream = this.streamOf(ref);
-    let asked = this.lastSeqs.get(stream);
+    let asked = this.asking.get(stream);
     if (!asked) {
       asked = this.manager()
         .then((jsm) => jsm.streams.info(stream))
-        .then((si) => si.state.last_seq)
-        .finally(() => this.lastSeqs.delete(stream));
-      this.lastSeqs.set(stream, asked);
+        .then((si) => ({ firstSeq: si.state.first_seq, lastSeq: si.state.last_seq }))
+        .finally(() => this.asking.delete(stream));
+      this.asking.set(stream, asked);
     }
     return asked;
   }
