@@ -31,7 +31,7 @@ import { runMergeDemo } from "./demo-merge.js";
 import { addDlqCommands } from "./dlq-commands.js";
 import { intOption } from "./int-option.js";
 import { Interrupted, onInterrupt } from "./interrupt.js";
-import { runLoad } from "./load.js";
+import { type LoadProgress, runLoad } from "./load.js";
 import { addWorker, down, removeWorker, restartProcess, type UpOptions, up } from "./local-cluster.js";
 import { addMergeCommands } from "./merge-commands.js";
 import { waitSettled } from "./readiness.js";
@@ -350,20 +350,36 @@ program
       const abandon = new AbortController();
       const onSignal = (): void => {
         if (!interrupt.signal.aborted) {
-          console.error("sluice load: interrupted; confirming the records in flight (again to stop waiting)");
+          console.error(
+            `${process.stderr.isTTY ? "\n" : ""}sluice load: interrupted; confirming the records in flight (again to stop waiting)`,
+          );
           interrupt.abort();
         } else abandon.abort();
       };
       process.on("SIGINT", onSignal);
       process.on("SIGTERM", onSignal);
       try {
+        // On a terminal, a progress line redrawn in place (stderr, so stdout keeps the summary).
+        const tty = process.stderr.isTTY;
+        let shown = 0;
+        const progress = (p: LoadProgress): void => {
+          shown = Date.now();
+          process.stderr.write(
+            `\rsent ${p.sent}/${o.count}  acked ${p.acked}  failed ${p.failed}  timed out ${p.timeout}   `,
+          );
+        };
         const s = await runLoad(nc, {
           ...o,
           keys: Math.max(1, o.keys),
           stallMs: o.stallTimeout,
           signal: interrupt.signal,
           abandonSignal: abandon.signal,
+          ...(tty ? { onProgress: (p: LoadProgress) => Date.now() - shown >= 500 && progress(p) } : {}),
         });
+        if (tty && shown > 0) {
+          progress(s);
+          process.stderr.write("\n");
+        }
         console.log(
           `published ${s.sent}: ${s.acked} acked, ${s.failed} failed, ${s.timeout} timed out in ${(s.elapsedMs / 1000).toFixed(1)} s (${Math.round((s.sent * 1000) / Math.max(1, s.elapsedMs))} rec/s)`,
         );
