@@ -33,7 +33,8 @@ export function onInterrupt(first: string, second: string): Interrupt {
   interrupted.catch(() => undefined);
   const handler = (): void => {
     if (!ac.signal.aborted) {
-      console.error(first);
+      // Past a progress line redrawn in place on the terminal.
+      console.error(`${process.stdout.isTTY ? "\n" : ""}${first}`);
       process.exitCode = 130;
       ac.abort();
       return;
