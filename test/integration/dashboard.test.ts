@@ -72,6 +72,13 @@ describe.skipIf(!CHROMIUM)("web dashboard in headless Chromium (real 3-node NATS
             shards: s.shards.length,
             owned: s.shards.filter((x) => x.owner !== null && x.committed !== null && x.lag !== null).length,
             members: s.members.map((m) => `${m.id}:${m.status}`),
+            // What a shard still missing shows, so a failure says which part never came.
+            missing: s.shards
+              .filter((x) => x.owner === null || x.committed === null || x.lag === null)
+              .map(
+                (x) =>
+                  `${x.shard} owner=${x.owner} epoch=${x.epoch} phase=${x.phase} committed=${x.committed} lag=${x.lag}`,
+              ),
           };
         },
         { timeout: 30_000 },
@@ -82,6 +89,7 @@ describe.skipIf(!CHROMIUM)("web dashboard in headless Chromium (real 3-node NATS
         shards: 16,
         owned: 16,
         members: ["w1:alive", "w2:alive", "w3:alive"],
+        missing: [],
       });
 
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
