@@ -20,8 +20,8 @@ import { decodeStage } from "./stages/decode-stage.js";
 const streamBehindRecheckMs = 2_000;
 
 /** Closes a feed still being opened (a prepared one not used), whenever it opens. */
-function closeWhenOpen(feed: Promise<ShardFeed | null>): void {
-  void feed.then((f) => f?.close()).catch(() => undefined);
+function closeWhenOpen(feed: Promise<ShardFeed | null>): Promise<void> {
+  return feed.then((f) => f?.close()).catch(() => undefined);
 }
 
 export class ShardPipeline {
@@ -169,7 +169,7 @@ export class ShardPipeline {
         ? await earlyFence.catch(() => this.ports.sink.fence(this.ref, this.epoch))
         : await this.ports.sink.fence(this.ref, this.epoch);
     } catch (err) {
-      if (early) closeWhenOpen(early);
+      if (early) void closeWhenOpen(early);
       throw err;
     }
     const t1 = this.hooks.now();
@@ -191,7 +191,7 @@ export class ShardPipeline {
         this.skipBelow = from;
         overlapped = true;
       } else {
-        if (early) closeWhenOpen(early);
+        if (early) void closeWhenOpen(early);
         this.sizeFlow();
         await this.closeFeed();
         this.skipBelow = 0;
@@ -199,7 +199,7 @@ export class ShardPipeline {
       }
       this.nextDelivery = 1;
     } else if (early) {
-      closeWhenOpen(early);
+      void closeWhenOpen(early);
     }
     const openMs = this.hooks.now() - (overlapped ? t0 : t1);
     void this.ports.source.removeOlderEpochs(this.ref, this.epoch).catch(() => undefined);
@@ -416,11 +416,13 @@ export class ShardPipeline {
   }
 
   /** Fenced: drop everything without committing. */
-  abandon(): void {
+  abandon(): Promise<void> {
     this.stopping = true;
-    if (this.early) closeWhenOpen(this.early);
+    const early = this.early;
     this.early = undefined;
-    void this.close();
+    // Resolves once a consumer still being opened (a prepared hand-off's) exists and its feed is
+    // closed: only then can the caller delete it for good.
+    return Promise.all([early ? closeWhenOpen(early) : undefined, this.close()]).then(() => undefined);
   }
 
   private async close(): Promise<void> {

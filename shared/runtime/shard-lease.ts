@@ -118,7 +118,11 @@ export function createShardLease(o: ShardLeaseOptions): {
         }
       }),
     },
-    actions: { abandon: () => pipeline.abandon() },
+    actions: {
+      abandon: () => {
+        void pipeline.abandon();
+      },
+    },
   });
   const actor = createActor(machine, {
     input: { shard, epoch, worker: o.worker, retryBaseMs: 50, retryMaxMs: 2000 },

@@ -311,16 +311,19 @@ export class WorkerRuntime {
   }
 
   /**
-   * Drops a prepared hand-off. Its consumer is deleted unless the shard has reached that epoch
-   * meanwhile (then it may be the new owner's, and a later epoch's lease removes it anyway).
+   * Drops a prepared hand-off. Its consumer is deleted once its open has settled (deleted
+   * earlier, a consumer still being created would outlive the hand-off until the server's hour
+   * of inactivity removes it), unless the shard has reached that epoch by then (the consumer
+   * may be the new owner's, and a later epoch's lease removes it anyway).
    */
   private discardPrepared(shard: string): void {
     const p = this.prepared.get(shard);
     if (!p) return;
     this.prepared.delete(shard);
-    p.abandon();
-    const e = this.latest.get(shard);
-    if (!e || e.epoch < p.epoch) void this.d.source.remove(p.ref, p.epoch).catch(() => undefined);
+    void p.abandon().then(() => {
+      const e = this.latest.get(shard);
+      if (!e || e.epoch < p.epoch) return this.d.source.remove(p.ref, p.epoch).catch(() => undefined);
+    });
   }
 
   /** Waiting shards still held here, and the rules' counts, for a heartbeat. */

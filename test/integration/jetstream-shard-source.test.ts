@@ -2,12 +2,13 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/
 import { afterEach, describe, expect, it } from "vitest";
 import { waitUntil } from "../../nodes/cli/wait.js";
 import { JetStreamShardSource } from "../../shared/adapters/nats/jetstream-shard-source.js";
-import { consumerNames } from "../../shared/adapters/nats/shard-consumers.js";
+import { consumerNames, listShardConsumers } from "../../shared/adapters/nats/shard-consumers.js";
 import { encodeRecord } from "../../shared/contract/codec.js";
 import type { ShardFeed } from "../../shared/contract/ports.js";
 import {
   consumerEpoch,
   consumerName,
+  epochConsumer,
   ingestSubject,
   inputStream,
   shardFilter,
@@ -68,6 +69,27 @@ describe("JetStreamShardSource (real 3-node NATS cluster)", () => {
     } finally {
       await feed.close();
     }
+  });
+
+  it("lists every epoch's consumer of a shard, so a lease's own is found beside a later one left behind", async () => {
+    tc = await startTestCluster({ workers: 0, coordinators: 0 });
+    const p = tc.cfg.pipelines[0]!;
+    const jsm = await jetstreamManager(tc.nc);
+    const stream = inputStream(p, 0);
+    // The lease's consumer at epoch 2, and one of epoch 3 from a hand-off that was called off.
+    for (const epoch of [2, 3])
+      await jsm.consumers.add(stream, {
+        durable_name: consumerName(p.name, 5, epoch),
+        filter_subject: shardFilter(p.name, 5),
+        ack_policy: AckPolicy.All,
+        deliver_policy: DeliverPolicy.All,
+        num_replicas: 1,
+      });
+    const listed = await listShardConsumers(tc.nc, jsm, p);
+    expect([...listed.keys()].sort()).toEqual(
+      [consumerName(p.name, 5, 2), consumerName(p.name, 5, 3)].sort(),
+    );
+    expect(epochConsumer(listed, p.name, 5, 2)?.name).toBe(consumerName(p.name, 5, 2));
   });
 
   it("keeps every consumer on the stream leader's server, and fails the feeds left behind when it moves", async () => {

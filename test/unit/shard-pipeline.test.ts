@@ -240,6 +240,53 @@ describe("ShardPipeline: a checkpoint outside the records its stream holds", () 
   });
 });
 
+describe("ShardPipeline.abandon: a prepared hand-off called off while its consumer is being opened", () => {
+  it("resolves only once that consumer exists and its feed is closed, so it can then be deleted for good", async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const events: string[] = [];
+    class GatedSource extends ReplicaSource {
+      override async open(...args: Parameters<ReplicaSource["open"]>): Promise<ShardFeed> {
+        events.push("open asked");
+        await gate;
+        const feed = await super.open(...args);
+        events.push("opened");
+        return {
+          ...feed,
+          close: async () => {
+            events.push("closed");
+            await feed.close();
+          },
+        };
+      }
+    }
+    const sink = new MemorySink();
+    const source = new GatedSource();
+    source.view = ids(3);
+    const p = new ShardPipeline(
+      REF,
+      2,
+      "w2",
+      { sink, source, deadLetters: { publish: async () => {} } },
+      { batchMax: 3, pullWaitMs: 5 },
+      { leaseFresh: () => true, now: () => Date.now() },
+    );
+    void p.prepare(sink.checkpoint(REF));
+    await waitUntil("the prepared open to be asked", 5_000, async () => events.length > 0 || undefined, 1);
+    let abandoned = false;
+    const done = p.abandon().then(() => {
+      abandoned = true;
+    });
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+    expect(abandoned).toBe(false);
+    release();
+    await done;
+    expect(events).toEqual(["open asked", "opened", "closed"]);
+  });
+});
+
 describe("consumerStalled: when an answering consumer that delivers nothing is recreated", () => {
   const base = {
     idleMs: 6_000,

@@ -53,17 +53,22 @@ export interface ShardConsumerInfo {
 }
 
 /**
- * The consumer of every shard's newest epoch (`P-sN-eE` with the highest E), by name; a shard
- * whose stream or consumer does not answer in time is left out. An epoch's open creates
- * candidates at once and deletes all but one (`JetStreamShardSource`), so while that clean-up
- * runs the names list several: each is asked for, and the one that has delivered most is taken.
+ * The consumer of every epoch of every shard that has one, by name (pick a lease's own with
+ * `epochConsumer`); a shard whose stream or consumer does not answer in time is left out. Not
+ * only the newest epoch's: a consumer of a later epoch than the shard's lease can outlive a
+ * hand-off that was called off (its worker crashed while preparing it), and reading only that
+ * one would leave the lease's lag unknown until the server removes it, an hour later. An
+ * epoch's open creates candidates at once and deletes all but one (`JetStreamShardSource`), so
+ * while that clean-up runs the names list several: each is asked for, and the one that has
+ * delivered most is taken.
  */
 export async function listShardConsumers(
   nc: NatsConnection,
   jsm: JetStreamManager,
   pipeline: PipelineStreams & { shards: number },
 ): Promise<Map<string, ShardConsumerInfo>> {
-  const newest = new Map<number, { stream: string; names: string[]; epoch: number }>();
+  // Candidates by shard and epoch.
+  const groups = new Map<string, { stream: string; names: string[] }>();
   await Promise.all(
     [...inputStreams(pipeline)].map(async ([stream, shards]) => {
       const names = await consumerNames(nc, stream).catch(() => []);
@@ -71,16 +76,17 @@ export async function listShardConsumers(
         for (const name of names) {
           const epoch = consumerEpoch(pipeline.name, shard, name);
           if (epoch === null) continue;
-          const cur = newest.get(shard);
-          if (!cur || cur.epoch < epoch) newest.set(shard, { stream, names: [name], epoch });
-          else if (cur.epoch === epoch) cur.names.push(name);
+          const key = `${shard}/${epoch}`;
+          const g = groups.get(key);
+          if (g) g.names.push(name);
+          else groups.set(key, { stream, names: [name] });
         }
       }
     }),
   );
   const out = new Map<string, ShardConsumerInfo>();
   await Promise.all(
-    [...newest.values()].map(async ({ stream, names }) => {
+    [...groups.values()].map(async ({ stream, names }) => {
       const infos = await Promise.all(names.map((n) => jsm.consumers.info(stream, n).catch(() => null)));
       const ci = infos
         .filter((x) => x !== null)
