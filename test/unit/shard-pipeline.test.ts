@@ -19,6 +19,11 @@ import type {
   StreamBounds,
 } from "../../shared/contract/ports.js";
 import { type BreakerState, closedBreaker } from "../../shared/core/circuit-breaker.js";
+import type {
+  PipelineHooks,
+  PipelinePorts,
+  PipelineSettings,
+} from "../../shared/pipeline/pipeline-options.js";
 import { ShardPipeline } from "../../shared/pipeline/shard-pipeline.js";
 
 const REF: ShardRef = { pipeline: "demo", shard: 0 };
@@ -89,6 +94,28 @@ class ReplicaSource implements ShardSource {
   }
 }
 
+/**
+ * A pipeline of `REF` at `epoch`, by worker `w<epoch>` unless named, over `ports` (no dead
+ * letters unless given), with batches of 3, 5 ms pulls and a lease that stays fresh; `settings`
+ * and `hooks` add to or replace those.
+ */
+function testPipeline(
+  epoch: number,
+  ports: Pick<PipelinePorts, "sink" | "source"> & Partial<PipelinePorts>,
+  settings: Partial<PipelineSettings> = {},
+  hooks: Partial<PipelineHooks> = {},
+  worker = `w${epoch}`,
+): ShardPipeline {
+  return new ShardPipeline(
+    REF,
+    epoch,
+    worker,
+    { deadLetters: { publish: async () => {} }, ...ports },
+    { batchMax: 3, pullWaitMs: 5, ...settings },
+    { leaseFresh: () => true, now: () => Date.now(), ...hooks },
+  );
+}
+
 async function runUntil(
   epoch: number,
   sink: MemorySink,
@@ -96,13 +123,11 @@ async function runUntil(
   lastSeq: number,
   mismatches: HistoryMismatchReport[] = [],
 ): Promise<void> {
-  const p = new ShardPipeline(
-    REF,
+  const p = testPipeline(
     epoch,
-    `w${epoch}`,
-    { sink, source, deadLetters: { publish: async () => {} } },
-    { batchMax: 3, pullWaitMs: 5, reconcileWindowMs: 1_000 },
-    { leaseFresh: () => true, now: () => Date.now(), onHistoryMismatch: (r) => mismatches.push(r) },
+    { sink, source },
+    { reconcileWindowMs: 1_000 },
+    { onHistoryMismatch: (r) => mismatches.push(r) },
   );
   await p.acquire();
   await runToCheckpoint(p, sink, lastSeq);
@@ -191,15 +216,11 @@ describe("ShardPipeline: a checkpoint outside the records its stream holds", () 
     source.view = view;
     source.firstSeq = firstSeq;
     const reports: Array<StreamBehindReport | StreamTrimmedReport> = [];
-    const p = new ShardPipeline(
-      REF,
+    const p = testPipeline(
       2,
-      "w2",
-      { sink, source, deadLetters: { publish: async () => {} } },
-      { batchMax: 3, pullWaitMs: 5 },
+      { sink, source },
+      {},
       {
-        leaseFresh: () => true,
-        now: () => Date.now(),
         sleep: async () => {},
         onStreamBehind: (r) => reports.push(r),
         onStreamTrimmed: (r) => reports.push(r),
@@ -265,14 +286,7 @@ describe("ShardPipeline.abandon: a prepared hand-off called off while its consum
     const sink = new MemorySink();
     const source = new GatedSource();
     source.view = ids(3);
-    const p = new ShardPipeline(
-      REF,
-      2,
-      "w2",
-      { sink, source, deadLetters: { publish: async () => {} } },
-      { batchMax: 3, pullWaitMs: 5 },
-      { leaseFresh: () => true, now: () => Date.now() },
-    );
+    const p = testPipeline(2, { sink, source });
     void p.prepare(sink.checkpoint(REF));
     await waitUntil("the prepared open to be asked", 5_000, async () => events.length > 0 || undefined, 1);
     let abandoned = false;
@@ -335,14 +349,7 @@ describe("ShardPipeline: drain", () => {
       async removeOlderEpochs() {},
       async remove() {},
     };
-    const p = new ShardPipeline(
-      REF,
-      1,
-      "w1",
-      { sink: new MemorySink(), source, deadLetters: { publish: async () => {} } },
-      { batchMax: 10, pullWaitMs: 60_000 },
-      { leaseFresh: () => true, now: () => Date.now() },
-    );
+    const p = testPipeline(1, { sink: new MemorySink(), source }, { batchMax: 10, pullWaitMs: 60_000 });
     await p.acquire();
     const run = p.run();
     const deadline = Date.now() + 5_000;
@@ -365,18 +372,9 @@ describe("ShardPipeline: a shard's share of the worker's in-flight budget", () =
     const source = new ReplicaSource();
     source.view = ids(3_000);
     const sink = new MemorySink();
-    const p = new ShardPipeline(
-      REF,
-      1,
-      "w1",
-      { sink, source, deadLetters: { publish: async () => {} } },
-      settings,
-      {
-        leaseFresh: () => true,
-        now: () => Date.now(),
-        ...(owned === undefined ? {} : { shardsOwned: () => owned }),
-      },
-    );
+    const p = testPipeline(1, { sink, source }, settings, {
+      ...(owned === undefined ? {} : { shardsOwned: () => owned }),
+    });
     await p.acquire();
     await runToCheckpoint(p, sink, 3_000);
     return source;
@@ -409,14 +407,7 @@ describe("ShardPipeline: a hand-off prepared while the previous owner drains", (
     source.view = ids(9);
     if (maxAckPending !== undefined) source.maxAckPending = maxAckPending;
     const mismatches: HistoryMismatchReport[] = [];
-    const p = new ShardPipeline(
-      REF,
-      2,
-      "w2",
-      { sink, source, deadLetters: { publish: async () => {} } },
-      { batchMax: 3, pullWaitMs: 5 },
-      { leaseFresh: () => true, now: () => Date.now(), onHistoryMismatch: (r) => mismatches.push(r) },
-    );
+    const p = testPipeline(2, { sink, source }, {}, { onHistoryMismatch: (r) => mismatches.push(r) });
     p.prepare(Promise.resolve({ epoch: 1, ...hint }));
     await waitUntil("the prepared consumer", 3_000, () => source.opened.length === 2 || undefined, 2);
     const acquired = await p.acquire();
@@ -427,14 +418,7 @@ describe("ShardPipeline: a hand-off prepared while the previous owner drains", (
   it("opens the consumer before the lease is acquired", async () => {
     const sink = new MemorySink();
     const source = new ReplicaSource();
-    const p = new ShardPipeline(
-      REF,
-      2,
-      "w2",
-      { sink, source, deadLetters: { publish: async () => {} } },
-      { batchMax: 3, pullWaitMs: 5 },
-      { leaseFresh: () => true, now: () => Date.now() },
-    );
+    const p = testPipeline(2, { sink, source });
     p.prepare(Promise.resolve({ epoch: 1, seq: 0 }));
     await waitUntil("the prepared consumer", 3_000, () => source.opened.length === 1 || undefined, 2);
     expect(source.opened).toEqual([{ seq: 1 }]);
@@ -495,14 +479,7 @@ describe("ShardPipeline: a consumer that opens after its lease ended", () => {
   }
 
   const pipelineOn = (source: ShardSource) =>
-    new ShardPipeline(
-      REF,
-      1,
-      "w1",
-      { sink: new MemorySink(), source, deadLetters: { publish: async () => {} } },
-      { batchMax: 10, pullWaitMs: 5 },
-      { leaseFresh: () => true, now: () => Date.now() },
-    );
+    testPipeline(1, { sink: new MemorySink(), source }, { batchMax: 10 });
 
   it("is closed when the lease was fenced while the consumer was being created", async () => {
     const { source, state } = gatedSource();
@@ -548,15 +525,11 @@ describe("ShardPipeline: a sink that fails for a while", () => {
     source.view = ids(6);
     let breaker: BreakerState = closedBreaker;
     const retries: Array<{ attempt: number; breaker: string }> = [];
-    const p = new ShardPipeline(
-      REF,
+    const p = testPipeline(
       1,
-      "w1",
-      { sink, source, deadLetters: { publish: async () => {} } },
-      { batchMax: 3, pullWaitMs: 5 },
+      { sink, source },
+      {},
       {
-        leaseFresh: () => true,
-        now: () => Date.now(),
         sleep: (ms) => new Promise((r) => setTimeout(r, Math.min(ms, 20))),
         breaker: { get: () => breaker, set: (b) => (breaker = b) },
         onCommitRetry: (r) => retries.push({ attempt: r.attempt, breaker: r.breaker.kind }),
@@ -586,13 +559,12 @@ describe("ShardPipeline: a sink that fails for a while", () => {
     const source = new ReplicaSource();
     source.view = ids(3);
     await sink.fence(REF, 5);
-    const p = new ShardPipeline(
-      REF,
+    const p = testPipeline(
       4,
+      { sink, source },
+      {},
+      { sleep: (ms) => new Promise((r) => setTimeout(r, ms)) },
       "w1",
-      { sink, source, deadLetters: { publish: async () => {} } },
-      { batchMax: 3, pullWaitMs: 5 },
-      { leaseFresh: () => true, now: () => Date.now(), sleep: (ms) => new Promise((r) => setTimeout(r, ms)) },
     );
     await expect(p.acquire()).rejects.toMatchObject({ code: ErrorCode.Fenced });
   });
@@ -605,13 +577,11 @@ describe("ShardPipeline: the audit row of every batch", () => {
     // The third record has no id: dead-lettered, and counted in its batch's row.
     source.view = ["r1", "r2", "", "r4", "r5", "r6", "r7"];
     const dead: number[] = [];
-    const p = new ShardPipeline(
-      REF,
+    const p = testPipeline(
       4,
-      "w4",
       { sink, source, deadLetters: { publish: async (d) => void dead.push(...d.map((x) => x.seq)) } },
-      { batchMax: 3, pullWaitMs: 5, reconcileWindowMs: 1_000 },
-      { leaseFresh: () => true, now: () => Date.now(), configRevision: "rev-x" },
+      { reconcileWindowMs: 1_000 },
+      { configRevision: "rev-x" },
     );
     await p.acquire();
     await runToCheckpoint(p, sink, 7);
