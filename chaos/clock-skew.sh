@@ -7,6 +7,7 @@ TARGET="${TARGET:-$(first_running workers)}"
 SKEW="${SKEW:-+30s}"
 heal() { sluice restart --dir "$DIR" --id "$TARGET" >/dev/null; emit heal "$TARGET"; }
 on_heal heal
-sluice restart --dir "$DIR" --id "$TARGET" --faketime "$SKEW" >/dev/null; INJECTED=1
+INJECTED=1
+sluice restart --dir "$DIR" --id "$TARGET" --faketime "$SKEW" >/dev/null
 emit inject "$TARGET" "\"skew\":\"$SKEW\""
 hold

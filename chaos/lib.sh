@@ -77,7 +77,10 @@ leader() { # the leader coordinator; waits up to 20 s for one (right after a fau
   echo "$FAULT: no leader coordinator" >&2; return 1
 }
 
-# on_heal FUNCTION: run FUNCTION once, on normal end or when interrupted.
+# on_heal FUNCTION: run FUNCTION once, on normal end or when interrupted. A script sets
+# INJECTED=1 just before it starts injecting, so an interrupt that lands while the fault is
+# going in still heals it; every heal is safe on a fault only partly injected (a restart of a
+# process that was never stopped restarts it, a kill of a helper never started is skipped).
 on_heal() {
   HEAL_FN="$1"
   trap 'do_heal' EXIT
@@ -100,12 +103,13 @@ hold() { sleep "$DURATION" & HOLD_PID=$!; wait "$HOLD_PID"; HOLD_PID=""; }
 # kill_then_restart: crash $TARGET now (SIGKILL, or `docker kill` for a containerised NATS
 # node), hold --duration, then start it again with `sluice restart`; also when interrupted.
 kill_then_restart() {
-  local container
+  local container pid=""
   container="$(cluster nats container "$TARGET")"
+  if [ -z "$container" ] || [ "$container" = undefined ]; then container=""; pid="$(pid_of "$TARGET")"; fi
   restart_target() { sluice restart --dir "$DIR" --id "$TARGET" >/dev/null; emit heal "$TARGET"; }
   on_heal restart_target
-  if [ -n "$container" ] && [ "$container" != undefined ]; then docker kill "$container" >/dev/null
-  else kill -KILL "$(pid_of "$TARGET")"; fi
-  INJECTED=1; emit inject "$TARGET"
+  INJECTED=1
+  if [ -n "$container" ]; then docker kill "$container" >/dev/null; else kill -KILL "$pid"; fi
+  emit inject "$TARGET"
   hold
 }

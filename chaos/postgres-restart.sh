@@ -9,7 +9,8 @@ pid="$(cluster postgres pid "$TARGET")"
 [ -n "$pid" ] || { echo "$FAULT: no private PostgreSQL server in $DIR (start the cluster with --sink postgres)" >&2; exit 2; }
 restart_pg() { sluice restart --dir "$DIR" --id "$TARGET" >/dev/null; emit heal "$TARGET"; }
 on_heal restart_pg
+INJECTED=1
 kill -INT "$pid"
 for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-INJECTED=1; emit inject "$TARGET"
+emit inject "$TARGET"
 hold
