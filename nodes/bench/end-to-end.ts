@@ -195,7 +195,22 @@ export async function naiveEndToEndRate(
  * end-to-end rates are measured against.
  */
 export async function publishOnlyRate(nc: NatsConnection, count: number, prefix: string): Promise<Rate> {
-  const p = { name: `pub_${prefix}`, shards: 16, streams: "shared" as const };
+  return withBaselineStream(nc, `pub_${prefix}`, (p) => producerRate(nc, p.name, makeRecords(prefix, count)));
+}
+
+/** A pipeline's streams as the baselines lay them out: 16 shards in one shared stream. */
+export type BaselinePipeline = { name: string; shards: number; streams: "shared" };
+
+/**
+ * Runs `fn` with an R3 file stream of pipeline `name`'s layout (16 shards in one stream, ingest
+ * subjects partitioned by the stream's subject transform), deleted afterwards.
+ */
+export async function withBaselineStream<T>(
+  nc: NatsConnection,
+  name: string,
+  fn: (p: BaselinePipeline) => Promise<T>,
+): Promise<T> {
+  const p: BaselinePipeline = { name, shards: 16, streams: "shared" };
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   const transform = inputStreamTransform(p);
   await jsm.streams.add({
@@ -207,7 +222,7 @@ export async function publishOnlyRate(nc: NatsConnection, count: number, prefix:
     ...(transform ? { subject_transform: transform } : {}),
   });
   try {
-    return await producerRate(nc, p.name, makeRecords(prefix, count));
+    return await fn(p);
   } finally {
     await jsm.streams.delete(inputStream(p, 0)).catch(() => false);
   }

@@ -41,6 +41,11 @@ export interface BenchReport {
     e2e_jetstream_vs_publish_r3: number;
     /** End to end into PostgreSQL against a naive pipeline (a statement and an ack per record). */
     e2e_postgres_vs_naive: number;
+    /**
+     * The PostgreSQL cluster's ceiling: records received and acked only, by three processes
+     * reading as three workers do, against the producer alone. No end-to-end figure can pass it.
+     */
+    ack_only_vs_publish_r3: number;
     /** Two branches' commits into SQLite also applied to a merge, against appended only. */
     merge_vs_append: number;
     /** The producer on the secured cluster (TLS, users, encrypted store) against `--insecure`. */
@@ -70,6 +75,8 @@ export interface BenchReport {
     postgres_e2e_per_s: number;
     publish_r3_postgres_cluster_per_s: number;
     naive_postgres_e2e_per_s: number;
+    ack_only_per_s: number;
+    publish_r3_ack_only_per_s: number;
     sqlite_append_per_s: number;
     sqlite_merge_per_s: number;
     jetstream_e2e_per_s: number;
@@ -150,6 +157,14 @@ export interface BenchReport {
     { warmup_records: number; rounds: Array<{ publish_per_s: number; e2e_per_s: number; ratio: number }> }
   >;
   /**
+   * Every round of the ack-only ceiling (`ratios.ack_only_vs_publish_r3` is the median one), and
+   * the records sent to the readers before the first round.
+   */
+  ack_only_rounds: {
+    warmup_records: number;
+    rounds: Array<{ publish_per_s: number; ack_only_per_s: number; ratio: number }>;
+  };
+  /**
    * What the hypervisor took from this machine in each part: figures of a part with high steal
    * were measured on a host that stalled every process at once.
    */
@@ -223,6 +238,11 @@ export function buildReport(r: BenchResults): BenchReport {
         r.sinks.postgres.e2e.perSecond / (r.sinks.postgres.naive?.perSecond ?? Number.NaN),
         2,
       ),
+      ack_only_vs_publish_r3: round(
+        (r.sinks.postgres.ackOnly?.ackOnly.perSecond ?? Number.NaN) /
+          (r.sinks.postgres.ackOnly?.publish.perSecond ?? Number.NaN),
+        2,
+      ),
       merge_vs_append: round(r.merge.merge.perSecond / r.merge.append.perSecond, 2),
       producer_secured_vs_insecure: round(securedRatio(r.security.producer), 2),
       e2e_secured_vs_insecure: round(securedRatio(r.security.e2e), 2),
@@ -248,6 +268,8 @@ export function buildReport(r: BenchResults): BenchReport {
       postgres_e2e_per_s: Math.round(r.sinks.postgres.e2e.perSecond),
       publish_r3_postgres_cluster_per_s: Math.round(r.sinks.postgres.publish.perSecond),
       naive_postgres_e2e_per_s: Math.round(r.sinks.postgres.naive?.perSecond ?? 0),
+      ack_only_per_s: Math.round(r.sinks.postgres.ackOnly?.ackOnly.perSecond ?? 0),
+      publish_r3_ack_only_per_s: Math.round(r.sinks.postgres.ackOnly?.publish.perSecond ?? 0),
       sqlite_append_per_s: Math.round(r.merge.append.perSecond),
       sqlite_merge_per_s: Math.round(r.merge.merge.perSecond),
       jetstream_e2e_per_s: Math.round(r.sinks.jetstream.e2e.perSecond),
@@ -319,6 +341,14 @@ export function buildReport(r: BenchResults): BenchReport {
       sqlite: roundsOf(r.cluster),
       postgres: roundsOf(r.sinks.postgres),
       jetstream: roundsOf(r.sinks.jetstream),
+    },
+    ack_only_rounds: {
+      warmup_records: r.sinks.postgres.ackOnly?.warmup ?? 0,
+      rounds: (r.sinks.postgres.ackOnly?.rounds ?? []).map((x) => ({
+        publish_per_s: Math.round(x.publish),
+        ack_only_per_s: Math.round(x.ackOnly),
+        ratio: round(x.ackOnly / x.publish, 2),
+      })),
     },
     host_steal_pct: Object.fromEntries(
       Object.entries(r.steal).map(([k, v]) => [k, v === null ? null : round(v, 1)]),
@@ -432,6 +462,12 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       ">= 0.5x",
     ],
     cpuRow("PostgreSQL", rep.cpu_us_per_record.postgres),
+    [
+      "  ceiling: received and acked only (3 readers as 3 workers) vs the producer alone",
+      `${th.ack_only_per_s}/s vs ${th.publish_r3_ack_only_per_s}/s`,
+      `${ratios.ack_only_vs_publish_r3}x`,
+      "",
+    ],
     [
       "end to end into a JetStream output stream vs the producer alone into R3",
       `${th.jetstream_e2e_per_s}/s vs ${th.publish_r3_jetstream_cluster_per_s}/s`,

@@ -2,12 +2,14 @@
  * Part 5 of the benchmark: end to end into PostgreSQL and into a JetStream output stream, each on
  * a full cluster of its own (3 workers, 2 coordinators), against the producer alone into an R3
  * stream of the same layout on that cluster, and, for PostgreSQL, against a naive pipeline (one
- * INSERT per record, each acked once it returned) into the same database.
+ * INSERT per record, each acked once it returned) into the same database, and the cluster's
+ * ceiling: the same records received and acked only, by three reader processes (`ack-only.ts`).
  */
 import { connectNats } from "../../shared/adapters/nats/connection.js";
 import { parseConfig } from "../../shared/contract/config.js";
 import { openSinkInspector, readClusterConfig } from "../cli/cluster-file.js";
 import { waitSettled } from "../cli/readiness.js";
+import { type AckOnlyPair, publishThenAckOnly } from "./ack-only.js";
 import type { BenchRun } from "./bench-run.js";
 import { type EndToEndPair, naiveEndToEndRate, naivePostgres, publishThenEndToEnd } from "./end-to-end.js";
 import type { Rate } from "./publish-rates.js";
@@ -15,6 +17,8 @@ import type { Rate } from "./publish-rates.js";
 export interface SinkE2E extends EndToEndPair {
   /** PostgreSQL only: the naive pipeline into the same database. */
   naive?: Rate;
+  /** PostgreSQL only: the cluster's ack-only ceiling against the producer alone. */
+  ackOnly?: AckOnlyPair;
 }
 
 export interface SinksResult {
@@ -55,7 +59,14 @@ async function measureSink(
           );
           run.log(`naive pipeline into PostgreSQL: ${Math.round(naive.perSecond)}/s end to end`);
         }
-        return { ...pair, ...(naive ? { naive } : {}) };
+        let ackOnly: AckOnlyPair | undefined;
+        if (cfg.sink.type === "postgres")
+          ackOnly = await publishThenAckOnly(c, nc, records, {
+            prefix: sink,
+            rounds: run.s.rounds,
+            log: run.log,
+          });
+        return { ...pair, ...(naive ? { naive } : {}), ...(ackOnly ? { ackOnly } : {}) };
       } finally {
         await inspector.close();
         await nc.close();
