@@ -685,7 +685,6 @@ async function dedupeInPostgres(
   return keep;
 }
 
-/** The audit table (see the SQLite sink's): one row per commit that took in records. */
 /**
  * A merge's table (see the SQLite sink's). Key and record id compare byte by byte (`COLLATE
  * "C"`), as the policy's order and the key order of its statements need.
@@ -706,6 +705,7 @@ const LATE_DDL = [
   "CREATE INDEX IF NOT EXISTS sluice_late_pending ON sluice_late (pipeline, reconciled, shard, source_seq)",
 ];
 
+/** The audit table (see the SQLite sink's): one row per commit that took in records. */
 const BATCHES_DDL = [
   `CREATE TABLE IF NOT EXISTS sluice_batches (
     batch_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, pipeline text NOT NULL,
