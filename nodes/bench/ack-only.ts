@@ -13,6 +13,7 @@ import type { ClusterFile } from "../cli/cluster-file.js";
 import { waitUntil } from "../cli/wait.js";
 import type { AckOnlyReaderArgs } from "./ack-only-reader.js";
 import { medianRound, publishOnlyRate, withBaselineStream } from "./end-to-end.js";
+import { clusterCpu, cpuPerRecord, cpuText, type RoleCpuPerRecord } from "./process-cpu.js";
 import { makeRecords, producerRate, type Rate, rate } from "./publish-rates.js";
 
 /** The readers, as many as a local cluster has workers. */
@@ -66,6 +67,8 @@ export interface AckOnlyPair {
   rounds: Array<{ publish: number; ackOnly: number }>;
   /** Records sent to the readers before the first round and not measured. */
   warmup: number;
+  /** CPU per record and role of the median round's two sides; the readers count as `workers`. */
+  cpu: { publish: RoleCpuPerRecord; ackOnly: RoleCpuPerRecord };
 }
 
 /**
@@ -123,14 +126,21 @@ export async function publishThenAckOnly(
       if (opened.failed) throw new Error(`an ack-only reader ended before it was ready (${opened.failed})`);
       const warmup = Math.max(5_000, Math.round(records / 5));
       await send(warmup, `${o.prefix}_warm`);
-      const measured: Array<{ publish: Rate; e2e: Rate }> = [];
+      const pids = started.flatMap((r) => (r.child.pid === undefined ? [] : [{ pid: r.child.pid }]));
+      const measured: Array<{ publish: Rate; e2e: Rate; cpu: AckOnlyPair["cpu"] }> = [];
       for (let r = 0; r < Math.max(1, o.rounds); r++) {
+        const cpu0 = clusterCpu(c, pids);
         const publish = await publishOnlyRate(nc, records, `${o.prefix}p${r}`);
+        const cpu1 = clusterCpu(c, pids);
         const ackOnly = rate(records, await send(records, `${o.prefix}a${r}`));
+        const cpu = {
+          publish: cpuPerRecord(cpu0, cpu1, records),
+          ackOnly: cpuPerRecord(cpu1, clusterCpu(c, pids), records),
+        };
         o.log(
-          `round ${r + 1}: producer alone ${Math.round(publish.perSecond)}/s; received and acked only by ${readers} readers ${Math.round(ackOnly.perSecond)}/s (${(ackOnly.perSecond / publish.perSecond).toFixed(2)}x)`,
+          `round ${r + 1}: producer alone ${Math.round(publish.perSecond)}/s; received and acked only by ${readers} readers ${Math.round(ackOnly.perSecond)}/s (${(ackOnly.perSecond / publish.perSecond).toFixed(2)}x); ${cpuText(cpu.ackOnly).replace("workers", "readers")}`,
         );
-        measured.push({ publish, e2e: ackOnly });
+        measured.push({ publish, e2e: ackOnly, cpu });
       }
       const m = medianRound(measured);
       return {
@@ -138,6 +148,7 @@ export async function publishThenAckOnly(
         ackOnly: m.e2e,
         rounds: measured.map((x) => ({ publish: x.publish.perSecond, ackOnly: x.e2e.perSecond })),
         warmup,
+        cpu: m.cpu,
       };
     } finally {
       await stopReaders(started);

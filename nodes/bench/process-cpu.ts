@@ -59,9 +59,10 @@ function treeCpu(table: Map<number, ProcStat>, children: Map<number, number[]>, 
 
 /**
  * CPU seconds used so far by the cluster's processes per role (each process with what runs
- * under it: a wrapper's server, PostgreSQL's backends) and by this process as `producer`.
+ * under it: a wrapper's server, PostgreSQL's backends) and by this process as `producer`;
+ * `asWorkers` adds processes standing in for workers (the ack-only readers) to `workers`.
  */
-export function clusterCpu(c: ClusterFile): RoleCpu {
+export function clusterCpu(c: ClusterFile, asWorkers: readonly { pid: number }[] = []): RoleCpu {
   const table = processTable();
   const children = new Map<number, number[]>();
   for (const [pid, st] of table) {
@@ -74,7 +75,7 @@ export function clusterCpu(c: ClusterFile): RoleCpu {
   const own = process.cpuUsage();
   return {
     nats: sum(c.nats),
-    workers: sum(c.workers),
+    workers: sum(c.workers) + sum(asWorkers),
     sink: sum(c.sinks) + sum(c.postgres),
     coordinators: sum(c.coordinators),
     producer: (own.user + own.system) / 1e6,

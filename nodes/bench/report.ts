@@ -11,7 +11,7 @@ import type { EndToEndPair } from "./end-to-end.js";
 import { stealText } from "./host-cpu.js";
 import type { MemoryResult } from "./memory-part.js";
 import type { MergeResult } from "./merge-part.js";
-import { roleText } from "./process-cpu.js";
+import { type RoleCpuPerRecord, roleText } from "./process-cpu.js";
 import { type SecurityResult, securedRatio } from "./security-part.js";
 import type { SinksResult } from "./sinks-part.js";
 import type { ThroughputResult } from "./throughput-part.js";
@@ -148,6 +148,11 @@ export interface BenchReport {
    * end-to-end rates on shared cores.
    */
   cpu_us_per_record: Record<"sqlite" | "postgres" | "jetstream", EndToEndPair["cpu"]>;
+  /**
+   * CPU per record (µs) by role of the ack-only ceiling's median round and its producer-alone
+   * side; the three readers count as `workers`.
+   */
+  ack_only_cpu_us_per_record: { publish: RoleCpuPerRecord; ack_only: RoleCpuPerRecord } | null;
   /**
    * Every round of each end-to-end comparison (the figures above are the round with the median
    * ratio), and the records sent end to end before the first round to warm the cluster up.
@@ -342,6 +347,9 @@ export function buildReport(r: BenchResults): BenchReport {
       postgres: roundsOf(r.sinks.postgres),
       jetstream: roundsOf(r.sinks.jetstream),
     },
+    ack_only_cpu_us_per_record: r.sinks.postgres.ackOnly
+      ? { publish: r.sinks.postgres.ackOnly.cpu.publish, ack_only: r.sinks.postgres.ackOnly.cpu.ackOnly }
+      : null,
     ack_only_rounds: {
       warmup_records: r.sinks.postgres.ackOnly?.warmup ?? 0,
       rounds: (r.sinks.postgres.ackOnly?.rounds ?? []).map((x) => ({
@@ -468,6 +476,16 @@ export function reportTable(rep: BenchReport, r: BenchResults): string {
       `${ratios.ack_only_vs_publish_r3}x`,
       "",
     ],
+    ...(rep.ack_only_cpu_us_per_record
+      ? [
+          [
+            "    CPU per record, received and acked only vs the producer alone",
+            `${rep.ack_only_cpu_us_per_record.ack_only.total} vs ${rep.ack_only_cpu_us_per_record.publish.total} µs`,
+            roleText(rep.ack_only_cpu_us_per_record.ack_only).replace("workers", "readers"),
+            "",
+          ] as [string, string, string, string],
+        ]
+      : []),
     [
       "end to end into a JetStream output stream vs the producer alone into R3",
       `${th.jetstream_e2e_per_s}/s vs ${th.publish_r3_jetstream_cluster_per_s}/s`,
