@@ -1,8 +1,8 @@
 /**
- * A reader process of the benchmark's ack-only comparison (`ackOnlyRate`): it receives its share
- * of a pipeline's shards exactly as a worker does (`JetStreamShardSource`: an R1 consumer per
- * shard on the stream leader, a standing pull, the worker's in-flight bounds for the shards it
- * holds) and acks every batch it reads, and does nothing else: no decode, no stages, no sink.
+ * A reader process of the benchmark's ack-only ceiling (`publishThenAckOnly`): it receives its
+ * share of a pipeline's shards exactly as a worker does (`JetStreamShardSource`: an R1 consumer
+ * per shard on the stream leader, a standing pull, the worker's in-flight bounds for the shards
+ * it holds) and acks every batch it reads, and does nothing else: no decode, stages or sink.
  *
  * Its one argument is a JSON `AckOnlyReaderArgs`. It prints `ready` once every consumer is open,
  * then `read N` (records read so far) at most every 10 ms while the count moves, and exits when

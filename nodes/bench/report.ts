@@ -43,7 +43,8 @@ export interface BenchReport {
     e2e_postgres_vs_naive: number;
     /**
      * The PostgreSQL cluster's ceiling: records received and acked only, by three processes
-     * reading as three workers do, against the producer alone. No end-to-end figure can pass it.
+     * reading as three workers do, against the producer alone: the bound over every end-to-end
+     * figure on that cluster.
      */
     ack_only_vs_publish_r3: number;
     /** Two branches' commits into SQLite also applied to a merge, against appended only. */
