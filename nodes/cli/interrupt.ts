@@ -21,10 +21,11 @@ export interface Interrupt {
 }
 
 /**
- * Until `dispose`: the first SIGINT or SIGTERM aborts `signal` and prints `first` (the command then
- * stops what it started and exits 130); the second prints `second` and exits 130 at once.
+ * Until `dispose`: the first SIGINT or SIGTERM aborts `signal`, prints `first` and sets exit code
+ * 130 (the command then stops what it started); the second prints `second` and exits 130 at once,
+ * or, given `onSecond`, calls it instead (each later signal too) and leaves the exit to the command.
  */
-export function onInterrupt(first: string, second: string): Interrupt {
+export function onInterrupt(first: string, second: string, onSecond?: () => void): Interrupt {
   const ac = new AbortController();
   const interrupted = new Promise<never>((_, reject) =>
     ac.signal.addEventListener("abort", () => reject(new Interrupted()), { once: true }),
@@ -33,14 +34,15 @@ export function onInterrupt(first: string, second: string): Interrupt {
   interrupted.catch(() => undefined);
   const handler = (): void => {
     if (!ac.signal.aborted) {
-      // Past a progress line redrawn in place on the terminal.
-      console.error(`${process.stdout.isTTY ? "\n" : ""}${first}`);
+      // Past a progress line redrawn in place on the terminal (stdout or stderr).
+      console.error(`${process.stdout.isTTY || process.stderr.isTTY ? "\n" : ""}${first}`);
       process.exitCode = 130;
       ac.abort();
       return;
     }
     console.error(second);
-    process.exit(130);
+    if (onSecond) onSecond();
+    else process.exit(130);
   };
   process.on("SIGINT", handler);
   process.on("SIGTERM", handler);

@@ -346,18 +346,12 @@ program
       // Ctrl-C (or SIGTERM) stops sending and waits for the records in flight, so the ack log
       // names every record that reached the stream; a second one stops waiting and logs those
       // still in flight as timed out. Either way `verify` finds no record it was not told of.
-      const interrupt = new AbortController();
       const abandon = new AbortController();
-      const onSignal = (): void => {
-        if (!interrupt.signal.aborted) {
-          console.error(
-            `${process.stderr.isTTY ? "\n" : ""}sluice load: interrupted; confirming the records in flight (again to stop waiting)`,
-          );
-          interrupt.abort();
-        } else abandon.abort();
-      };
-      process.on("SIGINT", onSignal);
-      process.on("SIGTERM", onSignal);
+      const interrupt = onInterrupt(
+        "sluice load: interrupted; confirming the records in flight (again to stop waiting)",
+        "sluice load: not waiting; the records still in flight are logged as timed out",
+        () => abandon.abort(),
+      );
       try {
         // On a terminal, a progress line redrawn in place (stderr, so stdout keeps the summary).
         const tty = process.stderr.isTTY;
@@ -388,10 +382,8 @@ program
             ErrorCode.Unavailable,
             `load: no PubAck for ${o.stallTimeout} ms; stopped after sending ${s.sent} of ${o.count} records; those still waiting are logged as timed out (stored or not, verify counts neither as lost nor as unexpected)`,
           );
-        if (s.stopped === "aborted") process.exitCode = 130;
       } finally {
-        process.off("SIGINT", onSignal);
-        process.off("SIGTERM", onSignal);
+        interrupt.dispose();
         await nc.close();
         await telemetry.shutdown();
       }
